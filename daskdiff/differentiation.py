@@ -1,0 +1,243 @@
+"""Differentiation: the median pairwise distance between images' activation vectors.
+
+Pure numpy. The batched :func:`differentiation_stack` evaluates many sampling repeats of one
+layer at once (one stack of Gram matrices); :func:`differentiation` is the single-matrix form.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import numpy as np
+
+from .distances import Metric, check_metric, pairwise_distances_stack
+
+Normalize = Literal["none", "mean", "zscore", "max"]
+MedianOver = Literal["condensed", "square"]
+
+
+class UndefinedNormalizationError(ValueError):
+    """The normalising statistic of a layer is zero or not finite (e.g. a dead layer)."""
+
+
+def _stat_none(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    shape = x.shape[:-2] + (1, 1)
+    return np.zeros(shape), np.ones(shape), "none"
+
+
+def _stat_mean(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    mean = x.mean(axis=(-2, -1), keepdims=True)
+    return np.zeros_like(mean), mean, "mean of all entries"
+
+
+def _stat_zscore(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    mean = x.mean(axis=(-2, -1), keepdims=True)
+    sd = x.std(axis=(-2, -1), keepdims=True)
+    return mean, sd, "standard deviation of all entries"
+
+
+def _stat_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    peak = np.abs(x).max(axis=(-2, -1), keepdims=True)
+    return np.zeros_like(peak), peak, "maximum absolute entry"
+
+
+NORMALIZATIONS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, str]]] = {
+    "none": _stat_none,
+    "mean": _stat_mean,
+    "zscore": _stat_zscore,
+    "max": _stat_max,
+}
+"""Name -> function giving ``(shift, scale, description)``; normalised x = (x - shift) / scale."""
+
+
+def check_normalize(normalize: str) -> str:
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f"unknown normalize {normalize!r}; valid values are {sorted(NORMALIZATIONS)}"
+        )
+    return normalize
+
+
+def per_unit_divisor(metric: str, n_units: int) -> float:
+    """What ``per_unit=True`` divides a distance by, for ``n_units`` units.
+
+    ``euclidean``: ``sqrt(n_units)`` (root-mean-square difference per unit);
+    ``sqeuclidean`` and ``cityblock``: ``n_units`` (mean squared / absolute difference);
+    ``chebyshev``, ``cosine``, ``correlation``: 1 (already independent of the number of units).
+    """
+    check_metric(metric)
+    if metric == "euclidean":
+        return float(np.sqrt(n_units))
+    if metric in ("sqeuclidean", "cityblock"):
+        return float(n_units)
+    return 1.0
+
+
+def normalize_stack(
+    x: np.ndarray, normalize: Normalize = "none", *, name: str | None = None, on_undefined: str = "raise"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalise each matrix of a stack by statistics over all of its entries.
+
+    Returns the normalised float64 stack and a boolean array (one per matrix) that is True
+    where the statistic was zero or not finite. With ``on_undefined='raise'`` such a matrix
+    raises :class:`UndefinedNormalizationError` naming ``name`` (e.g. the layer) and the
+    statistic; with ``'nan'`` its entries become NaN and the flag tells which.
+    """
+    fn = NORMALIZATIONS[check_normalize(normalize)]
+    arr = np.asarray(x, dtype=np.float64)
+    shift, scale, what = fn(arr)
+    bad = ~np.isfinite(scale) | (scale == 0)
+    if np.any(bad) and on_undefined == "raise":
+        where = f" of {name}" if name else ""
+        value = scale[bad].ravel()[0]
+        raise UndefinedNormalizationError(
+            f"normalize={normalize!r}: the {what}{where} is {value} (a dead or constant layer?), "
+            "so it cannot be divided by; use normalize='none', sample more units, or leave the "
+            "layer out"
+        )
+    safe_scale = np.where(bad, 1.0, scale)
+    out = (arr - shift) / safe_scale
+    bad = bad.reshape(bad.shape[:-2])
+    out[bad] = np.nan
+    return out, bad
+
+
+def condensed(d: np.ndarray) -> np.ndarray:
+    """The strict upper triangle of ``(..., n, n)`` matrices, row by row: ``(..., n*(n-1)/2)``.
+
+    Same order as :func:`scipy.spatial.distance.squareform` (pair (0,1), (0,2), ..., (1,2), ...).
+    """
+    n = d.shape[-1]
+    i, j = np.triu_indices(n, k=1)
+    return d[..., i, j]
+
+
+def _median(d: np.ndarray, median_over: str) -> np.ndarray:
+    if median_over == "condensed":
+        return np.median(condensed(d), axis=-1)
+    if median_over == "square":
+        return np.median(d.reshape(d.shape[:-2] + (-1,)), axis=-1)
+    raise ValueError(f"unknown median_over {median_over!r}; valid values are 'condensed', 'square'")
+
+
+def distances_stack(
+    x: np.ndarray,
+    metric: Metric = "euclidean",
+    normalize: Normalize = "none",
+    per_unit: bool = False,
+    *,
+    name: str | None = None,
+    on_undefined: str = "raise",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised distance matrices (RDMs) for a stack ``(..., n_images, n_units)``.
+
+    Returns ``(rdms, undefined)``: ``rdms`` of shape ``(..., n, n)`` (NaN where the normaliser
+    was undefined and ``on_undefined='nan'``) and the boolean ``undefined`` flags.
+    See :func:`differentiation` for the conventions.
+    """
+    arr = np.asarray(x)
+    if arr.ndim < 2 or arr.shape[-2] < 2:
+        raise ValueError(
+            f"need at least 2 images to compute distances, got activations of shape {arr.shape} "
+            "(n_images is the second-to-last axis)"
+        )
+    if on_undefined not in ("raise", "nan"):
+        raise ValueError(f"on_undefined must be 'raise' or 'nan', got {on_undefined!r}")
+    normed, undefined = normalize_stack(arr, normalize, name=name, on_undefined=on_undefined)
+    normed[undefined] = 0.0  # distances of these matrices are discarded below
+    d = pairwise_distances_stack(normed, metric)
+    if per_unit:
+        d /= per_unit_divisor(metric, arr.shape[-1])
+    d[undefined] = np.nan
+    return d, undefined
+
+
+def differentiation_stack(
+    x: np.ndarray,
+    metric: Metric = "euclidean",
+    normalize: Normalize = "none",
+    per_unit: bool = False,
+    *,
+    median_over: MedianOver = "condensed",
+    name: str | None = None,
+    on_undefined: str = "raise",
+) -> np.ndarray:
+    """Differentiation of every matrix in a stack: the batched kernel of the job.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., n_images, n_units)
+        E.g. ``(n_repeats, n_images, n_units)``: one matrix per sampling repeat of a layer.
+    metric, normalize, per_unit, median_over, name
+        As in :func:`differentiation`.
+    on_undefined : {'raise', 'nan'}
+        What a matrix whose normalising statistic is 0 or not finite gives: an
+        :class:`UndefinedNormalizationError`, or NaN for that matrix alone (the job records and
+        reports how many repeats were undefined; it never drops them silently).
+
+    Returns
+    -------
+    numpy.ndarray, shape (...), float64
+    """
+    d, undefined = distances_stack(
+        x, metric, normalize, per_unit, name=name, on_undefined=on_undefined
+    )
+    out = np.asarray(_median(d, median_over), dtype=np.float64)
+    out[undefined] = np.nan
+    return out
+
+
+def differentiation(
+    x: np.ndarray,
+    metric: Metric = "euclidean",
+    normalize: Normalize = "none",
+    per_unit: bool = False,
+    *,
+    median_over: MedianOver = "condensed",
+    name: str | None = None,
+) -> float:
+    """Differentiation of a set of images in one layer: the median pairwise distance.
+
+    Parameters
+    ----------
+    x : array_like, shape (n_images, n_units)
+        One row per image (e.g. the sampled units of one layer).
+    metric : str
+        See :func:`daskdiff.pairwise_distances`; ``euclidean`` is not squared.
+    normalize : {'none', 'mean', 'zscore', 'max'}
+        Applied to ``x`` before distances, with statistics over *all* entries of ``x``:
+        ``mean`` divides by the mean (the first seed), ``zscore`` subtracts the mean and divides
+        by the standard deviation (ddof=0; the second seed), ``max`` divides by the maximum
+        absolute entry, ``none`` leaves ``x`` as it is. A zero or non-finite statistic raises
+        :class:`UndefinedNormalizationError` (a ``ValueError``) naming ``name`` and the statistic.
+    per_unit : bool
+        Divide distances by :func:`per_unit_divisor` (``sqrt(n_units)`` for Euclidean: the
+        root-mean-square difference per unit), so 200 and 10,000 units are comparable.
+    median_over : {'condensed', 'square'}
+        ``condensed`` (default): the median of the strict upper triangle, each pair once.
+        ``square``: the median of the full square matrix, diagonal zeros and both triangles
+        included, as the seed notebooks computed it. It is biased low, and the bias depends on
+        the number of images; use it only to compare with the seeds' numbers.
+    name : str, optional
+        Named in error messages (e.g. the layer).
+
+    Returns
+    -------
+    float
+
+    Notes
+    -----
+    Subtracting a constant (``zscore``) does not change Euclidean, city-block or Chebyshev
+    distances, so for those ``zscore`` is a division by the standard deviation. Note that this
+    does *not* make Euclidean distance equivalent to correlation distance, as the second seed
+    says: that needs each image's vector z-scored on its own (use ``metric='correlation'``).
+    """
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"x must be 2-D (n_images, n_units), got shape {arr.shape}; "
+            "use differentiation_stack for a stack of matrices"
+        )
+    return float(
+        differentiation_stack(arr, metric, normalize, per_unit, median_over=median_over, name=name)
+    )

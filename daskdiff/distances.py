@@ -1,0 +1,193 @@
+"""Pairwise distances between images' activation vectors (pure numpy).
+
+Every function here takes a *stack* of matrices ``x`` of shape ``(..., n_images, n_units)``
+and returns distance matrices of shape ``(..., n_images, n_images)``: the batched form is the
+kernel the cluster runs for many sampling repeats of one layer at once, and the single-matrix
+form, :func:`pairwise_distances`, is the same code with a stack of one.
+
+Conventions
+-----------
+- Distances are computed in float64 whatever the input dtype.
+- Matrices are exactly symmetric with an exactly zero diagonal.
+- ``euclidean``, ``sqeuclidean``, ``cosine`` and ``correlation`` use the Gram-matrix
+  formulation (one matrix product per matrix). Euclidean variants first subtract the column
+  means (distances are translation invariant, and centring removes most of the cancellation
+  in ``|a|^2 + |b|^2 - 2 a.b``); squared distances are clamped at 0 before the square root.
+- ``cityblock`` and ``chebyshev`` have no Gram form; they loop over rows, vectorised over the
+  other rows and units.
+- ``cosine`` between an all-zero row and any other row is defined as 1 (similarity 0), and as 0
+  between two all-zero rows. ``correlation`` does the same for constant rows (zero variance).
+  scipy returns NaN in these cases; we define a value so a dead layer gives differentiation 0
+  rather than NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import numpy as np
+
+Metric = Literal["euclidean", "sqeuclidean", "correlation", "cosine", "cityblock", "chebyshev"]
+
+
+def _symmetrize(d: np.ndarray) -> np.ndarray:
+    """Keep the strict upper triangle, mirror it, zero the diagonal (in float64)."""
+    upper = np.triu(d, k=1)
+    return upper + upper.swapaxes(-1, -2)
+
+
+def _gram(x: np.ndarray) -> np.ndarray:
+    return np.matmul(x, x.swapaxes(-1, -2))
+
+
+def _sqeuclidean(x: np.ndarray) -> np.ndarray:
+    centred = x - x.mean(axis=-2, keepdims=True)
+    g = _gram(centred)
+    sq = np.diagonal(g, axis1=-2, axis2=-1)
+    d = sq[..., :, None] + sq[..., None, :] - 2.0 * g
+    np.maximum(d, 0.0, out=d)
+    return _symmetrize(d)
+
+
+def _euclidean(x: np.ndarray) -> np.ndarray:
+    return np.sqrt(_sqeuclidean(x))
+
+
+def _cosine_of(x: np.ndarray, null_rows: np.ndarray) -> np.ndarray:
+    """1 - cosine similarity; rows flagged in ``null_rows`` have similarity 0 to others.
+
+    Computed as half the squared Euclidean distance between the unit-length rows, which goes
+    through the centred Gram path and so avoids most of the cancellation in ``1 - cos`` for
+    nearly parallel rows.
+    """
+    peak = np.abs(x).max(axis=-1, keepdims=True)
+    peak[null_rows] = 1.0
+    scaled = x / peak  # guards the norm against underflow/overflow of tiny/huge entries
+    norms = np.sqrt(np.einsum("...k,...k->...", scaled, scaled))
+    norms[null_rows] = 1.0
+    unit = scaled / norms[..., None]
+    unit[null_rows] = 0.0
+    d = np.clip(0.5 * _sqeuclidean(unit), 0.0, 2.0)
+    null_pair = null_rows[..., :, None] | null_rows[..., None, :]
+    both_null = null_rows[..., :, None] & null_rows[..., None, :]
+    d[null_pair] = 1.0
+    d[both_null] = 0.0
+    return d
+
+
+def _cosine(x: np.ndarray) -> np.ndarray:
+    return _cosine_of(x, ~np.any(x != 0, axis=-1))
+
+
+def _correlation(x: np.ndarray) -> np.ndarray:
+    constant = np.all(x == x[..., :1], axis=-1)
+    centred = x - x.mean(axis=-1, keepdims=True)
+    centred[constant] = 0.0
+    return _cosine_of(centred, constant)
+
+
+def _row_loop(x: np.ndarray, reduce: Callable[..., np.ndarray]) -> np.ndarray:
+    n = x.shape[-2]
+    d = np.zeros(x.shape[:-1] + (n,), dtype=np.float64)
+    for i in range(n - 1):
+        diff = np.abs(x[..., i + 1 :, :] - x[..., i : i + 1, :])
+        d[..., i, i + 1 :] = reduce(diff, axis=-1)
+    return d + d.swapaxes(-1, -2)
+
+
+def _cityblock(x: np.ndarray) -> np.ndarray:
+    return _row_loop(x, np.sum)
+
+
+def _chebyshev(x: np.ndarray) -> np.ndarray:
+    return _row_loop(x, np.max)
+
+
+METRICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "euclidean": _euclidean,
+    "sqeuclidean": _sqeuclidean,
+    "correlation": _correlation,
+    "cosine": _cosine,
+    "cityblock": _cityblock,
+    "chebyshev": _chebyshev,
+}
+"""Metric name -> function of a float64 stack ``(..., n, k)`` returning ``(..., n, n)``."""
+
+
+def check_metric(metric: str) -> str:
+    """Return ``metric`` if it is a known metric name, else raise a ValueError listing them."""
+    if metric not in METRICS:
+        raise ValueError(
+            f"unknown metric {metric!r}; valid metrics are {sorted(METRICS)}, "
+            f"e.g. metric='euclidean'"
+        )
+    return metric
+
+
+def pairwise_distances_stack(x: np.ndarray, metric: Metric = "euclidean") -> np.ndarray:
+    """Distance matrices for a stack of activation matrices.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., n_images, n_units)
+        Activations; leading axes (e.g. sampling repeats) are batch axes.
+    metric : {'euclidean', 'sqeuclidean', 'correlation', 'cosine', 'cityblock', 'chebyshev'}
+        Distance between two images' activation vectors, as in
+        :func:`scipy.spatial.distance.pdist`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (..., n_images, n_images), float64
+        Symmetric, zero diagonal.
+
+    Notes
+    -----
+    See the module docstring for the numerical conventions (Gram formulation, clamping, the
+    value defined for all-zero and constant rows).
+    """
+    fn = METRICS[check_metric(metric)]
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim < 2:
+        raise ValueError(
+            f"x must have shape (..., n_images, n_units), got shape {arr.shape}; "
+            "reshape a single vector with x.reshape(1, -1)"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("x contains NaN or infinite values; distances would be undefined")
+    return fn(arr)
+
+
+def pairwise_distances(x: np.ndarray, metric: Metric = "euclidean") -> np.ndarray:
+    """Distance matrix between the rows of ``x`` (the images' activation vectors).
+
+    Parameters
+    ----------
+    x : array_like, shape (n_images, n_units)
+        One row per image.
+    metric : {'euclidean', 'sqeuclidean', 'correlation', 'cosine', 'cityblock', 'chebyshev'}
+        As in :func:`scipy.spatial.distance.pdist`; ``euclidean`` is *not* squared.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_images, n_images), float64
+        Symmetric with a zero diagonal; equals ``squareform(pdist(x, metric))`` to ~1e-12
+        relative for rows that are not (nearly) identical.
+
+    Notes
+    -----
+    ``euclidean``, ``sqeuclidean``, ``cosine`` and ``correlation`` are computed from one Gram
+    matrix (after centring columns for the Euclidean metrics) and clamped at 0 before the
+    square root. ``cosine`` (``correlation``) between an all-zero (constant) row and another row
+    is 1, between two such rows 0, where scipy gives NaN.
+
+    See Also
+    --------
+    pairwise_distances_stack : the batched form over many matrices at once.
+    """
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"x must be 2-D (n_images, n_units), got shape {arr.shape}; "
+            "use pairwise_distances_stack for a stack of matrices"
+        )
+    return pairwise_distances_stack(arr, metric)

@@ -1,0 +1,154 @@
+"""Random subsampling of a layer's units, deterministic from (seed, layer, repeat) alone.
+
+Unit indices are *flat* indices into one image's activations of a layer, flattened in C order
+with channels last: for a conv layer of shape ``(y, x, channels)`` unit ``(i, j, c)`` has flat
+index ``(i * n_x + j) * n_channels + c``. A dense layer of shape ``(n,)`` is treated as
+``(1, 1, n)``: every unit is its own channel.
+
+The same ``(seed, layer, repeat)`` gives the same units on every worker, in every process and
+in any call order, so one repeat uses the same units for every image and every image set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+
+ALL = "all"
+"""The ``n_units`` value meaning every unit of the layer, exact (no sampling)."""
+
+
+def layer_key(layer: str | int) -> int:
+    """A stable non-negative integer for a layer name (or the integer itself).
+
+    Uses SHA-256 of the UTF-8 name, so it is the same in every process (unlike ``hash``).
+    """
+    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+        if layer < 0:
+            raise ValueError(f"layer index must be >= 0, got {layer}")
+        return int(layer)
+    if isinstance(layer, str):
+        return int.from_bytes(hashlib.sha256(layer.encode("utf-8")).digest()[:8], "little")
+    raise TypeError(f"layer must be a layer name (str) or index (int), got {type(layer).__name__}")
+
+
+def _rng(seed: int, layer: str | int, repeat: int) -> np.random.Generator:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, e.g. seed=0; got {seed!r}")
+    if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 0:
+        raise ValueError(f"repeat must be a non-negative integer, got {repeat!r}")
+    sequence = np.random.SeedSequence(int(seed), spawn_key=(layer_key(layer), int(repeat)))
+    return np.random.default_rng(sequence)
+
+
+def _unit_shape(n_total: int | Sequence[int]) -> tuple[int, int, int]:
+    """(positions, channels) view of a layer: returns (n_positions, n_channels, n_total)."""
+    shape = (int(n_total),) if np.isscalar(n_total) else tuple(int(s) for s in n_total)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"layer size/shape must be positive, got {n_total!r}")
+    n_channels = shape[-1]
+    n_positions = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    return n_positions, n_channels, n_positions * n_channels
+
+
+def _choose(rng: np.random.Generator, population: int, k: int) -> np.ndarray:
+    """k distinct integers from range(population), without materialising the range."""
+    if k >= population:
+        return np.arange(population, dtype=np.int64)
+    return rng.choice(population, size=k, replace=False, shuffle=False).astype(np.int64)
+
+
+def sample_units(
+    n_total: int | Sequence[int],
+    n_units: int | str,
+    *,
+    seed: int,
+    layer: str | int,
+    repeat: int,
+    mode: str = "random",
+) -> np.ndarray:
+    """Sorted flat indices of the units sampled from one layer for one repeat.
+
+    Parameters
+    ----------
+    n_total : int or tuple of int
+        The layer's number of units, or the shape of one image's activations with channels last
+        (``(y, x, channels)`` for a conv layer). The modes ``equal`` and ``channel=K`` need the
+        shape; given an int, the layer is treated as dense (every unit its own channel).
+    n_units : int or 'all'
+        How many units to sample. Values above the layer size, and ``'all'``, give every unit
+        (the second seed's behaviour when it asked for 10,000 units of a 1,000-unit layer).
+    seed, layer, repeat
+        The sample depends on these alone (``numpy.random.SeedSequence(seed,
+        spawn_key=(layer_key(layer), repeat))``). ``layer`` is a layer name or index.
+    mode : {'random', 'equal', 'channel=K'}
+        ``random``: ``n_units`` distinct units uniformly from the whole layer.
+        ``equal``: ``n_units // n_channels`` units from every channel (the total is rounded
+        *down* to a multiple of the channel count and capped at the layer size); a request
+        smaller than the channel count raises ``ValueError``. For a dense layer every unit is
+        its own channel, so ``equal`` is ``random``.
+        ``channel=K``: ``n_units`` positions of channel ``K`` alone.
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (n_sampled,)
+        Sorted, distinct flat indices (see the module docstring for the flattening).
+
+    Notes
+    -----
+    Sampling never allocates an array of the layer's size (numpy's Floyd-style choice without
+    replacement), so 200 of 3.2 million units costs microseconds. The seeds' bug of drawing a
+    different mask for every image is not reproducible here by design: distances between images
+    are only meaningful over the same units.
+    """
+    n_positions, n_channels, size = _unit_shape(n_total)
+    if isinstance(n_units, str):
+        if n_units != ALL:
+            raise ValueError(f"n_units must be a positive integer or 'all', got {n_units!r}")
+        k = size
+    elif isinstance(n_units, bool) or not isinstance(n_units, (int, np.integer)) or n_units <= 0:
+        raise ValueError(f"n_units must be a positive integer or 'all', got {n_units!r}")
+    else:
+        k = int(n_units)
+    rng = _rng(seed, layer, repeat)
+
+    if mode == "random" or (mode == "equal" and n_positions == 1):
+        return np.sort(_choose(rng, size, k))
+    if mode == "equal":
+        per_channel = k // n_channels
+        if per_channel == 0:
+            raise ValueError(
+                f"mode='equal' takes the same number of units from each of the {n_channels} "
+                f"channels of layer {layer!r}, so n_units must be at least {n_channels} "
+                f"(got {k}); ask for n_units >= {n_channels} or use mode='random'"
+            )
+        positions = [_choose(rng, n_positions, per_channel) for _ in range(n_channels)]
+        idx = np.concatenate([p * n_channels + c for c, p in enumerate(positions)])
+        return np.sort(idx)
+    if mode.startswith("channel="):
+        try:
+            channel = int(mode.split("=", 1)[1])
+        except ValueError:
+            raise ValueError(f"mode {mode!r}: the channel must be an integer, e.g. 'channel=3'") from None
+        if not 0 <= channel < n_channels:
+            raise ValueError(
+                f"mode {mode!r}: layer {layer!r} has channels 0..{n_channels - 1}"
+            )
+        return np.sort(_choose(rng, n_positions, k) * n_channels + channel)
+    raise ValueError(f"unknown sampling mode {mode!r}; valid modes are 'random', 'equal', 'channel=K'")
+
+
+def check_mode(mode: str) -> str:
+    """Validate a sampling mode string without a layer (for job specs)."""
+    if mode in ("random", "equal"):
+        return mode
+    if mode.startswith("channel="):
+        tail = mode.split("=", 1)[1]
+        if tail.isdigit():
+            return mode
+    raise ValueError(
+        f"unknown sampling mode {mode!r}; valid modes are 'random', 'equal', 'channel=K' "
+        "(K a channel index, e.g. 'channel=0')"
+    )

@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Set-up and run, on a fresh machine with Python 3 and nothing else.
+
+    python3 dev.py demo    # create/reuse .venv, install daskdiff, run jobs/demo.yaml offline
+    python3 dev.py test    # create/reuse .venv, install daskdiff[test], run the whole test suite
+
+Both are idempotent: the virtual environment is created once and re-installed only when
+pyproject.toml changes. Extra arguments go to the command (pytest or ``daskdiff run``).
+Set DASKDIFF_VENV to use another virtual-environment folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("DASKDIFF_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".daskdiff-installed"
+
+
+def ensure_environment() -> None:
+    if sys.version_info < (3, 10):
+        sys.exit(f"daskdiff needs Python >= 3.10; this is {sys.version.split()[0]}")
+    if not PYTHON.exists():
+        print(f"[dev] creating virtual environment {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=False).create(VENV)
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text().strip() == want:
+        return
+    print("[dev] installing daskdiff[test] into the virtual environment (about a minute)", flush=True)
+    pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(pip + ["install", "--upgrade", "pip"], check=True)
+    subprocess.run(pip + ["install", "-e", f"{ROOT}[test]"], check=True)
+    STAMP.write_text(want + "\n")
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test"):
+        print(__doc__)
+        return 2
+    ensure_environment()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    if argv[0] == "demo":
+        cmd = [str(BIN / "daskdiff"), "run", str(ROOT / "jobs" / "demo.yaml"), *argv[1:]]
+    else:
+        cmd = [str(PYTHON), "-m", "pytest", *argv[1:]]
+    print("[dev] " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,87 @@
+"""differentiation: median of the condensed RDM, normalisations, per-unit scaling."""
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist
+
+import daskdiff
+from daskdiff.differentiation import UndefinedNormalizationError, condensed, per_unit_divisor
+
+
+def test_hand_computed_case():
+    # three images on a line at 0, 3 and 4 (one unit): pair distances 3, 4, 1 -> median 3
+    x = np.array([[0.0], [3.0], [4.0]])
+    assert daskdiff.differentiation(x) == 3.0
+    # the seeds' full-square median includes three zeros on the diagonal: sorted
+    # [0,0,0,1,1,3,3,4,4] -> median 1, biased low
+    assert daskdiff.differentiation(x, median_over="square") == 1.0
+
+
+@pytest.mark.parametrize("metric", sorted(daskdiff.METRICS))
+def test_matches_median_of_pdist(metric):
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.normal(size=(43, 200)), 0)
+    assert daskdiff.differentiation(x, metric) == pytest.approx(np.median(pdist(x, metric)), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "normalize, transform",
+    [
+        ("none", lambda x: x),
+        ("mean", lambda x: x / x.mean()),
+        ("zscore", lambda x: (x - x.mean()) / x.std()),
+        ("max", lambda x: x / np.abs(x).max()),
+    ],
+)
+def test_normalizations(normalize, transform):
+    rng = np.random.default_rng(4)
+    x = np.maximum(rng.normal(1.0, size=(12, 80)), 0)
+    ref = np.median(pdist(transform(x), "euclidean"))
+    assert daskdiff.differentiation(x, normalize=normalize) == pytest.approx(ref, rel=1e-9)
+
+
+def test_per_unit_makes_unit_counts_comparable():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(30, 10_000))
+    small = daskdiff.differentiation(x[:, :200], per_unit=True)
+    large = daskdiff.differentiation(x, per_unit=True)
+    # RMS difference of two independent N(0, 1) vectors is sqrt(2) for any number of units
+    assert small == pytest.approx(np.sqrt(2), rel=0.05)
+    assert large == pytest.approx(np.sqrt(2), rel=0.01)
+    assert daskdiff.differentiation(x[:, :200]) == pytest.approx(small * np.sqrt(200), rel=1e-12)
+
+
+def test_per_unit_divisors():
+    assert per_unit_divisor("euclidean", 400) == 20.0
+    assert per_unit_divisor("cityblock", 400) == 400.0
+    assert per_unit_divisor("correlation", 400) == 1.0
+
+
+@pytest.mark.parametrize("normalize", ["mean", "zscore", "max"])
+def test_zero_normaliser_raises_naming_layer(normalize):
+    with pytest.raises(UndefinedNormalizationError, match="block5_conv3"):
+        daskdiff.differentiation(np.zeros((4, 10)), normalize=normalize, name="layer 'block5_conv3'")
+    assert issubclass(UndefinedNormalizationError, ValueError)
+
+
+def test_stack_nan_only_for_undefined_repeat():
+    rng = np.random.default_rng(6)
+    stack = np.maximum(rng.normal(size=(3, 8, 20)), 0)
+    stack[1] = 0.0  # a repeat that sampled only dead units
+    out = daskdiff.differentiation_stack(stack, normalize="mean", on_undefined="nan")
+    assert np.isnan(out[1])
+    for r in (0, 2):
+        assert out[r] == pytest.approx(daskdiff.differentiation(stack[r], normalize="mean"), rel=1e-12)
+    with pytest.raises(UndefinedNormalizationError):
+        daskdiff.differentiation_stack(stack, normalize="mean")
+
+
+def test_condensed_order_is_scipy_order():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(7, 5))
+    np.testing.assert_allclose(condensed(daskdiff.pairwise_distances(x)), pdist(x), rtol=1e-12)
+
+
+def test_needs_two_images():
+    with pytest.raises(ValueError, match="at least 2 images"):
+        daskdiff.differentiation(np.ones((1, 5)))
