@@ -112,7 +112,8 @@ def condensed(d: np.ndarray) -> np.ndarray:
     return d[..., i, j]
 
 
-def _median(d: np.ndarray, median_over: str) -> np.ndarray:
+def rdm_median(d: np.ndarray, median_over: str = "condensed") -> np.ndarray:
+    """Median of each RDM in a stack: of the condensed upper triangle, or the full square (seed)."""
     if median_over == "condensed":
         return np.median(condensed(d), axis=-1)
     if median_over == "square":
@@ -182,7 +183,7 @@ def differentiation_stack(
     d, undefined = distances_stack(
         x, metric, normalize, per_unit, name=name, on_undefined=on_undefined
     )
-    out = np.asarray(_median(d, median_over), dtype=np.float64)
+    out = np.asarray(rdm_median(d, median_over), dtype=np.float64)
     out[undefined] = np.nan
     return out
 

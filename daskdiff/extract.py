@@ -1,0 +1,194 @@
+"""Extraction: one shard of images -> one labelled activation Dataset on disk.
+
+Runs on a worker. The Keras model is built once per worker process (:func:`extractor`, under
+a lock) and extended, in the graph, with the plan's reductions: the sampled units are gathered
+and the spatial/channel means taken on the device, so only what the analysis needs leaves it.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .images import load_images
+from .models import ModelSpec, cached_model, class_labels, input_size, layer_names, preprocess
+from .plan import LayerPlan, plan_digest
+from .storage import activation_dataset, shard_path, variable_name, write_netcdf
+
+LOGITS = "__logits__"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One extraction task: which images, where the shard goes, how to decode."""
+
+    image_set: str
+    shard: int
+    paths: tuple[str, ...]
+    first_index: int
+    output: str
+    batch_size: int = 16
+    resize: str = "nearest"
+    strict: bool = False
+    attrs: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"extract-{self.image_set}-{self.shard:05d}"
+
+
+def _feature_outputs(out: Any, lp: LayerPlan) -> dict[str, Any]:
+    from keras import ops
+
+    result = {}
+    if lp.units is not None:
+        flat = ops.reshape(out, (-1, lp.n_total))
+        units = flat if lp.all_units else ops.take(flat, np.asarray(lp.units, dtype=np.int32), axis=1)
+        result[variable_name("units", lp.name)] = units
+    if lp.filter_mean:
+        spatial = tuple(range(1, len(lp.shape)))
+        result[variable_name("filter_mean", lp.name)] = ops.mean(out, axis=spatial) if spatial else out
+    if lp.location_mean:
+        if len(lp.shape) > 1:
+            n_pos = int(np.prod(lp.shape[:-1]))
+            loc = ops.reshape(ops.mean(out, axis=-1), (-1, n_pos))
+        else:
+            loc = ops.mean(out, axis=-1, keepdims=True)
+        result[variable_name("location_mean", lp.name)] = loc
+    return result
+
+
+def extraction_model(model: Any, plan: dict[str, LayerPlan], spec: ModelSpec) -> Any:
+    """A Keras model with one output per stored variable plus the class-score logits.
+
+    The last layer's values are softmax probabilities when ``spec.predictions == 'softmax'``
+    (the model itself outputs logits, see :mod:`daskdiff.models`).
+    """
+    import keras
+    from keras import ops
+
+    last = layer_names(model)[-1]
+    outputs: dict[str, Any] = {}
+    for name, lp in plan.items():
+        out = model.get_layer(name).output
+        if name == last and spec.predictions == "softmax":
+            out = ops.softmax(out, axis=-1)
+        outputs.update(_feature_outputs(out, lp))
+    outputs[LOGITS] = model.get_layer(last).output
+    return keras.Model(model.inputs, outputs, name="daskdiff_extractor")
+
+
+_LOCK = threading.Lock()
+_EXTRACTORS: dict[tuple[ModelSpec, str], Any] = {}
+
+
+def extractor(spec: ModelSpec, plan: dict[str, LayerPlan]) -> tuple[Any, Any]:
+    """(base model, extraction model) for this process, built once per (spec, plan)."""
+    key = (spec, plan_digest(plan))
+    with _LOCK:
+        if key not in _EXTRACTORS:
+            base = cached_model(spec)
+            _EXTRACTORS.clear()
+            _EXTRACTORS[key] = (base, extraction_model(base, plan, spec))
+        return _EXTRACTORS[key]
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def run_extraction(
+    images_paths: list[str], spec: ModelSpec, plan: dict[str, LayerPlan], *, batch_size: int = 16,
+    resize: str = "nearest", strict: bool = False,
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[int], list[tuple[str, str]]]:
+    """Decode and run images through the extraction model, batch by batch.
+
+    Decoding the next batch overlaps the forward pass of the current one (a helper thread;
+    Pillow releases the GIL while decoding).
+
+    Returns
+    -------
+    features : dict of variable name -> (n_ok, n_features) float32
+    logits : (n_ok, n_classes) float32
+    ok : indices into ``images_paths`` of the images that decoded
+    skipped : (path, reason) of those that did not
+    """
+    base, model = extractor(spec, plan)
+    size = input_size(base)
+    chunks = _batches(len(images_paths), batch_size)
+    parts: list[dict[str, np.ndarray]] = []
+    ok: list[int] = []
+    skipped: list[tuple[str, str]] = []
+
+    def decode(sl: slice):
+        return sl, load_images(images_paths[sl], size, resize=resize, strict=strict)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="daskdiff-decode") as pool:
+        pending = pool.submit(decode, chunks[0]) if chunks else None
+        for i in range(len(chunks)):
+            sl, (batch, batch_ok, batch_skipped) = pending.result()
+            pending = pool.submit(decode, chunks[i + 1]) if i + 1 < len(chunks) else None
+            skipped += [(s.path, s.reason) for s in batch_skipped]
+            if len(batch_ok) == 0:
+                continue
+            ok += [sl.start + j for j in batch_ok]
+            out = model.predict_on_batch(preprocess(batch, spec))
+            parts.append({k: np.asarray(v, dtype=np.float32) for k, v in out.items()})
+    if parts:
+        stacked = {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+    else:
+        stacked = _empty_outputs(base, plan)
+    logits = stacked.pop(LOGITS)
+    return stacked, logits, ok, skipped
+
+
+def _empty_outputs(base: Any, plan: dict[str, LayerPlan]) -> dict[str, np.ndarray]:
+    """The outputs of a batch of zero images (every image of a shard failed to decode)."""
+    from .substrates import feature_shape
+
+    out = {}
+    for lp in plan.values():
+        if lp.units is not None:
+            out[variable_name("units", lp.name)] = np.zeros((0, len(lp.units)), np.float32)
+        for sub in ("filter_mean", "location_mean"):
+            if getattr(lp, sub):
+                out[variable_name(sub, lp.name)] = np.zeros((0, int(np.prod(feature_shape(lp.shape, sub)))), np.float32)
+    out[LOGITS] = np.zeros((0, int(base.layers[-1].output.shape[-1])), np.float32)
+    return out
+
+
+def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) -> dict[str, Any]:
+    """Extract one shard and write it atomically to its deterministic path.
+
+    Re-running the same task (e.g. after Dask re-schedules it from a dead worker) rewrites the
+    same file with the same contents. Returns a small summary for the client.
+    """
+    features, logits, ok, skipped = run_extraction(
+        list(task.paths), spec, plan, batch_size=task.batch_size, resize=task.resize, strict=task.strict
+    )
+    attrs = {
+        **task.attrs,
+        **spec.identity(),
+        "resize": task.resize,
+        "plan_digest": plan_digest(plan),
+        "shard": task.shard,
+        "title": f"daskdiff activations of image set {task.image_set!r}, shard {task.shard}",
+    }
+    ds = activation_dataset(
+        features,
+        plan,
+        paths=[task.paths[i] for i in ok],
+        image_set=task.image_set,
+        image_index=[task.first_index + i for i in ok],
+        logits=logits,
+        labels=class_labels(logits.shape[1]),
+        attrs=attrs,
+        skipped=skipped,
+    )
+    path = shard_path(task.output, task.image_set, task.shard)
+    write_netcdf(ds, path)
+    return {"image_set": task.image_set, "shard": task.shard, "path": str(path), "n_images": len(ok), "skipped": skipped}

@@ -1,0 +1,370 @@
+"""Keras models: building (weights), layer selection, preprocessing and class labels.
+
+This module knows Keras and numpy, nothing about Dask or files of activations. A
+:class:`ModelSpec` is a small, picklable description; workers build the model from it
+(:func:`build_model`), so a Keras model is never sent over the network.
+
+Conventions
+-----------
+- Images enter as uint8 RGB arrays ``(n, height, width, 3)``; :func:`preprocess` applies the
+  model's own ``preprocess_input`` (VGG16: 'caffe' mode, RGB->BGR and ImageNet mean
+  subtraction, no scaling).
+- keras.applications models are built with ``classifier_activation=None``: the
+  ``predictions`` layer yields logits, and probabilities are ``softmax(logits)``. Which of the
+  two a job analyses as the ``predictions`` layer is :attr:`ModelSpec.predictions`; the seeds
+  used softmax probabilities.
+- ``weights='random'`` draws every kernel (weights with 2 or more axes) from
+  ``N(0, 2 / fan_in)`` (He normal) with ``numpy.random.default_rng(SeedSequence(seed,
+  spawn_key=(i,)))`` for the i-th weight; biases and normalisation constants keep their
+  deterministic initial values. The same seed gives the same model on every backend and
+  worker, without touching Keras's global random state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+APPLICATIONS: dict[str, str] = {
+    "VGG16": "vgg16",
+    "VGG19": "vgg19",
+    "ResNet50": "resnet",
+    "ResNet101": "resnet",
+    "ResNet50V2": "resnet_v2",
+    "InceptionV3": "inception_v3",
+    "Xception": "xception",
+    "MobileNetV2": "mobilenet_v2",
+    "DenseNet121": "densenet",
+    "EfficientNetB0": "efficientnet",
+    "ConvNeXtTiny": "convnext",
+}
+"""keras.applications model name -> the keras.applications submodule with its
+``preprocess_input`` and ``decode_predictions``."""
+
+PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What model a job runs; small and picklable, sent to workers instead of a model.
+
+    Parameters
+    ----------
+    name : str
+        A keras.applications name (see :data:`APPLICATIONS`) or the path of a ``.keras`` file.
+    weights : str
+        ``'imagenet'`` (Keras's download cache), ``'random'`` (seeded, see module notes), or
+        the path of a weights file (``.weights.h5`` or a legacy ``.h5``).
+    seed : int
+        Seed of ``weights='random'``.
+    layers : tuple of str, optional
+        Layers to extract, in any order (stored in network order). Default: every layer after
+        the input (22 for VGG16, ``block1_conv1`` ... ``predictions``).
+    predictions : {'softmax', 'logits'}
+        What the ``predictions`` (last) layer's values are: probabilities (the seeds) or
+        pre-softmax logits.
+    preprocess : {'caffe', 'tf', 'torch', 'none'}, optional
+        Override of the preprocessing; default: the application's own ``preprocess_input``
+        (``'none'`` for a ``.keras`` file).
+    """
+
+    name: str = "VGG16"
+    weights: str = "imagenet"
+    seed: int = 0
+    layers: tuple[str, ...] | None = None
+    predictions: Literal["softmax", "logits"] = "softmax"
+    preprocess: str | None = None
+
+    @property
+    def is_application(self) -> bool:
+        return self.name in APPLICATIONS
+
+    def identity(self) -> dict[str, str]:
+        """Attributes that identify the model in output files."""
+        return {
+            "model": self.name,
+            "weights": weights_identity(self),
+            "preprocessing": self.preprocess_mode(),
+            "predictions_layer_values": self.predictions,
+        }
+
+    def preprocess_mode(self) -> str:
+        if self.preprocess is not None:
+            return self.preprocess
+        if self.is_application:
+            return f"keras.applications.{APPLICATIONS[self.name]}.preprocess_input"
+        return "none"
+
+
+def check_model_name(name: str) -> str:
+    if name in APPLICATIONS or name.endswith(".keras"):
+        return name
+    raise ValueError(
+        f"unknown model {name!r}; use one of {sorted(APPLICATIONS)} or the path of a saved "
+        "'.keras' model file"
+    )
+
+
+def _file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_identity(spec: ModelSpec) -> str:
+    """A string that identifies the weights: 'imagenet', 'random(seed=0)' or path + sha256."""
+    if spec.weights == "imagenet":
+        return "imagenet"
+    if spec.weights == "random":
+        return f"random(seed={spec.seed}, he_normal)"
+    if spec.weights == "file":
+        if spec.is_application:
+            raise ValueError(
+                "weights='file' keeps the weights saved in a '.keras' model file; for "
+                f"{spec.name} use 'imagenet', 'random' or the path of a weights file"
+            )
+        return f"{Path(spec.name).resolve()} (sha256 {_file_sha256(spec.name)[:16]})"
+    path = Path(spec.weights)
+    if not path.is_file():
+        raise ValueError(
+            f"weights file {spec.weights!r} does not exist; give weights='imagenet', "
+            "weights='random' (with a seed) or the path of an existing weights file"
+        )
+    return f"{path.resolve()} (sha256 {_file_sha256(path)[:16]})"
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras caches downloaded weights (``$KERAS_HOME/models`` or ``~/.keras/models``)."""
+    from keras.src.backend import config
+
+    return Path(os.path.expanduser(config.keras_home())) / "models"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights could not be downloaded (no network) and are not in the cache."""
+
+
+def _imagenet_error(model_name: str, exc: Exception) -> WeightsUnavailableError:
+    match = re.search(r"https?://\S+?\.h5", str(exc))
+    url = match.group(0) if match else "(see the Keras documentation of keras.applications)"
+    fname = url.rsplit("/", 1)[-1] if match else "<weights file>.h5"
+    return WeightsUnavailableError(
+        f"could not get ImageNet weights for {model_name}: {exc}\n"
+        f"Keras downloads {fname} from {url} into its cache folder {keras_cache_dir()}. "
+        "Without network access, either (1) copy that file into that folder (or point "
+        "KERAS_HOME at a folder whose models/ subfolder has it), (2) give the path of a local "
+        "weights file (weights: /path/to/file.weights.h5, or --weights PATH), or (3) use "
+        "weights: random with a seed for a smoke run (results are then not about a trained "
+        "network)."
+    )
+
+
+def _randomize(model: Any, seed: int) -> None:
+    for i, variable in enumerate(model.weights):
+        shape = tuple(variable.shape)
+        if len(shape) < 2:
+            continue
+        fan_in = int(np.prod(shape[:-1]))
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
+        values = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+        variable.assign(values)
+
+
+def build_model(spec: ModelSpec) -> Any:
+    """Build the Keras model of ``spec`` with its weights; the last layer outputs logits.
+
+    Raises
+    ------
+    WeightsUnavailableError
+        ``weights='imagenet'`` and the file is neither cached nor downloadable; the message
+        names the file, the cache folder and the two alternatives.
+    """
+    import keras
+
+    check_model_name(spec.name)
+    if spec.is_application:
+        constructor = getattr(keras.applications, spec.name)
+        keras_weights = "imagenet" if spec.weights == "imagenet" else None
+        try:
+            model = constructor(weights=keras_weights, include_top=True, classifier_activation=None)
+        except Exception as exc:  # keras raises a bare Exception on a failed download
+            if keras_weights == "imagenet" and "URL fetch failure" in str(exc):
+                raise _imagenet_error(spec.name, exc) from exc
+            raise
+    else:
+        path = Path(spec.name)
+        if not path.is_file():
+            raise ValueError(f"model file {spec.name!r} does not exist; give a keras.applications name or an existing '.keras' file")
+        model = keras.saving.load_model(path, compile=False)
+        last = model.layers[-1]
+        if getattr(last, "activation", None) is keras.activations.softmax:
+            last.activation = keras.activations.linear  # logits; softmax is applied on demand
+        if spec.weights == "imagenet":
+            raise ValueError(
+                f"weights='imagenet' only applies to keras.applications models; the model file "
+                f"{spec.name!r} carries its own weights: use weights: file (keep them), 'random', "
+                "or the path of a weights file"
+            )
+    if spec.weights == "random":
+        _randomize(model, spec.seed)
+    elif spec.weights not in ("imagenet", "file"):
+        weights_identity(spec)  # raises a clear error if the file is missing
+        model.load_weights(spec.weights)
+    return model
+
+
+def layer_names(model: Any) -> list[str]:
+    """Every layer after the input layer(s), in network order."""
+    import keras
+
+    return [layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+
+def select_layers(model: Any, wanted: tuple[str, ...] | list[str] | None) -> list[str]:
+    """The requested layers in network order; unknown names raise a ValueError listing valid ones."""
+    names = layer_names(model)
+    if wanted is None:
+        return names
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        raise ValueError(f"unknown layer(s) {unknown} for model {model.name!r}; valid layers are {names}")
+    if len(set(wanted)) != len(wanted):
+        raise ValueError(f"layers lists a layer twice: {list(wanted)}")
+    return [n for n in names if n in set(wanted)]
+
+
+def layer_shapes(model: Any, layers: list[str]) -> dict[str, tuple[int, ...]]:
+    """Unit shape of one image's activations per layer (channels last, batch axis dropped)."""
+    shapes = {}
+    for name in layers:
+        shape = model.get_layer(name).output.shape[1:]
+        if any(s is None for s in shape):
+            raise ValueError(f"layer {name!r} has an undefined output shape {shape}; give the model a fixed input size")
+        shapes[name] = tuple(int(s) for s in shape)
+    return shapes
+
+
+def input_size(model: Any) -> tuple[int, int]:
+    """(height, width) of the model's image input."""
+    shape = model.input_shape
+    if isinstance(shape, list):
+        shape = shape[0]
+    if len(shape) != 4 or shape[3] != 3 or shape[1] is None:
+        raise ValueError(f"the model must take fixed-size RGB images (None, h, w, 3); its input shape is {shape}")
+    return int(shape[1]), int(shape[2])
+
+
+def architecture(spec: ModelSpec) -> Any:
+    """The model of ``spec`` without loading weights (for shapes and layer names only)."""
+    import keras
+
+    check_model_name(spec.name)
+    if spec.is_application:
+        return getattr(keras.applications, spec.name)(weights=None, include_top=True, classifier_activation=None)
+    return build_model(ModelSpec(name=spec.name, weights="file"))
+
+
+def describe(spec: ModelSpec) -> dict[str, Any]:
+    """Layer names, unit shapes and input size of ``spec``'s architecture (weights not loaded).
+
+    Used before a job starts, to validate layer names and plan storage; ~3 s for VGG16.
+    """
+    model = architecture(spec)
+    layers = select_layers(model, spec.layers)
+    return {
+        "layers": layers,
+        "shapes": layer_shapes(model, layers),
+        "input_size": input_size(model),
+        "last_layer": layer_names(model)[-1],
+    }
+
+
+def preprocess(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """float32 model input from uint8 RGB images ``(n, h, w, 3)`` (see module conventions)."""
+    import keras
+
+    x = np.asarray(images, dtype=np.float32)
+    mode = spec.preprocess
+    if mode is None and spec.is_application:
+        module = getattr(keras.applications, APPLICATIONS[spec.name])
+        return np.asarray(module.preprocess_input(x.copy()), dtype=np.float32)
+    if mode in (None, "none"):
+        return x
+    if mode not in PREPROCESS_MODES:
+        raise ValueError(f"unknown preprocess {mode!r}; valid values are {list(PREPROCESS_MODES)}")
+    return np.asarray(keras.applications.imagenet_utils.preprocess_input(x.copy(), mode=mode), dtype=np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable: max subtracted)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+_CLASS_INDEX_FILE = "imagenet_class_index.json"
+
+
+def class_labels(n_classes: int) -> list[str]:
+    """Names of the model's output classes.
+
+    For 1000 classes, the ImageNet names from Keras's ``imagenet_class_index.json`` when it is
+    in the Keras cache (Keras downloads it with the first ``decode_predictions`` call);
+    otherwise, and for other class counts, ``'class_0281'``-style names.
+    """
+    path = keras_cache_dir() / _CLASS_INDEX_FILE
+    if n_classes == 1000 and path.is_file():
+        with open(path) as f:
+            index = json.load(f)
+        return [index[str(i)][1] for i in range(1000)]
+    return [f"class_{i:04d}" for i in range(n_classes)]
+
+
+def class_index(name_or_index: str | int, labels: list[str]) -> int:
+    """Class index from a label name (e.g. 'tabby') or an index; errors name close matches."""
+    if isinstance(name_or_index, int) or (isinstance(name_or_index, str) and name_or_index.isdigit()):
+        i = int(name_or_index)
+        if not 0 <= i < len(labels):
+            raise ValueError(f"class index {i} is out of range 0..{len(labels) - 1}")
+        return i
+    if name_or_index in labels:
+        return labels.index(name_or_index)
+    import difflib
+
+    close = difflib.get_close_matches(str(name_or_index), labels, n=5)
+    hint = f"; close matches: {close}" if close else ""
+    no_names = labels and labels[0].startswith("class_")
+    extra = (
+        f" (class names need Keras's {_CLASS_INDEX_FILE} in {keras_cache_dir()}; give the class index instead, e.g. 281 for tabby)"
+        if no_names
+        else ""
+    )
+    raise ValueError(f"unknown class {name_or_index!r}{hint}{extra}")
+
+
+_BUILD_LOCK = threading.Lock()
+_CACHE: dict[ModelSpec, Any] = {}
+BUILD_COUNT = 0
+"""How many models this process has built (tests check it is once per worker)."""
+
+
+def cached_model(spec: ModelSpec) -> Any:
+    """The model of ``spec``, built once per process under a lock and kept."""
+    global BUILD_COUNT
+    with _BUILD_LOCK:
+        if spec not in _CACHE:
+            _CACHE.clear()  # one model per worker: a new spec replaces the old one
+            _CACHE[spec] = build_model(spec)
+            BUILD_COUNT += 1
+        return _CACHE[spec]

@@ -1,0 +1,159 @@
+"""The sampling plan: which units each repeat uses, and so which values a shard must store.
+
+Pure numpy. The plan is known before extraction starts (unit samples depend on
+``(seed, layer, repeat)`` alone), so a shard stores only the union of the units that the
+differentiation stage will read, not the 60.4 MB per image of a full VGG16 pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .sampling import ALL, sample_units
+from .substrates import check_substrate, feature_shape
+
+NUnits = int | str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How units are sampled: the analysis part of a job spec that the plan depends on.
+
+    ``n_units`` holds positive ints and/or ``'all'``; ``'all'`` is exact and has one repeat.
+    """
+
+    n_units: tuple[NUnits, ...] = (200,)
+    repeats: int = 100
+    mode: str = "random"
+    seed: int = 0
+
+    def repeats_for(self, n_units: NUnits) -> int:
+        return 1 if n_units == ALL else self.repeats
+
+
+def n_units_label(n_units: NUnits) -> str:
+    """Coordinate label of an n_units value in results: '200', '10000', 'all'."""
+    return str(n_units)
+
+
+def units_for(
+    shape: Sequence[int], substrate: str, n_units: NUnits, sampling: Sampling, layer: str, repeat: int
+) -> np.ndarray:
+    """Flat feature indices one repeat uses for one (layer, substrate, n_units): sorted int64.
+
+    Features are the substrate's values (see :func:`daskdiff.substrates.feature_shape`); the
+    sample is :func:`daskdiff.sample_units` with the job's seed, the layer name and the repeat.
+    """
+    fshape = feature_shape(shape, substrate)
+    return sample_units(fshape, n_units, seed=sampling.seed, layer=layer, repeat=repeat, mode=sampling.mode)
+
+
+@dataclass(eq=False)
+class LayerPlan:
+    """What a shard stores for one layer.
+
+    ``units``: sorted flat unit indices stored for the ``units`` substrate (every unit when
+    ``all_units``), or None when that substrate is not analysed. ``filter_mean`` and
+    ``location_mean``: whether those reductions are stored (always in full: they are small).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    units: np.ndarray | None
+    all_units: bool = False
+    filter_mean: bool = False
+    location_mean: bool = False
+    n_total: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_total = int(np.prod(self.shape))
+
+    def values_per_image(self) -> int:
+        n = 0 if self.units is None else len(self.units)
+        if self.filter_mean:
+            n += feature_shape(self.shape, "filter_mean")[0]
+        if self.location_mean:
+            n += int(np.prod(feature_shape(self.shape, "location_mean")))
+        return n
+
+
+def storage_plan(
+    shapes: dict[str, tuple[int, ...]],
+    substrates: Iterable[str],
+    sampling: Sampling,
+    *,
+    store: str = "needed",
+    full_layers: Iterable[str] = (),
+) -> dict[str, LayerPlan]:
+    """What each layer stores, in the order of ``shapes`` (network order).
+
+    Parameters
+    ----------
+    shapes : dict
+        Layer name -> unit shape (channels last).
+    substrates : iterable of {'units', 'filter_mean', 'location_mean'}
+    sampling : Sampling
+    store : {'needed', 'all'}
+        ``needed``: the union over repeats and ``n_units`` of the sampled units (every unit if
+        ``'all'`` is among ``n_units``); ``all``: every unit of every layer (60.4 MB per image
+        for VGG16), e.g. to try other analyses later.
+    full_layers : iterable of str
+        Layers stored in full whatever the plan (the job passes the class-score layer).
+
+    Raises
+    ------
+    ValueError
+        A sampling request that cannot hold for some layer (e.g. ``mode='equal'`` with fewer
+        units than channels), naming the layer.
+    """
+    if store not in ("needed", "all"):
+        raise ValueError(f"store must be 'needed' or 'all', got {store!r}")
+    subs = [check_substrate(s) for s in substrates]
+    full = set(full_layers)
+    plan = {}
+    for name, shape in shapes.items():
+        units = None
+        all_units = store == "all" or name in full
+        if "units" in subs or all_units:
+            if all_units or ALL in sampling.n_units:
+                all_units = True
+                units = np.arange(int(np.prod(shape)), dtype=np.int64)
+            else:
+                chunks = [
+                    units_for(shape, "units", n, sampling, name, r)
+                    for n in sampling.n_units
+                    for r in range(sampling.repeats_for(n))
+                ]
+                units = np.unique(np.concatenate(chunks))
+        for sub in ("filter_mean", "location_mean"):
+            if sub in subs:  # validates sampling for these substrates too (e.g. 'equal')
+                for n in sampling.n_units:
+                    units_for(shape, sub, n, sampling, name, 0)
+        plan[name] = LayerPlan(
+            name=name,
+            shape=tuple(shape),
+            units=units,
+            all_units=all_units,
+            filter_mean="filter_mean" in subs,
+            location_mean="location_mean" in subs,
+        )
+    return plan
+
+
+def plan_digest(plan: dict[str, LayerPlan]) -> str:
+    """SHA-256 of everything a shard's contents depend on in the plan (for resume checks)."""
+    digest = hashlib.sha256()
+    for name, lp in plan.items():
+        digest.update(repr((name, lp.shape, lp.all_units, lp.filter_mean, lp.location_mean)).encode())
+        if lp.units is not None and not lp.all_units:
+            digest.update(np.ascontiguousarray(lp.units, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def bytes_per_image(plan: dict[str, LayerPlan], itemsize: int = 4) -> int:
+    """Bytes of activation values one image stores under ``plan`` (float32 by default)."""
+    return itemsize * sum(lp.values_per_image() for lp in plan.values())

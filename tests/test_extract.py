@@ -1,0 +1,191 @@
+"""Extraction against a direct Keras call on the same preprocessed images."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from daskdiff.extract import ShardTask, extract_shard
+from daskdiff.models import ModelSpec, WeightsUnavailableError, build_model, describe
+from daskdiff.plan import Sampling, storage_plan
+from daskdiff.storage import open_activations, read_features, shard_path
+
+
+def _reference_outputs(model_path, layers, paths, size):
+    """Independent reference: keras.utils.load_img + the saved model (softmax head intact)."""
+    import keras
+
+    model = keras.saving.load_model(model_path, compile=False)
+    direct = keras.Model(model.inputs, [model.get_layer(n).output for n in layers])
+    x = np.stack([np.asarray(keras.utils.load_img(p, target_size=size), dtype=np.float32) for p in paths])
+    return dict(zip(layers, [np.asarray(o) for o in direct.predict(x, verbose=0)]))
+
+
+@pytest.fixture
+def tiny_plan(tiny_model_path):
+    spec = ModelSpec(name=tiny_model_path, weights="file")
+    info = describe(spec)
+    sampling = Sampling(n_units=(5, 40), repeats=3, seed=11)
+    plan = storage_plan(info["shapes"], ["units", "filter_mean", "location_mean"], sampling, full_layers=[info["last_layer"]])
+    return spec, info, plan
+
+
+def test_shard_equals_direct_keras_call(tmp_path, image_folders, tiny_plan, tiny_model_path):
+    spec, info, plan = tiny_plan
+    paths = image_folders["noisy"]
+    task = ShardTask("noisy", 0, tuple(paths), 0, str(tmp_path / "out"), batch_size=3)
+    summary = extract_shard(task, plan, spec)
+    assert summary["n_images"] == len(paths) and summary["skipped"] == []
+
+    ref = _reference_outputs(tiny_model_path, info["layers"], paths, info["input_size"])
+    ds = xr.open_dataset(shard_path(tmp_path / "out", "noisy", 0))
+    assert list(ds["path"].values) == paths
+    for layer in info["layers"]:
+        full = ref[layer].reshape(len(paths), -1)
+        lp = plan[layer]
+        units = ds[f"units__{layer}"].values
+        np.testing.assert_array_equal(ds[f"unit__{layer}"].values, lp.units)
+        np.testing.assert_allclose(units, full[:, lp.units], rtol=1e-5, atol=1e-6)
+        a = ref[layer]
+        spatial = tuple(range(1, a.ndim - 1))
+        fm = a.mean(axis=spatial) if spatial else a
+        np.testing.assert_allclose(ds[f"filter_mean__{layer}"].values, fm, rtol=1e-5, atol=1e-6)
+        loc = a.mean(axis=-1).reshape(len(paths), -1)
+        np.testing.assert_allclose(ds[f"location_mean__{layer}"].values, loc, rtol=1e-5, atol=1e-6)
+    # the class-score layer is stored in full, as softmax probabilities by default
+    probs = ref["predictions"]
+    np.testing.assert_allclose(ds["units__predictions"].values, probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(ds["top1_class"].values, probs.argmax(axis=1))
+    np.testing.assert_allclose(ds["top1_prob"].values, probs.max(axis=1), rtol=1e-5)
+    assert ds.attrs["weights"].startswith(tiny_model_path.rsplit("/", 1)[0]) or "sha256" in ds.attrs["weights"]
+    ds.close()
+
+
+def test_conv_unit_coordinates(tmp_path, image_folders, tiny_plan):
+    spec, info, plan = tiny_plan
+    extract_shard(ShardTask("noisy", 0, tuple(image_folders["noisy"][:2]), 0, str(tmp_path)), plan, spec)
+    ds = xr.open_dataset(shard_path(tmp_path, "noisy", 0))
+    h, w, c = info["shapes"]["conv2"]
+    idx = ds["unit__conv2"].values
+    np.testing.assert_array_equal(idx, (ds["y__conv2"].values * w + ds["x__conv2"].values) * c + ds["channel__conv2"].values)
+    ds.close()
+
+
+def test_logits_option(tmp_path, image_folders, tiny_model_path):
+    spec = ModelSpec(name=tiny_model_path, weights="file", predictions="logits", layers=("predictions",))
+    info = describe(spec)
+    plan = storage_plan(info["shapes"], ["units"], Sampling(n_units=("all",), repeats=1), full_layers=["predictions"])
+    extract_shard(ShardTask("noisy", 0, tuple(image_folders["noisy"]), 0, str(tmp_path)), plan, spec)
+    with xr.open_dataset(shard_path(tmp_path, "noisy", 0)) as ds:
+        logits = ds["units__predictions"].values
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        np.testing.assert_allclose(ds["top1_prob"].values, probs.max(1), rtol=1e-5)
+        assert not np.allclose(logits.sum(1), 1.0)
+
+
+def test_bad_images_are_skipped_and_recorded(tmp_path, image_folders, tiny_plan):
+    spec, info, plan = tiny_plan
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"")
+    paths = (image_folders["noisy"][0], str(bad), image_folders["noisy"][1])
+    summary = extract_shard(ShardTask("noisy", 3, paths, 30, str(tmp_path / "o")), plan, spec)
+    assert summary["n_images"] == 2
+    assert summary["skipped"][0][0] == str(bad)
+    ds = open_activations(tmp_path / "o", "noisy")
+    assert ds.sizes["image"] == 2
+    assert list(ds["image_index"].values) == [30, 32]
+    assert json.loads(ds.attrs["skipped_json"])[0][0] == str(bad)
+    ds.close()
+
+
+def test_shard_of_only_bad_images(tmp_path, tiny_plan):
+    spec, info, plan = tiny_plan
+    bad = tmp_path / "a.jpg"
+    bad.write_text("not an image")
+    summary = extract_shard(ShardTask("s", 0, (str(bad),), 0, str(tmp_path / "o")), plan, spec)
+    assert summary["n_images"] == 0
+    with xr.open_dataset(shard_path(tmp_path / "o", "s", 0)) as ds:
+        assert ds.sizes["image"] == 0
+
+
+def test_open_activations_concatenates_shards(tmp_path, image_folders, tiny_plan):
+    spec, info, plan = tiny_plan
+    paths = image_folders["noisy"]
+    for shard, (lo, hi) in enumerate([(0, 3), (3, 7)]):
+        extract_shard(ShardTask("noisy", shard, tuple(paths[lo:hi]), lo, str(tmp_path)), plan, spec)
+    ds = open_activations(tmp_path, "noisy")
+    assert list(ds["path"].values) == paths
+    assert ds["units__conv1"].chunks is not None  # lazy, dask-backed
+    one = extract_shard(ShardTask("all", 0, tuple(paths), 0, str(tmp_path)), plan, spec)
+    values, index = read_features([one["path"]], "units", "conv1")
+    np.testing.assert_allclose(ds["units__conv1"].values, values, rtol=1e-6)
+    ds.close()
+
+
+def test_random_weights_reproducible():
+    a = build_model(ModelSpec("VGG16", weights="random", seed=3))
+    w_a = a.get_layer("block3_conv1").get_weights()[0]
+    b = build_model(ModelSpec("VGG16", weights="random", seed=3))
+    np.testing.assert_array_equal(w_a, b.get_layer("block3_conv1").get_weights()[0])
+    c = build_model(ModelSpec("VGG16", weights="random", seed=4))
+    assert not np.array_equal(w_a, c.get_layer("block3_conv1").get_weights()[0])
+    # He-normal scale: std ~ sqrt(2 / fan_in)
+    assert np.std(w_a) == pytest.approx(np.sqrt(2 / (3 * 3 * 128)), rel=0.02)
+
+
+def test_imagenet_offline_error_names_file_cache_and_options(monkeypatch, tmp_path):
+    import keras.src.utils.file_utils as file_utils
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    import keras.src.backend.config as config
+
+    monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path))
+    with pytest.raises(WeightsUnavailableError) as err:
+        build_model(ModelSpec("VGG16", weights="imagenet"))
+    msg = str(err.value)
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels.h5" in msg
+    assert str(tmp_path) in msg
+    assert "weights: random" in msg and "weights file" in msg
+
+
+def test_unknown_layer_lists_valid(tiny_model_path):
+    with pytest.raises(ValueError, match="valid layers are .*conv1"):
+        describe(ModelSpec(name=tiny_model_path, weights="file", layers=("conv9",)))
+
+
+@pytest.mark.vgg16
+def test_vgg16_random_weights_end_to_end(tmp_path, image_folders):
+    """The real VGG16 (random weights): shard values equal a direct Keras call."""
+    import keras
+
+    from daskdiff.models import cached_model, preprocess
+
+    spec = ModelSpec("VGG16", weights="random", seed=0)
+    info = describe(spec)
+    assert len(info["layers"]) == 22 and info["layers"][0] == "block1_conv1" and info["layers"][-1] == "predictions"
+    plan = storage_plan(info["shapes"], ["units", "filter_mean"], Sampling(n_units=(200,), repeats=2), full_layers=["predictions"])
+    paths = image_folders["noisy"][:3]
+    extract_shard(ShardTask("noisy", 0, tuple(paths), 0, str(tmp_path), batch_size=2), plan, spec)
+    base = cached_model(spec)
+    check = ["block1_conv1", "block3_pool", "block5_conv3", "fc2", "predictions"]
+    direct = keras.Model(base.inputs, [base.get_layer(n).output for n in check])
+    x = np.stack([np.asarray(keras.utils.load_img(p, target_size=(224, 224)), dtype=np.float32) for p in paths])
+    x = keras.applications.vgg16.preprocess_input(x)
+    ref = dict(zip(check, direct.predict(x, verbose=0)))
+    ref["predictions"] = np.exp(ref["predictions"] - ref["predictions"].max(1, keepdims=True))
+    ref["predictions"] /= ref["predictions"].sum(1, keepdims=True)
+    with xr.open_dataset(shard_path(tmp_path, "noisy", 0)) as ds:
+        for layer in check:
+            full = ref[layer].reshape(len(paths), -1)
+            np.testing.assert_allclose(ds[f"units__{layer}"].values, full[:, plan[layer].units], rtol=1e-5, atol=1e-5 * np.abs(full).max())
+        assert ds.attrs["weights"] == "random(seed=0, he_normal)"
+        assert "vgg16.preprocess_input" in ds.attrs["preprocessing"]
