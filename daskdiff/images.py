@@ -1,0 +1,602 @@
+"""Image sets (which files) and decoding (file -> uint8 RGB array), with Pillow and numpy only.
+
+An *image set* is named by a folder, a glob pattern or a list file; :func:`resolve_image_set`
+turns it into sorted absolute paths. :func:`load_image` decodes one file to a
+``(height, width, 3)`` ``uint8`` RGB array and :func:`load_images` decodes many, collecting
+the files that cannot be decoded as :class:`Skipped` instead of failing the whole set.
+
+With the default ``resize="nearest"`` an ordinary RGB (or grey, palette, CMYK) image decodes to
+exactly what ``keras.utils.load_img(path, target_size=(height, width))`` gives, so activations
+match a direct Keras call. Transparency, 16-bit and 32-bit integer, and floating-point images are
+where the two differ: Keras drops alpha and clips 16-bit values, this module composites alpha over
+a background and scales high bit depths (see :func:`load_image`, Notes).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "RESIZE_FILTERS",
+    "ImageDecodeError",
+    "ImageSetError",
+    "Skipped",
+    "load_image",
+    "load_images",
+    "resolve_image_set",
+]
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+"""Lower-case file suffixes taken from a folder (the match ignores case: ``.JPG`` is taken)."""
+
+LIST_SUFFIXES: frozenset[str] = frozenset({".txt", ".lst"})
+"""Suffixes of a list file: one image path per line."""
+
+ResizeName = Literal["nearest", "bilinear", "bicubic", "lanczos"]
+
+RESIZE_FILTERS: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+"""Name of a ``resize`` option -> the Pillow filter. ``nearest`` is what Keras' ``load_img`` uses."""
+
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+class ImageSetError(ValueError):
+    """An image set that cannot be used at all: missing, empty, or an unreadable list file."""
+
+
+class ImageDecodeError(ValueError):
+    """One file that cannot be decoded into an image.
+
+    Attributes
+    ----------
+    path : str
+        The file, as it was given.
+    reason : str
+        A short human reason, e.g. ``'empty file (0 bytes)'``.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"cannot decode image '{self.path}': {reason}")
+
+    def __reduce__(self):
+        # Rebuild from (path, reason), not from the formatted message, so the error survives
+        # pickling (Dask sends a task's exception from the worker to the client).
+        return type(self), (self.path, self.reason)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file left out of an image set because it could not be decoded."""
+
+    path: str
+    reason: str
+
+
+# --------------------------------------------------------------------------------------------
+# Image sets
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_image_set(
+    source: str | os.PathLike,
+    *,
+    name: str = "images",
+    base_dir: str | os.PathLike | None = None,
+) -> list[str]:
+    """The image files of a set, as sorted absolute paths.
+
+    Parameters
+    ----------
+    source : str or path-like
+        One of
+
+        - a **folder**: every file directly in it (not in sub-folders) whose suffix, in any case,
+          is in :data:`IMAGE_SUFFIXES`; hidden files (name starting with ``.``, such as macOS'
+          ``._photo.jpg``) are left out, as a ``*`` glob leaves them out;
+        - a **glob pattern**, any path containing ``*``, ``?`` or ``[`` that is not itself an
+          existing path, e.g. ``'photos/*.jpg'`` or ``'photos/**/*.png'`` (``**`` is recursive).
+          Every match that is not a folder is taken, whatever its suffix: the pattern decides;
+        - a **list file** (suffix ``.txt`` or ``.lst``), UTF-8, one path per line. Lines are
+          stripped of surrounding white space; blank lines and lines starting with ``#`` are
+          ignored; relative paths are relative to the list file's folder.
+    name : str, default 'images'
+        The set's name, used in error messages only.
+    base_dir : str or path-like, optional
+        Folder a relative `source` is relative to. Default: the current working directory.
+        A leading ``~`` in `source` or in a list file's lines is expanded to the home folder.
+
+    Returns
+    -------
+    list of str
+        Absolute paths (``os.path.abspath``: ``..`` is collapsed, symlinks are *not* resolved),
+        sorted by path string, without duplicates.
+
+    Raises
+    ------
+    ImageSetError
+        The source does not exist; a folder holds no image file; a glob matches no file; a list
+        file cannot be read, lists no path, or lists only paths that do not exist.
+    TypeError
+        `source` is not a string or path-like.
+
+    Notes
+    -----
+    Nothing is decoded here. A listed file that does not exist (when some others do), a broken
+    symlink, or a file that is not really an image is returned as given and becomes a
+    :class:`Skipped` entry in :func:`load_images`.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            f"image set {name!r}: source must be a folder, glob pattern or list file path "
+            f"(str or os.PathLike), got {type(source).__name__}: {source!r}"
+        )
+    text = os.fspath(source)
+    if not text.strip():
+        raise ImageSetError(
+            f"image set {name!r}: source is an empty string; give a folder, a glob pattern such "
+            "as 'photos/*.jpg', or a list file (.txt/.lst) with one image path per line"
+        )
+    base = os.path.abspath(os.getcwd() if base_dir is None else os.fspath(base_dir))
+    path = os.path.abspath(os.path.join(base, os.path.expanduser(text)))
+
+    if os.path.isdir(path):
+        files = _folder_files(path, name)
+    elif os.path.isfile(path):
+        files = _list_file_paths(path, name)
+    elif _GLOB_CHARACTERS & set(text):
+        pattern = os.path.expanduser(text)
+        if not os.path.isabs(pattern):  # the base folder's own name is not a pattern
+            pattern = os.path.join(glob.escape(base), pattern)
+        files = _glob_files(pattern, name)
+    else:
+        raise ImageSetError(
+            f"image set {name!r}: '{path}' does not exist (given as {text!r}, relative to "
+            f"'{base}'); give an existing folder, a glob pattern such as 'photos/*.jpg', or a "
+            "list file (.txt/.lst)"
+        )
+    return sorted(set(files))
+
+
+def _folder_files(folder: str, name: str) -> list[str]:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as error:
+        raise ImageSetError(
+            f"image set {name!r}: cannot list folder '{folder}': {error.strerror}; check its "
+            "permissions"
+        ) from error
+    files = [
+        entry.path
+        for entry in entries
+        if not entry.name.startswith(".")
+        and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
+        and not os.path.isdir(entry.path)
+    ]
+    if not files:
+        raise ImageSetError(
+            f"image set {name!r}: folder '{folder}' holds no image file (accepted suffixes: "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))}; sub-folders and hidden files are not "
+            "searched); put images in it, or give a glob pattern such as "
+            f"'{os.path.join(folder, '**', '*.jpg')}'"
+        )
+    return files
+
+
+def _glob_files(pattern: str, name: str) -> list[str]:
+    files = [p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p)]
+    if not files:
+        raise ImageSetError(
+            f"image set {name!r}: glob pattern '{pattern}' matches no file; check the folder "
+            "and the suffix (the match is case-sensitive on most systems: '*.jpg' does not "
+            "match 'A.JPG'), or give the folder itself"
+        )
+    return [os.path.abspath(p) for p in files]
+
+
+def _list_file_paths(list_file: str, name: str) -> list[str]:
+    suffix = os.path.splitext(list_file)[1].lower()
+    if suffix not in LIST_SUFFIXES:
+        raise ImageSetError(
+            f"image set {name!r}: '{list_file}' is a file but not a list file (suffix "
+            f"{suffix or '(none)'!s}, expected one of {', '.join(sorted(LIST_SUFFIXES))}); "
+            "give its folder, a glob pattern, or a .txt file listing the images"
+        )
+    try:
+        with open(list_file, encoding="utf-8-sig") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ImageSetError(
+            f"image set {name!r}: cannot read list file '{list_file}': {error}; it must be a "
+            "readable UTF-8 text file with one image path per line"
+        ) from error
+    folder = os.path.dirname(list_file)
+    entries = [line.strip() for line in lines]
+    files = [
+        os.path.abspath(os.path.join(folder, os.path.expanduser(entry)))
+        for entry in entries
+        if entry and not entry.startswith("#")
+    ]
+    if not files:
+        raise ImageSetError(
+            f"image set {name!r}: list file '{list_file}' lists no path (only blank lines or "
+            "'#' comments); write one image path per line"
+        )
+    if not any(os.path.lexists(p) for p in files):
+        raise ImageSetError(
+            f"image set {name!r}: none of the {len(files)} paths in list file '{list_file}' "
+            f"exists (first: '{files[0]}'); relative paths are relative to the list file's "
+            f"folder '{folder}'"
+        )
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+# warnings.catch_warnings swaps the process-wide filter list on entry and puts the saved one
+# back on exit, so two threads interleaving it can leave a filter behind for good. Dask workers
+# decode in several threads: every decode that needs the local filter holds this lock.
+_WARNINGS_LOCK = threading.Lock()
+
+
+def load_image(
+    path: str | os.PathLike,
+    size: tuple[int, int] = (224, 224),
+    *,
+    resize: ResizeName = "nearest",
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
+    """Decode one image file into an 8-bit RGB array of a given size.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file.
+    size : (int, int), default (224, 224)
+        ``(height, width)`` of the result, in that order, as Keras' ``target_size``.
+    resize : {'nearest', 'bilinear', 'bicubic', 'lanczos'}, default 'nearest'
+        Pillow filter used to resize (see :data:`RESIZE_FILTERS`). The aspect ratio is not
+        kept: the image is stretched to `size`, as Keras does.
+    background : (int, int, int), default (255, 255, 255)
+        RGB colour (0..255 each) that transparent pixels are composited over: white by default.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` array of shape ``(height, width, 3)``, channels in RGB order, values 0..255.
+
+    Raises
+    ------
+    ImageDecodeError
+        The file cannot be decoded; ``error.reason`` says why (missing file or broken symlink,
+        permission denied, empty file, not an image, truncated or corrupt data, decompression
+        bomb, unsupported mode or values).
+    ValueError, TypeError
+        `size`, `resize` or `background` is invalid (raised before the file is read).
+
+    Notes
+    -----
+    The file is read into memory and opened with Pillow, which decodes it completely here, so a
+    truncated file fails here rather than later. ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is
+    never set by this module (if other code sets it, Pillow pads truncated files instead).
+
+    Conventions, applied in this order:
+
+    1. **Frame**: multi-frame files (animated GIF, multi-page TIFF) give their first frame.
+       EXIF orientation and ICC colour profiles are ignored, as Keras ignores them.
+    2. **Conversion to 8-bit RGB**, at the file's own size:
+
+       - ``RGB``: as is.
+       - ``L``, ``1``, ``P`` without transparency, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``:
+         ``Image.convert('RGB')`` (grey is repeated into 3 channels; CMYK is converted
+         naively, without a colour profile), exactly as Keras.
+       - Transparency (``RGBA``, ``LA``, ``PA``, ``RGBa``, ``La``, and ``P`` with a transparent
+         palette entry or alpha palette): converted to ``RGBA``, then composited over
+         `background` with "over": ``out = round((c * a + b * (255 - a)) / 255)``. A fully
+         transparent pixel becomes `background`, an opaque one keeps its colour. (Keras drops
+         alpha instead, which shows whatever colour is stored under transparent pixels.)
+         Colour-key transparency of ``RGB`` and ``L`` images is ignored, as Keras ignores it.
+       - 16-bit integer (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``): ``round(v / 257)``, which maps
+         0..65535 onto 0..255 (65535 -> 255, 32896 -> 128), repeated into 3 channels. Pillow's
+         own ``convert('RGB')``, which Keras uses, clips every value above 255 to 255.
+       - 32-bit integer (``I``): read as 16-bit data, ``round(v / 257)``, when all values are in
+         0..65535; otherwise the file is not decoded (no range can be assumed).
+       - 32-bit float (``F``): values in 0..1 are scaled by 255, values in 0..255 (maximum above
+         1) are taken as they are, then rounded; NaN, infinite, negative values or values above
+         255 are not decoded. An image in the 0..255 range whose maximum is at most 1 is thus
+         read as 0..1: the rule looks at the values because the file does not say.
+       - Any other mode is not decoded.
+    3. **Resize** to ``(height, width)`` with the `resize` filter (Pillow's ``Image.resize``,
+       which takes ``(width, height)``), skipped when the image already has that size.
+
+    With the defaults, for a file Keras handles the same way (every mode above except those with
+    transparency and the 16-bit, ``I`` and ``F`` modes) the result equals
+    ``np.asarray(keras.utils.load_img(path, target_size=size), dtype=np.uint8)`` exactly: Keras
+    also opens with Pillow, converts with ``convert('RGB')`` and resizes with nearest neighbour.
+
+    **Decompression bombs.** An image with more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (Pillow
+    warns) or twice that (Pillow raises) is not decoded: both count as failures. The warning is
+    turned into an error only inside this function (``warnings.catch_warnings``, under a lock, so
+    decoding is serialised within a process); global warning filters and
+    ``MAX_IMAGE_PIXELS`` are left alone. Raise ``PIL.Image.MAX_IMAGE_PIXELS`` to accept larger
+    images you trust.
+
+    See Also
+    --------
+    load_images : decode many files, skipping those that fail.
+    keras.utils.load_img : the reference for the default behaviour.
+    """
+    height, width = _check_size(size)
+    resample = _check_resize(resize)
+    fill = _check_background(background)
+    rgb = _decode_rgb(os.fspath(path), fill)
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), resample)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def load_images(
+    paths: Sequence[str | os.PathLike],
+    size: tuple[int, int] = (224, 224),
+    *,
+    resize: ResizeName = "nearest",
+    background: tuple[int, int, int] = (255, 255, 255),
+    strict: bool = False,
+) -> tuple[np.ndarray, list[int], list[Skipped]]:
+    """Decode many image files, skipping (or, with `strict`, raising on) those that fail.
+
+    Parameters
+    ----------
+    paths : sequence of str or path-like
+        The files, e.g. from :func:`resolve_image_set`.
+    size, resize, background
+        As in :func:`load_image`; all are checked before any file is read.
+    strict : bool, default False
+        Raise the first :class:`ImageDecodeError` instead of skipping the file.
+
+    Returns
+    -------
+    images : numpy.ndarray
+        ``uint8`` array of shape ``(n_ok, height, width, 3)``, the decoded images in input order;
+        ``n_ok`` may be 0.
+    indices : list of int
+        For each row of `images`, its position in `paths`.
+    skipped : list of Skipped
+        The files that could not be decoded, in input order, with the path as given and the
+        reason.
+
+    Raises
+    ------
+    ImageDecodeError
+        With ``strict=True``, the first file that cannot be decoded.
+    ValueError, TypeError
+        Invalid `size`, `resize` or `background`, or `paths` given as one string.
+
+    Notes
+    -----
+    Every image is decoded with exactly the conventions of :func:`load_image`.
+    """
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"paths must be a sequence of file paths, not one path ({paths!r}); "
+            "wrap it in a list: load_images([path])"
+        )
+    paths = list(paths)
+    height, width = _check_size(size)
+    _check_resize(resize)
+    _check_background(background)
+
+    images = np.empty((len(paths), height, width, 3), dtype=np.uint8)
+    indices: list[int] = []
+    skipped: list[Skipped] = []
+    for index, path in enumerate(paths):
+        try:
+            images[len(indices)] = load_image(
+                path, (height, width), resize=resize, background=background
+            )
+        except ImageDecodeError as error:
+            if strict:
+                raise
+            skipped.append(Skipped(path=error.path, reason=error.reason))
+        else:
+            indices.append(index)
+    if len(indices) < len(paths):
+        images = images[: len(indices)].copy()
+    return images, indices, skipped
+
+
+# --- argument checks ---------------------------------------------------------------------------
+
+
+def _check_size(size) -> tuple[int, int]:
+    try:
+        height, width = size
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"size must be a pair (height, width) of positive integers, e.g. size=(224, 224); "
+            f"got {size!r}"
+        ) from None
+    for value in (height, width):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(
+                f"size must be a pair (height, width) of positive integers, e.g. "
+                f"size=(224, 224); got {size!r}"
+            )
+        if value < 1:
+            raise ValueError(
+                f"size must be a pair (height, width) of positive integers, e.g. "
+                f"size=(224, 224); got {size!r}"
+            )
+    return int(height), int(width)
+
+
+def _check_resize(resize: str) -> Image.Resampling:
+    try:
+        return RESIZE_FILTERS[resize]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"resize={resize!r} is not a known filter; use one of "
+            f"{', '.join(repr(k) for k in RESIZE_FILTERS)} ('nearest' matches "
+            "keras.utils.load_img)"
+        ) from None
+
+
+def _check_background(background) -> tuple[int, int, int]:
+    try:
+        values = tuple(background)
+    except TypeError:
+        values = ()
+    if len(values) != 3 or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255
+        for v in values
+    ):
+        raise ValueError(
+            f"background must be an RGB triple of integers in 0..255, e.g. (255, 255, 255) for "
+            f"white; got {background!r}"
+        )
+    return tuple(int(v) for v in values)
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        if os.path.islink(path):
+            reason = f"broken symlink (its target '{os.readlink(path)}' does not exist)"
+        else:
+            reason = "file not found"
+        raise ImageDecodeError(path, reason) from None
+    except IsADirectoryError:
+        raise ImageDecodeError(path, "is a folder, not an image file") from None
+    except PermissionError:
+        raise ImageDecodeError(path, "permission denied (check the file's permissions)") from None
+    except OSError as error:
+        raise ImageDecodeError(path, f"cannot read file: {error.strerror or error}") from None
+    if not data:
+        raise ImageDecodeError(path, "empty file (0 bytes)")
+    return data
+
+
+def _open_loaded(path: str, data: bytes) -> Image.Image:
+    """Open and fully decode `data` (first frame) with decompression-bomb warnings as errors."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ImageDecodeError(
+                path,
+                f"decompression bomb: {error} (raise PIL.Image.MAX_IMAGE_PIXELS, now "
+                f"{Image.MAX_IMAGE_PIXELS}, if you trust the file)",
+            ) from None
+        except UnidentifiedImageError:
+            raise ImageDecodeError(
+                path, "not an image file (Pillow cannot identify its format)"
+            ) from None
+        except MemoryError:
+            raise
+        except Exception as error:  # Pillow's decoders raise many types on corrupt data
+            message = str(error) or type(error).__name__
+            raise ImageDecodeError(path, f"truncated or corrupt image: {message}") from None
+    return image
+
+
+def _decode_rgb(path: str, background: tuple[int, int, int]) -> Image.Image:
+    """The file's first frame as an 8-bit RGB image at its own size."""
+    image = _open_loaded(path, _read_bytes(path))
+    mode = image.mode
+    if mode == "P" and image.has_transparency_data:
+        mode = "RGBA"
+    convert = _CONVERTERS.get(mode)
+    if convert is None:
+        raise ImageDecodeError(
+            path,
+            f"unsupported image mode {image.mode!r}; save it as 8-bit RGB, grey or RGBA "
+            "(e.g. PNG or JPEG)",
+        )
+    try:
+        rgb = convert(image, background)
+    except ValueError as error:
+        raise ImageDecodeError(path, str(error)) from None
+    return rgb
+
+
+def _plain(image: Image.Image, background) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _composite(image: Image.Image, background) -> Image.Image:
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.uint32)
+    alpha = rgba[..., 3:]
+    colour = rgba[..., :3] * alpha + np.asarray(background, np.uint32) * (255 - alpha)
+    # (x + 127) // 255 is round(x / 255) for every integer x (x / 255 never ends in .5).
+    return Image.fromarray(((colour + 127) // 255).astype(np.uint8))
+
+
+def _grey(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.repeat(values.astype(np.uint8)[..., None], 3, axis=-1))
+
+
+def _sixteen_bit(image: Image.Image, background) -> Image.Image:
+    values = np.asarray(image).astype(np.uint32)
+    return _grey((values + 128) // 257)
+
+
+def _int32(image: Image.Image, background) -> Image.Image:
+    values = np.asarray(image, dtype=np.int64)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+        raise ValueError(
+            f"32-bit integer image with values in {low}..{high}; only 0..65535 (16-bit data) "
+            "is understood: save it as 8-bit or 16-bit"
+        )
+    return _grey((values + 128) // 257)
+
+
+def _float(image: Image.Image, background) -> Image.Image:
+    values = np.asarray(image, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("floating-point image with NaN or infinite values; save it as 8-bit")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 255:
+        raise ValueError(
+            f"floating-point image with values in {low:g}..{high:g}; only 0..1 or 0..255 is "
+            "understood: rescale it or save it as 8-bit"
+        )
+    scale = 255.0 if high <= 1.0 else 1.0
+    return _grey(np.rint(values * scale))
+
+
+_CONVERTERS: dict[str, Callable[[Image.Image, tuple[int, int, int]], Image.Image]] = {
+    **dict.fromkeys(("RGB", "L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"), _plain),
+    **dict.fromkeys(("RGBA", "LA", "PA", "RGBa", "La"), _composite),
+    **dict.fromkeys(("I;16", "I;16L", "I;16B", "I;16N"), _sixteen_bit),
+    "I": _int32,
+    "F": _float,
+}
+"""Pillow mode -> function giving the 8-bit RGB image (``P`` with transparency uses ``RGBA``)."""
