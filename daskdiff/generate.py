@@ -692,6 +692,15 @@ def generate(kind: GeneratorKind, out_dir: str | os.PathLike, /, **params: objec
         required one (naming the generator and its valid parameters); and for bad values, as
         each generator documents.
     """
+    function = check_generator_params(kind, params, out_dir=out_dir)
+    return function(out_dir=out_dir, **params)
+
+
+def check_generator_params(kind: str, params: dict, out_dir: object = ".") -> Callable[..., list[str]]:
+    """The generator function of ``kind`` if ``params`` fit its signature, else ValueError.
+
+    Used by :func:`generate` and by job-spec validation (nothing is written).
+    """
     function = GENERATORS[_check_choice("kind", kind, GENERATORS)]
     signature = inspect.signature(function)
     valid = [name for name in signature.parameters if name != "out_dir"]
@@ -703,4 +712,4 @@ def generate(kind: GeneratorKind, out_dir: str | os.PathLike, /, **params: objec
         raise ValueError(
             f"generator {kind!r} ({function.__name__}): {problem}; its parameters are {valid}"
         ) from None
-    return function(out_dir=out_dir, **params)
+    return function

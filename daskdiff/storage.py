@@ -212,15 +212,19 @@ def read_features(files: Sequence[str | os.PathLike], substrate: str, layer: str
     Returns ``(values, index)``: ``values`` ``(n_images, n_stored)`` float32 in shard order and
     ``index`` the stored flat feature indices (sorted). Only this variable is read.
     """
+    import netCDF4
+
     name, dim = variable_name(substrate, layer), feature_dim(substrate, layer)
     blocks, index = [], None
     for f in files:
-        with xr.open_dataset(f, engine="netcdf4", cache=False) as ds:
-            if name not in ds:
+        # netCDF4 directly: xarray would build a pandas index over millions of unit labels
+        with netCDF4.Dataset(f, "r") as ds:
+            ds.set_auto_mask(False)
+            if name not in ds.variables:
                 raise KeyError(f"{f}: variable {name!r} is missing; the shard was written by another plan (re-run with --overwrite)")
-            blocks.append(ds[name].values)
+            blocks.append(np.asarray(ds.variables[name][:], dtype=np.float32))
             if index is None:
-                index = ds[dim].values.astype(np.int64)
+                index = np.asarray(ds.variables[dim][:], dtype=np.int64)
     if index is None:
         raise ValueError("no shard files to read")
     return np.concatenate(blocks, axis=0), index

@@ -1,0 +1,103 @@
+"""Differentiation tasks: one (image set, substrate, n_units, layer, chunk of repeats).
+
+A task reads only one stored variable of one set, re-draws each repeat's units with
+:func:`daskdiff.sample_units` (the same units for every image and every set), evaluates the
+repeats as one stack (:func:`daskdiff.distances_stack`) and writes a small ``.npz`` partial
+result atomically, so a re-run (a dead worker, a resumed job) rewrites the same file.
+
+Normalisation statistics are taken per task matrix: over all entries of one set's sampled
+activations of one layer in one repeat (what both seed notebooks do). A set's result therefore
+does not depend on which other sets are in the job.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .differentiation import distances_stack, rdm_median
+from .plan import NUnits, Sampling, units_for
+from .storage import atomic_write, read_features
+
+PARTIAL_DIR = "partial"
+
+
+@dataclass(frozen=True)
+class DiffTask:
+    image_set: str
+    substrate: str
+    n_units: NUnits
+    layer: str
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+    files: tuple[str, ...]
+    output: str
+    sampling: Sampling
+    metric: str
+    normalize: str
+    per_unit: bool
+    median_over: str
+    keep_rdm: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.image_set}--{self.substrate}--{self.n_units}--{self.layer}--r{self.start:05d}-{self.stop:05d}"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.output) / PARTIAL_DIR / f"{self.key}.npz"
+
+
+def sampled_stack(values: np.ndarray, index: np.ndarray, task: DiffTask) -> tuple[np.ndarray, int]:
+    """Gather each repeat's units from the stored values: ``(n_repeats, n_images, k)`` float64.
+
+    ``index`` holds the stored flat feature indices (sorted); every sampled unit must be among
+    them, or the shards were written for another plan.
+    """
+    stacks = []
+    for repeat in range(task.start, task.stop):
+        units = units_for(task.shape, task.substrate, task.n_units, task.sampling, task.layer, repeat)
+        pos = np.searchsorted(index, units)
+        if np.any(pos >= len(index)) or np.any(index[np.minimum(pos, len(index) - 1)] != units):
+            raise ValueError(
+                f"{task.key}: the shards of set {task.image_set!r} do not store every unit this "
+                "repeat samples; they were written for another plan: re-run with --overwrite"
+            )
+        stacks.append(values[:, pos])
+    return np.stack(stacks).astype(np.float64), stacks[0].shape[1]
+
+
+def run_diff_task(task: DiffTask) -> str:
+    """Compute one task and write its partial result; returns the file's path.
+
+    The ``.npz`` holds ``differentiation`` (n_repeats,), ``undefined`` (n_repeats,) bool,
+    ``units_used`` (int) and, when ``keep_rdm``, ``rdm_sum`` (n_images, n_images): the sum over
+    the task's defined repeats, for the mean RDM.
+    """
+    values, index = read_features(task.files, task.substrate, task.layer)
+    stack, k = sampled_stack(values, index, task)
+    d, undefined = distances_stack(
+        stack, task.metric, task.normalize, task.per_unit, name=f"layer {task.layer!r} ({task.substrate}, set {task.image_set!r})", on_undefined="nan"
+    )
+    medians = rdm_median(d, task.median_over)
+    medians[undefined] = np.nan
+    arrays = {"differentiation": medians, "undefined": undefined, "units_used": np.int64(k)}
+    if task.keep_rdm:
+        arrays["rdm_sum"] = d[~undefined].sum(axis=0)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(task.path, write)
+    return str(task.path)
+
+
+def load_partial(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a partial result (never with pickle)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

@@ -1,0 +1,44 @@
+"""``daskdiff info``: a short, human summary of a results file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+
+def describe_results(path: str | Path) -> str:
+    """Sets, layers, n_units, repeats, skipped images and provenance of a results file."""
+    with xr.open_dataset(path) as ds:
+        a = ds.attrs
+        lines = [f"{path}: {a.get('title', '')}"]
+        if "warning" in a:
+            lines.append(f"WARNING: {a['warning']}")
+        lines.append(f"model: {a.get('model')}  weights: {a.get('weights')}  preprocessing: {a.get('preprocessing')}")
+        lines.append(
+            f"metric: {a.get('metric')}  normalize: {a.get('normalize')}  per_unit: {bool(a.get('per_unit'))}  "
+            f"median over: {a.get('median_over')}  sampling: {a.get('sampling_mode')}  seed: {a.get('seed')}"
+        )
+        lines.append(f"substrates: {', '.join(map(str, ds['substrate'].values))}  n_units: {', '.join(map(str, ds['n_units'].values))}  repeats: {ds.sizes['repeat']}")
+        layers = [str(x) for x in ds["layer"].values]
+        lines.append(f"layers ({len(layers)}): {layers[0]} ... {layers[-1]}" if len(layers) > 2 else f"layers: {layers}")
+        lines.append("")
+        lines.append(f"{'image set':<20}{'images':>8}{'skipped':>9}{'mean differentiation (first substrate/n_units)':>50}")
+        first = ds["differentiation"].isel(substrate=0, n_units=0)
+        for name in ds["image_set"].values:
+            n = int(ds["n_images"].sel(image_set=name))
+            skipped = int((ds["skipped_set"].values == name).sum()) if ds.sizes.get("skipped", 0) else 0
+            mean = float(first.sel(image_set=name).mean(skipna=True))
+            lines.append(f"{str(name):<20}{n:>8}{skipped:>9}{mean:>50.4g}")
+        undefined = int(ds["n_undefined"].sum())
+        if undefined:
+            lines.append(f"repeats with an undefined normaliser (NaN): {undefined}")
+        for s, p, r in zip(ds["skipped_set"].values, ds["skipped_path"].values, ds["skipped_reason"].values):
+            lines.append(f"skipped ({s}): {p}: {r}")
+        lines.append("")
+        lines.append(f"history: {a.get('history')}")
+        versions = json.loads(a.get("package_versions", "{}"))
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return "\n".join(lines)

@@ -1,0 +1,369 @@
+"""A whole job: image sets -> extraction shards -> differentiation tasks -> one results file.
+
+The client plans (image lists, model layer shapes, the sampling plan) before any cluster
+starts, so a bad spec, a missing set or an unknown layer fails at once. Dask then runs two
+stages of pure, idempotent tasks whose outputs are files with deterministic names:
+
+1. extraction: one task per shard -> ``activations/<set>/shard-NNNNN.nc``;
+2. differentiation: one task per (set, substrate, n_units, layer, chunk of repeats) ->
+   ``partial/<key>.npz``.
+
+A re-run (after a crash, a killed worker, Ctrl-C) skips every file that exists, so it resumes;
+a task that Dask runs twice rewrites the same bytes. Results do not depend on the number of
+workers, shard size or task order: every random draw comes from ``(seed, layer, repeat)``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import xarray as xr
+
+from .analysis import PARTIAL_DIR, DiffTask, run_diff_task
+from .extract import ShardTask, extract_shard
+from .images import resolve_image_set
+from .models import ModelSpec, WeightsUnavailableError, build_model, describe
+from .plan import Sampling, bytes_per_image, n_units_label, plan_digest, storage_plan
+from .results import assemble, read_set_metadata
+from .spec import JobSpec, resolve_path, spec_yaml
+from .storage import ACTIVATIONS_DIR, atomic_write, shard_files, shard_path, write_netcdf
+
+RESULTS_FILE = "differentiation.nc"
+PLOT_FILE = "differentiation.png"
+JOB_FILE = "job.json"
+IMAGES_DIR = "images"
+
+
+class JobError(RuntimeError):
+    """A job that cannot go on; the message names the shard/task/file and the cause."""
+
+
+@dataclass
+class JobResult:
+    path: Path
+    n_images: dict[str, int]
+    skipped: list[tuple[str, str, str]]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    plot: Path | None = None
+
+    def summary(self) -> str:
+        done = sum(self.n_images.values())
+        return (
+            f"done: {done} images in {len(self.n_images)} set(s), {len(self.skipped)} skipped, "
+            f"{self.seconds:.1f} s -> {self.path}"
+        )
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("daskdiff", "dask", "distributed", "xarray", "numpy", "scipy", "tensorflow", "keras", "netCDF4"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+@dataclass
+class Plan:
+    """Everything the client decides before the cluster starts."""
+
+    spec: JobSpec
+    output: Path
+    model: ModelSpec
+    sets: dict[str, list[str]]
+    layers: list[str]
+    shapes: dict[str, tuple[int, ...]]
+    storage: dict
+    sampling: Sampling
+    notes: list[str]
+
+    @property
+    def digest(self) -> str:
+        return plan_digest(self.storage)
+
+
+def _check_output(output: Path, spec: JobSpec, overwrite: bool) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write(output / ".write-test", lambda tmp: Path(tmp).write_text("ok"))
+        (output / ".write-test").unlink()
+    except OSError as err:
+        raise JobError(f"output folder {output} is not writable ({err.strerror}); choose another with --output or output:") from None
+    job_file = output / JOB_FILE
+    if job_file.exists():
+        old = json.loads(job_file.read_text())
+        if old.get("result_digest") != spec.result_digest():
+            if not overwrite:
+                new = spec.model_dump(mode="json")
+                changed = sorted(k for k in set(old.get("spec", {})) | set(new) if old.get("spec", {}).get(k) != new.get(k))
+                raise JobError(
+                    f"output folder {output} holds results of a different job spec (changed: {changed}); "
+                    "re-run with --overwrite to replace them, or choose another --output"
+                )
+            for sub in (ACTIVATIONS_DIR, PARTIAL_DIR, IMAGES_DIR):
+                shutil.rmtree(output / sub, ignore_errors=True)
+            for name in (RESULTS_FILE, PLOT_FILE, JOB_FILE):
+                (output / name).unlink(missing_ok=True)
+
+
+def _image_sets(spec: JobSpec, base: Path, output: Path, echo: Callable) -> dict[str, list[str]]:
+    from .generate import generate
+
+    sets = {}
+    for name, entry in spec.image_sets.items():
+        if hasattr(entry, "generate"):
+            folder = output / IMAGES_DIR / name
+            params = {k: (str(resolve_path(v, base)) if k in ("source", "movie") and isinstance(v, str) and ("/" in v or "." in v) else v) for k, v in entry.params().items()}
+            paths = generate(entry.generate, folder, **params)
+            echo(f"image set {name!r}: generated {len(paths)} image(s) ({entry.generate}) in {folder}")
+            sets[name] = sorted(paths)
+        else:
+            sets[name] = resolve_image_set(entry.path, name=name, base_dir=base)
+    return sets
+
+
+def _model_spec(spec: JobSpec, base: Path, weights: str | None) -> ModelSpec:
+    m = spec.model
+    w = weights or m.weights
+    if w not in ("imagenet", "random", "file"):
+        w = str(resolve_path(w, base))
+    name = m.name if m.name.endswith(".keras") is False else str(resolve_path(m.name, base))
+    return ModelSpec(name=name, weights=w, seed=m.seed, layers=tuple(m.layers) if m.layers else None, predictions=m.predictions, preprocess=m.preprocess)
+
+
+def _resolve_weights(model: ModelSpec, spec: JobSpec, echo: Callable, notes: list[str]) -> ModelSpec:
+    """Check ImageNet weights can be had here; fall back to random only if the spec says so."""
+    if model.weights != "imagenet":
+        return model
+    try:
+        build_model(model)
+        return model
+    except WeightsUnavailableError as err:
+        if spec.model.fallback_weights != "random":
+            raise JobError(str(err)) from None
+        note = (
+            f"IMAGENET WEIGHTS UNAVAILABLE, USING RANDOM WEIGHTS (seed={spec.model.seed}) as the spec's "
+            "model.fallback_weights says: results describe an untrained network"
+        )
+        echo("!" * 78 + f"\n!! {note}\n" + "!" * 78)
+        notes.append(note)
+        return ModelSpec(**{**model.__dict__, "weights": "random"})
+
+
+def plan_job(spec: JobSpec, base: Path, *, output: str | Path | None = None, weights: str | None = None, overwrite: bool = False, echo: Callable = print) -> Plan:
+    """Validate and plan a job on the client; nothing runs on a cluster."""
+    out = Path(output) if output else resolve_path(spec.output, base)
+    out = out.resolve()
+    _check_output(out, spec, overwrite)
+    sets = _image_sets(spec, base, out, echo)
+    model = _model_spec(spec, base, weights)
+    info = describe(model)
+    notes: list[str] = []
+    model = _resolve_weights(model, spec, echo, notes)
+    a = spec.analysis
+    sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
+    storage = storage_plan(info["shapes"], a.substrates, sampling, store=spec.extraction.store, full_layers=[info["last_layer"]])
+    return Plan(spec, out, model, sets, info["layers"], info["shapes"], storage, sampling, notes)
+
+
+def shard_size(requested: int, batch_size: int) -> int:
+    """Shard size rounded up to a multiple of the batch size.
+
+    Batches then hold the same images (same global positions) whatever the shard size, so
+    float32 activations, and so results, are bit-identical for any shard size. (The batch
+    size itself changes float32 rounding, ~1e-7 relative: it is part of the spec digest.)
+    """
+    return -(-requested // batch_size) * batch_size
+
+
+def _shard_tasks(plan: Plan, attrs: dict) -> list[ShardTask]:
+    e = plan.spec.extraction
+    size = shard_size(e.shard_size, e.batch_size)
+    tasks = []
+    for name, paths in plan.sets.items():
+        for shard, start in enumerate(range(0, len(paths), size)):
+            chunk = tuple(paths[start : start + size])
+            tasks.append(ShardTask(name, shard, chunk, start, str(plan.output), e.batch_size, e.resize, e.strict, attrs))
+    return tasks
+
+
+def _shard_done(task: ShardTask, digest: str) -> bool:
+    path = shard_path(task.output, task.image_set, task.shard)
+    if not path.exists():
+        return False
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            return ds.attrs.get("plan_digest") == digest and len(ds["path"]) + len(json.loads(ds.attrs.get("skipped_json", "[]"))) == len(task.paths)
+    except (OSError, ValueError):
+        return False  # unreadable (e.g. left by a dead process): rewrite it
+
+
+def _diff_tasks(plan: Plan, keep_rdm: bool) -> list[DiffTask]:
+    a = plan.spec.analysis
+    tasks = []
+    for name in plan.sets:
+        files = tuple(str(f) for f in shard_files(plan.output, name))
+        for substrate in a.substrates:
+            for n in a.n_units:
+                total = plan.sampling.repeats_for(n)
+                for layer in plan.layers:
+                    for start in range(0, total, a.repeats_per_task):
+                        stop = min(start + a.repeats_per_task, total)
+                        tasks.append(
+                            DiffTask(name, substrate, n, layer, plan.shapes[layer], start, stop, files, str(plan.output),
+                                     plan.sampling, a.metric, a.normalize, a.per_unit, a.median_over, keep_rdm)
+                        )
+    return tasks
+
+
+def _run_stage(client: Any, fn: Callable, tasks: Sequence, extra: tuple, *, desc: str, unit: str, progress: bool, retries: int, resources: dict | None, describe_task: Callable) -> list:
+    """Submit one task per item, show progress, and turn a failure into a JobError naming it."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    if not tasks:
+        return []
+    futures = {
+        client.submit(fn, t, *extra, key=f"daskdiff-{t.key}", retries=retries, resources=resources, pure=False): t
+        for t in tasks
+    }
+    results = []
+    interval = 0.1 if sys.stderr.isatty() else 10.0  # a log file gets a line every 10 s, not every task
+    with tqdm(total=len(futures), desc=desc, unit=unit, disable=not progress, file=sys.stderr, mininterval=interval) as bar:
+        for future in as_completed(futures):
+            if future.status == "error":
+                task = futures[future]
+                exc = future.exception()
+                client.cancel(list(futures))
+                raise JobError(f"{desc} failed for {describe_task(task)} after {retries} retries: {type(exc).__name__}: {exc}") from exc
+            results.append(future.result())
+            bar.update(1)
+    return results
+
+
+def run_job(
+    spec: JobSpec,
+    base: Path,
+    *,
+    client: Any = None,
+    output: str | Path | None = None,
+    weights: str | None = None,
+    overwrite: bool = False,
+    scheduler: str | None = None,
+    scheduler_file: str | None = None,
+    n_workers: int | None = None,
+    progress: bool = True,
+    plot: bool = True,
+    command: str | None = None,
+    echo: Callable = print,
+) -> JobResult:
+    """Run a job end to end (see the module docstring); returns where the results are.
+
+    ``client``: an existing ``distributed.Client`` to use (tests, notebooks); otherwise one is
+    made from the spec's cluster section and the ``scheduler``/``scheduler_file``/``n_workers``
+    overrides (see :func:`daskdiff.cluster.connect`).
+    """
+    from .cluster import WorkerSetup, connect, gpu_resource_offered
+
+    t0 = time.perf_counter()
+    plan = plan_job(spec, base, output=output, weights=weights, overwrite=overwrite, echo=echo)
+    echo(
+        f"planned {sum(map(len, plan.sets.values()))} image(s) in {len(plan.sets)} set(s), {len(plan.layers)} layer(s); "
+        f"stores {bytes_per_image(plan.storage) / 1e6:.2f} MB per image -> {plan.output}"
+    )
+    attrs = {**plan.model.identity(), "daskdiff_version": versions()["daskdiff"]}
+    atomic_write(plan.output / JOB_FILE, lambda tmp: Path(tmp).write_text(json.dumps({"result_digest": spec.result_digest(), "spec": spec.model_dump(mode="json")}, indent=1)))
+
+    def body(c: Any) -> JobResult:
+        c.register_plugin(WorkerSetup())
+        e = spec.extraction
+        gpu = gpu_resource_offered(c)
+        if e.require_gpu and not gpu:
+            raise JobError("extraction.require_gpu is set but no worker offers a 'GPU' resource; start workers with --resources GPU=1 (dask-cuda does) or set require_gpu: false")
+        resources = {"GPU": 1} if gpu else None
+        digest = plan.digest
+        shard_tasks = [t for t in _shard_tasks(plan, attrs) if not _shard_done(t, digest)]
+        n_shards = len(_shard_tasks(plan, attrs))
+        if len(shard_tasks) < n_shards:
+            echo(f"resuming: {n_shards - len(shard_tasks)} of {n_shards} shard(s) already extracted")
+        storage_future = c.scatter(plan.storage, broadcast=True, hash=False) if shard_tasks else None
+        _run_stage(c, extract_shard, shard_tasks, (storage_future, plan.model), desc="extract", unit="shard", progress=progress,
+                   retries=e.retries, resources=resources,
+                   describe_task=lambda t: f"shard {t.shard} of set {t.image_set!r} ({len(t.paths)} images, {t.paths[0]} ...)")
+
+        metadata = {name: read_set_metadata(shard_files(plan.output, name)) for name in plan.sets}
+        n_images = {name: len(m["paths"]) for name, m in metadata.items()}
+        for name, n in n_images.items():
+            if n < 2:
+                raise JobError(f"image set {name!r} has {n} decodable image(s); differentiation needs at least 2 (skipped: {metadata[name]['skipped']})")
+        keep_rdm = max(n_images.values()) <= spec.analysis.rdm_max_images
+        diff_tasks = _diff_tasks(plan, keep_rdm)
+        todo = [t for t in diff_tasks if not t.path.exists()]
+        if len(todo) < len(diff_tasks):
+            echo(f"resuming: {len(diff_tasks) - len(todo)} of {len(diff_tasks)} differentiation task(s) already done")
+        _run_stage(c, run_diff_task, todo, (), desc="differentiation", unit="task", progress=progress, retries=e.retries, resources=None,
+                   describe_task=lambda t: f"task {t.key}")
+        return _finish(plan, metadata, diff_tasks, keep_rdm, n_images, t0, command, plot, echo)
+
+    if client is not None:
+        return body(client)
+    with connect(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers, echo=echo) as c:
+        return body(c)
+
+
+def _finish(plan: Plan, metadata: dict, tasks: list[DiffTask], keep_rdm: bool, n_images: dict, t0: float, command: str | None, plot: bool, echo: Callable) -> JobResult:
+    spec = plan.spec
+    a = spec.analysis
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    attrs = {
+        "Conventions": "CF-1.8",
+        "title": f"daskdiff differentiation results of job {spec.name!r}",
+        "source": f"daskdiff {versions()['daskdiff']}",
+        "history": f"{now}: {command or 'daskdiff.run_job'}",
+        "job_spec": spec_yaml(spec),
+        "package_versions": json.dumps(versions()),
+        "seed": a.seed,
+        "metric": a.metric,
+        "normalize": a.normalize,
+        "normalize_scope": "per image set, layer, substrate, n_units and repeat (all entries of the sampled matrix)",
+        "per_unit": int(a.per_unit),
+        "median_over": a.median_over,
+        "sampling_mode": a.sampling,
+        "repeats": a.repeats,
+        "plan_digest": plan.digest,
+        "bytes_per_image": bytes_per_image(plan.storage),
+        **plan.model.identity(),
+    }
+    if plan.notes:
+        attrs["warning"] = " | ".join(plan.notes)
+    ds = assemble(
+        sets=list(plan.sets), metadata=metadata, substrates=list(a.substrates), n_units=[n_units_label(n) for n in a.n_units],
+        layers=plan.layers, repeats=a.repeats, tasks=tasks, keep_rdm=keep_rdm, attrs=attrs,
+    )
+    path = write_netcdf(ds, plan.output / RESULTS_FILE)
+    undefined = int(ds["n_undefined"].sum())
+    notes = list(plan.notes)
+    if undefined:
+        note = f"{undefined} repeat(s) had a zero normaliser (e.g. only dead units sampled): NaN, counted in n_undefined"
+        echo("warning: " + note)
+        notes.append(note)
+    skipped = [(str(s), str(p), str(r)) for s, p, r in zip(ds["skipped_set"].values, ds["skipped_path"].values, ds["skipped_reason"].values)]
+    for s, p, r in skipped:
+        echo(f"skipped ({s}): {p}: {r}")
+    figure = None
+    if plot:
+        from .plot import plot_results
+
+        figure = plot_results(ds, plan.output / PLOT_FILE)
+    ds.close()
+    return JobResult(path=path, n_images=n_images, skipped=skipped, seconds=time.perf_counter() - t0, notes=notes, plot=figure)

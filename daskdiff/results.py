@@ -1,0 +1,136 @@
+"""The results Dataset: partial task files and shard metadata -> one labelled NetCDF file.
+
+Layout of ``differentiation.nc`` (readable with plain ``xarray.open_dataset``):
+
+- ``differentiation`` (image_set, substrate, n_units, layer, repeat): the median of the
+  condensed RDM per repeat; ``n_units`` labels are strings ('200', '10000', 'all'); for
+  ``'all'`` only repeat 0 holds a value (exact, no sampling), the rest are NaN.
+- ``n_undefined`` (image_set, substrate, n_units, layer): repeats whose normalising statistic was
+  0 or not finite (their differentiation is NaN; the job also prints how many).
+- ``units_used`` (substrate, n_units, layer): units per repeat after capping at the layer size.
+- ``rdm`` (image_set, substrate, n_units, layer, image_i, image_j): mean RDM over the defined
+  repeats, when every set has at most ``analysis.rdm_max_images`` images.
+- per image (image_set, image): ``image_path``, ``top1_label``, ``top1_class``, ``top1_prob``,
+  and (…, rank) ``top5_class``/``top5_prob``/``top5_label``; ``n_images`` (image_set). Sets of
+  different sizes are padded (empty path, NaN).
+- ``skipped_path``, ``skipped_set``, ``skipped_reason`` (skipped): files that could not be decoded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import xarray as xr
+
+from .analysis import DiffTask, load_partial
+
+
+def read_set_metadata(files: Sequence[str | Path]) -> dict[str, Any]:
+    """Per-image coordinates and skipped files of one set, from its shards (no activations)."""
+    paths: list[str] = []
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("top1_label", "top1_class", "top1_prob", "top5_class", "top5_prob", "top5_label")}
+    skipped: list[tuple[str, str]] = []
+    attrs: dict[str, Any] = {}
+    for f in files:
+        with xr.open_dataset(f, engine="netcdf4") as ds:
+            paths += [str(p) for p in ds["path"].values]
+            for k in cols:
+                cols[k].append(ds[k].values)
+            skipped += [tuple(s) for s in json.loads(ds.attrs.get("skipped_json", "[]"))]
+            attrs = dict(ds.attrs)
+    meta = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()}
+    meta.update(paths=paths, skipped=skipped, attrs=attrs)
+    return meta
+
+
+def assemble(
+    *,
+    sets: Sequence[str],
+    metadata: dict[str, dict[str, Any]],
+    substrates: Sequence[str],
+    n_units: Sequence[str],
+    layers: Sequence[str],
+    repeats: int,
+    tasks: Sequence[DiffTask],
+    keep_rdm: bool,
+    attrs: dict[str, Any],
+) -> xr.Dataset:
+    """Build the results Dataset (see the module docstring) from finished partial files."""
+    S, B, N, L = len(sets), len(substrates), len(n_units), len(layers)
+    si = {s: i for i, s in enumerate(sets)}
+    bi = {b: i for i, b in enumerate(substrates)}
+    ni = {n: i for i, n in enumerate(n_units)}
+    li = {name: i for i, name in enumerate(layers)}
+    n_img = [len(metadata[s]["paths"]) for s in sets]
+    width = max(n_img + [0])
+    diff = np.full((S, B, N, L, repeats), np.nan)
+    undefined = np.zeros((S, B, N, L), dtype=np.int64)
+    used = np.zeros((B, N, L), dtype=np.int64)
+    rdm = np.zeros((S, B, N, L, width, width)) if keep_rdm else None
+    rdm_count = np.zeros((S, B, N, L), dtype=np.int64)
+    for t in tasks:
+        part = load_partial(t.path)
+        idx = (si[t.image_set], bi[t.substrate], ni[str(t.n_units)], li[t.layer])
+        diff[idx + (slice(t.start, t.stop),)] = part["differentiation"]
+        undefined[idx] += int(part["undefined"].sum())
+        used[idx[1:]] = int(part["units_used"])
+        if keep_rdm and "rdm_sum" in part:
+            n = part["rdm_sum"].shape[0]
+            rdm[idx][:n, :n] += part["rdm_sum"]
+            rdm_count[idx] += int((~part["undefined"]).sum())
+
+    data_vars: dict[str, Any] = {
+        "differentiation": (("image_set", "substrate", "n_units", "layer", "repeat"), diff),
+        "n_undefined": (("image_set", "substrate", "n_units", "layer"), undefined),
+        "units_used": (("substrate", "n_units", "layer"), used),
+        "n_images": (("image_set",), np.asarray(n_img, dtype=np.int64)),
+    }
+    if keep_rdm:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = rdm / rdm_count[..., None, None]
+        for s, n in enumerate(n_img):  # padding of smaller sets is NaN, not 0
+            mean[s, ..., n:, :] = np.nan
+            mean[s, ..., :, n:] = np.nan
+        data_vars["rdm"] = (("image_set", "substrate", "n_units", "layer", "image_i", "image_j"), mean)
+
+    def padded(key: str, fill: Any, dtype: Any, extra: tuple[int, ...] = ()) -> np.ndarray:
+        out = np.full((S, width) + extra, fill, dtype=dtype)
+        for s, name in enumerate(sets):
+            values = metadata[name][key] if key != "paths" else np.asarray(metadata[name]["paths"], dtype=object)
+            if len(values):
+                out[s, : len(values)] = values
+        return out
+
+    k = max([metadata[s]["top5_class"].shape[1] for s in sets if metadata[s]["top5_class"].ndim == 2] + [5])
+    data_vars.update(
+        image_path=(("image_set", "image"), padded("paths", "", object)),
+        top1_label=(("image_set", "image"), padded("top1_label", "", object)),
+        top1_class=(("image_set", "image"), padded("top1_class", -1, np.int64)),
+        top1_prob=(("image_set", "image"), padded("top1_prob", np.nan, np.float64)),
+        top5_class=(("image_set", "image", "rank"), padded("top5_class", -1, np.int64, (k,))),
+        top5_prob=(("image_set", "image", "rank"), padded("top5_prob", np.nan, np.float64, (k,))),
+        top5_label=(("image_set", "image", "rank"), padded("top5_label", "", object, (k,))),
+    )
+    skipped = [(s, p, r) for s in sets for p, r in metadata[s]["skipped"]]
+    data_vars.update(
+        skipped_set=(("skipped",), np.asarray([x[0] for x in skipped], dtype=object)),
+        skipped_path=(("skipped",), np.asarray([x[1] for x in skipped], dtype=object)),
+        skipped_reason=(("skipped",), np.asarray([x[2] for x in skipped], dtype=object)),
+    )
+    coords = {
+        "image_set": list(sets),
+        "substrate": list(substrates),
+        "n_units": list(n_units),
+        "layer": list(layers),
+        "layer_index": ("layer", np.arange(L)),
+        "repeat": np.arange(repeats),
+    }
+    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    ds["differentiation"].attrs.update(
+        long_name="differentiation (median pairwise distance between images)",
+        description="median of the strict upper triangle of each repeat's RDM (or the full square when median_over='square')",
+    )
+    return ds

@@ -1,0 +1,228 @@
+"""Job specs: a YAML file validated with pydantic before anything runs.
+
+Every key is documented in the README and shown in ``jobs/*.yaml``. Relative paths in a spec
+(image sets, output, weights files) are relative to the folder of the spec file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+from .differentiation import NORMALIZATIONS
+from .distances import METRICS
+from .sampling import check_mode
+from .substrates import SUBSTRATES
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be run; the message names the file, the key and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Strict):
+    name: str = "VGG16"
+    weights: str = "imagenet"
+    seed: int = Field(0, ge=0)
+    fallback_weights: Literal["random"] | None = None
+    layers: list[str] | None = None
+    predictions: Literal["softmax", "logits"] = "softmax"
+    preprocess: Literal["caffe", "tf", "torch", "none"] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from .models import check_model_name
+
+        return check_model_name(v)
+
+
+class PathSet(_Strict):
+    path: str
+
+
+class GeneratedSet(_Strict):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    generate: str
+
+    @model_validator(mode="after")
+    def _params(self) -> "GeneratedSet":
+        from .generate import check_generator_params
+
+        check_generator_params(self.generate, self.params())
+        return self
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class AnalysisSection(_Strict):
+    substrates: list[Literal["units", "filter_mean", "location_mean"]] = ["units", "filter_mean"]
+    n_units: list[Union[int, str]] = [200, 10000]
+    repeats: PositiveInt = 100
+    sampling: str = "random"
+    normalize: Literal["none", "mean", "zscore", "max"] = "zscore"
+    metric: Literal["euclidean", "sqeuclidean", "correlation", "cosine", "cityblock", "chebyshev"] = "euclidean"
+    per_unit: bool = True
+    median_over: Literal["condensed", "square"] = "condensed"
+    seed: int = Field(0, ge=0)
+    repeats_per_task: PositiveInt = 25
+    rdm_max_images: int = Field(200, ge=0)
+
+    @field_validator("sampling")
+    @classmethod
+    def _sampling(cls, v: str) -> str:
+        return check_mode(v)
+
+    @field_validator("n_units", mode="before")
+    @classmethod
+    def _n_units(cls, v: Any) -> Any:
+        values = v if isinstance(v, list) else [v]
+        for item in values:
+            ok_int = isinstance(item, int) and not isinstance(item, bool) and item > 0
+            if not (ok_int or item == "all"):
+                raise ValueError(f"each value must be a positive integer or 'all', e.g. [200, 10000, all]; got {item!r}")
+        return values
+
+    @field_validator("substrates", "n_units")
+    @classmethod
+    def _non_empty_unique(cls, v: list) -> list:
+        if not v:
+            raise ValueError("must list at least one value")
+        if len(set(map(str, v))) != len(v):
+            raise ValueError(f"lists a value twice: {v}")
+        return v
+
+
+class ExtractionSection(_Strict):
+    batch_size: PositiveInt = 16
+    shard_size: PositiveInt = 32
+    resize: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "nearest"
+    store: Literal["needed", "all"] = "needed"
+    strict: bool = False
+    retries: int = Field(2, ge=0)
+    require_gpu: bool = False
+
+
+class SecuritySection(_Strict):
+    tls_ca_file: str
+    tls_client_cert: str
+    tls_client_key: str
+
+
+class ClusterSection(_Strict):
+    kind: Literal["local", "address", "slurm", "local_cuda"] = "local"
+    n_workers: PositiveInt | None = None
+    threads_per_worker: PositiveInt = 1
+    memory_limit: str = "auto"
+    address: str | None = None
+    scheduler_file: str | None = None
+    jobs: PositiveInt = 1
+    slurm: dict[str, Any] = {}
+    security: SecuritySection | None = None
+    start_timeout: PositiveInt = 120
+
+
+def _set_kind(entry: Any) -> str | None:
+    if isinstance(entry, dict):
+        return "generate" if "generate" in entry else "path"
+    if isinstance(entry, (PathSet, GeneratedSet)):
+        return "generate" if isinstance(entry, GeneratedSet) else "path"
+    return None
+
+
+ImageSetEntry = Annotated[
+    Union[Annotated[PathSet, Tag("path")], Annotated[GeneratedSet, Tag("generate")]],
+    Discriminator(
+        _set_kind,
+        custom_error_type="image_set",
+        custom_error_message="an image set is a folder, glob or list-file path, {path: ...}, or {generate: KIND, ...}",
+    ),
+]
+
+_SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+class JobSpec(_Strict):
+    name: str
+    model: ModelSection = ModelSection()
+    image_sets: dict[str, ImageSetEntry]
+    analysis: AnalysisSection = AnalysisSection()
+    extraction: ExtractionSection = ExtractionSection()
+    output: str = "output"
+    cluster: ClusterSection = ClusterSection()
+
+    @field_validator("image_sets", mode="before")
+    @classmethod
+    def _paths_as_mappings(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: ({"path": e} if isinstance(e, str) else e) for k, e in v.items()}
+        return v
+
+    @field_validator("image_sets")
+    @classmethod
+    def _sets(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("must name at least one image set, e.g. image_sets: {photos: path/to/folder}")
+        for name in v:
+            if not _SET_NAME.match(name):
+                raise ValueError(f"image set name {name!r} must start with a letter and hold only letters, digits, '_' and '-'")
+        return v
+
+    def result_digest(self) -> str:
+        """SHA-256 of everything results depend on (not cluster, output, name or retries)."""
+        data = self.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True, "extraction": {"retries", "require_gpu"}})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: the job spec is not valid ({err.error_count()} problem(s)); nothing was run:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling against the README's spec reference)"
+        got = e.get("input")
+        shown = "" if e["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  - {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> JobSpec:
+    """Validate a spec already loaded from YAML; raises SpecError naming keys and choices."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a job spec must be a YAML mapping (name:, image_sets:, ...), got {type(data).__name__}")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_errors(err, source)) from None
+
+
+def load_spec(path: str | Path) -> tuple[JobSpec, Path]:
+    """Read and validate a YAML job spec (safe loader). Returns (spec, folder of the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"job spec {path} does not exist; see jobs/demo.yaml for an example")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    return parse_spec(data, str(path)), path.resolve().parent
+
+
+def resolve_path(value: str, base: Path) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def spec_yaml(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,181 @@
+"""The distributed job on real LocalClusters: correctness, determinism, resume, faults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+import xarray as xr
+from distributed import Client, LocalCluster
+from scipy.spatial.distance import pdist
+
+import daskdiff
+from daskdiff.job import JobError, run_job
+from daskdiff.storage import open_activations
+
+import jobtools
+from jobtools import KillOnce, tiny_spec
+
+cloudpickle.register_pickle_by_value(jobtools)  # workers do not have the tests folder on sys.path
+
+pytestmark = pytest.mark.cluster
+
+
+def _cluster(n_workers, **kwargs):
+    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def client2():
+    with _cluster(2) as cluster, Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture
+def sets(image_folders):
+    return {name: str(Path(paths[0]).parent) for name, paths in image_folders.items()}
+
+
+def _run(spec, client, **kw):
+    return run_job(spec, Path("."), client=client, progress=False, plot=kw.pop("plot", False), echo=lambda *a: None, **kw)
+
+
+def test_results_match_independent_computation(tmp_path, tiny_model_path, sets, client2):
+    spec = tiny_spec(tiny_model_path, sets, tmp_path / "out")
+    result = _run(spec, client2, plot=True)
+    ds = xr.open_dataset(result.path)
+    assert ds["differentiation"].dims == ("image_set", "substrate", "n_units", "layer", "repeat")
+    assert list(ds["layer"].values) == ["conv1", "pool1", "conv2", "flatten", "fc1", "predictions"]
+    assert list(ds["n_units"].values) == ["5", "all"]
+    assert result.plot.exists()
+
+    # independent reference: shards reopened with xarray, units re-drawn, scipy pdist
+    acts = open_activations(tmp_path / "out", "noisy")
+    for layer, repeat in [("conv2", 4), ("fc1", 0)]:
+        full_units = acts[f"units__{layer}"]
+        idx = daskdiff.sample_units(ds.attrs and {"conv2": (16, 16, 6), "fc1": (12,)}[layer], 5, seed=3, layer=layer, repeat=repeat)
+        x = full_units.sel({f"unit__{layer}": idx}).values.astype(np.float64)
+        x = (x - x.mean()) / x.std()
+        ref = np.median(pdist(x)) / np.sqrt(5)
+        got = float(ds["differentiation"].sel(image_set="noisy", substrate="units", n_units="5", layer=layer, repeat=repeat))
+        assert got == pytest.approx(ref, rel=1e-12)
+    # 'all' is exact: one value in repeat 0, NaN elsewhere
+    fm = acts["filter_mean__conv1"].values.astype(np.float64)
+    fm = (fm - fm.mean()) / fm.std()
+    exact = ds["differentiation"].sel(image_set="noisy", substrate="filter_mean", n_units="all", layer="conv1")
+    assert float(exact.sel(repeat=0)) == pytest.approx(np.median(pdist(fm)) / np.sqrt(4), rel=1e-12)
+    assert np.all(np.isnan(exact.values[1:]))
+    # mean RDM over repeats, per-image predictions, provenance
+    assert ds["rdm"].sel(image_set="smooth").shape[-1] == 7  # padded to the larger set
+    assert np.all(np.isnan(ds["rdm"].sel(image_set="smooth").values[..., 6, :]))
+    assert list(ds["n_images"].values) == [7, 6]
+    assert ds["image_path"].sel(image_set="noisy").values[0].endswith("img-000.png")
+    for key in ("Conventions", "title", "source", "history", "job_spec", "package_versions", "seed", "weights"):
+        assert key in ds.attrs
+    ds.close()
+    acts.close()
+
+
+def test_model_built_once_per_worker(tmp_path, tiny_model_path, sets):
+    with _cluster(2) as cluster, Client(cluster) as client:
+        spec = tiny_spec(tiny_model_path, sets, tmp_path / "out", extraction__shard_size=1)
+        _run(spec, client)
+        counts = client.run(lambda: __import__("daskdiff.models").models.BUILD_COUNT)
+    assert sorted(counts.values()) == [1, 1], counts  # 13 shards, 2 workers, 2 builds
+
+
+def test_same_result_whatever_workers_and_shards(tmp_path, tiny_model_path, sets, client2):
+    a = _run(tiny_spec(tiny_model_path, sets, tmp_path / "a", extraction__shard_size=2), client2)
+    with _cluster(1) as cluster, Client(cluster) as client1:
+        b = _run(tiny_spec(tiny_model_path, sets, tmp_path / "b", extraction__shard_size=50), client1)
+    with xr.open_dataset(a.path) as da, xr.open_dataset(b.path) as db:
+        np.testing.assert_allclose(da["differentiation"], db["differentiation"], rtol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(da["rdm"], db["rdm"], rtol=1e-12, equal_nan=True)
+
+
+def test_resume_and_changed_spec(tmp_path, tiny_model_path, sets, client2):
+    spec = tiny_spec(tiny_model_path, sets, tmp_path / "out")
+    first = _run(spec, client2)
+    reference = xr.load_dataset(first.path)
+    # lose a shard and some finished tasks, as an interrupted run would
+    (tmp_path / "out" / "activations" / "noisy" / "shard-00001.nc").unlink()
+    partials = sorted((tmp_path / "out" / "partial").glob("*.npz"))
+    for p in partials[::3]:
+        p.unlink()
+    (tmp_path / "out" / "partial" / ".stale.npz.abc.tmp").write_bytes(b"half")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "partial").glob("*.npz")}
+    second = _run(spec, client2)
+    again = xr.load_dataset(second.path)
+    np.testing.assert_array_equal(reference["differentiation"].values, again["differentiation"].values)
+    untouched = [p for p, t in before.items() if p.stat().st_mtime_ns == t]
+    assert len(untouched) == len(before)  # finished tasks were reused, not recomputed
+    # a different spec against the same folder is refused, then allowed with overwrite
+    changed = tiny_spec(tiny_model_path, sets, tmp_path / "out", analysis__repeats=7)
+    with pytest.raises(JobError, match="different job spec.*analysis.*--overwrite"):
+        _run(changed, client2)
+    third = _run(changed, client2, overwrite=True)
+    with xr.open_dataset(third.path) as ds:
+        assert ds.sizes["repeat"] == 7
+
+
+@pytest.mark.parametrize("stage, match", [("extraction", "extract-"), ("differentiation", "--units--")])
+def test_worker_killed_mid_stage(tmp_path, tiny_model_path, sets, client2, stage, match):
+    reference = _run(tiny_spec(tiny_model_path, sets, tmp_path / "ref"), client2)
+    marker = tmp_path / f"killed-{stage}"
+    with _cluster(2) as cluster, Client(cluster) as client:
+        client.register_plugin(KillOnce(match, str(marker), delay=0.01))
+        result = _run(tiny_spec(tiny_model_path, sets, tmp_path / "out"), client)
+    assert marker.exists(), "no worker was killed: the test did not test anything"
+    with xr.open_dataset(reference.path) as a, xr.open_dataset(result.path) as b:
+        np.testing.assert_allclose(a["differentiation"], b["differentiation"], rtol=1e-12, equal_nan=True)
+
+
+def test_tls_cluster(tmp_path, tiny_model_path, sets):
+    from distributed.security import Security
+
+    security = Security.temporary()
+    with _cluster(1, security=security) as cluster, Client(cluster, security=security) as client:
+        assert client.scheduler.address.startswith("tls://")
+        result = _run(tiny_spec(tiny_model_path, sets, tmp_path / "out"), client)
+    assert result.path.exists()
+
+
+def test_cli_against_separately_started_scheduler(tmp_path, tiny_model_path, sets):
+    """`dask scheduler` + `dask worker` started by hand, then `daskdiff run --scheduler`."""
+    import yaml
+
+    spec = tiny_spec(tiny_model_path, sets, tmp_path / "out")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    bindir = Path(sys.executable).parent
+    sfile = tmp_path / "scheduler.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    scheduler = subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(sfile)], env=env, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        for _ in range(200):
+            if sfile.exists() and sfile.stat().st_size:
+                break
+            import time
+
+            time.sleep(0.1)
+        worker = subprocess.Popen([str(bindir / "dask"), "worker", "--scheduler-file", str(sfile), "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], env=env, stderr=subprocess.DEVNULL)
+        out = subprocess.run([str(bindir / "daskdiff"), "run", str(job), "--scheduler-file", str(sfile), "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "connected to scheduler" in out.stdout
+        assert "done: 13 images in 2 set(s), 0 skipped" in out.stdout
+        info = subprocess.run([str(bindir / "daskdiff"), "info", str(tmp_path / "out" / "differentiation.nc")], capture_output=True, text=True, env=env)
+        assert info.returncode == 0 and "noisy" in info.stdout and "filter_mean" in info.stdout
+        png = tmp_path / "fig.png"
+        plot = subprocess.run([str(bindir / "daskdiff"), "plot", str(tmp_path / "out" / "differentiation.nc"), "-o", str(png)], capture_output=True, text=True, env=env)
+        assert plot.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        for p in (worker, scheduler):
+            if p is not None:
+                p.terminate()
+                p.wait(timeout=30)
