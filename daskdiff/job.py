@@ -116,6 +116,19 @@ def _check_output(output: Path, spec: JobSpec, overwrite: bool) -> None:
                 (output / name).unlink(missing_ok=True)
 
 
+def _clean_temporaries(output: Path) -> int:
+    """Remove temporaries a killed run left (``.<name>.*.tmp``); finished files are never touched."""
+    removed = 0
+    for sub in (ACTIVATIONS_DIR, PARTIAL_DIR, IMAGES_DIR, "."):
+        folder = output / sub
+        pattern = "**/.*.tmp*" if sub != "." else ".*.tmp*"
+        for tmp in folder.glob(pattern):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def _image_sets(spec: JobSpec, base: Path, output: Path, echo: Callable) -> dict[str, list[str]]:
     from .generate import generate
 
@@ -165,6 +178,8 @@ def plan_job(spec: JobSpec, base: Path, *, output: str | Path | None = None, wei
     out = Path(output) if output else resolve_path(spec.output, base)
     out = out.resolve()
     _check_output(out, spec, overwrite)
+    if (n := _clean_temporaries(out)):
+        echo(f"removed {n} temporary file(s) left by an interrupted run")
     sets = _image_sets(spec, base, out, echo)
     model = _model_spec(spec, base, weights)
     info = describe(model)
@@ -288,8 +303,16 @@ def run_job(
         c.register_plugin(WorkerSetup())
         e = spec.extraction
         gpu = gpu_resource_offered(c)
+        deadline = time.monotonic() + spec.cluster.start_timeout
+        while e.require_gpu and not gpu and time.monotonic() < deadline:
+            time.sleep(1.0)  # workers of a batch cluster may still be queued
+            gpu = gpu_resource_offered(c)
         if e.require_gpu and not gpu:
-            raise JobError("extraction.require_gpu is set but no worker offers a 'GPU' resource; start workers with --resources GPU=1 (dask-cuda does) or set require_gpu: false")
+            raise JobError(
+                f"extraction.require_gpu is set but no worker offered a 'GPU' resource within "
+                f"cluster.start_timeout={spec.cluster.start_timeout} s; start workers with --resources GPU=1 "
+                "(dask-cuda's LocalCUDACluster does) or set require_gpu: false"
+            )
         resources = {"GPU": 1} if gpu else None
         digest = plan.digest
         shard_tasks = [t for t in _shard_tasks(plan, attrs) if not _shard_done(t, digest)]
