@@ -5,11 +5,15 @@
     daskdiff info RESULTS.nc
     daskdiff plot RESULTS.nc -o FIGURE.png
     daskdiff images noise|photos|augment|frames OUT_DIR ...
+    daskdiff images select SRC OUT_DIR --class CLASS [--min-prob P] [--model M --weights W]
+    daskdiff images adversarial SRC OUT_DIR [--eps 8 --step 1 --iters 10]
+                 [--avoid 281-285 | --target CLASS] [--model M --weights W]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -49,10 +53,55 @@ def _plot(args: argparse.Namespace) -> int:
 def _images(args: argparse.Namespace) -> int:
     from .generate import generate
 
-    params = {k: v for k, v in vars(args).items() if k not in ("command", "kind", "out_dir", "func") and v is not None}
-    paths = generate(args.kind, args.out_dir, **params)
+    params = {k: v for k, v in vars(args).items() if k not in ("command", "generator", "out_dir", "func") and v is not None}
+    paths = generate(args.generator, args.out_dir, **params)
     print(f"wrote {len(paths)} image(s) to {args.out_dir}")
     return 0
+
+
+def _client(address: str | None):
+    """A ``distributed.Client`` of a running scheduler, or (no address) a context giving None."""
+    if address is None:
+        return contextlib.nullcontext()
+    from distributed import Client
+
+    return Client(address)
+
+
+def _select(args: argparse.Namespace) -> int:
+    from .classify import model_spec, select_images
+
+    spec = model_spec(args.model, args.weights, args.seed, args.preprocess)
+    with _client(args.scheduler) as client:
+        selection = select_images(args.source, args.out_dir, spec, classes=args.classes, min_prob=args.min_prob,
+                                  batch_size=args.batch_size, client=client)
+    print(selection.summary())
+    return 0
+
+
+def _adversarial(args: argparse.Namespace) -> int:
+    from .attack import attack_images
+    from .classify import model_spec
+
+    spec = model_spec(args.model, args.weights, args.seed, args.preprocess)
+    with _client(args.scheduler) as client:
+        report = attack_images(
+            args.source, args.out_dir, spec, eps=args.eps, step=args.step, iters=args.iters, avoid=args.avoid,
+            target=args.target, keep_failures=not args.drop_failures, batch_size=args.batch_size, client=client,
+        )
+    print(report.describe())
+    return 0
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="image set: folder, glob pattern (quoted) or list file")
+    parser.add_argument("out_dir")
+    parser.add_argument("--model", default="VGG16", help="keras.applications name or a .keras file (default VGG16)")
+    parser.add_argument("--weights", help="'imagenet' (default for applications), 'random', 'file' or a weights file")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --weights random")
+    parser.add_argument("--preprocess", choices=["caffe", "tf", "torch", "none"], help="override the model's preprocessing")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--scheduler", help="address of a running Dask scheduler whose workers see the files (default: work here)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=_plot)
 
     images = sub.add_parser("images", help="generate an image set")
-    kinds = images.add_subparsers(dest="kind", required=True)
+    kinds = images.add_subparsers(dest="generator", required=True)
     noise = kinds.add_parser("noise", help="lossless white-noise PNGs")
     noise.add_argument("out_dir")
     noise.add_argument("--count", type=int, default=43)
@@ -105,6 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--every", type=int)
     step.add_argument("--fps", type=float)
     images.set_defaults(func=_images)
+    select = kinds.add_parser("select", help="copy the images a model puts in a class (and write selection.csv)")
+    _model_options(select)
+    select.add_argument("--class", dest="classes", required=True, help="class name, index or range, e.g. tabby, 281 or 281-285")
+    select.add_argument("--min-prob", type=float, default=0.5, help="keep images with p(class) >= this (default 0.5)")
+    select.set_defaults(func=_select)
+    adversarial = kinds.add_parser("adversarial", help="PGD adversarial PNGs, checked after saving (and adversarial.csv)")
+    _model_options(adversarial)
+    adversarial.add_argument("--eps", type=int, default=8, help="L-inf radius in grey levels (default 8)")
+    adversarial.add_argument("--step", type=float, default=1.0, help="grey levels per iteration (default 1)")
+    adversarial.add_argument("--iters", type=int, default=10, help="iterations (default 10)")
+    goal = adversarial.add_mutually_exclusive_group()
+    goal.add_argument("--avoid", help="untargeted: classes to leave (default 281-285, the ImageNet cats)")
+    goal.add_argument("--target", help="targeted: class to reach, by name or index")
+    adversarial.add_argument("--drop-failures", action="store_true", help="delete the PNGs of failed attacks (default: keep them, marked in the table)")
+    adversarial.set_defaults(func=_adversarial)
     return parser
 
 

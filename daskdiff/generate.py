@@ -1,5 +1,11 @@
 """Generated image sets, written as lossless PNG files: noise, bundled photographs, crops, frames.
 
+Two more kinds use a model and live in their own modules, imported only when called:
+``select`` (:func:`selected_images`: copies, with their own names and formats, of the images a
+model puts in given classes; :mod:`daskdiff.classify`) and ``adversarial``
+(:func:`adversarial_images`: ``<source stem>.png``; :mod:`daskdiff.attack`). Each also writes
+a CSV table beside its images.
+
 Every writer takes an output folder and returns the absolute paths of the files it wrote, in
 order. The conventions shared by all of them:
 
@@ -36,7 +42,7 @@ from imageio.plugins.pillow import PillowPlugin
 from PIL import Image
 
 NoiseKind = Literal["uniform", "gaussian"]
-GeneratorKind = Literal["noise", "photos", "augment", "frames"]
+GeneratorKind = Literal["noise", "photos", "augment", "frames", "select", "adversarial"]
 
 GAUSSIAN_MEAN = 127.5
 """Mean of the ``gaussian`` noise kind, in 8-bit grey levels."""
@@ -654,6 +660,74 @@ def movie_frames(
 
 
 # --------------------------------------------------------------------------------------------
+# Sets made with a model: selection by class, adversarial images (Keras imported on call)
+# --------------------------------------------------------------------------------------------
+
+
+def selected_images(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    classes: str | int | list,
+    min_prob: float = 0.5,
+    model: str = "VGG16",
+    weights: str | None = None,
+    seed: int = 0,
+    preprocess: str | None = None,
+    batch_size: int = 16,
+    resize: str = "nearest",
+) -> list[str]:
+    """Copy the images of ``source`` that a model puts in ``classes`` with p >= ``min_prob``.
+
+    The job-spec form of :func:`daskdiff.classify.select_images` (see it for the parameters and
+    the ``selection.csv`` table written beside the copies); the model is given by plain
+    keywords (:func:`daskdiff.classify.model_spec`: ``weights=None`` is ``'imagenet'`` for a
+    keras.applications name, the file's own weights for a ``.keras`` path). Returns the copies'
+    absolute paths, sorted.
+    """
+    from .classify import model_spec, select_images
+
+    spec = model_spec(model, weights, seed, preprocess)
+    selection = select_images(source, out_dir, spec, classes=classes, min_prob=min_prob, batch_size=batch_size, resize=resize)
+    return selection.kept
+
+
+def adversarial_images(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    eps: int = 8,
+    step: float = 1,
+    iters: int = 10,
+    avoid: str | int | list | None = None,
+    target: str | int | None = None,
+    keep_failures: bool = True,
+    model: str = "VGG16",
+    weights: str | None = None,
+    seed: int = 0,
+    preprocess: str | None = None,
+    batch_size: int = 16,
+    resize: str = "nearest",
+) -> list[str]:
+    """Write adversarial PNG versions of the images of ``source`` (default: away from cats).
+
+    The job-spec form of :func:`daskdiff.attack.attack_images` (see it for the parameters, the
+    success check on the reloaded PNGs and the ``adversarial.csv`` table); the model is given
+    by plain keywords as in :func:`selected_images`. Returns the absolute paths of the PNGs in
+    ``out_dir``, sorted (failures included unless ``keep_failures=False``).
+    """
+    from .attack import attack_images
+    from .classify import model_spec
+
+    spec = model_spec(model, weights, seed, preprocess)
+    report = attack_images(
+        source, out_dir, spec, eps=eps, step=step, iters=iters, avoid=avoid, target=target,
+        keep_failures=keep_failures, batch_size=batch_size, resize=resize,
+    )
+    return report.written
+
+
+# --------------------------------------------------------------------------------------------
 # Dispatch for job specs
 # --------------------------------------------------------------------------------------------
 
@@ -662,6 +736,8 @@ GENERATORS: dict[str, Callable[..., list[str]]] = {
     "photos": sample_photos,
     "augment": augmented_copies,
     "frames": movie_frames,
+    "select": selected_images,
+    "adversarial": adversarial_images,
 }
 """Generator kind name (as written in job specs) -> function writing that kind of image set."""
 
@@ -671,7 +747,7 @@ def generate(kind: GeneratorKind, out_dir: str | os.PathLike, /, **params: objec
 
     Parameters
     ----------
-    kind : {'noise', 'photos', 'augment', 'frames'}
+    kind : {'noise', 'photos', 'augment', 'frames', 'select', 'adversarial'}
         A key of :data:`GENERATORS`. Positional-only, like ``out_dir``, so that ``params`` can
         hold the generator's own ``kind`` (``generate('noise', d, kind='gaussian')``).
     out_dir : str or os.PathLike

@@ -129,17 +129,53 @@ def _clean_temporaries(output: Path) -> int:
     return removed
 
 
-def _image_sets(spec: JobSpec, base: Path, output: Path, echo: Callable) -> dict[str, list[str]]:
+def _generator_params(params: dict, base: Path) -> dict:
+    """Resolve a generated set's path parameters against the spec's folder.
+
+    ``source``/``movie`` are paths unless they name a bundled photo (``source: chelsea``);
+    ``model`` is a path when it ends in ``.keras``; ``weights`` unless imagenet/random/file.
+    """
+    from .generate import SAMPLE_PHOTOS
+
+    out = dict(params)
+    for key, value in params.items():
+        if not isinstance(value, str):
+            continue
+        is_path = (
+            (key in ("source", "movie") and value not in SAMPLE_PHOTOS)
+            or (key == "model" and value.endswith(".keras"))
+            or (key == "weights" and value not in ("imagenet", "random", "file"))
+        )
+        if is_path:
+            out[key] = str(resolve_path(value, base))
+    return out
+
+
+def _generated_set(name: str, entry: Any, base: Path, output: Path, echo: Callable) -> list[str]:
+    """Generate a set into ``<output>/images/<name>``, or reuse it when a manifest says the same
+    generator and parameters already wrote every file (adversarial sets cost minutes)."""
     from .generate import generate
 
+    folder = output / IMAGES_DIR / name
+    params = _generator_params(entry.params(), base)
+    manifest = folder / ".generated.json"
+    key = {"generate": entry.generate, "params": params}
+    if manifest.exists():
+        saved = json.loads(manifest.read_text())
+        if saved.get("key") == key and all(Path(p).exists() for p in saved.get("paths", [])):
+            echo(f"image set {name!r}: reusing {len(saved['paths'])} generated image(s) in {folder}")
+            return sorted(saved["paths"])
+    paths = generate(entry.generate, folder, **params)
+    atomic_write(manifest, lambda tmp: Path(tmp).write_text(json.dumps({"key": key, "paths": paths})))
+    echo(f"image set {name!r}: generated {len(paths)} image(s) ({entry.generate}) in {folder}")
+    return sorted(paths)
+
+
+def _image_sets(spec: JobSpec, base: Path, output: Path, echo: Callable) -> dict[str, list[str]]:
     sets = {}
     for name, entry in spec.image_sets.items():
         if hasattr(entry, "generate"):
-            folder = output / IMAGES_DIR / name
-            params = {k: (str(resolve_path(v, base)) if k in ("source", "movie") and isinstance(v, str) and ("/" in v or "." in v) else v) for k, v in entry.params().items()}
-            paths = generate(entry.generate, folder, **params)
-            echo(f"image set {name!r}: generated {len(paths)} image(s) ({entry.generate}) in {folder}")
-            sets[name] = sorted(paths)
+            sets[name] = _generated_set(name, entry, base, output, echo)
         else:
             sets[name] = resolve_image_set(entry.path, name=name, base_dir=base)
     return sets

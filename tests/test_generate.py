@@ -356,7 +356,7 @@ def test_generate_dispatches_to_each_generator(tmp_path, gif10):
     assert len(gen.generate("photos", tmp_path / "p", names=["coins"], size=8)) == 1
     assert len(gen.generate("augment", tmp_path / "a", source="coffee", count=2, size=8)) == 2
     assert len(gen.generate("frames", tmp_path / "f", movie=str(gif10), every=5)) == 2
-    assert set(gen.GENERATORS) == {"noise", "photos", "augment", "frames"}
+    assert set(gen.GENERATORS) == {"noise", "photos", "augment", "frames", "select", "adversarial"}
 
 
 def test_generate_rejects_unknown_kind_and_parameters(tmp_path):
