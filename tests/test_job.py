@@ -179,3 +179,31 @@ def test_cli_against_separately_started_scheduler(tmp_path, tiny_model_path, set
             if p is not None:
                 p.terminate()
                 p.wait(timeout=30)
+
+
+def test_generated_sets_reused_and_paths_relative_to_spec(tmp_path, tiny_model_path):
+    from daskdiff.job import plan_job
+    from daskdiff.spec import load_spec
+
+    (tmp_path / "jobs").mkdir()
+    from conftest import write_images
+
+    write_images(tmp_path / "data" / "cats", 3, seed=0)
+    job = tmp_path / "jobs" / "j.yaml"
+    job.write_text(
+        f"name: j\nmodel: {{name: {tiny_model_path}, weights: file}}\n"
+        "image_sets:\n  noise: {generate: noise, count: 3, size: 32}\n"
+        "  variants: {generate: augment, source: ../data/cats/img-000.png, count: 2, size: 32}\n"
+        "output: ../out\n"
+    )
+    spec, base = load_spec(job)
+    lines = []
+    plan = plan_job(spec, base, echo=lines.append)
+    assert plan.output == (tmp_path / "out").resolve()
+    assert all(p.startswith(str(tmp_path / "out" / "images")) for p in plan.sets["variants"])
+    assert any("generated 3 image(s)" in line for line in lines)
+    first = {p: Path(p).stat().st_mtime_ns for s in plan.sets.values() for p in s}
+    lines.clear()
+    plan_job(spec, base, echo=lines.append)
+    assert sum("reusing" in line for line in lines) == 2
+    assert first == {p: Path(p).stat().st_mtime_ns for p in first}
