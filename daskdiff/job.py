@@ -25,7 +25,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import xarray as xr
 
 from .analysis import PARTIAL_DIR, DiffTask, run_diff_task
 from .extract import ShardTask, extract_shard
@@ -34,7 +33,7 @@ from .models import ModelSpec, WeightsUnavailableError, build_model, describe
 from .plan import Sampling, bytes_per_image, n_units_label, plan_digest, storage_plan
 from .results import assemble, read_set_metadata
 from .spec import JobSpec, resolve_path, spec_yaml
-from .storage import ACTIVATIONS_DIR, atomic_write, shard_files, shard_path, write_netcdf
+from .storage import ACTIVATIONS_DIR, atomic_write, read_shard_header, shard_files, shard_path, write_netcdf
 
 RESULTS_FILE = "differentiation.nc"
 PLOT_FILE = "differentiation.png"
@@ -253,10 +252,11 @@ def _shard_done(task: ShardTask, digest: str) -> bool:
     if not path.exists():
         return False
     try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
-            return ds.attrs.get("plan_digest") == digest and len(ds["path"]) + len(json.loads(ds.attrs.get("skipped_json", "[]"))) == len(task.paths)
-    except (OSError, ValueError):
-        return False  # unreadable (e.g. left by a dead process): rewrite it
+        head = read_shard_header(path)
+    except (OSError, KeyError):
+        return False  # unreadable (e.g. damaged by hand): rewrite it
+    n_skipped = len(json.loads(head["attrs"].get("skipped_json", "[]")))
+    return head["attrs"].get("plan_digest") == digest and head["n_images"] + n_skipped == len(task.paths)
 
 
 def _diff_tasks(plan: Plan, keep_rdm: bool) -> list[DiffTask]:

@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from .analysis import DiffTask, load_partial
+from .storage import read_shard_header
 
 
 def read_set_metadata(files: Sequence[str | Path]) -> dict[str, Any]:
@@ -35,12 +36,12 @@ def read_set_metadata(files: Sequence[str | Path]) -> dict[str, Any]:
     skipped: list[tuple[str, str]] = []
     attrs: dict[str, Any] = {}
     for f in files:
-        with xr.open_dataset(f, engine="netcdf4") as ds:
-            paths += [str(p) for p in ds["path"].values]
-            for k in cols:
-                cols[k].append(ds[k].values)
-            skipped += [tuple(s) for s in json.loads(ds.attrs.get("skipped_json", "[]"))]
-            attrs = dict(ds.attrs)
+        head = read_shard_header(f, ["path", *cols])
+        paths += [str(p) for p in head["path"]]
+        for k in cols:
+            cols[k].append(head[k])
+        skipped += [tuple(s) for s in json.loads(head["attrs"].get("skipped_json", "[]"))]
+        attrs = head["attrs"]
     meta = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()}
     meta.update(paths=paths, skipped=skipped, attrs=attrs)
     return meta

@@ -196,6 +196,19 @@ def open_activations(path: str | os.PathLike, image_set: str | None = None) -> x
     return ds
 
 
+def read_shard_header(path: str | os.PathLike, variables: Sequence[str] = ()) -> dict[str, Any]:
+    """A shard's attributes, image count and the given small per-image variables (netCDF4
+    directly: opening with xarray would index every unit coordinate)."""
+    import netCDF4
+
+    with netCDF4.Dataset(path, "r") as ds:
+        ds.set_auto_mask(False)
+        out: dict[str, Any] = {"attrs": {k: ds.getncattr(k) for k in ds.ncattrs()}, "n_images": len(ds.dimensions["image"])}
+        for name in variables:
+            out[name] = np.asarray(ds.variables[name][:])
+    return out
+
+
 def layer_activations(ds: xr.Dataset, layer: str, substrate: str = "units") -> xr.DataArray:
     """One layer's stored values as an (image, feature) DataArray with plain dim names."""
     name = variable_name(substrate, layer)
