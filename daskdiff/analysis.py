@@ -7,7 +7,9 @@ result atomically, so a re-run (a dead worker, a resumed job) rewrites the same 
 
 Normalisation statistics are taken per task matrix: over all entries of one set's sampled
 activations of one layer in one repeat (what both seed notebooks do). A set's result therefore
-does not depend on which other sets are in the job.
+does not depend on which other sets are in the job. A statistic below float32 resolution of the
+layer (``FLOAT32_FLOOR`` x the largest |value| stored for the layer in that set) counts as zero:
+that repeat is undefined (NaN, counted), not rounding noise blown up to distances of order 1.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ import numpy as np
 
 from .differentiation import distances_stack, rdm_median
 from .plan import NUnits, Sampling, units_for
+from .sampling import ALL
+from .substrates import feature_shape
 from .storage import atomic_write, read_features
 
 PARTIAL_DIR = "partial"
+FLOAT32_FLOOR = 1e-6
+"""Normalisers at most this fraction of the layer's largest |value| are treated as zero."""
 
 
 @dataclass(frozen=True)
@@ -79,12 +85,22 @@ def run_diff_task(task: DiffTask) -> str:
     the task's defined repeats, for the mean RDM.
     """
     values, index = read_features(task.files, task.substrate, task.layer)
-    stack, k = sampled_stack(values, index, task)
+    n_features = int(np.prod(feature_shape(task.shape, task.substrate)))
+    exact = task.n_units == ALL or (isinstance(task.n_units, int) and task.n_units >= n_features)
+    # n_units >= the layer's size gives every repeat the same (all) units: compute one, copy it
+    one = DiffTask(**{**task.__dict__, "stop": task.start + 1}) if exact else task
+    stack, k = sampled_stack(values, index, one)
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
     d, undefined = distances_stack(
-        stack, task.metric, task.normalize, task.per_unit, name=f"layer {task.layer!r} ({task.substrate}, set {task.image_set!r})", on_undefined="nan"
+        stack, task.metric, task.normalize, task.per_unit,
+        name=f"layer {task.layer!r} ({task.substrate}, set {task.image_set!r})", on_undefined="nan",
+        min_scale=FLOAT32_FLOOR * peak,
     )
     medians = rdm_median(d, task.median_over)
     medians[undefined] = np.nan
+    n = task.stop - task.start
+    if exact and n > 1:
+        d, medians, undefined = (np.repeat(a, n, axis=0) for a in (d, medians, undefined))
     arrays = {"differentiation": medians, "undefined": undefined, "units_used": np.int64(k)}
     if task.keep_rdm:
         arrays["rdm_sum"] = d[~undefined].sum(axis=0)

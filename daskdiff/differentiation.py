@@ -74,24 +74,36 @@ def per_unit_divisor(metric: str, n_units: int) -> float:
 
 
 def normalize_stack(
-    x: np.ndarray, normalize: Normalize = "none", *, name: str | None = None, on_undefined: str = "raise"
+    x: np.ndarray,
+    normalize: Normalize = "none",
+    *,
+    name: str | None = None,
+    on_undefined: str = "raise",
+    min_scale: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalise each matrix of a stack by statistics over all of its entries.
 
     Returns the normalised float64 stack and a boolean array (one per matrix) that is True
-    where the statistic was zero or not finite. With ``on_undefined='raise'`` such a matrix
-    raises :class:`UndefinedNormalizationError` naming ``name`` (e.g. the layer) and the
-    statistic; with ``'nan'`` its entries become NaN and the flag tells which.
+    where the statistic was not finite or ``<= min_scale`` (0 by default). With
+    ``on_undefined='raise'`` such a matrix raises :class:`UndefinedNormalizationError` naming
+    ``name`` (e.g. the layer) and the statistic; with ``'nan'`` its entries become NaN and the
+    flag tells which.
+
+    ``min_scale`` guards against dividing by rounding noise: e.g. 200 sampled softmax outputs
+    that are all ~1e-30 have a non-zero SD, but it is far below float32 resolution of the
+    layer's values, and z-scoring would blow it up to distances of order 1. The job passes
+    ``1e-6 * max|activation|`` of the layer in the image set.
     """
     fn = NORMALIZATIONS[check_normalize(normalize)]
     arr = np.asarray(x, dtype=np.float64)
     shift, scale, what = fn(arr)
-    bad = ~np.isfinite(scale) | (scale == 0)
+    bad = ~np.isfinite(scale) | (np.abs(scale) <= min_scale)
     if np.any(bad) and on_undefined == "raise":
         where = f" of {name}" if name else ""
         value = scale[bad].ravel()[0]
         raise UndefinedNormalizationError(
-            f"normalize={normalize!r}: the {what}{where} is {value} (a dead or constant layer?), "
+            f"normalize={normalize!r}: the {what}{where} is {value} (a dead or constant layer?"
+            f"{' at most min_scale=' + str(min_scale) if min_scale else ''}), "
             "so it cannot be divided by; use normalize='none', sample more units, or leave the "
             "layer out"
         )
@@ -129,6 +141,7 @@ def distances_stack(
     *,
     name: str | None = None,
     on_undefined: str = "raise",
+    min_scale: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised distance matrices (RDMs) for a stack ``(..., n_images, n_units)``.
 
@@ -144,7 +157,7 @@ def distances_stack(
         )
     if on_undefined not in ("raise", "nan"):
         raise ValueError(f"on_undefined must be 'raise' or 'nan', got {on_undefined!r}")
-    normed, undefined = normalize_stack(arr, normalize, name=name, on_undefined=on_undefined)
+    normed, undefined = normalize_stack(arr, normalize, name=name, on_undefined=on_undefined, min_scale=min_scale)
     normed[undefined] = 0.0  # distances of these matrices are discarded below
     d = pairwise_distances_stack(normed, metric)
     if per_unit:

@@ -85,3 +85,14 @@ def test_condensed_order_is_scipy_order():
 def test_needs_two_images():
     with pytest.raises(ValueError, match="at least 2 images"):
         daskdiff.differentiation(np.ones((1, 5)))
+
+
+def test_min_scale_treats_rounding_noise_as_undefined():
+    """Softmax tails of ~1e-30 have an SD far below float32 resolution of the layer."""
+    rng = np.random.default_rng(9)
+    tails = rng.uniform(0, 1e-30, size=(2, 6, 50))
+    d, undefined = daskdiff.distances_stack(tails, normalize="zscore", on_undefined="nan", min_scale=1e-6 * 1.0)
+    assert undefined.all() and np.isnan(d).all()
+    # without the floor the noise is z-scored into distances of order 1
+    d0, undefined0 = daskdiff.distances_stack(tails, normalize="zscore", on_undefined="nan")
+    assert not undefined0.any() and np.nanmedian(d0) > 1

@@ -70,6 +70,10 @@ def test_results_match_independent_computation(tmp_path, tiny_model_path, sets, 
     exact = ds["differentiation"].sel(image_set="noisy", substrate="filter_mean", n_units="all", layer="conv1")
     assert float(exact.sel(repeat=0)) == pytest.approx(np.median(pdist(fm)) / np.sqrt(4), rel=1e-12)
     assert np.all(np.isnan(exact.values[1:]))
+    # n_units=5 >= conv1's 4 filters: every repeat uses all of them and equals the exact value
+    capped = ds["differentiation"].sel(image_set="noisy", substrate="filter_mean", n_units="5", layer="conv1")
+    np.testing.assert_array_equal(capped.values, np.full(6, float(exact.sel(repeat=0))))
+    assert int(ds["units_used"].sel(substrate="filter_mean", n_units="5", layer="conv1")) == 4
     # mean RDM over repeats, per-image predictions, provenance
     assert ds["rdm"].sel(image_set="smooth").shape[-1] == 7  # padded to the larger set
     assert np.all(np.isnan(ds["rdm"].sel(image_set="smooth").values[..., 6, :]))
