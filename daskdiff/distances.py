@@ -152,9 +152,17 @@ def pairwise_distances_stack(x: np.ndarray, metric: Metric = "euclidean") -> np.
             f"x must have shape (..., n_images, n_units), got shape {arr.shape}; "
             "reshape a single vector with x.reshape(1, -1)"
         )
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("x contains NaN or infinite values; distances would be undefined")
-    return fn(arr)
+    d = fn(arr)
+    # checking the (n, n) result is far cheaper than a pass over the input; NaN/inf in x
+    # always reach it, and only then is x scanned to say which problem it is
+    if not np.all(np.isfinite(d)):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("x contains NaN or infinite values; distances would be undefined")
+        raise ValueError(
+            "distances overflowed float64 (entries of x around 1e150 or larger); rescale x first, "
+            "e.g. x / np.abs(x).max()"
+        )
+    return d
 
 
 def pairwise_distances(x: np.ndarray, metric: Metric = "euclidean") -> np.ndarray:
