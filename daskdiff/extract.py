@@ -20,6 +20,8 @@ from .plan import LayerPlan, plan_digest
 from .storage import activation_dataset, shard_path, variable_name, write_netcdf
 
 LOGITS = "__logits__"
+DENSE_GATHER = 0.1
+"""Above this fraction of a layer's units, gather from the transposed activations."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,21 @@ def _feature_outputs(out: Any, lp: LayerPlan) -> dict[str, Any]:
     result = {}
     if lp.units is not None:
         flat = ops.reshape(out, (-1, lp.n_total))
-        units = flat if lp.all_units else ops.take(flat, np.asarray(lp.units, dtype=np.int32), axis=1)
+        if lp.all_units:
+            units = flat
+        elif len(lp.units) > DENSE_GATHER * lp.n_total:
+            # gathering rows of the transposed activations is ~2x faster for large fractions
+            units = ops.transpose(ops.take(ops.transpose(flat), np.asarray(lp.units, dtype=np.int32), axis=0))
+        else:
+            units = ops.take(flat, np.asarray(lp.units, dtype=np.int32), axis=1)
         result[variable_name("units", lp.name)] = units
     if lp.filter_mean:
-        spatial = tuple(range(1, len(lp.shape)))
-        result[variable_name("filter_mean", lp.name)] = ops.mean(out, axis=spatial) if spatial else out
+        if len(lp.shape) == 3:  # a global average pool is ~4x faster than ops.mean over (y, x)
+            pooled = ops.average_pool(out, pool_size=lp.shape[:2], strides=1, padding="valid")
+            result[variable_name("filter_mean", lp.name)] = ops.reshape(pooled, (-1, lp.shape[2]))
+        else:
+            spatial = tuple(range(1, len(lp.shape)))  # axes of `out` between batch and channels
+            result[variable_name("filter_mean", lp.name)] = ops.mean(out, axis=spatial) if spatial else out
     if lp.location_mean:
         if len(lp.shape) > 1:
             n_pos = int(np.prod(lp.shape[:-1]))
@@ -83,12 +95,23 @@ def extraction_model(model: Any, plan: dict[str, LayerPlan], spec: ModelSpec) ->
 
 
 _LOCK = threading.Lock()
+_DIGESTS: dict[int, tuple[dict, str]] = {}
+
+
+def _digest(plan: dict[str, LayerPlan]) -> str:
+    """plan_digest, memoised per plan object (a worker gets the plan once, scattered)."""
+    hit = _DIGESTS.get(id(plan))
+    if hit is None or hit[0] is not plan:
+        _DIGESTS.clear()
+        hit = _DIGESTS[id(plan)] = (plan, plan_digest(plan))
+    return hit[1]
+
 _EXTRACTORS: dict[tuple[ModelSpec, str], Any] = {}
 
 
 def extractor(spec: ModelSpec, plan: dict[str, LayerPlan]) -> tuple[Any, Any]:
     """(base model, extraction model) for this process, built once per (spec, plan)."""
-    key = (spec, plan_digest(plan))
+    key = (spec, _digest(plan))
     with _LOCK:
         if key not in _EXTRACTORS:
             base = cached_model(spec)
@@ -120,7 +143,7 @@ def run_extraction(
     base, model = extractor(spec, plan)
     size = input_size(base)
     chunks = _batches(len(images_paths), batch_size)
-    parts: list[dict[str, np.ndarray]] = []
+    stacked: dict[str, np.ndarray] = {}  # one array per output, filled batch by batch (no copies)
     ok: list[int] = []
     skipped: list[tuple[str, str]] = []
 
@@ -135,11 +158,14 @@ def run_extraction(
             skipped += [(s.path, s.reason) for s in batch_skipped]
             if len(batch_ok) == 0:
                 continue
-            ok += [sl.start + j for j in batch_ok]
             out = model.predict_on_batch(preprocess(batch, spec))
-            parts.append({k: np.asarray(v, dtype=np.float32) for k, v in out.items()})
-    if parts:
-        stacked = {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+            for k, v in out.items():
+                if k not in stacked:
+                    stacked[k] = np.empty((len(images_paths),) + tuple(v.shape[1:]), dtype=np.float32)
+                stacked[k][len(ok) : len(ok) + len(batch_ok)] = v
+            ok += [sl.start + j for j in batch_ok]
+    if stacked:
+        stacked = {k: v[: len(ok)] for k, v in stacked.items()}
     else:
         stacked = _empty_outputs(base, plan)
     logits = stacked.pop(LOGITS)
@@ -174,7 +200,7 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
         **task.attrs,
         **spec.identity(),
         "resize": task.resize,
-        "plan_digest": plan_digest(plan),
+        "plan_digest": _digest(plan),
         "shard": task.shard,
         "title": f"daskdiff activations of image set {task.image_set!r}, shard {task.shard}",
     }

@@ -176,7 +176,8 @@ def _randomize(model: Any, seed: int) -> None:
             continue
         fan_in = int(np.prod(shape[:-1]))
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
-        values = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+        values = rng.standard_normal(shape, dtype=np.float32)
+        values *= np.float32(np.sqrt(2.0 / fan_in))  # in place: fc1 alone is 411 MB
         variable.assign(values)
 
 

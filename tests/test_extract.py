@@ -189,3 +189,41 @@ def test_vgg16_random_weights_end_to_end(tmp_path, image_folders):
             np.testing.assert_allclose(ds[f"units__{layer}"].values, full[:, plan[layer].units], rtol=1e-5, atol=1e-5 * np.abs(full).max())
         assert ds.attrs["weights"] == "random(seed=0, he_normal)"
         assert "vgg16.preprocess_input" in ds.attrs["preprocessing"]
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (5,), (4, 6, 3)])
+def test_in_graph_reductions_match_numpy_for_any_layer_shape(shape):
+    """1-D conv, dense and 2-D conv outputs: in-graph gathers and means equal numpy's."""
+    import keras
+
+    from daskdiff.extract import _feature_outputs
+    from daskdiff.plan import LayerPlan
+    from daskdiff.substrates import reduce
+
+    size = int(np.prod(shape))
+    lp = LayerPlan("L", shape, units=np.arange(0, size, 2), filter_mean=True, location_mean=True)
+    inp = keras.Input(shape)
+    model = keras.Model(inp, _feature_outputs(inp, lp))
+    x = np.random.default_rng(0).normal(size=(3,) + shape).astype("float32")
+    out = model.predict_on_batch(x)
+    np.testing.assert_array_equal(out["units__L"], x.reshape(3, -1)[:, ::2])
+    np.testing.assert_allclose(out["filter_mean__L"], reduce(x, "filter_mean"), atol=1e-6)
+    np.testing.assert_allclose(out["location_mean__L"], reduce(x, "location_mean"), atol=1e-6)
+
+
+def test_dense_gather_path_equals_plain_take():
+    """Above DENSE_GATHER of a layer's units the gather goes through a transpose: same values."""
+    import keras
+
+    from daskdiff.extract import _feature_outputs
+    from daskdiff.plan import LayerPlan
+
+    shape = (6, 6, 4)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2,) + shape).astype("float32")
+    for frac in (0.05, 0.5):
+        units = np.sort(rng.choice(144, int(144 * frac), replace=False))
+        lp = LayerPlan("L", shape, units=units)
+        inp = keras.Input(shape)
+        out = keras.Model(inp, _feature_outputs(inp, lp)).predict_on_batch(x)
+        np.testing.assert_array_equal(out["units__L"], x.reshape(2, -1)[:, units])
