@@ -118,8 +118,8 @@ def connect(
         with Client(cluster, security=security) as client:
             want = len(cluster.workers) if section.kind != "slurm" else 1
             client.wait_for_workers(max(1, want), timeout=section.start_timeout)
-            link = client.dashboard_link if _bokeh_available() else "(no dashboard: pip install bokeh)"
-            echo(f"started {type(cluster).__name__} with {len(client.scheduler_info()['workers'])} worker(s); dashboard {link}")
+            link = f"dashboard {client.dashboard_link}" if _bokeh_available() else "no dashboard (pip install bokeh for one)"
+            echo(f"started {type(cluster).__name__} with {len(client.scheduler_info()['workers'])} worker(s); {link}")
             yield client
     finally:
         cluster.close()

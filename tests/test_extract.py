@@ -227,3 +227,45 @@ def test_dense_gather_path_equals_plain_take():
         inp = keras.Input(shape)
         out = keras.Model(inp, _feature_outputs(inp, lp)).predict_on_batch(x)
         np.testing.assert_array_equal(out["units__L"], x.reshape(2, -1)[:, units])
+
+
+def test_weights_file_is_loaded(tmp_path, tiny_model_path):
+    """weights: PATH loads a weights file the test writes (different from the model file's own)."""
+    import keras
+
+    from conftest import build_tiny_model
+
+    other = build_tiny_model(seed=99)
+    path = tmp_path / "other.weights.h5"
+    other.save_weights(path)
+    model = build_model(ModelSpec(name=tiny_model_path, weights=str(path)))
+    for a, b in zip(model.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    own = build_model(ModelSpec(name=tiny_model_path, weights="file"))
+    assert not np.array_equal(own.get_weights()[0], other.get_weights()[0])
+    with pytest.raises(ValueError, match="does not exist"):
+        build_model(ModelSpec(name=tiny_model_path, weights=str(tmp_path / "missing.weights.h5")))
+
+
+@pytest.mark.vgg16
+@pytest.mark.parametrize("name, size, layer", [("InceptionV3", (299, 299), "mixed10"), ("ResNet50", (224, 224), "conv5_block3_out")])
+def test_other_applications_through_the_pipeline(tmp_path, image_folders, name, size, layer):
+    """Nothing downstream assumes VGG16: other shapes, input sizes, preprocessing, layer names."""
+    import keras
+
+    from daskdiff.models import cached_model, preprocess
+
+    spec = ModelSpec(name, weights="random", seed=1, layers=(layer, "predictions"))
+    info = describe(spec)
+    assert info["input_size"] == size and info["layers"] == [layer, "predictions"]
+    plan = storage_plan(info["shapes"], ["units", "filter_mean"], Sampling(n_units=(50,), repeats=2), full_layers=["predictions"])
+    paths = image_folders["noisy"][:2]
+    extract_shard(ShardTask("noisy", 0, tuple(paths), 0, str(tmp_path)), plan, spec)
+    base = cached_model(spec)
+    direct = keras.Model(base.inputs, base.get_layer(layer).output)
+    x = np.stack([np.asarray(keras.utils.load_img(p, target_size=size), dtype=np.float32) for p in paths])
+    ref = direct.predict(preprocess(x, spec), verbose=0)
+    with xr.open_dataset(shard_path(tmp_path, "noisy", 0)) as ds:
+        np.testing.assert_allclose(ds[f"units__{layer}"].values, ref.reshape(2, -1)[:, plan[layer].units], rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+        np.testing.assert_allclose(ds[f"filter_mean__{layer}"].values, ref.mean(axis=(1, 2)), rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+        assert "preprocess_input" in ds.attrs["preprocessing"]
