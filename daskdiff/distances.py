@@ -10,9 +10,11 @@ Conventions
 - Distances are computed in float64 whatever the input dtype.
 - Matrices are exactly symmetric with an exactly zero diagonal.
 - ``euclidean``, ``sqeuclidean``, ``cosine`` and ``correlation`` use the Gram-matrix
-  formulation (one matrix product per matrix). Euclidean variants first subtract the column
-  means (distances are translation invariant, and centring removes most of the cancellation
-  in ``|a|^2 + |b|^2 - 2 a.b``); squared distances are clamped at 0 before the square root.
+  formulation (one matrix product per matrix); squared distances are clamped at 0 before the
+  square root. When some pair's squared distance is below ``CANCELLATION`` (1e-5) of the sum
+  of the two squared norms (e.g. activations with a large common offset), the product is
+  redone on column-centred data: distances are translation invariant and centring removes most
+  of the cancellation in ``|a|^2 + |b|^2 - 2 a.b``.
 - ``cityblock`` and ``chebyshev`` have no Gram form; they loop over rows, vectorised over the
   other rows and units.
 - ``cosine`` between an all-zero row and any other row is defined as 1 (similarity 0), and as 0
@@ -40,12 +42,31 @@ def _gram(x: np.ndarray) -> np.ndarray:
     return np.matmul(x, x.swapaxes(-1, -2))
 
 
-def _sqeuclidean(x: np.ndarray) -> np.ndarray:
-    centred = x - x.mean(axis=-2, keepdims=True)
-    g = _gram(centred)
-    sq = np.diagonal(g, axis1=-2, axis2=-1)
-    d = sq[..., :, None] + sq[..., None, :] - 2.0 * g
+CANCELLATION = 1e-5
+"""Below this d² / (|a|² + |b|²) for some pair, squared distances are recomputed after centring."""
+
+
+def _sq_from_gram(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(|a|² + |b|² - 2 a.b clamped at 0, |a|² + |b|²), formed in place in the Gram buffer."""
+    d = _gram(x)
+    sq = np.diagonal(d, axis1=-2, axis2=-1).copy()
+    scale = sq[..., :, None] + sq[..., None, :]
+    d *= -2.0
+    d += scale
     np.maximum(d, 0.0, out=d)
+    return d, scale
+
+
+def _sqeuclidean(x: np.ndarray) -> np.ndarray:
+    """|a|² + |b|² - 2 a.b from one Gram matrix; recomputed on column-centred data (translation
+    invariant) when a pair's distance is so small against the norms that rounding in the Gram
+    matrix would matter (relative error ~ 1e-16 / CANCELLATION)."""
+    d, scale = _sq_from_gram(x)
+    risky = d < CANCELLATION * scale  # never true for two all-zero rows (0 < 0)
+    i = np.arange(x.shape[-2])
+    risky[..., i, i] = False
+    if risky.any():
+        d, _ = _sq_from_gram(x - x.mean(axis=-2, keepdims=True))
     return _symmetrize(d)
 
 
@@ -184,8 +205,8 @@ def pairwise_distances(x: np.ndarray, metric: Metric = "euclidean") -> np.ndarra
     Notes
     -----
     ``euclidean``, ``sqeuclidean``, ``cosine`` and ``correlation`` are computed from one Gram
-    matrix (after centring columns for the Euclidean metrics) and clamped at 0 before the
-    square root. ``cosine`` (``correlation``) between an all-zero (constant) row and another row
+    matrix (redone on column-centred data when rounding would matter, see the module notes)
+    and clamped at 0 before the square root. ``cosine`` (``correlation``) between an all-zero (constant) row and another row
     is 1, between two such rows 0, where scipy gives NaN.
 
     See Also
