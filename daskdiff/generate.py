@@ -128,11 +128,9 @@ def as_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
             f"{what} has shape {np.shape(image)}; expected (rows, cols) grey, (rows, cols, 3) "
             f"RGB or (rows, cols, 4) RGBA"
         )
-    if array.dtype == np.uint8:
-        pass
-    elif array.dtype == np.bool_:
+    if array.dtype == np.bool_:
         array = array.astype(np.uint8) * np.uint8(255)
-    elif np.issubdtype(array.dtype, np.unsignedinteger):
+    elif array.dtype != np.uint8 and np.issubdtype(array.dtype, np.unsignedinteger):
         scale = 255.0 / np.iinfo(array.dtype).max
         array = np.rint(array * scale).astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
@@ -143,7 +141,7 @@ def as_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
                 f"rescale it to [0, 1] or convert it to uint8 first"
             )
         array = np.rint(array * 255.0).astype(np.uint8)
-    else:
+    elif array.dtype != np.uint8:
         raise ValueError(
             f"{what} has dtype {array.dtype}; expected uint8, another unsigned integer type, "
             f"bool, or floats in [0, 1]"
