@@ -185,7 +185,7 @@ def _model_spec(spec: JobSpec, base: Path, weights: str | None) -> ModelSpec:
     w = weights or m.weights
     if w not in ("imagenet", "random", "file"):
         w = str(resolve_path(w, base))
-    name = m.name if m.name.endswith(".keras") is False else str(resolve_path(m.name, base))
+    name = str(resolve_path(m.name, base)) if m.name.endswith(".keras") else m.name
     return ModelSpec(name=name, weights=w, seed=m.seed, layers=tuple(m.layers) if m.layers else None, predictions=m.predictions, preprocess=m.preprocess)
 
 
@@ -351,10 +351,10 @@ def run_job(
             )
         resources = {"GPU": 1} if gpu else None
         digest = plan.digest
-        shard_tasks = [t for t in _shard_tasks(plan, attrs) if not _shard_done(t, digest)]
-        n_shards = len(_shard_tasks(plan, attrs))
-        if len(shard_tasks) < n_shards:
-            echo(f"resuming: {n_shards - len(shard_tasks)} of {n_shards} shard(s) already extracted")
+        all_shards = _shard_tasks(plan, attrs)
+        shard_tasks = [t for t in all_shards if not _shard_done(t, digest)]
+        if len(shard_tasks) < len(all_shards):
+            echo(f"resuming: {len(all_shards) - len(shard_tasks)} of {len(all_shards)} shard(s) already extracted")
         storage_future = c.scatter(plan.storage, broadcast=True, hash=False) if shard_tasks else None
         _run_stage(c, extract_shard, shard_tasks, (storage_future, plan.model), desc="extract", unit="shard", progress=progress,
                    retries=e.retries, resources=resources,
