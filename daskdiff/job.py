@@ -413,7 +413,10 @@ def _finish(plan: Plan, metadata: dict, tasks: list[DiffTask], keep_rdm: bool, n
     undefined = int(ds["n_undefined"].sum())
     notes = list(plan.notes)
     if undefined:
-        note = f"{undefined} repeat(s) had a zero normaliser (e.g. only dead units sampled): NaN, counted in n_undefined"
+        note = (
+            f"{undefined} repeat(s) had a normaliser of zero or below float32 resolution of the layer "
+            "(e.g. only dead units or ~0 softmax tails sampled): NaN, counted in n_undefined"
+        )
         echo("warning: " + note)
         notes.append(note)
     skipped = [(str(s), str(p), str(r)) for s, p, r in zip(ds["skipped_set"].values, ds["skipped_path"].values, ds["skipped_reason"].values)]
