@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .images import load_images, resolve_image_set
-from .models import ModelSpec, cached_model, class_index, class_labels, input_size, preprocess, softmax
+from .models import ModelSpec, cached_model, class_index, class_labels, input_size, preprocess, softmax, top_k
 from .storage import atomic_write
 
 SELECTION_TABLE = "selection.csv"
@@ -50,32 +50,6 @@ _RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
 # --------------------------------------------------------------------------------------------
 # Numeric core
 # --------------------------------------------------------------------------------------------
-
-
-def top_k(probabilities: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` most probable classes of each row, most probable first.
-
-    Parameters
-    ----------
-    probabilities : numpy.ndarray
-        ``(n, n_classes)``.
-    k : int
-        At most ``n_classes`` (fewer classes give fewer columns).
-
-    Returns
-    -------
-    indices : numpy.ndarray
-        ``(n, min(k, n_classes))`` int64 class indices.
-    values : numpy.ndarray
-        Their probabilities, same shape.
-
-    Notes
-    -----
-    Ties go to the lower class index (``argsort(-p, kind='stable')``).
-    """
-    p = np.asarray(probabilities)
-    order = np.argsort(-p, axis=-1, kind="stable")[..., : min(k, p.shape[-1])]
-    return order.astype(np.int64), np.take_along_axis(p, order, axis=-1)
 
 
 def class_mass(probabilities: np.ndarray, classes: Sequence[int]) -> np.ndarray:

@@ -314,6 +314,32 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def top_k(probabilities: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most probable classes of each row, most probable first.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        ``(n, n_classes)``.
+    k : int
+        At most ``n_classes`` (fewer classes give fewer columns).
+
+    Returns
+    -------
+    indices : numpy.ndarray
+        ``(n, min(k, n_classes))`` int64 class indices.
+    values : numpy.ndarray
+        Their probabilities, same shape.
+
+    Notes
+    -----
+    Ties go to the lower class index (``argsort(-p, kind='stable')``).
+    """
+    p = np.asarray(probabilities)
+    order = np.argsort(-p, axis=-1, kind="stable")[..., : min(k, p.shape[-1])]
+    return order.astype(np.int64), np.take_along_axis(p, order, axis=-1)
+
+
 _CLASS_INDEX_FILE = "imagenet_class_index.json"
 
 

@@ -107,7 +107,7 @@ def activation_dataset(
     ``features`` maps ``variable_name(substrate, layer)`` to ``(n_images, n_features)``
     float32 arrays; ``logits`` are the class-score layer's pre-softmax outputs ``(n, classes)``.
     """
-    from .models import softmax
+    from .models import softmax, top_k
 
     data_vars: dict[str, Any] = {}
     coords: dict[str, Any] = {
@@ -126,18 +126,15 @@ def activation_dataset(
                 values = features[variable_name(sub, lp.name)]
                 coords[dim] = (dim, np.arange(values.shape[1], dtype=np.int32))
                 data_vars[variable_name(sub, lp.name)] = (("image", dim), values)
-    probs = softmax(logits) if len(logits) else np.zeros((0, len(labels)))
-    k = min(5, probs.shape[1])
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    top_prob = np.take_along_axis(probs, top, axis=1)
+    top, top_prob = top_k(softmax(logits).reshape(len(logits), len(labels)))
     label_arr = np.asarray(labels, dtype=object)
     coords.update(
-        top1_class=("image", top[:, 0].astype(np.int32) if len(top) else np.zeros(0, np.int32)),
-        top1_prob=("image", top_prob[:, 0] if len(top) else np.zeros(0)),
-        top1_label=("image", label_arr[top[:, 0]] if len(top) else np.zeros(0, dtype=object)),
+        top1_class=("image", top[:, 0].astype(np.int32)),
+        top1_prob=("image", top_prob[:, 0]),
+        top1_label=("image", label_arr[top[:, 0]]),
         top5_class=(("image", "rank"), top.astype(np.int32)),
         top5_prob=(("image", "rank"), top_prob),
-        top5_label=(("image", "rank"), label_arr[top] if len(top) else np.zeros((0, k), dtype=object)),
+        top5_label=(("image", "rank"), label_arr[top]),
     )
     ds = xr.Dataset(data_vars, coords=coords)
     ds.attrs.update(attrs)
