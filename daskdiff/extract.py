@@ -8,6 +8,7 @@ and the spatial/channel means taken on the device, so only what the analysis nee
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 from .images import load_images
 from .models import ModelSpec, cached_model, class_labels, input_size, layer_names, preprocess
 from .plan import LayerPlan, plan_digest
-from .storage import activation_dataset, shard_path, variable_name, write_netcdf
+from .storage import ShardWriter, atomic_path, shard_labels, shard_path, variable_name, write_shard_labels
 
 LOGITS = "__logits__"
 DENSE_GATHER = 0.1
@@ -124,28 +125,30 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+@dataclass
+class Batch:
+    """One batch's extraction model outputs (variable name -> ``(n_ok, n)`` float32, plus the
+    class-score logits under :data:`LOGITS`), the indices of the images that decoded, and the
+    ``(path, reason)`` of those that did not."""
+
+    outputs: dict[str, np.ndarray]
+    ok: list[int]
+    skipped: list[tuple[str, str]]
+
+
 def run_extraction(
     images_paths: list[str], spec: ModelSpec, plan: dict[str, LayerPlan], *, batch_size: int = 16,
     resize: str = "nearest", strict: bool = False,
-) -> tuple[dict[str, np.ndarray], np.ndarray, list[int], list[tuple[str, str]]]:
-    """Decode and run images through the extraction model, batch by batch.
+) -> Iterator[Batch]:
+    """Decode and run images through the extraction model, yielding batch after batch.
 
     Decoding the next batch overlaps the forward pass of the current one (a helper thread;
-    Pillow releases the GIL while decoding).
-
-    Returns
-    -------
-    features : dict of variable name -> (n_ok, n_features) float32
-    logits : (n_ok, n_classes) float32
-    ok : indices into ``images_paths`` of the images that decoded
-    skipped : (path, reason) of those that did not
+    Pillow releases the GIL while decoding). Batches of which no image decoded are yielded with
+    empty outputs, so that their skipped files are reported.
     """
     base, model = extractor(spec, plan)
     size = input_size(base)
     chunks = _batches(len(images_paths), batch_size)
-    stacked: dict[str, np.ndarray] = {}  # one array per output, filled batch by batch (no copies)
-    ok: list[int] = []
-    skipped: list[tuple[str, str]] = []
 
     def decode(sl: slice):
         return sl, load_images(images_paths[sl], size, resize=resize, strict=strict)
@@ -155,66 +158,66 @@ def run_extraction(
         for i in range(len(chunks)):
             sl, (batch, batch_ok, batch_skipped) = pending.result()
             pending = pool.submit(decode, chunks[i + 1]) if i + 1 < len(chunks) else None
-            skipped += [(s.path, s.reason) for s in batch_skipped]
-            if len(batch_ok) == 0:
-                continue
-            out = model.predict_on_batch(preprocess(batch, spec))
-            for k, v in out.items():
-                if k not in stacked:
-                    stacked[k] = np.empty((len(images_paths),) + tuple(v.shape[1:]), dtype=np.float32)
-                stacked[k][len(ok) : len(ok) + len(batch_ok)] = v
-            ok += [sl.start + j for j in batch_ok]
-    if stacked:
-        stacked = {k: v[: len(ok)] for k, v in stacked.items()}
-    else:
-        stacked = _empty_outputs(base, plan)
-    logits = stacked.pop(LOGITS)
-    return stacked, logits, ok, skipped
-
-
-def _empty_outputs(base: Any, plan: dict[str, LayerPlan]) -> dict[str, np.ndarray]:
-    """The outputs of a batch of zero images (every image of a shard failed to decode)."""
-    from .substrates import feature_shape
-
-    out = {}
-    for lp in plan.values():
-        if lp.units is not None:
-            out[variable_name("units", lp.name)] = np.zeros((0, len(lp.units)), np.float32)
-        for sub in ("filter_mean", "location_mean"):
-            if getattr(lp, sub):
-                out[variable_name(sub, lp.name)] = np.zeros((0, int(np.prod(feature_shape(lp.shape, sub)))), np.float32)
-    out[LOGITS] = np.zeros((0, int(base.layers[-1].output.shape[-1])), np.float32)
-    return out
+            outputs = model.predict_on_batch(preprocess(batch, spec)) if len(batch_ok) else {}
+            yield Batch(
+                {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()},
+                [sl.start + j for j in batch_ok],
+                [(s.path, s.reason) for s in batch_skipped],
+            )
 
 
 def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) -> dict[str, Any]:
     """Extract one shard and write it atomically to its deterministic path.
 
-    Re-running the same task (e.g. after Dask re-schedules it from a dead worker) rewrites the
-    same file with the same contents. Returns a small summary for the client.
+    Each batch's activations are appended to the shard's (temporary) file by a helper thread
+    while the next batch goes through the model (:class:`daskdiff.storage.ShardWriter`); the
+    labels follow, then the file is renamed into place. Re-running the same task (e.g. after
+    Dask re-schedules it from a dead worker) rewrites the same file with the same contents.
+    Returns a small summary for the client.
     """
-    features, logits, ok, skipped = run_extraction(
-        list(task.paths), spec, plan, batch_size=task.batch_size, resize=task.resize, strict=task.strict
-    )
-    attrs = {
-        **task.attrs,
-        **spec.identity(),
-        "resize": task.resize,
-        "plan_digest": _digest(plan),
-        "shard": task.shard,
-        "title": f"daskdiff activations of image set {task.image_set!r}, shard {task.shard}",
-    }
-    ds = activation_dataset(
-        features,
-        plan,
-        paths=[task.paths[i] for i in ok],
-        image_set=task.image_set,
-        image_index=[task.first_index + i for i in ok],
-        logits=logits,
-        labels=class_labels(logits.shape[1]),
-        attrs=attrs,
-        skipped=skipped,
-    )
+    base, _ = extractor(spec, plan)
+    ok: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    logits: list[np.ndarray] = []
     path = shard_path(task.output, task.image_set, task.shard)
-    write_netcdf(ds, path)
+    with atomic_path(path) as tmp:
+        with (
+            ShardWriter(tmp, plan, chunk_images=task.batch_size) as writer,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="daskdiff-write") as pool,
+        ):
+            pending = None
+            batches = run_extraction(
+                list(task.paths), spec, plan, batch_size=task.batch_size, resize=task.resize, strict=task.strict
+            )
+            for batch in batches:
+                skipped += batch.skipped
+                if not batch.ok:
+                    continue
+                logits.append(batch.outputs.pop(LOGITS))
+                ok += batch.ok
+                if pending is not None:
+                    pending.result()  # one batch in flight: memory stays at two batches
+                pending = pool.submit(writer.append, batch.outputs)
+            if pending is not None:
+                pending.result()
+        n_classes = int(base.layers[-1].output.shape[-1])
+        attrs = {
+            **task.attrs,
+            **spec.identity(),
+            "resize": task.resize,
+            "plan_digest": _digest(plan),
+            "shard": task.shard,
+            "title": f"daskdiff activations of image set {task.image_set!r}, shard {task.shard}",
+        }
+        labels = shard_labels(
+            plan,
+            paths=[task.paths[i] for i in ok],
+            image_set=task.image_set,
+            image_index=[task.first_index + i for i in ok],
+            logits=np.concatenate(logits) if logits else np.zeros((0, n_classes), np.float32),
+            labels=class_labels(n_classes),
+            attrs=attrs,
+            skipped=skipped,
+        )
+        write_shard_labels(tmp, labels)
     return {"image_set": task.image_set, "shard": task.shard, "path": str(path), "n_images": len(ok), "skipped": skipped}

@@ -72,13 +72,18 @@ class LayerPlan:
     def __post_init__(self) -> None:
         self.n_total = int(np.prod(self.shape))
 
+    def stored(self) -> dict[str, int]:
+        """Substrate -> values stored per image, for each substrate this layer stores."""
+        out = {}
+        if self.units is not None:
+            out["units"] = len(self.units)
+        for sub in ("filter_mean", "location_mean"):
+            if getattr(self, sub):
+                out[sub] = int(np.prod(feature_shape(self.shape, sub)))
+        return out
+
     def values_per_image(self) -> int:
-        n = 0 if self.units is None else len(self.units)
-        if self.filter_mean:
-            n += feature_shape(self.shape, "filter_mean")[0]
-        if self.location_mean:
-            n += int(np.prod(feature_shape(self.shape, "location_mean")))
-        return n
+        return sum(self.stored().values())
 
 
 def storage_plan(

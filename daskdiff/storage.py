@@ -29,6 +29,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,23 +57,38 @@ def shard_path(output: str | os.PathLike, image_set: str, shard: int) -> Path:
     return Path(output) / ACTIVATIONS_DIR / image_set / f"shard-{shard:05d}.nc"
 
 
-def atomic_write(path: str | os.PathLike, write: Any) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file to ``path`` (same folder).
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success make it durable and rename it.
 
     The temporary name starts with '.' and contains '.tmp', so globs of finished files never
-    see it; if ``write`` fails the temporary file is removed and ``path`` is left as it was.
+    see it. When the block finishes the file is flushed to disk (``fsync``: a crash after the
+    rename can then not leave a renamed but empty file) and renamed to ``path`` (``os.replace``,
+    atomic on POSIX); if the block raises, the temporary file is removed and ``path`` is left as
+    it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> Path:
+    """Call ``write(tmp_path)`` inside :func:`atomic_path`; returns ``path``."""
+    with atomic_path(path) as tmp:
+        write(str(tmp))
+    return Path(path)
 
 
 def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
@@ -90,8 +107,97 @@ def _unit_coords(lp: LayerPlan, dim: str) -> dict[str, tuple]:
     return coords
 
 
-def activation_dataset(
-    features: dict[str, np.ndarray],
+CHUNK_BYTES = 64 * 2**20
+"""Largest HDF5 chunk of an activation variable: whole images along ``image``, at most this many
+bytes (HDF5 refuses chunks over 4 GiB; a full VGG16 block1 layer is 12.8 MB per image)."""
+
+
+def activation_variables(plan: dict[str, LayerPlan]) -> dict[str, tuple[str, int]]:
+    """Variable name -> (feature dimension, values per image) of every activation variable."""
+    return {
+        variable_name(sub, lp.name): (feature_dim(sub, lp.name), n)
+        for lp in plan.values()
+        for sub, n in lp.stored().items()
+    }
+
+
+class ShardWriter:
+    """Append one shard's activations batch by batch to a new NetCDF file (netCDF4 directly).
+
+    Every activation variable of ``plan`` is created up front as ``(image, feature)`` float32
+    with ``image`` unlimited and chunks of whole images (``chunk_images`` rows, fewer where a
+    chunk would exceed :data:`CHUNK_BYTES`). Appending a batch therefore writes whole chunks
+    straight to the file: a shard is never held in memory, and its file can be written while
+    the next batch is computed. :func:`write_shard_labels` adds the coordinates and attributes
+    once the last batch is in.
+
+    Parameters
+    ----------
+    path : path
+        The file to create (a temporary name: see :func:`atomic_path`).
+    plan : dict of str -> LayerPlan
+    chunk_images : int
+        Images per chunk: the batch size, so that each appended batch fills whole chunks.
+    drop_cache : bool
+        Flush each appended batch to disk and drop it from the operating system's page cache
+        (``fdatasync`` then ``POSIX_FADV_DONTNEED``, where the platform has it). Shards are read
+        once, later, by the differentiation stage; caching gigabytes of them would make every
+        page the writer fills a freshly allocated one, which on virtual machines that return
+        free memory to their host costs several times the copy itself (measured in
+        ``benchmarks/extract.py``). The flush waits for the disk, not the CPU: run
+        :meth:`append` in a helper thread to overlap it with the next forward pass.
+    """
+
+    def __init__(self, path: str | os.PathLike, plan: dict[str, LayerPlan], *, chunk_images: int = 16, drop_cache: bool = True):
+        import netCDF4
+
+        self.path = Path(path)
+        self.n_images = 0
+        self._nc = netCDF4.Dataset(self.path, "w", format="NETCDF4")
+        self._nc.createDimension("image", None)
+        self._vars = {}
+        for name, (dim, n) in activation_variables(plan).items():
+            self._nc.createDimension(dim, n)
+            rows = max(1, min(chunk_images, CHUNK_BYTES // (4 * n)))
+            self._vars[name] = var = self._nc.createVariable(name, "f4", ("image", dim), fill_value=False, chunksizes=(rows, n))
+            var.set_var_chunk_cache(size=0)
+        self._fd = os.open(self.path, os.O_RDONLY) if drop_cache and hasattr(os, "posix_fadvise") else None
+
+    def append(self, features: dict[str, np.ndarray]) -> None:
+        """Write the next images' rows: ``features[name]`` is ``(n, values per image)`` float32
+        for every activation variable of the plan (extra keys are ignored)."""
+        counts = {len(features[name]) for name in self._vars}
+        if len(counts) != 1:
+            raise ValueError(f"variables of one batch have different numbers of images: {sorted(counts)}")
+        n = counts.pop()
+        for name, var in self._vars.items():
+            var[self.n_images : self.n_images + n] = features[name]
+        self.n_images += n
+        self._drop()
+
+    def _drop(self) -> None:
+        if self._fd is not None:
+            os.fdatasync(self._fd)
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> None:
+        """Close the file (safe to call twice)."""
+        if self._nc is not None:
+            self._nc.close()
+            self._nc = None
+        if self._fd is not None:
+            self._drop()
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def shard_labels(
     plan: dict[str, LayerPlan],
     *,
     paths: Sequence[str],
@@ -102,30 +208,27 @@ def activation_dataset(
     attrs: dict[str, Any],
     skipped: Sequence[tuple[str, str]] = (),
 ) -> xr.Dataset:
-    """Label one shard's arrays (see the module docstring for the layout).
+    """The labels of one shard: every coordinate and attribute, no activation values.
 
-    ``features`` maps ``variable_name(substrate, layer)`` to ``(n_images, n_features)``
-    float32 arrays; ``logits`` are the class-score layer's pre-softmax outputs ``(n, classes)``.
+    (See the module docstring for the layout.) ``logits`` are the class-score layer's
+    pre-softmax outputs ``(n_images, classes)``; the top-5 classes come from them. A shard's
+    file is :class:`ShardWriter`'s activation variables plus this Dataset
+    (:func:`write_shard_labels`).
     """
     from .models import softmax, top_k
 
-    data_vars: dict[str, Any] = {}
     coords: dict[str, Any] = {
         "path": ("image", np.asarray(paths, dtype=object)),
         "image_set": ("image", np.asarray([image_set] * len(paths), dtype=object)),
         "image_index": ("image", np.asarray(image_index, dtype=np.int64)),
     }
     for lp in plan.values():
-        if lp.units is not None:
-            dim = feature_dim("units", lp.name)
-            coords.update(_unit_coords(lp, dim))
-            data_vars[variable_name("units", lp.name)] = (("image", dim), features[variable_name("units", lp.name)])
-        for sub in ("filter_mean", "location_mean"):
-            if getattr(lp, sub):
-                dim = feature_dim(sub, lp.name)
-                values = features[variable_name(sub, lp.name)]
-                coords[dim] = (dim, np.arange(values.shape[1], dtype=np.int32))
-                data_vars[variable_name(sub, lp.name)] = (("image", dim), values)
+        for sub, n in lp.stored().items():
+            dim = feature_dim(sub, lp.name)
+            if sub == "units":
+                coords.update(_unit_coords(lp, dim))
+            else:
+                coords[dim] = (dim, np.arange(n, dtype=np.int32))
     top, top_prob = top_k(softmax(logits).reshape(len(logits), len(labels)))
     label_arr = np.asarray(labels, dtype=object)
     coords.update(
@@ -136,10 +239,19 @@ def activation_dataset(
         top5_prob=(("image", "rank"), top_prob),
         top5_label=(("image", "rank"), label_arr[top]),
     )
-    ds = xr.Dataset(data_vars, coords=coords)
+    ds = xr.Dataset(coords=coords)
     ds.attrs.update(attrs)
     ds.attrs["skipped_json"] = json.dumps([list(s) for s in skipped])
     return ds
+
+
+def write_shard_labels(path: str | os.PathLike, labels: xr.Dataset) -> None:
+    """Add :func:`shard_labels` to a file :class:`ShardWriter` wrote (xarray, append mode).
+
+    The coordinates are listed in the file's global ``coordinates`` attribute, which is how
+    xarray reads them back as coordinates of the activation variables.
+    """
+    labels.to_netcdf(path, mode="a", engine="netcdf4")
 
 
 def shard_files(output: str | os.PathLike, image_set: str) -> list[Path]:

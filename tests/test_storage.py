@@ -1,0 +1,109 @@
+"""Shard files written batch by batch read back exactly like xarray's own NetCDF of the same data."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from daskdiff import storage
+from daskdiff.plan import Sampling, storage_plan
+from daskdiff.storage import (
+    ShardWriter,
+    activation_variables,
+    atomic_path,
+    read_features,
+    shard_labels,
+    write_shard_labels,
+)
+
+SHAPES = {"conv": (6, 5, 4), "pool": (3, 2, 4), "fc": (7,), "predictions": (5,)}
+LABELS = [f"class_{i}" for i in range(5)]
+
+
+def _plan():
+    sampling = Sampling(n_units=(3, 10), repeats=4, seed=5)
+    return storage_plan(SHAPES, ["units", "filter_mean", "location_mean"], sampling, full_layers=["predictions"])
+
+
+def _shard(plan, n, seed=0):
+    rng = np.random.default_rng(seed)
+    features = {name: rng.standard_normal((n, size)).astype(np.float32) for name, (_, size) in activation_variables(plan).items()}
+    logits = rng.standard_normal((n, 5)).astype(np.float32)
+    labels = shard_labels(
+        plan,
+        paths=[f"/images/é{i}.png" for i in range(n)],
+        image_set="set",
+        image_index=list(range(10, 10 + n)),
+        logits=logits,
+        labels=LABELS,
+        attrs={"model": "tiny", "shard": 3},
+        skipped=[("/images/bad.png", "cannot identify image file")],
+    )
+    return features, labels
+
+
+def _reference(plan, features, labels):
+    """The same shard as one xarray Dataset (what ``Dataset.to_netcdf`` would store)."""
+    data = {name: (("image", dim), features[name]) for name, (dim, _) in activation_variables(plan).items()}
+    return labels.assign(data)
+
+
+@pytest.mark.parametrize(("n", "batches"), [(7, [3, 3, 1]), (4, [4]), (0, [])])
+def test_streamed_shard_reads_back_like_xarray_netcdf(tmp_path, n, batches):
+    plan = _plan()
+    features, labels = _shard(plan, n)
+    path = tmp_path / "shard.nc"
+    with ShardWriter(path, plan, chunk_images=3) as writer:
+        start = 0
+        for size in batches:
+            writer.append({k: v[start : start + size] for k, v in features.items()})
+            start += size
+    write_shard_labels(path, labels)
+
+    reference = tmp_path / "reference.nc"
+    _reference(plan, features, labels).to_netcdf(reference, engine="netcdf4")
+    with xr.open_dataset(path) as got, xr.open_dataset(reference) as want:
+        xr.testing.assert_identical(got.load(), want.load())
+        assert set(got.data_vars) == set(activation_variables(plan))
+        assert "channel__conv" in got.coords and got["units__conv"].dims == ("image", "unit__conv")
+    values, index = read_features([path], "units", "conv")
+    np.testing.assert_array_equal(values, features["units__conv"])
+    np.testing.assert_array_equal(index, plan["conv"].units)
+
+
+def test_chunks_are_whole_images_and_capped(tmp_path, monkeypatch):
+    import netCDF4
+
+    plan = _plan()
+    monkeypatch.setattr(storage, "CHUNK_BYTES", 4 * 30)  # 30 float32 values per chunk at most
+    with ShardWriter(tmp_path / "s.nc", plan, chunk_images=16):
+        pass
+    with netCDF4.Dataset(tmp_path / "s.nc") as nc:
+        for name, (_, size) in activation_variables(plan).items():
+            rows, cols = nc[name].chunking()
+            assert cols == size and rows == max(1, min(16, 30 // size)), name
+
+
+def test_batch_with_mismatched_image_counts_is_refused(tmp_path):
+    plan = _plan()
+    features, _ = _shard(plan, 2)
+    features["units__fc"] = features["units__fc"][:1]
+    with ShardWriter(tmp_path / "s.nc", plan) as writer, pytest.raises(ValueError, match=r"different numbers of images: \[1, 2\]"):
+        writer.append(features)
+
+
+def test_atomic_path_publishes_only_finished_files(tmp_path):
+    target = tmp_path / "sub" / "file.nc"
+    target.parent.mkdir()
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".file.nc.") and ".tmp" in tmp.name
+        tmp.write_text("half")
+        raise RuntimeError("writer died")
+    assert target.read_text() == "old" and os.listdir(target.parent) == ["file.nc"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and os.listdir(target.parent) == ["file.nc"]
