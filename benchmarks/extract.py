@@ -9,11 +9,13 @@ What is measured, and why
 -------------------------
 A worker's extraction task, :func:`daskdiff.extract.extract_shard`, decodes a shard's image
 files with Pillow (in a helper thread, overlapping the forward pass), preprocesses them, runs one
-forward pass through an *extraction model* whose outputs gather the plan's sampled units and
-take the filter means in the graph, labels the result (:func:`daskdiff.storage.activation_dataset`)
-and writes one NetCDF file atomically. The forward pass is the work that cannot be avoided; the
-questions are how much the rest costs on top of it, and whether a worker's memory stays flat as
-it extracts shard after shard.
+forward pass per batch through an *extraction model* whose outputs gather the plan's sampled
+units and take the filter means in the graph, and appends each batch's outputs to the shard's
+NetCDF file from a second helper thread (:class:`daskdiff.storage.ShardWriter`, flushing each
+batch and dropping it from the page cache) while the next batch goes through the model; the
+labels follow and the file is renamed into place. The forward pass is the work that cannot be
+avoided; the questions are how much the rest costs on top of it, and whether a worker's memory
+stays flat as it extracts shard after shard.
 
 1. *Images*: lossless 224 x 224 RGB white-noise PNG files (:func:`daskdiff.generate.white_noise`);
    the cost of a forward pass does not depend on what the pixels show.
@@ -25,13 +27,13 @@ it extracts shard after shard.
    batches, the call ``extract_shard`` makes: on a 2-core machine ``model.predict`` was seen to
    use only about 1.1 cores in some calls and 2 in others (same CPU time per image), which would
    make the pipeline look faster than its own ceiling; ratios to both are printed.
-3. *Pipeline*: ``extract_shard`` on shards of 32 images, batch size 16, everything per image
-   included: PNG decoding, preprocessing, the forward pass through the extraction model with its
-   in-graph gathers and means, the outputs' conversion to numpy, labelling and the NetCDF
-   write. The one-time model build is left out by a warm-up shard. Two storage plans are timed,
-   both from :func:`daskdiff.plan.storage_plan` on ``describe(spec)['shapes']`` with substrates
-   ``units`` and ``filter_mean``, 100 repeats, seed 0, ``mode='random'`` and ``predictions``
-   stored in full: the *default* plan of a job spec (``n_units=[200, 10000]``) and a *small*
+3. *Pipeline*: ``extract_shard`` on shards of 128 images (the job default), batch size 16,
+   everything per image included: PNG decoding, preprocessing, the forward pass through the
+   extraction model with its in-graph gathers and means, the NetCDF writes, labelling,
+   ``fsync`` and rename. The one-time model build is left out by a warm-up shard. Two storage
+   plans are timed, both from :func:`daskdiff.plan.storage_plan` on ``describe(spec)['shapes']``
+   with substrates ``units`` and ``filter_mean``, 100 repeats, seed 0, ``mode='random'`` and
+   ``predictions`` stored in full: the *default* plan of a job spec (``n_units=[200, 10000]``) and a *small*
    one (``n_units=[200]``). Bytes written per image (shard file sizes / images) are printed
    next to :func:`daskdiff.plan.bytes_per_image`, which counts the activation values alone.
 
@@ -41,15 +43,22 @@ it extracts shard after shard.
    bare best, for each bare figure. CPU seconds per image (``time.process_time``, all threads) are printed as
    a cross-check that other processes barely affect; their ratio is an optimistic bound, since
    CPU time hides steps that run on one of the cores while the other idles.
+   *Storage floor*: for each plan, the bytes the pipeline wrote per image are written again
+   with plain ``os.write`` from a warm buffer, batch by batch at the bare model's pace, flushed
+   and dropped like :class:`ShardWriter` does (:func:`storage_floor`): no model, no NetCDF.
+   The CPU this costs is what storing those bytes costs any pipeline on this machine, so
+   bare CPU / (bare CPU + floor CPU) is the best ratio a plan can reach here (*ceiling*).
 4. *Where the time goes*: one shard of each plan is run step by step, each step timed (wall and
-   CPU) on its own and in sequence, without the decode prefetch: decoding, preprocessing, the
+   CPU) on its own and in sequence, without the helper threads: decoding, preprocessing, the
    extraction model's ``predict_on_batch``, the base model's ``predict_on_batch`` on the same
-   batches (the forward pass alone, for reference; not part of the pipeline), the batches'
-   concatenation, the two plan digests ``extract_shard`` computes, labelling and the NetCDF
-   write.
+   batches (the forward pass alone, for reference; not part of the pipeline), the
+   ``ShardWriter`` appends, the two plan digests ``extract_shard`` computes, labelling and the
+   labels' write with ``fsync`` and rename.
 5. *Memory*: fresh worker-like processes (this script with ``--child``) receive the plan
    pickled, as a Dask worker does, build the model, and extract 32 images, or 256, with the
-   default plan, shard after shard (1 vs 8 shards of 32). Peak resident memory is
+   default plan, shard after shard (1 vs 8 shards of 32: the number of images, not the shard
+   size, is what must not matter; worker memory with the job's default shards of 128 levels
+   off after the first shard, see the README). Peak resident memory is
    ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` in the child, which also reports its peak after
    the model build and after each shard, its RSS after each shard (a leak shows there even
    when the model build sets the peak), and Linux's ``VmHWM`` as a cross-check. Linux carries
@@ -63,8 +72,8 @@ Nothing asserts a time: every figure and ratio comes from one run on one machine
 prints the load average, and how fast freshly allocated memory is written, first and at once
 again: a virtual machine whose balloon driver hands freed memory back to the host re-faults
 every fresh allocation (about 1 GB/s on the machine this was written on, against several GB/s
-for memory just freed), which inflates the memory-bound steps, concatenation and the NetCDF
-write. Run it on a quiet machine.
+for memory just freed), which inflates the memory-bound steps: the in-graph gathers and the
+NetCDF writes. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -98,7 +107,7 @@ from daskdiff.images import load_images
 from daskdiff.job import shard_size
 from daskdiff.models import ModelSpec, cached_model, class_labels, describe, input_size, preprocess
 from daskdiff.plan import LayerPlan, Sampling, bytes_per_image, plan_digest, storage_plan
-from daskdiff.storage import activation_dataset, shard_path, write_netcdf
+from daskdiff.storage import ShardWriter, atomic_path, shard_labels, shard_path, write_shard_labels
 
 SPEC = ModelSpec("VGG16", weights="random", seed=0)
 SUBSTRATES = ("units", "filter_mean")
@@ -112,6 +121,7 @@ FORWARD_REFERENCE = "forward, base model alone (reference)"
 PREDICT = "model.predict"
 PREDICT_ON_BATCH = "model.predict_on_batch"
 BARE = (PREDICT, PREDICT_ON_BATCH)
+WRITE_STEP = "write activations (ShardWriter.append)"
 """The two ways the bare model is timed (see the module docstring, item 2)."""
 
 
@@ -137,18 +147,20 @@ class Config:
     plans: tuple[PlanChoice, ...]
     memory_plan: PlanChoice
     memory_images: tuple[int, int]
+    memory_shard_size: int  # shards of the memory children: 1 vs several shards, not shard size
     memory_bare: bool  # also measure a process that only runs the bare model.predict
 
 
 DEFAULT_PLAN = PlanChoice("default", (200, 10000), 100)
 SMALL_PLAN = PlanChoice("small", (200,), 100)
 FULL = Config(
-    n_images=64,
-    shard_size=32,
+    n_images=128,
+    shard_size=128,  # the job spec's default
     rounds=3,
     plans=(DEFAULT_PLAN, SMALL_PLAN),
     memory_plan=DEFAULT_PLAN,
     memory_images=(32, 256),
+    memory_shard_size=32,
     memory_bare=True,
 )
 QUICK = Config(
@@ -158,6 +170,7 @@ QUICK = Config(
     plans=(PlanChoice("small", (200,), 10),),
     memory_plan=PlanChoice("small", (200,), 10),
     memory_images=(16, 32),
+    memory_shard_size=16,
     memory_bare=False,
 )
 
@@ -315,7 +328,38 @@ def bench_throughput(
     return {k: Throughput(n, tuple(v)) for k, v in clocks.items()}, written
 
 
-def print_throughput(config: Config, rates: dict[str, Throughput], written: dict[str, float], plans) -> None:
+def storage_floor(n_bytes_per_image: int, n_images: int, pace: float, folder: Path) -> Clock:
+    """CPU and wall seconds per image of storing ``n_bytes_per_image`` with plain ``os.write``.
+
+    No model, no NetCDF: the same bytes written the way :class:`ShardWriter` writes them (one
+    file per shard of ``n_images``, a batch of :data:`BATCH_SIZE` images at a time, each
+    batch flushed and dropped from the page cache), at the pipeline's pace (``pace`` seconds of
+    sleep between batches stand in for the forward pass: freed memory is handed back to the
+    host of a virtual machine within seconds, so the pace changes the cost). Whatever a
+    pipeline does, storing these bytes costs it at least about this much.
+    """
+    batch = np.ones(BATCH_SIZE * n_bytes_per_image // 4, dtype=np.float32)  # warm buffer, reused
+    folder.mkdir(parents=True, exist_ok=True)
+    total = Clock()
+    fd = os.open(folder / "floor.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for _ in range(0, n_images, BATCH_SIZE):
+            time.sleep(pace)
+            def write() -> None:
+                assert os.write(fd, memoryview(batch)) == batch.nbytes
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+            clock = timed(write)
+            total.wall += clock.wall
+            total.cpu += clock.cpu
+    finally:
+        os.close(fd)
+        (folder / "floor.bin").unlink()
+    return Clock(total.wall / n_images, total.cpu / n_images)
+
+
+def print_throughput(config: Config, rates: dict[str, Throughput], written: dict[str, float], plans, floors: dict[str, Clock]) -> None:
     print()
     for name in BARE:
         r = rates[name]
@@ -334,8 +378,17 @@ def print_throughput(config: Config, rates: dict[str, Throughput], written: dict
             f"{r.median / predict.median:.2f}, {r.median / on_batch.median:.2f}; CPU time: "
             f"{predict.cpu_per_image / r.cpu_per_image:.2f}\n"
             f"  written {fmt_bytes(written[choice.label])}/image; "
-            f"bytes_per_image {fmt_bytes(bytes_per_image(plans[choice.label]))}"
+            f"bytes_per_image {fmt_bytes(bytes_per_image(plans[choice.label]))}\n"
+            f"  storing {fmt_bytes(written[choice.label])}/image alone (plain writes, no model, no NetCDF; "
+            f"storage_floor): {1e3 * floors[choice.label].cpu:.0f} ms CPU, {1e3 * floors[choice.label].wall:.0f} ms wall "
+            f"per image; ceiling of the ratio by CPU: {ceiling(on_batch, floors[choice.label]):.2f}"
         )
+
+
+def ceiling(bare: Throughput, floor: Clock) -> float:
+    """Best possible pipeline / bare ratio if the 2 cores were shared perfectly: the bare CPU
+    time per image against the bare CPU time plus the floor cost of storing the bytes."""
+    return bare.cpu_per_image / (bare.cpu_per_image + floor.cpu)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,8 +398,9 @@ def print_throughput(config: Config, rates: dict[str, Throughput], written: dict
 def breakdown(paths: Sequence[str], plan: dict[str, LayerPlan], output: Path) -> tuple[dict[str, Clock], int]:
     """Time each step of one shard in sequence; returns the step times and the file size.
 
-    The steps are those of ``extract_shard`` and ``run_extraction`` without the decode
-    prefetch thread; the base model's forward pass on the same batches is timed for reference.
+    The steps are those of ``extract_shard`` and ``run_extraction`` with neither the decode
+    prefetch thread nor the write thread (each step on its own); the base model's forward pass
+    on the same batches is timed for reference.
     """
     base, model = extractor(SPEC, plan)
     times: dict[str, Clock] = {}
@@ -354,37 +408,35 @@ def breakdown(paths: Sequence[str], plan: dict[str, LayerPlan], output: Path) ->
         images, ok, skipped = load_images(list(paths), input_size(base))
     with step(times, "preprocess"):
         x = preprocess(images, SPEC)
-    parts = []
-    for start in range(0, len(x), BATCH_SIZE):
-        batch = x[start : start + BATCH_SIZE]
-        with step(times, FORWARD_REFERENCE):
-            base.predict_on_batch(batch)
-        with step(times, "forward, extraction model (predict_on_batch)"):
-            out = model.predict_on_batch(batch)
-        with step(times, "outputs to float32 numpy"):
-            parts.append({k: np.asarray(v, dtype=np.float32) for k, v in out.items()})
-    with step(times, "concatenate batches"):
-        stacked = {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
-    del parts
-    logits = stacked.pop(LOGITS)
-    with step(times, "plan_digest (twice per shard)"):
-        plan_digest(plan)
-        plan_digest(plan)
-    with step(times, "label (activation_dataset)"):
-        ds = activation_dataset(
-            stacked,
-            plan,
-            paths=[paths[i] for i in ok],
-            image_set=IMAGE_SET,
-            image_index=ok,
-            logits=logits,
-            labels=class_labels(logits.shape[1]),
-            attrs={"plan_digest": "benchmark"},
-            skipped=[(s.path, s.reason) for s in skipped],
-        )
     path = shard_path(output, IMAGE_SET, 0)
-    with step(times, "write NetCDF"):
-        write_netcdf(ds, path)
+    logits = []
+    with atomic_path(path) as tmp:
+        with ShardWriter(tmp, plan, chunk_images=BATCH_SIZE) as writer:
+            for start in range(0, len(x), BATCH_SIZE):
+                batch = x[start : start + BATCH_SIZE]
+                with step(times, FORWARD_REFERENCE):
+                    base.predict_on_batch(batch)
+                with step(times, "forward, extraction model (predict_on_batch)"):
+                    out = model.predict_on_batch(batch)
+                logits.append(out.pop(LOGITS))
+                with step(times, WRITE_STEP):
+                    writer.append(out)
+        with step(times, "plan_digest (twice per shard)"):
+            plan_digest(plan)
+            plan_digest(plan)
+        with step(times, "label (shard_labels)"):
+            labels = shard_labels(
+                plan,
+                paths=[paths[i] for i in ok],
+                image_set=IMAGE_SET,
+                image_index=ok,
+                logits=np.concatenate(logits),
+                labels=class_labels(logits[0].shape[1]),
+                attrs={"plan_digest": "benchmark"},
+                skipped=[(s.path, s.reason) for s in skipped],
+            )
+        with step(times, "write labels, fsync, rename"):
+            write_shard_labels(tmp, labels)
     return times, path.stat().st_size
 
 
@@ -400,7 +452,7 @@ def print_breakdown(label: str, times: dict[str, Clock], size: int, n_images: in
         print(f"  {name:<46} {clock.wall:7.2f} {clock.cpu:7.2f} {1e3 * clock.wall / n_images:14.1f} {share:>10}")
     forward = times["forward, extraction model (predict_on_batch)"]
     reference = times[FORWARD_REFERENCE]
-    write = times["write NetCDF"]
+    write = times[WRITE_STEP]
     print(
         f"  extraction model - base model: {forward.wall - reference.wall:+.2f} s wall, "
         f"{forward.cpu - reference.cpu:+.2f} s CPU ({100 * (forward.cpu / reference.cpu - 1):+.0f}% CPU); "
@@ -517,7 +569,7 @@ def bench_memory(
     for n in config.memory_images:
         output = work / f"memory-{n}"
         results[f"extract {n} images"] = run_child(
-            launcher, "extract", str(plan_file), str(image_dir), str(n), str(config.shard_size), str(output)
+            launcher, "extract", str(plan_file), str(image_dir), str(n), str(config.memory_shard_size), str(output)
         )
         shutil.rmtree(output, ignore_errors=True)  # the default plan writes ~1 GB per shard
     if config.memory_bare:
@@ -550,7 +602,7 @@ def print_memory(config: Config, results: dict[str, dict]) -> float:
 # main
 
 
-def print_summary(config, rates, written, plans, memory, memory_ratio) -> None:
+def print_summary(config, rates, written, plans, floors, memory, memory_ratio) -> None:
     predict, on_batch = rates[PREDICT], rates[PREDICT_ON_BATCH]
     small_n, large_n = config.memory_images
     print("\n## Summary (paste into the README)\n")
@@ -560,23 +612,24 @@ def print_summary(config, rates, written, plans, memory, memory_ratio) -> None:
     )
     print(
         "| what | images/s | / `predict` | / `predict_on_batch` | CPU s/image | written/image | "
-        "bytes_per_image |"
+        "bytes_per_image | ceiling (storage floor) |"
     )
-    print("|---|---|---|---|---|---|---|")
-    rows = [(f"VGG16 `{PREDICT}`, arrays in memory", predict, "", ""), (f"VGG16 `{PREDICT_ON_BATCH}` loop, arrays in memory", on_batch, "", "")]
+    print("|---|---|---|---|---|---|---|---|")
+    rows = [(f"VGG16 `{PREDICT}`, arrays in memory", predict, "", "", ""), (f"VGG16 `{PREDICT_ON_BATCH}` loop, arrays in memory", on_batch, "", "", "")]
     rows += [
         (
             f"`extract_shard`, {c.label} plan ({c.describe()})",
             rates[c.label],
             fmt_bytes(written[c.label]),
             fmt_bytes(bytes_per_image(plans[c.label])),
+            f"{ceiling(on_batch, floors[c.label]):.2f} ({1e3 * floors[c.label].cpu:.0f} ms CPU/image)",
         )
         for c in config.plans
     ]
-    for what, r, per_image, planned in rows:
+    for what, r, per_image, planned, top in rows:
         print(
             f"| {what} | {r.best:.2f} | {r.best / predict.best:.2f} | {r.best / on_batch.best:.2f} | "
-            f"{r.cpu_per_image:.3f} | {per_image} | {planned} |"
+            f"{r.cpu_per_image:.3f} | {per_image} | {planned} | {top} |"
         )
     peaks = {n: memory[f"extract {n} images"]["peak_rss"] for n in config.memory_images}
     print(
@@ -610,7 +663,9 @@ def run(config: Config) -> None:
             f"batch {BATCH_SIZE}, {config.rounds} alternating rounds\n"
         )
         rates, written = bench_throughput(config, paths, plans, work)
-        print_throughput(config, rates, written, plans)
+        pace = BATCH_SIZE / rates[PREDICT_ON_BATCH].best
+        floors = {c.label: storage_floor(round(written[c.label]), config.n_images, pace, work / "floor") for c in config.plans}
+        print_throughput(config, rates, written, plans, floors)
 
         print("\n## Where the time goes")
         for choice in config.plans:
@@ -620,13 +675,13 @@ def run(config: Config) -> None:
 
         print(
             f"\n## Memory: fresh worker-like processes, {config.memory_plan.label} plan, "
-            f"shards of {config.shard_size}\n"
+            f"shards of {config.memory_shard_size}\n"
         )
         memory = bench_memory(config, plans[config.memory_plan.label], image_dir, work, launcher)
         memory_ratio = print_memory(config, memory)
 
         print(f"\n{load_line()}; the run took {time.perf_counter() - started:.0f} s")
-        print_summary(config, rates, written, plans, memory, memory_ratio)
+        print_summary(config, rates, written, plans, floors, memory, memory_ratio)
     finally:
         launcher.close()
         shutil.rmtree(work, ignore_errors=True)

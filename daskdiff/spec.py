@@ -105,7 +105,7 @@ class AnalysisSection(_Strict):
 
 class ExtractionSection(_Strict):
     batch_size: PositiveInt = 16
-    shard_size: PositiveInt = 32
+    shard_size: PositiveInt = 128
     resize: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "nearest"
     store: Literal["needed", "all"] = "needed"
     strict: bool = False
