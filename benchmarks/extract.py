@@ -107,7 +107,7 @@ from daskdiff.images import load_images
 from daskdiff.job import shard_size
 from daskdiff.models import ModelSpec, cached_model, class_labels, describe, input_size, preprocess
 from daskdiff.plan import LayerPlan, Sampling, bytes_per_image, plan_digest, storage_plan
-from daskdiff.storage import ShardWriter, atomic_path, shard_labels, shard_path, write_shard_labels
+from daskdiff.storage import ShardWriter, atomic_path, flush_and_drop, shard_labels, shard_path, write_shard_labels
 
 SPEC = ModelSpec("VGG16", weights="random", seed=0)
 SUBSTRATES = ("units", "filter_mean")
@@ -347,8 +347,7 @@ def storage_floor(n_bytes_per_image: int, n_images: int, pace: float, folder: Pa
             time.sleep(pace)
             def write() -> None:
                 assert os.write(fd, memoryview(batch)) == batch.nbytes
-                os.fdatasync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                flush_and_drop(fd)
 
             clock = timed(write)
             total.wall += clock.wall

@@ -121,6 +121,12 @@ def activation_variables(plan: dict[str, LayerPlan]) -> dict[str, tuple[str, int
     }
 
 
+def flush_and_drop(fd: int) -> None:
+    """Write the file's dirty pages to disk and drop its pages from the page cache (Linux)."""
+    os.fdatasync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 class ShardWriter:
     """Append one shard's activations batch by batch to a new NetCDF file (netCDF4 directly).
 
@@ -151,9 +157,8 @@ class ShardWriter:
     def __init__(self, path: str | os.PathLike, plan: dict[str, LayerPlan], *, chunk_images: int = 16, drop_cache: bool = True):
         import netCDF4
 
-        self.path = Path(path)
         self.n_images = 0
-        self._nc = netCDF4.Dataset(self.path, "w", format="NETCDF4")
+        self._nc = netCDF4.Dataset(path, "w", format="NETCDF4")
         self._nc.createDimension("image", None)
         self._vars = {}
         for name, (dim, n) in activation_variables(plan).items():
@@ -161,7 +166,7 @@ class ShardWriter:
             rows = max(1, min(chunk_images, CHUNK_BYTES // (4 * n)))
             self._vars[name] = var = self._nc.createVariable(name, "f4", ("image", dim), fill_value=False, chunksizes=(rows, n))
             var.set_var_chunk_cache(size=0)
-        self._fd = os.open(self.path, os.O_RDONLY) if drop_cache and hasattr(os, "posix_fadvise") else None
+        self._fd = os.open(path, os.O_RDONLY) if drop_cache and hasattr(os, "posix_fadvise") else None
 
     def append(self, features: dict[str, np.ndarray]) -> None:
         """Write the next images' rows: ``features[name]`` is ``(n, values per image)`` float32
@@ -173,12 +178,8 @@ class ShardWriter:
         for name, var in self._vars.items():
             var[self.n_images : self.n_images + n] = features[name]
         self.n_images += n
-        self._drop()
-
-    def _drop(self) -> None:
         if self._fd is not None:
-            os.fdatasync(self._fd)
-            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            flush_and_drop(self._fd)
 
     def close(self) -> None:
         """Close the file (safe to call twice)."""
@@ -186,7 +187,7 @@ class ShardWriter:
             self._nc.close()
             self._nc = None
         if self._fd is not None:
-            self._drop()
+            flush_and_drop(self._fd)
             os.close(self._fd)
             self._fd = None
 
