@@ -164,15 +164,14 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def _write_png(image: np.ndarray, path: Path) -> None:
-    """Write one RGB ``uint8`` image atomically: temporary file in the same folder, then rename."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as file:
+    """Write one RGB ``uint8`` image durably and atomically (:func:`daskdiff.storage.atomic_write`)."""
+    from .storage import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as file:
             Image.fromarray(image).save(file, format="PNG")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+
+    atomic_write(path, write)
 
 
 def _write_images(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any, Callable, Sequence
 from .analysis import PARTIAL_DIR, DiffTask, run_diff_task
 from .extract import ShardTask, extract_shard
 from .images import resolve_image_set
+from .manifest import Manifest, OutputFolderError, check_output_folder
 from .models import ModelSpec, WeightsUnavailableError, build_model, describe
 from .plan import Sampling, bytes_per_image, n_units_label, plan_digest, storage_plan
 from .results import assemble, read_set_metadata
@@ -85,22 +85,39 @@ class Plan:
     storage: dict
     sampling: Sampling
     notes: list[str]
+    manifest: Manifest
 
     @property
     def digest(self) -> str:
         return plan_digest(self.storage)
 
 
-def _check_output(output: Path, spec: JobSpec, overwrite: bool) -> None:
+def _check_output(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence[str], echo: Callable) -> Manifest:
+    """Make sure ``output`` may be written, clear it under ``--overwrite``; its manifest.
+
+    Nothing is created or deleted before the folder passes :func:`check_output_folder`, and
+    ``--overwrite`` removes only what the folder's manifest lists (files daskdiff wrote).
+    """
+    try:
+        check_output_folder(output, inputs)
+    except OutputFolderError as err:
+        raise JobError(str(err)) from None
     try:
         output.mkdir(parents=True, exist_ok=True)
         atomic_write(output / ".write-test", lambda tmp: Path(tmp).write_text("ok"))
         (output / ".write-test").unlink()
     except OSError as err:
         raise JobError(f"output folder {output} is not writable ({err.strerror}); choose another with --output or output:") from None
+    try:
+        manifest = Manifest(output)
+    except OutputFolderError as err:
+        raise JobError(str(err)) from None
     job_file = output / JOB_FILE
     if job_file.exists():
-        old = json.loads(job_file.read_text())
+        try:
+            old = json.loads(job_file.read_text())
+        except (OSError, ValueError) as err:
+            raise JobError(f"{job_file} is unreadable ({err}); delete it to start this output folder afresh, or choose another --output") from None
         if old.get("result_digest") != spec.result_digest():
             if not overwrite:
                 new = spec.model_dump(mode="json")
@@ -109,23 +126,24 @@ def _check_output(output: Path, spec: JobSpec, overwrite: bool) -> None:
                     f"output folder {output} holds results of a different job spec (changed: {changed}); "
                     "re-run with --overwrite to replace them, or choose another --output"
                 )
-            for sub in (ACTIVATIONS_DIR, PARTIAL_DIR, IMAGES_DIR):
-                shutil.rmtree(output / sub, ignore_errors=True)
-            for name in (RESULTS_FILE, PLOT_FILE, JOB_FILE):
-                (output / name).unlink(missing_ok=True)
+            if not manifest.path.exists():
+                raise JobError(
+                    f"output folder {output} was written by a daskdiff without a manifest ({manifest.path.name}), "
+                    "so --overwrite cannot tell its files from yours: delete its activations/, partial/, images/ "
+                    "and job.json by hand, or choose another --output"
+                )
+            kept = manifest.remove_all()
+            if kept:
+                echo(f"--overwrite kept folder(s) that hold files daskdiff did not write: {', '.join(kept)}")
+    return manifest
 
 
-def _clean_temporaries(output: Path) -> int:
-    """Remove temporaries a killed run left (``.<name>.*.tmp``); finished files are never touched."""
-    removed = 0
-    for sub in (ACTIVATIONS_DIR, PARTIAL_DIR, IMAGES_DIR, "."):
-        folder = output / sub
-        pattern = "**/.*.tmp*" if sub != "." else ".*.tmp*"
-        for tmp in folder.glob(pattern):
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
-                removed += 1
-    return removed
+def _clean_temporaries(manifest: Manifest) -> int:
+    """Remove temporaries a killed run left of files daskdiff writes; no other file is touched."""
+    found = manifest.temporaries()
+    for tmp in found:
+        tmp.unlink(missing_ok=True)
+    return len(found)
 
 
 def _generator_params(params: dict, base: Path) -> dict:
@@ -150,34 +168,52 @@ def _generator_params(params: dict, base: Path) -> dict:
     return out
 
 
-def _generated_set(name: str, entry: Any, base: Path, output: Path, echo: Callable) -> list[str]:
-    """Generate a set into ``<output>/images/<name>``, or reuse it when a manifest says the same
-    generator and parameters already wrote every file (adversarial sets cost minutes)."""
+def _generated_set(name: str, entry: Any, base: Path, manifest: Manifest, echo: Callable) -> list[str]:
+    """Generate a set into ``<output>/images/<name>``, or reuse it when ``.generated.json`` says the
+    same generator and parameters already wrote every file (adversarial sets cost minutes).
+
+    The folder must be daskdiff's own (listed in the output's manifest): a folder of the user's
+    that happens to stand there is never written into.
+    """
     from .generate import generate
 
-    folder = output / IMAGES_DIR / name
+    folder = manifest.output / IMAGES_DIR / name
+    if folder.exists() and manifest.relative(folder) not in manifest.dirs:
+        raise JobError(
+            f"generated image set {name!r} would be written to {folder}, which daskdiff did not create; "
+            "rename the set or the folder, or choose another --output"
+        )
+    manifest.make_dirs(folder)
     params = _generator_params(entry.params(), base)
-    manifest = folder / ".generated.json"
+    record = folder / ".generated.json"
     key = {"generate": entry.generate, "params": params}
-    if manifest.exists():
-        saved = json.loads(manifest.read_text())
+    if record.exists():
+        saved = json.loads(record.read_text())
         if saved.get("key") == key and all(Path(p).exists() for p in saved.get("paths", [])):
             echo(f"image set {name!r}: reusing {len(saved['paths'])} generated image(s) in {folder}")
             return sorted(saved["paths"])
     paths = generate(entry.generate, folder, **params)
-    atomic_write(manifest, lambda tmp: Path(tmp).write_text(json.dumps({"key": key, "paths": paths})))
+    manifest.add_files([*paths, record])
+    atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps({"key": key, "paths": paths})))
     echo(f"image set {name!r}: generated {len(paths)} image(s) ({entry.generate}) in {folder}")
     return sorted(paths)
 
 
-def _image_sets(spec: JobSpec, base: Path, output: Path, echo: Callable) -> dict[str, list[str]]:
-    sets = {}
-    for name, entry in spec.image_sets.items():
-        if hasattr(entry, "generate"):
-            sets[name] = _generated_set(name, entry, base, output, echo)
-        else:
-            sets[name] = resolve_image_set(entry.path, name=name, base_dir=base)
-    return sets
+def _path_sets(spec: JobSpec, base: Path) -> dict[str, list[str]]:
+    """The sets read from disk (folders, globs, list files), resolved to image paths."""
+    return {
+        name: resolve_image_set(entry.path, name=name, base_dir=base)
+        for name, entry in spec.image_sets.items()
+        if not hasattr(entry, "generate")
+    }
+
+
+def _image_sets(spec: JobSpec, base: Path, manifest: Manifest, path_sets: dict[str, list[str]], echo: Callable) -> dict[str, list[str]]:
+    """Every set's image paths, in the spec's order; generated sets are made (or reused) here."""
+    return {
+        name: path_sets[name] if name in path_sets else _generated_set(name, entry, base, manifest, echo)
+        for name, entry in spec.image_sets.items()
+    }
 
 
 def _model_spec(spec: JobSpec, base: Path, weights: str | None) -> ModelSpec:
@@ -212,10 +248,11 @@ def plan_job(spec: JobSpec, base: Path, *, output: str | Path | None = None, wei
     """Validate and plan a job on the client; nothing runs on a cluster."""
     out = Path(output) if output else resolve_path(spec.output, base)
     out = out.resolve()
-    _check_output(out, spec, overwrite)
-    if (n := _clean_temporaries(out)):
+    path_sets = _path_sets(spec, base)
+    manifest = _check_output(out, spec, overwrite, [p for paths in path_sets.values() for p in paths], echo)
+    if (n := _clean_temporaries(manifest)):
         echo(f"removed {n} temporary file(s) left by an interrupted run")
-    sets = _image_sets(spec, base, out, echo)
+    sets = _image_sets(spec, base, manifest, path_sets, echo)
     model = _model_spec(spec, base, weights)
     info = describe(model)
     notes: list[str] = []
@@ -223,7 +260,7 @@ def plan_job(spec: JobSpec, base: Path, *, output: str | Path | None = None, wei
     a = spec.analysis
     sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
     storage = storage_plan(info["shapes"], a.substrates, sampling, store=spec.extraction.store, full_layers=[info["last_layer"]])
-    return Plan(spec, out, model, sets, info["layers"], info["shapes"], storage, sampling, notes)
+    return Plan(spec, out, model, sets, info["layers"], info["shapes"], storage, sampling, notes, manifest)
 
 
 def shard_size(requested: int, batch_size: int) -> int:
@@ -333,6 +370,7 @@ def run_job(
         f"stores {bytes_per_image(plan.storage) / 1e6:.2f} MB per image -> {plan.output}"
     )
     attrs = {**plan.model.identity(), "daskdiff_version": versions()["daskdiff"]}
+    plan.manifest.add_files([plan.output / JOB_FILE])
     atomic_write(plan.output / JOB_FILE, lambda tmp: Path(tmp).write_text(json.dumps({"result_digest": spec.result_digest(), "spec": spec.model_dump(mode="json")}, indent=1)))
 
     def body(c: Any) -> JobResult:
@@ -355,6 +393,9 @@ def run_job(
         shard_tasks = [t for t in all_shards if not _shard_done(t, digest)]
         if len(shard_tasks) < len(all_shards):
             echo(f"resuming: {len(all_shards) - len(shard_tasks)} of {len(all_shards)} shard(s) already extracted")
+        for name in {t.image_set for t in shard_tasks}:
+            plan.manifest.make_dirs(plan.output / ACTIVATIONS_DIR / name)
+        plan.manifest.add_files(shard_path(t.output, t.image_set, t.shard) for t in shard_tasks)
         storage_future = c.scatter(plan.storage, broadcast=True, hash=False) if shard_tasks else None
         _run_stage(c, extract_shard, shard_tasks, (storage_future, plan.model), desc="extract", unit="shard", progress=progress,
                    retries=e.retries, resources=resources,
@@ -370,6 +411,9 @@ def run_job(
         todo = [t for t in diff_tasks if not t.path.exists()]
         if len(todo) < len(diff_tasks):
             echo(f"resuming: {len(diff_tasks) - len(todo)} of {len(diff_tasks)} differentiation task(s) already done")
+        if todo:
+            plan.manifest.make_dirs(plan.output / PARTIAL_DIR)
+            plan.manifest.add_files(t.path for t in todo)
         _run_stage(c, run_diff_task, todo, (), desc="differentiation", unit="task", progress=progress, retries=e.retries, resources=None,
                    describe_task=lambda t: f"task {t.key}")
         return _finish(plan, metadata, diff_tasks, keep_rdm, n_images, t0, command, plot, echo)
@@ -409,6 +453,7 @@ def _finish(plan: Plan, metadata: dict, tasks: list[DiffTask], keep_rdm: bool, n
         sets=list(plan.sets), metadata=metadata, substrates=list(a.substrates), n_units=[n_units_label(n) for n in a.n_units],
         layers=plan.layers, repeats=a.repeats, tasks=tasks, keep_rdm=keep_rdm, attrs=attrs,
     )
+    plan.manifest.add_files([plan.output / RESULTS_FILE, plan.output / PLOT_FILE])
     path = write_netcdf(ds, plan.output / RESULTS_FILE)
     undefined = int(ds["n_undefined"].sum())
     notes = list(plan.notes)
