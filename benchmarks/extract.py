@@ -7,17 +7,17 @@ Run from the repository root::
 
 What is measured, and why
 -------------------------
-A worker's extraction task, :func:`daskdiff.extract.extract_shard`, decodes a shard's image
+A worker's extraction task, :func:`daskdiff.model.extract.extract_shard`, decodes a shard's image
 files with Pillow (in a helper thread, overlapping the forward pass), preprocesses them, runs one
 forward pass per batch through an *extraction model* whose outputs gather the plan's sampled
 units and take the filter means in the graph, and appends each batch's outputs to the shard's
-NetCDF file from a second helper thread (:class:`daskdiff.storage.ShardWriter`, flushing each
+NetCDF file from a second helper thread (:class:`daskdiff.io.shards.ShardWriter`, flushing each
 batch and dropping it from the page cache) while the next batch goes through the model; the
 labels follow and the file is renamed into place. The forward pass is the work that cannot be
 avoided; the questions are how much the rest costs on top of it, and whether a worker's memory
 stays flat as it extracts shard after shard.
 
-1. *Images*: lossless 224 x 224 RGB white-noise PNG files (:func:`daskdiff.generate.white_noise`);
+1. *Images*: lossless 224 x 224 RGB white-noise PNG files (:func:`daskdiff.stimuli.noise.white_noise`);
    the cost of a forward pass does not depend on what the pixels show.
 2. *Bare*: ``keras.applications.VGG16(weights=None)``, the ordinary one-output model with its
    softmax top, given the same He-normal random weights as ``ModelSpec('VGG16',
@@ -31,11 +31,11 @@ stays flat as it extracts shard after shard.
    everything per image included: PNG decoding, preprocessing, the forward pass through the
    extraction model with its in-graph gathers and means, the NetCDF writes, labelling,
    ``fsync`` and rename. The one-time model build is left out by a warm-up shard. Two storage
-   plans are timed, both from :func:`daskdiff.plan.storage_plan` on ``describe(spec)['shapes']``
+   plans are timed, both from :func:`daskdiff.core.units.storage_plan` on ``model_layers(spec)['shapes']``
    with substrates ``units`` and ``filter_mean``, 100 repeats, seed 0, ``mode='random'`` and
    ``predictions`` stored in full: the *default* plan of a job spec (``n_units=[200, 10000]``) and a *small*
    one (``n_units=[200]``). Bytes written per image (shard file sizes / images) are printed
-   next to :func:`daskdiff.plan.bytes_per_image`, which counts the activation values alone.
+   next to :func:`daskdiff.core.units.bytes_per_image`, which counts the activation values alone.
 
    Bare and pipeline runs alternate, round by round, so that a disturbance of the machine hits
    both alike. Throughput is wall-clock images / s, **best of k rounds** (the round least
@@ -101,13 +101,15 @@ from pathlib import Path
 
 import numpy as np
 
-from daskdiff.extract import LOGITS, ShardTask, extract_shard, extractor
-from daskdiff.generate import white_noise
-from daskdiff.images import load_images
-from daskdiff.job import shard_size
-from daskdiff.models import ModelSpec, cached_model, class_labels, describe, input_size, preprocess
-from daskdiff.plan import LayerPlan, Sampling, bytes_per_image, plan_digest, storage_plan
-from daskdiff.storage import ShardWriter, atomic_path, flush_and_drop, shard_labels, shard_path, write_shard_labels
+from daskdiff.model.extract import extract_shard, extractor, LOGITS, ShardTask
+from daskdiff.stimuli.noise import white_noise
+from daskdiff.io.images import load_images
+from daskdiff.pipeline.job import shard_size
+from daskdiff.model.build import cached_model, class_labels, model_layers, input_size, ModelSpec, preprocess
+from daskdiff.core.units import bytes_per_image, LayerPlan, plan_digest, Sampling, storage_plan
+from daskdiff.io.atomic import atomic_path, flush_and_drop
+from daskdiff.io.layout import shard_path
+from daskdiff.io.shards import shard_labels, ShardWriter, write_shard_labels
 
 SPEC = ModelSpec("VGG16", weights="random", seed=0)
 SUBSTRATES = ("units", "filter_mean")
@@ -133,7 +135,7 @@ class PlanChoice:
     n_units: tuple[int, ...]
     repeats: int
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return f"n_units {list(self.n_units)}, {self.repeats} repeats"
 
 
@@ -370,7 +372,7 @@ def print_throughput(config: Config, rates: dict[str, Throughput], written: dict
     for choice in config.plans:
         r = rates[choice.label]
         print(
-            f"pipeline, {choice.label} plan ({choice.describe()}): {r.best:.2f} images/s best "
+            f"pipeline, {choice.label} plan ({choice.summary()}): {r.best:.2f} images/s best "
             f"(median {r.median:.2f}); {r.cpu_per_image:.3f} CPU s/image\n"
             f"  pipeline / bare {PREDICT}: {r.best / predict.best:.2f} (target >= {TARGET_RATIO:.2f}); "
             f"/ bare {PREDICT_ON_BATCH}: {r.best / on_batch.best:.2f}; medians: "
@@ -617,7 +619,7 @@ def print_summary(config, rates, written, plans, floors, memory, memory_ratio) -
     rows = [(f"VGG16 `{PREDICT}`, arrays in memory", predict, "", "", ""), (f"VGG16 `{PREDICT_ON_BATCH}` loop, arrays in memory", on_batch, "", "", "")]
     rows += [
         (
-            f"`extract_shard`, {c.label} plan ({c.describe()})",
+            f"`extract_shard`, {c.label} plan ({c.summary()})",
             rates[c.label],
             fmt_bytes(written[c.label]),
             fmt_bytes(bytes_per_image(plans[c.label])),
@@ -652,10 +654,10 @@ def run(config: Config) -> None:
         image_dir = work / "images"
         paths = white_noise(image_dir, count=n_needed, size=IMAGE_SIZE, seed=SEED)
         print(f"images: {n_needed} white-noise PNG files, {IMAGE_SIZE}x{IMAGE_SIZE} RGB")
-        shapes = describe(SPEC)["shapes"]
+        shapes = model_layers(SPEC)["shapes"]
         plans = {c.label: build_plan(c, shapes) for c in {*config.plans, config.memory_plan}}
         for choice in config.plans:
-            print(f"plan {choice.label!r} ({choice.describe()}): bytes_per_image {fmt_bytes(bytes_per_image(plans[choice.label]))}")
+            print(f"plan {choice.label!r} ({choice.summary()}): bytes_per_image {fmt_bytes(bytes_per_image(plans[choice.label]))}")
 
         print(
             f"\n## Throughput: {config.n_images} images per round, shards of {config.shard_size}, "

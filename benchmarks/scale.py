@@ -42,9 +42,9 @@ def main() -> None:
 
     from distributed import Client, LocalCluster
 
-    from daskdiff.generate import white_noise
-    from daskdiff.job import run_job
-    from daskdiff.spec import parse_spec
+    from daskdiff.stimuli.noise import white_noise
+    from daskdiff.pipeline.job import run_job
+    from daskdiff.pipeline.spec import parse_spec
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="daskdiff-scale-"))
     images = root / "images"
@@ -69,7 +69,7 @@ def main() -> None:
 
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         t_start = time.perf_counter()
-        result = run_job(spec, Path("."), client=client, progress=True, plot=False, echo=echo)
+        result = run_job(spec, Path("."), client=client, progress=True, echo=echo)
         wall = time.perf_counter() - t_start
         peaks = client.run(_peak_rss_mb)
     shard_bytes = sum(f.stat().st_size for f in (root / "out" / "activations").rglob("shard-*.nc"))

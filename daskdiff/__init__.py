@@ -1,5 +1,17 @@
 """daskdiff: how differentiated a neural network's representations are, at cluster scale.
 
+The package's layers, each importing only those below it:
+
+- :mod:`daskdiff.errors`: error types (imports nothing);
+- :mod:`daskdiff.core`: the numeric core, numpy and scipy only (distances, differentiation,
+  unit sampling, substrates, the unit plan, ranking, bootstrap);
+- :mod:`daskdiff.io`: files (the one atomic writer, the output layout, shards, partial results,
+  the results file, image decoding and PNG writing);
+- :mod:`daskdiff.model`: Keras models and weights, preprocessing, the extraction graph;
+- :mod:`daskdiff.stimuli`: image-set generators and their registry;
+- :mod:`daskdiff.pipeline`: job specs, clusters, tasks, planning and running a job on Dask;
+- on top: :mod:`daskdiff.stats`, :mod:`daskdiff.plot`, :mod:`daskdiff.info`, :mod:`daskdiff.cli`.
+
 The numeric core (pure numpy) is importable from the top level::
 
     import daskdiff
@@ -10,20 +22,32 @@ The numeric core (pure numpy) is importable from the top level::
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .differentiation import (
-    UndefinedNormalizationError,
-    differentiation,
-    differentiation_stack,
-    distances_stack,
-)
-from .distances import METRICS, pairwise_distances, pairwise_distances_stack
-from .sampling import ALL, sample_units
-from .substrates import SUBSTRATES, reduce as reduce_substrate
+from .core.differentiation import differentiation, differentiation_stack, distances_stack, UndefinedNormalizationError
+from .core.distances import METRICS, pairwise_distances, pairwise_distances_stack
+from .core.sampling import ALL, sample_units
+from .core.substrates import reduce as reduce_substrate, SUBSTRATES
 
 try:
     __version__ = version("daskdiff")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
+
+_LAZY = {
+    "load_spec": "daskdiff.pipeline.spec",
+    "run_job": "daskdiff.pipeline.job",
+    "open_activations": "daskdiff.io.shards",
+    "open_results": "daskdiff.io.results",
+}
+
+
+def __getattr__(name: str):
+    """Jobs and files on first use, so ``import daskdiff`` (and the core) loads no xarray or Dask."""
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'daskdiff' has no attribute {name!r}")
+
 
 __all__ = [
     "ALL",
@@ -34,8 +58,12 @@ __all__ = [
     "differentiation",
     "differentiation_stack",
     "distances_stack",
+    "load_spec",
+    "open_activations",
+    "open_results",
     "pairwise_distances",
     "pairwise_distances_stack",
     "reduce_substrate",
+    "run_job",
     "sample_units",
 ]

@@ -1,4 +1,4 @@
-"""Command line: parse, validate, call one library function, print.
+"""Top layer: the command line; parse, validate, call one library function, print.
 
     daskdiff run JOB.yaml [--scheduler ADDRESS | --scheduler-file FILE] [--workers N]
                  [--output DIR] [--weights W] [--overwrite] [--no-progress]
@@ -16,11 +16,14 @@ import argparse
 import contextlib
 import os
 import sys
+import traceback
+
+from .errors import DaskdiffError
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .job import run_job
-    from .spec import load_spec
+    from .pipeline.job import run_job
+    from .pipeline.spec import load_spec
 
     spec, base = load_spec(args.job)
     result = run_job(
@@ -28,8 +31,10 @@ def _run(args: argparse.Namespace) -> int:
         scheduler=args.scheduler, scheduler_file=args.scheduler_file, n_workers=args.workers,
         progress=not args.no_progress, command=" ".join(["daskdiff", *sys.argv[1:]]),
     )
-    if result.plot:
-        print(f"figure: {result.plot}")
+    from .io.layout import PLOT_FILE
+    from .plot import plot_results
+
+    print(f"figure: {plot_results(result.path, result.path.parent / PLOT_FILE)}")
     for note in result.notes:
         print(f"note: {note}")
     print(result.summary())
@@ -51,7 +56,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
-    from .generate import generate
+    from .stimuli.registry import generate
 
     params = {k: v for k, v in vars(args).items() if k not in ("command", "generator", "out_dir", "func") and v is not None}
     paths = generate(args.generator, args.out_dir, **params)
@@ -69,7 +74,7 @@ def _client(address: str | None):
 
 
 def _select(args: argparse.Namespace) -> int:
-    from .classify import model_spec, select_images
+    from .stimuli.select import model_spec, select_images
 
     spec = model_spec(args.model, args.weights, args.seed, args.preprocess)
     with _client(args.scheduler) as client:
@@ -80,8 +85,8 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _adversarial(args: argparse.Namespace) -> int:
-    from .attack import attack_images
-    from .classify import model_spec
+    from .stimuli.adversarial import attack_images
+    from .stimuli.select import model_spec
 
     spec = model_spec(args.model, args.weights, args.seed, args.preprocess)
     with _client(args.scheduler) as client:
@@ -89,7 +94,7 @@ def _adversarial(args: argparse.Namespace) -> int:
             args.source, args.out_dir, spec, eps=args.eps, step=args.step, iters=args.iters, avoid=args.avoid,
             target=args.target, keep_failures=not args.drop_failures, batch_size=args.batch_size, client=client,
         )
-    print(report.describe())
+    print(report.details())
     return 0
 
 
@@ -176,16 +181,29 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .errors import user_errors
-
     try:
         return args.func(args)
-    except user_errors() as err:
+    except DaskdiffError as err:
+        cause = err.__cause__
+        if cause is not None and not isinstance(cause, DaskdiffError):
+            _report_bug(args.command, cause)  # e.g. a task failed on a worker: show where
         print(f"daskdiff {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug in daskdiff, not in the user's input
+        _report_bug(args.command, err)
+        return 1
+
+
+def _report_bug(command: str, err: BaseException) -> None:
+    traceback.print_exception(err, file=sys.stderr)
+    print(
+        f"daskdiff {command}: internal error {type(err).__name__} (a bug in daskdiff, not in your input); "
+        "please report it with the traceback above",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
-"""Warnings and errors of daskdiff (kept import-light: pytest's config imports this module)."""
+"""Base layer: daskdiff's own error types (imports nothing, so every layer may use it).
+
+The CLI prints a :class:`DaskdiffError` as one line, with no traceback: its message names the
+file, key or value at fault and how to fix it. Any other exception is a bug in daskdiff, and the
+CLI shows its traceback and asks for a report.
+"""
 
 
-class DaskdiffWarning(UserWarning):
-    """A warning issued by daskdiff itself (the test-suite turns these into errors)."""
+class DaskdiffError(Exception):
+    """An error caused by the user's input or environment, reported in one line that says the fix."""
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that the CLI prints as one clear message (no traceback): bad input."""
-    from .images import ImageDecodeError, ImageSetError
-    from .job import JobError
-    from .models import WeightsUnavailableError
-    from .spec import SpecError
+class InputError(DaskdiffError, ValueError):
+    """A value, key or file given by the user is not valid (a ``ValueError``, so callers may catch either)."""
 
-    return (SpecError, ImageSetError, ImageDecodeError, JobError, WeightsUnavailableError, ValueError, FileNotFoundError, KeyError)
+
+class JobError(DaskdiffError, RuntimeError):
+    """A job that cannot go on; the message names the shard, task or file and the cause."""

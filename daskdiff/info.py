@@ -1,17 +1,16 @@
-"""``daskdiff info``: a short, human summary of a results file."""
+"""Top layer: ``daskdiff info``, a short, human summary of a results file."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
-import xarray as xr
+from .io.results import open_results
 
 
 def describe_results(path: str | Path) -> str:
     """Sets, layers, n_units, repeats, skipped images and provenance of a results file."""
-    with xr.open_dataset(path) as ds:
+    with open_results(path) as ds:
         a = ds.attrs
         lines = [f"{path}: {a.get('title', '')}"]
         if "warning" in a:

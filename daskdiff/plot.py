@@ -6,8 +6,8 @@ Two kinds of function:
   caller owns;
 - figure functions, ``plot_name(...) -> Figure``, lay several panels out and label the figure.
 
-Inputs are the results Dataset (``differentiation.nc``, see :mod:`daskdiff.results`) or one
-set's activations (:func:`daskdiff.storage.open_activations`); figure functions over
+Inputs are the results Dataset (``differentiation.nc``, see :mod:`daskdiff.io.results`) or one
+set's activations (:func:`daskdiff.io.shards.open_activations`); figure functions over
 activations take a mapping ``{set name: activations Dataset}`` in the results' set order.
 
 Figures are ``matplotlib.figure.Figure`` objects made without pyplot: library code never
@@ -30,7 +30,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .differentiation import rdm_median
+from .core.differentiation import rdm_median
+from .errors import InputError
+from .io.results import open_results
 
 Activations = Mapping[str, xr.Dataset]
 
@@ -52,7 +54,7 @@ def _set_names(ds: xr.Dataset, sets: Sequence[str] | None = None) -> list[str]:
         return names
     unknown = [s for s in sets if s not in names]
     if unknown:
-        raise ValueError(f"image set(s) {unknown} are not in these results; the sets are {names}")
+        raise InputError(f"image set(s) {unknown} are not in these results; the sets are {names}")
     return [str(s) for s in sets]
 
 
@@ -158,9 +160,9 @@ def _reference(ds: xr.Dataset, reference: str | None) -> str:
     if reference is None:
         if "noise" in names:
             return "noise"
-        raise ValueError(f"these results have no set named 'noise'; name the reference set, e.g. reference={names[0]!r} (the sets are {names})")
+        raise InputError(f"these results have no set named 'noise'; name the reference set, e.g. reference={names[0]!r} (the sets are {names})")
     if reference not in names:
-        raise ValueError(f"reference set {reference!r} is not in these results; the sets are {names}")
+        raise InputError(f"reference set {reference!r} is not in these results; the sets are {names}")
     return reference
 
 
@@ -172,7 +174,7 @@ def _set_slice(ds: xr.Dataset, image_set: str | None) -> xr.Dataset:
     """Per-image variables of one set: from a results Dataset (padding dropped) or activations."""
     if "image_set" in ds.dims:
         if image_set is None:
-            raise ValueError(f"name the set: image_set=..., one of {_set_names(ds)}")
+            raise InputError(f"name the set: image_set=..., one of {_set_names(ds)}")
         one = ds.sel(image_set=image_set)
         n = int(one["n_images"]) if "n_images" in one else one.sizes["image"]
         return one.isel(image=slice(0, n)).rename({"image_path": "path"}) if "image_path" in one else one.isel(image=slice(0, n))
@@ -181,7 +183,7 @@ def _set_slice(ds: xr.Dataset, image_set: str | None) -> xr.Dataset:
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 120) -> Path:
     """Render ``fig`` to a PNG at ``path`` (Agg, written atomically); returns the path."""
-    from .storage import atomic_write
+    from .io.atomic import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight"))
     return Path(path)
@@ -218,7 +220,7 @@ def plot_results(ds: xr.Dataset | str | Path, path: str | Path | None = None, *,
     ``path`` is None.
     """
     if not isinstance(ds, xr.Dataset):
-        with xr.open_dataset(ds) as opened:
+        with open_results(ds) as opened:
             ds = opened.load()
     panels = [(str(s), str(n)) for s in ds["substrate"].values for n in ds["n_units"].values]
     fig, axes = _figure(len(panels), 3, (5.5, 4.2))
@@ -247,7 +249,7 @@ def sampling_noise(ds: xr.Dataset, ax: Any, *, substrate: str, n_units: str, set
     da = ds["differentiation"].sel(substrate=substrate, n_units=n_units)
     if int(da.notnull().sum("repeat").max()) <= 1:
         sampled = [str(n) for n in ds["n_units"].values if int(ds["differentiation"].sel(substrate=substrate, n_units=n).notnull().sum("repeat").max()) > 1]
-        raise ValueError(f"n_units={n_units!r} has at most one value per layer (exact, or one repeat): no sampling distribution; choose one of {sampled}")
+        raise InputError(f"n_units={n_units!r} has at most one value per layer (exact, or one repeat): no sampling distribution; choose one of {sampled}")
     names = _set_names(ds, sets)
     colors = set_colors(_set_names(ds))
     x = _layer_axis(ax, _layers(ds))
@@ -285,7 +287,7 @@ def plot_sampling_noise(ds: xr.Dataset, *, substrates: Sequence[str] | None = No
         if int(ds["differentiation"].sel(substrate=s, n_units=n).notnull().sum("repeat").max()) > 1
     ]
     if not panels:
-        raise ValueError("no n_units level of these results has more than one repeat: there is no sampling distribution to show")
+        raise InputError("no n_units level of these results has more than one repeat: there is no sampling distribution to show")
     fig, axes = _figure(len(panels), 1, (max(8.0, 0.55 * ds.sizes["layer"] + 2.5), 3.4))
     for ax, (s, n) in zip(axes, panels):
         sampling_noise(ds, ax, substrate=s, n_units=n, sets=sets)
@@ -391,7 +393,7 @@ def plot_ratio(ds: xr.Dataset, *, reference: str | None = None, sets: Sequence[s
 
 def _set_rdm(ds: xr.Dataset, image_set: str, substrate: str, n_units: str) -> xr.DataArray:
     if "rdm" not in ds:
-        raise ValueError(
+        raise InputError(
             "these results have no 'rdm' variable (the job keeps it only when every set has at most "
             "analysis.rdm_max_images images); raise rdm_max_images in the job spec and re-run it"
         )
@@ -442,10 +444,10 @@ def _prediction_layer(acts: xr.Dataset, layer: str | None) -> str:
     stored = [str(v).split("__", 1)[1] for v in acts.data_vars if str(v).startswith("units__")]
     if layer is None:
         if not stored:
-            raise ValueError("these activations store no units__<layer> variable")
+            raise InputError("these activations store no units__<layer> variable")
         return stored[-1]
     if layer not in stored:
-        raise ValueError(f"layer {layer!r} has no stored units; stored layers are {stored}")
+        raise InputError(f"layer {layer!r} has no stored units; stored layers are {stored}")
     return layer
 
 
@@ -500,7 +502,7 @@ def plot_predictions(acts: Activations, *, classes: Literal["top", "all"] | Sequ
     columns are the same in every row; ``'all'``: every class (the seed's full layer).
     """
     if isinstance(classes, str) and classes not in ("top", "all"):
-        raise ValueError(f"classes must be 'top', 'all' or a list of class indices, got {classes!r}")
+        raise InputError(f"classes must be 'top', 'all' or a list of class indices, got {classes!r}")
     columns = top_classes(acts, k) if classes == "top" else None if classes == "all" else list(classes)
     first = next(iter(acts.values()))
     n_cols = len(columns) if columns is not None else first[f"units__{_prediction_layer(first, layer)}"].shape[1]
@@ -615,7 +617,7 @@ def _conv_layers(acts: xr.Dataset) -> list[str]:
 def _filter_values(acts: xr.Dataset, layer: str) -> np.ndarray:
     name = f"filter_mean__{layer}"
     if name not in acts:
-        raise ValueError(f"{name!r} is not stored in these activations; layers with filter means are {_filter_layers(acts)}")
+        raise InputError(f"{name!r} is not stored in these activations; layers with filter means are {_filter_layers(acts)}")
     return np.asarray(acts[name].values, dtype=np.float64)
 
 
@@ -679,7 +681,7 @@ def default_histogram_layer(acts: xr.Dataset) -> str:
     """The middle one of the layers with channels (conv/pool), else of all filter-mean layers."""
     pick = _conv_layers(acts)
     if not pick:
-        raise ValueError("these activations store no filter_mean__<layer> variable")
+        raise InputError("these activations store no filter_mean__<layer> variable")
     return pick[len(pick) // 2]
 
 

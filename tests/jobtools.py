@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 from distributed import WorkerPlugin
 
-from daskdiff.spec import parse_spec
+from daskdiff.pipeline.spec import parse_spec
 
 
 def tiny_spec(model_path, sets, output, **overrides):
@@ -58,3 +59,30 @@ class KillOnce(WorkerPlugin):
         os.write(fd, str(key).encode())
         os.close(fd)
         threading.Timer(self.delay, os._exit, args=(1,)).start()
+
+
+class _BuildCounter(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.builds = 0
+
+    def emit(self, record):
+        if record.getMessage().startswith("built model"):
+            self.builds += 1
+
+
+class CountModelBuilds(WorkerPlugin):
+    """Count, in each worker, the model builds that daskdiff logs (logger ``daskdiff.model.build``)."""
+
+    name = "test-count-model-builds"
+
+    def setup(self, worker):
+        log = logging.getLogger("daskdiff.model.build")
+        log.setLevel(logging.INFO)
+        worker.test_model_builds = _BuildCounter()
+        log.addHandler(worker.test_model_builds)
+
+
+def model_builds(dask_worker):
+    """For ``client.run``: how many builds this worker logged since :class:`CountModelBuilds` was registered."""
+    return dask_worker.test_model_builds.builds

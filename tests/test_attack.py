@@ -1,4 +1,4 @@
-"""daskdiff.attack: PGD adversarial images, checked on the saved PNGs, on models the tests control.
+"""daskdiff.stimuli.adversarial: PGD adversarial images, checked on the saved PNGs, on models the tests control.
 
 The test models' logits are an affine function of the image's mean colour (see
 ``test_select.colour_model``), so the decision on any image is recomputed here in numpy from
@@ -15,12 +15,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from daskdiff.attack import ADVERSARIAL_TABLE, PGD, attack_images, preprocess_tensor, projected_gradient_descent
-from daskdiff.classify import model_spec
+from daskdiff.stimuli.adversarial import ADVERSARIAL_TABLE, attack_images, PGD, preprocess_tensor, projected_gradient_descent
+from daskdiff.stimuli.select import model_spec
 from daskdiff.cli import main
-from daskdiff.images import load_image
-from daskdiff.models import APPLICATIONS, ModelSpec, preprocess
-from daskdiff.spec import SpecError, load_spec, parse_spec
+from daskdiff.io.images import load_image
+from daskdiff.model.build import APPLICATIONS, ModelSpec, preprocess
+from daskdiff.pipeline.spec import load_spec, parse_spec, SpecError
 
 from test_select import SIZE, colour_model, reference_probabilities, textured, write_pngs
 
@@ -133,7 +133,7 @@ def test_attack_flips_the_cat_group_within_eps_checked_on_reloaded_png(tmp_path,
         assert rows[name]["linf"] == "8"  # the colour model needs the whole budget
     assert rows["dog"]["clean_success"] == "True"
     assert report.success_rate == 1.0
-    text = report.describe()
+    text = report.details()
     assert "success rate 100.0% (4 of 4" in text and "1 already so before the attack" in text
     assert "max L-inf 8 <= eps 8" in text
 
@@ -160,7 +160,7 @@ def test_too_small_eps_reports_failure(tmp_path, case):
             assert int(row["linf"]) <= eps
             png = read_png(tmp_path / f"eps{eps}" / row["file"])  # a failure is still written
             assert int(np.argmax(reference_probabilities(png[None], WEIGHTS, BIAS)[0])) in (0, 1)
-        text = report.describe()
+        text = report.details()
         assert "success rate 0.0% (0 of 3" in text and "FAILURE" in text and "3 failure(s), written" in text
 
 
@@ -170,7 +170,7 @@ def test_failures_can_be_left_out(tmp_path, case):
     assert [r["status"] for r in report.rows] == ["failure", "success"]
     assert report.written == [str(tmp_path / "adv" / "dog.png")]
     assert sorted(p.name for p in (tmp_path / "adv").iterdir()) == [ADVERSARIAL_TABLE, "dog.png"]
-    assert "not written" in report.describe()
+    assert "not written" in report.details()
 
 
 def test_targeted_attack(tmp_path, case):
@@ -239,7 +239,7 @@ def test_attack_refuses_to_overwrite_its_sources(tmp_path, case):
 def test_other_backends_get_a_clear_error(monkeypatch):
     import keras
 
-    from daskdiff import attack
+    from daskdiff.stimuli import adversarial as attack
 
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow"):
@@ -280,7 +280,7 @@ def test_adversarial_set_in_a_job_spec_validates_without_files(tmp_path, monkeyp
 
 
 def test_adversarial_generator_runs_through_generate(tmp_path, case):
-    from daskdiff.generate import generate
+    from daskdiff.stimuli.registry import generate
 
     paths, spec, _ = case
     written = generate("adversarial", tmp_path / "adv", source=str(tmp_path / "src"), avoid="0-1",
@@ -290,7 +290,7 @@ def test_adversarial_generator_runs_through_generate(tmp_path, case):
 
 def test_adversarial_set_is_generated_when_a_job_is_planned(tmp_path, case, monkeypatch):
     """The job resolves ``source`` against the spec's folder and writes the set under output/."""
-    from daskdiff.job import plan_job
+    from daskdiff.pipeline.job import plan_job
 
     paths, spec, _ = case
     monkeypatch.chdir(tmp_path / "src")  # not the spec's folder: './src' only exists from tmp_path

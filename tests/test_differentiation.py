@@ -5,7 +5,7 @@ import pytest
 from scipy.spatial.distance import pdist
 
 import daskdiff
-from daskdiff.differentiation import UndefinedNormalizationError, condensed, per_unit_divisor
+from daskdiff.core.differentiation import condensed, per_unit_divisor, UndefinedNormalizationError
 
 
 def test_hand_computed_case():

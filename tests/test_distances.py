@@ -8,7 +8,7 @@ from hypothesis.extra.numpy import arrays
 from scipy.spatial.distance import pdist, squareform
 
 import daskdiff
-from daskdiff.distances import METRICS, pairwise_distances_stack
+from daskdiff.core.distances import METRICS, pairwise_distances_stack
 
 ALL_METRICS = sorted(METRICS)
 
@@ -113,3 +113,4 @@ def test_properties(x, metric, data):
     dp = daskdiff.pairwise_distances(x[perm], metric)
     scale = max(1.0, float(np.abs(d).max()))
     np.testing.assert_allclose(dp, d[np.ix_(perm, perm)], atol=1e-9 * scale)
+

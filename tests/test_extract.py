@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from daskdiff.extract import ShardTask, extract_shard
-from daskdiff.models import ModelSpec, WeightsUnavailableError, build_model, describe
-from daskdiff.plan import Sampling, storage_plan
-from daskdiff.storage import open_activations, read_features, shard_path
+from daskdiff.model.extract import extract_shard, ShardTask
+from daskdiff.model.build import build_model, model_layers, ModelSpec, WeightsUnavailableError
+from daskdiff.core.units import Sampling, storage_plan
+from daskdiff.io.layout import shard_path
+from daskdiff.io.shards import open_activations, read_features
 
 
 def _reference_outputs(model_path, layers, paths, size):
@@ -28,7 +29,7 @@ def _reference_outputs(model_path, layers, paths, size):
 @pytest.fixture
 def tiny_plan(tiny_model_path):
     spec = ModelSpec(name=tiny_model_path, weights="file")
-    info = describe(spec)
+    info = model_layers(spec)
     sampling = Sampling(n_units=(5, 40), repeats=3, seed=11)
     plan = storage_plan(info["shapes"], ["units", "filter_mean", "location_mean"], sampling, full_layers=[info["last_layer"]])
     return spec, info, plan
@@ -77,7 +78,7 @@ def test_conv_unit_coordinates(tmp_path, image_folders, tiny_plan):
 
 def test_logits_option(tmp_path, image_folders, tiny_model_path):
     spec = ModelSpec(name=tiny_model_path, weights="file", predictions="logits", layers=("predictions",))
-    info = describe(spec)
+    info = model_layers(spec)
     plan = storage_plan(info["shapes"], ["units"], Sampling(n_units=("all",), repeats=1), full_layers=["predictions"])
     extract_shard(ShardTask("noisy", 0, tuple(image_folders["noisy"]), 0, str(tmp_path)), plan, spec)
     with xr.open_dataset(shard_path(tmp_path, "noisy", 0)) as ds:
@@ -159,7 +160,7 @@ def test_imagenet_offline_error_names_file_cache_and_options(monkeypatch, tmp_pa
 
 def test_unknown_layer_lists_valid(tiny_model_path):
     with pytest.raises(ValueError, match="valid layers are .*conv1"):
-        describe(ModelSpec(name=tiny_model_path, weights="file", layers=("conv9",)))
+        model_layers(ModelSpec(name=tiny_model_path, weights="file", layers=("conv9",)))
 
 
 @pytest.mark.vgg16
@@ -167,10 +168,10 @@ def test_vgg16_random_weights_end_to_end(tmp_path, image_folders):
     """The real VGG16 (random weights): shard values equal a direct Keras call."""
     import keras
 
-    from daskdiff.models import cached_model, preprocess
+    from daskdiff.model.build import cached_model
 
     spec = ModelSpec("VGG16", weights="random", seed=0)
-    info = describe(spec)
+    info = model_layers(spec)
     assert len(info["layers"]) == 22 and info["layers"][0] == "block1_conv1" and info["layers"][-1] == "predictions"
     plan = storage_plan(info["shapes"], ["units", "filter_mean"], Sampling(n_units=(200,), repeats=2), full_layers=["predictions"])
     paths = image_folders["noisy"][:3]
@@ -196,9 +197,9 @@ def test_in_graph_reductions_match_numpy_for_any_layer_shape(shape):
     """1-D conv, dense and 2-D conv outputs: in-graph gathers and means equal numpy's."""
     import keras
 
-    from daskdiff.extract import _feature_outputs
-    from daskdiff.plan import LayerPlan
-    from daskdiff.substrates import reduce
+    from daskdiff.model.extract import _feature_outputs
+    from daskdiff.core.units import LayerPlan
+    from daskdiff.core.substrates import reduce
 
     size = int(np.prod(shape))
     lp = LayerPlan("L", shape, units=np.arange(0, size, 2), filter_mean=True, location_mean=True)
@@ -215,8 +216,8 @@ def test_dense_gather_path_equals_plain_take():
     """Above DENSE_GATHER of a layer's units the gather goes through a transpose: same values."""
     import keras
 
-    from daskdiff.extract import _feature_outputs
-    from daskdiff.plan import LayerPlan
+    from daskdiff.model.extract import _feature_outputs
+    from daskdiff.core.units import LayerPlan
 
     shape = (6, 6, 4)
     rng = np.random.default_rng(1)
@@ -231,7 +232,6 @@ def test_dense_gather_path_equals_plain_take():
 
 def test_weights_file_is_loaded(tmp_path, tiny_model_path):
     """weights: PATH loads a weights file the test writes (different from the model file's own)."""
-    import keras
 
     from conftest import build_tiny_model
 
@@ -253,10 +253,10 @@ def test_other_applications_through_the_pipeline(tmp_path, image_folders, name, 
     """Nothing downstream assumes VGG16: other shapes, input sizes, preprocessing, layer names."""
     import keras
 
-    from daskdiff.models import cached_model, preprocess
+    from daskdiff.model.build import cached_model, preprocess
 
     spec = ModelSpec(name, weights="random", seed=1, layers=(layer, "predictions"))
-    info = describe(spec)
+    info = model_layers(spec)
     assert info["input_size"] == size and info["layers"] == [layer, "predictions"]
     plan = storage_plan(info["shapes"], ["units", "filter_mean"], Sampling(n_units=(50,), repeats=2), full_layers=["predictions"])
     paths = image_folders["noisy"][:2]

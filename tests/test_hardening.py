@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,9 +18,9 @@ from distributed import Client, LocalCluster, WorkerPlugin
 from PIL import Image
 
 from daskdiff import cli
-from daskdiff.images import ImageSetError
-from daskdiff.job import JobError, plan_job, run_job
-from daskdiff.spec import SpecError, load_spec
+from daskdiff.io.images import ImageSetError
+from daskdiff.pipeline.job import JobError, plan_job, run_job
+from daskdiff.pipeline.spec import load_spec, SpecError
 
 import jobtools
 from jobtools import tiny_spec
@@ -84,9 +83,9 @@ def test_bad_spec_cli_exit_code(tmp_path, capsys):
 
 
 def test_unknown_layer_fails_before_cluster(tmp_path, tiny_model_path, sets, monkeypatch):
-    import daskdiff.cluster
+    import daskdiff.pipeline.cluster
 
-    monkeypatch.setattr(daskdiff.cluster, "connect", lambda *a, **k: pytest.fail("a cluster was started"))
+    monkeypatch.setattr(daskdiff.pipeline.cluster, "connect", lambda *a, **k: pytest.fail("a cluster was started"))
     spec = tiny_spec(tiny_model_path, sets, tmp_path / "out", model={"name": tiny_model_path, "weights": "file", "layers": ["conv1", "conv7"]})
     with pytest.raises(ValueError, match=r"unknown layer\(s\) \['conv7'\].*valid layers are"):
         run_job(spec, Path("."), progress=False, echo=_quiet)
@@ -94,9 +93,9 @@ def test_unknown_layer_fails_before_cluster(tmp_path, tiny_model_path, sets, mon
 
 @pytest.mark.parametrize("kind", ["empty", "missing"])
 def test_empty_or_missing_set_fails_before_cluster(tmp_path, tiny_model_path, sets, monkeypatch, kind):
-    import daskdiff.cluster
+    import daskdiff.pipeline.cluster
 
-    monkeypatch.setattr(daskdiff.cluster, "connect", lambda *a, **k: pytest.fail("a cluster was started"))
+    monkeypatch.setattr(daskdiff.pipeline.cluster, "connect", lambda *a, **k: pytest.fail("a cluster was started"))
     folder = tmp_path / "nothing here"
     if kind == "empty":
         folder.mkdir()
@@ -147,7 +146,7 @@ def test_bad_files_skipped_valid_ones_processed(tmp_path, tiny_model_path, sets)
     spec = tiny_spec(tiny_model_path, {**sets, "corpus": str(tmp_path / "corpus")}, tmp_path / "out")
     lines = []
     with _cluster(2) as cluster, Client(cluster) as client:
-        result = run_job(spec, Path("."), client=client, progress=False, plot=False, echo=lines.append)
+        result = run_job(spec, Path("."), client=client, progress=False, echo=lines.append)
     with xr.open_dataset(result.path) as ds:
         assert int(ds["n_images"].sel(image_set="corpus")) == len(valid)
         kept = sorted(Path(p).name for p in ds["image_path"].sel(image_set="corpus").values if p)
@@ -168,7 +167,7 @@ def test_every_file_bad_fails_clearly_and_keeps_other_sets(tmp_path, tiny_model_
     spec = tiny_spec(tiny_model_path, {**sets, "allbad": str(folder)}, tmp_path / "out")
     with _cluster(1) as cluster, Client(cluster) as client:
         with pytest.raises(JobError, match=r"image set 'allbad' has 0 decodable image\(s\)"):
-            run_job(spec, Path("."), client=client, progress=False, plot=False, echo=_quiet)
+            run_job(spec, Path("."), client=client, progress=False, echo=_quiet)
     # the valid sets' shards are kept (7 images, shard size 3 rounded up to the batch size 4)
     assert len(list((tmp_path / "out" / "activations" / "noisy").glob("shard-*.nc"))) == 2
 
@@ -184,7 +183,7 @@ class BreakShard(WorkerPlugin):
         self.shard, self.log = shard, log
 
     def setup(self, worker):
-        import daskdiff.extract as extract
+        import daskdiff.model.extract as extract
 
         original = extract.run_extraction
         shard, log = self.shard, self.log
@@ -207,7 +206,7 @@ def test_task_that_keeps_failing_names_shard_and_cause(tmp_path, tiny_model_path
         client.register_plugin(BreakShard("noisy/img-005.png", str(log)))
         t0 = time.monotonic()
         with pytest.raises(JobError, match=r"shard 1 of set 'noisy'.*after 2 retries.*model crashed on this input"):
-            run_job(spec, Path("."), client=client, progress=False, plot=False, echo=_quiet)
+            run_job(spec, Path("."), client=client, progress=False, echo=_quiet)
     assert time.monotonic() - t0 < 120
     assert log.read_text().count("attempt") == 3  # first try + 2 retries
 
@@ -218,7 +217,7 @@ def test_required_gpu_missing_is_a_bounded_error(tmp_path, tiny_model_path, sets
     with _cluster(1) as cluster, Client(cluster) as client:
         t0 = time.monotonic()
         with pytest.raises(JobError, match="no worker offered a 'GPU' resource within cluster.start_timeout=2"):
-            run_job(spec, Path("."), client=client, progress=False, plot=False, echo=_quiet)
+            run_job(spec, Path("."), client=client, progress=False, echo=_quiet)
         assert time.monotonic() - t0 < 30
 
 
@@ -257,7 +256,7 @@ def test_client_killed_then_resumed(tmp_path, tiny_model_path, sets):
     assert "resuming:" in out.stdout
     assert not list((tmp_path / "out").rglob(".*.tmp*"))
     clean = run_job(tiny_spec(tiny_model_path, sets, tmp_path / "clean", extraction={"batch_size": 1, "shard_size": 1}), Path("."),
-                    n_workers=1, progress=False, plot=False, echo=_quiet)
+                    n_workers=1, progress=False, echo=_quiet)
     with xr.open_dataset(tmp_path / "out" / "differentiation.nc") as a, xr.open_dataset(clean.path) as b:
         np.testing.assert_array_equal(a["differentiation"].values, b["differentiation"].values)
         np.testing.assert_array_equal(a["rdm"].values, b["rdm"].values)
@@ -266,8 +265,8 @@ def test_client_killed_then_resumed(tmp_path, tiny_model_path, sets):
 # ---------------------------------------------------------------- security
 
 def test_local_cluster_listens_on_localhost_only(tmp_path):
-    from daskdiff.cluster import connect
-    from daskdiff.spec import ClusterSection
+    from daskdiff.pipeline.cluster import connect
+    from daskdiff.pipeline.spec import ClusterSection
 
     with connect(ClusterSection(n_workers=1), echo=_quiet) as client:
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")
@@ -275,11 +274,20 @@ def test_local_cluster_listens_on_localhost_only(tmp_path):
             assert addr.startswith("tcp://127.0.0.1:")
 
 
-def test_results_and_partials_load_without_pickle():
-    import inspect
+def test_partials_with_object_arrays_are_refused(tmp_path):
+    """Partial results are plain numeric arrays: a pickled object inside one is never loaded."""
+    from daskdiff.io.partials import load_partial
 
-    import daskdiff.analysis as analysis
-    import daskdiff.spec as spec
+    path = tmp_path / "evil.npz"
+    np.savez(path, differentiation=np.zeros(3), payload=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        load_partial(path)
 
-    assert "allow_pickle=False" in inspect.getsource(analysis.load_partial)
-    assert "yaml.safe_load" in inspect.getsource(spec.load_spec)
+
+def test_yaml_specs_cannot_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\nimage_sets: {{a: imgs}}\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(job)
+    assert not marker.exists()

@@ -8,15 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from daskdiff.images import (
-    IMAGE_SUFFIXES,
-    ImageDecodeError,
-    ImageSetError,
-    Skipped,
-    load_image,
-    load_images,
-    resolve_image_set,
-)
+from daskdiff.io.images import IMAGE_SUFFIXES, ImageDecodeError, ImageSetError, load_image, load_images, resolve_image_set, Skipped
 
 
 def _pattern(height, width, seed=0):

@@ -15,11 +15,11 @@ from distributed import Client, LocalCluster
 from scipy.spatial.distance import pdist
 
 import daskdiff
-from daskdiff.job import JobError, run_job
-from daskdiff.storage import open_activations
+from daskdiff.pipeline.job import JobError, run_job
+from daskdiff.io.shards import open_activations
 
 import jobtools
-from jobtools import KillOnce, tiny_spec
+from jobtools import CountModelBuilds, KillOnce, model_builds, tiny_spec
 
 cloudpickle.register_pickle_by_value(jobtools)  # workers do not have the tests folder on sys.path
 
@@ -42,17 +42,16 @@ def sets(image_folders):
 
 
 def _run(spec, client, **kw):
-    return run_job(spec, Path("."), client=client, progress=False, plot=kw.pop("plot", False), echo=lambda *a: None, **kw)
+    return run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None, **kw)
 
 
 def test_results_match_independent_computation(tmp_path, tiny_model_path, sets, client2):
     spec = tiny_spec(tiny_model_path, sets, tmp_path / "out")
-    result = _run(spec, client2, plot=True)
+    result = _run(spec, client2)
     ds = xr.open_dataset(result.path)
     assert ds["differentiation"].dims == ("image_set", "substrate", "n_units", "layer", "repeat")
     assert list(ds["layer"].values) == ["conv1", "pool1", "conv2", "flatten", "fc1", "predictions"]
     assert list(ds["n_units"].values) == ["5", "all"]
-    assert result.plot.exists()
 
     # independent reference: shards reopened with xarray, units re-drawn, scipy pdist
     acts = open_activations(tmp_path / "out", "noisy")
@@ -87,9 +86,10 @@ def test_results_match_independent_computation(tmp_path, tiny_model_path, sets, 
 
 def test_model_built_once_per_worker(tmp_path, tiny_model_path, sets):
     with _cluster(2) as cluster, Client(cluster) as client:
+        client.register_plugin(CountModelBuilds())
         spec = tiny_spec(tiny_model_path, sets, tmp_path / "out", extraction__shard_size=1)
         _run(spec, client)
-        counts = client.run(lambda: __import__("daskdiff.models").models.BUILD_COUNT)
+        counts = client.run(model_builds)
     assert sorted(counts.values()) == [1, 1], counts  # 13 shards, 2 workers, 2 builds
 
 
@@ -186,8 +186,8 @@ def test_cli_against_separately_started_scheduler(tmp_path, tiny_model_path, set
 
 
 def test_generated_sets_reused_and_paths_relative_to_spec(tmp_path, tiny_model_path):
-    from daskdiff.job import plan_job
-    from daskdiff.spec import load_spec
+    from daskdiff.pipeline.job import plan_job
+    from daskdiff.pipeline.spec import load_spec
 
     (tmp_path / "jobs").mkdir()
     from conftest import write_images

@@ -20,7 +20,7 @@ from distributed import Client, LocalCluster
 from nbclient import NotebookClient
 
 from conftest import write_images
-from daskdiff.job import run_job
+from daskdiff.pipeline.job import run_job
 from jobtools import tiny_spec
 
 pytestmark = pytest.mark.cluster

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daskdiff.job import JobError, plan_job
-from daskdiff.manifest import MANIFEST_FILE, Manifest, OutputFolderError, check_output_folder
-from daskdiff.spec import parse_spec
+from daskdiff.pipeline.job import JobError, plan_job
+from daskdiff.io.layout import MANIFEST_FILE
+from daskdiff.io.manifest import check_output_folder, Manifest, OutputFolderError
+from daskdiff.pipeline.spec import parse_spec
 
 from conftest import write_images
 
@@ -70,6 +71,7 @@ def test_overwrite_in_output_dot_deletes_only_daskdiff_files(tmp_path, tiny_mode
     (project / "job.yaml").write_text(yaml.safe_dump(_spec(tiny_model_path, sets)))
     first = _daskdiff(project)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert f"figure: {project / 'differentiation.png'}" in first.stdout and (project / "differentiation.png").stat().st_size > 1000
     written = json.loads((project / MANIFEST_FILE).read_text())
     assert "differentiation.nc" in written["files"] and "images/noise" in written["dirs"]
     assert not any(f in theirs for f in written["files"])

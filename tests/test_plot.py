@@ -17,7 +17,7 @@ from PIL import Image
 from scipy.spatial.distance import pdist, squareform
 
 import daskdiff.plot as dp
-from daskdiff.storage import open_activations
+from daskdiff.io.shards import open_activations
 
 DEMO = Path(__file__).resolve().parents[1] / "output" / "demo"
 LAYERS = ["conv1", "pool1", "conv2", "fc1", "predictions"]
@@ -26,7 +26,7 @@ N_CLASSES = 7
 
 
 def synthetic_results(image_dir: Path) -> xr.Dataset:
-    """A results Dataset with the job's layout (see daskdiff.results), made by hand."""
+    """A results Dataset with the job's layout (see daskdiff.io.results), made by hand."""
     rng = np.random.default_rng(0)
     names, n_img = list(SETS), list(SETS.values())
     substrates, n_units, repeats = ["units", "filter_mean"], ["10", "100", "all"], 12
@@ -74,7 +74,7 @@ def synthetic_results(image_dir: Path) -> xr.Dataset:
 
 
 def synthetic_activations(name: str, n: int, seed: int) -> xr.Dataset:
-    """One set's activations with the shard layout (see daskdiff.storage)."""
+    """One set's activations with the shard layout (see daskdiff.io.shards)."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(scale=3, size=(n, N_CLASSES))
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)

@@ -1,4 +1,4 @@
-"""daskdiff.classify: class selection of an image set, on models whose outputs the tests control.
+"""daskdiff.stimuli.select: class selection of an image set, on models whose outputs the tests control.
 
 The models here are ``GlobalAveragePooling2D -> Dense``: their logits are an affine function of
 the image's mean colour, so the expected probabilities are computed in numpy, independently of
@@ -14,14 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daskdiff.classify import (
-    SELECTION_TABLE,
-    class_indices,
-    class_mass,
-    model_spec,
-    select_images,
-    top_k,
-)
+from daskdiff.core.ranking import class_mass
+from daskdiff.stimuli.select import class_indices, model_spec, select_images, SELECTION_TABLE, top_k
 from daskdiff.cli import main
 
 SIZE = 8
@@ -252,8 +246,8 @@ def test_select_cli(tmp_path, selection_case, capsys):
 
 
 def test_select_generator_in_a_job_spec(tmp_path, selection_case):
-    from daskdiff.generate import generate
-    from daskdiff.spec import parse_spec
+    from daskdiff.stimuli.registry import generate
+    from daskdiff.pipeline.spec import parse_spec
 
     paths, model, expected = selection_case
     spec = parse_spec({"name": "t", "image_sets": {"reds": {"generate": "select", "source": "src", "classes": 0, "min_prob": 0.5, "model": model}}})

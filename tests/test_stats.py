@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import pdist, squareform
 
-from daskdiff.stats import bootstrap_difference, resampled_differentiation, set_difference
+from daskdiff.core.bootstrap import bootstrap_difference, resampled_differentiation
+from daskdiff.stats import set_difference
 
 
 def _rdm(points):

@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from daskdiff import storage
-from daskdiff.plan import Sampling, storage_plan
-from daskdiff.storage import (
-    ShardWriter,
-    activation_variables,
-    atomic_path,
-    read_features,
-    shard_labels,
-    write_shard_labels,
-)
+from daskdiff.io import shards as storage
+from daskdiff.core.units import Sampling, storage_plan
+from daskdiff.io.atomic import atomic_path
+from daskdiff.io.shards import activation_variables, read_features, shard_labels, ShardWriter, write_shard_labels
 
 SHAPES = {"conv": (6, 5, 4), "pool": (3, 2, 4), "fc": (7,), "predictions": (5,)}
 LABELS = [f"class_{i}" for i in range(5)]

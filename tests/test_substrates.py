@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from daskdiff.substrates import feature_shape, reduce
+from daskdiff.core.substrates import feature_shape, reduce
 
 
 def test_conv_reductions():

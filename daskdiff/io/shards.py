@@ -1,6 +1,6 @@
-"""On-disk layout of activations and results: labelled xarray Datasets in NetCDF files.
+"""Storage layer: activation shards, labelled xarray Datasets in NetCDF files (written a batch at a time).
 
-Layout of an output folder::
+Layout of an output folder (names defined in :mod:`daskdiff.io.layout`)::
 
     <output>/activations/<image_set>/shard-00000.nc   one file per extraction shard
     <output>/partial/<task key>.npz                   one file per finished differentiation task
@@ -28,72 +28,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import xarray as xr
 
-from .plan import LayerPlan
+from .atomic import flush_and_drop
+from .layout import ACTIVATIONS_DIR, SHARD_GLOB, feature_dim, variable_name
 
-ACTIVATIONS_DIR = "activations"
-SHARD_GLOB = "shard-*.nc"
-
-
-def variable_name(substrate: str, layer: str) -> str:
-    return f"{substrate}__{layer}"
-
-
-def feature_dim(substrate: str, layer: str) -> str:
-    prefix = {"units": "unit", "filter_mean": "filter", "location_mean": "location"}[substrate]
-    return f"{prefix}__{layer}"
-
-
-def shard_path(output: str | os.PathLike, image_set: str, shard: int) -> Path:
-    """Deterministic file name of shard ``shard`` of ``image_set``."""
-    return Path(output) / ACTIVATIONS_DIR / image_set / f"shard-{shard:05d}.nc"
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success make it durable and rename it.
-
-    The temporary name starts with '.' and contains '.tmp', so globs of finished files never
-    see it. When the block finishes the file is flushed to disk (``fsync``: a crash after the
-    rename can then not leave a renamed but empty file) and renamed to ``path`` (``os.replace``,
-    atomic on POSIX); if the block raises, the temporary file is removed and ``path`` is left as
-    it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write(path: str | os.PathLike, write: Any) -> Path:
-    """Call ``write(tmp_path)`` inside :func:`atomic_path`; returns ``path``."""
-    with atomic_path(path) as tmp:
-        write(str(tmp))
-    return Path(path)
-
-
-def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Write ``ds`` to ``path`` atomically (NetCDF4/HDF5 via the netCDF4 library)."""
-    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"))
+from ..core.units import LayerPlan
 
 
 def _unit_coords(lp: LayerPlan, dim: str) -> dict[str, tuple]:
@@ -119,12 +63,6 @@ def activation_variables(plan: dict[str, LayerPlan]) -> dict[str, tuple[str, int
         for lp in plan.values()
         for sub, n in lp.stored().items()
     }
-
-
-def flush_and_drop(fd: int) -> None:
-    """Write the file's dirty pages to disk and drop its pages from the page cache (Linux)."""
-    os.fdatasync(fd)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 class ShardWriter:
@@ -216,7 +154,7 @@ def shard_labels(
     file is :class:`ShardWriter`'s activation variables plus this Dataset
     (:func:`write_shard_labels`).
     """
-    from .models import softmax, top_k
+    from ..core.ranking import softmax, top_k
 
     coords: dict[str, Any] = {
         "path": ("image", np.asarray(paths, dtype=object)),
@@ -253,11 +191,6 @@ def write_shard_labels(path: str | os.PathLike, labels: xr.Dataset) -> None:
     xarray reads them back as coordinates of the activation variables.
     """
     labels.to_netcdf(path, mode="a", engine="netcdf4")
-
-
-def shard_files(output: str | os.PathLike, image_set: str) -> list[Path]:
-    """Finished shard files of a set, in shard order (temporaries are never matched)."""
-    return sorted((Path(output) / ACTIVATIONS_DIR / image_set).glob(SHARD_GLOB))
 
 
 def open_activations(path: str | os.PathLike, image_set: str | None = None) -> xr.Dataset:
@@ -317,16 +250,6 @@ def read_shard_header(path: str | os.PathLike, variables: Sequence[str] = ()) ->
         for name in variables:
             out[name] = np.asarray(ds.variables[name][:])
     return out
-
-
-def layer_activations(ds: xr.Dataset, layer: str, substrate: str = "units") -> xr.DataArray:
-    """One layer's stored values as an (image, feature) DataArray with plain dim names."""
-    name = variable_name(substrate, layer)
-    if name not in ds:
-        stored = sorted({v.split("__", 1)[1] for v in ds.data_vars if "__" in v})
-        raise KeyError(f"{name!r} is not stored in these activations; stored layers are {stored}")
-    da = ds[name]
-    return da.rename({feature_dim(substrate, layer): "feature"})
 
 
 def read_features(files: Sequence[str | os.PathLike], substrate: str, layer: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Differentiation tasks: one (image set, substrate, n_units, layer, chunk of repeats).
+"""Pipeline layer: differentiation tasks, one (image set, substrate, n_units, layer, chunk of repeats).
 
 A task reads only one stored variable of one set, re-draws each repeat's units with
 :func:`daskdiff.sample_units` (the same units for every image and every set), evaluates the
@@ -14,19 +14,20 @@ that repeat is undefined (NaN, counted), not rounding noise blown up to distance
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .differentiation import distances_stack, rdm_median
-from .plan import NUnits, Sampling, units_for
-from .sampling import ALL
-from .substrates import feature_shape
-from .storage import atomic_write, read_features
+from ..io.layout import partial_path
+from ..io.partials import PartialResult, write_partial
 
-PARTIAL_DIR = "partial"
+from ..core.differentiation import distances_stack, rdm_median
+from ..core.units import NUnits, Sampling, units_for
+from ..core.sampling import ALL
+from ..core.substrates import feature_shape
+from ..io.shards import read_features
+
 FLOAT32_FLOOR = 1e-6
 """Normalisers at most this fraction of the layer's largest |value| are treated as zero."""
 
@@ -55,7 +56,12 @@ class DiffTask:
 
     @property
     def path(self) -> Path:
-        return Path(self.output) / PARTIAL_DIR / f"{self.key}.npz"
+        return partial_path(self.output, self.key)
+
+    @property
+    def partial(self) -> PartialResult:
+        """Where this task's result is and which part of the results it fills."""
+        return PartialResult(self.image_set, self.substrate, str(self.n_units), self.layer, self.start, self.stop, self.path)
 
 
 def sampled_stack(values: np.ndarray, index: np.ndarray, task: DiffTask) -> tuple[np.ndarray, int]:
@@ -105,15 +111,7 @@ def run_diff_task(task: DiffTask) -> str:
     if task.keep_rdm:
         arrays["rdm_sum"] = d[~undefined].sum(axis=0)
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    atomic_write(task.path, write)
+    write_partial(task.path, arrays)
     return str(task.path)
 
 
-def load_partial(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a partial result (never with pickle)."""
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}

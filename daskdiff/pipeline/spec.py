@@ -1,4 +1,4 @@
-"""Job specs: a YAML file validated with pydantic before anything runs.
+"""Pipeline layer: job specs, a YAML file validated with pydantic before anything runs.
 
 Every key is documented in the README and shown in ``jobs/*.yaml``. Relative paths in a spec
 (image sets, output, weights files) are relative to the folder of the spec file.
@@ -13,15 +13,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Tag, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PositiveInt, Tag, ValidationError, field_validator, model_validator
 
-from .differentiation import NORMALIZATIONS
-from .distances import METRICS
-from .sampling import check_mode
-from .substrates import SUBSTRATES
+from ..core.differentiation import MEDIAN_OVER, NORMALIZATIONS
+from ..core.distances import METRICS
+from ..core.sampling import check_mode
+from ..core.substrates import SUBSTRATES
+from ..core.units import STORE_MODES
+from ..errors import InputError
+from ..io.images import RESIZE_FILTERS
+from ..model.build import PREDICTIONS, PREPROCESS_MODES
 
 
-class SpecError(ValueError):
+def _one_of(names: Any) -> Any:
+    """A ``Literal`` of a registry's names: the spec's choices are the registry's keys, never a copy."""
+    return Literal[tuple(names)]
+
+
+class SpecError(InputError):
     """A job spec that cannot be run; the message names the file, the key and the fix."""
 
 
@@ -35,13 +44,13 @@ class ModelSection(_Strict):
     seed: int = Field(0, ge=0)
     fallback_weights: Literal["random"] | None = None
     layers: list[str] | None = None
-    predictions: Literal["softmax", "logits"] = "softmax"
-    preprocess: Literal["caffe", "tf", "torch", "none"] | None = None
+    predictions: _one_of(PREDICTIONS) = "softmax"
+    preprocess: _one_of(PREPROCESS_MODES) | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        from .models import check_model_name
+        from ..model.build import check_model_name
 
         return check_model_name(v)
 
@@ -56,7 +65,7 @@ class GeneratedSet(_Strict):
 
     @model_validator(mode="after")
     def _params(self) -> "GeneratedSet":
-        from .generate import check_generator_params
+        from ..stimuli.registry import check_generator_params
 
         check_generator_params(self.generate, self.params())
         return self
@@ -66,14 +75,14 @@ class GeneratedSet(_Strict):
 
 
 class AnalysisSection(_Strict):
-    substrates: list[Literal["units", "filter_mean", "location_mean"]] = ["units", "filter_mean"]
+    substrates: list[_one_of(SUBSTRATES)] = ["units", "filter_mean"]
     n_units: list[Union[int, str]] = [200, 10000]
     repeats: PositiveInt = 100
     sampling: str = "random"
-    normalize: Literal["none", "mean", "zscore", "max"] = "zscore"
-    metric: Literal["euclidean", "sqeuclidean", "correlation", "cosine", "cityblock", "chebyshev"] = "euclidean"
+    normalize: _one_of(NORMALIZATIONS) = "zscore"
+    metric: _one_of(METRICS) = "euclidean"
     per_unit: bool = True
-    median_over: Literal["condensed", "square"] = "condensed"
+    median_over: _one_of(MEDIAN_OVER) = "condensed"
     seed: int = Field(0, ge=0)
     repeats_per_task: PositiveInt = 25
     rdm_max_images: int = Field(200, ge=0)
@@ -106,8 +115,8 @@ class AnalysisSection(_Strict):
 class ExtractionSection(_Strict):
     batch_size: PositiveInt = 16
     shard_size: PositiveInt = 128
-    resize: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "nearest"
-    store: Literal["needed", "all"] = "needed"
+    resize: _one_of(RESIZE_FILTERS) = "nearest"
+    store: _one_of(STORE_MODES) = "needed"
     strict: bool = False
     retries: int = Field(2, ge=0)
     require_gpu: bool = False

@@ -1,4 +1,4 @@
-"""Dask clusters: where work runs. Knows nothing of what a task computes.
+"""Pipeline layer: Dask clusters, where work runs. Knows nothing of what a task computes.
 
 - :func:`connect` gives a ``distributed.Client`` for a spec's ``cluster`` section, a scheduler
   address or scheduler file, or ``DASK_SCHEDULER_ADDRESS`` (as ``distributed.Client()`` does);
@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin
 from distributed.security import Security
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def security_from(section: Any) -> Security | None:
     for key in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
         path = getattr(section, key)
         if not os.path.isfile(path):
-            raise ValueError(f"cluster.security.{key}: file {path!r} does not exist")
+            raise InputError(f"cluster.security.{key}: file {path!r} does not exist")
     return Security(
         tls_ca_file=section.tls_ca_file,
         tls_client_cert=section.tls_client_cert,
@@ -101,7 +102,7 @@ def connect(
     address = scheduler or (section.address if section.kind == "address" else None)
     sfile = scheduler_file or (section.scheduler_file if section.kind == "address" else None)
     if section.kind == "address" and not (address or sfile):
-        raise ValueError("cluster.kind 'address' needs cluster.address or cluster.scheduler_file (or --scheduler)")
+        raise InputError("cluster.kind 'address' needs cluster.address or cluster.scheduler_file (or --scheduler)")
     env_address = dask.config.get("scheduler-address", None)
     if address or sfile or (section.kind == "local" and env_address and not n_workers):
         client = Client(address or (None if sfile else env_address), scheduler_file=sfile, security=security, timeout=section.start_timeout)
@@ -131,7 +132,7 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
         try:
             from dask_jobqueue import SLURMCluster
         except ImportError:
-            raise ValueError("cluster.kind 'slurm' needs dask-jobqueue: pip install 'daskdiff[slurm]'") from None
+            raise InputError("cluster.kind 'slurm' needs dask-jobqueue: pip install 'daskdiff[slurm]'") from None
         cluster = SLURMCluster(**section.slurm, security=security) if security else SLURMCluster(**section.slurm)
         cluster.scale(jobs=section.jobs)
         return cluster
@@ -139,7 +140,7 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:
-            raise ValueError("cluster.kind 'local_cuda' needs dask-cuda: pip install 'daskdiff[gpu]'") from None
+            raise InputError("cluster.kind 'local_cuda' needs dask-cuda: pip install 'daskdiff[gpu]'") from None
         kwargs = {"n_workers": n} if n else {}
         return LocalCUDACluster(threads_per_worker=1, host="127.0.0.1", resources={"GPU": 1}, security=security, **kwargs)
     return LocalCluster(

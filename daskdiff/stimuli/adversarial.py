@@ -4,8 +4,8 @@ An attack moves each image, within an L-infinity ball of ``eps`` grey levels aro
 that the model stops putting it in a group of classes (untargeted: by default the five
 ImageNet cats 281-285, so that a tabby does not merely become a tiger cat) or puts it in one
 class (targeted). Every result is rounded to uint8, saved as PNG, read back through the
-pipeline extraction uses (:func:`daskdiff.images.load_images` at the model's input size, then
-:func:`daskdiff.models.preprocess`) and classified again: only that reloaded image decides
+pipeline extraction uses (:func:`daskdiff.io.images.load_images` at the model's input size, then
+:func:`daskdiff.model.build.preprocess`) and classified again: only that reloaded image decides
 success, and the table written beside the images says so per image.
 
 Layers:
@@ -29,22 +29,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .classify import (
-    ClassesLike,
-    check_batch_size,
-    class_indices,
-    class_mass,
-    class_ranges,
-    image_paths,
-    model_labels,
-    predict_logits,
-    run_tasks,
-    shards,
-    write_table,
-)
-from .generate import _write_images
-from .images import load_images
-from .models import APPLICATIONS, PREPROCESS_MODES, ModelSpec, cached_model, input_size, softmax
+from ..core.ranking import class_mass
+from .select import check_batch_size, class_indices, class_ranges, ClassesLike, image_paths, model_labels, predict_logits, run_tasks, shards, write_table
+from ..io.images import _write_images
+from ..io.images import load_images
+from ..core.ranking import softmax
+from ..model.build import APPLICATIONS, cached_model, input_size, ModelSpec, PREPROCESS_MODES
+from ..errors import InputError
 
 ADVERSARIAL_TABLE = "adversarial.csv"
 """Name of the table :func:`attack_images` writes beside the images."""
@@ -94,18 +85,18 @@ class PGD:
 
     def __post_init__(self) -> None:
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, np.integer)) or self.eps < 0:
-            raise ValueError(f"eps must be a whole number of grey levels >= 0, e.g. eps=8; got {self.eps!r}")
+            raise InputError(f"eps must be a whole number of grey levels >= 0, e.g. eps=8; got {self.eps!r}")
         if isinstance(self.step, bool) or not isinstance(self.step, (int, float, np.integer, np.floating)) or not 0 < self.step < np.inf:
-            raise ValueError(f"step must be a positive number of grey levels, e.g. step=1; got {self.step!r}")
+            raise InputError(f"step must be a positive number of grey levels, e.g. step=1; got {self.step!r}")
         if isinstance(self.iters, bool) or not isinstance(self.iters, (int, np.integer)) or self.iters < 0:
-            raise ValueError(f"iters must be an integer >= 0, e.g. iters=10; got {self.iters!r}")
+            raise InputError(f"iters must be an integer >= 0, e.g. iters=10; got {self.iters!r}")
         if (self.avoid is None) == (self.target is None):
-            raise ValueError(
+            raise InputError(
                 f"give exactly one of avoid (untargeted) and target (targeted), got avoid={self.avoid!r} "
                 f"and target={self.target!r}; e.g. avoid=(281, 282, 283, 284, 285) or target=1"
             )
         if self.avoid is not None and not self.avoid:
-            raise ValueError("avoid must name at least one class, e.g. avoid=(281, 282, 283, 284, 285)")
+            raise InputError("avoid must name at least one class, e.g. avoid=(281, 282, 283, 284, 285)")
 
     @property
     def classes(self) -> tuple[int, ...]:
@@ -138,9 +129,9 @@ class PGD:
 
 
 def preprocess_tensor(pixels: Any, spec: ModelSpec) -> Any:
-    """:func:`daskdiff.models.preprocess` on a float tensor of 0-255 RGB pixels, differentiably.
+    """:func:`daskdiff.model.build.preprocess` on a float tensor of 0-255 RGB pixels, differentiably.
 
-    Calls the same Keras function as :func:`~daskdiff.models.preprocess` (the application's
+    Calls the same Keras function as :func:`~daskdiff.model.build.preprocess` (the application's
     ``preprocess_input``, or ``imagenet_utils.preprocess_input`` with ``spec.preprocess``), on a
     backend tensor instead of a numpy array: Keras then applies it with ``keras.ops`` (for
     VGG16's 'caffe' mode, RGB -> BGR by stacking channels 2, 1, 0, then adding minus the
@@ -155,7 +146,7 @@ def preprocess_tensor(pixels: Any, spec: ModelSpec) -> Any:
     if mode in (None, "none"):
         return pixels
     if mode not in PREPROCESS_MODES:
-        raise ValueError(f"unknown preprocess {mode!r}; valid values are {list(PREPROCESS_MODES)}")
+        raise InputError(f"unknown preprocess {mode!r}; valid values are {list(PREPROCESS_MODES)}")
     return keras.applications.imagenet_utils.preprocess_input(pixels, mode=mode)
 
 
@@ -181,7 +172,7 @@ def gradient_function() -> Callable[[Any, np.ndarray, ModelSpec, PGD], np.ndarra
 
     backend = keras.backend.backend()
     if backend not in GRADIENTS:
-        raise ValueError(
+        raise InputError(
             f"adversarial images need gradients, which daskdiff computes with the "
             f"{sorted(GRADIENTS)} backend(s); Keras runs on {backend!r}. Set the environment "
             "variable KERAS_BACKEND=tensorflow before Python starts, e.g. "
@@ -339,7 +330,7 @@ class AttackReport:
             f"{before:.4f} -> {after:.4f}; {len(self.rows) - len(rows)} not decoded; table: {self.table}"
         )
 
-    def describe(self) -> str:
+    def details(self) -> str:
         """One line per image, then :meth:`summary`."""
         lines = []
         for r in self.rows:
@@ -392,7 +383,7 @@ def attack_images(
         Iterations.
     avoid : str, int or list, optional
         Untargeted attack away from these classes (see
-        :func:`daskdiff.classify.class_indices`); default, when ``target`` is not given, the
+        :func:`daskdiff.stimuli.select.class_indices`); default, when ``target`` is not given, the
         ImageNet cats ``'281-285'``.
     target : str or int, optional
         Targeted attack towards this class instead.
@@ -419,8 +410,8 @@ def attack_images(
     -----
     Each source is decoded at the model's input size as extraction decodes it, attacked with
     :func:`projected_gradient_descent` and saved as PNG, so outputs have the model's input
-    size. The PNG is then read back with :func:`daskdiff.images.load_images` and classified
-    after :func:`daskdiff.models.preprocess`; success (top-1 outside ``avoid``, or equal to
+    size. The PNG is then read back with :func:`daskdiff.io.images.load_images` and classified
+    after :func:`daskdiff.model.build.preprocess`; success (top-1 outside ``avoid``, or equal to
     ``target``) and the L-infinity distance are measured on that reloaded image against the
     decoded source. Failures are reported, never dropped silently.
 
@@ -435,9 +426,9 @@ def attack_images(
     batch_size = check_batch_size(batch_size)
     labels = model_labels(model)
     if target is not None and avoid is not None:
-        raise ValueError(f"give avoid (untargeted) or target (targeted), not both; got avoid={avoid!r}, target={target!r}")
+        raise InputError(f"give avoid (untargeted) or target (targeted), not both; got avoid={avoid!r}, target={target!r}")
     if target is None and avoid is None and len(labels) != 1000:
-        raise ValueError(
+        raise InputError(
             f"the default avoid='281-285' (ImageNet's cats) needs a 1000-class ImageNet model; "
             f"{model.name!r} has {len(labels)} classes: give avoid= or target="
         )
@@ -447,20 +438,20 @@ def attack_images(
     else:
         targets = class_indices(target, labels)
         if len(targets) != 1:
-            raise ValueError(f"target must be one class, got {target!r} ({len(targets)} classes)")
+            raise InputError(f"target must be one class, got {target!r} ({len(targets)} classes)")
         pgd = PGD(eps=eps, step=step, iters=iters, avoid=None, target=targets[0])
     paths = image_paths(source, base_dir=base_dir)
     folder = Path(os.path.abspath(out_dir))
     names = [output_name(p) for p in paths]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(
+        raise InputError(
             f"sources share the output name(s) {repeated} (outputs are '<stem>.png'); rename them "
             "or attack each folder separately"
         )
     clashes = sorted(set(map(os.path.realpath, paths)) & {os.path.realpath(folder / n) for n in names})
     if clashes:
-        raise ValueError(f"out_dir {str(folder)!r} would overwrite source image(s) {clashes[:3]}; choose another folder")
+        raise InputError(f"out_dir {str(folder)!r} would overwrite source image(s) {clashes[:3]}; choose another folder")
     tasks = [
         AttackTask(chunk, str(folder), model, pgd, tuple(labels), batch_size, resize, bool(keep_failures))
         for chunk in shards(paths, shard_size)
@@ -470,3 +461,38 @@ def attack_images(
     table = write_table(folder / ADVERSARIAL_TABLE, TABLE_COLUMNS, rows)
     written = sorted(str(folder / str(r["file"])) for r in rows if r["file"])
     return AttackReport(rows, str(table), written, pgd)
+
+
+def adversarial_images(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    eps: int = 8,
+    step: float = 1,
+    iters: int = 10,
+    avoid: str | int | list | None = None,
+    target: str | int | None = None,
+    keep_failures: bool = True,
+    model: str = "VGG16",
+    weights: str | None = None,
+    seed: int = 0,
+    preprocess: str | None = None,
+    batch_size: int = 16,
+    resize: str = "nearest",
+) -> list[str]:
+    """Write adversarial PNG versions of the images of ``source`` (default: away from cats).
+
+    The job-spec form of :func:`daskdiff.stimuli.adversarial.attack_images` (see it for the parameters, the
+    success check on the reloaded PNGs and the ``adversarial.csv`` table); the model is given
+    by plain keywords as in :func:`selected_images`. Returns the absolute paths of the PNGs in
+    ``out_dir``, sorted (failures included unless ``keep_failures=False``).
+    """
+    pass
+    from .select import model_spec
+
+    spec = model_spec(model, weights, seed, preprocess)
+    report = attack_images(
+        source, out_dir, spec, eps=eps, step=step, iters=iters, avoid=avoid, target=target,
+        keep_failures=keep_failures, batch_size=batch_size, resize=resize,
+    )
+    return report.written

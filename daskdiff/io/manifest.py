@@ -17,10 +17,12 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-MANIFEST_FILE = ".daskdiff-manifest.json"
+from ..errors import InputError
+from .atomic import atomic_write
+from .layout import MANIFEST_FILE
 
 
-class OutputFolderError(ValueError):
+class OutputFolderError(InputError):
     """An output folder daskdiff must not write to, or cannot safely clear; the message says why."""
 
 
@@ -85,8 +87,6 @@ class Manifest:
         return Path(os.path.abspath(path)).relative_to(os.path.abspath(self.output)).as_posix()
 
     def _save(self) -> None:
-        from .storage import atomic_write
-
         text = json.dumps({"files": sorted(self.files), "dirs": sorted(self.dirs)}, indent=0)
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
 
@@ -143,7 +143,7 @@ class Manifest:
 
 
 def _temporary_of(name: str) -> str:
-    """The file a temporary of :func:`daskdiff.storage.atomic_path` stands for: ``.NAME.XXXX.tmp`` -> NAME."""
+    """The file a temporary of :func:`daskdiff.io.atomic.atomic_path` stands for: ``.NAME.XXXX.tmp`` -> NAME."""
     return name[1 : -len(".tmp")].rsplit(".", 1)[0]
 
 

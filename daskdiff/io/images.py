@@ -1,4 +1,4 @@
-"""Image sets (which files) and decoding (file -> uint8 RGB array), with Pillow and numpy only.
+"""Storage layer: image sets (which files), decoding (file -> uint8 RGB array) and PNG writing (file -> uint8 RGB array), with Pillow and numpy only.
 
 An *image set* is named by a folder, a glob pattern or a list file; :func:`resolve_image_set`
 turns it into sorted absolute paths. :func:`load_image` decodes one file to a
@@ -20,10 +20,12 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from ..errors import InputError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -57,11 +59,11 @@ RESIZE_FILTERS: dict[str, Image.Resampling] = {
 _GLOB_CHARACTERS = frozenset("*?[")
 
 
-class ImageSetError(ValueError):
+class ImageSetError(InputError):
     """An image set that cannot be used at all: missing, empty, or an unreadable list file."""
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(InputError):
     """One file that cannot be decoded into an image.
 
     Attributes
@@ -443,7 +445,7 @@ def _check_size(size) -> tuple[int, int]:
                 f"size=(224, 224); got {size!r}"
             )
         if value < 1:
-            raise ValueError(
+            raise InputError(
                 f"size must be a pair (height, width) of positive integers, e.g. "
                 f"size=(224, 224); got {size!r}"
             )
@@ -454,7 +456,7 @@ def _check_resize(resize: str) -> Image.Resampling:
     try:
         return RESIZE_FILTERS[resize]
     except (KeyError, TypeError):
-        raise ValueError(
+        raise InputError(
             f"resize={resize!r} is not a known filter; use one of "
             f"{', '.join(repr(k) for k in RESIZE_FILTERS)} ('nearest' matches "
             "keras.utils.load_img)"
@@ -470,7 +472,7 @@ def _check_background(background) -> tuple[int, int, int]:
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255
         for v in values
     ):
-        raise ValueError(
+        raise InputError(
             f"background must be an RGB triple of integers in 0..255, e.g. (255, 255, 255) for "
             f"white; got {background!r}"
         )
@@ -571,7 +573,7 @@ def _int32(image: Image.Image, background) -> Image.Image:
     values = np.asarray(image, dtype=np.int64)
     low, high = int(values.min()), int(values.max())
     if low < 0 or high > 65535:
-        raise ValueError(
+        raise InputError(
             f"32-bit integer image with values in {low}..{high}; only 0..65535 (16-bit data) "
             "is understood: save it as 8-bit or 16-bit"
         )
@@ -581,10 +583,10 @@ def _int32(image: Image.Image, background) -> Image.Image:
 def _float(image: Image.Image, background) -> Image.Image:
     values = np.asarray(image, dtype=np.float64)
     if not np.all(np.isfinite(values)):
-        raise ValueError("floating-point image with NaN or infinite values; save it as 8-bit")
+        raise InputError("floating-point image with NaN or infinite values; save it as 8-bit")
     low, high = float(values.min()), float(values.max())
     if low < 0 or high > 255:
-        raise ValueError(
+        raise InputError(
             f"floating-point image with values in {low:g}..{high:g}; only 0..1 or 0..255 is "
             "understood: rescale it or save it as 8-bit"
         )
@@ -600,3 +602,84 @@ _CONVERTERS: dict[str, Callable[[Image.Image, tuple[int, int, int]], Image.Image
     "F": _float,
 }
 """Pillow mode -> function giving the 8-bit RGB image (``P`` with transparency uses ``RGBA``)."""
+
+
+def as_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """An image as a C-contiguous ``(rows, cols, 3)`` ``uint8`` RGB array.
+
+    Parameters
+    ----------
+    image : array_like
+        ``(rows, cols)`` grey, ``(rows, cols, 1)`` grey, ``(rows, cols, 2)`` grey + alpha,
+        ``(rows, cols, 3)`` RGB or ``(rows, cols, 4)`` RGBA.
+    what : str
+        How to name the image in error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(rows, cols, 3)`` ``uint8``.
+
+    Notes
+    -----
+    Grey is repeated into the three channels; alpha is dropped, not composited over a
+    background. Values are mapped to 0..255 by dtype: ``uint8`` unchanged; ``bool`` to 0/255;
+    other unsigned integers scaled by ``255 / dtype max`` and rounded (``uint16 / 257``);
+    floats must lie in [0, 1] and are multiplied by 255 and rounded (half to even).
+    """
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] in (1, 2):
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.repeat(array[..., np.newaxis], 3, axis=-1)
+    elif array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise InputError(
+            f"{what} has shape {np.shape(image)}; expected (rows, cols) grey, (rows, cols, 3) "
+            f"RGB or (rows, cols, 4) RGBA"
+        )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * np.uint8(255)
+    elif array.dtype != np.uint8 and np.issubdtype(array.dtype, np.unsignedinteger):
+        scale = 255.0 / np.iinfo(array.dtype).max
+        array = np.rint(array * scale).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating):
+        n_bad = int(np.count_nonzero(~((array >= 0) & (array <= 1))))  # NaN counts as bad
+        if n_bad:
+            raise InputError(
+                f"{what} is floating point with {n_bad} values outside [0, 1] or NaN; "
+                f"rescale it to [0, 1] or convert it to uint8 first"
+            )
+        array = np.rint(array * 255.0).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise InputError(
+            f"{what} has dtype {array.dtype}; expected uint8, another unsigned integer type, "
+            f"bool, or floats in [0, 1]"
+        )
+    return np.ascontiguousarray(array)
+
+
+def _write_png(image: np.ndarray, path: Path) -> None:
+    """Write one RGB ``uint8`` image durably and atomically (:func:`daskdiff.io.atomic.atomic_write`)."""
+    from .atomic import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as file:
+            Image.fromarray(image).save(file, format="PNG")
+
+    atomic_write(path, write)
+
+
+def _write_images(
+    out_dir: str | os.PathLike, named: Iterable[tuple[str, np.ndarray]]
+) -> list[str]:
+    """Create ``out_dir`` and write each ``(file name, image)`` as PNG; the absolute paths."""
+    folder = Path(os.path.abspath(out_dir))
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, image in named:
+        path = folder / name
+        _write_png(as_rgb_uint8(image, what=name), path)
+        written.append(str(path))
+    return written

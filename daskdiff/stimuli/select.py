@@ -10,9 +10,9 @@ Layers, as in the rest of daskdiff:
 
 Conventions
 -----------
-- Images are decoded with :func:`daskdiff.images.load_images` at the model's input size and
-  preprocessed with :func:`daskdiff.models.preprocess`, exactly as extraction does; class
-  probabilities are ``softmax(logits)`` in float64 (:func:`daskdiff.models.softmax`).
+- Images are decoded with :func:`daskdiff.io.images.load_images` at the model's input size and
+  preprocessed with :func:`daskdiff.model.build.preprocess`, exactly as extraction does; class
+  probabilities are ``softmax(logits)`` in float64 (:func:`daskdiff.core.ranking.softmax`).
 - Classes are named by :func:`class_indices`: a label (``'tabby'``), an index (``281``), an
   inclusive range (``'281-285'``), or several of those separated by commas or in a list. The
   probability of a group of classes is the sum of its members' probabilities (its *mass*).
@@ -32,9 +32,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .images import load_images, resolve_image_set
-from .models import ModelSpec, cached_model, class_index, class_labels, input_size, preprocess, softmax, top_k
-from .storage import atomic_write
+from ..core.ranking import class_mass
+
+from ..io.images import load_images, resolve_image_set
+from ..core.ranking import softmax, top_k
+from ..model.build import cached_model, class_index, class_labels, input_size, ModelSpec, preprocess
+from ..io.atomic import atomic_write
+from ..errors import InputError
 
 SELECTION_TABLE = "selection.csv"
 """Name of the table :func:`select_images` writes beside the kept images."""
@@ -52,11 +56,6 @@ _RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
 # --------------------------------------------------------------------------------------------
 
 
-def class_mass(probabilities: np.ndarray, classes: Sequence[int]) -> np.ndarray:
-    """Summed probability of ``classes`` in each row of ``probabilities`` ``(n, n_classes)``."""
-    return np.asarray(probabilities)[..., list(classes)].sum(axis=-1)
-
-
 # --------------------------------------------------------------------------------------------
 # Classes and models given as plain keywords
 # --------------------------------------------------------------------------------------------
@@ -71,7 +70,7 @@ def class_indices(classes: ClassesLike, labels: Sequence[str]) -> tuple[int, ...
         ``'tabby'``, ``281``, ``'281'``, ``'281-285'`` (inclusive), ``'tabby,tiger_cat'`` or a
         list of such items.
     labels : sequence of str
-        The model's class names (:func:`daskdiff.models.class_labels`).
+        The model's class names (:func:`daskdiff.model.build.class_labels`).
 
     Raises
     ------
@@ -80,7 +79,7 @@ def class_indices(classes: ClassesLike, labels: Sequence[str]) -> tuple[int, ...
         range or an empty selection.
     """
     if isinstance(classes, bool) or not isinstance(classes, (str, int, np.integer, list, tuple)):
-        raise ValueError(
+        raise InputError(
             f"classes must be a class name, index or range such as 'tabby', 281 or '281-285' "
             f"(or a list of them), got {classes!r}"
         )
@@ -89,14 +88,14 @@ def class_indices(classes: ClassesLike, labels: Sequence[str]) -> tuple[int, ...
     for item in items:
         parts += [p.strip() for p in item.split(",") if p.strip()] if isinstance(item, str) else [int(item)]
     if not parts:
-        raise ValueError(f"classes names no class: {classes!r}; give e.g. 'tabby', 281 or '281-285'")
+        raise InputError(f"classes names no class: {classes!r}; give e.g. 'tabby', 281 or '281-285'")
     indices: set[int] = set()
     for part in parts:
         match = _RANGE.fullmatch(part) if isinstance(part, str) else None
         if match:
             first, last = (int(g) for g in match.groups())
             if first > last:
-                raise ValueError(f"class range {part!r} is reversed; write it low-high, e.g. '281-285'")
+                raise InputError(f"class range {part!r} is reversed; write it low-high, e.g. '281-285'")
             indices.update(class_index(i, labels) for i in range(first, last + 1))
         else:
             indices.add(class_index(part, labels))
@@ -116,7 +115,7 @@ def class_ranges(classes: Sequence[int]) -> str:
 
 
 def model_spec(model: str = "VGG16", weights: str | None = None, seed: int = 0, preprocess: str | None = None) -> ModelSpec:
-    """A :class:`~daskdiff.models.ModelSpec` from the plain keywords of generators and the CLI.
+    """A :class:`~daskdiff.model.build.ModelSpec` from the plain keywords of generators and the CLI.
 
     ``weights=None`` means ``'imagenet'`` for a keras.applications name and ``'file'`` (the
     weights saved in it) for a ``.keras`` file.
@@ -195,20 +194,20 @@ def image_paths(source: str | os.PathLike | Sequence[str | os.PathLike], *, base
         return resolve_image_set(source, name="source", base_dir=base_dir)
     paths = [os.path.abspath(os.path.join(base_dir or os.getcwd(), os.fspath(p))) for p in source]
     if not paths:
-        raise ValueError("source is an empty list of images; give a folder, a glob pattern, a list file or image paths")
+        raise InputError("source is an empty list of images; give a folder, a glob pattern, a list file or image paths")
     return paths
 
 
 def shards(paths: Sequence[str], shard_size: int) -> list[tuple[str, ...]]:
     """``paths`` cut into consecutive tuples of at most ``shard_size``."""
     if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
-        raise ValueError(f"shard_size must be a positive integer, e.g. shard_size=32; got {shard_size!r}")
+        raise InputError(f"shard_size must be a positive integer, e.g. shard_size=32; got {shard_size!r}")
     return [tuple(paths[i : i + shard_size]) for i in range(0, len(paths), shard_size)]
 
 
 def check_batch_size(batch_size: object) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, e.g. batch_size=16; got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive integer, e.g. batch_size=16; got {batch_size!r}")
     return int(batch_size)
 
 
@@ -261,7 +260,7 @@ def select_images(
     ----------
     source : str, path-like or sequence of them
         An image set (folder, glob pattern or list file, see
-        :func:`daskdiff.images.resolve_image_set`) or a list of image paths.
+        :func:`daskdiff.io.images.resolve_image_set`) or a list of image paths.
     out_dir : str or path-like
         Folder the kept files are copied into (created if missing), keeping their names and
         bytes, and where the table ``selection.csv`` is written.
@@ -275,7 +274,7 @@ def select_images(
     batch_size : int, default 16
         Images per forward pass.
     resize : {'nearest', 'bilinear', 'bicubic', 'lanczos'}
-        Resize filter of :func:`daskdiff.images.load_image`.
+        Resize filter of :func:`daskdiff.io.images.load_image`.
     shard_size : int, default 64
         Images per task when ``client`` is given (and per sequential step otherwise).
     base_dir : str or path-like, optional
@@ -302,7 +301,7 @@ def select_images(
     ``r = 1..5``. Files already in ``out_dir`` that this call does not write are left alone.
     """
     if isinstance(min_prob, bool) or not isinstance(min_prob, (int, float, np.floating, np.integer)) or not 0 <= min_prob <= 1:
-        raise ValueError(f"min_prob must be a probability in [0, 1], e.g. min_prob=0.5; got {min_prob!r}")
+        raise InputError(f"min_prob must be a probability in [0, 1], e.g. min_prob=0.5; got {min_prob!r}")
     batch_size = check_batch_size(batch_size)
     labels = model_labels(model)
     chosen = class_indices(classes, labels)
@@ -341,7 +340,7 @@ def select_images(
     names = [os.path.basename(p) for p in kept_sources]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(
+        raise InputError(
             f"kept images from different folders share the file name(s) {repeated}; the selection "
             "keeps names, so rename them or select from each folder separately"
         )
@@ -368,3 +367,31 @@ def write_table(path: str | os.PathLike, columns: Sequence[str], rows: Sequence[
             writer.writerows(rows)
 
     return atomic_write(path, write)
+
+
+def selected_images(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    classes: str | int | list,
+    min_prob: float = 0.5,
+    model: str = "VGG16",
+    weights: str | None = None,
+    seed: int = 0,
+    preprocess: str | None = None,
+    batch_size: int = 16,
+    resize: str = "nearest",
+) -> list[str]:
+    """Copy the images of ``source`` that a model puts in ``classes`` with p >= ``min_prob``.
+
+    The job-spec form of :func:`daskdiff.stimuli.select.select_images` (see it for the parameters and
+    the ``selection.csv`` table written beside the copies); the model is given by plain
+    keywords (:func:`daskdiff.stimuli.select.model_spec`: ``weights=None`` is ``'imagenet'`` for a
+    keras.applications name, the file's own weights for a ``.keras`` path). Returns the copies'
+    absolute paths, sorted.
+    """
+    pass
+
+    spec = model_spec(model, weights, seed, preprocess)
+    selection = select_images(source, out_dir, spec, classes=classes, min_prob=min_prob, batch_size=batch_size, resize=resize)
+    return selection.kept

@@ -1,4 +1,4 @@
-"""Random subsampling of a layer's units, deterministic from (seed, layer, repeat) alone.
+"""Numeric core: random subsampling of a layer's units, deterministic from (seed, layer, repeat) alone.
 
 Unit indices are *flat* indices into one image's activations of a layer, flattened in C order
 with channels last: for a conv layer of shape ``(y, x, channels)`` unit ``(i, j, c)`` has flat

@@ -1,4 +1,4 @@
-"""Pairwise distances between images' activation vectors (pure numpy).
+"""Numeric core: pairwise distances between images' activation vectors (pure numpy).
 
 Every function here takes a *stack* of matrices ``x`` of shape ``(..., n_images, n_units)``
 and returns distance matrices of shape ``(..., n_images, n_images)``: the batched form is the

@@ -1,4 +1,4 @@
-"""Keras models: building (weights), layer selection, preprocessing and class labels.
+"""Model layer: building Keras models (weights), layer selection, preprocessing and class labels.
 
 This module knows Keras and numpy, nothing about Dask or files of activations. A
 :class:`ModelSpec` is a small, picklable description; workers build the model from it
@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
+from ..errors import DaskdiffError, InputError
 
 APPLICATIONS: dict[str, str] = {
     "VGG16": "vgg16",
@@ -50,6 +52,13 @@ APPLICATIONS: dict[str, str] = {
 ``preprocess_input`` and ``decode_predictions``."""
 
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
+"""Input preprocessing modes of ``keras.applications.imagenet_utils.preprocess_input`` (and none)."""
+
+WEIGHTS_KEYWORDS = ("imagenet", "random", "file")
+"""``weights`` values that are not a path: ImageNet, seeded random, the ``.keras`` file's own."""
+
+PREDICTIONS = ("softmax", "logits")
+"""What the class-score layer of a shard holds."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ class ModelSpec:
     weights: str = "imagenet"
     seed: int = 0
     layers: tuple[str, ...] | None = None
-    predictions: Literal["softmax", "logits"] = "softmax"
+    predictions: str = "softmax"
     preprocess: str | None = None
 
     @property
@@ -107,7 +116,7 @@ class ModelSpec:
 def check_model_name(name: str) -> str:
     if name in APPLICATIONS or name.endswith(".keras"):
         return name
-    raise ValueError(
+    raise InputError(
         f"unknown model {name!r}; use one of {sorted(APPLICATIONS)} or the path of a saved "
         "'.keras' model file"
     )
@@ -129,14 +138,14 @@ def weights_identity(spec: ModelSpec) -> str:
         return f"random(seed={spec.seed}, he_normal)"
     if spec.weights == "file":
         if spec.is_application:
-            raise ValueError(
+            raise InputError(
                 "weights='file' keeps the weights saved in a '.keras' model file; for "
                 f"{spec.name} use 'imagenet', 'random' or the path of a weights file"
             )
         return f"{Path(spec.name).resolve()} (sha256 {_file_sha256(spec.name)[:16]})"
     path = Path(spec.weights)
     if not path.is_file():
-        raise ValueError(
+        raise InputError(
             f"weights file {spec.weights!r} does not exist; give weights='imagenet', "
             "weights='random' (with a seed) or the path of an existing weights file"
         )
@@ -150,7 +159,7 @@ def keras_cache_dir() -> Path:
     return Path(os.path.expanduser(config.keras_home())) / "models"
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(DaskdiffError, RuntimeError):
     """ImageNet weights could not be downloaded (no network) and are not in the cache."""
 
 
@@ -205,13 +214,13 @@ def build_model(spec: ModelSpec) -> Any:
     else:
         path = Path(spec.name)
         if not path.is_file():
-            raise ValueError(f"model file {spec.name!r} does not exist; give a keras.applications name or an existing '.keras' file")
+            raise InputError(f"model file {spec.name!r} does not exist; give a keras.applications name or an existing '.keras' file")
         model = keras.saving.load_model(path, compile=False)
         last = model.layers[-1]
         if getattr(last, "activation", None) is keras.activations.softmax:
             last.activation = keras.activations.linear  # logits; softmax is applied on demand
         if spec.weights == "imagenet":
-            raise ValueError(
+            raise InputError(
                 f"weights='imagenet' only applies to keras.applications models; the model file "
                 f"{spec.name!r} carries its own weights: use weights: file (keep them), 'random', "
                 "or the path of a weights file"
@@ -238,9 +247,9 @@ def select_layers(model: Any, wanted: tuple[str, ...] | list[str] | None) -> lis
         return names
     unknown = [w for w in wanted if w not in names]
     if unknown:
-        raise ValueError(f"unknown layer(s) {unknown} for model {model.name!r}; valid layers are {names}")
+        raise InputError(f"unknown layer(s) {unknown} for model {model.name!r}; valid layers are {names}")
     if len(set(wanted)) != len(wanted):
-        raise ValueError(f"layers lists a layer twice: {list(wanted)}")
+        raise InputError(f"layers lists a layer twice: {list(wanted)}")
     return [n for n in names if n in set(wanted)]
 
 
@@ -250,7 +259,7 @@ def layer_shapes(model: Any, layers: list[str]) -> dict[str, tuple[int, ...]]:
     for name in layers:
         shape = model.get_layer(name).output.shape[1:]
         if any(s is None for s in shape):
-            raise ValueError(f"layer {name!r} has an undefined output shape {shape}; give the model a fixed input size")
+            raise InputError(f"layer {name!r} has an undefined output shape {shape}; give the model a fixed input size")
         shapes[name] = tuple(int(s) for s in shape)
     return shapes
 
@@ -261,7 +270,7 @@ def input_size(model: Any) -> tuple[int, int]:
     if isinstance(shape, list):
         shape = shape[0]
     if len(shape) != 4 or shape[3] != 3 or shape[1] is None:
-        raise ValueError(f"the model must take fixed-size RGB images (None, h, w, 3); its input shape is {shape}")
+        raise InputError(f"the model must take fixed-size RGB images (None, h, w, 3); its input shape is {shape}")
     return int(shape[1]), int(shape[2])
 
 
@@ -275,7 +284,7 @@ def architecture(spec: ModelSpec) -> Any:
     return build_model(ModelSpec(name=spec.name, weights="file"))
 
 
-def describe(spec: ModelSpec) -> dict[str, Any]:
+def model_layers(spec: ModelSpec) -> dict[str, Any]:
     """Layer names, unit shapes and input size of ``spec``'s architecture (weights not loaded).
 
     Used before a job starts, to validate layer names and plan storage; ~3 s for VGG16.
@@ -302,42 +311,8 @@ def preprocess(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
     if mode in (None, "none"):
         return x
     if mode not in PREPROCESS_MODES:
-        raise ValueError(f"unknown preprocess {mode!r}; valid values are {list(PREPROCESS_MODES)}")
+        raise InputError(f"unknown preprocess {mode!r}; valid values are {list(PREPROCESS_MODES)}")
     return np.asarray(keras.applications.imagenet_utils.preprocess_input(x.copy(), mode=mode), dtype=np.float32)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (stable: max subtracted)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def top_k(probabilities: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` most probable classes of each row, most probable first.
-
-    Parameters
-    ----------
-    probabilities : numpy.ndarray
-        ``(n, n_classes)``.
-    k : int
-        At most ``n_classes`` (fewer classes give fewer columns).
-
-    Returns
-    -------
-    indices : numpy.ndarray
-        ``(n, min(k, n_classes))`` int64 class indices.
-    values : numpy.ndarray
-        Their probabilities, same shape.
-
-    Notes
-    -----
-    Ties go to the lower class index (``argsort(-p, kind='stable')``).
-    """
-    p = np.asarray(probabilities)
-    order = np.argsort(-p, axis=-1, kind="stable")[..., : min(k, p.shape[-1])]
-    return order.astype(np.int64), np.take_along_axis(p, order, axis=-1)
 
 
 _CLASS_INDEX_FILE = "imagenet_class_index.json"
@@ -363,7 +338,7 @@ def class_index(name_or_index: str | int, labels: list[str]) -> int:
     if isinstance(name_or_index, int) or (isinstance(name_or_index, str) and name_or_index.isdigit()):
         i = int(name_or_index)
         if not 0 <= i < len(labels):
-            raise ValueError(f"class index {i} is out of range 0..{len(labels) - 1}")
+            raise InputError(f"class index {i} is out of range 0..{len(labels) - 1}")
         return i
     if name_or_index in labels:
         return labels.index(name_or_index)
@@ -377,21 +352,23 @@ def class_index(name_or_index: str | int, labels: list[str]) -> int:
         if no_names
         else ""
     )
-    raise ValueError(f"unknown class {name_or_index!r}{hint}{extra}")
+    raise InputError(f"unknown class {name_or_index!r}{hint}{extra}")
 
 
 _BUILD_LOCK = threading.Lock()
 _CACHE: dict[ModelSpec, Any] = {}
-BUILD_COUNT = 0
-"""How many models this process has built (tests check it is once per worker)."""
+_LOG = logging.getLogger(__name__)
 
 
 def cached_model(spec: ModelSpec) -> Any:
-    """The model of ``spec``, built once per process under a lock and kept."""
-    global BUILD_COUNT
+    """The model of ``spec``, built once per process under a lock and kept.
+
+    Each build is logged (logger ``daskdiff.model.build``, level INFO, message starting
+    ``built model``), so a worker's log shows when it built its model.
+    """
     with _BUILD_LOCK:
         if spec not in _CACHE:
             _CACHE.clear()  # one model per worker: a new spec replaces the old one
             _CACHE[spec] = build_model(spec)
-            BUILD_COUNT += 1
+            _LOG.info("built model %s (weights %s) in process %d", spec.name, spec.weights, os.getpid())
         return _CACHE[spec]

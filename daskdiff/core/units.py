@@ -1,4 +1,4 @@
-"""The sampling plan: which units each repeat uses, and so which values a shard must store.
+"""Numeric core: the unit plan, which units each repeat uses, and so which values a shard must store.
 
 Pure numpy. The plan is known before extraction starts (unit samples depend on
 ``(seed, layer, repeat)`` alone), so a shard stores only the union of the units that the
@@ -17,6 +17,9 @@ from .sampling import ALL, sample_units
 from .substrates import check_substrate, feature_shape
 
 NUnits = int | str
+
+STORE_MODES = ("needed", "all")
+"""What a shard stores: the units the plan samples, or every unit of every layer."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def units_for(
 ) -> np.ndarray:
     """Flat feature indices one repeat uses for one (layer, substrate, n_units): sorted int64.
 
-    Features are the substrate's values (see :func:`daskdiff.substrates.feature_shape`); the
+    Features are the substrate's values (see :func:`daskdiff.core.substrates.feature_shape`); the
     sample is :func:`daskdiff.sample_units` with the job's seed, the layer name and the repeat.
     """
     fshape = feature_shape(shape, substrate)
@@ -115,8 +118,8 @@ def storage_plan(
         A sampling request that cannot hold for some layer (e.g. ``mode='equal'`` with fewer
         units than channels), naming the layer.
     """
-    if store not in ("needed", "all"):
-        raise ValueError(f"store must be 'needed' or 'all', got {store!r}")
+    if store not in STORE_MODES:
+        raise ValueError(f"store must be one of {list(STORE_MODES)}, got {store!r}")
     subs = [check_substrate(s) for s in substrates]
     full = set(full_layers)
     plan = {}

@@ -1,4 +1,4 @@
-"""Extraction: one shard of images -> one labelled activation Dataset on disk.
+"""Model layer: extraction, one shard of images -> one labelled activation Dataset on disk.
 
 Runs on a worker. The Keras model is built once per worker process (:func:`extractor`, under
 a lock) and extended, in the graph, with the plan's reductions: the sampled units are gathered
@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from .images import load_images
-from .models import ModelSpec, cached_model, class_labels, input_size, layer_names, preprocess
-from .plan import LayerPlan, plan_digest
-from .storage import ShardWriter, atomic_path, shard_labels, shard_path, variable_name, write_shard_labels
+from ..io.images import load_images
+from .build import cached_model, class_labels, input_size, layer_names, ModelSpec, preprocess
+from ..core.units import LayerPlan, plan_digest
+from ..io.atomic import atomic_path
+from ..io.layout import shard_path, variable_name
+from ..io.shards import shard_labels, ShardWriter, write_shard_labels
 
 LOGITS = "__logits__"
 DENSE_GATHER = 0.1
@@ -79,7 +81,7 @@ def extraction_model(model: Any, plan: dict[str, LayerPlan], spec: ModelSpec) ->
     """A Keras model with one output per stored variable plus the class-score logits.
 
     The last layer's values are softmax probabilities when ``spec.predictions == 'softmax'``
-    (the model itself outputs logits, see :mod:`daskdiff.models`).
+    (the model itself outputs logits, see :mod:`daskdiff.model.build`).
     """
     import keras
     from keras import ops
@@ -170,7 +172,7 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
     """Extract one shard and write it atomically to its deterministic path.
 
     Each batch's activations are appended to the shard's (temporary) file by a helper thread
-    while the next batch goes through the model (:class:`daskdiff.storage.ShardWriter`); the
+    while the next batch goes through the model (:class:`daskdiff.io.shards.ShardWriter`); the
     labels follow, then the file is renamed into place. Re-running the same task (e.g. after
     Dask re-schedules it from a dead worker) rewrites the same file with the same contents.
     Returns a small summary for the client.

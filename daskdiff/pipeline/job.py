@@ -1,4 +1,4 @@
-"""A whole job: image sets -> extraction shards -> differentiation tasks -> one results file.
+"""Pipeline layer: a whole job, image sets -> extraction shards -> differentiation tasks -> one results file.
 
 The client plans (image lists, model layer shapes, the sampling plan) before any cluster
 starts, so a bad spec, a missing set or an unknown layer fails at once. Dask then runs two
@@ -25,34 +25,28 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 
-from .analysis import PARTIAL_DIR, DiffTask, run_diff_task
-from .extract import ShardTask, extract_shard
-from .images import resolve_image_set
-from .manifest import Manifest, OutputFolderError, check_output_folder
-from .models import ModelSpec, WeightsUnavailableError, build_model, describe
-from .plan import Sampling, bytes_per_image, n_units_label, plan_digest, storage_plan
-from .results import assemble, read_set_metadata
+from ..errors import JobError
+from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, PARTIAL_DIR, PLOT_FILE, RESULTS_FILE, shard_files, shard_path
+from .tasks import DiffTask, run_diff_task
+from ..model.extract import extract_shard, ShardTask
+from ..io.images import resolve_image_set
+from ..io.manifest import check_output_folder, Manifest, OutputFolderError
+from ..model.build import WEIGHTS_KEYWORDS, build_model, model_layers, ModelSpec, WeightsUnavailableError
+from ..core.units import bytes_per_image, n_units_label, plan_digest, Sampling, storage_plan
+from ..io.results import assemble, read_set_metadata
 from .spec import JobSpec, resolve_path, spec_yaml
-from .storage import ACTIVATIONS_DIR, atomic_write, read_shard_header, shard_files, shard_path, write_netcdf
-
-RESULTS_FILE = "differentiation.nc"
-PLOT_FILE = "differentiation.png"
-JOB_FILE = "job.json"
-IMAGES_DIR = "images"
-
-
-class JobError(RuntimeError):
-    """A job that cannot go on; the message names the shard/task/file and the cause."""
-
+from ..io.atomic import atomic_write, write_netcdf
+from ..io.shards import read_shard_header
 
 @dataclass
 class JobResult:
+    """What a finished job reports: the results file, images per set, skipped files, notes."""
+
     path: Path
     n_images: dict[str, int]
     skipped: list[tuple[str, str, str]]
     seconds: float
     notes: list[str] = field(default_factory=list)
-    plot: Path | None = None
 
     def summary(self) -> str:
         done = sum(self.n_images.values())
@@ -73,8 +67,9 @@ def versions() -> dict[str, str]:
 
 
 @dataclass
-class Plan:
-    """Everything the client decides before the cluster starts."""
+class JobPlan:
+    """Everything the client decides before the cluster starts (the per-layer storage plan is
+    ``storage``, a dict of :class:`daskdiff.core.units.LayerPlan`)."""
 
     spec: JobSpec
     output: Path
@@ -152,7 +147,7 @@ def _generator_params(params: dict, base: Path) -> dict:
     ``source``/``movie`` are paths unless they name a bundled photo (``source: chelsea``);
     ``model`` is a path when it ends in ``.keras``; ``weights`` unless imagenet/random/file.
     """
-    from .generate import SAMPLE_PHOTOS
+    from ..stimuli.photos import SAMPLE_PHOTOS
 
     out = dict(params)
     for key, value in params.items():
@@ -161,7 +156,7 @@ def _generator_params(params: dict, base: Path) -> dict:
         is_path = (
             (key in ("source", "movie") and value not in SAMPLE_PHOTOS)
             or (key == "model" and value.endswith(".keras"))
-            or (key == "weights" and value not in ("imagenet", "random", "file"))
+            or (key == "weights" and value not in WEIGHTS_KEYWORDS)
         )
         if is_path:
             out[key] = str(resolve_path(value, base))
@@ -175,7 +170,7 @@ def _generated_set(name: str, entry: Any, base: Path, manifest: Manifest, echo: 
     The folder must be daskdiff's own (listed in the output's manifest): a folder of the user's
     that happens to stand there is never written into.
     """
-    from .generate import generate
+    from ..stimuli.registry import generate
 
     folder = manifest.output / IMAGES_DIR / name
     if folder.exists() and manifest.relative(folder) not in manifest.dirs:
@@ -219,7 +214,7 @@ def _image_sets(spec: JobSpec, base: Path, manifest: Manifest, path_sets: dict[s
 def _model_spec(spec: JobSpec, base: Path, weights: str | None) -> ModelSpec:
     m = spec.model
     w = weights or m.weights
-    if w not in ("imagenet", "random", "file"):
+    if w not in WEIGHTS_KEYWORDS:
         w = str(resolve_path(w, base))
     name = str(resolve_path(m.name, base)) if m.name.endswith(".keras") else m.name
     return ModelSpec(name=name, weights=w, seed=m.seed, layers=tuple(m.layers) if m.layers else None, predictions=m.predictions, preprocess=m.preprocess)
@@ -244,7 +239,7 @@ def _resolve_weights(model: ModelSpec, spec: JobSpec, echo: Callable, notes: lis
         return ModelSpec(**{**model.__dict__, "weights": "random"})
 
 
-def plan_job(spec: JobSpec, base: Path, *, output: str | Path | None = None, weights: str | None = None, overwrite: bool = False, echo: Callable = print) -> Plan:
+def plan_job(spec: JobSpec, base: Path, *, output: str | Path | None = None, weights: str | None = None, overwrite: bool = False, echo: Callable = print) -> JobPlan:
     """Validate and plan a job on the client; nothing runs on a cluster."""
     out = Path(output) if output else resolve_path(spec.output, base)
     out = out.resolve()
@@ -254,13 +249,13 @@ def plan_job(spec: JobSpec, base: Path, *, output: str | Path | None = None, wei
         echo(f"removed {n} temporary file(s) left by an interrupted run")
     sets = _image_sets(spec, base, manifest, path_sets, echo)
     model = _model_spec(spec, base, weights)
-    info = describe(model)
+    info = model_layers(model)
     notes: list[str] = []
     model = _resolve_weights(model, spec, echo, notes)
     a = spec.analysis
     sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
     storage = storage_plan(info["shapes"], a.substrates, sampling, store=spec.extraction.store, full_layers=[info["last_layer"]])
-    return Plan(spec, out, model, sets, info["layers"], info["shapes"], storage, sampling, notes, manifest)
+    return JobPlan(spec, out, model, sets, info["layers"], info["shapes"], storage, sampling, notes, manifest)
 
 
 def shard_size(requested: int, batch_size: int) -> int:
@@ -273,7 +268,7 @@ def shard_size(requested: int, batch_size: int) -> int:
     return -(-requested // batch_size) * batch_size
 
 
-def _shard_tasks(plan: Plan, attrs: dict) -> list[ShardTask]:
+def _shard_tasks(plan: JobPlan, attrs: dict) -> list[ShardTask]:
     e = plan.spec.extraction
     size = shard_size(e.shard_size, e.batch_size)
     tasks = []
@@ -296,7 +291,7 @@ def _shard_done(task: ShardTask, digest: str) -> bool:
     return head["attrs"].get("plan_digest") == digest and head["n_images"] + n_skipped == len(task.paths)
 
 
-def _diff_tasks(plan: Plan, keep_rdm: bool) -> list[DiffTask]:
+def _diff_tasks(plan: JobPlan, keep_rdm: bool) -> list[DiffTask]:
     a = plan.spec.analysis
     tasks = []
     for name in plan.sets:
@@ -321,10 +316,7 @@ def _run_stage(client: Any, fn: Callable, tasks: Sequence, extra: tuple, *, desc
 
     if not tasks:
         return []
-    futures = {
-        client.submit(fn, t, *extra, key=f"daskdiff-{t.key}", retries=retries, resources=resources, pure=False): t
-        for t in tasks
-    }
+    futures = {client.submit(fn, t, *extra, key=f"daskdiff-{t.key}", retries=retries, resources=resources): t for t in tasks}
     results = []
     interval = 0.1 if sys.stderr.isatty() else 10.0  # a log file gets a line every 10 s, not every task
     with tqdm(total=len(futures), desc=desc, unit=unit, disable=not progress, file=sys.stderr, mininterval=interval) as bar:
@@ -339,6 +331,64 @@ def _run_stage(client: Any, fn: Callable, tasks: Sequence, extra: tuple, *, desc
     return results
 
 
+def _gpu_resources(client: Any, spec: JobSpec) -> dict | None:
+    """``{'GPU': 1}`` when some worker offers a GPU; waits for one when ``require_gpu`` is set."""
+    from .cluster import gpu_resource_offered
+
+    gpu = gpu_resource_offered(client)
+    deadline = time.monotonic() + spec.cluster.start_timeout
+    while spec.extraction.require_gpu and not gpu and time.monotonic() < deadline:
+        time.sleep(1.0)  # workers of a batch cluster may still be queued
+        gpu = gpu_resource_offered(client)
+    if spec.extraction.require_gpu and not gpu:
+        raise JobError(
+            f"extraction.require_gpu is set but no worker offered a 'GPU' resource within "
+            f"cluster.start_timeout={spec.cluster.start_timeout} s; start workers with --resources GPU=1 "
+            "(dask-cuda's LocalCUDACluster does) or set require_gpu: false"
+        )
+    return {"GPU": 1} if gpu else None
+
+
+def _extract(client: Any, plan: JobPlan, attrs: dict, progress: bool, echo: Callable) -> None:
+    """Stage 1: extract every shard that is not already on disk for this plan."""
+    e = plan.spec.extraction
+    resources = _gpu_resources(client, plan.spec)
+    all_shards = _shard_tasks(plan, attrs)
+    todo = [t for t in all_shards if not _shard_done(t, plan.digest)]
+    if len(todo) < len(all_shards):
+        echo(f"resuming: {len(all_shards) - len(todo)} of {len(all_shards)} shard(s) already extracted")
+    for name in {t.image_set for t in todo}:
+        plan.manifest.make_dirs(plan.output / ACTIVATIONS_DIR / name)
+    plan.manifest.add_files(shard_path(t.output, t.image_set, t.shard) for t in todo)
+    storage_future = client.scatter(plan.storage, broadcast=True, hash=False) if todo else None
+    _run_stage(client, extract_shard, todo, (storage_future, plan.model), desc="extract", unit="shard", progress=progress,
+               retries=e.retries, resources=resources,
+               describe_task=lambda t: f"shard {t.shard} of set {t.image_set!r} ({len(t.paths)} images, {t.paths[0]} ...)")
+
+
+def _set_metadata(plan: JobPlan) -> dict[str, dict]:
+    """Each set's per-image labels and skipped files, read from its shards; at least 2 images each."""
+    metadata = {name: read_set_metadata(shard_files(plan.output, name)) for name in plan.sets}
+    for name, m in metadata.items():
+        if len(m["paths"]) < 2:
+            raise JobError(f"image set {name!r} has {len(m['paths'])} decodable image(s); differentiation needs at least 2 (skipped: {m['skipped']})")
+    return metadata
+
+
+def _differentiate(client: Any, plan: JobPlan, keep_rdm: bool, progress: bool, echo: Callable) -> list[DiffTask]:
+    """Stage 2: run every differentiation task whose partial result is not on disk; all tasks."""
+    tasks = _diff_tasks(plan, keep_rdm)
+    todo = [t for t in tasks if not t.path.exists()]
+    if len(todo) < len(tasks):
+        echo(f"resuming: {len(tasks) - len(todo)} of {len(tasks)} differentiation task(s) already done")
+    if todo:
+        plan.manifest.make_dirs(plan.output / PARTIAL_DIR)
+        plan.manifest.add_files(t.path for t in todo)
+    _run_stage(client, run_diff_task, todo, (), desc="differentiation", unit="task", progress=progress,
+               retries=plan.spec.extraction.retries, resources=None, describe_task=lambda t: f"task {t.key}")
+    return tasks
+
+
 def run_job(
     spec: JobSpec,
     base: Path,
@@ -351,7 +401,6 @@ def run_job(
     scheduler_file: str | None = None,
     n_workers: int | None = None,
     progress: bool = True,
-    plot: bool = True,
     command: str | None = None,
     echo: Callable = print,
 ) -> JobResult:
@@ -359,9 +408,10 @@ def run_job(
 
     ``client``: an existing ``distributed.Client`` to use (tests, notebooks); otherwise one is
     made from the spec's cluster section and the ``scheduler``/``scheduler_file``/``n_workers``
-    overrides (see :func:`daskdiff.cluster.connect`).
+    overrides (see :func:`daskdiff.pipeline.cluster.connect`). The figure of the results is
+    drawn by the CLI (:func:`daskdiff.plot.plot_results`), not here.
     """
-    from .cluster import WorkerSetup, connect, gpu_resource_offered
+    from .cluster import WorkerSetup, connect
 
     t0 = time.perf_counter()
     plan = plan_job(spec, base, output=output, weights=weights, overwrite=overwrite, echo=echo)
@@ -371,60 +421,27 @@ def run_job(
     )
     attrs = {**plan.model.identity(), "daskdiff_version": versions()["daskdiff"]}
     plan.manifest.add_files([plan.output / JOB_FILE])
-    atomic_write(plan.output / JOB_FILE, lambda tmp: Path(tmp).write_text(json.dumps({"result_digest": spec.result_digest(), "spec": spec.model_dump(mode="json")}, indent=1)))
+    job_record = json.dumps({"result_digest": spec.result_digest(), "spec": spec.model_dump(mode="json")}, indent=1)
+    atomic_write(plan.output / JOB_FILE, lambda tmp: Path(tmp).write_text(job_record))
 
-    def body(c: Any) -> JobResult:
+    def on(c: Any) -> JobResult:
         c.register_plugin(WorkerSetup())
-        e = spec.extraction
-        gpu = gpu_resource_offered(c)
-        deadline = time.monotonic() + spec.cluster.start_timeout
-        while e.require_gpu and not gpu and time.monotonic() < deadline:
-            time.sleep(1.0)  # workers of a batch cluster may still be queued
-            gpu = gpu_resource_offered(c)
-        if e.require_gpu and not gpu:
-            raise JobError(
-                f"extraction.require_gpu is set but no worker offered a 'GPU' resource within "
-                f"cluster.start_timeout={spec.cluster.start_timeout} s; start workers with --resources GPU=1 "
-                "(dask-cuda's LocalCUDACluster does) or set require_gpu: false"
-            )
-        resources = {"GPU": 1} if gpu else None
-        digest = plan.digest
-        all_shards = _shard_tasks(plan, attrs)
-        shard_tasks = [t for t in all_shards if not _shard_done(t, digest)]
-        if len(shard_tasks) < len(all_shards):
-            echo(f"resuming: {len(all_shards) - len(shard_tasks)} of {len(all_shards)} shard(s) already extracted")
-        for name in {t.image_set for t in shard_tasks}:
-            plan.manifest.make_dirs(plan.output / ACTIVATIONS_DIR / name)
-        plan.manifest.add_files(shard_path(t.output, t.image_set, t.shard) for t in shard_tasks)
-        storage_future = c.scatter(plan.storage, broadcast=True, hash=False) if shard_tasks else None
-        _run_stage(c, extract_shard, shard_tasks, (storage_future, plan.model), desc="extract", unit="shard", progress=progress,
-                   retries=e.retries, resources=resources,
-                   describe_task=lambda t: f"shard {t.shard} of set {t.image_set!r} ({len(t.paths)} images, {t.paths[0]} ...)")
-
-        metadata = {name: read_set_metadata(shard_files(plan.output, name)) for name in plan.sets}
+        _extract(c, plan, attrs, progress, echo)
+        metadata = _set_metadata(plan)
         n_images = {name: len(m["paths"]) for name, m in metadata.items()}
-        for name, n in n_images.items():
-            if n < 2:
-                raise JobError(f"image set {name!r} has {n} decodable image(s); differentiation needs at least 2 (skipped: {metadata[name]['skipped']})")
         keep_rdm = max(n_images.values()) <= spec.analysis.rdm_max_images
-        diff_tasks = _diff_tasks(plan, keep_rdm)
-        todo = [t for t in diff_tasks if not t.path.exists()]
-        if len(todo) < len(diff_tasks):
-            echo(f"resuming: {len(diff_tasks) - len(todo)} of {len(diff_tasks)} differentiation task(s) already done")
-        if todo:
-            plan.manifest.make_dirs(plan.output / PARTIAL_DIR)
-            plan.manifest.add_files(t.path for t in todo)
-        _run_stage(c, run_diff_task, todo, (), desc="differentiation", unit="task", progress=progress, retries=e.retries, resources=None,
-                   describe_task=lambda t: f"task {t.key}")
-        return _finish(plan, metadata, diff_tasks, keep_rdm, n_images, t0, command, plot, echo)
+        tasks = _differentiate(c, plan, keep_rdm, progress, echo)
+        path, skipped, notes = write_results(plan, metadata, tasks, keep_rdm, command, echo)
+        return JobResult(path=path, n_images=n_images, skipped=skipped, seconds=time.perf_counter() - t0, notes=notes)
 
     if client is not None:
-        return body(client)
+        return on(client)
     with connect(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers, echo=echo) as c:
-        return body(c)
+        return on(c)
 
 
-def _finish(plan: Plan, metadata: dict, tasks: list[DiffTask], keep_rdm: bool, n_images: dict, t0: float, command: str | None, plot: bool, echo: Callable) -> JobResult:
+def _results_attrs(plan: JobPlan, command: str | None) -> dict[str, Any]:
+    """The results file's global attributes: CF provenance, the spec, the analysis conventions."""
     spec = plan.spec
     a = spec.analysis
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -449,15 +466,25 @@ def _finish(plan: Plan, metadata: dict, tasks: list[DiffTask], keep_rdm: bool, n
     }
     if plan.notes:
         attrs["warning"] = " | ".join(plan.notes)
+    return attrs
+
+
+def write_results(plan: JobPlan, metadata: dict, tasks: list[DiffTask], keep_rdm: bool, command: str | None, echo: Callable) -> tuple[Path, list[tuple[str, str, str]], list[str]]:
+    """Assemble the partial results into ``differentiation.nc`` (written atomically).
+
+    Returns the file's path, the skipped files as ``(set, path, reason)`` and the job's notes
+    (the plan's, plus a count of undefined repeats), each also echoed.
+    """
+    a = plan.spec.analysis
     ds = assemble(
         sets=list(plan.sets), metadata=metadata, substrates=list(a.substrates), n_units=[n_units_label(n) for n in a.n_units],
-        layers=plan.layers, repeats=a.repeats, tasks=tasks, keep_rdm=keep_rdm, attrs=attrs,
+        layers=plan.layers, repeats=a.repeats, partials=[t.partial for t in tasks], keep_rdm=keep_rdm,
+        attrs=_results_attrs(plan, command),
     )
     plan.manifest.add_files([plan.output / RESULTS_FILE, plan.output / PLOT_FILE])
     path = write_netcdf(ds, plan.output / RESULTS_FILE)
-    undefined = int(ds["n_undefined"].sum())
     notes = list(plan.notes)
-    if undefined:
+    if undefined := int(ds["n_undefined"].sum()):
         note = (
             f"{undefined} repeat(s) had a normaliser of zero or below float32 resolution of the layer "
             "(e.g. only dead units or ~0 softmax tails sampled): NaN, counted in n_undefined"
@@ -467,10 +494,5 @@ def _finish(plan: Plan, metadata: dict, tasks: list[DiffTask], keep_rdm: bool, n
     skipped = [(str(s), str(p), str(r)) for s, p, r in zip(ds["skipped_set"].values, ds["skipped_path"].values, ds["skipped_reason"].values)]
     for s, p, r in skipped:
         echo(f"skipped ({s}): {p}: {r}")
-    figure = None
-    if plot:
-        from .plot import plot_results
-
-        figure = plot_results(ds, plan.output / PLOT_FILE)
     ds.close()
-    return JobResult(path=path, n_images=n_images, skipped=skipped, seconds=time.perf_counter() - t0, notes=notes, plot=figure)
+    return path, skipped, notes

@@ -1,4 +1,4 @@
-"""What an image's "state vector" is in a layer: all units, or a reduction of a conv layer.
+"""Numeric core: what an image's "state vector" is in a layer: all units, or a reduction of a conv layer.
 
 Activations of one layer come as ``(n_images, *unit_shape)`` with channels last: conv layers
 ``(n, y, x, channels)``, dense layers ``(n, units)``. A dense layer is treated as a conv layer
@@ -52,7 +52,7 @@ def reduce(activations: np.ndarray, substrate: Substrate = "units") -> np.ndarra
     activations : numpy.ndarray, shape (n_images, *unit_shape)
         Channels last.
     substrate : {'units', 'filter_mean', 'location_mean'}
-        ``units``: every unit, flattened in C order (see :mod:`daskdiff.sampling`).
+        ``units``: every unit, flattened in C order (see :mod:`daskdiff.core.sampling`).
         ``filter_mean``: the mean over all spatial positions of each channel (the first seed's
         "mean filter activation"); ``(n, channels)``. For a dense layer, the units themselves.
         ``location_mean``: the mean over channels at each spatial position, flattened;

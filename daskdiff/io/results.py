@@ -1,4 +1,4 @@
-"""The results Dataset: partial task files and shard metadata -> one labelled NetCDF file.
+"""Storage layer: the results file, from partial task files and shard metadata -> one labelled NetCDF file.
 
 Layout of ``differentiation.nc`` (readable with plain ``xarray.open_dataset``):
 
@@ -25,8 +25,9 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from .analysis import DiffTask, load_partial
-from .storage import read_shard_header
+from ..errors import InputError
+from .partials import PartialResult, load_partial
+from .shards import read_shard_header
 
 
 def read_set_metadata(files: Sequence[str | Path]) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def assemble(
     n_units: Sequence[str],
     layers: Sequence[str],
     repeats: int,
-    tasks: Sequence[DiffTask],
+    partials: Sequence[PartialResult],
     keep_rdm: bool,
     attrs: dict[str, Any],
 ) -> xr.Dataset:
@@ -72,9 +73,9 @@ def assemble(
     used = np.zeros((B, N, L), dtype=np.int64)
     rdm = np.zeros((S, B, N, L, width, width)) if keep_rdm else None
     rdm_count = np.zeros((S, B, N, L), dtype=np.int64)
-    for t in tasks:
+    for t in partials:
         part = load_partial(t.path)
-        idx = (si[t.image_set], bi[t.substrate], ni[str(t.n_units)], li[t.layer])
+        idx = (si[t.image_set], bi[t.substrate], ni[t.n_units], li[t.layer])
         diff[idx + (slice(t.start, t.stop),)] = part["differentiation"]
         undefined[idx] += int(part["undefined"].sum())
         used[idx[1:]] = int(part["units_used"])
@@ -134,4 +135,19 @@ def assemble(
         long_name="differentiation (median pairwise distance between images)",
         description="median of the strict upper triangle of each repeat's RDM (or the full square when median_over='square')",
     )
+    return ds
+
+
+def open_results(path: str | Path) -> xr.Dataset:
+    """Open a results file (``differentiation.nc``) lazily; InputError naming it if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"results file {path} does not exist; a job writes it as <output>/differentiation.nc")
+    try:
+        ds = xr.open_dataset(path)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path} is not a readable NetCDF file ({err}); give the differentiation.nc that a job wrote") from None
+    if "differentiation" not in ds:
+        ds.close()
+        raise InputError(f"{path} holds no 'differentiation' variable: it is not a daskdiff results file")
     return ds

@@ -1,4 +1,4 @@
-"""Differentiation: the median pairwise distance between images' activation vectors.
+"""Numeric core: differentiation, the median pairwise distance between images' activation vectors.
 
 Pure numpy. The batched :func:`differentiation_stack` evaluates many sampling repeats of one
 layer at once (one stack of Gram matrices); :func:`differentiation` is the single-matrix form.
@@ -10,7 +10,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from .distances import Metric, check_metric, pairwise_distances_stack
+from .distances import check_metric, Metric, pairwise_distances_stack
 
 Normalize = Literal["none", "mean", "zscore", "max"]
 MedianOver = Literal["condensed", "square"]
@@ -124,13 +124,32 @@ def condensed(d: np.ndarray) -> np.ndarray:
     return d[..., i, j]
 
 
+def _median_condensed(d: np.ndarray) -> np.ndarray:
+    return np.median(condensed(d), axis=-1)
+
+
+def _median_square(d: np.ndarray) -> np.ndarray:
+    return np.median(d.reshape(d.shape[:-2] + (-1,)), axis=-1)
+
+
+MEDIAN_OVER: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "condensed": _median_condensed,
+    "square": _median_square,
+}
+"""What the median of an RDM is taken over: the strict upper triangle (``condensed``, each pair
+once, no diagonal) or the full square matrix (``square``: each pair twice plus the zero
+diagonal, as the seed notebooks do)."""
+
+
+def check_median_over(median_over: str) -> str:
+    if median_over not in MEDIAN_OVER:
+        raise ValueError(f"unknown median_over {median_over!r}; valid values are {list(MEDIAN_OVER)}")
+    return median_over
+
+
 def rdm_median(d: np.ndarray, median_over: str = "condensed") -> np.ndarray:
-    """Median of each RDM in a stack: of the condensed upper triangle, or the full square (seed)."""
-    if median_over == "condensed":
-        return np.median(condensed(d), axis=-1)
-    if median_over == "square":
-        return np.median(d.reshape(d.shape[:-2] + (-1,)), axis=-1)
-    raise ValueError(f"unknown median_over {median_over!r}; valid values are 'condensed', 'square'")
+    """Median of each RDM in a stack, over what :data:`MEDIAN_OVER` names (default: condensed)."""
+    return MEDIAN_OVER[check_median_over(median_over)](d)
 
 
 def distances_stack(

@@ -1,0 +1,55 @@
+"""Storage layer: the layout of an output folder, the one module that names its files and folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+
+ACTIVATIONS_DIR = "activations"
+
+
+SHARD_GLOB = "shard-*.nc"
+
+
+PARTIAL_DIR = "partial"
+
+
+IMAGES_DIR = "images"
+
+
+RESULTS_FILE = "differentiation.nc"
+
+
+PLOT_FILE = "differentiation.png"
+
+
+JOB_FILE = "job.json"
+
+
+MANIFEST_FILE = ".daskdiff-manifest.json"
+
+
+def variable_name(substrate: str, layer: str) -> str:
+    return f"{substrate}__{layer}"
+
+
+def feature_dim(substrate: str, layer: str) -> str:
+    prefix = {"units": "unit", "filter_mean": "filter", "location_mean": "location"}[substrate]
+    return f"{prefix}__{layer}"
+
+
+def shard_path(output: str | os.PathLike, image_set: str, shard: int) -> Path:
+    """Deterministic file name of shard ``shard`` of ``image_set``."""
+    return Path(output) / ACTIVATIONS_DIR / image_set / f"shard-{shard:05d}.nc"
+
+
+def shard_files(output: str | os.PathLike, image_set: str) -> list[Path]:
+    """Finished shard files of a set, in shard order (temporaries are never matched)."""
+    return sorted((Path(output) / ACTIVATIONS_DIR / image_set).glob(SHARD_GLOB))
+
+
+def partial_path(output: str | os.PathLike, key: str) -> Path:
+    """Deterministic file name of the partial result of differentiation task ``key``."""
+    return Path(output) / PARTIAL_DIR / f"{key}.npz"

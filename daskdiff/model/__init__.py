@@ -1,0 +1,1 @@
+"""Model layer: Keras models and weights, preprocessing, the extraction graph (one shard -> one file)."""

@@ -1,0 +1,57 @@
+"""Stimuli layer: argument checks, pixel helpers and per-image random generators shared by the generators."""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+from ..errors import InputError
+
+
+
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _check_int(name: str, value: object, minimum: int, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(
+            f"{name} must be an integer >= {minimum}, got {value!r}; for example {example}"
+        )
+    return int(value)
+
+
+def _check_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+        raise InputError(
+            f"prefix must be a file-name stem of letters, digits, '.', '_' or '-' that starts "
+            f"with a letter or digit, got {prefix!r}; for example prefix='noise'"
+        )
+    return prefix
+
+
+def _check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    if value not in choices:
+        raise InputError(f"{name} must be one of {choices}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _center_square(image: np.ndarray) -> np.ndarray:
+    """The largest centred square of an image (the extra row/column, if odd, is cut at the end)."""
+    rows, cols = image.shape[:2]
+    side = min(rows, cols)
+    top, left = (rows - side) // 2, (cols - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    """``size`` x ``size`` resize of a ``uint8`` RGB image with Pillow's bicubic filter."""
+    resized = Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(resized)
+
+
+def _rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of image ``index``: child ``index`` of ``SeedSequence(seed)``."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))

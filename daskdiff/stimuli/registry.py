@@ -1,0 +1,100 @@
+"""Stimuli layer: the registry of image-set generators, above every generator module.
+
+Generators write lossless PNG image sets; each takes an output folder and returns the absolute
+paths of the files it wrote, in order. The conventions shared by all of them:
+
+- Images are RGB, 8 bits per channel: arrays of shape ``(rows, cols, 3)`` and dtype ``uint8``.
+  Grey images are repeated into the three channels; an alpha channel is dropped (not composited).
+- Files are PNG, which is lossless: reading a file back gives exactly the array that was drawn.
+- Names are deterministic: ``<prefix>-0000.png``, ``<prefix>-0001.png``, ... in output order,
+  except :func:`~daskdiff.stimuli.frames.movie_frames`, whose names carry the source frame index
+  (``<prefix>-000030.png``).
+- Each file is written through :func:`daskdiff.io.atomic.atomic_write` (temporary name in the same
+  folder, fsync, rename), so a reader never sees a partial file. Files in the folder that the call
+  does not write are left alone.
+- Randomness comes only from the ``seed`` argument: image ``i`` draws from
+  ``numpy.random.default_rng(numpy.random.SeedSequence(seed, spawn_key=(i,)))`` (the ``i``-th
+  child of ``SeedSequence(seed).spawn``), so image ``i`` is the same whatever ``count`` is, and
+  the same call rewrites byte-identical files.
+
+``select`` and ``adversarial`` use a model and also write a CSV table beside their images
+(:mod:`daskdiff.stimuli.select`, :mod:`daskdiff.stimuli.adversarial`). Importing this module
+loads neither Keras, scikit-image nor imageio: spec validation uses it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Callable, Literal
+
+from .adversarial import adversarial_images
+from .augment import augmented_copies
+from .common import _check_choice
+from .frames import movie_frames
+from .noise import white_noise
+from .photos import sample_photos
+from .select import selected_images
+from ..errors import InputError
+
+GeneratorKind = Literal["noise", "photos", "augment", "frames", "select", "adversarial"]
+
+
+GENERATORS: dict[str, Callable[..., list[str]]] = {
+    "noise": white_noise,
+    "photos": sample_photos,
+    "augment": augmented_copies,
+    "frames": movie_frames,
+    "select": selected_images,
+    "adversarial": adversarial_images,
+}
+"""Generator kind name (as written in job specs) -> function writing that kind of image set."""
+
+
+def generate(kind: GeneratorKind, out_dir: str | os.PathLike, /, **params: object) -> list[str]:
+    """Write an image set of a named kind: ``generate('noise', d, count=3)`` calls ``white_noise``.
+
+    Parameters
+    ----------
+    kind : {'noise', 'photos', 'augment', 'frames', 'select', 'adversarial'}
+        A key of :data:`GENERATORS`. Positional-only, like ``out_dir``, so that ``params`` can
+        hold the generator's own ``kind`` (``generate('noise', d, kind='gaussian')``).
+    out_dir : str or os.PathLike
+        Folder to write to.
+    **params
+        Keyword arguments of that generator, e.g. ``source='chelsea'`` for ``'augment'`` or
+        ``movie='clip.gif', every=10`` for ``'frames'``.
+
+    Returns
+    -------
+    list of str
+        Absolute paths of the files written, as the generator returns them.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``kind``; for parameters the generator does not take, or a missing
+        required one (naming the generator and its valid parameters); and for bad values, as
+        each generator documents.
+    """
+    function = check_generator_params(kind, params, out_dir=out_dir)
+    return function(out_dir=out_dir, **params)
+
+
+def check_generator_params(kind: str, params: dict, out_dir: object = ".") -> Callable[..., list[str]]:
+    """The generator function of ``kind`` if ``params`` fit its signature, else ValueError.
+
+    Used by :func:`generate` and by job-spec validation (nothing is written).
+    """
+    function = GENERATORS[_check_choice("kind", kind, GENERATORS)]
+    signature = inspect.signature(function)
+    valid = [name for name in signature.parameters if name != "out_dir"]
+    try:
+        signature.bind(out_dir=out_dir, **params)
+    except TypeError as error:
+        unknown = sorted(set(params) - set(valid))
+        problem = f"unknown parameter(s) {unknown}" if unknown else str(error)
+        raise InputError(
+            f"generator {kind!r} ({function.__name__}): {problem}; its parameters are {valid}"
+        ) from None
+    return function
