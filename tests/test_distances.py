@@ -114,3 +114,17 @@ def test_properties(x, metric, data):
     scale = max(1.0, float(np.abs(d).max()))
     np.testing.assert_allclose(dp, d[np.ix_(perm, perm)], atol=1e-9 * scale)
 
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine", "correlation"])
+def test_a_matrix_gives_the_same_bits_alone_or_stacked_with_badly_conditioned_neighbours(metric):
+    """Re-centring against cancellation is decided per matrix: a repeat's value cannot depend on
+    which other repeats share its task (and so on ``repeats_per_task``)."""
+    rng = np.random.default_rng(7)
+    plain = rng.standard_normal((3, 6, 40))
+    offset = rng.standard_normal((2, 6, 40)) * 1e-3 + 1e3  # large common offset: needs centring
+    stack = np.concatenate([plain[:1], offset[:1], plain[1:], offset[1:]])
+    together = pairwise_distances_stack(stack, metric)
+    for i, matrix in enumerate(stack):
+        alone = pairwise_distances_stack(matrix[None], metric)[0]
+        np.testing.assert_array_equal(together[i], alone)
+        np.testing.assert_allclose(alone, squareform(pdist(matrix, metric)), rtol=1e-6, atol=1e-9)

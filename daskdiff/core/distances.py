@@ -12,8 +12,9 @@ Conventions
 - ``euclidean``, ``sqeuclidean``, ``cosine`` and ``correlation`` use the Gram-matrix
   formulation (one matrix product per matrix); squared distances are clamped at 0 before the
   square root. When some pair's squared distance is below ``CANCELLATION`` (1e-5) of the sum
-  of the two squared norms (e.g. activations with a large common offset), the product is
-  redone on column-centred data: distances are translation invariant and centring removes most
+  of the two squared norms (e.g. activations with a large common offset), that matrix's
+  product is redone on column-centred data (decided per matrix of a stack, so each matrix's
+  distances are the same whether it is computed alone or in a stack): distances are translation invariant and centring removes most
   of the cancellation in ``|a|^2 + |b|^2 - 2 a.b``.
 - ``cityblock`` and ``chebyshev`` have no Gram form; they loop over rows, vectorised over the
   other rows and units.
@@ -65,8 +66,10 @@ def _sqeuclidean(x: np.ndarray) -> np.ndarray:
     risky = d < CANCELLATION * scale  # never true for two all-zero rows (0 < 0)
     i = np.arange(x.shape[-2])
     risky[..., i, i] = False
-    if risky.any():
-        d, _ = _sq_from_gram(x - x.mean(axis=-2, keepdims=True))
+    redo = risky.any(axis=(-2, -1))  # decided per matrix: a matrix's result never depends on its neighbours
+    if redo.any():
+        redo_x = x[redo]
+        d[redo], _ = _sq_from_gram(redo_x - redo_x.mean(axis=-2, keepdims=True))
     return _symmetrize(d)
 
 
