@@ -19,16 +19,14 @@ def load_partial(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 class PartialResult(NamedTuple):
-    """Where one differentiation task's partial result is, and what it holds: repeats
-    ``start:stop`` of one (image set, substrate, n_units label, layer)."""
+    """The result of one differentiation task: one (image set, substrate, layer), every
+    ``n_units`` (axis 0 of each array) and repeat (axis 1); see
+    :func:`daskdiff.pipeline.tasks.run_diff_task` for the arrays."""
 
     image_set: str
     substrate: str
-    n_units: str
     layer: str
-    start: int
-    stop: int
-    path: Path
+    arrays: dict[str, np.ndarray]
 
 
 def write_partial(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:

@@ -18,7 +18,6 @@ Layout of ``differentiation.nc`` (readable with plain ``xarray.open_dataset``):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,25 +25,19 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InputError
-from .partials import PartialResult, load_partial
-from .shards import read_shard_header
+from .partials import PartialResult
 
 
-def read_set_metadata(files: Sequence[str | Path]) -> dict[str, Any]:
-    """Per-image coordinates and skipped files of one set, from its shards (no activations)."""
-    paths: list[str] = []
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("top1_label", "top1_class", "top1_prob", "top5_class", "top5_prob", "top5_label")}
-    skipped: list[tuple[str, str]] = []
-    attrs: dict[str, Any] = {}
-    for f in files:
-        head = read_shard_header(f, ["path", *cols])
-        paths += [str(p) for p in head["path"]]
-        for k in cols:
-            cols[k].append(head[k])
-        skipped += [tuple(s) for s in json.loads(head["attrs"].get("skipped_json", "[]"))]
-        attrs = head["attrs"]
-    meta = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cols.items()}
-    meta.update(paths=paths, skipped=skipped, attrs=attrs)
+def set_metadata(shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-image coordinates and skipped files of one set, from its shards' metadata in shard
+    order (:func:`daskdiff.io.shards.shard_metadata`, which extraction tasks return)."""
+    cols = ("top1_label", "top1_class", "top1_prob", "top5_class", "top5_prob", "top5_label")
+    meta: dict[str, Any] = {k: (np.concatenate([m[k] for m in shards]) if shards else np.zeros(0)) for k in cols}
+    meta.update(
+        paths=[p for m in shards for p in m["paths"]],
+        skipped=[s for m in shards for s in m["skipped"]],
+        attrs=shards[-1]["attrs"] if shards else {},
+    )
     return meta
 
 
@@ -60,11 +53,13 @@ def assemble(
     keep_rdm: bool,
     attrs: dict[str, Any],
 ) -> xr.Dataset:
-    """Build the results Dataset (see the module docstring) from finished partial files."""
+    """Build the results Dataset (see the module docstring) from the tasks' partial results.
+
+    ``n_units`` are the labels in the order the tasks' arrays hold them (axis 0).
+    """
     S, B, N, L = len(sets), len(substrates), len(n_units), len(layers)
     si = {s: i for i, s in enumerate(sets)}
     bi = {b: i for i, b in enumerate(substrates)}
-    ni = {n: i for i, n in enumerate(n_units)}
     li = {name: i for i, name in enumerate(layers)}
     n_img = [len(metadata[s]["paths"]) for s in sets]
     width = max(n_img + [0])
@@ -74,15 +69,15 @@ def assemble(
     rdm = np.zeros((S, B, N, L, width, width)) if keep_rdm else None
     rdm_count = np.zeros((S, B, N, L), dtype=np.int64)
     for t in partials:
-        part = load_partial(t.path)
-        idx = (si[t.image_set], bi[t.substrate], ni[t.n_units], li[t.layer])
-        diff[idx + (slice(t.start, t.stop),)] = part["differentiation"]
-        undefined[idx] += int(part["undefined"].sum())
-        used[idx[1:]] = int(part["units_used"])
+        part = t.arrays
+        s, b, layer = si[t.image_set], bi[t.substrate], li[t.layer]
+        diff[s, b, :, layer] = part["differentiation"]
+        undefined[s, b, :, layer] = part["undefined"].sum(axis=1)
+        used[b, :, layer] = part["units_used"]
         if keep_rdm and "rdm_sum" in part:
-            n = part["rdm_sum"].shape[0]
-            rdm[idx][:n, :n] += part["rdm_sum"]
-            rdm_count[idx] += int((~part["undefined"]).sum())
+            n = part["rdm_sum"].shape[-1]
+            rdm[s, b, :, layer, :n, :n] += part["rdm_sum"]
+            rdm_count[s, b, :, layer] += part["rdm_count"]
 
     data_vars: dict[str, Any] = {
         "differentiation": (("image_set", "substrate", "n_units", "layer", "repeat"), diff),

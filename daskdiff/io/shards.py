@@ -252,6 +252,40 @@ def read_shard_header(path: str | os.PathLike, variables: Sequence[str] = ()) ->
     return out
 
 
+SHARD_LABELS = ("path", "top1_label", "top1_class", "top1_prob", "top5_class", "top5_prob", "top5_label")
+"""The per-image label variables of a shard that the results file carries."""
+
+
+def shard_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """What the results file needs of one shard: image paths, labels, skipped files, attributes.
+
+    Extraction tasks return it (read back from the finished file), so the client reads no shard.
+    """
+    head = read_shard_header(path, SHARD_LABELS)
+    meta = {k: head[k] for k in SHARD_LABELS if k != "path"}
+    meta.update(
+        paths=[str(p) for p in head["path"]],
+        skipped=[tuple(x) for x in json.loads(head["attrs"].get("skipped_json", "[]"))],
+        attrs=head["attrs"],
+        n_images=head["n_images"],
+    )
+    return meta
+
+
+def shard_complete(path: str | os.PathLike, digest: str, n_paths: int) -> dict[str, Any] | None:
+    """The shard's metadata if ``path`` is a finished shard of plan ``digest`` for ``n_paths``
+    images (decoded + skipped); None if it is missing, unreadable or from another plan."""
+    if not os.path.exists(path):
+        return None
+    try:
+        meta = shard_metadata(path)
+    except (OSError, KeyError, ValueError):
+        return None  # unreadable (e.g. damaged by hand): rewrite it
+    if meta["attrs"].get("plan_digest") != digest or meta["n_images"] + len(meta["skipped"]) != n_paths:
+        return None
+    return meta
+
+
 def read_features(files: Sequence[str | os.PathLike], substrate: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one stored variable from every shard of a set into memory.
 

@@ -20,7 +20,7 @@ from .build import cached_model, class_labels, input_size, layer_names, ModelSpe
 from ..core.units import LayerPlan, plan_digest
 from ..io.atomic import atomic_path
 from ..io.layout import shard_path, variable_name
-from ..io.shards import shard_labels, ShardWriter, write_shard_labels
+from ..io.shards import shard_complete, shard_metadata, shard_labels, ShardWriter, write_shard_labels
 
 LOGITS = "__logits__"
 DENSE_GATHER = 0.1
@@ -175,13 +175,19 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
     while the next batch goes through the model (:class:`daskdiff.io.shards.ShardWriter`); the
     labels follow, then the file is renamed into place. Re-running the same task (e.g. after
     Dask re-schedules it from a dead worker) rewrites the same file with the same contents.
-    Returns a small summary for the client.
+
+    A shard already on disk for this plan and these images is not extracted again (resume; the
+    check runs here, on the worker, so the client reads no shard). Returns the shard's
+    :func:`~daskdiff.io.shards.shard_metadata`, read back from the finished file.
     """
+    path = shard_path(task.output, task.image_set, task.shard)
+    done = shard_complete(path, _digest(plan), len(task.paths))
+    if done is not None:
+        return {**done, "resumed": True}
     base, _ = extractor(spec, plan)
     ok: list[int] = []
     skipped: list[tuple[str, str]] = []
     logits: list[np.ndarray] = []
-    path = shard_path(task.output, task.image_set, task.shard)
     with atomic_path(path) as tmp:
         with (
             ShardWriter(tmp, plan, chunk_images=task.batch_size) as writer,
@@ -222,4 +228,4 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
             skipped=skipped,
         )
         write_shard_labels(tmp, labels)
-    return {"image_set": task.image_set, "shard": task.shard, "path": str(path), "n_images": len(ok), "skipped": skipped}
+    return {**shard_metadata(path), "resumed": False}

@@ -1,16 +1,21 @@
 """Pipeline layer: a whole job, image sets -> extraction shards -> differentiation tasks -> one results file.
 
 The client plans (image lists, model layer shapes, the sampling plan) before any cluster
-starts, so a bad spec, a missing set or an unknown layer fails at once. Dask then runs two
-stages of pure, idempotent tasks whose outputs are files with deterministic names:
+starts, so a bad spec, a missing set or an unknown layer fails at once. It then submits every
+task of the job at once, as one graph of pure, idempotent tasks whose outputs are files with
+deterministic names:
 
-1. extraction: one task per shard -> ``activations/<set>/shard-NNNNN.nc``;
-2. differentiation: one task per (set, substrate, n_units, layer, chunk of repeats) ->
-   ``partial/<key>.npz``.
+1. extraction: one task per shard -> ``activations/<set>/shard-NNNNN.nc``; it returns the shard's
+   labels and skipped files;
+2. differentiation: one task per (set, substrate, layer), computing every ``n_units`` and every
+   repeat from one read of that layer's stored values -> ``partial/<set>--<substrate>--<layer>.npz``;
+   it returns the same arrays. A set's tasks depend on that set's shards only (Dask futures as
+   arguments), so a set starts differentiating as soon as its own shards are written.
 
-A re-run (after a crash, a killed worker, Ctrl-C) skips every file that exists, so it resumes;
-a task that Dask runs twice rewrites the same bytes. Results do not depend on the number of
-workers, shard size or task order: every random draw comes from ``(seed, layer, repeat)``.
+A re-run (after a crash, a killed worker, Ctrl-C) finds the finished files: each task checks its
+own file on the worker and reuses it, so the job resumes; a task that Dask runs twice rewrites the
+same bytes. Results do not depend on the number of workers, shard size or task order: every random
+draw comes from ``(seed, layer, repeat)``.
 """
 
 from __future__ import annotations
@@ -26,17 +31,17 @@ from typing import Any, Callable, Sequence
 
 
 from ..errors import JobError
-from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, PARTIAL_DIR, PLOT_FILE, RESULTS_FILE, shard_files, shard_path
+from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, PARTIAL_DIR, PLOT_FILE, RESULTS_FILE, shard_path
 from .tasks import DiffTask, run_diff_task
 from ..model.extract import extract_shard, ShardTask
 from ..io.images import resolve_image_set
 from ..io.manifest import check_output_folder, Manifest, OutputFolderError
 from ..model.build import WEIGHTS_KEYWORDS, build_model, model_layers, ModelSpec, WeightsUnavailableError
 from ..core.units import bytes_per_image, n_units_label, plan_digest, Sampling, storage_plan
-from ..io.results import assemble, read_set_metadata
+from ..io.partials import PartialResult
+from ..io.results import assemble, set_metadata
 from .spec import JobSpec, resolve_path, spec_yaml
 from ..io.atomic import atomic_write, write_netcdf
-from ..io.shards import read_shard_header
 
 @dataclass
 class JobResult:
@@ -47,6 +52,10 @@ class JobResult:
     skipped: list[tuple[str, str, str]]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)
+    """Seconds from the start of the job to: ``planned``, ``extracted`` (last shard),
+    ``differentiated`` (last task), ``written`` (results file). Stages overlap: a set
+    differentiates while others still extract."""
 
     def summary(self) -> str:
         done = sum(self.n_images.values())
@@ -279,56 +288,21 @@ def _shard_tasks(plan: JobPlan, attrs: dict) -> list[ShardTask]:
     return tasks
 
 
-def _shard_done(task: ShardTask, digest: str) -> bool:
-    path = shard_path(task.output, task.image_set, task.shard)
-    if not path.exists():
-        return False
-    try:
-        head = read_shard_header(path)
-    except (OSError, KeyError):
-        return False  # unreadable (e.g. damaged by hand): rewrite it
-    n_skipped = len(json.loads(head["attrs"].get("skipped_json", "[]")))
-    return head["attrs"].get("plan_digest") == digest and head["n_images"] + n_skipped == len(task.paths)
-
-
 def _diff_tasks(plan: JobPlan, keep_rdm: bool) -> list[DiffTask]:
+    """One task per (set, substrate, layer), in results order; shard files are known from the plan."""
     a = plan.spec.analysis
+    e = plan.spec.extraction
+    size = shard_size(e.shard_size, e.batch_size)
     tasks = []
-    for name in plan.sets:
-        files = tuple(str(f) for f in shard_files(plan.output, name))
+    for name, paths in plan.sets.items():
+        files = tuple(str(shard_path(plan.output, name, i)) for i in range(-(-len(paths) // size)))
         for substrate in a.substrates:
-            for n in a.n_units:
-                total = plan.sampling.repeats_for(n)
-                for layer in plan.layers:
-                    for start in range(0, total, a.repeats_per_task):
-                        stop = min(start + a.repeats_per_task, total)
-                        tasks.append(
-                            DiffTask(name, substrate, n, layer, plan.shapes[layer], start, stop, files, str(plan.output),
-                                     plan.sampling, a.metric, a.normalize, a.per_unit, a.median_over, keep_rdm)
-                        )
+            for layer in plan.layers:
+                tasks.append(
+                    DiffTask(name, substrate, layer, plan.shapes[layer], files, str(plan.output), plan.sampling,
+                             a.metric, a.normalize, a.per_unit, a.median_over, keep_rdm, a.repeats_per_task)
+                )
     return tasks
-
-
-def _run_stage(client: Any, fn: Callable, tasks: Sequence, extra: tuple, *, desc: str, unit: str, progress: bool, retries: int, resources: dict | None, describe_task: Callable) -> list:
-    """Submit one task per item, show progress, and turn a failure into a JobError naming it."""
-    from distributed import as_completed
-    from tqdm.auto import tqdm
-
-    if not tasks:
-        return []
-    futures = {client.submit(fn, t, *extra, key=f"daskdiff-{t.key}", retries=retries, resources=resources): t for t in tasks}
-    results = []
-    interval = 0.1 if sys.stderr.isatty() else 10.0  # a log file gets a line every 10 s, not every task
-    with tqdm(total=len(futures), desc=desc, unit=unit, disable=not progress, file=sys.stderr, mininterval=interval) as bar:
-        for future in as_completed(futures):
-            if future.status == "error":
-                task = futures[future]
-                exc = future.exception()
-                client.cancel(list(futures))
-                raise JobError(f"{desc} failed for {describe_task(task)} after {retries} retries: {type(exc).__name__}: {exc}") from exc
-            results.append(future.result())
-            bar.update(1)
-    return results
 
 
 def _gpu_resources(client: Any, spec: JobSpec) -> dict | None:
@@ -349,44 +323,102 @@ def _gpu_resources(client: Any, spec: JobSpec) -> dict | None:
     return {"GPU": 1} if gpu else None
 
 
-def _extract(client: Any, plan: JobPlan, attrs: dict, progress: bool, echo: Callable) -> None:
-    """Stage 1: extract every shard that is not already on disk for this plan."""
-    e = plan.spec.extraction
-    resources = _gpu_resources(client, plan.spec)
-    all_shards = _shard_tasks(plan, attrs)
-    todo = [t for t in all_shards if not _shard_done(t, plan.digest)]
-    if len(todo) < len(all_shards):
-        echo(f"resuming: {len(all_shards) - len(todo)} of {len(all_shards)} shard(s) already extracted")
-    for name in {t.image_set for t in todo}:
+@dataclass
+class _Submitted:
+    """The job's futures: extraction per set (shard order) and differentiation (results order)."""
+
+    shards: dict[str, list[tuple[Any, ShardTask]]]
+    diffs: list[tuple[Any, DiffTask]]
+
+
+def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Callable) -> _Submitted:
+    """Submit every task at once; a set's differentiation tasks depend on that set's shards only.
+
+    Finished shards and partial results are recognised by the tasks themselves (resume), so the
+    client only records, before anything is written, which files the tasks may write.
+    """
+    spec = plan.spec
+    resources = _gpu_resources(client, spec)
+    shard_tasks = _shard_tasks(plan, attrs)
+    diff_tasks = _diff_tasks(plan, keep_rdm)
+    shard_files_ = [shard_path(t.output, t.image_set, t.shard) for t in shard_tasks]
+    on_disk = sum(f.exists() for f in shard_files_), sum(t.path.exists() for t in diff_tasks)
+    if any(on_disk):
+        echo(f"resuming: {on_disk[0]} of {len(shard_tasks)} shard file(s) and {on_disk[1]} of {len(diff_tasks)} "
+             "partial result(s) already on disk (the tasks check and reuse them)")
+    for name in plan.sets:
         plan.manifest.make_dirs(plan.output / ACTIVATIONS_DIR / name)
-    plan.manifest.add_files(shard_path(t.output, t.image_set, t.shard) for t in todo)
-    storage_future = client.scatter(plan.storage, broadcast=True, hash=False) if todo else None
-    _run_stage(client, extract_shard, todo, (storage_future, plan.model), desc="extract", unit="shard", progress=progress,
-               retries=e.retries, resources=resources,
-               describe_task=lambda t: f"shard {t.shard} of set {t.image_set!r} ({len(t.paths)} images, {t.paths[0]} ...)")
+    plan.manifest.make_dirs(plan.output / PARTIAL_DIR)
+    plan.manifest.add_files([*shard_files_, *(t.path for t in diff_tasks)])
+    storage = client.scatter(plan.storage, broadcast=True, hash=False)
+    retries = spec.extraction.retries
+    shards: dict[str, list[tuple[Any, ShardTask]]] = {name: [] for name in plan.sets}
+    for t in shard_tasks:
+        future = client.submit(extract_shard, t, storage, plan.model, key=f"daskdiff-{t.key}", retries=retries, resources=resources)
+        shards[t.image_set].append((future, t))
+    diffs = [
+        (client.submit(run_diff_task, t, *(f for f, _ in shards[t.image_set]), key=f"daskdiff-{t.key}", retries=retries), t)
+        for t in diff_tasks
+    ]
+    return _Submitted(shards, diffs)
 
 
-def _set_metadata(plan: JobPlan) -> dict[str, dict]:
-    """Each set's per-image labels and skipped files, read from its shards; at least 2 images each."""
-    metadata = {name: read_set_metadata(shard_files(plan.output, name)) for name in plan.sets}
-    for name, m in metadata.items():
-        if len(m["paths"]) < 2:
-            raise JobError(f"image set {name!r} has {len(m['paths'])} decodable image(s); differentiation needs at least 2 (skipped: {m['skipped']})")
-    return metadata
+def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, clock: Callable[[str], None]) -> tuple[dict[str, dict], list[PartialResult]]:
+    """Wait for every task, with a progress bar per stage; the sets' metadata and the partials.
+
+    A failed task cancels the job with a JobError naming it. A set whose shards hold fewer than 2
+    decodable images cancels only its own differentiation: the other sets' work goes on and is
+    kept (their files resume a later run), then the job fails naming that set.
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    retries = plan.spec.extraction.retries
+    what: dict[Any, tuple[str, Any]] = {f: ("extract", t) for pairs in submitted.shards.values() for f, t in pairs}
+    what.update({f: ("differentiation", t) for f, t in submitted.diffs})
+    too_small: dict[str, str] = {}
+    interval = 0.1 if sys.stderr.isatty() else 10.0  # a log file gets a line every 10 s, not every task
+    bars = {
+        stage: tqdm(total=n, desc=stage, unit=unit, disable=not progress, file=sys.stderr, mininterval=interval)
+        for stage, n, unit in (("extract", len(what) - len(submitted.diffs), "shard"), ("differentiation", len(submitted.diffs), "task"))
+    }
+    try:
+        for future in as_completed(list(what)):
+            stage, task = what[future]
+            if future.status == "cancelled" and task.image_set in too_small:
+                continue
+            problem = too_small.get(task.image_set) or _too_small(task.image_set, submitted.shards[task.image_set])
+            if problem and task.image_set not in too_small:
+                too_small[task.image_set] = problem
+                client.cancel([f for f, t in submitted.diffs if t.image_set == task.image_set])
+            if future.status == "error" and not (stage == "differentiation" and task.image_set in too_small):
+                exc = future.exception()
+                client.cancel(list(what))
+                described = (f"shard {task.shard} of set {task.image_set!r} ({len(task.paths)} images, {task.paths[0]} ...)"
+                             if stage == "extract" else f"task {task.key}")
+                raise JobError(f"{stage} failed for {described} after {retries} retries: {type(exc).__name__}: {exc}") from exc
+            bars[stage].update(1)
+            if bars[stage].n == bars[stage].total:
+                clock("extracted" if stage == "extract" else "differentiated")
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if too_small:
+        raise JobError("; ".join(too_small.values()) + "; the other sets' shards and partial results are kept for a re-run")
+    metadata = {name: set_metadata([f.result() for f, _ in pairs]) for name, pairs in submitted.shards.items()}
+    return metadata, [f.result() for f, _ in submitted.diffs]
 
 
-def _differentiate(client: Any, plan: JobPlan, keep_rdm: bool, progress: bool, echo: Callable) -> list[DiffTask]:
-    """Stage 2: run every differentiation task whose partial result is not on disk; all tasks."""
-    tasks = _diff_tasks(plan, keep_rdm)
-    todo = [t for t in tasks if not t.path.exists()]
-    if len(todo) < len(tasks):
-        echo(f"resuming: {len(tasks) - len(todo)} of {len(tasks)} differentiation task(s) already done")
-    if todo:
-        plan.manifest.make_dirs(plan.output / PARTIAL_DIR)
-        plan.manifest.add_files(t.path for t in todo)
-    _run_stage(client, run_diff_task, todo, (), desc="differentiation", unit="task", progress=progress,
-               retries=plan.spec.extraction.retries, resources=None, describe_task=lambda t: f"task {t.key}")
-    return tasks
+def _too_small(name: str, shards: list[tuple[Any, ShardTask]]) -> str | None:
+    """Why set ``name`` cannot be differentiated, once all its shards are in: fewer than 2 images."""
+    if not all(f.status == "finished" for f, _ in shards):
+        return None
+    metas = [f.result() for f, _ in shards]
+    n = sum(m["n_images"] for m in metas)
+    if n >= 2:
+        return None
+    skipped = [s for m in metas for s in m["skipped"]]
+    return f"image set {name!r} has {n} decodable image(s); differentiation needs at least 2 (skipped: {skipped})"
 
 
 def run_job(
@@ -414,11 +446,17 @@ def run_job(
     from .cluster import WorkerSetup, connect
 
     t0 = time.perf_counter()
+    stages: dict[str, float] = {}
+
+    def clock(stage: str) -> None:
+        stages[stage] = round(time.perf_counter() - t0, 3)
+
     plan = plan_job(spec, base, output=output, weights=weights, overwrite=overwrite, echo=echo)
     echo(
         f"planned {sum(map(len, plan.sets.values()))} image(s) in {len(plan.sets)} set(s), {len(plan.layers)} layer(s); "
         f"stores {bytes_per_image(plan.storage) / 1e6:.2f} MB per image -> {plan.output}"
     )
+    clock("planned")
     attrs = {**plan.model.identity(), "daskdiff_version": versions()["daskdiff"]}
     plan.manifest.add_files([plan.output / JOB_FILE])
     job_record = json.dumps({"result_digest": spec.result_digest(), "spec": spec.model_dump(mode="json")}, indent=1)
@@ -426,13 +464,13 @@ def run_job(
 
     def on(c: Any) -> JobResult:
         c.register_plugin(WorkerSetup())
-        _extract(c, plan, attrs, progress, echo)
-        metadata = _set_metadata(plan)
+        keep_rdm = max(map(len, plan.sets.values())) <= spec.analysis.rdm_max_images
+        metadata, partials = _gather(c, plan, _submit(c, plan, attrs, keep_rdm, echo), progress, clock)
         n_images = {name: len(m["paths"]) for name, m in metadata.items()}
-        keep_rdm = max(n_images.values()) <= spec.analysis.rdm_max_images
-        tasks = _differentiate(c, plan, keep_rdm, progress, echo)
-        path, skipped, notes = write_results(plan, metadata, tasks, keep_rdm, command, echo)
-        return JobResult(path=path, n_images=n_images, skipped=skipped, seconds=time.perf_counter() - t0, notes=notes)
+        path, skipped, notes = write_results(plan, metadata, partials, keep_rdm, command, echo)
+        clock("written")
+        echo("stages (s from start): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+        return JobResult(path=path, n_images=n_images, skipped=skipped, seconds=time.perf_counter() - t0, notes=notes, stages=stages)
 
     if client is not None:
         return on(client)
@@ -469,7 +507,7 @@ def _results_attrs(plan: JobPlan, command: str | None) -> dict[str, Any]:
     return attrs
 
 
-def write_results(plan: JobPlan, metadata: dict, tasks: list[DiffTask], keep_rdm: bool, command: str | None, echo: Callable) -> tuple[Path, list[tuple[str, str, str]], list[str]]:
+def write_results(plan: JobPlan, metadata: dict, partials: list[PartialResult], keep_rdm: bool, command: str | None, echo: Callable) -> tuple[Path, list[tuple[str, str, str]], list[str]]:
     """Assemble the partial results into ``differentiation.nc`` (written atomically).
 
     Returns the file's path, the skipped files as ``(set, path, reason)`` and the job's notes
@@ -478,7 +516,7 @@ def write_results(plan: JobPlan, metadata: dict, tasks: list[DiffTask], keep_rdm
     a = plan.spec.analysis
     ds = assemble(
         sets=list(plan.sets), metadata=metadata, substrates=list(a.substrates), n_units=[n_units_label(n) for n in a.n_units],
-        layers=plan.layers, repeats=a.repeats, partials=[t.partial for t in tasks], keep_rdm=keep_rdm,
+        layers=plan.layers, repeats=a.repeats, partials=partials, keep_rdm=keep_rdm,
         attrs=_results_attrs(plan, command),
     )
     plan.manifest.add_files([plan.output / RESULTS_FILE, plan.output / PLOT_FILE])

@@ -1,11 +1,15 @@
-"""Pipeline layer: differentiation tasks, one (image set, substrate, n_units, layer, chunk of repeats).
+"""Pipeline layer: differentiation tasks, one (image set, substrate, layer) each.
 
-A task reads only one stored variable of one set, re-draws each repeat's units with
-:func:`daskdiff.sample_units` (the same units for every image and every set), evaluates the
-repeats as one stack (:func:`daskdiff.distances_stack`) and writes a small ``.npz`` partial
-result atomically, so a re-run (a dead worker, a resumed job) rewrites the same file.
+A task reads its one stored variable once, from every shard of its set (or takes it from
+the workers' memory, see :func:`run_diff_task`), and derives every ``n_units`` and every repeat
+from that one load: each repeat's units are re-drawn with :func:`daskdiff.sample_units` (the same
+units for every image and every set) and evaluated in stacks of ``repeats_per_task`` repeats
+(:func:`daskdiff.distances_stack`), which bounds the float64 working memory. ``n_units`` that
+cover the whole layer (``'all'``, or at least its size) are exact: computed once, not per repeat.
+The task writes one small ``.npz`` partial result atomically (a re-run rewrites the same file)
+and returns the same arrays, so the client never reads partial files back.
 
-Normalisation statistics are taken per task matrix: over all entries of one set's sampled
+Normalisation statistics are taken per repeat matrix: over all entries of one set's sampled
 activations of one layer in one repeat (what both seed notebooks do). A set's result therefore
 does not depend on which other sets are in the job. A statistic below float32 resolution of the
 layer (``FLOAT32_FLOOR`` x the largest |value| stored for the layer in that set) counts as zero:
@@ -15,12 +19,14 @@ that repeat is undefined (NaN, counted), not rounding noise blown up to distance
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..io.layout import partial_path
-from ..io.partials import PartialResult, write_partial
+from ..io.partials import PartialResult, load_partial, write_partial
 
 from ..core.differentiation import distances_stack, rdm_median
 from ..core.units import NUnits, Sampling, units_for
@@ -34,13 +40,12 @@ FLOAT32_FLOOR = 1e-6
 
 @dataclass(frozen=True)
 class DiffTask:
+    """One differentiation task: every ``n_units`` and repeat of one (set, substrate, layer)."""
+
     image_set: str
     substrate: str
-    n_units: NUnits
     layer: str
     shape: tuple[int, ...]
-    start: int
-    stop: int
     files: tuple[str, ...]
     output: str
     sampling: Sampling
@@ -49,30 +54,26 @@ class DiffTask:
     per_unit: bool
     median_over: str
     keep_rdm: bool
+    repeats_per_stack: int = 25
 
     @property
     def key(self) -> str:
-        return f"{self.image_set}--{self.substrate}--{self.n_units}--{self.layer}--r{self.start:05d}-{self.stop:05d}"
+        return f"{self.image_set}--{self.substrate}--{self.layer}"
 
     @property
     def path(self) -> Path:
         return partial_path(self.output, self.key)
 
-    @property
-    def partial(self) -> PartialResult:
-        """Where this task's result is and which part of the results it fills."""
-        return PartialResult(self.image_set, self.substrate, str(self.n_units), self.layer, self.start, self.stop, self.path)
 
-
-def sampled_stack(values: np.ndarray, index: np.ndarray, task: DiffTask) -> tuple[np.ndarray, int]:
-    """Gather each repeat's units from the stored values: ``(n_repeats, n_images, k)`` float64.
+def sampled_stack(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, repeats: range) -> tuple[np.ndarray, int]:
+    """Gather each repeat's units from the stored values: ``(len(repeats), n_images, k)`` float64.
 
     ``index`` holds the stored flat feature indices (sorted); every sampled unit must be among
     them, or the shards were written for another plan.
     """
     stacks = []
-    for repeat in range(task.start, task.stop):
-        units = units_for(task.shape, task.substrate, task.n_units, task.sampling, task.layer, repeat)
+    for repeat in repeats:
+        units = units_for(task.shape, task.substrate, n_units, task.sampling, task.layer, repeat)
         pos = np.searchsorted(index, units)
         if np.any(pos >= len(index)) or np.any(index[np.minimum(pos, len(index) - 1)] != units):
             raise ValueError(
@@ -83,35 +84,79 @@ def sampled_stack(values: np.ndarray, index: np.ndarray, task: DiffTask) -> tupl
     return np.stack(stacks).astype(np.float64), stacks[0].shape[1]
 
 
-def run_diff_task(task: DiffTask) -> str:
-    """Compute one task and write its partial result; returns the file's path.
+def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, min_scale: float) -> dict[str, np.ndarray]:
+    """Medians, undefined flags, units used and (if kept) the RDM sum of one ``n_units``.
 
-    The ``.npz`` holds ``differentiation`` (n_repeats,), ``undefined`` (n_repeats,) bool,
-    ``units_used`` (int) and, when ``keep_rdm``, ``rdm_sum`` (n_images, n_images): the sum over
-    the task's defined repeats, for the mean RDM.
+    Repeats are evaluated ``repeats_per_stack`` at a time; an exact ``n_units`` is evaluated
+    once and copied to every repeat. The RDM sum adds each stack's sum in repeat order, so it is
+    the same whatever the number of images or shards.
     """
-    values, index = read_features(task.files, task.substrate, task.layer)
     n_features = int(np.prod(feature_shape(task.shape, task.substrate)))
-    exact = task.n_units == ALL or (isinstance(task.n_units, int) and task.n_units >= n_features)
-    # n_units >= the layer's size gives every repeat the same (all) units: compute one, copy it
-    one = DiffTask(**{**task.__dict__, "stop": task.start + 1}) if exact else task
-    stack, k = sampled_stack(values, index, one)
-    peak = float(np.max(np.abs(values))) if values.size else 0.0
-    d, undefined = distances_stack(
-        stack, task.metric, task.normalize, task.per_unit,
-        name=f"layer {task.layer!r} ({task.substrate}, set {task.image_set!r})", on_undefined="nan",
-        min_scale=FLOAT32_FLOOR * peak,
-    )
-    medians = rdm_median(d, task.median_over)
-    medians[undefined] = np.nan
-    n = task.stop - task.start
-    if exact and n > 1:
-        d, medians, undefined = (np.repeat(a, n, axis=0) for a in (d, medians, undefined))
-    arrays = {"differentiation": medians, "undefined": undefined, "units_used": np.int64(k)}
+    exact = n_units == ALL or (isinstance(n_units, int) and n_units >= n_features)
+    total = task.sampling.repeats_for(n_units)
+    name = f"layer {task.layer!r} ({task.substrate}, set {task.image_set!r})"
+    medians, undefined, rdm_sum, k = [], [], None, 0
+
+    def evaluate(repeats: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        nonlocal k
+        stack, k = sampled_stack(values, index, task, n_units, repeats)
+        d, bad = distances_stack(stack, task.metric, task.normalize, task.per_unit, name=name, on_undefined="nan", min_scale=min_scale)
+        m = rdm_median(d, task.median_over)
+        m[bad] = np.nan
+        return d, m, bad
+
+    once = evaluate(range(0, 1)) if exact else None
+    for start in range(0, total, task.repeats_per_stack):
+        chunk = range(start, min(start + task.repeats_per_stack, total))
+        d, m, bad = (np.repeat(a, len(chunk), axis=0) for a in once) if exact else evaluate(chunk)
+        medians.append(m)
+        undefined.append(bad)
+        if task.keep_rdm:
+            part = d[~bad].sum(axis=0)
+            rdm_sum = part if rdm_sum is None else rdm_sum + part
+    out = {"differentiation": np.concatenate(medians), "undefined": np.concatenate(undefined), "units_used": np.int64(k)}
     if task.keep_rdm:
-        arrays["rdm_sum"] = d[~undefined].sum(axis=0)
+        out["rdm_sum"] = rdm_sum
+    return out
 
+
+def run_diff_task(task: DiffTask, *shards: Any) -> PartialResult:
+    """Compute one task, write its partial result and return it.
+
+    ``shards``: the set's extraction results (Dask futures passed as arguments make this task
+    wait for its own set's shards only; their values are not used). A partial result that
+    already exists is read back instead (resume).
+
+    The partial holds, for the ``n_units`` of the plan in order (axis 0) and the job's repeats
+    (axis 1, NaN past ``repeats_for(n_units)``): ``differentiation`` float64, ``undefined``
+    bool, ``units_used`` int64 (per ``n_units``) and, when ``keep_rdm``, ``rdm_sum``
+    (n_units, n_images, n_images): the sum over defined repeats, for the mean RDM, with
+    ``rdm_count`` (n_units,) the number of repeats summed.
+    """
+    if task.path.exists():
+        return PartialResult(task.image_set, task.substrate, task.layer, load_partial(task.path))
+    if shards and (n := sum(m["n_images"] for m in shards)) < 2:
+        raise InputError(f"image set {task.image_set!r} has {n} decodable image(s); differentiation needs at least 2")
+    values, index = read_features(task.files, task.substrate, task.layer)
+    peak = max(float(values.max()), -float(values.min())) if values.size else 0.0
+    repeats = task.sampling.repeats
+    n_n = len(task.sampling.n_units)
+    arrays = {
+        "differentiation": np.full((n_n, repeats), np.nan),
+        "undefined": np.zeros((n_n, repeats), dtype=bool),
+        "units_used": np.zeros(n_n, dtype=np.int64),
+    }
+    if task.keep_rdm:
+        arrays["rdm_sum"] = np.zeros((n_n, len(values), len(values)))
+        arrays["rdm_count"] = np.zeros(n_n, dtype=np.int64)
+    for i, n_units in enumerate(task.sampling.n_units):
+        one = _n_units_result(values, index, task, n_units, FLOAT32_FLOOR * peak)
+        stop = len(one["differentiation"])
+        arrays["differentiation"][i, :stop] = one["differentiation"]
+        arrays["undefined"][i, :stop] = one["undefined"]
+        arrays["units_used"][i] = one["units_used"]
+        if task.keep_rdm:
+            arrays["rdm_sum"][i] = one["rdm_sum"]
+            arrays["rdm_count"][i] = int((~one["undefined"]).sum())
     write_partial(task.path, arrays)
-    return str(task.path)
-
-
+    return PartialResult(task.image_set, task.substrate, task.layer, arrays)
