@@ -2,10 +2,29 @@
 
 import numpy as np
 import pytest
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import pdist, squareform
 
 import daskdiff
 from daskdiff.core.differentiation import condensed, per_unit_divisor, UndefinedNormalizationError
+
+
+# normalisations by hand, with statistics over all entries of one matrix (ddof=0), as documented
+BY_HAND = {
+    "none": lambda x: x,
+    "mean": lambda x: x / x.mean(),
+    "zscore": lambda x: (x - x.mean()) / x.std(),
+    "max": lambda x: x / np.abs(x).max(),
+}
+# what per_unit divides by, for n units (documented in per_unit_divisor)
+PER_UNIT = {"euclidean": np.sqrt, "sqeuclidean": float, "cityblock": float}
+
+
+def _reference(x, metric="euclidean", normalize="none", per_unit=False, median_over="condensed"):
+    """scipy's condensed distances of one matrix, normalised by hand; median with numpy."""
+    d = pdist(BY_HAND[normalize](np.asarray(x, dtype=np.float64)), metric)
+    if per_unit:
+        d = d / PER_UNIT.get(metric, lambda n: 1.0)(x.shape[-1])
+    return float(np.median(squareform(d) if median_over == "square" else d))
 
 
 def test_hand_computed_case():
@@ -24,19 +43,11 @@ def test_matches_median_of_pdist(metric):
     assert daskdiff.differentiation(x, metric) == pytest.approx(np.median(pdist(x, metric)), rel=1e-9)
 
 
-@pytest.mark.parametrize(
-    "normalize, transform",
-    [
-        ("none", lambda x: x),
-        ("mean", lambda x: x / x.mean()),
-        ("zscore", lambda x: (x - x.mean()) / x.std()),
-        ("max", lambda x: x / np.abs(x).max()),
-    ],
-)
-def test_normalizations(normalize, transform):
+@pytest.mark.parametrize("normalize", sorted(BY_HAND))
+def test_normalizations(normalize):
     rng = np.random.default_rng(4)
     x = np.maximum(rng.normal(1.0, size=(12, 80)), 0)
-    ref = np.median(pdist(transform(x), "euclidean"))
+    ref = np.median(pdist(BY_HAND[normalize](x), "euclidean"))
     assert daskdiff.differentiation(x, normalize=normalize) == pytest.approx(ref, rel=1e-9)
 
 
@@ -64,6 +75,21 @@ def test_zero_normaliser_raises_naming_layer(normalize):
     assert issubclass(UndefinedNormalizationError, ValueError)
 
 
+@pytest.mark.parametrize("metric", sorted(daskdiff.METRICS))
+@pytest.mark.parametrize("normalize", sorted(BY_HAND))
+def test_each_matrix_of_a_stack_matches_scipy(metric, normalize):
+    """Each repeat is normalised by its own statistics, not by the whole stack's."""
+    rng = np.random.default_rng(10)
+    stack = np.maximum(rng.normal(size=(2, 3, 9, 25)), 0) * rng.exponential(2.0, size=(2, 3, 1, 1))
+    for per_unit in (False, True):
+        for median_over in ("condensed", "square"):
+            out = daskdiff.differentiation_stack(stack, metric, normalize, per_unit, median_over=median_over)
+            assert out.shape == (2, 3) and out.dtype == np.float64
+            for index in np.ndindex(2, 3):
+                ref = _reference(stack[index], metric, normalize, per_unit, median_over)
+                assert out[index] == pytest.approx(ref, rel=1e-9, abs=1e-12), (index, per_unit, median_over)
+
+
 def test_stack_nan_only_for_undefined_repeat():
     rng = np.random.default_rng(6)
     stack = np.maximum(rng.normal(size=(3, 8, 20)), 0)
@@ -71,7 +97,7 @@ def test_stack_nan_only_for_undefined_repeat():
     out = daskdiff.differentiation_stack(stack, normalize="mean", on_undefined="nan")
     assert np.isnan(out[1])
     for r in (0, 2):
-        assert out[r] == pytest.approx(daskdiff.differentiation(stack[r], normalize="mean"), rel=1e-12)
+        assert out[r] == pytest.approx(_reference(stack[r], normalize="mean"), rel=1e-12)
     with pytest.raises(UndefinedNormalizationError):
         daskdiff.differentiation_stack(stack, normalize="mean")
 

@@ -74,12 +74,16 @@ def test_all_zero_layer_has_zero_distances():
 
 
 @pytest.mark.parametrize("metric", ALL_METRICS)
-def test_stack_equals_loop(metric):
+@pytest.mark.parametrize("shape", [(4, 9, 30), (2, 3, 6, 11)])
+def test_each_matrix_of_a_stack_matches_scipy(metric, shape):
+    """Every matrix of a stack, whatever the leading axes, against scipy on that matrix alone."""
     rng = np.random.default_rng(7)
-    x = np.maximum(rng.normal(size=(4, 9, 30)), 0)
+    x = np.maximum(rng.normal(size=shape), 0)
     stacked = pairwise_distances_stack(x, metric)
-    for r in range(4):
-        np.testing.assert_allclose(stacked[r], daskdiff.pairwise_distances(x[r], metric), rtol=1e-12, atol=1e-15)
+    assert stacked.shape == shape[:-1] + (shape[-2],)
+    for index in np.ndindex(shape[:-2]):
+        ref = squareform(pdist(x[index], metric))
+        np.testing.assert_allclose(stacked[index], ref, rtol=1e-9, atol=0, err_msg=f"matrix {index}")
 
 
 def test_errors_name_the_fix():

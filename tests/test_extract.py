@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,7 +64,9 @@ def test_shard_equals_direct_keras_call(tmp_path, image_folders, tiny_plan, tiny
     np.testing.assert_allclose(ds["units__predictions"].values, probs, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(ds["top1_class"].values, probs.argmax(axis=1))
     np.testing.assert_allclose(ds["top1_prob"].values, probs.max(axis=1), rtol=1e-5)
-    assert ds.attrs["weights"].startswith(tiny_model_path.rsplit("/", 1)[0]) or "sha256" in ds.attrs["weights"]
+    # weights='file': the model file's resolved path and the start of its sha256, by hashlib
+    digest = hashlib.sha256(Path(tiny_model_path).read_bytes()).hexdigest()
+    assert ds.attrs["weights"] == f"{Path(tiny_model_path).resolve()} (sha256 {digest[:16]})"
     ds.close()
 
 

@@ -45,19 +45,28 @@ def _run(spec, client, **kw):
     return run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None, **kw)
 
 
+def _layer_shapes(model_path):
+    """Each layer's output shape (without the batch axis), read from the saved Keras model itself."""
+    import keras
+
+    model = keras.saving.load_model(model_path, compile=False)
+    return {layer.name: tuple(layer.output.shape[1:]) for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)}
+
+
 def test_results_match_independent_computation(tmp_path, tiny_model_path, sets, client2):
     spec = tiny_spec(tiny_model_path, sets, tmp_path / "out")
     result = _run(spec, client2)
     ds = xr.open_dataset(result.path)
+    shapes = _layer_shapes(tiny_model_path)
     assert ds["differentiation"].dims == ("image_set", "substrate", "n_units", "layer", "repeat")
-    assert list(ds["layer"].values) == ["conv1", "pool1", "conv2", "flatten", "fc1", "predictions"]
+    assert list(ds["layer"].values) == list(shapes)  # every layer, in network order
     assert list(ds["n_units"].values) == ["5", "all"]
 
     # independent reference: shards reopened with xarray, units re-drawn, scipy pdist
     acts = open_activations(tmp_path / "out", "noisy")
     for layer, repeat in [("conv2", 4), ("fc1", 0)]:
         full_units = acts[f"units__{layer}"]
-        idx = daskdiff.sample_units(ds.attrs and {"conv2": (16, 16, 6), "fc1": (12,)}[layer], 5, seed=3, layer=layer, repeat=repeat)
+        idx = daskdiff.sample_units(shapes[layer], 5, seed=3, layer=layer, repeat=repeat)
         x = full_units.sel({f"unit__{layer}": idx}).values.astype(np.float64)
         x = (x - x.mean()) / x.std()
         ref = np.median(pdist(x)) / np.sqrt(5)
@@ -66,13 +75,15 @@ def test_results_match_independent_computation(tmp_path, tiny_model_path, sets, 
     # 'all' is exact: one value in repeat 0, NaN elsewhere
     fm = acts["filter_mean__conv1"].values.astype(np.float64)
     fm = (fm - fm.mean()) / fm.std()
+    n_filters = shapes["conv1"][-1]
+    assert n_filters < 5  # so that n_units=5 below asks for more filters than conv1 has
     exact = ds["differentiation"].sel(image_set="noisy", substrate="filter_mean", n_units="all", layer="conv1")
-    assert float(exact.sel(repeat=0)) == pytest.approx(np.median(pdist(fm)) / np.sqrt(4), rel=1e-12)
+    assert float(exact.sel(repeat=0)) == pytest.approx(np.median(pdist(fm)) / np.sqrt(n_filters), rel=1e-12)
     assert np.all(np.isnan(exact.values[1:]))
-    # n_units=5 >= conv1's 4 filters: every repeat uses all of them and equals the exact value
+    # n_units=5 > conv1's filters: every repeat uses all of them and equals the exact value
     capped = ds["differentiation"].sel(image_set="noisy", substrate="filter_mean", n_units="5", layer="conv1")
     np.testing.assert_array_equal(capped.values, np.full(6, float(exact.sel(repeat=0))))
-    assert int(ds["units_used"].sel(substrate="filter_mean", n_units="5", layer="conv1")) == 4
+    assert int(ds["units_used"].sel(substrate="filter_mean", n_units="5", layer="conv1")) == n_filters
     # mean RDM over repeats, per-image predictions, provenance
     assert ds["rdm"].sel(image_set="smooth").shape[-1] == 7  # padded to the larger set
     assert np.all(np.isnan(ds["rdm"].sel(image_set="smooth").values[..., 6, :]))
@@ -139,14 +150,20 @@ def test_worker_killed_mid_stage(tmp_path, tiny_model_path, sets, client2, stage
         np.testing.assert_allclose(a["differentiation"], b["differentiation"], rtol=1e-12, equal_nan=True)
 
 
-def test_tls_cluster(tmp_path, tiny_model_path, sets):
+def test_tls_cluster(tmp_path, tiny_model_path, sets, client2):
+    """The same job over TLS gives the same bits as on a plain cluster."""
     from distributed.security import Security
 
     security = Security.temporary()
     with _cluster(1, security=security) as cluster, Client(cluster, security=security) as client:
         assert client.scheduler.address.startswith("tls://")
-        result = _run(tiny_spec(tiny_model_path, sets, tmp_path / "out"), client)
-    assert result.path.exists()
+        tls = _run(tiny_spec(tiny_model_path, sets, tmp_path / "tls"), client)
+    assert not client2.scheduler.address.startswith("tls://")
+    plain = _run(tiny_spec(tiny_model_path, sets, tmp_path / "plain"), client2)
+    with xr.open_dataset(tls.path) as a, xr.open_dataset(plain.path) as b:
+        assert not np.all(np.isnan(a["differentiation"].values))
+        np.testing.assert_array_equal(a["differentiation"].values, b["differentiation"].values)
+        np.testing.assert_array_equal(a["rdm"].values, b["rdm"].values)
 
 
 def test_cli_against_separately_started_scheduler(tmp_path, tiny_model_path, sets):

@@ -1,4 +1,4 @@
-"""Figures: every plotting function on a synthetic results/activations pair and on the demo output.
+"""Figures: every plotting function on a synthetic results/activations pair and on a real job's output.
 
 Each figure is checked for what a reader needs: labelled axes, layer names in network order on
 the x axis, one line per set, legends outside the data area and inside the figure, a PNG.
@@ -19,7 +19,6 @@ from scipy.spatial.distance import pdist, squareform
 import daskdiff.plot as dp
 from daskdiff.io.shards import open_activations
 
-DEMO = Path(__file__).resolve().parents[1] / "output" / "demo"
 LAYERS = ["conv1", "pool1", "conv2", "fc1", "predictions"]
 SETS = {"photos": 5, "noise": 5, "cats": 4}  # cats is smaller: the results pad it
 N_CLASSES = 7
@@ -110,18 +109,35 @@ def synthetic(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def demo():
-    if not (DEMO / "differentiation.nc").exists():
-        pytest.skip(f"no demo output at {DEMO} (make it with: python3 dev.py demo)")
-    with xr.open_dataset(DEMO / "differentiation.nc") as ds:
-        ds = ds.load()
-    acts = {str(s): open_activations(DEMO, str(s)) for s in ds["image_set"].values}
+def job(tmp_path_factory, tiny_model_path):
+    """A real job's results and activations: the tiny model on three small image sets.
+
+    The last set is smaller (its RDM is padded) and one set is named 'noise' (the default
+    reference of the ratio and difference plots), as in the demo.
+    """
+    from distributed import Client, LocalCluster
+
+    from conftest import write_images
+    from daskdiff.pipeline.job import run_job
+    from jobtools import tiny_spec
+
+    root = tmp_path_factory.mktemp("job")
+    write_images(root / "smooth", 6, seed=2, kind="smooth")
+    write_images(root / "noise", 6, seed=1)
+    write_images(root / "few", 4, seed=3, kind="smooth")
+    sets = {name: str(root / name) for name in ("smooth", "noise", "few")}
+    spec = tiny_spec(tiny_model_path, sets, root / "out")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
+        with Client(cluster) as client:
+            result = run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
+    ds = xr.load_dataset(result.path)
+    acts = {name: open_activations(root / "out", name) for name in sets}
     yield ds, acts
     for a in acts.values():
         a.close()
 
 
-@pytest.fixture(params=["synthetic", "demo"])
+@pytest.fixture(params=["synthetic", pytest.param("job", marks=pytest.mark.cluster)])
 def data(request):
     return request.getfixturevalue(request.param)
 
@@ -253,12 +269,27 @@ def test_ratio_to_reference(data, tmp_path):
     dp.ratio_to_reference(ds, ax, substrate="units")
     _layer_axis_ok(ax, _layers(ds))
     others = [s for s in _sets(ds) if s != "noise"]
+    levels = [str(n) for n in ds["n_units"].values]
     data_lines = [line for line in ax.lines if len(line.get_xdata()) == len(_layers(ds))]
-    assert len(data_lines) == len(others) * ds.sizes["n_units"]
+    assert len(data_lines) == len(others) * len(levels)
     assert "'noise'" in ax.get_ylabel()
-    # the noise set's prediction layer is ~0 in both: no ratio there, and the title says so
-    assert "predictions" in ax.get_title()
-    assert all(np.isnan(line.get_ydata()[-1]) for line in data_lines)
+    # by hand: ratio of the means over defined repeats; a gap where the reference is about 0
+    # (at most 1e-3 times its median over layers) and the title names those layers
+    mean = ds["differentiation"].sel(substrate="units").mean("repeat", skipna=True)
+    ref = mean.sel(image_set="noise").values
+    usable = ref > 1e-3 * np.nanmedian(ref, axis=-1, keepdims=True)
+    expected = [
+        np.divide(mean.sel(image_set=s).values[j], ref[j], out=np.full(len(ref[j]), np.nan), where=usable[j])
+        for s in others
+        for j in range(len(levels))
+    ]
+    for line, want in zip(data_lines, expected):
+        np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-12, equal_nan=True)
+    gaps = [layer for layer, ok in zip(_layers(ds), usable.all(axis=0)) if not ok]
+    if gaps:
+        assert ax.get_title().endswith(f"about 0 or undefined: {', '.join(gaps)})")
+    else:
+        assert "no ratio" not in ax.get_title()
     _legend_outside(fig, ax)
     _png_ok(dp.plot_ratio(ds), tmp_path / "ratio.png")
 
@@ -270,6 +301,11 @@ def test_ratio_explicit_reference_and_errors(synthetic):
     line = ax.lines[0]
     expected = ds["differentiation"].sel(substrate="units", n_units="10").mean("repeat")
     np.testing.assert_allclose(line.get_ydata(), expected.sel(image_set="photos") / expected.sel(image_set="cats"))
+    # the noise set's prediction layer is 0 where defined: no ratio to it there, and the title says so
+    fig, ax = _new_axes()
+    dp.ratio_to_reference(ds, ax, substrate="units")
+    assert ax.get_title().endswith("about 0 or undefined: predictions)")
+    assert all(np.isnan(line.get_ydata()[-1]) for line in ax.lines if len(line.get_xdata()) == len(LAYERS))
     no_noise = ds.sel(image_set=["photos", "cats"])
     with pytest.raises(ValueError, match=r"no set named 'noise'; name the reference set, e.g. reference='photos'"):
         dp.ratio_to_reference(no_noise, ax, substrate="units")
