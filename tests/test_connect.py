@@ -96,10 +96,6 @@ def test_scheduler_file_flag_beats_spec_address(two_clusters, env_address):
     assert _reached(_address_section(address=a), scheduler_file=b_file)[0] == b
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: connect passes the spec's cluster.scheduler_file next to the --scheduler address, and "
-    "distributed.Client prefers scheduler_file, so the spec beats the explicit flag"
-))
 def test_scheduler_flag_beats_spec_scheduler_file(two_clusters, no_env_address):
     (_, a_file), (b, _) = two_clusters["a"], two_clusters["b"]
     assert _reached(_address_section(scheduler_file=a_file), scheduler=b)[0] == b

@@ -249,13 +249,14 @@ def test_channel_job_matches_reference(jobs, direct):
 # ------------------------------------------- shards written for another plan
 
 def _task_like_the_job(spec, folder, shape, tmp_path, **changes) -> DiffTask:
-    """The job's task of set 'noisy', substrate units, layer conv2 (all repeats), writing to tmp_path."""
+    """The job's task of set 'noisy', substrate units, layer conv2 (every n_units and repeat), writing to tmp_path."""
     a = spec.analysis
     sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
     fields = dict(
-        image_set="noisy", substrate="units", n_units=5, layer="conv2", shape=shape, start=0, stop=a.repeats,
+        image_set="noisy", substrate="units", layer="conv2", shape=shape,
         files=tuple(str(f) for f in shard_files(folder, "noisy")), output=str(tmp_path), sampling=sampling,
         metric=a.metric, normalize=a.normalize, per_unit=a.per_unit, median_over=a.median_over, keep_rdm=False,
+        repeats_per_stack=a.repeats_per_task,
     )
     fields.update(changes)
     return DiffTask(**fields)
@@ -264,8 +265,10 @@ def _task_like_the_job(spec, folder, shape, tmp_path, **changes) -> DiffTask:
 def test_task_on_shards_of_its_own_plan_reproduces_the_job(jobs, direct, tmp_path):
     spec, folder, ds = jobs["channel"]
     task = _task_like_the_job(spec, folder, direct["noisy"]["conv2"].shape[1:], tmp_path)
-    got = load_partial(Path(run_diff_task(task)))["differentiation"]
-    np.testing.assert_array_equal(got, _got(ds, image_set="noisy", substrate="units", n_units="5", layer="conv2"))
+    returned = run_diff_task(task).arrays["differentiation"]
+    np.testing.assert_array_equal(load_partial(task.path)["differentiation"], returned)
+    for i, n in enumerate(spec.analysis.n_units):
+        np.testing.assert_array_equal(returned[i], _got(ds, image_set="noisy", substrate="units", n_units=str(n), layer="conv2"))
 
 
 @pytest.mark.parametrize("change", ["seed", "mode"])

@@ -99,8 +99,12 @@ def connect(
     new ``LocalCluster``.
     """
     security = security_from(section.security)
-    address = scheduler or (section.address if section.kind == "address" else None)
-    sfile = scheduler_file or (section.scheduler_file if section.kind == "address" else None)
+    if scheduler or scheduler_file:  # the command line's choice replaces the spec's, whole
+        address, sfile = scheduler, scheduler_file
+    elif section.kind == "address":
+        address, sfile = section.address, section.scheduler_file
+    else:
+        address = sfile = None
     if section.kind == "address" and not (address or sfile):
         raise InputError("cluster.kind 'address' needs cluster.address or cluster.scheduler_file (or --scheduler)")
     env_address = dask.config.get("scheduler-address", None)
