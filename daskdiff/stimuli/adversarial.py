@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..core.batches import batch_slices
 from ..core.ranking import class_mass
 from .select import check_batch_size, class_indices, class_ranges, ClassesLike, image_paths, model_labels, predict_logits, run_tasks, shards, write_table
 from ..io.images import _write_images
@@ -247,9 +248,9 @@ def attack_shard(task: AttackTask) -> list[dict[str, object]]:
         s.path: {"path": s.path, "file": "", "status": "not_decoded", "written": False, "reason": s.reason}
         for s in skipped
     }
-    for start in range(0, len(ok), task.batch_size):
-        clean = images[start : start + task.batch_size]
-        paths = [task.paths[j] for j in ok[start : start + task.batch_size]]
+    for batch in batch_slices(len(ok), task.batch_size):
+        clean = images[batch]
+        paths = [task.paths[j] for j in ok[batch]]
         before = predict_logits(clean, spec, batch_size=task.batch_size)
         adversarial = projected_gradient_descent(clean, spec, pgd)
         written = _write_images(task.out_dir, zip(map(output_name, paths), adversarial))

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..core.batches import batch_slices
 from ..core.ranking import class_mass
 
 from ..io.images import load_images, resolve_image_set
@@ -141,8 +142,8 @@ def predict_logits(images: np.ndarray, spec: ModelSpec, *, batch_size: int = 16)
     model = cached_model(spec)
     n_classes = int(model.output_shape[-1])
     parts = [
-        np.asarray(model.predict_on_batch(preprocess(images[i : i + batch_size], spec)), dtype=np.float32)
-        for i in range(0, len(images), batch_size)
+        np.asarray(model.predict_on_batch(preprocess(images[batch], spec)), dtype=np.float32)
+        for batch in batch_slices(len(images), batch_size)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
 
@@ -202,7 +203,7 @@ def shards(paths: Sequence[str], shard_size: int) -> list[tuple[str, ...]]:
     """``paths`` cut into consecutive tuples of at most ``shard_size``."""
     if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
         raise InputError(f"shard_size must be a positive integer, e.g. shard_size=32; got {shard_size!r}")
-    return [tuple(paths[i : i + shard_size]) for i in range(0, len(paths), shard_size)]
+    return [tuple(paths[shard]) for shard in batch_slices(len(paths), shard_size)]
 
 
 def check_batch_size(batch_size: object) -> int:
