@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..io.images import load_images
-from .build import cached_model, class_labels, input_size, layer_names, ModelSpec, preprocess
+from .build import cached_model, class_labels, input_size, layer_names, ModelSpec
+from .preprocess import preprocess
 from ..core.batches import batch_slices
 from ..core.units import LayerPlan, plan_digest
 from ..io.atomic import atomic_path

@@ -1,18 +1,19 @@
-"""Adversarial images: projected gradient descent on 0-255 RGB pixels, checked after saving.
+"""Stimuli layer: adversarial images, projected gradient descent on 0-255 RGB pixels, checked after saving.
 
 An attack moves each image, within an L-infinity ball of ``eps`` grey levels around it, so
 that the model stops putting it in a group of classes (untargeted: by default the five
 ImageNet cats 281-285, so that a tabby does not merely become a tiger cat) or puts it in one
 class (targeted). Every result is rounded to uint8, saved as PNG, read back through the
 pipeline extraction uses (:func:`daskdiff.io.images.load_images` at the model's input size, then
-:func:`daskdiff.model.build.preprocess`) and classified again: only that reloaded image decides
+:func:`daskdiff.model.preprocess.preprocess`) and classified again: only that reloaded image decides
 success, and the table written beside the images says so per image.
 
 Layers:
 
 - :class:`PGD`: the attack's parameters, its objective (on logits, backend-neutral
   ``keras.ops``) and its success test (on numpy logits);
-- :func:`preprocess_tensor` and :data:`GRADIENTS`: the differentiable pixel -> logits path,
+- :data:`GRADIENTS`: the differentiable pixel -> logits path (through
+  :func:`daskdiff.model.preprocess.preprocess_tensor`, the same preprocessing as extraction),
   one gradient function per Keras backend (TensorFlow: ``tf.GradientTape``);
 - :func:`projected_gradient_descent`: uint8 images in, uint8 adversarial images out;
 - :func:`attack_shard`: one :class:`AttackTask` (a few files) -> PNG files + table rows; a pure
@@ -30,13 +31,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..core.batches import batch_slices
-from ..core.ranking import class_mass
-from .select import check_batch_size, class_indices, class_ranges, ClassesLike, image_paths, model_labels, predict_logits, run_tasks, shards, write_table
-from ..io.images import _write_images
-from ..io.images import load_images
-from ..core.ranking import softmax
-from ..model.build import APPLICATIONS, cached_model, input_size, ModelSpec, PREPROCESS_MODES
+from ..core.ranking import class_mass, softmax
 from ..errors import InputError
+from ..io.images import _write_images, load_images
+from ..model.build import cached_model, input_size, ModelSpec
+from ..model.preprocess import preprocess_tensor
+from .select import check_batch_size, class_indices, class_ranges, ClassesLike, image_paths, model_labels, predict_logits, run_tasks, shards, write_table
 
 ADVERSARIAL_TABLE = "adversarial.csv"
 """Name of the table :func:`attack_images` writes beside the images."""
@@ -127,28 +127,6 @@ class PGD:
 # --------------------------------------------------------------------------------------------
 # The differentiable path: pixels -> preprocessing -> logits, and its gradient
 # --------------------------------------------------------------------------------------------
-
-
-def preprocess_tensor(pixels: Any, spec: ModelSpec) -> Any:
-    """:func:`daskdiff.model.build.preprocess` on a float tensor of 0-255 RGB pixels, differentiably.
-
-    Calls the same Keras function as :func:`~daskdiff.model.build.preprocess` (the application's
-    ``preprocess_input``, or ``imagenet_utils.preprocess_input`` with ``spec.preprocess``), on a
-    backend tensor instead of a numpy array: Keras then applies it with ``keras.ops`` (for
-    VGG16's 'caffe' mode, RGB -> BGR by stacking channels 2, 1, 0, then adding minus the
-    ImageNet mean), which the backend differentiates. The values equal the numpy path's (a test
-    checks this for every application and mode).
-    """
-    import keras
-
-    mode = spec.preprocess
-    if mode is None and spec.is_application:
-        return getattr(keras.applications, APPLICATIONS[spec.name]).preprocess_input(pixels)
-    if mode in (None, "none"):
-        return pixels
-    if mode not in PREPROCESS_MODES:
-        raise InputError(f"unknown preprocess {mode!r}; valid values are {list(PREPROCESS_MODES)}")
-    return keras.applications.imagenet_utils.preprocess_input(pixels, mode=mode)
 
 
 def _tensorflow_gradient(model: Any, pixels: np.ndarray, spec: ModelSpec, pgd: PGD) -> np.ndarray:
@@ -412,7 +390,7 @@ def attack_images(
     Each source is decoded at the model's input size as extraction decodes it, attacked with
     :func:`projected_gradient_descent` and saved as PNG, so outputs have the model's input
     size. The PNG is then read back with :func:`daskdiff.io.images.load_images` and classified
-    after :func:`daskdiff.model.build.preprocess`; success (top-1 outside ``avoid``, or equal to
+    after :func:`daskdiff.model.preprocess.preprocess`; success (top-1 outside ``avoid``, or equal to
     ``target``) and the L-infinity distance are measured on that reloaded image against the
     decoded source. Failures are reported, never dropped silently.
 

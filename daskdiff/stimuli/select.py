@@ -11,7 +11,7 @@ Layers, as in the rest of daskdiff:
 Conventions
 -----------
 - Images are decoded with :func:`daskdiff.io.images.load_images` at the model's input size and
-  preprocessed with :func:`daskdiff.model.build.preprocess`, exactly as extraction does; class
+  preprocessed with :func:`daskdiff.model.preprocess.preprocess`, exactly as extraction does; class
   probabilities are ``softmax(logits)`` in float64 (:func:`daskdiff.core.ranking.softmax`).
 - Classes are named by :func:`class_indices`: a label (``'tabby'``), an index (``281``), an
   inclusive range (``'281-285'``), or several of those separated by commas or in a list. The
@@ -37,7 +37,8 @@ from ..core.ranking import class_mass
 
 from ..io.images import load_images, resolve_image_set
 from ..core.ranking import softmax, top_k
-from ..model.build import cached_model, class_index, class_labels, input_size, ModelSpec, preprocess
+from ..model.build import cached_model, class_index, class_labels, input_size, ModelSpec
+from ..model.preprocess import preprocess
 from ..io.atomic import atomic_write
 from ..errors import InputError
 
