@@ -36,6 +36,7 @@ from ..errors import InputError
 from ..io.images import _write_images, load_images
 from ..model.build import cached_model, input_size, ModelSpec
 from ..model.preprocess import preprocess_tensor
+from .common import _repeated
 from .select import check_batch_size, class_indices, class_ranges, ClassesLike, image_paths, model_labels, predict_logits, run_tasks, shards, write_table
 
 ADVERSARIAL_TABLE = "adversarial.csv"
@@ -422,7 +423,7 @@ def attack_images(
     paths = image_paths(source, base_dir=base_dir)
     folder = Path(os.path.abspath(out_dir))
     names = [output_name(p) for p in paths]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = _repeated(names)
     if repeated:
         raise InputError(
             f"sources share the output name(s) {repeated} (outputs are '<stem>.png'); rename them "

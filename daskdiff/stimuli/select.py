@@ -41,6 +41,7 @@ from ..model.build import cached_model, class_index, class_labels, input_size, M
 from ..model.preprocess import preprocess
 from ..io.atomic import atomic_write
 from ..errors import InputError
+from .common import _repeated
 
 SELECTION_TABLE = "selection.csv"
 """Name of the table :func:`select_images` writes beside the kept images."""
@@ -339,8 +340,7 @@ def select_images(
             if keep:
                 kept_sources.append(path)
 
-    names = [os.path.basename(p) for p in kept_sources]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = _repeated(os.path.basename(p) for p in kept_sources)
     if repeated:
         raise InputError(
             f"kept images from different folders share the file name(s) {repeated}; the selection "
