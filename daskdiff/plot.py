@@ -33,6 +33,7 @@ from matplotlib.patches import Patch
 from .core.differentiation import rdm_median
 from .errors import InputError
 from .io.results import open_results
+from .stats import RDM_DIMS, require_rdm, select_set, set_difference
 
 Activations = Mapping[str, xr.Dataset]
 
@@ -175,9 +176,8 @@ def _set_slice(ds: xr.Dataset, image_set: str | None) -> xr.Dataset:
     if "image_set" in ds.dims:
         if image_set is None:
             raise InputError(f"name the set: image_set=..., one of {_set_names(ds)}")
-        one = ds.sel(image_set=image_set)
-        n = int(one["n_images"]) if "n_images" in one else one.sizes["image"]
-        return one.isel(image=slice(0, n)).rename({"image_path": "path"}) if "image_path" in one else one.isel(image=slice(0, n))
+        one = select_set(ds, image_set, ds.get("n_images"), ("image",))
+        return one.rename({"image_path": "path"}) if "image_path" in one else one
     return ds
 
 
@@ -392,14 +392,8 @@ def plot_ratio(ds: xr.Dataset, *, reference: str | None = None, sets: Sequence[s
 
 
 def _set_rdm(ds: xr.Dataset, image_set: str, substrate: str, n_units: str) -> xr.DataArray:
-    if "rdm" not in ds:
-        raise InputError(
-            "these results have no 'rdm' variable (the job keeps it only when every set has at most "
-            "analysis.rdm_max_images images); raise rdm_max_images in the job spec and re-run it"
-        )
-    n = int(ds["n_images"].sel(image_set=image_set))
-    rdm = ds["rdm"].sel(image_set=image_set, substrate=substrate, n_units=str(n_units))
-    return rdm.isel(image_i=slice(0, n), image_j=slice(0, n)).transpose("layer", "image_i", "image_j")
+    rdm = select_set(require_rdm(ds), image_set, ds["n_images"], RDM_DIMS)
+    return rdm.sel(substrate=substrate, n_units=str(n_units)).transpose("layer", *RDM_DIMS)
 
 
 def pair_distances(ds: xr.Dataset, ax: Any, *, image_set: str, substrate: str, n_units: str) -> None:
@@ -727,8 +721,6 @@ def set_differences(
     ``'noise'`` when present). Bands are :func:`daskdiff.stats.set_difference`'s percentile
     intervals from the mean RDMs: image sampling only (see there).
     """
-    from .stats import set_difference
-
     if pairs is None:
         ref = _reference(ds, reference)
         pairs = [(name, ref) for name in _set_names(ds) if name != ref]
