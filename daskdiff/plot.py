@@ -1,4 +1,4 @@
-"""Figures of a job's results and activations (used by ``daskdiff plot``, the job and the notebooks).
+"""Top layer: figures of a job's results and activations (used by ``daskdiff plot``, the job and the notebooks).
 
 Two kinds of function:
 
@@ -32,6 +32,7 @@ from matplotlib.patches import Patch
 
 from .core.differentiation import rdm_median
 from .errors import InputError
+from .io.layout import variable_name
 from .io.results import open_results
 from .stats import RDM_DIMS, require_rdm, select_set, set_difference
 
@@ -165,6 +166,12 @@ def _reference(ds: xr.Dataset, reference: str | None) -> str:
     if reference not in names:
         raise InputError(f"reference set {reference!r} is not in these results; the sets are {names}")
     return reference
+
+
+def _stored_layers(acts: xr.Dataset, substrate: str) -> list[str]:
+    """The layers whose ``substrate`` variable (:func:`daskdiff.io.layout.variable_name`) ``acts`` holds, in stored order."""
+    prefix = variable_name(substrate, "")
+    return [str(v)[len(prefix) :] for v in acts.data_vars if str(v).startswith(prefix)]
 
 
 def _image_names(paths: Sequence[Any]) -> list[str]:
@@ -435,7 +442,7 @@ def plot_pair_distances(ds: xr.Dataset, *, substrate: str | None = None, n_units
 
 
 def _prediction_layer(acts: xr.Dataset, layer: str | None) -> str:
-    stored = [str(v).split("__", 1)[1] for v in acts.data_vars if str(v).startswith("units__")]
+    stored = _stored_layers(acts, "units")
     if layer is None:
         if not stored:
             raise InputError("these activations store no units__<layer> variable")
@@ -471,7 +478,7 @@ def prediction_heatmap(
     outputs are drawn on a fixed 0-1 scale. Returns the image artist (for a colour bar).
     """
     layer = _prediction_layer(acts, layer)
-    values = np.asarray(acts[f"units__{layer}"].values, dtype=np.float64)
+    values = np.asarray(acts[variable_name("units", layer)].values, dtype=np.float64)
     index = np.arange(values.shape[1]) if classes is None else np.asarray(classes, dtype=np.int64)
     values = values[:, index]
     softmax = str(acts.attrs.get("predictions_layer_values", "")) == "softmax"
@@ -499,7 +506,7 @@ def plot_predictions(acts: Activations, *, classes: Literal["top", "all"] | Sequ
         raise InputError(f"classes must be 'top', 'all' or a list of class indices, got {classes!r}")
     columns = top_classes(acts, k) if classes == "top" else None if classes == "all" else list(classes)
     first = next(iter(acts.values()))
-    n_cols = len(columns) if columns is not None else first[f"units__{_prediction_layer(first, layer)}"].shape[1]
+    n_cols = len(columns) if columns is not None else first[variable_name("units", _prediction_layer(first, layer))].shape[1]
     heights = [max(1.0, 0.16 * a.sizes["image"] + 0.4) for a in acts.values()]
     fig = Figure(figsize=(min(16.0, max(7.0, 0.22 * n_cols + 3)), sum(heights) + 1.6), layout="constrained")
     axes = fig.subplots(len(acts), 1, squeeze=False, height_ratios=heights, sharex=True).ravel()
@@ -595,7 +602,7 @@ def plot_images(ds: xr.Dataset, *, sets: Sequence[str] | None = None, max_images
 
 
 def _filter_layers(acts: xr.Dataset) -> list[str]:
-    return [str(v).split("__", 1)[1] for v in acts.data_vars if str(v).startswith("filter_mean__")]
+    return _stored_layers(acts, "filter_mean")
 
 
 def _conv_layers(acts: xr.Dataset) -> list[str]:
@@ -609,7 +616,7 @@ def _conv_layers(acts: xr.Dataset) -> list[str]:
 
 
 def _filter_values(acts: xr.Dataset, layer: str) -> np.ndarray:
-    name = f"filter_mean__{layer}"
+    name = variable_name("filter_mean", layer)
     if name not in acts:
         raise InputError(f"{name!r} is not stored in these activations; layers with filter means are {_filter_layers(acts)}")
     return np.asarray(acts[name].values, dtype=np.float64)
