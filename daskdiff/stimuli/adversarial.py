@@ -220,32 +220,39 @@ def attack_shard(task: AttackTask) -> list[dict[str, object]]:
     A pure function of the task (deterministic, rewrites the same bytes if run twice), mapped
     over shards by :func:`attack_images`, here or on Dask workers that see ``out_dir``.
     """
-    spec, pgd, labels = task.spec, task.pgd, task.labels
-    size = input_size(cached_model(spec))
+    size = input_size(cached_model(task.spec))
     images, ok, skipped = load_images(list(task.paths), size, resize=task.resize)
     rows: dict[str, dict[str, object]] = {
         s.path: {"path": s.path, "file": "", "status": "not_decoded", "written": False, "reason": s.reason}
         for s in skipped
     }
     for batch in batch_slices(len(ok), task.batch_size):
-        clean = images[batch]
         paths = [task.paths[j] for j in ok[batch]]
-        before = predict_logits(clean, spec, batch_size=task.batch_size)
-        adversarial = projected_gradient_descent(clean, spec, pgd)
-        written = _write_images(task.out_dir, zip(map(output_name, paths), adversarial))
-        reloaded, _, _ = load_images(written, size, resize=task.resize, strict=True)
-        after = predict_logits(reloaded, spec, batch_size=task.batch_size)
-        linf = np.abs(reloaded.astype(np.int16) - clean.astype(np.int16)).reshape(len(clean), -1).max(axis=1)
-        if np.any(linf > pgd.eps):  # cannot happen (see projected_gradient_descent): never hide it
-            raise RuntimeError(f"internal error: L-inf distance {int(linf.max())} > eps={pgd.eps} in {written}")
-        success, clean_success = pgd.succeeded(after), pgd.succeeded(before)
-        p_before, p_after = softmax(before), softmax(after)
-        for i, (path, out) in enumerate(zip(paths, written)):
-            keep = bool(success[i]) or task.keep_failures
-            if not keep:
-                os.unlink(out)
-            top_b, top_a = int(np.argmax(p_before[i])), int(np.argmax(p_after[i]))
-            rows[path] = {
+        rows.update(zip(paths, _attack_batch(task, images[batch], paths, size)))
+    return [rows[path] for path in task.paths]
+
+
+def _attack_batch(task: AttackTask, clean: np.ndarray, paths: list[str], size: tuple[int, int]) -> list[dict[str, object]]:
+    """Attack one batch of decoded images, write their PNGs, reload and classify them; their table rows."""
+    spec, pgd, labels = task.spec, task.pgd, task.labels
+    before = predict_logits(clean, spec, batch_size=task.batch_size)
+    adversarial = projected_gradient_descent(clean, spec, pgd)
+    written = _write_images(task.out_dir, zip(map(output_name, paths), adversarial))
+    reloaded, _, _ = load_images(written, size, resize=task.resize, strict=True)
+    after = predict_logits(reloaded, spec, batch_size=task.batch_size)
+    linf = np.abs(reloaded.astype(np.int16) - clean.astype(np.int16)).reshape(len(clean), -1).max(axis=1)
+    if np.any(linf > pgd.eps):  # cannot happen (see projected_gradient_descent): never hide it
+        raise RuntimeError(f"internal error: L-inf distance {int(linf.max())} > eps={pgd.eps} in {written}")
+    success, clean_success = pgd.succeeded(after), pgd.succeeded(before)
+    p_before, p_after = softmax(before), softmax(after)
+    rows = []
+    for i, (path, out) in enumerate(zip(paths, written)):
+        keep = bool(success[i]) or task.keep_failures
+        if not keep:
+            os.unlink(out)
+        top_b, top_a = int(np.argmax(p_before[i])), int(np.argmax(p_after[i]))
+        rows.append(
+            {
                 "path": path,
                 "file": os.path.basename(out) if keep else "",
                 "status": "success" if success[i] else "failure",
@@ -262,7 +269,8 @@ def attack_shard(task: AttackTask) -> list[dict[str, object]]:
                 "top1_after_prob": float(p_after[i, top_a]),
                 "reason": "",
             }
-    return [rows[path] for path in task.paths]
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,6 +413,26 @@ def attack_images(
     gradient_function()  # fail before any work on a backend without gradients
     batch_size = check_batch_size(batch_size)
     labels = model_labels(model)
+    pgd = _pgd_from_keywords(model, labels, eps=eps, step=step, iters=iters, avoid=avoid, target=target)
+    paths = image_paths(source, base_dir=base_dir)
+    folder = Path(os.path.abspath(out_dir))
+    _check_outputs(paths, folder)
+    tasks = [
+        AttackTask(chunk, str(folder), model, pgd, tuple(labels), batch_size, resize, bool(keep_failures))
+        for chunk in shards(paths, shard_size)
+    ]
+    rows = [row for part in run_tasks(attack_shard, tasks, client) for row in part]
+    folder.mkdir(parents=True, exist_ok=True)
+    table = write_table(folder / ADVERSARIAL_TABLE, TABLE_COLUMNS, rows)
+    written = sorted(str(folder / str(r["file"])) for r in rows if r["file"])
+    return AttackReport(rows, str(table), written, pgd)
+
+
+def _pgd_from_keywords(
+    model: ModelSpec, labels: Sequence[str], *, eps: int, step: float, iters: int,
+    avoid: ClassesLike | None, target: str | int | None,
+) -> PGD:
+    """The :class:`PGD` of :func:`attack_images`'s keywords: away from ``avoid`` (default the cats) or towards ``target``."""
     if target is not None and avoid is not None:
         raise InputError(f"give avoid (untargeted) or target (targeted), not both; got avoid={avoid!r}, target={target!r}")
     if target is None and avoid is None and len(labels) != 1000:
@@ -414,14 +442,15 @@ def attack_images(
         )
     if target is None:
         avoided = class_indices(CAT_CLASSES if avoid is None else avoid, labels)
-        pgd = PGD(eps=eps, step=step, iters=iters, avoid=avoided)
-    else:
-        targets = class_indices(target, labels)
-        if len(targets) != 1:
-            raise InputError(f"target must be one class, got {target!r} ({len(targets)} classes)")
-        pgd = PGD(eps=eps, step=step, iters=iters, avoid=None, target=targets[0])
-    paths = image_paths(source, base_dir=base_dir)
-    folder = Path(os.path.abspath(out_dir))
+        return PGD(eps=eps, step=step, iters=iters, avoid=avoided)
+    targets = class_indices(target, labels)
+    if len(targets) != 1:
+        raise InputError(f"target must be one class, got {target!r} ({len(targets)} classes)")
+    return PGD(eps=eps, step=step, iters=iters, avoid=None, target=targets[0])
+
+
+def _check_outputs(paths: Sequence[str], folder: Path) -> None:
+    """InputError if two sources share an output name, or an output would overwrite a source."""
     names = [output_name(p) for p in paths]
     repeated = _repeated(names)
     if repeated:
@@ -432,15 +461,6 @@ def attack_images(
     clashes = sorted(set(map(os.path.realpath, paths)) & {os.path.realpath(folder / n) for n in names})
     if clashes:
         raise InputError(f"out_dir {str(folder)!r} would overwrite source image(s) {clashes[:3]}; choose another folder")
-    tasks = [
-        AttackTask(chunk, str(folder), model, pgd, tuple(labels), batch_size, resize, bool(keep_failures))
-        for chunk in shards(paths, shard_size)
-    ]
-    rows = [row for part in run_tasks(attack_shard, tasks, client) for row in part]
-    folder.mkdir(parents=True, exist_ok=True)
-    table = write_table(folder / ADVERSARIAL_TABLE, TABLE_COLUMNS, rows)
-    written = sorted(str(folder / str(r["file"])) for r in rows if r["file"])
-    return AttackReport(rows, str(table), written, pgd)
 
 
 def adversarial_images(
@@ -467,7 +487,6 @@ def adversarial_images(
     by plain keywords as in :func:`selected_images`. Returns the absolute paths of the PNGs in
     ``out_dir``, sorted (failures included unless ``keep_failures=False``).
     """
-    pass
     from .select import model_spec
 
     spec = model_spec(model, weights, seed, preprocess)
