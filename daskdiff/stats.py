@@ -7,8 +7,8 @@ Two layers, as elsewhere in the package:
   :func:`daskdiff.core.bootstrap.bootstrap_difference`;
 - labelled layer, here: :func:`set_difference` takes a results Dataset (its ``rdm`` variable),
   calls the core on the arrays and rebuilds the ``substrate``/``n_units``/``layer`` labels.
-  :func:`require_rdm` and :func:`select_set` read one set out of a results Dataset (the plots
-  use them too).
+  :func:`set_names`, :func:`require_rdm` and :func:`select_set` check and read the sets of a
+  results Dataset (the plots use them too).
 
 The bootstrap resamples *images* (rows and columns of each set's RDM, with replacement), so its
 interval answers "would another draw of images from the same population give a different
@@ -69,11 +69,16 @@ def select_set(obj: Labelled, image_set: str, n_images: xr.DataArray | None, dim
     return one.isel({dim: slice(0, n) for dim in dims})
 
 
-def _check_sets(ds: xr.Dataset, names: Sequence[str]) -> None:
-    sets = [str(s) for s in ds["image_set"].values]
-    for name in names:
-        if name not in sets:
-            raise InputError(f"image set {name!r} is not in these results; the sets are {sets}")
+def set_names(ds: xr.Dataset, sets: Sequence[str] | None = None) -> list[str]:
+    """The image sets of a results Dataset in its order, or ``sets``, once each is checked to be one of them."""
+    names = [str(s) for s in ds["image_set"].values]
+    if sets is None:
+        return names
+    unknown = [s for s in sets if s not in names]
+    if unknown:
+        what = f"image set {unknown[0]!r} is" if len(unknown) == 1 else f"image sets {unknown} are"
+        raise InputError(f"{what} not in these results; the sets are {names}")
+    return [str(s) for s in sets]
 
 
 def _labelled_difference(result: BootstrapDifference, lead: xr.DataArray, keep_samples: bool) -> xr.Dataset:
@@ -141,7 +146,7 @@ def set_difference(
       part, and for ``n_units='all'`` there is none.
     """
     rdm = require_rdm(ds)
-    _check_sets(ds, (set_a, set_b))
+    set_names(ds, [set_a, set_b])
     median_over = median_over or str(ds.attrs.get("median_over", "condensed"))
     if substrate is not None:
         rdm = rdm.sel(substrate=[substrate])
