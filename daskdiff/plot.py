@@ -1,4 +1,4 @@
-"""Figures of a job's results and activations (used by ``daskdiff plot``, the job and the notebooks).
+"""Top layer: figures of a job's results and activations (used by ``daskdiff plot``, the job and the notebooks).
 
 Two kinds of function:
 
@@ -32,7 +32,9 @@ from matplotlib.patches import Patch
 
 from .core.differentiation import rdm_median
 from .errors import InputError
+from .io.layout import variable_name
 from .io.results import open_results
+from .stats import RDM_DIMS, require_rdm, select_set, set_difference, set_names
 
 Activations = Mapping[str, xr.Dataset]
 
@@ -46,16 +48,6 @@ _N_UNITS_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 
 def _layers(ds: xr.Dataset) -> list[str]:
     return [str(v) for v in ds["layer"].values]
-
-
-def _set_names(ds: xr.Dataset, sets: Sequence[str] | None = None) -> list[str]:
-    names = [str(s) for s in ds["image_set"].values]
-    if sets is None:
-        return names
-    unknown = [s for s in sets if s not in names]
-    if unknown:
-        raise InputError(f"image set(s) {unknown} are not in these results; the sets are {names}")
-    return [str(s) for s in sets]
 
 
 def set_colors(names: Sequence[str]) -> dict[str, Any]:
@@ -156,7 +148,7 @@ def _log_axis(ax: Any) -> None:
 
 
 def _reference(ds: xr.Dataset, reference: str | None) -> str:
-    names = _set_names(ds)
+    names = set_names(ds)
     if reference is None:
         if "noise" in names:
             return "noise"
@@ -164,6 +156,12 @@ def _reference(ds: xr.Dataset, reference: str | None) -> str:
     if reference not in names:
         raise InputError(f"reference set {reference!r} is not in these results; the sets are {names}")
     return reference
+
+
+def _stored_layers(acts: xr.Dataset, substrate: str) -> list[str]:
+    """The layers whose ``substrate`` variable (:func:`daskdiff.io.layout.variable_name`) ``acts`` holds, in stored order."""
+    prefix = variable_name(substrate, "")
+    return [str(v)[len(prefix) :] for v in acts.data_vars if str(v).startswith(prefix)]
 
 
 def _image_names(paths: Sequence[Any]) -> list[str]:
@@ -174,10 +172,9 @@ def _set_slice(ds: xr.Dataset, image_set: str | None) -> xr.Dataset:
     """Per-image variables of one set: from a results Dataset (padding dropped) or activations."""
     if "image_set" in ds.dims:
         if image_set is None:
-            raise InputError(f"name the set: image_set=..., one of {_set_names(ds)}")
-        one = ds.sel(image_set=image_set)
-        n = int(one["n_images"]) if "n_images" in one else one.sizes["image"]
-        return one.isel(image=slice(0, n)).rename({"image_path": "path"}) if "image_path" in one else one.isel(image=slice(0, n))
+            raise InputError(f"name the set: image_set=..., one of {set_names(ds)}")
+        one = select_set(ds, image_set, ds.get("n_images"), ("image",))
+        return one.rename({"image_path": "path"}) if "image_path" in one else one
     return ds
 
 
@@ -199,9 +196,9 @@ def differentiation_by_layer(ds: xr.Dataset, ax: Any, *, substrate: str, n_units
     legend of the sets outside the axes (:func:`plot_results` draws one for the whole figure).
     """
     da = ds["differentiation"].sel(substrate=substrate, n_units=str(n_units))
-    colors = set_colors(_set_names(ds))
+    colors = set_colors(set_names(ds))
     x = _layer_axis(ax, _layers(ds))
-    for name in _set_names(ds, sets):
+    for name in set_names(ds, sets):
         values = da.sel(image_set=name)
         mean = _mean_over_repeats(values)
         sd = _sd_over_repeats(values) if str(n_units) != "all" else None
@@ -250,8 +247,8 @@ def sampling_noise(ds: xr.Dataset, ax: Any, *, substrate: str, n_units: str, set
     if int(da.notnull().sum("repeat").max()) <= 1:
         sampled = [str(n) for n in ds["n_units"].values if int(ds["differentiation"].sel(substrate=substrate, n_units=n).notnull().sum("repeat").max()) > 1]
         raise InputError(f"n_units={n_units!r} has at most one value per layer (exact, or one repeat): no sampling distribution; choose one of {sampled}")
-    names = _set_names(ds, sets)
-    colors = set_colors(_set_names(ds))
+    names = set_names(ds, sets)
+    colors = set_colors(set_names(ds))
     x = _layer_axis(ax, _layers(ds))
     width = 0.8 / len(names)
     show_exact = exact and "all" in [str(n) for n in ds["n_units"].values] and n_units != "all"
@@ -306,8 +303,8 @@ def n_units_comparison(ds: xr.Dataset, ax: Any, *, substrate: str, sets: Sequenc
     """
     levels = [str(n) for n in (n_units or ds["n_units"].values)]
     styles = _n_units_styles(levels)
-    names = _set_names(ds, sets)
-    colors = set_colors(_set_names(ds))
+    names = set_names(ds, sets)
+    colors = set_colors(set_names(ds))
     x = _layer_axis(ax, _layers(ds))
     da = ds["differentiation"].sel(substrate=substrate)
     for name in names:
@@ -350,8 +347,8 @@ def ratio_to_reference(
     ref = _reference(ds, reference)
     levels = [str(n) for n in (n_units or ds["n_units"].values)]
     styles = _n_units_styles(levels)
-    colors = set_colors(_set_names(ds))
-    names = [n for n in _set_names(ds, sets) if n != ref]
+    colors = set_colors(set_names(ds))
+    names = [n for n in set_names(ds, sets) if n != ref]
     layers = _layers(ds)
     x = _layer_axis(ax, layers)
     mean = _mean_over_repeats(ds["differentiation"].sel(substrate=substrate, n_units=levels))
@@ -392,14 +389,8 @@ def plot_ratio(ds: xr.Dataset, *, reference: str | None = None, sets: Sequence[s
 
 
 def _set_rdm(ds: xr.Dataset, image_set: str, substrate: str, n_units: str) -> xr.DataArray:
-    if "rdm" not in ds:
-        raise InputError(
-            "these results have no 'rdm' variable (the job keeps it only when every set has at most "
-            "analysis.rdm_max_images images); raise rdm_max_images in the job spec and re-run it"
-        )
-    n = int(ds["n_images"].sel(image_set=image_set))
-    rdm = ds["rdm"].sel(image_set=image_set, substrate=substrate, n_units=str(n_units))
-    return rdm.isel(image_i=slice(0, n), image_j=slice(0, n)).transpose("layer", "image_i", "image_j")
+    rdm = select_set(require_rdm(ds), image_set, ds["n_images"], RDM_DIMS)
+    return rdm.sel(substrate=substrate, n_units=str(n_units)).transpose("layer", *RDM_DIMS)
 
 
 def pair_distances(ds: xr.Dataset, ax: Any, *, image_set: str, substrate: str, n_units: str) -> None:
@@ -412,7 +403,7 @@ def pair_distances(ds: xr.Dataset, ax: Any, *, image_set: str, substrate: str, n
     rdm = _set_rdm(ds, image_set, substrate, str(n_units)).values
     x = _layer_axis(ax, _layers(ds))
     i, j = np.triu_indices(rdm.shape[-1], k=1)
-    color = set_colors(_set_names(ds))[image_set]
+    color = set_colors(set_names(ds))[image_set]
     lines = ax.plot(x, rdm[:, i, j], lw=0.7, alpha=0.45, color=color)
     lines[0].set_label(f"one image pair ({len(i)} pairs)")
     ax.plot(x, rdm_median(rdm, str(ds.attrs.get("median_over", "condensed"))), lw=3, color="black", label="median over pairs")
@@ -427,7 +418,7 @@ def plot_pair_distances(ds: xr.Dataset, *, substrate: str | None = None, n_units
     """:func:`pair_distances`, one panel per set, same y axis (default: first substrate and n_units)."""
     substrate = substrate or str(ds["substrate"].values[0])
     n_units = str(n_units or ds["n_units"].values[0])
-    names = _set_names(ds, sets)
+    names = set_names(ds, sets)
     fig, axes = _figure(len(names), 1, (max(8.0, 0.45 * ds.sizes["layer"] + 3), 3.2), sharey=True)
     for ax, name in zip(axes, names):
         pair_distances(ds, ax, image_set=name, substrate=substrate, n_units=n_units)
@@ -441,7 +432,7 @@ def plot_pair_distances(ds: xr.Dataset, *, substrate: str | None = None, n_units
 
 
 def _prediction_layer(acts: xr.Dataset, layer: str | None) -> str:
-    stored = [str(v).split("__", 1)[1] for v in acts.data_vars if str(v).startswith("units__")]
+    stored = _stored_layers(acts, "units")
     if layer is None:
         if not stored:
             raise InputError("these activations store no units__<layer> variable")
@@ -477,7 +468,7 @@ def prediction_heatmap(
     outputs are drawn on a fixed 0-1 scale. Returns the image artist (for a colour bar).
     """
     layer = _prediction_layer(acts, layer)
-    values = np.asarray(acts[f"units__{layer}"].values, dtype=np.float64)
+    values = np.asarray(acts[variable_name("units", layer)].values, dtype=np.float64)
     index = np.arange(values.shape[1]) if classes is None else np.asarray(classes, dtype=np.int64)
     values = values[:, index]
     softmax = str(acts.attrs.get("predictions_layer_values", "")) == "softmax"
@@ -505,7 +496,7 @@ def plot_predictions(acts: Activations, *, classes: Literal["top", "all"] | Sequ
         raise InputError(f"classes must be 'top', 'all' or a list of class indices, got {classes!r}")
     columns = top_classes(acts, k) if classes == "top" else None if classes == "all" else list(classes)
     first = next(iter(acts.values()))
-    n_cols = len(columns) if columns is not None else first[f"units__{_prediction_layer(first, layer)}"].shape[1]
+    n_cols = len(columns) if columns is not None else first[variable_name("units", _prediction_layer(first, layer))].shape[1]
     heights = [max(1.0, 0.16 * a.sizes["image"] + 0.4) for a in acts.values()]
     fig = Figure(figsize=(min(16.0, max(7.0, 0.22 * n_cols + 3)), sum(heights) + 1.6), layout="constrained")
     axes = fig.subplots(len(acts), 1, squeeze=False, height_ratios=heights, sharex=True).ravel()
@@ -526,7 +517,7 @@ def top1_table(ds: xr.Dataset) -> Any:
     import pandas as pd
 
     rows = []
-    sets = _set_names(ds) if "image_set" in ds.dims else [str(ds["image_set"].values[0])]
+    sets = set_names(ds) if "image_set" in ds.dims else [str(ds["image_set"].values[0])]
     for name in sets:
         one = _set_slice(ds, name if "image_set" in ds.dims else None)
         for p, lab, prob, top5 in zip(one["path"].values, one["top1_label"].values, one["top1_prob"].values, one["top5_label"].values):
@@ -541,7 +532,7 @@ def top1_predictions(ds: xr.Dataset, ax: Any, *, image_set: str | None = None) -
     probs = np.asarray(one["top1_prob"].values, dtype=np.float64)
     labels = [str(v) for v in one["top1_label"].values]
     y = np.arange(len(names))
-    color = set_colors(_set_names(ds))[image_set] if image_set is not None and "image_set" in ds.dims else "tab:blue"
+    color = set_colors(set_names(ds))[image_set] if image_set is not None and "image_set" in ds.dims else "tab:blue"
     ax.barh(y, probs, color=color, alpha=0.7)
     for yi, p, lab in zip(y, probs, labels):
         ax.text(0.02, yi, f"{lab} ({p:.2f})", va="center", ha="left", fontsize=7)
@@ -555,7 +546,7 @@ def top1_predictions(ds: xr.Dataset, ax: Any, *, image_set: str | None = None) -
 
 def plot_top1(ds: xr.Dataset, *, sets: Sequence[str] | None = None) -> Figure:
     """:func:`top1_predictions` for each set of a results Dataset, side by side."""
-    names = _set_names(ds, sets)
+    names = set_names(ds, sets)
     height = 0.22 * int(ds["n_images"].max()) + 1.2
     fig, axes = _figure(len(names), 3, (4.2, height))
     for ax, name in zip(axes, names):
@@ -571,7 +562,7 @@ def plot_images(ds: xr.Dataset, *, sets: Sequence[str] | None = None, max_images
     """
     from PIL import Image
 
-    names = _set_names(ds, sets)
+    names = set_names(ds, sets)
     n_cols = min(max_images, int(ds["n_images"].max()))
     fig = Figure(figsize=(1.5 * n_cols + 0.6, 1.75 * len(names) + 0.7), layout="constrained")
     axes = fig.subplots(len(names), n_cols, squeeze=False)
@@ -601,7 +592,7 @@ def plot_images(ds: xr.Dataset, *, sets: Sequence[str] | None = None, max_images
 
 
 def _filter_layers(acts: xr.Dataset) -> list[str]:
-    return [str(v).split("__", 1)[1] for v in acts.data_vars if str(v).startswith("filter_mean__")]
+    return _stored_layers(acts, "filter_mean")
 
 
 def _conv_layers(acts: xr.Dataset) -> list[str]:
@@ -615,7 +606,7 @@ def _conv_layers(acts: xr.Dataset) -> list[str]:
 
 
 def _filter_values(acts: xr.Dataset, layer: str) -> np.ndarray:
-    name = f"filter_mean__{layer}"
+    name = variable_name("filter_mean", layer)
     if name not in acts:
         raise InputError(f"{name!r} is not stored in these activations; layers with filter means are {_filter_layers(acts)}")
     return np.asarray(acts[name].values, dtype=np.float64)
@@ -727,12 +718,10 @@ def set_differences(
     ``'noise'`` when present). Bands are :func:`daskdiff.stats.set_difference`'s percentile
     intervals from the mean RDMs: image sampling only (see there).
     """
-    from .stats import set_difference
-
     if pairs is None:
         ref = _reference(ds, reference)
-        pairs = [(name, ref) for name in _set_names(ds) if name != ref]
-    colors = set_colors(_set_names(ds))
+        pairs = [(name, ref) for name in set_names(ds) if name != ref]
+    colors = set_colors(set_names(ds))
     x = _layer_axis(ax, _layers(ds))
     for a, b in pairs:
         res = set_difference(ds, a, b, substrate=substrate, n_units=str(n_units), n_boot=n_boot, seed=seed, ci=ci)

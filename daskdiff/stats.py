@@ -1,11 +1,14 @@
-"""Bootstrap confidence intervals, over images, for differences of differentiation between sets.
+"""Top layer: bootstrap confidence intervals, over images, for differences of differentiation between sets.
 
 Two layers, as elsewhere in the package:
 
-- numeric core (plain numpy, leading axes are batch axes): :func:`resampled_differentiation`
-  and :func:`bootstrap_difference`;
-- labelled layer: :func:`set_difference` takes a results Dataset (its ``rdm`` variable), calls
-  the core on the arrays and rebuilds the ``substrate``/``n_units``/``layer`` labels.
+- numeric core (plain numpy, leading axes are batch axes):
+  :func:`daskdiff.core.bootstrap.resampled_differentiation` and
+  :func:`daskdiff.core.bootstrap.bootstrap_difference`;
+- labelled layer, here: :func:`set_difference` takes a results Dataset (its ``rdm`` variable),
+  calls the core on the arrays and rebuilds the ``substrate``/``n_units``/``layer`` labels.
+  :func:`set_names`, :func:`require_rdm` and :func:`select_set` check and read the sets of a
+  results Dataset (the plots use them too).
 
 The bootstrap resamples *images* (rows and columns of each set's RDM, with replacement), so its
 interval answers "would another draw of images from the same population give a different
@@ -15,13 +18,83 @@ already shows.
 
 from __future__ import annotations
 
+from typing import Sequence, TypeVar
 
-import numpy as np
 import xarray as xr
 
-from .core.bootstrap import bootstrap_difference
+from .core.bootstrap import bootstrap_difference, BootstrapDifference
 from .core.differentiation import MedianOver
 from .errors import InputError
+
+
+RDM_DIMS = ("image_i", "image_j")
+"""The image dimensions of the results' ``rdm`` variable (rows, columns)."""
+
+Labelled = TypeVar("Labelled", xr.Dataset, xr.DataArray)
+
+
+def require_rdm(ds: xr.Dataset) -> xr.DataArray:
+    """The ``rdm`` variable of a results Dataset; InputError saying how to get it when it is absent."""
+    if "rdm" not in ds:
+        raise InputError(
+            "this results Dataset has no 'rdm' variable (the job keeps it only when every set has at most "
+            "analysis.rdm_max_images images); raise rdm_max_images in the job spec and re-run the job"
+        )
+    return ds["rdm"]
+
+
+def select_set(obj: Labelled, image_set: str, n_images: xr.DataArray | None, dims: Sequence[str]) -> Labelled:
+    """``obj.sel(image_set=image_set)`` with its ``dims`` cut to the set's own images.
+
+    Parameters
+    ----------
+    obj : xarray.Dataset or xarray.DataArray
+        Results (or one of their variables) with an ``image_set`` dimension.
+    image_set : str
+        The set.
+    n_images : xarray.DataArray or None
+        The results' ``n_images`` (dimension ``image_set``); None: cut nothing.
+    dims : sequence of str
+        The image dimensions to cut, e.g. ``('image',)`` or :data:`RDM_DIMS`.
+
+    Notes
+    -----
+    A results Dataset pads the image dimensions of every set to the largest set's number of
+    images (see :mod:`daskdiff.io.results`); the first ``n_images`` positions are the set's.
+    """
+    one = obj.sel(image_set=image_set)
+    if n_images is None:
+        return one
+    n = int(n_images.sel(image_set=image_set))
+    return one.isel({dim: slice(0, n) for dim in dims})
+
+
+def set_names(ds: xr.Dataset, sets: Sequence[str] | None = None) -> list[str]:
+    """The image sets of a results Dataset in its order, or ``sets``, once each is checked to be one of them."""
+    names = [str(s) for s in ds["image_set"].values]
+    if sets is None:
+        return names
+    unknown = [s for s in sets if s not in names]
+    if unknown:
+        what = f"image set {unknown[0]!r} is" if len(unknown) == 1 else f"image sets {unknown} are"
+        raise InputError(f"{what} not in these results; the sets are {names}")
+    return [str(s) for s in sets]
+
+
+def _labelled_difference(result: BootstrapDifference, lead: xr.DataArray, keep_samples: bool) -> xr.Dataset:
+    """The core's result as a Dataset over ``lead``'s dims and coords (``image_set`` dropped)."""
+    dims, coords = lead.dims, {k: v for k, v in lead.coords.items() if k != "image_set"}
+    out = xr.Dataset(
+        {
+            "difference": (dims, result.difference),
+            "ci_low": (dims, result.low),
+            "ci_high": (dims, result.high),
+        },
+        coords=coords,
+    )
+    if keep_samples:
+        out["samples"] = (("bootstrap",) + dims, result.samples)
+    return out
 
 
 def set_difference(
@@ -72,40 +145,17 @@ def set_difference(
       most unit sampling noise; the spread over ``repeat`` in ``differentiation`` shows that
       part, and for ``n_units='all'`` there is none.
     """
-    if "rdm" not in ds:
-        raise InputError(
-            "this results Dataset has no 'rdm' variable (the job keeps it only when every set has at most "
-            "analysis.rdm_max_images images); raise rdm_max_images in the job spec and re-run the job"
-        )
-    sets = [str(s) for s in ds["image_set"].values]
-    for name in (set_a, set_b):
-        if name not in sets:
-            raise InputError(f"image set {name!r} is not in these results; the sets are {sets}")
+    rdm = require_rdm(ds)
+    set_names(ds, [set_a, set_b])
     median_over = median_over or str(ds.attrs.get("median_over", "condensed"))
-    rdm = ds["rdm"]
     if substrate is not None:
         rdm = rdm.sel(substrate=[substrate])
     if n_units is not None:
         rdm = rdm.sel(n_units=[str(n_units)])
-
-    def one_set(name: str) -> np.ndarray:
-        n = int(ds["n_images"].sel(image_set=name)) if "n_images" in ds else rdm.sizes["image_i"]
-        return rdm.sel(image_set=name).isel(image_i=slice(0, n), image_j=slice(0, n)).values
-
-    a, b = one_set(set_a), one_set(set_b)
-    lead = rdm.sel(image_set=set_a).isel(image_i=0, image_j=0, drop=True)
+    a, b = (select_set(rdm, name, ds.get("n_images"), RDM_DIMS).values for name in (set_a, set_b))
     result = bootstrap_difference(a, b, n_boot=n_boot, seed=seed, ci=ci, median_over=median_over)
-    dims, coords = lead.dims, {k: v for k, v in lead.coords.items() if k != "image_set"}
-    out = xr.Dataset(
-        {
-            "difference": (dims, result.difference),
-            "ci_low": (dims, result.low),
-            "ci_high": (dims, result.high),
-        },
-        coords=coords,
-    )
-    if keep_samples:
-        out["samples"] = (("bootstrap",) + dims, result.samples)
+    lead = rdm.sel(image_set=set_a).isel(image_i=0, image_j=0, drop=True)
+    out = _labelled_difference(result, lead, keep_samples)
     if substrate is not None:
         out = out.squeeze("substrate")
     if n_units is not None:

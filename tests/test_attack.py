@@ -15,11 +15,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from daskdiff.stimuli.adversarial import ADVERSARIAL_TABLE, attack_images, PGD, preprocess_tensor, projected_gradient_descent
+from daskdiff.stimuli.adversarial import ADVERSARIAL_TABLE, attack_images, PGD, projected_gradient_descent
 from daskdiff.stimuli.select import model_spec
 from daskdiff.cli import main
 from daskdiff.io.images import load_image
-from daskdiff.model.build import APPLICATIONS, ModelSpec, preprocess
+from daskdiff.model.build import APPLICATIONS, ModelSpec
+from daskdiff.model.preprocess import preprocess, preprocess_tensor
 from daskdiff.pipeline.spec import load_spec, parse_spec, SpecError
 
 from test_select import SIZE, colour_model, reference_probabilities, textured, write_pngs

@@ -1,4 +1,4 @@
-"""Storage layer: image sets (which files), decoding (file -> uint8 RGB array) and PNG writing (file -> uint8 RGB array), with Pillow and numpy only.
+"""Storage layer: image sets (which files), decoding (file -> uint8 RGB array) and PNG writing (uint8 RGB array -> file), with Pillow and numpy only.
 
 An *image set* is named by a folder, a glob pattern or a list file; :func:`resolve_image_set`
 turns it into sorted absolute paths. :func:`load_image` decodes one file to a
@@ -431,24 +431,16 @@ def load_images(
 
 
 def _check_size(size) -> tuple[int, int]:
+    message = f"size must be a pair (height, width) of positive integers, e.g. size=(224, 224); got {size!r}"
     try:
         height, width = size
     except (TypeError, ValueError):
-        raise TypeError(
-            f"size must be a pair (height, width) of positive integers, e.g. size=(224, 224); "
-            f"got {size!r}"
-        ) from None
+        raise TypeError(message) from None
     for value in (height, width):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(
-                f"size must be a pair (height, width) of positive integers, e.g. "
-                f"size=(224, 224); got {size!r}"
-            )
+            raise TypeError(message)
         if value < 1:
-            raise InputError(
-                f"size must be a pair (height, width) of positive integers, e.g. "
-                f"size=(224, 224); got {size!r}"
-            )
+            raise InputError(message)
     return int(height), int(width)
 
 

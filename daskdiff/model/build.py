@@ -1,4 +1,4 @@
-"""Model layer: building Keras models (weights), layer selection, preprocessing and class labels.
+"""Model layer: building Keras models (weights), layer selection and class labels.
 
 This module knows Keras and numpy, nothing about Dask or files of activations. A
 :class:`ModelSpec` is a small, picklable description; workers build the model from it
@@ -6,9 +6,10 @@ This module knows Keras and numpy, nothing about Dask or files of activations. A
 
 Conventions
 -----------
-- Images enter as uint8 RGB arrays ``(n, height, width, 3)``; :func:`preprocess` applies the
-  model's own ``preprocess_input`` (VGG16: 'caffe' mode, RGB->BGR and ImageNet mean
-  subtraction, no scaling).
+- Images enter as uint8 RGB arrays ``(n, height, width, 3)``;
+  :func:`daskdiff.model.preprocess.preprocess` (importable from here too) applies the model's
+  own ``preprocess_input`` (VGG16: 'caffe' mode, RGB->BGR and ImageNet mean subtraction, no
+  scaling).
 - keras.applications models are built with ``classifier_activation=None``: the
   ``predictions`` layer yields logits, and probabilities are ``softmax(logits)``. Which of the
   two a job analyses as the ``predictions`` layer is :attr:`ModelSpec.predictions`; the seeds
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 from ..errors import DaskdiffError, InputError
+from .preprocess import PREPROCESS_MODES, preprocess  # noqa: F401  (re-exported: spec and callers import them from here)
 
 APPLICATIONS: dict[str, str] = {
     "VGG16": "vgg16",
@@ -50,9 +52,6 @@ APPLICATIONS: dict[str, str] = {
 }
 """keras.applications model name -> the keras.applications submodule with its
 ``preprocess_input`` and ``decode_predictions``."""
-
-PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
-"""Input preprocessing modes of ``keras.applications.imagenet_utils.preprocess_input`` (and none)."""
 
 WEIGHTS_KEYWORDS = ("imagenet", "random", "file")
 """``weights`` values that are not a path: ImageNet, seeded random, the ``.keras`` file's own."""
@@ -96,6 +95,11 @@ class ModelSpec:
     def is_application(self) -> bool:
         return self.name in APPLICATIONS
 
+    @property
+    def application(self) -> str | None:
+        """The keras.applications submodule of this model (``'vgg16'``); None for a ``.keras`` file."""
+        return APPLICATIONS.get(self.name)
+
     def identity(self) -> dict[str, str]:
         """Attributes that identify the model in output files."""
         return {
@@ -109,7 +113,7 @@ class ModelSpec:
         if self.preprocess is not None:
             return self.preprocess
         if self.is_application:
-            return f"keras.applications.{APPLICATIONS[self.name]}.preprocess_input"
+            return f"keras.applications.{self.application}.preprocess_input"
         return "none"
 
 
@@ -297,22 +301,6 @@ def model_layers(spec: ModelSpec) -> dict[str, Any]:
         "input_size": input_size(model),
         "last_layer": layer_names(model)[-1],
     }
-
-
-def preprocess(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """float32 model input from uint8 RGB images ``(n, h, w, 3)`` (see module conventions)."""
-    import keras
-
-    x = np.asarray(images, dtype=np.float32)
-    mode = spec.preprocess
-    if mode is None and spec.is_application:
-        module = getattr(keras.applications, APPLICATIONS[spec.name])
-        return np.asarray(module.preprocess_input(x.copy()), dtype=np.float32)
-    if mode in (None, "none"):
-        return x
-    if mode not in PREPROCESS_MODES:
-        raise InputError(f"unknown preprocess {mode!r}; valid values are {list(PREPROCESS_MODES)}")
-    return np.asarray(keras.applications.imagenet_utils.preprocess_input(x.copy(), mode=mode), dtype=np.float32)
 
 
 _CLASS_INDEX_FILE = "imagenet_class_index.json"

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..io.images import load_images
-from .build import cached_model, class_labels, input_size, layer_names, ModelSpec, preprocess
+from .build import cached_model, class_labels, input_size, layer_names, ModelSpec
+from .preprocess import preprocess
+from ..core.batches import batch_slices
 from ..core.units import LayerPlan, plan_digest
 from ..io.atomic import atomic_path
 from ..io.layout import shard_path, variable_name
@@ -123,10 +125,6 @@ def extractor(spec: ModelSpec, plan: dict[str, LayerPlan]) -> tuple[Any, Any]:
         return _EXTRACTORS[key]
 
 
-def _batches(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
 @dataclass
 class Batch:
     """One batch's extraction model outputs (variable name -> ``(n_ok, n)`` float32, plus the
@@ -150,7 +148,7 @@ def run_extraction(
     """
     base, model = extractor(spec, plan)
     size = input_size(base)
-    chunks = _batches(len(images_paths), batch_size)
+    chunks = batch_slices(len(images_paths), batch_size)
 
     def decode(sl: slice):
         return sl, load_images(images_paths[sl], size, resize=resize, strict=strict)

@@ -1,18 +1,19 @@
-"""Adversarial images: projected gradient descent on 0-255 RGB pixels, checked after saving.
+"""Stimuli layer: adversarial images, projected gradient descent on 0-255 RGB pixels, checked after saving.
 
 An attack moves each image, within an L-infinity ball of ``eps`` grey levels around it, so
 that the model stops putting it in a group of classes (untargeted: by default the five
 ImageNet cats 281-285, so that a tabby does not merely become a tiger cat) or puts it in one
 class (targeted). Every result is rounded to uint8, saved as PNG, read back through the
 pipeline extraction uses (:func:`daskdiff.io.images.load_images` at the model's input size, then
-:func:`daskdiff.model.build.preprocess`) and classified again: only that reloaded image decides
+:func:`daskdiff.model.preprocess.preprocess`) and classified again: only that reloaded image decides
 success, and the table written beside the images says so per image.
 
 Layers:
 
 - :class:`PGD`: the attack's parameters, its objective (on logits, backend-neutral
   ``keras.ops``) and its success test (on numpy logits);
-- :func:`preprocess_tensor` and :data:`GRADIENTS`: the differentiable pixel -> logits path,
+- :data:`GRADIENTS`: the differentiable pixel -> logits path (through
+  :func:`daskdiff.model.preprocess.preprocess_tensor`, the same preprocessing as extraction),
   one gradient function per Keras backend (TensorFlow: ``tf.GradientTape``);
 - :func:`projected_gradient_descent`: uint8 images in, uint8 adversarial images out;
 - :func:`attack_shard`: one :class:`AttackTask` (a few files) -> PNG files + table rows; a pure
@@ -29,13 +30,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..core.ranking import class_mass
-from .select import check_batch_size, class_indices, class_ranges, ClassesLike, image_paths, model_labels, predict_logits, run_tasks, shards, write_table
-from ..io.images import _write_images
-from ..io.images import load_images
-from ..core.ranking import softmax
-from ..model.build import APPLICATIONS, cached_model, input_size, ModelSpec, PREPROCESS_MODES
+from ..core.batches import batch_slices
+from ..core.ranking import class_mass, softmax
 from ..errors import InputError
+from ..io.images import _write_images, load_images
+from ..model.build import cached_model, input_size, ModelSpec
+from ..model.preprocess import preprocess_tensor
+from .common import _repeated
+from .select import check_batch_size, class_indices, class_ranges, ClassesLike, image_paths, model_labels, predict_logits, run_tasks, shards, write_table
 
 ADVERSARIAL_TABLE = "adversarial.csv"
 """Name of the table :func:`attack_images` writes beside the images."""
@@ -128,28 +130,6 @@ class PGD:
 # --------------------------------------------------------------------------------------------
 
 
-def preprocess_tensor(pixels: Any, spec: ModelSpec) -> Any:
-    """:func:`daskdiff.model.build.preprocess` on a float tensor of 0-255 RGB pixels, differentiably.
-
-    Calls the same Keras function as :func:`~daskdiff.model.build.preprocess` (the application's
-    ``preprocess_input``, or ``imagenet_utils.preprocess_input`` with ``spec.preprocess``), on a
-    backend tensor instead of a numpy array: Keras then applies it with ``keras.ops`` (for
-    VGG16's 'caffe' mode, RGB -> BGR by stacking channels 2, 1, 0, then adding minus the
-    ImageNet mean), which the backend differentiates. The values equal the numpy path's (a test
-    checks this for every application and mode).
-    """
-    import keras
-
-    mode = spec.preprocess
-    if mode is None and spec.is_application:
-        return getattr(keras.applications, APPLICATIONS[spec.name]).preprocess_input(pixels)
-    if mode in (None, "none"):
-        return pixels
-    if mode not in PREPROCESS_MODES:
-        raise InputError(f"unknown preprocess {mode!r}; valid values are {list(PREPROCESS_MODES)}")
-    return keras.applications.imagenet_utils.preprocess_input(pixels, mode=mode)
-
-
 def _tensorflow_gradient(model: Any, pixels: np.ndarray, spec: ModelSpec, pgd: PGD) -> np.ndarray:
     import tensorflow as tf
 
@@ -240,32 +220,39 @@ def attack_shard(task: AttackTask) -> list[dict[str, object]]:
     A pure function of the task (deterministic, rewrites the same bytes if run twice), mapped
     over shards by :func:`attack_images`, here or on Dask workers that see ``out_dir``.
     """
-    spec, pgd, labels = task.spec, task.pgd, task.labels
-    size = input_size(cached_model(spec))
+    size = input_size(cached_model(task.spec))
     images, ok, skipped = load_images(list(task.paths), size, resize=task.resize)
     rows: dict[str, dict[str, object]] = {
         s.path: {"path": s.path, "file": "", "status": "not_decoded", "written": False, "reason": s.reason}
         for s in skipped
     }
-    for start in range(0, len(ok), task.batch_size):
-        clean = images[start : start + task.batch_size]
-        paths = [task.paths[j] for j in ok[start : start + task.batch_size]]
-        before = predict_logits(clean, spec, batch_size=task.batch_size)
-        adversarial = projected_gradient_descent(clean, spec, pgd)
-        written = _write_images(task.out_dir, zip(map(output_name, paths), adversarial))
-        reloaded, _, _ = load_images(written, size, resize=task.resize, strict=True)
-        after = predict_logits(reloaded, spec, batch_size=task.batch_size)
-        linf = np.abs(reloaded.astype(np.int16) - clean.astype(np.int16)).reshape(len(clean), -1).max(axis=1)
-        if np.any(linf > pgd.eps):  # cannot happen (see projected_gradient_descent): never hide it
-            raise RuntimeError(f"internal error: L-inf distance {int(linf.max())} > eps={pgd.eps} in {written}")
-        success, clean_success = pgd.succeeded(after), pgd.succeeded(before)
-        p_before, p_after = softmax(before), softmax(after)
-        for i, (path, out) in enumerate(zip(paths, written)):
-            keep = bool(success[i]) or task.keep_failures
-            if not keep:
-                os.unlink(out)
-            top_b, top_a = int(np.argmax(p_before[i])), int(np.argmax(p_after[i]))
-            rows[path] = {
+    for batch in batch_slices(len(ok), task.batch_size):
+        paths = [task.paths[j] for j in ok[batch]]
+        rows.update(zip(paths, _attack_batch(task, images[batch], paths, size)))
+    return [rows[path] for path in task.paths]
+
+
+def _attack_batch(task: AttackTask, clean: np.ndarray, paths: list[str], size: tuple[int, int]) -> list[dict[str, object]]:
+    """Attack one batch of decoded images, write their PNGs, reload and classify them; their table rows."""
+    spec, pgd, labels = task.spec, task.pgd, task.labels
+    before = predict_logits(clean, spec, batch_size=task.batch_size)
+    adversarial = projected_gradient_descent(clean, spec, pgd)
+    written = _write_images(task.out_dir, zip(map(output_name, paths), adversarial))
+    reloaded, _, _ = load_images(written, size, resize=task.resize, strict=True)
+    after = predict_logits(reloaded, spec, batch_size=task.batch_size)
+    linf = np.abs(reloaded.astype(np.int16) - clean.astype(np.int16)).reshape(len(clean), -1).max(axis=1)
+    if np.any(linf > pgd.eps):  # cannot happen (see projected_gradient_descent): never hide it
+        raise RuntimeError(f"internal error: L-inf distance {int(linf.max())} > eps={pgd.eps} in {written}")
+    success, clean_success = pgd.succeeded(after), pgd.succeeded(before)
+    p_before, p_after = softmax(before), softmax(after)
+    rows = []
+    for i, (path, out) in enumerate(zip(paths, written)):
+        keep = bool(success[i]) or task.keep_failures
+        if not keep:
+            os.unlink(out)
+        top_b, top_a = int(np.argmax(p_before[i])), int(np.argmax(p_after[i]))
+        rows.append(
+            {
                 "path": path,
                 "file": os.path.basename(out) if keep else "",
                 "status": "success" if success[i] else "failure",
@@ -282,7 +269,8 @@ def attack_shard(task: AttackTask) -> list[dict[str, object]]:
                 "top1_after_prob": float(p_after[i, top_a]),
                 "reason": "",
             }
-    return [rows[path] for path in task.paths]
+        )
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,7 +399,7 @@ def attack_images(
     Each source is decoded at the model's input size as extraction decodes it, attacked with
     :func:`projected_gradient_descent` and saved as PNG, so outputs have the model's input
     size. The PNG is then read back with :func:`daskdiff.io.images.load_images` and classified
-    after :func:`daskdiff.model.build.preprocess`; success (top-1 outside ``avoid``, or equal to
+    after :func:`daskdiff.model.preprocess.preprocess`; success (top-1 outside ``avoid``, or equal to
     ``target``) and the L-infinity distance are measured on that reloaded image against the
     decoded source. Failures are reported, never dropped silently.
 
@@ -425,33 +413,10 @@ def attack_images(
     gradient_function()  # fail before any work on a backend without gradients
     batch_size = check_batch_size(batch_size)
     labels = model_labels(model)
-    if target is not None and avoid is not None:
-        raise InputError(f"give avoid (untargeted) or target (targeted), not both; got avoid={avoid!r}, target={target!r}")
-    if target is None and avoid is None and len(labels) != 1000:
-        raise InputError(
-            f"the default avoid='281-285' (ImageNet's cats) needs a 1000-class ImageNet model; "
-            f"{model.name!r} has {len(labels)} classes: give avoid= or target="
-        )
-    if target is None:
-        avoided = class_indices(CAT_CLASSES if avoid is None else avoid, labels)
-        pgd = PGD(eps=eps, step=step, iters=iters, avoid=avoided)
-    else:
-        targets = class_indices(target, labels)
-        if len(targets) != 1:
-            raise InputError(f"target must be one class, got {target!r} ({len(targets)} classes)")
-        pgd = PGD(eps=eps, step=step, iters=iters, avoid=None, target=targets[0])
+    pgd = _pgd_from_keywords(model, labels, eps=eps, step=step, iters=iters, avoid=avoid, target=target)
     paths = image_paths(source, base_dir=base_dir)
     folder = Path(os.path.abspath(out_dir))
-    names = [output_name(p) for p in paths]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise InputError(
-            f"sources share the output name(s) {repeated} (outputs are '<stem>.png'); rename them "
-            "or attack each folder separately"
-        )
-    clashes = sorted(set(map(os.path.realpath, paths)) & {os.path.realpath(folder / n) for n in names})
-    if clashes:
-        raise InputError(f"out_dir {str(folder)!r} would overwrite source image(s) {clashes[:3]}; choose another folder")
+    _check_outputs(paths, folder)
     tasks = [
         AttackTask(chunk, str(folder), model, pgd, tuple(labels), batch_size, resize, bool(keep_failures))
         for chunk in shards(paths, shard_size)
@@ -461,6 +426,41 @@ def attack_images(
     table = write_table(folder / ADVERSARIAL_TABLE, TABLE_COLUMNS, rows)
     written = sorted(str(folder / str(r["file"])) for r in rows if r["file"])
     return AttackReport(rows, str(table), written, pgd)
+
+
+def _pgd_from_keywords(
+    model: ModelSpec, labels: Sequence[str], *, eps: int, step: float, iters: int,
+    avoid: ClassesLike | None, target: str | int | None,
+) -> PGD:
+    """The :class:`PGD` of :func:`attack_images`'s keywords: away from ``avoid`` (default the cats) or towards ``target``."""
+    if target is not None and avoid is not None:
+        raise InputError(f"give avoid (untargeted) or target (targeted), not both; got avoid={avoid!r}, target={target!r}")
+    if target is None and avoid is None and len(labels) != 1000:
+        raise InputError(
+            f"the default avoid='281-285' (ImageNet's cats) needs a 1000-class ImageNet model; "
+            f"{model.name!r} has {len(labels)} classes: give avoid= or target="
+        )
+    if target is None:
+        avoided = class_indices(CAT_CLASSES if avoid is None else avoid, labels)
+        return PGD(eps=eps, step=step, iters=iters, avoid=avoided)
+    targets = class_indices(target, labels)
+    if len(targets) != 1:
+        raise InputError(f"target must be one class, got {target!r} ({len(targets)} classes)")
+    return PGD(eps=eps, step=step, iters=iters, avoid=None, target=targets[0])
+
+
+def _check_outputs(paths: Sequence[str], folder: Path) -> None:
+    """InputError if two sources share an output name, or an output would overwrite a source."""
+    names = [output_name(p) for p in paths]
+    repeated = _repeated(names)
+    if repeated:
+        raise InputError(
+            f"sources share the output name(s) {repeated} (outputs are '<stem>.png'); rename them "
+            "or attack each folder separately"
+        )
+    clashes = sorted(set(map(os.path.realpath, paths)) & {os.path.realpath(folder / n) for n in names})
+    if clashes:
+        raise InputError(f"out_dir {str(folder)!r} would overwrite source image(s) {clashes[:3]}; choose another folder")
 
 
 def adversarial_images(
@@ -487,7 +487,6 @@ def adversarial_images(
     by plain keywords as in :func:`selected_images`. Returns the absolute paths of the PNGs in
     ``out_dir``, sorted (failures included unless ``keep_failures=False``).
     """
-    pass
     from .select import model_spec
 
     spec = model_spec(model, weights, seed, preprocess)

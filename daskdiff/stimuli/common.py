@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Iterable
 
 import numpy as np
 from PIL import Image
 from ..errors import InputError
-
-
 
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -36,6 +35,11 @@ def _check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     if value not in choices:
         raise InputError(f"{name} must be one of {choices}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def _repeated(names: Iterable[str]) -> list[str]:
+    """The names that occur more than once, sorted, each once (e.g. output file names that clash)."""
+    return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
 def _center_square(image: np.ndarray) -> np.ndarray:

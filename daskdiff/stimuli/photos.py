@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .common import _check_int, _check_prefix, _center_square, _resize
+from .common import _check_int, _check_prefix, _center_square, _repeated, _resize
 from ..io.images import _write_images, as_rgb_uint8
 from ..errors import InputError
 
@@ -142,7 +142,7 @@ def sample_photos(
                 f"names must be a non-empty list of names from SAMPLE_PHOTOS, got unknown "
                 f"{unknown or chosen!r}; valid names are {list(SAMPLE_PHOTOS)}"
             )
-        repeated = sorted({name for name in chosen if chosen.count(name) > 1})
+        repeated = _repeated(chosen)
         if repeated:
             raise InputError(f"names must be distinct, got {repeated} more than once")
         if count is not None and count != len(chosen):

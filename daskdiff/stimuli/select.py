@@ -1,8 +1,9 @@
-"""Classification of image sets, and selection of the images a model puts in given classes.
+"""Stimuli layer: classification of image sets, and selection of the images a model puts in given classes.
 
 Layers, as in the rest of daskdiff:
 
-- numeric core: :func:`top_k` and :func:`class_mass` on numpy arrays of probabilities;
+- numeric core: :func:`daskdiff.core.ranking.top_k` and :func:`daskdiff.core.ranking.class_mass`
+  on numpy arrays of probabilities;
 - model: :func:`predict_logits` (uint8 RGB images -> logits, batch by batch) and
   :func:`classify_shard`, a pure function of one :class:`ClassifyTask` (paths -> class
   probabilities) that Dask can map over shards like extraction;
@@ -11,7 +12,7 @@ Layers, as in the rest of daskdiff:
 Conventions
 -----------
 - Images are decoded with :func:`daskdiff.io.images.load_images` at the model's input size and
-  preprocessed with :func:`daskdiff.model.build.preprocess`, exactly as extraction does; class
+  preprocessed with :func:`daskdiff.model.preprocess.preprocess`, exactly as extraction does; class
   probabilities are ``softmax(logits)`` in float64 (:func:`daskdiff.core.ranking.softmax`).
 - Classes are named by :func:`class_indices`: a label (``'tabby'``), an index (``281``), an
   inclusive range (``'281-285'``), or several of those separated by commas or in a list. The
@@ -32,13 +33,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..core.ranking import class_mass
-
-from ..io.images import load_images, resolve_image_set
-from ..core.ranking import softmax, top_k
-from ..model.build import cached_model, class_index, class_labels, input_size, ModelSpec, preprocess
-from ..io.atomic import atomic_write
+from ..core.batches import batch_slices
+from ..core.ranking import class_mass, softmax, top_k
 from ..errors import InputError
+from ..io.atomic import atomic_write
+from ..io.images import load_images, resolve_image_set
+from ..model.build import cached_model, class_index, class_labels, input_size, ModelSpec
+from ..model.preprocess import preprocess
+from .common import _repeated
 
 SELECTION_TABLE = "selection.csv"
 """Name of the table :func:`select_images` writes beside the kept images."""
@@ -49,11 +51,6 @@ TOP_K = 5
 ClassesLike = str | int | Sequence[str | int]
 
 _RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
-
-
-# --------------------------------------------------------------------------------------------
-# Numeric core
-# --------------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,8 +138,8 @@ def predict_logits(images: np.ndarray, spec: ModelSpec, *, batch_size: int = 16)
     model = cached_model(spec)
     n_classes = int(model.output_shape[-1])
     parts = [
-        np.asarray(model.predict_on_batch(preprocess(images[i : i + batch_size], spec)), dtype=np.float32)
-        for i in range(0, len(images), batch_size)
+        np.asarray(model.predict_on_batch(preprocess(images[batch], spec)), dtype=np.float32)
+        for batch in batch_slices(len(images), batch_size)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
 
@@ -202,7 +199,7 @@ def shards(paths: Sequence[str], shard_size: int) -> list[tuple[str, ...]]:
     """``paths`` cut into consecutive tuples of at most ``shard_size``."""
     if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
         raise InputError(f"shard_size must be a positive integer, e.g. shard_size=32; got {shard_size!r}")
-    return [tuple(paths[i : i + shard_size]) for i in range(0, len(paths), shard_size)]
+    return [tuple(paths[shard]) for shard in batch_slices(len(paths), shard_size)]
 
 
 def check_batch_size(batch_size: object) -> int:
@@ -235,10 +232,6 @@ class Selection:
             f"kept {len(self.kept)} of {self.n_images} image(s){share} with p(classes "
             f"{class_ranges(self.classes)}) >= {self.min_prob:g}; {self.n_skipped} not decoded; table: {self.table}"
         )
-
-
-def _copy(source: str, target: Path) -> None:
-    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def select_images(
@@ -300,8 +293,7 @@ def select_images(
     a file did not decode), and ``top{r}_index``, ``top{r}_label``, ``top{r}_prob`` for ranks
     ``r = 1..5``. Files already in ``out_dir`` that this call does not write are left alone.
     """
-    if isinstance(min_prob, bool) or not isinstance(min_prob, (int, float, np.floating, np.integer)) or not 0 <= min_prob <= 1:
-        raise InputError(f"min_prob must be a probability in [0, 1], e.g. min_prob=0.5; got {min_prob!r}")
+    min_prob = _check_min_prob(min_prob)
     batch_size = check_batch_size(batch_size)
     labels = model_labels(model)
     chosen = class_indices(classes, labels)
@@ -309,36 +301,10 @@ def select_images(
     tasks = [ClassifyTask(chunk, model, batch_size, resize) for chunk in shards(paths, shard_size)]
     results = run_tasks(classify_shard, tasks, client)
 
-    rows: list[dict[str, object]] = []
-    kept_sources: list[str] = []
-    n_skipped = 0
-    for task, result in zip(tasks, results):
-        reasons = dict(result.skipped)
-        n_skipped += len(reasons)
-        row_of = {task.paths[j]: i for i, j in enumerate(result.ok)}
-        mass = class_mass(result.probabilities, chosen)
-        top, top_p = top_k(result.probabilities)
-        for path in task.paths:
-            if path not in row_of:
-                rows.append({"path": path, "file": "", "status": "not_decoded", "probability": "", "reason": reasons.get(path, "")})
-                continue
-            i = row_of[path]
-            keep = bool(mass[i] >= min_prob)
-            row: dict[str, object] = {
-                "path": path,
-                "file": os.path.basename(path) if keep else "",
-                "status": "kept" if keep else "below_threshold",
-                "probability": float(mass[i]),
-                "reason": "",
-            }
-            for r, (c, p) in enumerate(zip(top[i], top_p[i]), start=1):
-                row.update({f"top{r}_index": int(c), f"top{r}_label": labels[c], f"top{r}_prob": float(p)})
-            rows.append(row)
-            if keep:
-                kept_sources.append(path)
-
-    names = [os.path.basename(p) for p in kept_sources]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    rows = [row for task, result in zip(tasks, results) for row in _selection_rows(task, result, chosen, min_prob, labels)]
+    n_skipped = sum(len(dict(result.skipped)) for result in results)
+    kept_sources = [str(row["path"]) for row in rows if row["status"] == "kept"]
+    repeated = _repeated(os.path.basename(p) for p in kept_sources)
     if repeated:
         raise InputError(
             f"kept images from different folders share the file name(s) {repeated}; the selection "
@@ -346,15 +312,57 @@ def select_images(
         )
     folder = Path(os.path.abspath(out_dir))
     folder.mkdir(parents=True, exist_ok=True)
-    kept = []
-    for path in kept_sources:
-        _copy(path, folder / os.path.basename(path))
-        kept.append(str(folder / os.path.basename(path)))
-    columns = ["path", "file", "status", "probability", "reason"] + [
+    kept = [_copy_into(path, folder) for path in kept_sources]
+    table = write_table(folder / SELECTION_TABLE, _selection_columns(labels), rows)
+    return Selection(sorted(kept), str(table), chosen, min_prob, len(paths), n_skipped)
+
+
+def _check_min_prob(min_prob: object) -> float:
+    if isinstance(min_prob, bool) or not isinstance(min_prob, (int, float, np.floating, np.integer)) or not 0 <= min_prob <= 1:
+        raise InputError(f"min_prob must be a probability in [0, 1], e.g. min_prob=0.5; got {min_prob!r}")
+    return float(min_prob)
+
+
+def _selection_rows(
+    task: ClassifyTask, result: Classified, chosen: tuple[int, ...], min_prob: float, labels: Sequence[str]
+) -> list[dict[str, object]]:
+    """The table rows of one classified shard, in its path order (columns: :func:`_selection_columns`)."""
+    reasons = dict(result.skipped)
+    row_of = {task.paths[j]: i for i, j in enumerate(result.ok)}
+    mass = class_mass(result.probabilities, chosen)
+    top, top_p = top_k(result.probabilities)
+    rows: list[dict[str, object]] = []
+    for path in task.paths:
+        if path not in row_of:
+            rows.append({"path": path, "file": "", "status": "not_decoded", "probability": "", "reason": reasons.get(path, "")})
+            continue
+        i = row_of[path]
+        keep = bool(mass[i] >= min_prob)
+        row: dict[str, object] = {
+            "path": path,
+            "file": os.path.basename(path) if keep else "",
+            "status": "kept" if keep else "below_threshold",
+            "probability": float(mass[i]),
+            "reason": "",
+        }
+        for r, (c, p) in enumerate(zip(top[i], top_p[i]), start=1):
+            row.update({f"top{r}_index": int(c), f"top{r}_label": labels[c], f"top{r}_prob": float(p)})
+        rows.append(row)
+    return rows
+
+
+def _selection_columns(labels: Sequence[str]) -> list[str]:
+    """Columns of the selection table: the outcome, then the top classes (at most :data:`TOP_K`)."""
+    return ["path", "file", "status", "probability", "reason"] + [
         f"top{r}_{c}" for r in range(1, min(TOP_K, len(labels)) + 1) for c in ("index", "label", "prob")
     ]
-    table = write_table(folder / SELECTION_TABLE, columns, rows)
-    return Selection(sorted(kept), str(table), chosen, float(min_prob), len(paths), n_skipped)
+
+
+def _copy_into(source: str, folder: Path) -> str:
+    """Copy ``source`` into ``folder`` under its own name, atomically; the copy's path."""
+    target = folder / os.path.basename(source)
+    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+    return str(target)
 
 
 def write_table(path: str | os.PathLike, columns: Sequence[str], rows: Sequence[dict[str, object]]) -> Path:
@@ -390,8 +398,6 @@ def selected_images(
     keras.applications name, the file's own weights for a ``.keras`` path). Returns the copies'
     absolute paths, sorted.
     """
-    pass
-
     spec = model_spec(model, weights, seed, preprocess)
     selection = select_images(source, out_dir, spec, classes=classes, min_prob=min_prob, batch_size=batch_size, resize=resize)
     return selection.kept
