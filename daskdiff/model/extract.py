@@ -176,12 +176,12 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
 
     A shard already on disk for this plan and these images is not extracted again (resume; the
     check runs here, on the worker, so the client reads no shard). Returns the shard's
-    :func:`~daskdiff.io.shards.shard_metadata`, read back from the finished file.
+    :func:`~daskdiff.io.shards.shard_metadata`, read back from the finished file, with its ``path``.
     """
     path = shard_path(task.output, task.image_set, task.shard)
     done = shard_complete(path, _digest(plan), len(task.paths))
     if done is not None:
-        return {**done, "resumed": True}
+        return {**done, "path": str(path), "resumed": True}
     base, _ = extractor(spec, plan)
     ok: list[int] = []
     skipped: list[tuple[str, str]] = []
@@ -226,4 +226,4 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
             skipped=skipped,
         )
         write_shard_labels(tmp, labels)
-    return {**shard_metadata(path), "resumed": False}
+    return {**shard_metadata(path), "path": str(path), "resumed": False}

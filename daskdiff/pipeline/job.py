@@ -329,6 +329,9 @@ class _Submitted:
 
     shards: dict[str, list[tuple[Any, ShardTask]]]
     diffs: list[tuple[Any, DiffTask]]
+    storage: Any
+    """The scattered storage plan: held until the job ends, so that a shard lost with a dead
+    worker can be recomputed (a released scattered input would make Dask forget the shard)."""
 
 
 def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Callable) -> _Submitted:
@@ -360,7 +363,7 @@ def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Calla
         (client.submit(run_diff_task, t, *(f for f, _ in shards[t.image_set]), key=f"daskdiff-{t.key}", retries=retries), t)
         for t in diff_tasks
     ]
-    return _Submitted(shards, diffs)
+    return _Submitted(shards, diffs, storage)
 
 
 def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, clock: Callable[[str], None]) -> tuple[dict[str, dict], list[PartialResult]]:
