@@ -385,6 +385,7 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
         stage: tqdm(total=n, desc=stage, unit=unit, disable=not progress, file=sys.stderr, mininterval=interval)
         for stage, n, unit in (("extract", len(what) - len(submitted.diffs), "shard"), ("differentiation", len(submitted.diffs), "task"))
     }
+    left = {"extract": len(what) - len(submitted.diffs), "differentiation": len(submitted.diffs)}
     try:
         for future in as_completed(list(what)):
             stage, task = what[future]
@@ -401,7 +402,8 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
                              if stage == "extract" else f"task {task.key}")
                 raise JobError(f"{stage} failed for {described} after {retries} retries: {type(exc).__name__}: {exc}") from exc
             bars[stage].update(1)
-            if bars[stage].n == bars[stage].total:
+            left[stage] -= 1
+            if not left[stage]:
                 clock("extracted" if stage == "extract" else "differentiated")
     finally:
         for bar in bars.values():
