@@ -69,19 +69,26 @@ def sampled_stack(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units
     """Gather each repeat's units from the stored values: ``(len(repeats), n_images, k)`` float64.
 
     ``index`` holds the stored flat feature indices (sorted); every sampled unit must be among
-    them, or the shards were written for another plan.
+    them, or the shards were written for another plan. When every feature is stored (``index`` is
+    ``0 .. n-1``) a unit's position is the unit itself, and no search is needed.
     """
-    stacks = []
-    for repeat in repeats:
+    every = len(index) > 0 and index[0] == 0 and index[-1] == len(index) - 1
+    out = None
+    for i, repeat in enumerate(repeats):
         units = units_for(task.shape, task.substrate, n_units, task.sampling, task.layer, repeat)
-        pos = np.searchsorted(index, units)
-        if np.any(pos >= len(index)) or np.any(index[np.minimum(pos, len(index) - 1)] != units):
-            raise ValueError(
-                f"{task.key}: the shards of set {task.image_set!r} do not store every unit this "
-                "repeat samples; they were written for another plan: re-run with --overwrite"
-            )
-        stacks.append(values[:, pos])
-    return np.stack(stacks).astype(np.float64), stacks[0].shape[1]
+        if every and (not len(units) or units[-1] < len(index)):
+            pos = units
+        else:
+            pos = np.searchsorted(index, units)
+            if np.any(pos >= len(index)) or np.any(index[np.minimum(pos, len(index) - 1)] != units):
+                raise ValueError(
+                    f"{task.key}: the shards of set {task.image_set!r} do not store every unit this "
+                    "repeat samples; they were written for another plan: re-run with --overwrite"
+                )
+        if out is None:
+            out = np.empty((len(repeats), len(values), len(pos)), dtype=np.float64)
+        out[i] = values[:, pos]  # float32 -> float64 is exact
+    return out, out.shape[2]
 
 
 def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, min_scale: float) -> dict[str, np.ndarray]:
