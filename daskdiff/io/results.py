@@ -41,6 +41,35 @@ def set_metadata(shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return meta
 
 
+def _image_variables(sets: Sequence[str], metadata: dict[str, dict[str, Any]], width: int) -> dict[str, Any]:
+    """Per-image paths and top-1/top-5 predictions, padded to ``width`` images (empty, -1, NaN),
+    and the skipped files of every set."""
+    S = len(sets)
+
+    def padded(key: str, fill: Any, dtype: Any, extra: tuple[int, ...] = ()) -> np.ndarray:
+        out = np.full((S, width) + extra, fill, dtype=dtype)
+        for s, name in enumerate(sets):
+            values = metadata[name][key] if key != "paths" else np.asarray(metadata[name]["paths"], dtype=object)
+            if len(values):
+                out[s, : len(values)] = values
+        return out
+
+    k = max([metadata[s]["top5_class"].shape[1] for s in sets if metadata[s]["top5_class"].ndim == 2] + [5])
+    skipped = [(s, p, r) for s in sets for p, r in metadata[s]["skipped"]]
+    return {
+        "image_path": (("image_set", "image"), padded("paths", "", object)),
+        "top1_label": (("image_set", "image"), padded("top1_label", "", object)),
+        "top1_class": (("image_set", "image"), padded("top1_class", -1, np.int64)),
+        "top1_prob": (("image_set", "image"), padded("top1_prob", np.nan, np.float64)),
+        "top5_class": (("image_set", "image", "rank"), padded("top5_class", -1, np.int64, (k,))),
+        "top5_prob": (("image_set", "image", "rank"), padded("top5_prob", np.nan, np.float64, (k,))),
+        "top5_label": (("image_set", "image", "rank"), padded("top5_label", "", object, (k,))),
+        "skipped_set": (("skipped",), np.asarray([x[0] for x in skipped], dtype=object)),
+        "skipped_path": (("skipped",), np.asarray([x[1] for x in skipped], dtype=object)),
+        "skipped_reason": (("skipped",), np.asarray([x[2] for x in skipped], dtype=object)),
+    }
+
+
 def assemble(
     *,
     sets: Sequence[str],
@@ -93,30 +122,7 @@ def assemble(
             mean[s, ..., :, n:] = np.nan
         data_vars["rdm"] = (("image_set", "substrate", "n_units", "layer", "image_i", "image_j"), mean)
 
-    def padded(key: str, fill: Any, dtype: Any, extra: tuple[int, ...] = ()) -> np.ndarray:
-        out = np.full((S, width) + extra, fill, dtype=dtype)
-        for s, name in enumerate(sets):
-            values = metadata[name][key] if key != "paths" else np.asarray(metadata[name]["paths"], dtype=object)
-            if len(values):
-                out[s, : len(values)] = values
-        return out
-
-    k = max([metadata[s]["top5_class"].shape[1] for s in sets if metadata[s]["top5_class"].ndim == 2] + [5])
-    data_vars.update(
-        image_path=(("image_set", "image"), padded("paths", "", object)),
-        top1_label=(("image_set", "image"), padded("top1_label", "", object)),
-        top1_class=(("image_set", "image"), padded("top1_class", -1, np.int64)),
-        top1_prob=(("image_set", "image"), padded("top1_prob", np.nan, np.float64)),
-        top5_class=(("image_set", "image", "rank"), padded("top5_class", -1, np.int64, (k,))),
-        top5_prob=(("image_set", "image", "rank"), padded("top5_prob", np.nan, np.float64, (k,))),
-        top5_label=(("image_set", "image", "rank"), padded("top5_label", "", object, (k,))),
-    )
-    skipped = [(s, p, r) for s in sets for p, r in metadata[s]["skipped"]]
-    data_vars.update(
-        skipped_set=(("skipped",), np.asarray([x[0] for x in skipped], dtype=object)),
-        skipped_path=(("skipped",), np.asarray([x[1] for x in skipped], dtype=object)),
-        skipped_reason=(("skipped",), np.asarray([x[2] for x in skipped], dtype=object)),
-    )
+    data_vars.update(_image_variables(sets, metadata, width))
     coords = {
         "image_set": list(sets),
         "substrate": list(substrates),
