@@ -81,7 +81,8 @@ def block_size_for(n_images: int, n_units: int, budget_bytes: float) -> int:
       normalised and (``cosine``, ``correlation``) scaled to unit rows: ``6 * b * k``;
       ``cityblock`` and ``chebyshev`` use two ``(b, k)`` temporaries per row instead;
     - one pair of blocks: the distance block ``(b, b)`` and its temporaries (the norms' sum,
-      ``sqrt``/``clip``, the selected values, the bracket mask, the bin indices): ``6 * b**2``;
+      ``sqrt``/``clip``, the strict triangle's indices and values, the bracket mask, the bin
+      indices): ``6 * b**2``;
     - the exact pass of the median selection: the candidates in the bracket of each of the (at
       most two) middle ranks, at most ``b**2`` each, plus their sorted copy: ``4 * b**2``;
     - the histograms: ``64 * N_BINS`` bytes.
