@@ -97,6 +97,29 @@ def normalize_stack(
     fn = NORMALIZATIONS[check_normalize(normalize)]
     arr = np.asarray(x, dtype=np.float64)
     shift, scale, what = fn(arr)
+    bad, safe_scale = check_scale(scale, normalize, what, name=name, on_undefined=on_undefined, min_scale=min_scale)
+    out = (arr - shift) / safe_scale
+    bad = bad.reshape(bad.shape[:-2])
+    out[bad] = np.nan
+    return out, bad
+
+
+def check_scale(
+    scale: np.ndarray,
+    normalize: str,
+    what: str,
+    *,
+    name: str | None = None,
+    on_undefined: str = "raise",
+    min_scale: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(bad, safe_scale)`` for normalising statistics ``scale``: see :func:`normalize_stack`.
+
+    ``bad`` is True where ``scale`` is not finite or ``<= min_scale`` in absolute value;
+    ``safe_scale`` is ``scale`` with those entries replaced by 1. With ``on_undefined='raise'``
+    a bad entry raises :class:`UndefinedNormalizationError` naming ``what`` and ``name``.
+    """
+    scale = np.asarray(scale)
     bad = ~np.isfinite(scale) | (np.abs(scale) <= min_scale)
     if np.any(bad) and on_undefined == "raise":
         where = f" of {name}" if name else ""
@@ -107,11 +130,7 @@ def normalize_stack(
             "so it cannot be divided by; use normalize='none', sample more units, or leave the "
             "layer out"
         )
-    safe_scale = np.where(bad, 1.0, scale)
-    out = (arr - shift) / safe_scale
-    bad = bad.reshape(bad.shape[:-2])
-    out[bad] = np.nan
-    return out, bad
+    return bad, np.where(bad, 1.0, scale)
 
 
 def condensed(d: np.ndarray) -> np.ndarray:

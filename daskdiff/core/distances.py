@@ -84,6 +84,11 @@ def _cosine_of(x: np.ndarray, null_rows: np.ndarray) -> np.ndarray:
     through the centred Gram path and so avoids most of the cancellation in ``1 - cos`` for
     nearly parallel rows.
     """
+    return cosine_from_sq(_sqeuclidean(unit_rows(x, null_rows)), null_rows, null_rows)
+
+
+def unit_rows(x: np.ndarray, null_rows: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` scaled to unit length; rows flagged in ``null_rows`` become all zero."""
     peak = np.abs(x).max(axis=-1, keepdims=True)
     peak[null_rows] = 1.0
     scaled = x / peak  # guards the norm against underflow/overflow of tiny/huge entries
@@ -91,23 +96,42 @@ def _cosine_of(x: np.ndarray, null_rows: np.ndarray) -> np.ndarray:
     norms[null_rows] = 1.0
     unit = scaled / norms[..., None]
     unit[null_rows] = 0.0
-    d = np.clip(0.5 * _sqeuclidean(unit), 0.0, 2.0)
-    null_pair = null_rows[..., :, None] | null_rows[..., None, :]
-    both_null = null_rows[..., :, None] & null_rows[..., None, :]
+    return unit
+
+
+def cosine_from_sq(sq: np.ndarray, null_a: np.ndarray, null_b: np.ndarray) -> np.ndarray:
+    """Cosine distance from squared Euclidean distances ``(..., n, m)`` between unit rows.
+
+    ``null_a`` (``(..., n)``) and ``null_b`` (``(..., m)``) flag the rows whose distance to any
+    other row is 1 (and 0 between two flagged rows).
+    """
+    d = np.clip(0.5 * sq, 0.0, 2.0)
+    null_pair = null_a[..., :, None] | null_b[..., None, :]
+    both_null = null_a[..., :, None] & null_b[..., None, :]
     d[null_pair] = 1.0
     d[both_null] = 0.0
     return d
 
 
-def _cosine(x: np.ndarray) -> np.ndarray:
-    return _cosine_of(x, ~np.any(x != 0, axis=-1))
+def cosine_null_rows(x: np.ndarray) -> np.ndarray:
+    """The all-zero rows of ``x``: their cosine distance to any other row is defined as 1."""
+    return ~np.any(x != 0, axis=-1)
 
 
-def _correlation(x: np.ndarray) -> np.ndarray:
+def correlation_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows minus their mean, constant-row flags)``: correlation is the cosine of these."""
     constant = np.all(x == x[..., :1], axis=-1)
     centred = x - x.mean(axis=-1, keepdims=True)
     centred[constant] = 0.0
-    return _cosine_of(centred, constant)
+    return centred, constant
+
+
+def _cosine(x: np.ndarray) -> np.ndarray:
+    return _cosine_of(x, cosine_null_rows(x))
+
+
+def _correlation(x: np.ndarray) -> np.ndarray:
+    return _cosine_of(*correlation_rows(x))
 
 
 def _row_loop(x: np.ndarray, reduce: Callable[..., np.ndarray]) -> np.ndarray:
