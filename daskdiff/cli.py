@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from .errors import DaskdiffError
@@ -177,18 +179,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM sends at a time limit), raised in the main thread like Ctrl-C so that
+    clusters and files are closed the same way."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises :class:`Terminated` (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with _sigterm_as_interrupt():
+            return args.func(args)
     except DaskdiffError as err:
         cause = err.__cause__
         if cause is not None and not isinstance(cause, DaskdiffError):
             _report_bug(args.command, cause)  # e.g. a task failed on a worker: show where
         print(f"daskdiff {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated (SIGTERM); re-run the same command to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

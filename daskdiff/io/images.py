@@ -31,8 +31,10 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "RESIZE_FILTERS",
     "ImageDecodeError",
+    "DuplicateImagesWarning",
     "ImageSetError",
     "Skipped",
+    "check_min_images",
     "load_image",
     "load_images",
     "resolve_image_set",
@@ -61,6 +63,11 @@ _GLOB_CHARACTERS = frozenset("*?[")
 
 class ImageSetError(InputError):
     """An image set that cannot be used at all: missing, empty, or an unreadable list file."""
+
+
+class DuplicateImagesWarning(UserWarning):
+    """An image set named one file through several paths (symlinks, hard-linked folders, a list
+    file naming it twice); only the first path, in sorted order, was kept."""
 
 
 class ImageDecodeError(InputError):
@@ -130,7 +137,10 @@ def resolve_image_set(
     -------
     list of str
         Absolute paths (``os.path.abspath``: ``..`` is collapsed, symlinks are *not* resolved),
-        sorted by path string, without duplicates.
+        sorted by path string, one per real file: paths that lead to the same file
+        (``os.path.realpath``, e.g. through a symlinked folder or a symlink loop under ``**``)
+        are kept once, as the first in sorted order, and a :class:`DuplicateImagesWarning`
+        says how many were dropped.
 
     Raises
     ------
@@ -175,7 +185,42 @@ def resolve_image_set(
             f"'{base}'); give an existing folder, a glob pattern such as 'photos/*.jpg', or a "
             "list file (.txt/.lst)"
         )
-    return sorted(set(files))
+    return _one_path_per_file(sorted(set(files)), name)
+
+
+def _one_path_per_file(paths: list[str], name: str) -> list[str]:
+    """The first of ``paths`` (sorted) for each real file; warn how many others were dropped."""
+    seen: set[str] = set()
+    kept = []
+    for p in paths:
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
+            kept.append(p)
+    if len(kept) < len(paths):
+        warnings.warn(
+            f"image set {name!r}: dropped {len(paths) - len(kept)} duplicate path(s) of the same "
+            f"file(s) (symlinks or repeated list entries; {len(kept)} file(s) kept)",
+            DuplicateImagesWarning,
+            stacklevel=3,
+        )
+    return kept
+
+
+def check_min_images(paths: Sequence[str], name: str = "images", minimum: int = 2) -> list[str]:
+    """``paths`` if the set has at least ``minimum`` files, else :class:`ImageSetError`.
+
+    Differentiation compares images pairwise, so a set needs at least two; checking the
+    resolved paths (from :func:`resolve_image_set`) refuses a one-file set before any work
+    starts. Files that later fail to decode are counted by the job itself.
+    """
+    if len(paths) < minimum:
+        shown = f" ({paths[0]})" if paths else ""
+        raise ImageSetError(
+            f"image set {name!r}: resolves to {len(paths)} file(s){shown}; differentiation needs at "
+            f"least {minimum} images: add images to the set or remove it from image_sets"
+        )
+    return list(paths)
 
 
 def _folder_files(folder: str, name: str) -> list[str]:

@@ -2,20 +2,57 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import zipfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
 from .atomic import atomic_write
 
+log = logging.getLogger(__name__)
 
 
 def load_partial(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a partial result (never with pickle)."""
-    with np.load(path, allow_pickle=False) as data:
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:  # f: closed even if not a zip
         return {k: data[k] for k in data.files}
+
+
+def _shape_problem(arrays: dict[str, np.ndarray], expected: Mapping[str, tuple]) -> str | None:
+    """Why ``arrays`` are not the expected ones (``None`` in a shape matches any length), or None."""
+    if set(arrays) != set(expected):
+        return f"holds arrays {sorted(arrays)}, expected {sorted(expected)}"
+    for key, shape in expected.items():
+        got = arrays[key].shape
+        if len(got) != len(shape) or any(want is not None and n != want for n, want in zip(got, shape)):
+            return f"array {key!r} has shape {got}, expected {tuple('any' if n is None else n for n in shape)}"
+    return None
+
+
+def reuse_partial(path: str | os.PathLike, expected: Mapping[str, tuple]) -> dict[str, np.ndarray] | None:
+    """The partial result at ``path`` if it exists and is sound, else None (recompute it).
+
+    A partial that cannot be read (truncated, bit-flipped: the zip CRC fails) or whose arrays
+    are not those of ``expected`` (name -> shape, ``None`` for any length; e.g. a file left by
+    another spec) is corrupt: a warning naming the file and the reason is logged (logger
+    ``daskdiff.io.partials``) and the file is removed, so the caller computes it again.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        arrays = load_partial(path)
+        problem = _shape_problem(arrays, expected)
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        arrays, problem = None, f"cannot be read ({type(error).__name__}: {error})"
+    if problem is None:
+        return arrays
+    log.warning("partial result %s is corrupt: %s; removed it, recomputing", path, problem)
+    path.unlink(missing_ok=True)
+    return None
 
 
 class PartialResult(NamedTuple):

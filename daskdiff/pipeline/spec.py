@@ -47,6 +47,13 @@ class ModelSection(_Strict):
     predictions: _one_of(PREDICTIONS) = "softmax"
     preprocess: _one_of(PREPROCESS_MODES) | None = None
 
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("is an empty list; name at least one layer, or omit model.layers for every layer")
+        return v
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
@@ -67,7 +74,11 @@ class GeneratedSet(_Strict):
     def _params(self) -> "GeneratedSet":
         from ..stimuli.registry import check_generator_params
 
-        check_generator_params(self.generate, self.params())
+        params = self.params()
+        check_generator_params(self.generate, params)
+        count = params.get("count")
+        if isinstance(count, int) and not isinstance(count, bool) and count < 2:
+            raise ValueError(f"count: {count} image(s); differentiation needs at least 2 images per set, e.g. count: 8")
         return self
 
     def params(self) -> dict[str, Any]:
@@ -140,6 +151,30 @@ class ClusterSection(_Strict):
     security: SecuritySection | None = None
     start_timeout: PositiveInt = 120
 
+    @field_validator("slurm")
+    @classmethod
+    def _slurm(cls, v: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(v, default=str))
+        if size > MAX_SLURM_CHARS:
+            raise ValueError(f"holds {size} characters of options; at most {MAX_SLURM_CHARS} (dask-jobqueue SLURMCluster keyword arguments)")
+        if _depth(v) > MAX_SLURM_DEPTH:
+            raise ValueError(f"is nested deeper than {MAX_SLURM_DEPTH} levels; give SLURMCluster keyword arguments (strings, numbers, lists of strings)")
+        return v
+
+
+MAX_SLURM_CHARS = 65536
+MAX_SLURM_DEPTH = 4
+MAX_NAME_CHARS = 200
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of lists/dicts in ``value`` (a scalar is 0)."""
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, (list, tuple)):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
 
 def _set_kind(entry: Any) -> str | None:
     if isinstance(entry, dict):
@@ -170,6 +205,13 @@ class JobSpec(_Strict):
     output: str = "output"
     cluster: ClusterSection = ClusterSection()
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not 1 <= len(v) <= MAX_NAME_CHARS or not v.isprintable():
+            raise ValueError(f"must be 1 to {MAX_NAME_CHARS} printable characters on one line (it titles the plot), got {len(v)} character(s)")
+        return v
+
     @field_validator("image_sets", mode="before")
     @classmethod
     def _paths_as_mappings(cls, v: Any) -> Any:
@@ -193,15 +235,24 @@ class JobSpec(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+MAX_QUOTED = 200
+"""Error messages quote at most this many characters of a value taken from the spec."""
+
+
+def shorten(text: str, limit: int = MAX_QUOTED) -> str:
+    """``text``, cut to ``limit`` characters with a note of the full length when longer."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: the job spec is not valid ({err.error_count()} problem(s)); nothing was run:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        msg = e["msg"].removeprefix("Value error, ")
+        loc = shorten(".".join(str(p) for p in e["loc"] if not str(p).startswith("function-")))
+        msg = shorten(e["msg"].removeprefix("Value error, "), 4 * MAX_QUOTED)
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling against the README's spec reference)"
         got = e.get("input")
-        shown = "" if e["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if e["type"] == "missing" or isinstance(got, dict) else f" (got {shorten(repr(got))})"
         lines.append(f"  - {loc}: {msg}{shown}")
     return "\n".join(lines)
 
@@ -216,15 +267,39 @@ def parse_spec(data: Any, source: str = "<spec>") -> JobSpec:
         raise SpecError(_format_errors(err, source)) from None
 
 
+MAX_YAML_DEPTH = 32
+"""Deepest nesting of mappings/lists a job spec may have (a real spec needs 4)."""
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """The safe loader without anchors/aliases (no "billion laughs") and with bounded nesting."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.YAMLError(f"YAML anchors/aliases (&, *) are not allowed in job specs {event.start_mark}; write each value out")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels {event.start_mark}")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def load_spec(path: str | Path) -> tuple[JobSpec, Path]:
-    """Read and validate a YAML job spec (safe loader). Returns (spec, folder of the file)."""
+    """Read and validate a YAML job spec (safe loader). Returns (spec, folder of the file).
+
+    Anchors and aliases (``&a``, ``*a``, ``<<: *a``) are refused: a few hundred bytes of nested
+    aliases would otherwise expand to gigabytes. Nesting is bounded by :data:`MAX_YAML_DEPTH`.
+    """
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"job spec {path} does not exist; see jobs/demo.yaml for an example")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_SpecLoader)
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from None
+        raise SpecError(f"{path}: not valid YAML: {shorten(str(err), 4 * MAX_QUOTED)}") from None
     return parse_spec(data, str(path)), path.resolve().parent
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.layout import partial_path
-from ..io.partials import PartialResult, load_partial, write_partial
+from ..io.partials import PartialResult, reuse_partial, write_partial
 
 from ..core.differentiation import distances_stack, rdm_median
 from ..core.units import NUnits, Sampling, units_for
@@ -127,12 +127,23 @@ def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_uni
     return out
 
 
+def _partial_shapes(task: DiffTask, shards: tuple) -> dict[str, tuple]:
+    """The arrays of the task's partial result and their shapes (``None``: not known here)."""
+    n_n, repeats = len(task.sampling.n_units), task.sampling.repeats
+    shapes = {"differentiation": (n_n, repeats), "undefined": (n_n, repeats), "units_used": (n_n,)}
+    if task.keep_rdm:
+        n_images = sum(m["n_images"] for m in shards) if shards else None
+        shapes |= {"rdm_sum": (n_n, n_images, n_images), "rdm_count": (n_n,)}
+    return shapes
+
+
 def run_diff_task(task: DiffTask, *shards: Any) -> PartialResult:
     """Compute one task, write its partial result and return it.
 
     ``shards``: the set's extraction results (Dask futures passed as arguments make this task
     wait for its own set's shards only; their values are not used). A partial result that
-    already exists is read back instead (resume).
+    already exists is read back instead (resume), unless it is corrupt (unreadable, or arrays
+    of other shapes: see :func:`daskdiff.io.partials.reuse_partial`), when it is recomputed.
 
     The partial holds, for the ``n_units`` of the plan in order (axis 0) and the job's repeats
     (axis 1, NaN past ``repeats_for(n_units)``): ``differentiation`` float64, ``undefined``
@@ -140,8 +151,9 @@ def run_diff_task(task: DiffTask, *shards: Any) -> PartialResult:
     (n_units, n_images, n_images): the sum over defined repeats, for the mean RDM, with
     ``rdm_count`` (n_units,) the number of repeats summed.
     """
-    if task.path.exists():
-        return PartialResult(task.image_set, task.substrate, task.layer, load_partial(task.path))
+    reused = reuse_partial(task.path, _partial_shapes(task, shards))
+    if reused is not None:
+        return PartialResult(task.image_set, task.substrate, task.layer, reused)
     if shards and (n := sum(m["n_images"] for m in shards)) < 2:
         raise InputError(f"image set {task.image_set!r} has {n} decodable image(s); differentiation needs at least 2")
     values, index = read_features(task.files, task.substrate, task.layer)
