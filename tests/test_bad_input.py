@@ -17,7 +17,6 @@ import xarray as xr
 import yaml
 from distributed import Client, LocalCluster
 
-from daskdiff.errors import InputError
 from daskdiff.io.images import DuplicateImagesWarning, ImageSetError, check_min_images, resolve_image_set
 from daskdiff.io.layout import PARTIAL_DIR, RESULTS_FILE
 from daskdiff.io.partials import load_partial, reuse_partial, write_partial
@@ -111,7 +110,7 @@ def test_list_file_naming_a_file_twice(tmp_path):
 
 
 def test_min_images(tmp_path):
-    one = write_images(tmp_path / "one", 1, seed=0)
+    write_images(tmp_path / "one", 1, seed=0)
     with pytest.raises(ImageSetError, match=r"image set 'one': resolves to 1 file\(s\).*at least 2"):
         check_min_images(resolve_image_set(tmp_path / "one"), "one")
     two = write_images(tmp_path / "two", 2, seed=0)
@@ -215,3 +214,33 @@ def test_sigterm_then_resume(tmp_path, tiny_model_path):
     assert again.returncode == 0, again.stderr
     assert "resuming:" in again.stdout
     assert (tmp_path / "out" / RESULTS_FILE).exists()
+
+
+def test_a_one_file_set_is_refused_before_any_cluster(tmp_path, monkeypatch):
+    import daskdiff.pipeline.cluster
+    from daskdiff.pipeline.job import run_job
+    from daskdiff.pipeline.spec import parse_spec
+
+    monkeypatch.setattr(daskdiff.pipeline.cluster, "connect", lambda *a, **k: pytest.fail("a cluster was started"))
+    write_images(tmp_path / "one", 1, seed=0)
+    write_images(tmp_path / "two", 2, seed=1)
+    spec = parse_spec({"name": "x", "image_sets": {"two": str(tmp_path / "two"), "one": str(tmp_path / "one")},
+                       "output": str(tmp_path / "out")}, "test")
+    with pytest.raises(ImageSetError, match=r"image set 'one': resolves to 1 file\(s\)"):
+        run_job(spec, tmp_path, progress=False, echo=lambda *a: None)
+    assert not (tmp_path / "out" / "activations").exists()
+
+
+def test_the_job_says_which_link_duplicates_it_dropped(tmp_path):
+    from daskdiff.pipeline.job import plan_job
+    from daskdiff.pipeline.spec import parse_spec
+
+    folder = tmp_path / "imgs"
+    write_images(folder, 3, seed=0)
+    (folder / "again.png").symlink_to(folder / "img-000.png")
+    lines = []
+    spec = parse_spec({"name": "x", "model": {"name": "VGG16", "weights": "random"}, "image_sets": {"a": str(folder)},
+                       "output": str(tmp_path / "out")}, "test")
+    plan = plan_job(spec, tmp_path, echo=lines.append)
+    assert len(plan.sets["a"]) == 3
+    assert any("image set 'a': dropped 1 duplicate path(s)" in line for line in lines), lines

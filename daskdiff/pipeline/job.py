@@ -24,6 +24,7 @@ import datetime as _dt
 import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -34,7 +35,7 @@ from ..errors import JobError
 from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, PARTIAL_DIR, PLOT_FILE, RESULTS_FILE, shard_path
 from .tasks import DiffTask, run_diff_task
 from ..model.extract import extract_shard, ShardTask
-from ..io.images import resolve_image_set
+from ..io.images import DuplicateImagesWarning, check_min_images, resolve_image_set
 from ..io.manifest import check_output_folder, Manifest, OutputFolderError
 from ..model.build import WEIGHTS_KEYWORDS, build_model, model_layers, ModelSpec, WeightsUnavailableError
 from ..core.units import bytes_per_image, n_units_label, plan_digest, Sampling, storage_plan
@@ -203,13 +204,26 @@ def _generated_set(name: str, entry: Any, base: Path, manifest: Manifest, echo: 
     return sorted(paths)
 
 
-def _path_sets(spec: JobSpec, base: Path) -> dict[str, list[str]]:
-    """The sets read from disk (folders, globs, list files), resolved to image paths."""
-    return {
-        name: resolve_image_set(entry.path, name=name, base_dir=base)
-        for name, entry in spec.image_sets.items()
-        if not hasattr(entry, "generate")
-    }
+def _path_sets(spec: JobSpec, base: Path, echo: Callable) -> dict[str, list[str]]:
+    """The sets read from disk (folders, globs, list files), resolved to image paths.
+
+    A set of fewer than 2 files is refused here, before any cluster starts; paths that reach the
+    same file through links are dropped, and the job says so.
+    """
+    sets = {}
+    for name, entry in spec.image_sets.items():
+        if hasattr(entry, "generate"):
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DuplicateImagesWarning)
+            sets[name] = resolve_image_set(entry.path, name=name, base_dir=base)
+        for w in caught:
+            if issubclass(w.category, DuplicateImagesWarning):
+                echo(str(w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        check_min_images(sets[name], name)
+    return sets
 
 
 def _image_sets(spec: JobSpec, base: Path, manifest: Manifest, path_sets: dict[str, list[str]], echo: Callable) -> dict[str, list[str]]:
@@ -252,7 +266,7 @@ def plan_job(spec: JobSpec, base: Path, *, output: str | Path | None = None, wei
     """Validate and plan a job on the client; nothing runs on a cluster."""
     out = Path(output) if output else resolve_path(spec.output, base)
     out = out.resolve()
-    path_sets = _path_sets(spec, base)
+    path_sets = _path_sets(spec, base, echo)
     manifest = _check_output(out, spec, overwrite, [p for paths in path_sets.values() for p in paths], echo)
     if (n := _clean_temporaries(manifest)):
         echo(f"removed {n} temporary file(s) left by an interrupted run")
