@@ -73,8 +73,8 @@ def sampled_stack(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units
     ``0 .. n-1``) a unit's position is the unit itself, and no search is needed.
     """
     every = len(index) > 0 and index[0] == 0 and index[-1] == len(index) - 1
-    out = None
-    for i, repeat in enumerate(repeats):
+    stacks = []
+    for repeat in repeats:
         units = units_for(task.shape, task.substrate, n_units, task.sampling, task.layer, repeat)
         if every and (not len(units) or units[-1] < len(index)):
             pos = units
@@ -85,10 +85,10 @@ def sampled_stack(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units
                     f"{task.key}: the shards of set {task.image_set!r} do not store every unit this "
                     "repeat samples; they were written for another plan: re-run with --overwrite"
                 )
-        if out is None:
-            out = np.empty((len(repeats), len(values), len(pos)), dtype=np.float64)
-        out[i] = values[:, pos]  # float32 -> float64 is exact
-    return out, out.shape[2]
+        stacks.append(values[:, pos])
+    # np.stack keeps the gathers' memory layout; BLAS rounds differently on other layouts (1e-16),
+    # so this construction is kept to give bit-identical results across versions
+    return np.stack(stacks).astype(np.float64), stacks[0].shape[1]
 
 
 def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, min_scale: float) -> dict[str, np.ndarray]:
