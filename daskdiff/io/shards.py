@@ -21,7 +21,9 @@ A shard holds, for the images it decoded (dimension ``image``):
 - attributes: model, weights, preprocessing, resize, plan digest, skipped files (JSON).
 
 Every file is written to a temporary name in its folder and renamed into place, so a file that
-exists is complete; readers ignore ``*.tmp*`` names.
+exists is complete; readers ignore ``*.tmp*`` names. Every activation variable (and every numeric
+coordinate) is stored with HDF5's Fletcher-32 checksum per chunk: HDF5 verifies each chunk it
+reads, and :func:`read_features` turns a mismatch into :class:`CorruptShardError`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
+from ..errors import DaskdiffError
 from .atomic import flush_and_drop
 from .layout import ACTIVATIONS_DIR, SHARD_GLOB, feature_dim, variable_name
 
@@ -49,6 +52,29 @@ def _unit_coords(lp: LayerPlan, dim: str) -> dict[str, tuple]:
         coords[f"x__{lp.name}"] = (dim, ((idx // c) % w).astype(np.int16))
         coords[f"y__{lp.name}"] = (dim, (idx // (c * w)).astype(np.int16))
     return coords
+
+
+class CorruptShardError(DaskdiffError):
+    """A shard's stored values fail HDF5's checksum (or cannot be read): the file is damaged.
+
+    ``path`` is the shard's file. Delete it and re-run: its extraction task writes it again
+    (a job does this by itself, once per shard).
+    """
+
+    def __init__(self, path: str | os.PathLike, detail: str = ""):
+        self.path = str(path)
+        self.detail = detail
+        super().__init__(
+            f"shard {self.path} is corrupt (checksum mismatch or unreadable data{': ' + detail if detail else ''}); "
+            "delete it and re-run the job to extract it again"
+        )
+
+    def __reduce__(self):  # travels from a worker to the client with its path
+        return type(self), (self.path, self.detail)
+
+
+CHECKSUM = {"fletcher32": True}
+"""HDF5 filter settings of every numeric variable of a shard: a Fletcher-32 checksum per chunk."""
 
 
 CHUNK_BYTES = 64 * 2**20
@@ -102,7 +128,7 @@ class ShardWriter:
         for name, (dim, n) in activation_variables(plan).items():
             self._nc.createDimension(dim, n)
             rows = max(1, min(chunk_images, CHUNK_BYTES // (4 * n)))
-            self._vars[name] = var = self._nc.createVariable(name, "f4", ("image", dim), fill_value=False, chunksizes=(rows, n))
+            self._vars[name] = var = self._nc.createVariable(name, "f4", ("image", dim), fill_value=False, chunksizes=(rows, n), **CHECKSUM)
             var.set_var_chunk_cache(size=0)
         self._fd = os.open(path, os.O_RDONLY) if drop_cache and hasattr(os, "posix_fadvise") else None
 
@@ -188,9 +214,11 @@ def write_shard_labels(path: str | os.PathLike, labels: xr.Dataset) -> None:
     """Add :func:`shard_labels` to a file :class:`ShardWriter` wrote (xarray, append mode).
 
     The coordinates are listed in the file's global ``coordinates`` attribute, which is how
-    xarray reads them back as coordinates of the activation variables.
+    xarray reads them back as coordinates of the activation variables. Numeric coordinates get
+    the same checksum as the activations (strings are variable-length: HDF5 filters skip them).
     """
-    labels.to_netcdf(path, mode="a", engine="netcdf4")
+    encoding = {name: dict(CHECKSUM) for name, var in labels.variables.items() if var.dtype.kind in "biuf"}
+    labels.to_netcdf(path, mode="a", engine="netcdf4", encoding=encoding)
 
 
 def open_activations(path: str | os.PathLike, image_set: str | None = None) -> xr.Dataset:
@@ -279,8 +307,8 @@ def shard_complete(path: str | os.PathLike, digest: str, n_paths: int) -> dict[s
         return None
     try:
         meta = shard_metadata(path)
-    except (OSError, KeyError, ValueError):
-        return None  # unreadable (e.g. damaged by hand): rewrite it
+    except (OSError, KeyError, ValueError, RuntimeError):
+        return None  # unreadable (truncated, damaged labels: HDF5 raises RuntimeError on a bad checksum): rewrite it
     if meta["attrs"].get("plan_digest") != digest or meta["n_images"] + len(meta["skipped"]) != n_paths:
         return None
     return meta
@@ -291,6 +319,12 @@ def read_features(files: Sequence[str | os.PathLike], substrate: str, layer: str
 
     Returns ``(values, index)``: ``values`` ``(n_images, n_stored)`` float32 in shard order and
     ``index`` the stored flat feature indices (sorted). Only this variable is read.
+
+    Raises
+    ------
+    CorruptShardError
+        A shard's chunks of this variable (or its feature index) fail their checksum, or the
+        file opens but its data cannot be read; ``err.path`` names the shard.
     """
     import netCDF4
 
@@ -298,13 +332,22 @@ def read_features(files: Sequence[str | os.PathLike], substrate: str, layer: str
     blocks, index = [], None
     for f in files:
         # netCDF4 directly: xarray would build a pandas index over millions of unit labels
-        with netCDF4.Dataset(f, "r") as ds:
+        try:
+            ds = netCDF4.Dataset(f, "r")
+        except (FileNotFoundError, PermissionError):
+            raise
+        except OSError as err:  # e.g. truncated: HDF5 cannot read the file's header
+            raise CorruptShardError(f, f"cannot open: {err}") from None
+        with ds:
             ds.set_auto_mask(False)
             if name not in ds.variables:
                 raise KeyError(f"{f}: variable {name!r} is missing; the shard was written by another plan (re-run with --overwrite)")
-            blocks.append(np.asarray(ds.variables[name][:], dtype=np.float32))
-            if index is None:
-                index = np.asarray(ds.variables[dim][:], dtype=np.int64)
+            try:
+                blocks.append(np.asarray(ds.variables[name][:], dtype=np.float32))
+                if index is None:
+                    index = np.asarray(ds.variables[dim][:], dtype=np.int64)
+            except RuntimeError as err:  # netCDF4's "NetCDF: HDF error": a chunk failed its checksum
+                raise CorruptShardError(f, f"reading {name!r}: {err}") from None
     if index is None:
         raise ValueError("no shard files to read")
     return np.concatenate(blocks, axis=0), index

@@ -41,6 +41,7 @@ from ..model.build import WEIGHTS_KEYWORDS, build_model, model_layers, ModelSpec
 from ..core.units import bytes_per_image, n_units_label, plan_digest, Sampling, storage_plan
 from ..io.partials import PartialResult
 from ..io.results import assemble, set_metadata
+from ..io.shards import CorruptShardError
 from .spec import JobSpec, resolve_path, spec_yaml
 from ..io.atomic import atomic_write, write_netcdf
 
@@ -346,6 +347,20 @@ class _Submitted:
     storage: Any
     """The scattered storage plan: held until the job ends, so that a shard lost with a dead
     worker can be recomputed (a released scattered input would make Dask forget the shard)."""
+    resources: dict | None = None
+    """Worker resources of the extraction tasks (also those of a recomputed corrupt shard)."""
+
+
+def _diff_or_corrupt(task: DiffTask, *shards: Any) -> PartialResult | CorruptShardError:
+    """:func:`run_diff_task`, but a corrupt shard is returned, not raised.
+
+    Dask's ``retries`` would run a failed task again on the same damaged file; returned, the
+    error reaches the client at once, which deletes and recomputes the shard (:func:`_gather`).
+    """
+    try:
+        return run_diff_task(task, *shards)
+    except CorruptShardError as err:
+        return err
 
 
 def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Callable) -> _Submitted:
@@ -374,18 +389,84 @@ def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Calla
         future = client.submit(extract_shard, t, storage, plan.model, key=f"daskdiff-{t.key}", retries=retries, resources=resources)
         shards[t.image_set].append((future, t))
     diffs = [
-        (client.submit(run_diff_task, t, *(f for f, _ in shards[t.image_set]), key=f"daskdiff-{t.key}", retries=retries), t)
+        (client.submit(_diff_or_corrupt, t, *(f for f, _ in shards[t.image_set]), key=f"daskdiff-{t.key}", retries=retries), t)
         for t in diff_tasks
     ]
-    return _Submitted(shards, diffs, storage)
+    return _Submitted(shards, diffs, storage, resources)
 
 
-def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, clock: Callable[[str], None]) -> tuple[dict[str, dict], list[PartialResult]]:
+def _is_corrupt(future: Any) -> bool:
+    """Whether a finished differentiation future returned a :class:`CorruptShardError`."""
+    kind = future.type
+    if kind is None:  # the scheduler did not report the type: look at the (small) value itself
+        return isinstance(future.result(), CorruptShardError)
+    return isinstance(kind, type) and issubclass(kind, CorruptShardError)
+
+
+@dataclass
+class _Recompute:
+    """What :func:`_gather` tracks to recompute corrupt shards within the run."""
+
+    what: dict
+    pending: Any
+    """The ``as_completed`` iterator: new futures are added to it."""
+    bars: dict
+    superseded: set = field(default_factory=set)
+    recomputed: set = field(default_factory=set)
+
+
+def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _Recompute, err: CorruptShardError, echo: Callable) -> None:
+    """Delete the corrupt shard ``err.path`` and submit it again, then its set's unfinished tasks.
+
+    The extraction task re-extracts because the file is missing. The set's differentiation tasks
+    that have not finished (the failed one, those waiting and those running, which would find
+    the file gone) are cancelled and submitted again on the new shard, under new keys; finished
+    ones are kept (each chunk is checked, so what they read was sound). A shard that is corrupt
+    again fails the job.
+    """
+    path = err.path
+    if path in state.recomputed:
+        raise JobError(
+            f"shard {path} is corrupt again after it was recomputed in this run ({err.detail}): "
+            "the disk or filesystem under the output folder damages files; check it, or choose another --output"
+        ) from err
+    found = [(name, i) for name, pairs in submitted.shards.items() for i, (_, t) in enumerate(pairs)
+             if str(shard_path(t.output, t.image_set, t.shard)) == path]
+    if not found:
+        raise JobError(f"{err} (the file is not one of this job's shards)") from err
+    name, i = found[0]
+    state.recomputed.add(path)
+    echo(f"shard {path} is corrupt (checksum mismatch): removed, recomputing")
+    Path(path).unlink(missing_ok=True)
+    suffix = f"-recomputed{len(state.recomputed)}"  # keys of a new graph: never those of the old futures
+    retries = plan.spec.extraction.retries
+    shard_task = submitted.shards[name][i][1]
+    future = client.submit(extract_shard, shard_task, submitted.storage, plan.model, key=f"daskdiff-{shard_task.key}{suffix}",
+                           retries=retries, resources=submitted.resources)
+    submitted.shards[name][i] = (future, shard_task)
+    state.what[future] = ("extract", shard_task)
+    state.pending.add(future)
+    state.bars["extract"].total += 1
+    shard_futures = [f for f, _ in submitted.shards[name]]
+    for j, (old, t) in enumerate(submitted.diffs):
+        if t.image_set != name or (old.status == "finished" and not _is_corrupt(old)):
+            continue
+        state.superseded.add(old)
+        client.cancel([old])
+        new = client.submit(_diff_or_corrupt, t, *shard_futures, key=f"daskdiff-{t.key}{suffix}", retries=retries)
+        submitted.diffs[j] = (new, t)
+        state.what[new] = ("differentiation", t)
+        state.pending.add(new)
+
+
+def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, clock: Callable[[str], None], echo: Callable = print) -> tuple[dict[str, dict], list[PartialResult]]:
     """Wait for every task, with a progress bar per stage; the sets' metadata and the partials.
 
     A failed task cancels the job with a JobError naming it. A set whose shards hold fewer than 2
     decodable images cancels only its own differentiation: the other sets' work goes on and is
-    kept (their files resume a later run), then the job fails naming that set.
+    kept (their files resume a later run), then the job fails naming that set. A differentiation
+    task that finds a corrupt shard (checksum mismatch) makes the job delete and recompute that
+    shard and the set's unfinished tasks (:func:`_recompute_shard`), once per shard.
     """
     from distributed import as_completed
     from tqdm.auto import tqdm
@@ -399,11 +480,18 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
         stage: tqdm(total=n, desc=stage, unit=unit, disable=not progress, file=sys.stderr, mininterval=interval)
         for stage, n, unit in (("extract", len(what) - len(submitted.diffs), "shard"), ("differentiation", len(submitted.diffs), "task"))
     }
-    left = {"extract": len(what) - len(submitted.diffs), "differentiation": len(submitted.diffs)}
+    done = {"extract": 0, "differentiation": 0}  # a stage ends when done reaches its bar's total (recomputes add to it)
+    pending = as_completed(list(what))
+    state = _Recompute(what, pending, bars)
     try:
-        for future in as_completed(list(what)):
+        for future in pending:
+            if future in state.superseded:
+                continue
             stage, task = what[future]
             if future.status == "cancelled" and task.image_set in too_small:
+                continue
+            if stage == "differentiation" and future.status == "finished" and _is_corrupt(future):
+                _recompute_shard(client, plan, submitted, state, future.result(), echo)
                 continue
             problem = too_small.get(task.image_set) or _too_small(task.image_set, submitted.shards[task.image_set])
             if problem and task.image_set not in too_small:
@@ -416,8 +504,8 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
                              if stage == "extract" else f"task {task.key}")
                 raise JobError(f"{stage} failed for {described} after {retries} retries: {type(exc).__name__}: {exc}") from exc
             bars[stage].update(1)
-            left[stage] -= 1
-            if not left[stage]:
+            done[stage] += 1
+            if done[stage] == bars[stage].total:
                 clock("extracted" if stage == "extract" else "differentiated")
     finally:
         for bar in bars.values():
@@ -484,7 +572,7 @@ def run_job(
     def on(c: Any) -> JobResult:
         c.register_plugin(WorkerSetup())
         keep_rdm = max(map(len, plan.sets.values())) <= spec.analysis.rdm_max_images
-        metadata, partials = _gather(c, plan, _submit(c, plan, attrs, keep_rdm, echo), progress, clock)
+        metadata, partials = _gather(c, plan, _submit(c, plan, attrs, keep_rdm, echo), progress, clock, echo)
         n_images = {name: len(m["paths"]) for name, m in metadata.items()}
         path, skipped, notes = write_results(plan, metadata, partials, keep_rdm, command, echo)
         clock("written")

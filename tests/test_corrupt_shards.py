@@ -1,0 +1,160 @@
+"""Corrupt shards (bytes flipped on disk, truncated files) are detected, named and recomputed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+import xarray as xr
+from distributed import Client, LocalCluster
+
+from daskdiff.core.units import Sampling, storage_plan
+from daskdiff.io import shards as storage
+from daskdiff.io.shards import (
+    CorruptShardError, ShardWriter, activation_variables, read_features, shard_complete, shard_labels, write_shard_labels,
+)
+from daskdiff.pipeline import job
+from daskdiff.pipeline.job import JobError, run_job
+
+from conftest import write_images
+from jobtools import tiny_spec
+
+SHAPES = {"conv": (6, 5, 4), "fc": (7,)}
+
+
+def _flip_chunk(path, name, rows=slice(0, 1)):
+    """Flip bits of 8 bytes in the middle of the stored bytes of ``name[rows]``, found by their
+    value in the file (at every place they occur: a flatten layer repeats the conv layer before it).
+
+    XOR 0x5A, not 0xFF: Fletcher-32 sums 16-bit words modulo 65535, so it cannot tell a 0x0000
+    word (a ReLU zero) from 0xFFFF."""
+    with netCDF4.Dataset(path) as nc:
+        nc.set_auto_mask(False)
+        needle = np.ascontiguousarray(nc[name][rows], dtype="<f4").tobytes()
+    data = bytearray(Path(path).read_bytes())
+    at = data.find(needle)
+    assert at >= 0, "the chunk's bytes are not in the file"
+    while at >= 0:
+        mid = at + len(needle) // 2
+        data[mid : mid + 8] = bytes(b ^ 0x5A for b in data[mid : mid + 8])
+        at = data.find(needle, at + 1)
+    Path(path).write_bytes(bytes(data))
+
+
+def _write_shard(path, n=5, seed=0):
+    plan = storage_plan(SHAPES, ["units", "filter_mean"], Sampling(n_units=(3,), repeats=2, seed=1))
+    rng = np.random.default_rng(seed)
+    features = {k: rng.standard_normal((n, size)).astype(np.float32) for k, (_, size) in activation_variables(plan).items()}
+    with ShardWriter(path, plan, chunk_images=2) as writer:
+        writer.append(features)
+    labels = shard_labels(plan, paths=[f"/im/{i}.png" for i in range(n)], image_set="s", image_index=list(range(n)),
+                          logits=rng.standard_normal((n, 3)).astype(np.float32), labels=["a", "b", "c"], attrs={"plan_digest": "d"})
+    write_shard_labels(path, labels)  # xarray appends the labels to the checksummed file
+    return features
+
+
+def test_flipped_bytes_raise_corrupt_shard_error_naming_the_file(tmp_path):
+    path = tmp_path / "shard-00003.nc"
+    features = _write_shard(path)
+    with netCDF4.Dataset(path) as nc:
+        assert all(nc[name].filters()["fletcher32"] for name in features)
+        assert nc["unit__conv"].filters()["fletcher32"] and nc["top1_prob"].filters()["fletcher32"]
+    _flip_chunk(path, "units__conv", rows=slice(2, 4))
+    with pytest.raises(CorruptShardError, match=f"shard {path} is corrupt") as info:
+        read_features([path], "units", "conv")
+    assert info.value.path == str(path)
+    # other variables' chunks are intact and still read exactly
+    np.testing.assert_array_equal(read_features([path], "units", "fc")[0], features["units__fc"])
+
+
+def test_without_checksum_the_same_flip_is_read_silently(tmp_path, monkeypatch):
+    """The reference the checksum is tested against: the same damage, unchecked, gives wrong values."""
+    monkeypatch.setattr(storage, "CHECKSUM", {})
+    path = tmp_path / "plain.nc"
+    features = _write_shard(path)
+    _flip_chunk(path, "units__conv", rows=slice(2, 4))
+    values, _ = read_features([path], "units", "conv")
+    assert not np.array_equal(values, features["units__conv"])
+
+
+def test_truncated_shard_is_not_complete_and_is_corrupt(tmp_path):
+    path = tmp_path / "shard-00000.nc"
+    _write_shard(path)
+    assert shard_complete(path, "d", 5) is not None
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert shard_complete(path, "d", 5) is None
+    with pytest.raises(CorruptShardError, match=str(path)):
+        read_features([path], "units", "conv")
+
+
+def _cluster(processes):
+    if not processes:  # threads of this process (in-process transport): they see monkeypatches
+        return LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)  # HDF5 is not thread-safe
+    return LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+
+
+@pytest.fixture(scope="module")
+def tiny_job(tmp_path_factory, tiny_model_path):
+    root = tmp_path_factory.mktemp("corrupt")
+    write_images(root / "noisy", 7, seed=1)
+    write_images(root / "smooth", 6, seed=2, kind="smooth")
+    sets = {"noisy": str(root / "noisy"), "smooth": str(root / "smooth")}
+    return root, sets
+
+
+@pytest.mark.cluster
+def test_corrupt_shard_recomputed_within_the_run(tiny_job, tiny_model_path):
+    root, sets = tiny_job
+    out = root / "out"
+    spec = tiny_spec(tiny_model_path, sets, out)
+    with _cluster(processes=True) as cluster, Client(cluster) as client:
+        first = run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
+        reference = xr.load_dataset(first.path)
+        corrupt = out / "activations" / "noisy" / "shard-00001.nc"
+        clean, _ = read_features([corrupt], "units", "conv2")
+        _flip_chunk(corrupt, "units__conv2", rows=slice(0, 3))
+        with pytest.raises(CorruptShardError):
+            read_features([corrupt], "units", "conv2")
+        truncated = out / "activations" / "smooth" / "shard-00000.nc"
+        size = truncated.stat().st_size
+        sound, _ = read_features([truncated], "units", "conv2")
+        truncated.write_bytes(truncated.read_bytes()[: size // 2])
+        for p in (out / "partial").glob("*.npz"):
+            p.unlink()
+        first.path.unlink()
+        lines = []
+        second = run_job(spec, Path("."), client=client, progress=False, echo=lines.append)
+    assert lines.count(f"shard {corrupt} is corrupt (checksum mismatch): removed, recomputing") == 1, lines
+    again = xr.load_dataset(second.path)
+    for name in ("differentiation", "rdm", "n_undefined"):
+        np.testing.assert_array_equal(reference[name].values, again[name].values)
+    np.testing.assert_array_equal(read_features([corrupt], "units", "conv2")[0], clean)  # replaced by a sound file
+    assert truncated.stat().st_size == size  # re-extracted by its task, without a message
+    np.testing.assert_array_equal(read_features([truncated], "units", "conv2")[0], sound)
+
+
+def _corrupt_after_writing(task, *args, **kwargs):
+    """extract_shard, then damage the fresh file of shard 0 of set 'noisy' (every time it is written)."""
+    meta = _extract_shard(task, *args, **kwargs)
+    if task.image_set == "noisy" and task.shard == 0 and not meta.get("resumed"):
+        _flip_chunk(meta["path"], "units__fc1")
+    return meta
+
+
+_extract_shard = job.extract_shard
+
+
+@pytest.mark.cluster
+def test_shard_corrupt_again_fails_the_job(tiny_job, tiny_model_path, monkeypatch):
+    root, sets = tiny_job
+    monkeypatch.setattr(job, "extract_shard", _corrupt_after_writing)  # in-process workers see the patch
+    spec = tiny_spec(tiny_model_path, sets, root / "again")
+    shard = root / "again" / "activations" / "noisy" / "shard-00000.nc"
+    lines = []
+    with _cluster(processes=False) as cluster, Client(cluster) as client:
+        with pytest.raises(JobError, match=f"shard {shard} is corrupt again after it was recomputed"):
+            run_job(spec, Path("."), client=client, progress=False, echo=lines.append)
+    assert lines.count(f"shard {shard} is corrupt (checksum mismatch): removed, recomputing") == 1, lines
