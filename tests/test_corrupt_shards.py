@@ -13,7 +13,7 @@ from distributed import Client, LocalCluster
 from daskdiff.core.units import Sampling, storage_plan
 from daskdiff.io import shards as storage
 from daskdiff.io.shards import (
-    CorruptShardError, ShardWriter, activation_variables, read_features, shard_complete, shard_labels, write_shard_labels,
+    CorruptShardError, ShardWriter, activation_variables, inputs_digest, read_features, shard_labels, shard_status,
 )
 from daskdiff.pipeline import job
 from daskdiff.pipeline.job import JobError, run_job
@@ -22,6 +22,8 @@ from conftest import write_images
 from jobtools import tiny_spec
 
 SHAPES = {"conv": (6, 5, 4), "fc": (7,)}
+RECORD = [(f"/im/{i}.png", 100 + i, 10**18 + i) for i in range(8)]
+"""A made-up input record (path, size, mtime_ns) for shards written by hand."""
 
 
 def _flip_chunk(path, name, rows=slice(0, 1)):
@@ -47,11 +49,12 @@ def _write_shard(path, n=5, seed=0):
     plan = storage_plan(SHAPES, ["units", "filter_mean"], Sampling(n_units=(3,), repeats=2, seed=1))
     rng = np.random.default_rng(seed)
     features = {k: rng.standard_normal((n, size)).astype(np.float32) for k, (_, size) in activation_variables(plan).items()}
+    labels = shard_labels(plan, paths=[f"/im/{i}.png" for i in range(n)], image_set="s", image_index=list(range(n)),
+                          logits=rng.standard_normal((n, 3)).astype(np.float32), labels=["a", "b", "c"],
+                          attrs={"plan_digest": "d", "inputs_digest": inputs_digest("d", RECORD[:n])})
     with ShardWriter(path, plan, chunk_images=2) as writer:
         writer.append(features)
-    labels = shard_labels(plan, paths=[f"/im/{i}.png" for i in range(n)], image_set="s", image_index=list(range(n)),
-                          logits=rng.standard_normal((n, 3)).astype(np.float32), labels=["a", "b", "c"], attrs={"plan_digest": "d"})
-    write_shard_labels(path, labels)  # xarray appends the labels to the checksummed file
+        writer.write_labels(labels, RECORD[:n])
     return features
 
 
@@ -82,10 +85,12 @@ def test_without_checksum_the_same_flip_is_read_silently(tmp_path, monkeypatch):
 def test_truncated_shard_is_not_complete_and_is_corrupt(tmp_path):
     path = tmp_path / "shard-00000.nc"
     _write_shard(path)
-    assert shard_complete(path, "d", 5) is not None
+    plan = storage_plan(SHAPES, ["units", "filter_mean"], Sampling(n_units=(3,), repeats=2, seed=1))
+    assert shard_status(path, plan, "d", RECORD[:5])[0] is not None
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    assert shard_complete(path, "d", 5) is None
+    meta, why = shard_status(path, plan, "d", RECORD[:5])
+    assert meta is None and why.startswith("it is unreadable")
     with pytest.raises(CorruptShardError, match=str(path)):
         read_features([path], "units", "conv")
 

@@ -347,3 +347,35 @@ def test_threads_leave_warning_filters_alone(tmp_path):
         images = list(pool.map(lambda p: load_image(p, size=(300, 300)), paths * 2))
     assert warnings.filters == filters_before
     np.testing.assert_array_equal(images[17], pictures[1])
+
+
+def _sideways_photo(path, orientation):
+    """A photo stored sideways with EXIF Orientation ``orientation`` (lossless PNG, eXIf chunk)."""
+    rng = np.random.default_rng(orientation)
+    stored = rng.integers(0, 256, size=(20, 40, 3), dtype=np.uint8)  # 20 rows, 40 columns
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+    return stored
+
+
+@pytest.mark.parametrize("orientation, upright", [
+    (6, lambda a: np.rot90(a, k=-1)),  # "rotate 90 CW to display"
+    (8, lambda a: np.rot90(a, k=1)),   # "rotate 90 CCW to display"
+    (3, lambda a: a[::-1, ::-1]),      # upside down
+    (2, lambda a: a[:, ::-1]),         # mirrored
+])
+def test_exif_orientation_applied_only_when_asked(tmp_path, orientation, upright):
+    import keras
+
+    path = tmp_path / f"o{orientation}.png"
+    stored = _sideways_photo(path, orientation)
+    want = upright(stored)
+    got = load_image(path, want.shape[:2], exif_orientation=True)
+    np.testing.assert_array_equal(got, want)
+    # the default ignores the tag, exactly as Keras does
+    keras_way = np.asarray(keras.utils.load_img(path, target_size=stored.shape[:2]), dtype=np.uint8)
+    np.testing.assert_array_equal(load_image(path, stored.shape[:2]), keras_way)
+    np.testing.assert_array_equal(keras_way, stored)
+    images, ok, _ = load_images([path, path], want.shape[:2], exif_orientation=True)
+    assert ok == [0, 1] and np.array_equal(images[1], want)

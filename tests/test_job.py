@@ -225,6 +225,9 @@ def test_generated_sets_reused_and_paths_relative_to_spec(tmp_path, tiny_model_p
     assert any("generated 3 image(s)" in line for line in lines)
     first = {p: Path(p).stat().st_mtime_ns for s in plan.sets.values() for p in s}
     lines.clear()
+    with pytest.raises(JobError, match=r"in use by another daskdiff run \(pid \d+ on "):
+        plan_job(spec, base, echo=lines.append)  # the first plan still holds the output folder
+    plan.release()
     plan_job(spec, base, echo=lines.append)
     assert sum("reusing" in line for line in lines) == 2
     assert first == {p: Path(p).stat().st_mtime_ns for p in first}

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from daskdiff.pipeline.job import JobError, plan_job
-from daskdiff.io.layout import MANIFEST_FILE
+from daskdiff.io.layout import LOCK_FILE, MANIFEST_FILE
 from daskdiff.io.manifest import check_output_folder, Manifest, OutputFolderError
 from daskdiff.pipeline.spec import parse_spec
 
@@ -45,7 +45,9 @@ def _daskdiff(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _fingerprints(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+    """Every file's hash, but the output folder's lock (which any run takes, and never deletes)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
+            if p.is_file() and p.name != LOCK_FILE}
 
 
 def _user_files(project: Path) -> dict[str, str]:

@@ -105,3 +105,15 @@ def test_digest_depends_on_values_not_spelling():
     explicit["extraction"] = {"store": "needed", **BASE["extraction"], "resize": "nearest"}
     assert _digest(explicit) == _digest(BASE)
     assert _digest(dict(reversed(list(explicit.items())))) == _digest(BASE)
+
+
+def test_exif_orientation_counts_only_when_applied():
+    """``apply`` changes the results' digest; the default hashes as a spec from before the key
+    existed (its dump without it), so folders written then stay valid."""
+    import hashlib
+    import json
+
+    spec = parse_spec(_with("extraction.strict", False), "test-spec")
+    old = spec.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True, "extraction": {"retries", "require_gpu", "exif_orientation"}})
+    assert spec.result_digest() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
+    assert _digest(_with("extraction.exif_orientation", "apply")) != _digest(BASE)

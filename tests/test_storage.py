@@ -11,7 +11,7 @@ import xarray as xr
 from daskdiff.io import shards as storage
 from daskdiff.core.units import Sampling, storage_plan
 from daskdiff.io.atomic import atomic_path
-from daskdiff.io.shards import activation_variables, read_features, shard_labels, ShardWriter, write_shard_labels
+from daskdiff.io.shards import activation_variables, read_features, shard_labels, ShardWriter
 
 SHAPES = {"conv": (6, 5, 4), "pool": (3, 2, 4), "fc": (7,), "predictions": (5,)}
 LABELS = [f"class_{i}" for i in range(5)]
@@ -55,7 +55,7 @@ def test_streamed_shard_reads_back_like_xarray_netcdf(tmp_path, n, batches):
         for size in batches:
             writer.append({k: v[start : start + size] for k, v in features.items()})
             start += size
-    write_shard_labels(path, labels)
+        writer.write_labels(labels)
 
     reference = tmp_path / "reference.nc"
     _reference(plan, features, labels).to_netcdf(reference, engine="netcdf4")

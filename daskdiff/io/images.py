@@ -312,6 +312,7 @@ def load_image(
     *,
     resize: ResizeName = "nearest",
     background: tuple[int, int, int] = (255, 255, 255),
+    exif_orientation: bool = False,
 ) -> np.ndarray:
     """Decode one image file into an 8-bit RGB array of a given size.
 
@@ -326,6 +327,10 @@ def load_image(
         kept: the image is stretched to `size`, as Keras does.
     background : (int, int, int), default (255, 255, 255)
         RGB colour (0..255 each) that transparent pixels are composited over: white by default.
+    exif_orientation : bool, default False
+        Turn the image upright as its EXIF ``Orientation`` tag says (``PIL.ImageOps.exif_transpose``:
+        a camera's portrait photo stored sideways is rotated, a mirrored one flipped), before
+        conversion and resizing. Off by default, as Keras' ``load_img`` ignores the tag.
 
     Returns
     -------
@@ -350,7 +355,8 @@ def load_image(
     Conventions, applied in this order:
 
     1. **Frame**: multi-frame files (animated GIF, multi-page TIFF) give their first frame.
-       EXIF orientation and ICC colour profiles are ignored, as Keras ignores them.
+       ICC colour profiles are ignored, as Keras ignores them; so is EXIF orientation, unless
+       `exif_orientation` is set (then the frame is turned upright first).
     2. **Conversion to 8-bit RGB**, at the file's own size:
 
        - ``RGB``: as is.
@@ -396,7 +402,7 @@ def load_image(
     height, width = _check_size(size)
     resample = _check_resize(resize)
     fill = _check_background(background)
-    rgb = _decode_rgb(os.fspath(path), fill)
+    rgb = _decode_rgb(os.fspath(path), fill, exif_orientation)
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), resample)
     return np.asarray(rgb, dtype=np.uint8)
@@ -409,6 +415,7 @@ def load_images(
     resize: ResizeName = "nearest",
     background: tuple[int, int, int] = (255, 255, 255),
     strict: bool = False,
+    exif_orientation: bool = False,
 ) -> tuple[np.ndarray, list[int], list[Skipped]]:
     """Decode many image files, skipping (or, with `strict`, raising on) those that fail.
 
@@ -416,7 +423,7 @@ def load_images(
     ----------
     paths : sequence of str or path-like
         The files, e.g. from :func:`resolve_image_set`.
-    size, resize, background
+    size, resize, background, exif_orientation
         As in :func:`load_image`; all are checked before any file is read.
     strict : bool, default False
         Raise the first :class:`ImageDecodeError` instead of skipping the file.
@@ -459,7 +466,7 @@ def load_images(
     for index, path in enumerate(paths):
         try:
             images[len(indices)] = load_image(
-                path, (height, width), resize=resize, background=background
+                path, (height, width), resize=resize, background=background, exif_orientation=exif_orientation
             )
         except ImageDecodeError as error:
             if strict:
@@ -565,9 +572,14 @@ def _open_loaded(path: str, data: bytes) -> Image.Image:
     return image
 
 
-def _decode_rgb(path: str, background: tuple[int, int, int]) -> Image.Image:
-    """The file's first frame as an 8-bit RGB image at its own size."""
+def _decode_rgb(path: str, background: tuple[int, int, int], exif_orientation: bool = False) -> Image.Image:
+    """The file's first frame as an 8-bit RGB image at its own size (upright, if asked, as its
+    EXIF orientation says)."""
     image = _open_loaded(path, _read_bytes(path))
+    if exif_orientation:
+        from PIL import ImageOps
+
+        image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode == "P" and image.has_transparency_data:
         mode = "RGBA"

@@ -31,6 +31,9 @@ JOB_FILE = "job.json"
 MANIFEST_FILE = ".daskdiff-manifest.json"
 
 
+LOCK_FILE = ".daskdiff-lock"
+
+
 def variable_name(substrate: str, layer: str) -> str:
     return f"{substrate}__{layer}"
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import InputError
-from .atomic import atomic_write
+from .atomic import atomic_write, owner_alive, temporary_target
 from .layout import MANIFEST_FILE
 
 
@@ -117,16 +117,18 @@ class Manifest:
         for folder, names in _by_folder(self.files).items():
             directory = self.output / folder
             if directory.is_dir():
-                found += [p for p in directory.glob(".*.tmp") if _temporary_of(p.name) in names and p.is_file()]
+                found += [p for p in directory.glob(".*.tmp") if temporary_target(p.name) in names and p.is_file()]
         return found
 
     def remove_all(self) -> list[str]:
         """Delete every listed file (and its temporaries), then every listed folder left empty.
 
-        Returns the folders that were kept because they hold files daskdiff did not write.
+        Returns the folders that were kept because they hold files daskdiff did not write (or
+        temporaries of writers that may still be alive: those are never deleted).
         """
         for tmp in self.temporaries():
-            tmp.unlink(missing_ok=True)
+            if owner_alive(tmp.name) is False:
+                tmp.unlink(missing_ok=True)
         for rel in sorted(self.files):
             (self.output / rel).unlink(missing_ok=True)
         kept = []
@@ -140,11 +142,6 @@ class Manifest:
         self.files, self.dirs = set(), set()
         self.path.unlink(missing_ok=True)
         return kept
-
-
-def _temporary_of(name: str) -> str:
-    """The file a temporary of :func:`daskdiff.io.atomic.atomic_path` stands for: ``.NAME.XXXX.tmp`` -> NAME."""
-    return name[1 : -len(".tmp")].rsplit(".", 1)[0]
 
 
 def _by_folder(files: Iterable[str]) -> dict[str, set[str]]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -32,13 +33,24 @@ def _shape_problem(arrays: dict[str, np.ndarray], expected: Mapping[str, tuple])
     return None
 
 
-def reuse_partial(path: str | os.PathLike, expected: Mapping[str, tuple]) -> dict[str, np.ndarray] | None:
+SOURCE = "source"
+"""The array of a partial result naming what it was computed from (:func:`sources_digest`)."""
+
+
+def sources_digest(digests: Sequence[str]) -> str:
+    """One digest (32 hex digits) of the ``inputs_digest`` of every shard a task read, in order."""
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()[:32]
+
+
+def reuse_partial(path: str | os.PathLike, expected: Mapping[str, tuple], source: str | None = None) -> dict[str, np.ndarray] | None:
     """The partial result at ``path`` if it exists and is sound, else None (recompute it).
 
     A partial that cannot be read (truncated, bit-flipped: the zip CRC fails) or whose arrays
     are not those of ``expected`` (name -> shape, ``None`` for any length; e.g. a file left by
-    another spec) is corrupt: a warning naming the file and the reason is logged (logger
-    ``daskdiff.io.partials``) and the file is removed, so the caller computes it again.
+    another spec) is corrupt; one whose :data:`SOURCE` is not ``source`` was computed from other
+    shards (their input images changed since) and is stale. Either way a warning naming the file
+    and the reason is logged (logger ``daskdiff.io.partials``) and the file is removed, so the
+    caller computes it again.
     """
     path = Path(path)
     if not path.exists():
@@ -48,9 +60,13 @@ def reuse_partial(path: str | os.PathLike, expected: Mapping[str, tuple]) -> dic
         problem = _shape_problem(arrays, expected)
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
         arrays, problem = None, f"cannot be read ({type(error).__name__}: {error})"
+    if problem is None and source is not None and str(arrays[SOURCE]) != source:
+        problem, kind = "it was computed from shards that have changed since", "stale"
+    else:
+        kind = "corrupt"
     if problem is None:
         return arrays
-    log.warning("partial result %s is corrupt: %s; removed it, recomputing", path, problem)
+    log.warning("partial result %s is %s: %s; removed it, recomputing", path, kind, problem)
     path.unlink(missing_ok=True)
     return None
 

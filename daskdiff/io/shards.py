@@ -18,16 +18,29 @@ A shard holds, for the images it decoded (dimension ``image``):
 - image coordinates ``path``, ``image_set``, ``image_index`` (position in the sorted set),
   ``top1_label``, ``top1_class``, ``top1_prob`` and ``top5_class``/``top5_prob``/``top5_label``
   (image, rank);
-- attributes: model, weights, preprocessing, resize, plan digest, skipped files (JSON).
+- attributes: model, weights, preprocessing, resize, plan digest, skipped files (JSON), and
+  ``inputs_digest``: a digest of the plan and of the shard's input record;
+- group ``inputs`` (dimension ``input``): what the shard was made from, one entry per image file
+  given to its task (decoded or skipped): ``path``, ``size`` (bytes) and ``mtime_ns``
+  (modification time, ns) as ``os.stat`` saw them when the task started. A file replaced under
+  the same name, added or removed changes the record, so the shard is re-extracted
+  (:func:`shard_status`) and everything computed from it is recomputed (partial results record
+  the ``inputs_digest`` of every shard they read). Size and mtime, not a content hash: checking
+  them costs one ``stat`` per image on every resume, while hashing would re-read every image; a
+  file rewritten with the same size *and* the same mtime (``cp -p`` of a same-sized file, or a
+  tool that restores mtimes) is not noticed: delete its shard by hand (or use ``--overwrite``).
 
 Every file is written to a temporary name in its folder and renamed into place, so a file that
-exists is complete; readers ignore ``*.tmp*`` names. Every activation variable (and every numeric
+exists is complete; readers ignore ``*.tmp*`` names. A shard's labels are written through the
+same open file as its activations (:meth:`ShardWriter.write_labels`), and a shard counts as
+finished only when every variable its plan needs is there with the right shape. Every activation variable (and every numeric
 coordinate) is stored with HDF5's Fletcher-32 checksum per chunk: HDF5 verifies each chunk it
 reads, and :func:`read_features` turns a mismatch into :class:`CorruptShardError`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -98,8 +111,8 @@ class ShardWriter:
     with ``image`` unlimited and chunks of whole images (``chunk_images`` rows, fewer where a
     chunk would exceed :data:`CHUNK_BYTES`). Appending a batch therefore writes whole chunks
     straight to the file: a shard is never held in memory, and its file can be written while
-    the next batch is computed. :func:`write_shard_labels` adds the coordinates and attributes
-    once the last batch is in.
+    the next batch is computed. :meth:`write_labels` adds the coordinates, attributes and input
+    record, through the same open file, once the last batch is in.
 
     Parameters
     ----------
@@ -144,6 +157,34 @@ class ShardWriter:
         self.n_images += n
         if self._fd is not None:
             flush_and_drop(self._fd)
+
+    def write_labels(self, labels: xr.Dataset, inputs: Sequence[tuple[str, int, int]] = ()) -> None:
+        """Write :func:`shard_labels` and the input record (:func:`input_record`) into the open file.
+
+        Written with netCDF4 through the handle the activations went through, never by
+        re-opening the path: a path can be removed under a writer, and re-opening it would create
+        a new file holding labels only. The coordinates are listed in the file's global
+        ``coordinates`` attribute, which is how xarray reads them back as coordinates; numeric
+        ones get the activations' checksum (HDF5 filters skip variable-length strings).
+        """
+        nc = self._nc
+        for name, size in labels.sizes.items():
+            if name not in nc.dimensions:
+                nc.createDimension(name, size)
+        others = []
+        for name, var in labels.variables.items():
+            _write_variable(nc, name, var.dims, var.values)
+            if name not in labels.dims:
+                others.append(name)
+        if others:
+            nc.setncattr("coordinates", " ".join(others))
+        for key, value in labels.attrs.items():
+            nc.setncattr(key, value)
+        group = nc.createGroup(INPUTS_GROUP)
+        group.createDimension("input", len(inputs))
+        _write_variable(group, "path", ("input",), np.asarray([r[0] for r in inputs], dtype=object))
+        _write_variable(group, "size", ("input",), np.asarray([r[1] for r in inputs], dtype=np.int64))
+        _write_variable(group, "mtime_ns", ("input",), np.asarray([r[2] for r in inputs], dtype=np.int64))
 
     def close(self) -> None:
         """Close the file (safe to call twice)."""
@@ -210,15 +251,72 @@ def shard_labels(
     return ds
 
 
-def write_shard_labels(path: str | os.PathLike, labels: xr.Dataset) -> None:
-    """Add :func:`shard_labels` to a file :class:`ShardWriter` wrote (xarray, append mode).
+def _write_variable(nc: Any, name: str, dims: tuple, values: np.ndarray) -> None:
+    """One variable into an open netCDF4 Dataset or group: strings variable-length, numbers
+    with :data:`CHECKSUM`; no fill value (every entry is written)."""
+    if values.dtype.kind in "OUS":
+        var = nc.createVariable(name, str, dims)
+        flat = np.asarray(values, dtype=object).ravel()
+        if flat.size:
+            var[...] = np.asarray([str(v) for v in flat], dtype=object).reshape(values.shape)
+        return
+    var = nc.createVariable(name, values.dtype, dims, fill_value=False, **CHECKSUM)
+    if values.size:
+        var[...] = values
 
-    The coordinates are listed in the file's global ``coordinates`` attribute, which is how
-    xarray reads them back as coordinates of the activation variables. Numeric coordinates get
-    the same checksum as the activations (strings are variable-length: HDF5 filters skip them).
-    """
-    encoding = {name: dict(CHECKSUM) for name, var in labels.variables.items() if var.dtype.kind in "biuf"}
-    labels.to_netcdf(path, mode="a", engine="netcdf4", encoding=encoding)
+
+INPUTS_GROUP = "inputs"
+"""The shard's group holding its input record (see the module docstring)."""
+
+
+def input_record(paths: Sequence[str]) -> list[tuple[str, int, int]]:
+    """``(path, size, mtime_ns)`` of each file as ``os.stat`` sees it now; ``(path, -1, -1)`` for
+    a file that cannot be stat'ed (it is then skipped by extraction, and recorded as such)."""
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            out.append((str(p), -1, -1))
+        else:
+            out.append((str(p), int(st.st_size), int(st.st_mtime_ns)))
+    return out
+
+
+def inputs_digest(plan_digest: str, record: Sequence[tuple[str, int, int]]) -> str:
+    """The identity of a shard: its plan's digest and its input record (32 hex digits)."""
+    h = hashlib.sha256(plan_digest.encode())
+    h.update(json.dumps([list(r) for r in record]).encode())
+    return h.hexdigest()[:32]
+
+
+def read_input_record(path: str | os.PathLike) -> list[tuple[str, int, int]]:
+    """The input record a shard was written with (empty for shards without one)."""
+    import netCDF4
+
+    with netCDF4.Dataset(path, "r") as ds:
+        if INPUTS_GROUP not in ds.groups:
+            return []
+        g = ds.groups[INPUTS_GROUP]
+        g.set_auto_mask(False)
+        cols = [np.asarray(g.variables[k][:]) for k in ("path", "size", "mtime_ns")]
+    return [(str(p), int(s), int(t)) for p, s, t in zip(*cols)]
+
+
+def describe_changes(old: Sequence[tuple[str, int, int]], new: Sequence[tuple[str, int, int]], limit: int = 3) -> str:
+    """How two input records differ, in words: changed, added and removed files (first few)."""
+    before = {p: (s, t) for p, s, t in old}
+    after = {p: (s, t) for p, s, t in new}
+    parts = []
+    for what, names in (
+        ("changed", [p for p in after if p in before and after[p] != before[p]]),
+        ("added", [p for p in after if p not in before]),
+        ("removed", [p for p in before if p not in after]),
+    ):
+        if names:
+            shown = ", ".join(os.path.basename(n) for n in names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+            parts.append(f"{len(names)} {what} ({shown})")
+    return "; ".join(parts) or "the files were reordered"
 
 
 def open_activations(path: str | os.PathLike, image_set: str | None = None) -> xr.Dataset:
@@ -300,18 +398,41 @@ def shard_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def shard_complete(path: str | os.PathLike, digest: str, n_paths: int) -> dict[str, Any] | None:
-    """The shard's metadata if ``path`` is a finished shard of plan ``digest`` for ``n_paths``
-    images (decoded + skipped); None if it is missing, unreadable or from another plan."""
+def _missing_variables(path: str | os.PathLike, plan: dict[str, LayerPlan], n_images: int) -> list[str]:
+    """Activation variables of ``plan`` that the shard lacks or holds with another shape."""
+    import netCDF4
+
+    want = activation_variables(plan)
+    with netCDF4.Dataset(path, "r") as ds:
+        return [name for name, (_, n) in want.items()
+                if name not in ds.variables or ds.variables[name].shape != (n_images, n)]
+
+
+def shard_status(path: str | os.PathLike, plan: dict[str, LayerPlan], digest: str,
+                 record: Sequence[tuple[str, int, int]]) -> tuple[dict[str, Any] | None, str | None]:
+    """Whether ``path`` is a finished shard of plan ``digest`` made from exactly ``record``.
+
+    Returns ``(metadata, None)`` for a finished shard; otherwise ``(None, why)`` with ``why``
+    None when there is no file, else in words why the file must be extracted again: unreadable,
+    written for another plan, an activation variable missing or of another shape, or input
+    images that changed since (:func:`describe_changes`). Checksums are verified when the values
+    are read (:func:`read_features`), not here: a resume check reads no activations.
+    """
     if not os.path.exists(path):
-        return None
+        return None, None
     try:
         meta = shard_metadata(path)
-    except (OSError, KeyError, ValueError, RuntimeError):
-        return None  # unreadable (truncated, damaged labels: HDF5 raises RuntimeError on a bad checksum): rewrite it
-    if meta["attrs"].get("plan_digest") != digest or meta["n_images"] + len(meta["skipped"]) != n_paths:
-        return None
-    return meta
+        if meta["attrs"].get("plan_digest") != digest:
+            return None, "it was written for another plan"
+        if meta["attrs"].get("inputs_digest") != inputs_digest(digest, record):
+            old = read_input_record(path)
+            return None, "its input images changed: " + describe_changes(old, record) if old else "it records no input images (an older daskdiff wrote it)"
+        missing = _missing_variables(path, plan, meta["n_images"])
+    except (OSError, KeyError, ValueError, RuntimeError) as err:  # truncated, damaged labels (HDF5: RuntimeError)
+        return None, f"it is unreadable ({type(err).__name__}: {err})"
+    if missing:
+        return None, f"it lacks variable(s) {', '.join(missing[:3])}"
+    return meta, None
 
 
 def read_features(files: Sequence[str | os.PathLike], substrate: str, layer: str) -> tuple[np.ndarray, np.ndarray]:

@@ -19,10 +19,10 @@ from ..io.images import load_images
 from .build import cached_model, class_labels, input_size, layer_names, ModelSpec
 from .preprocess import preprocess
 from ..core.batches import batch_slices
-from ..core.units import LayerPlan, plan_digest
+from ..core.units import bytes_per_image, LayerPlan, plan_digest
 from ..io.atomic import atomic_path
 from ..io.layout import shard_path, variable_name
-from ..io.shards import shard_complete, shard_metadata, shard_labels, ShardWriter, write_shard_labels
+from ..io.shards import input_record, inputs_digest, shard_labels, shard_metadata, shard_status, ShardWriter
 
 LOGITS = "__logits__"
 DENSE_GATHER = 0.1
@@ -42,6 +42,7 @@ class ShardTask:
     resize: str = "nearest"
     strict: bool = False
     attrs: dict = field(default_factory=dict, hash=False, compare=False)
+    exif_orientation: bool = False
 
     @property
     def key(self) -> str:
@@ -138,7 +139,7 @@ class Batch:
 
 def run_extraction(
     images_paths: list[str], spec: ModelSpec, plan: dict[str, LayerPlan], *, batch_size: int = 16,
-    resize: str = "nearest", strict: bool = False,
+    resize: str = "nearest", strict: bool = False, exif_orientation: bool = False,
 ) -> Iterator[Batch]:
     """Decode and run images through the extraction model, yielding batch after batch.
 
@@ -151,7 +152,7 @@ def run_extraction(
     chunks = batch_slices(len(images_paths), batch_size)
 
     def decode(sl: slice):
-        return sl, load_images(images_paths[sl], size, resize=resize, strict=strict)
+        return sl, load_images(images_paths[sl], size, resize=resize, strict=strict, exif_orientation=exif_orientation)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="daskdiff-decode") as pool:
         pending = pool.submit(decode, chunks[0]) if chunks else None
@@ -174,26 +175,30 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
     labels follow, then the file is renamed into place. Re-running the same task (e.g. after
     Dask re-schedules it from a dead worker) rewrites the same file with the same contents.
 
-    A shard already on disk for this plan and these images is not extracted again (resume; the
-    check runs here, on the worker, so the client reads no shard). Returns the shard's
-    :func:`~daskdiff.io.shards.shard_metadata`, read back from the finished file, with its ``path``.
+    A shard already on disk for this plan and these very files (the input record: each path's
+    size and mtime, :func:`~daskdiff.io.shards.input_record`) is not extracted again (resume;
+    the check runs here, on the worker, so the client reads no shard). Returns the shard's
+    :func:`~daskdiff.io.shards.shard_metadata`, read back from the finished file, with its
+    ``path``, ``resumed`` and, when a shard on disk was replaced, ``replaced``: why, in words.
     """
     path = shard_path(task.output, task.image_set, task.shard)
-    done = shard_complete(path, _digest(plan), len(task.paths))
+    record = input_record(task.paths)
+    done, why = shard_status(path, plan, _digest(plan), record)
     if done is not None:
-        return {**done, "path": str(path), "resumed": True}
+        return {**done, "path": str(path), "resumed": True, "replaced": None}
     base, _ = extractor(spec, plan)
     ok: list[int] = []
     skipped: list[tuple[str, str]] = []
     logits: list[np.ndarray] = []
-    with atomic_path(path) as tmp:
+    with atomic_path(path, needed=bytes_per_image(plan) * len(task.paths)) as tmp:
         with (
             ShardWriter(tmp, plan, chunk_images=task.batch_size) as writer,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="daskdiff-write") as pool,
         ):
             pending = None
             batches = run_extraction(
-                list(task.paths), spec, plan, batch_size=task.batch_size, resize=task.resize, strict=task.strict
+                list(task.paths), spec, plan, batch_size=task.batch_size, resize=task.resize, strict=task.strict,
+                exif_orientation=task.exif_orientation,
             )
             for batch in batches:
                 skipped += batch.skipped
@@ -206,24 +211,26 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
                 pending = pool.submit(writer.append, batch.outputs)
             if pending is not None:
                 pending.result()
-        n_classes = int(base.layers[-1].output.shape[-1])
-        attrs = {
-            **task.attrs,
-            **spec.identity(),
-            "resize": task.resize,
-            "plan_digest": _digest(plan),
-            "shard": task.shard,
-            "title": f"daskdiff activations of image set {task.image_set!r}, shard {task.shard}",
-        }
-        labels = shard_labels(
-            plan,
-            paths=[task.paths[i] for i in ok],
-            image_set=task.image_set,
-            image_index=[task.first_index + i for i in ok],
-            logits=np.concatenate(logits) if logits else np.zeros((0, n_classes), np.float32),
-            labels=class_labels(n_classes),
-            attrs=attrs,
-            skipped=skipped,
-        )
-        write_shard_labels(tmp, labels)
-    return {**shard_metadata(path), "path": str(path), "resumed": False}
+            n_classes = int(base.layers[-1].output.shape[-1])
+            attrs = {
+                **task.attrs,
+                **spec.identity(),
+                "resize": task.resize,
+            "exif_orientation": int(task.exif_orientation),
+                "plan_digest": _digest(plan),
+                "inputs_digest": inputs_digest(_digest(plan), record),
+                "shard": task.shard,
+                "title": f"daskdiff activations of image set {task.image_set!r}, shard {task.shard}",
+            }
+            labels = shard_labels(
+                plan,
+                paths=[task.paths[i] for i in ok],
+                image_set=task.image_set,
+                image_index=[task.first_index + i for i in ok],
+                logits=np.concatenate(logits) if logits else np.zeros((0, n_classes), np.float32),
+                labels=class_labels(n_classes),
+                attrs=attrs,
+                skipped=skipped,
+            )
+            writer.write_labels(labels, record)
+    return {**shard_metadata(path), "path": str(path), "resumed": False, "replaced": why}

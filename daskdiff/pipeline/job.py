@@ -37,6 +37,8 @@ from .tasks import DiffTask, run_diff_task
 from ..model.extract import extract_shard, ShardTask
 from ..io.images import DuplicateImagesWarning, check_min_images, resolve_image_set
 from ..io.manifest import check_output_folder, Manifest, OutputFolderError
+from ..io.lock import OutputLock
+from ..io.atomic import DiskFullError, remove_dead_temporaries
 from ..model.build import WEIGHTS_KEYWORDS, build_model, model_layers, ModelSpec, WeightsUnavailableError
 from ..core.units import bytes_per_image, n_units_label, plan_digest, Sampling, storage_plan
 from ..io.partials import PartialResult
@@ -92,17 +94,27 @@ class JobPlan:
     sampling: Sampling
     notes: list[str]
     manifest: Manifest
+    lock: OutputLock | None = None
+    """The output folder's lock, held from planning until :meth:`release` (:func:`run_job` releases it)."""
 
     @property
     def digest(self) -> str:
         return plan_digest(self.storage)
 
+    def release(self) -> None:
+        """Give up the output folder's lock (another run may then take the folder)."""
+        if self.lock is not None:
+            self.lock.release()
 
-def _check_output(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence[str], echo: Callable) -> Manifest:
-    """Make sure ``output`` may be written, clear it under ``--overwrite``; its manifest.
 
-    Nothing is created or deleted before the folder passes :func:`check_output_folder`, and
-    ``--overwrite`` removes only what the folder's manifest lists (files daskdiff wrote).
+def _check_output(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence[str], echo: Callable) -> tuple[Manifest, OutputLock]:
+    """Make sure ``output`` may be written, lock it, clear it under ``--overwrite``; its manifest
+    and lock (held: the caller releases it).
+
+    Nothing is created or deleted before the folder passes :func:`check_output_folder`, nothing
+    is deleted before this run holds the folder's lock (:class:`~daskdiff.io.lock.OutputLock`: a
+    second run on the same folder is refused, naming the first), and ``--overwrite`` removes only
+    what the folder's manifest lists (files daskdiff wrote).
     """
     try:
         check_output_folder(output, inputs)
@@ -114,6 +126,19 @@ def _check_output(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence
         (output / ".write-test").unlink()
     except OSError as err:
         raise JobError(f"output folder {output} is not writable ({err.strerror}); choose another with --output or output:") from None
+    try:
+        lock = OutputLock(output).acquire()
+    except OutputFolderError as err:
+        raise JobError(str(err)) from None
+    try:
+        return _check_locked(output, spec, overwrite, echo), lock
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _check_locked(output: Path, spec: JobSpec, overwrite: bool, echo: Callable) -> Manifest:
+    """:func:`_check_output` once the folder is locked: its manifest, the job record, --overwrite."""
     try:
         manifest = Manifest(output)
     except OutputFolderError as err:
@@ -144,12 +169,19 @@ def _check_output(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence
     return manifest
 
 
-def _clean_temporaries(manifest: Manifest) -> int:
-    """Remove temporaries a killed run left of files daskdiff writes; no other file is touched."""
-    found = manifest.temporaries()
-    for tmp in found:
-        tmp.unlink(missing_ok=True)
-    return len(found)
+def _clean_temporaries(manifest: Manifest, client: Any = None) -> int:
+    """Remove temporaries of files daskdiff writes whose writer is dead; no other file is touched.
+
+    A temporary names its writer (host and pid, :func:`daskdiff.io.atomic.owner_tag`): this
+    machine judges its own; with a ``client``, every worker's machine judges its own too (a
+    worker of a killed client's cluster may still be writing). Returns how many were removed.
+    """
+    found = [str(p) for p in manifest.temporaries()]
+    removed = set(remove_dead_temporaries(found)) if found else set()
+    if client is not None and (left := [p for p in found if p not in removed]):
+        for gone in client.run(remove_dead_temporaries, left).values():
+            removed.update(gone)
+    return len(removed)
 
 
 def _generator_params(params: dict, base: Path) -> dict:
@@ -264,11 +296,25 @@ def _resolve_weights(model: ModelSpec, spec: JobSpec, echo: Callable, notes: lis
 
 
 def plan_job(spec: JobSpec, base: Path, *, output: str | Path | None = None, weights: str | None = None, overwrite: bool = False, echo: Callable = print) -> JobPlan:
-    """Validate and plan a job on the client; nothing runs on a cluster."""
+    """Validate and plan a job on the client; nothing runs on a cluster.
+
+    The plan holds the output folder's lock (a second run on the folder is refused) until
+    ``plan.release()``; :func:`run_job` releases it when the job ends, however it ends.
+    """
     out = Path(output) if output else resolve_path(spec.output, base)
     out = out.resolve()
     path_sets = _path_sets(spec, base, echo)
-    manifest = _check_output(out, spec, overwrite, [p for paths in path_sets.values() for p in paths], echo)
+    manifest, lock = _check_output(out, spec, overwrite, [p for paths in path_sets.values() for p in paths], echo)
+    try:
+        return _plan_locked(spec, base, out, weights, manifest, lock, path_sets, echo)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _plan_locked(spec: JobSpec, base: Path, out: Path, weights: str | None, manifest: Manifest, lock: OutputLock,
+                 path_sets: dict[str, list[str]], echo: Callable) -> JobPlan:
+    """:func:`plan_job` once the output folder is locked."""
     if (n := _clean_temporaries(manifest)):
         echo(f"removed {n} temporary file(s) left by an interrupted run")
     sets = _image_sets(spec, base, manifest, path_sets, echo)
@@ -279,7 +325,7 @@ def plan_job(spec: JobSpec, base: Path, *, output: str | Path | None = None, wei
     a = spec.analysis
     sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
     storage = storage_plan(info["shapes"], a.substrates, sampling, store=spec.extraction.store, full_layers=[info["last_layer"]])
-    return JobPlan(spec, out, model, sets, info["layers"], info["shapes"], storage, sampling, notes, manifest)
+    return JobPlan(spec, out, model, sets, info["layers"], info["shapes"], storage, sampling, notes, manifest, lock)
 
 
 def shard_size(requested: int, batch_size: int) -> int:
@@ -299,7 +345,8 @@ def _shard_tasks(plan: JobPlan, attrs: dict) -> list[ShardTask]:
     for name, paths in plan.sets.items():
         for shard, start in enumerate(range(0, len(paths), size)):
             chunk = tuple(paths[start : start + size])
-            tasks.append(ShardTask(name, shard, chunk, start, str(plan.output), e.batch_size, e.resize, e.strict, attrs))
+            tasks.append(ShardTask(name, shard, chunk, start, str(plan.output), e.batch_size, e.resize, e.strict, attrs,
+                                   exif_orientation=e.exif_orientation == "apply"))
     return tasks
 
 
@@ -500,9 +547,15 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
             if future.status == "error" and not (stage == "differentiation" and task.image_set in too_small):
                 exc = future.exception()
                 client.cancel(list(what))
+                if isinstance(exc, DiskFullError):
+                    total = bytes_per_image(plan.storage) * sum(map(len, plan.sets.values()))
+                    raise JobError(f"{exc}; this job's shards need about {total / 2**30:.2f} GiB in all") from exc
                 described = (f"shard {task.shard} of set {task.image_set!r} ({len(task.paths)} images, {task.paths[0]} ...)"
                              if stage == "extract" else f"task {task.key}")
                 raise JobError(f"{stage} failed for {described} after {retries} retries: {type(exc).__name__}: {exc}") from exc
+            if stage == "extract" and future.status == "finished" and (why := future.result().get("replaced")):
+                echo(f"set {task.image_set!r}: shard {task.shard} was extracted again because {why}; "
+                     "the set's differentiation is recomputed from it")
             bars[stage].update(1)
             done[stage] += 1
             if done[stage] == bars[stage].total:
@@ -559,30 +612,35 @@ def run_job(
         stages[stage] = round(time.perf_counter() - t0, 3)
 
     plan = plan_job(spec, base, output=output, weights=weights, overwrite=overwrite, echo=echo)
-    echo(
-        f"planned {sum(map(len, plan.sets.values()))} image(s) in {len(plan.sets)} set(s), {len(plan.layers)} layer(s); "
-        f"stores {bytes_per_image(plan.storage) / 1e6:.2f} MB per image -> {plan.output}"
-    )
-    clock("planned")
-    attrs = {**plan.model.identity(), "daskdiff_version": versions()["daskdiff"]}
-    plan.manifest.add_files([plan.output / JOB_FILE])
-    job_record = json.dumps({"result_digest": spec.result_digest(), "spec": spec.model_dump(mode="json")}, indent=1)
-    atomic_write(plan.output / JOB_FILE, lambda tmp: Path(tmp).write_text(job_record))
+    try:  # the plan holds the output folder's lock until the job ends, however it ends
+        echo(
+            f"planned {sum(map(len, plan.sets.values()))} image(s) in {len(plan.sets)} set(s), {len(plan.layers)} layer(s); "
+            f"stores {bytes_per_image(plan.storage) / 1e6:.2f} MB per image -> {plan.output}"
+        )
+        clock("planned")
+        attrs = {**plan.model.identity(), "daskdiff_version": versions()["daskdiff"]}
+        plan.manifest.add_files([plan.output / JOB_FILE])
+        job_record = json.dumps({"result_digest": spec.result_digest(), "spec": spec.model_dump(mode="json")}, indent=1)
+        atomic_write(plan.output / JOB_FILE, lambda tmp: Path(tmp).write_text(job_record))
 
-    def on(c: Any) -> JobResult:
-        c.register_plugin(WorkerSetup())
-        keep_rdm = max(map(len, plan.sets.values())) <= spec.analysis.rdm_max_images
-        metadata, partials = _gather(c, plan, _submit(c, plan, attrs, keep_rdm, echo), progress, clock, echo)
-        n_images = {name: len(m["paths"]) for name, m in metadata.items()}
-        path, skipped, notes = write_results(plan, metadata, partials, keep_rdm, command, echo)
-        clock("written")
-        echo("stages (s from start): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
-        return JobResult(path=path, n_images=n_images, skipped=skipped, seconds=time.perf_counter() - t0, notes=notes, stages=stages)
+        def on(c: Any) -> JobResult:
+            c.register_plugin(WorkerSetup())
+            keep_rdm = max(map(len, plan.sets.values())) <= spec.analysis.rdm_max_images
+            metadata, partials = _gather(c, plan, _submit(c, plan, attrs, keep_rdm, echo), progress, clock, echo)
+            n_images = {name: len(m["paths"]) for name, m in metadata.items()}
+            path, skipped, notes = write_results(plan, metadata, partials, keep_rdm, command, echo)
+            clock("written")
+            if (n := _clean_temporaries(plan.manifest, c)):
+                echo(f"removed {n} temporary file(s) of writers that died during the run")
+            echo("stages (s from start): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+            return JobResult(path=path, n_images=n_images, skipped=skipped, seconds=time.perf_counter() - t0, notes=notes, stages=stages)
 
-    if client is not None:
-        return on(client)
-    with connect(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers, echo=echo) as c:
-        return on(c)
+        if client is not None:
+            return on(client)
+        with connect(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers, echo=echo) as c:
+            return on(c)
+    finally:
+        plan.release()
 
 
 def _results_attrs(plan: JobPlan, command: str | None) -> dict[str, Any]:

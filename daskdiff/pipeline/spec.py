@@ -129,6 +129,8 @@ class ExtractionSection(_Strict):
     resize: _one_of(RESIZE_FILTERS) = "nearest"
     store: _one_of(STORE_MODES) = "needed"
     strict: bool = False
+    exif_orientation: Literal["ignore", "apply"] = "ignore"
+    """``ignore`` (Keras' ``load_img`` does) or ``apply``: turn photos upright as their EXIF tag says."""
     retries: int = Field(2, ge=0)
     require_gpu: bool = False
 
@@ -232,6 +234,8 @@ class JobSpec(_Strict):
     def result_digest(self) -> str:
         """SHA-256 of everything results depend on (not cluster, output, name or retries)."""
         data = self.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True, "extraction": {"retries", "require_gpu"}})
+        if data["extraction"]["exif_orientation"] == "ignore":  # keys added later count only when set:
+            del data["extraction"]["exif_orientation"]  # folders written before them stay valid
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

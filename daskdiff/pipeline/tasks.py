@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.layout import partial_path
-from ..io.partials import PartialResult, reuse_partial, write_partial
+from ..io.partials import PartialResult, reuse_partial, SOURCE, sources_digest, write_partial
 
 from ..core.differentiation import distances_stack, rdm_median
 from ..core.units import NUnits, Sampling, units_for
@@ -131,6 +131,8 @@ def _partial_shapes(task: DiffTask, shards: tuple) -> dict[str, tuple]:
     """The arrays of the task's partial result and their shapes (``None``: not known here)."""
     n_n, repeats = len(task.sampling.n_units), task.sampling.repeats
     shapes = {"differentiation": (n_n, repeats), "undefined": (n_n, repeats), "units_used": (n_n,)}
+    if shards:
+        shapes[SOURCE] = ()
     if task.keep_rdm:
         n_images = sum(m["n_images"] for m in shards) if shards else None
         shapes |= {"rdm_sum": (n_n, n_images, n_images), "rdm_count": (n_n,)}
@@ -140,18 +142,21 @@ def _partial_shapes(task: DiffTask, shards: tuple) -> dict[str, tuple]:
 def run_diff_task(task: DiffTask, *shards: Any) -> PartialResult:
     """Compute one task, write its partial result and return it.
 
-    ``shards``: the set's extraction results (Dask futures passed as arguments make this task
-    wait for its own set's shards only; their values are not used). A partial result that
-    already exists is read back instead (resume), unless it is corrupt (unreadable, or arrays
-    of other shapes: see :func:`daskdiff.io.partials.reuse_partial`), when it is recomputed.
+    ``shards``: the set's extraction results, :func:`daskdiff.io.shards.shard_metadata` (Dask
+    futures passed as arguments make this task wait for its own set's shards only). A partial
+    result that already exists is read back instead (resume), unless it is corrupt (unreadable,
+    or arrays of other shapes) or stale (computed from shards with other ``inputs_digest`` values:
+    their images changed), when it is recomputed (:func:`daskdiff.io.partials.reuse_partial`).
 
     The partial holds, for the ``n_units`` of the plan in order (axis 0) and the job's repeats
     (axis 1, NaN past ``repeats_for(n_units)``): ``differentiation`` float64, ``undefined``
     bool, ``units_used`` int64 (per ``n_units``) and, when ``keep_rdm``, ``rdm_sum``
     (n_units, n_images, n_images): the sum over defined repeats, for the mean RDM, with
-    ``rdm_count`` (n_units,) the number of repeats summed.
+    ``rdm_count`` (n_units,) the number of repeats summed; and, when ``shards`` are given,
+    ``source``: :func:`~daskdiff.io.partials.sources_digest` of the shards read.
     """
-    reused = reuse_partial(task.path, _partial_shapes(task, shards))
+    source = sources_digest([m["attrs"]["inputs_digest"] for m in shards]) if shards else None
+    reused = reuse_partial(task.path, _partial_shapes(task, shards), source)
     if reused is not None:
         return PartialResult(task.image_set, task.substrate, task.layer, reused)
     if shards and (n := sum(m["n_images"] for m in shards)) < 2:
@@ -168,6 +173,8 @@ def run_diff_task(task: DiffTask, *shards: Any) -> PartialResult:
     if task.keep_rdm:
         arrays["rdm_sum"] = np.zeros((n_n, len(values), len(values)))
         arrays["rdm_count"] = np.zeros(n_n, dtype=np.int64)
+    if source is not None:
+        arrays[SOURCE] = np.asarray(source)
     for i, n_units in enumerate(task.sampling.n_units):
         one = _n_units_result(values, index, task, n_units, FLOAT32_FLOOR * peak)
         stop = len(one["differentiation"])
