@@ -4,7 +4,8 @@ The package's layers, each importing only those below it:
 
 - :mod:`daskdiff.errors`: error types (imports nothing);
 - :mod:`daskdiff.core`: the numeric core, numpy and scipy only (distances, differentiation,
-  unit sampling, substrates, the unit plan, ranking, bootstrap);
+  spectral differentiation over time, unit sampling, substrates, the unit plan, ranking,
+  bootstrap);
 - :mod:`daskdiff.io`: files (the one atomic writer, the output layout, shards, partial results,
   the results file, image decoding and PNG writing);
 - :mod:`daskdiff.model`: Keras models and weights, preprocessing, the extraction graph;
@@ -18,6 +19,7 @@ The numeric core (pure numpy) is importable from the top level::
     d = daskdiff.pairwise_distances(x, metric="euclidean")
     v = daskdiff.differentiation(x, normalize="zscore", per_unit=True)
     idx = daskdiff.sample_units((56, 56, 256), 200, seed=0, layer="block3_conv1", repeat=0)
+    sd = daskdiff.spectral_differentiation(frames_by_units, fs=30, state_length=1)
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -25,6 +27,15 @@ from importlib.metadata import PackageNotFoundError, version
 from .core.differentiation import differentiation, differentiation_stack, distances_stack, UndefinedNormalizationError
 from .core.distances import METRICS, pairwise_distances, pairwise_distances_stack
 from .core.sampling import ALL, sample_units
+from .core.spectral import (
+    SPECTRAL_METRICS,
+    spectral_differentiation,
+    spectral_differentiation_stack,
+    spectral_frequencies,
+    spectral_states,
+    spectral_states_stack,
+    spectral_windows,
+)
 from .core.substrates import reduce as reduce_substrate, SUBSTRATES
 
 try:
@@ -52,6 +63,7 @@ def __getattr__(name: str):
 __all__ = [
     "ALL",
     "METRICS",
+    "SPECTRAL_METRICS",
     "SUBSTRATES",
     "UndefinedNormalizationError",
     "__version__",
@@ -66,4 +78,10 @@ __all__ = [
     "reduce_substrate",
     "run_job",
     "sample_units",
+    "spectral_differentiation",
+    "spectral_differentiation_stack",
+    "spectral_frequencies",
+    "spectral_states",
+    "spectral_states_stack",
+    "spectral_windows",
 ]
