@@ -1,7 +1,7 @@
 """Top layer: the command line; parse, validate, call one library function, print.
 
     daskdiff run JOB.yaml [--scheduler ADDRESS | --scheduler-file FILE] [--workers N]
-                 [--output DIR] [--weights W] [--overwrite] [--no-progress]
+                 [--output DIR] [--weights W] [--overwrite] [--no-progress] [--dry-run] [--force]
     daskdiff info RESULTS.nc
     daskdiff plot RESULTS.nc -o FIGURE.png
     daskdiff images noise|photos|augment|frames OUT_DIR ...
@@ -24,15 +24,19 @@ from .errors import DaskdiffError
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .pipeline.job import run_job
     from .pipeline.spec import load_spec
 
     spec, base = load_spec(args.job)
-    result = run_job(
-        spec, base, output=args.output, weights=args.weights, overwrite=args.overwrite,
-        scheduler=args.scheduler, scheduler_file=args.scheduler_file, n_workers=args.workers,
-        progress=not args.no_progress, command=" ".join(["daskdiff", *sys.argv[1:]]),
-    )
+    where = {"output": args.output, "weights": args.weights, "overwrite": args.overwrite, "scheduler": args.scheduler,
+             "scheduler_file": args.scheduler_file, "n_workers": args.workers, "force": args.force}
+    if args.dry_run:
+        from .pipeline.job import dry_run
+
+        dry_run(spec, base, **where)
+        return 0
+    from .pipeline.job import run_job
+
+    result = run_job(spec, base, **where, progress=not args.no_progress, command=" ".join(["daskdiff", *sys.argv[1:]]))
     from .io.layout import PLOT_FILE
     from .plot import plot_results
 
@@ -125,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--weights", help="'imagenet', 'random' or a weights file (overrides model.weights)")
     run.add_argument("--overwrite", action="store_true", help="replace results in an output folder written by a different spec")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and the estimate of its work (tasks, bytes, memory, time); run and write nothing")
+    run.add_argument("--force", action="store_true", help="run even if the estimate exceeds a bound (tasks, memory, disk, CPU time)")
     run.set_defaults(func=_run)
 
     info = sub.add_parser("info", help="what a results file holds")

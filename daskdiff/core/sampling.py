@@ -140,6 +140,71 @@ def sample_units(
     raise ValueError(f"unknown sampling mode {mode!r}; valid modes are 'random', 'equal', 'channel=K'")
 
 
+def sample_size(n_total: int | Sequence[int], n_units: int | str, mode: str = "random") -> int:
+    """How many units :func:`sample_units` returns for these arguments, without drawing any.
+
+    Parameters
+    ----------
+    n_total, n_units, mode
+        As for :func:`sample_units`.
+
+    Returns
+    -------
+    int
+        For planning and estimates. A mode that :func:`sample_units` refuses for this layer
+        (``equal`` with fewer units than channels) gives 0; an unknown mode raises ValueError.
+    """
+    n_positions, n_channels, size = _unit_shape(n_total)
+    k = size if n_units == ALL else int(n_units)
+    if mode == "random" or (mode == "equal" and n_positions == 1):
+        return min(k, size)
+    if mode == "equal":
+        return min(k // n_channels, n_positions) * n_channels
+    check_mode(mode)
+    return min(k, n_positions)
+
+
+def expected_union(n_total: int | Sequence[int], draws: dict[int | str, int], mode: str = "random") -> float:
+    """Expected number of distinct units over independent draws of :func:`sample_units`.
+
+    Parameters
+    ----------
+    n_total : int or tuple of int
+        The layer's size or unit shape, as for :func:`sample_units`.
+    draws : dict
+        ``n_units`` -> how many repeats draw that many units (``'all'`` covers the layer).
+    mode : str
+        The sampling mode.
+
+    Returns
+    -------
+    float
+        Each repeat's draw is a uniform sample without replacement (of the layer, of each
+        channel's positions for ``equal``, of one channel's positions for ``channel=K``), and
+        draws of different repeats or ``n_units`` are taken as independent. A unit is then
+        missed by every draw with probability ``prod (1 - s / population) ** repeats``: the
+        union is the population times one minus that. It is the exact expectation for
+        independent draws; the spread around it is about the square root of the population, so
+        a layer's real count (:func:`daskdiff.core.units.storage_plan`) is within a fraction of
+        a percent of it for any layer of more than a few thousand units.
+    """
+    n_positions, n_channels, size = _unit_shape(n_total)
+    if any(n == ALL for n, r in draws.items() if r > 0):
+        return float(size)
+    dense = mode == "random" or (mode == "equal" and n_positions == 1)
+    population = size if dense else n_positions
+    groups = 1 if dense or mode != "equal" else n_channels
+    log_missed = 0.0
+    for n, repeats in draws.items():
+        taken = sample_size(n_total, n, mode) // groups
+        if repeats <= 0 or taken <= 0:
+            continue
+        if taken >= population:
+            return float(population * groups)
+        log_missed += repeats * float(np.log1p(-taken / population))
+    return float(population * groups * -np.expm1(log_missed))
+
+
 def check_mode(mode: str) -> str:
     """Validate a sampling mode string without a layer (for job specs)."""
     if mode in ("random", "equal"):

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .sampling import ALL, sample_units
+from .sampling import ALL, expected_union, sample_units
 from .substrates import check_substrate, feature_shape
 
 NUnits = int | str
@@ -118,25 +118,18 @@ def storage_plan(
         A sampling request that cannot hold for some layer (e.g. ``mode='equal'`` with fewer
         units than channels), naming the layer.
     """
-    if store not in STORE_MODES:
-        raise ValueError(f"store must be one of {list(STORE_MODES)}, got {store!r}")
-    subs = [check_substrate(s) for s in substrates]
-    full = set(full_layers)
     plan = {}
-    for name, shape in shapes.items():
+    for name, shape, kind, subs in _layer_kinds(shapes, substrates, sampling, store, full_layers):
         units = None
-        all_units = store == "all" or name in full
-        if "units" in subs or all_units:
-            if all_units or ALL in sampling.n_units:
-                all_units = True
-                units = np.arange(int(np.prod(shape)), dtype=np.int64)
-            else:
-                chunks = [
-                    units_for(shape, "units", n, sampling, name, r)
-                    for n in sampling.n_units
-                    for r in range(sampling.repeats_for(n))
-                ]
-                units = np.unique(np.concatenate(chunks))
+        if kind == "all":
+            units = np.arange(int(np.prod(shape)), dtype=np.int64)
+        elif kind == "sampled":
+            chunks = [
+                units_for(shape, "units", n, sampling, name, r)
+                for n in sampling.n_units
+                for r in range(sampling.repeats_for(n))
+            ]
+            units = np.unique(np.concatenate(chunks))
         for sub in ("filter_mean", "location_mean"):
             if sub in subs:  # validates sampling for these substrates too (e.g. 'equal')
                 for n in sampling.n_units:
@@ -145,11 +138,58 @@ def storage_plan(
             name=name,
             shape=tuple(shape),
             units=units,
-            all_units=all_units,
+            all_units=kind == "all",
             filter_mean="filter_mean" in subs,
             location_mean="location_mean" in subs,
         )
     return plan
+
+
+def _layer_kinds(shapes: dict[str, tuple[int, ...]], substrates: Iterable[str], sampling: Sampling, store: str,
+                 full_layers: Iterable[str]) -> Iterable[tuple[str, tuple[int, ...], str | None, list[str]]]:
+    """``(name, shape, units, substrates)`` per layer: which ``units`` a shard stores (``'all'``,
+    ``'sampled'``: the union of the plan's draws, or None) and the substrates analysed."""
+    if store not in STORE_MODES:
+        raise ValueError(f"store must be one of {list(STORE_MODES)}, got {store!r}")
+    subs = [check_substrate(s) for s in substrates]
+    full = set(full_layers)
+    for name, shape in shapes.items():
+        forced = store == "all" or name in full
+        kind = None
+        if "units" in subs or forced:
+            kind = "all" if forced or ALL in sampling.n_units else "sampled"
+        yield name, shape, kind, subs
+
+
+def expected_stored(
+    shapes: dict[str, tuple[int, ...]],
+    substrates: Iterable[str],
+    sampling: Sampling,
+    *,
+    store: str = "needed",
+    full_layers: Iterable[str] = (),
+) -> dict[str, dict[str, int]]:
+    """Layer -> substrate -> values stored per image, as :func:`storage_plan` would decide,
+    without drawing a unit.
+
+    Takes the same arguments. Where :func:`storage_plan` stores the union of every repeat's
+    sampled units, this gives its expectation (:func:`daskdiff.core.sampling.expected_union`),
+    so its cost does not grow with ``sampling.repeats``: the job checks the estimate of a plan
+    before it builds the plan, whose cost does (``repeats`` draws per layer and ``n_units``).
+    """
+    out = {}
+    draws = {n: sampling.repeats_for(n) for n in sampling.n_units}
+    for name, shape, kind, subs in _layer_kinds(shapes, substrates, sampling, store, full_layers):
+        stored = {}
+        if kind == "all":
+            stored["units"] = int(np.prod(shape))
+        elif kind == "sampled":
+            stored["units"] = int(round(expected_union(shape, draws, sampling.mode)))
+        for sub in ("filter_mean", "location_mean"):
+            if sub in subs:
+                stored[sub] = int(np.prod(feature_shape(shape, sub)))
+        out[name] = stored
+    return out
 
 
 def plan_digest(plan: dict[str, LayerPlan]) -> str:

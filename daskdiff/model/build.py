@@ -268,6 +268,38 @@ def layer_shapes(model: Any, layers: list[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def forward_flops(model: Any) -> int:
+    """Floating-point operations of one image's forward pass, counted from the layers' shapes.
+
+    A layer with a kernel (convolutions, dense layers) costs 2 operations (a multiply and an
+    add) per weight use: ``2 x output values x kernel values per output`` (for a depthwise
+    convolution, the kernel's spatial size; a separable one adds its pointwise kernel). Every
+    other layer costs one operation per output value. Normalisation statistics, attention and
+    recurrent layers are not modelled: an order-of-magnitude figure for estimates
+    (:mod:`daskdiff.core.estimate`), exact for the multiply-adds of VGG-like networks (VGG16:
+    30.9 GFLOP, i.e. the 15.5 G multiply-adds usually quoted).
+    """
+    total = 0
+    for layer in model.layers:
+        try:
+            out = layer.output.shape[1:]
+        except (AttributeError, ValueError):  # a layer used twice or not in the graph: skip it
+            continue
+        outputs = int(np.prod([s for s in out if s is not None]))
+        kind = type(layer).__name__
+        if hasattr(layer, "depthwise_kernel"):
+            total += 2 * outputs * int(np.prod(layer.depthwise_kernel.shape[:2]))
+            if hasattr(layer, "pointwise_kernel"):
+                total += 2 * outputs * int(np.prod(layer.pointwise_kernel.shape[:-1]))
+        elif getattr(layer, "kernel", None) is not None and len(layer.kernel.shape) >= 2 and "Depthwise" not in kind:
+            total += 2 * outputs * int(np.prod(layer.kernel.shape[:-1]))
+        elif "Depthwise" in kind:
+            total += 2 * outputs * int(np.prod(layer.kernel.shape[:2]))
+        else:
+            total += outputs
+    return total
+
+
 def input_size(model: Any) -> tuple[int, int]:
     """(height, width) of the model's image input."""
     shape = model.input_shape
@@ -300,6 +332,7 @@ def model_layers(spec: ModelSpec) -> dict[str, Any]:
         "shapes": layer_shapes(model, layers),
         "input_size": input_size(model),
         "last_layer": layer_names(model)[-1],
+        "forward_flops": forward_flops(model),
     }
 
 

@@ -40,7 +40,9 @@ from ..io.manifest import check_output_folder, Manifest, OutputFolderError
 from ..io.lock import OutputLock
 from ..io.atomic import DiskFullError, remove_dead_temporaries
 from ..model.build import WEIGHTS_KEYWORDS, build_model, model_layers, ModelSpec, WeightsUnavailableError
-from ..core.units import bytes_per_image, n_units_label, plan_digest, Sampling, storage_plan
+from ..core.units import bytes_per_image, expected_stored, n_units_label, plan_digest, Sampling, storage_plan
+from ..core.estimate import estimate_work, WorkEstimate
+from .budget import check_budget, describe, is_external, job_size, Limits, limits_for, lower_bound_size, mean_chars
 from ..io.partials import PartialResult
 from ..io.results import assemble, set_metadata
 from ..io.shards import CorruptShardError
@@ -94,6 +96,13 @@ class JobPlan:
     sampling: Sampling
     notes: list[str]
     manifest: Manifest
+    estimate: WorkEstimate | None = None
+    limits: Limits | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    """Images per set; in a dry run, a generated set not yet on disk has the count its generator
+    will write (:func:`daskdiff.stimuli.registry.planned_count`) and no paths in ``sets``."""
+    dry_run: bool = False
+    """Planned without writing anything (``plan_job(dry_run=True)``): such a plan is never run."""
     lock: OutputLock | None = None
     """The output folder's lock, held from planning until :meth:`release` (:func:`run_job` releases it)."""
 
@@ -106,20 +115,59 @@ class JobPlan:
         if self.lock is not None:
             self.lock.release()
 
+    def summary(self) -> str:
+        """One line: images, sets, layers, bytes stored per image, the output folder."""
+        return (
+            f"planned {sum(self.counts.values())} image(s) in {len(self.counts)} set(s), {len(self.layers)} layer(s); "
+            f"stores {bytes_per_image(self.storage) / 1e6:.2f} MB per image -> {self.output}"
+        )
+
+
+def _check_output_readonly(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence[str]) -> tuple[Manifest, bool]:
+    """The checks of :func:`_check_output` that write nothing: ``(manifest, clear)``, where ``clear``
+    says that ``--overwrite`` will remove the files of a different spec's job."""
+    try:
+        check_output_folder(output, inputs)
+        manifest = Manifest(output)
+    except OutputFolderError as err:
+        raise JobError(str(err)) from None
+    job_file = output / JOB_FILE
+    if not job_file.exists():
+        return manifest, False
+    try:
+        old = json.loads(job_file.read_text())
+    except (OSError, ValueError) as err:
+        raise JobError(f"{job_file} is unreadable ({err}); delete it to start this output folder afresh, or choose another --output") from None
+    if old.get("result_digest") == spec.result_digest():
+        return manifest, False
+    if not overwrite:
+        new = spec.model_dump(mode="json")
+        changed = sorted(k for k in set(old.get("spec", {})) | set(new) if old.get("spec", {}).get(k) != new.get(k))
+        raise JobError(
+            f"output folder {output} holds results of a different job spec (changed: {changed}); "
+            "re-run with --overwrite to replace them, or choose another --output"
+        )
+    if not manifest.path.exists():
+        raise JobError(
+            f"output folder {output} was written by a daskdiff without a manifest ({manifest.path.name}), "
+            "so --overwrite cannot tell its files from yours: delete its activations/, partial/, images/ "
+            "and job.json by hand, or choose another --output"
+        )
+    return manifest, True
+
+
 
 def _check_output(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence[str], echo: Callable) -> tuple[Manifest, OutputLock]:
     """Make sure ``output`` may be written, lock it, clear it under ``--overwrite``; its manifest
     and lock (held: the caller releases it).
 
-    Nothing is created or deleted before the folder passes :func:`check_output_folder`, nothing
-    is deleted before this run holds the folder's lock (:class:`~daskdiff.io.lock.OutputLock`: a
-    second run on the same folder is refused, naming the first), and ``--overwrite`` removes only
-    what the folder's manifest lists (files daskdiff wrote).
+    Nothing is created or deleted before the folder passes :func:`check_output_folder` and the
+    other checks of :func:`_check_output_readonly`; nothing is deleted before this run holds the
+    folder's lock (:class:`~daskdiff.io.lock.OutputLock`: a second run on the same folder is
+    refused, naming the first), and the checks are then made again, under the lock; and
+    ``--overwrite`` removes only what the folder's manifest lists (files daskdiff wrote).
     """
-    try:
-        check_output_folder(output, inputs)
-    except OutputFolderError as err:
-        raise JobError(str(err)) from None
+    _check_output_readonly(output, spec, overwrite, inputs)  # refuse before anything is created
     try:
         output.mkdir(parents=True, exist_ok=True)
         atomic_write(output / ".write-test", lambda tmp: Path(tmp).write_text("ok"))
@@ -131,42 +179,15 @@ def _check_output(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence
     except OutputFolderError as err:
         raise JobError(str(err)) from None
     try:
-        return _check_locked(output, spec, overwrite, echo), lock
-    except BaseException:
-        lock.release()
-        raise
-
-
-def _check_locked(output: Path, spec: JobSpec, overwrite: bool, echo: Callable) -> Manifest:
-    """:func:`_check_output` once the folder is locked: its manifest, the job record, --overwrite."""
-    try:
-        manifest = Manifest(output)
-    except OutputFolderError as err:
-        raise JobError(str(err)) from None
-    job_file = output / JOB_FILE
-    if job_file.exists():
-        try:
-            old = json.loads(job_file.read_text())
-        except (OSError, ValueError) as err:
-            raise JobError(f"{job_file} is unreadable ({err}); delete it to start this output folder afresh, or choose another --output") from None
-        if old.get("result_digest") != spec.result_digest():
-            if not overwrite:
-                new = spec.model_dump(mode="json")
-                changed = sorted(k for k in set(old.get("spec", {})) | set(new) if old.get("spec", {}).get(k) != new.get(k))
-                raise JobError(
-                    f"output folder {output} holds results of a different job spec (changed: {changed}); "
-                    "re-run with --overwrite to replace them, or choose another --output"
-                )
-            if not manifest.path.exists():
-                raise JobError(
-                    f"output folder {output} was written by a daskdiff without a manifest ({manifest.path.name}), "
-                    "so --overwrite cannot tell its files from yours: delete its activations/, partial/, images/ "
-                    "and job.json by hand, or choose another --output"
-                )
+        manifest, clear = _check_output_readonly(output, spec, overwrite, inputs)  # again: now no other run can change it
+        if clear:
             kept = manifest.remove_all()
             if kept:
                 echo(f"--overwrite kept folder(s) that hold files daskdiff did not write: {', '.join(kept)}")
-    return manifest
+        return manifest, lock
+    except BaseException:
+        lock.release()
+        raise
 
 
 def _clean_temporaries(manifest: Manifest, client: Any = None) -> int:
@@ -225,16 +246,51 @@ def _generated_set(name: str, entry: Any, base: Path, manifest: Manifest, echo: 
     params = _generator_params(entry.params(), base)
     record = folder / ".generated.json"
     key = {"generate": entry.generate, "params": params}
-    if record.exists():
-        saved = json.loads(record.read_text())
-        if saved.get("key") == key and all(Path(p).exists() for p in saved.get("paths", [])):
-            echo(f"image set {name!r}: reusing {len(saved['paths'])} generated image(s) in {folder}")
-            return sorted(saved["paths"])
+    reused = _reusable_generated(folder, key)
+    if reused is not None:
+        echo(f"image set {name!r}: reusing {len(reused)} generated image(s) in {folder}")
+        return reused
     paths = generate(entry.generate, folder, **params)
     manifest.add_files([*paths, record])
     atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps({"key": key, "paths": paths})))
     echo(f"image set {name!r}: generated {len(paths)} image(s) ({entry.generate}) in {folder}")
     return sorted(paths)
+
+
+def _reusable_generated(folder: Path, key: dict) -> list[str] | None:
+    """The sorted paths a previous run generated in ``folder`` for ``key``, if all still exist."""
+    record = folder / ".generated.json"
+    if not record.exists():
+        return None
+    saved = json.loads(record.read_text())
+    if saved.get("key") == key and all(Path(p).exists() for p in saved.get("paths", [])):
+        return sorted(saved["paths"])
+    return None
+
+
+def _planned_sets(spec: JobSpec, base: Path, output: Path, path_sets: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, int], dict[str, str]]:
+    """Every set's known paths, image count and how the count is known, before anything is generated.
+
+    A set read from disk, and a generated set a previous run left complete in the output folder,
+    have their paths (``'exact'``). Any other generated set has no paths yet and the count its
+    generator will write (:func:`daskdiff.stimuli.registry.planned_count`: ``'exact'``, ``'at
+    most'``, or ``'unknown'``, then counted as 2, the fewest a set may have).
+    """
+    from ..stimuli.registry import planned_count
+
+    paths, counts, how = {}, {}, {}
+    for name, entry in spec.image_sets.items():
+        if name in path_sets:
+            paths[name], counts[name], how[name] = path_sets[name], len(path_sets[name]), "exact"
+            continue
+        params = _generator_params(entry.params(), base)
+        reused = _reusable_generated(output / IMAGES_DIR / name, {"generate": entry.generate, "params": params})
+        if reused is not None:
+            paths[name], counts[name], how[name] = reused, len(reused), "exact"
+            continue
+        n, how[name] = planned_count(entry.generate, params)
+        paths[name], counts[name] = [], max(2, n or 2)
+    return paths, counts, how
 
 
 def _path_sets(spec: JobSpec, base: Path, echo: Callable) -> dict[str, list[str]]:
@@ -295,37 +351,90 @@ def _resolve_weights(model: ModelSpec, spec: JobSpec, echo: Callable, notes: lis
         return ModelSpec(**{**model.__dict__, "weights": "random"})
 
 
-def plan_job(spec: JobSpec, base: Path, *, output: str | Path | None = None, weights: str | None = None, overwrite: bool = False, echo: Callable = print) -> JobPlan:
-    """Validate and plan a job on the client; nothing runs on a cluster.
+def plan_job(
+    spec: JobSpec,
+    base: Path,
+    *,
+    output: str | Path | None = None,
+    weights: str | None = None,
+    overwrite: bool = False,
+    echo: Callable = print,
+    force: bool = False,
+    dry_run: bool = False,
+    limits: Limits | None = None,
+) -> JobPlan:
+    """Validate, estimate and plan a job on the client; nothing runs on a cluster.
 
-    The plan holds the output folder's lock (a second run on the folder is refused) until
-    ``plan.release()``; :func:`run_job` releases it when the job ends, however it ends.
+    The job's work is estimated and bounded (:mod:`daskdiff.pipeline.budget`) three times, each
+    before the step whose cost it bounds: from the spec and image counts alone (before the model
+    is loaded), with the layer shapes (before anything is written and before the storage plan,
+    whose cost grows with ``repeats``), and exactly (echoed). A job over a bound raises
+    :class:`daskdiff.pipeline.budget.BudgetError` unless ``force``.
+
+    ``dry_run``: write nothing (no output folder, no generated images, no temporaries removed,
+    weights not loaded); the plan returned only describes the job. ``limits``: what the job may
+    use (default: :func:`daskdiff.pipeline.budget.limits_for` the spec's cluster).
+
+    A plan that is not a dry run holds the output folder's lock (a second run on the folder is
+    refused) until ``plan.release()``; :func:`run_job` releases it when the job ends, however it
+    ends.
     """
     out = Path(output) if output else resolve_path(spec.output, base)
     out = out.resolve()
     path_sets = _path_sets(spec, base, echo)
-    manifest, lock = _check_output(out, spec, overwrite, [p for paths in path_sets.values() for p in paths], echo)
-    try:
-        return _plan_locked(spec, base, out, weights, manifest, lock, path_sets, echo)
-    except BaseException:
-        lock.release()
-        raise
-
-
-def _plan_locked(spec: JobSpec, base: Path, out: Path, weights: str | None, manifest: Manifest, lock: OutputLock,
-                 path_sets: dict[str, list[str]], echo: Callable) -> JobPlan:
-    """:func:`plan_job` once the output folder is locked."""
-    if (n := _clean_temporaries(manifest)):
-        echo(f"removed {n} temporary file(s) left by an interrupted run")
-    sets = _image_sets(spec, base, manifest, path_sets, echo)
+    known, counts, how = _planned_sets(spec, base, out, path_sets)
+    limits = limits or limits_for(spec.cluster, out)
+    quiet = lambda *_: None  # noqa: E731  (only the exact check says that --force ran over a bound)
+    check_budget(estimate_work(lower_bound_size(spec, counts)), limits, force=force, what="lower bound", echo=quiet)
     model = _model_spec(spec, base, weights)
     info = model_layers(model)
-    notes: list[str] = []
-    model = _resolve_weights(model, spec, echo, notes)
     a = spec.analysis
     sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
-    storage = storage_plan(info["shapes"], a.substrates, sampling, store=spec.extraction.store, full_layers=[info["last_layer"]])
-    return JobPlan(spec, out, model, sets, info["layers"], info["shapes"], storage, sampling, notes, manifest, lock)
+    full = [info["last_layer"]]
+    shapes = info["shapes"]
+    store = spec.extraction.store
+    chars = {name: mean_chars(p) if p else len(str(out / IMAGES_DIR / name)) + 16 for name, p in known.items()}
+
+    def estimate(stored: dict, counts: dict, built: bool) -> WorkEstimate:
+        size = job_size(spec, counts, shapes, stored, forward_flops=info["forward_flops"], path_chars=chars, plan_built=built)
+        return estimate_work(size)
+
+    expected = expected_stored(shapes, a.substrates, sampling, store=store, full_layers=full)
+    check_budget(estimate(expected, counts, False), limits, force=force, what="estimate before the storage plan", echo=quiet)
+    notes: list[str] = []
+    if dry_run:
+        manifest, clear = _check_output_readonly(out, spec, overwrite, [p for paths in path_sets.values() for p in paths])
+        sets = known
+        if clear:
+            echo(f"--overwrite would remove the {len(manifest.files)} file(s) daskdiff wrote in {out} for another spec")
+        for name, kind in how.items():
+            if not known[name]:
+                will = {"exact": f"{counts[name]}", "at most": f"at most {counts[name]}"}.get(kind, "an unknown number of (counted as 2)")
+                echo(f"image set {name!r}: not generated in a dry run; a run generates {will} image(s)")
+        if model.weights == "imagenet":
+            echo("ImageNet weights are not loaded in a dry run (a run downloads them to Keras's cache if missing)")
+        lock = None
+    else:
+        manifest, lock = _check_output(out, spec, overwrite, [p for paths in path_sets.values() for p in paths], echo)
+    try:
+        if not dry_run:
+            if (n := _clean_temporaries(manifest)):
+                echo(f"removed {n} temporary file(s) left by an interrupted run")
+            sets = _image_sets(spec, base, manifest, path_sets, echo)
+            counts = {name: len(paths) for name, paths in sets.items()}
+            chars = {name: mean_chars(paths) for name, paths in sets.items()}
+            model = _resolve_weights(model, spec, echo, notes)
+        storage = storage_plan(info["shapes"], a.substrates, sampling, store=store, full_layers=full)
+        final = estimate({name: lp.stored() for name, lp in storage.items()}, counts, True)
+        for line in describe(final, limits):
+            echo(line)
+        check_budget(final, limits, force=force, echo=echo, quote=False)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return JobPlan(spec, out, model, sets, info["layers"], info["shapes"], storage, sampling, notes, manifest,
+                   estimate=final, limits=limits, counts=counts, dry_run=dry_run, lock=lock)
 
 
 def shard_size(requested: int, batch_size: int) -> int:
@@ -595,13 +704,16 @@ def run_job(
     progress: bool = True,
     command: str | None = None,
     echo: Callable = print,
+    force: bool = False,
 ) -> JobResult:
     """Run a job end to end (see the module docstring); returns where the results are.
 
     ``client``: an existing ``distributed.Client`` to use (tests, notebooks); otherwise one is
     made from the spec's cluster section and the ``scheduler``/``scheduler_file``/``n_workers``
     overrides (see :func:`daskdiff.pipeline.cluster.connect`). The figure of the results is
-    drawn by the CLI (:func:`daskdiff.plot.plot_results`), not here.
+    drawn by the CLI (:func:`daskdiff.plot.plot_results`), not here. The job's estimate is
+    echoed before any cluster starts, and a job over a bound is refused
+    (:class:`daskdiff.pipeline.budget.BudgetError`) unless ``force``.
     """
     from .cluster import WorkerSetup, connect
 
@@ -611,12 +723,10 @@ def run_job(
     def clock(stage: str) -> None:
         stages[stage] = round(time.perf_counter() - t0, 3)
 
-    plan = plan_job(spec, base, output=output, weights=weights, overwrite=overwrite, echo=echo)
+    limits = _limits(spec, base, output, client, scheduler, scheduler_file, n_workers)
+    plan = plan_job(spec, base, output=output, weights=weights, overwrite=overwrite, echo=echo, force=force, limits=limits)
     try:  # the plan holds the output folder's lock until the job ends, however it ends
-        echo(
-            f"planned {sum(map(len, plan.sets.values()))} image(s) in {len(plan.sets)} set(s), {len(plan.layers)} layer(s); "
-            f"stores {bytes_per_image(plan.storage) / 1e6:.2f} MB per image -> {plan.output}"
-        )
+        echo(plan.summary())
         clock("planned")
         attrs = {**plan.model.identity(), "daskdiff_version": versions()["daskdiff"]}
         plan.manifest.add_files([plan.output / JOB_FILE])
@@ -641,6 +751,43 @@ def run_job(
             return on(c)
     finally:
         plan.release()
+
+
+def _limits(spec: JobSpec, base: Path, output: str | Path | None, client: Any, scheduler: str | None,
+            scheduler_file: str | None, n_workers: int | None) -> Limits:
+    """What the job may use, for the cluster it will run on (a given client counts as external)."""
+    out = (Path(output) if output else resolve_path(spec.output, base)).resolve()
+    external = client is not None or is_external(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers)
+    return limits_for(spec.cluster, out, external=external, n_workers=n_workers)
+
+
+def dry_run(
+    spec: JobSpec,
+    base: Path,
+    *,
+    output: str | Path | None = None,
+    weights: str | None = None,
+    overwrite: bool = False,
+    scheduler: str | None = None,
+    scheduler_file: str | None = None,
+    n_workers: int | None = None,
+    force: bool = False,
+    echo: Callable = print,
+) -> JobPlan:
+    """Plan and estimate a job as :func:`run_job` would, and echo both; run and write nothing.
+
+    No cluster starts, no file or folder is created or removed (generated sets are not made:
+    their planned counts are used), and no weights are loaded. A job over a bound raises the
+    same :class:`daskdiff.pipeline.budget.BudgetError` a run would (after echoing the estimate).
+    """
+    echo("dry run: nothing is written and no cluster starts")
+    limits = _limits(spec, base, output, None, scheduler, scheduler_file, n_workers)
+    plan = plan_job(spec, base, output=output, weights=weights, overwrite=overwrite, echo=echo, force=force,
+                    dry_run=True, limits=limits)
+    echo(plan.summary())
+    for name, n in plan.counts.items():
+        echo(f"  image set {name!r}: {n} image(s)")
+    return plan
 
 
 def _results_attrs(plan: JobPlan, command: str | None) -> dict[str, Any]:

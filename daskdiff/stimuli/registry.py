@@ -98,3 +98,33 @@ def check_generator_params(kind: str, params: dict, out_dir: object = ".") -> Ca
             f"generator {kind!r} ({function.__name__}): {problem}; its parameters are {valid}"
         ) from None
     return function
+
+
+def planned_count(kind: str, params: dict) -> tuple[int | None, str]:
+    """How many images a generator will write, without writing any: ``(count, how)``.
+
+    ``how`` is ``'exact'`` (``noise``, ``augment``, ``photos``: their ``count``, ``names`` or
+    default; ``adversarial`` when it keeps failed attacks, the default), ``'at most'`` (``select``:
+    the images of its ``source``; ``adversarial`` with ``keep_failures: false``) or ``'unknown'``
+    (``frames``: the movie decides; count None). Path parameters must already be resolved.
+    """
+    function = check_generator_params(kind, params)
+    if kind in ("noise", "augment", "photos"):
+        if kind == "photos" and params.get("names") is not None:
+            return len(list(params["names"])), "exact"
+        default = inspect.signature(function).parameters["count"].default
+        if kind == "photos" and default is None:
+            from .photos import DEFAULT_PHOTO_COUNT
+
+            default = DEFAULT_PHOTO_COUNT
+        return int(params.get("count", default) or default), "exact"
+    if kind in ("select", "adversarial"):
+        from ..io.images import resolve_image_set
+
+        try:
+            n = len(resolve_image_set(str(params["source"])))
+        except (InputError, OSError):
+            return None, "unknown"
+        exact = kind == "adversarial" and params.get("keep_failures", True)
+        return n, "exact" if exact else "at most"
+    return None, "unknown"

@@ -1,0 +1,455 @@
+"""Numeric core: what a job will cost before it runs: tasks, bytes, memory and time.
+
+Pure arithmetic on the sizes of a plan (images per set, layer shapes, values stored per image,
+``n_units``, ``repeats``, ...): :func:`estimate_work` takes a :class:`JobSize` and returns a
+:class:`WorkEstimate`. Nothing is sampled, read or allocated, so an estimate of ``repeats:
+1e9`` costs microseconds; the pipeline checks it against bounds before it builds the plan, whose
+own cost grows with ``repeats`` (:mod:`daskdiff.pipeline.budget`).
+
+What is counted, and how well
+-----------------------------
+- **Tasks**: exact (one extraction task per shard, one differentiation task per set, substrate
+  and layer).
+- **Bytes on disk**: shards are counted as HDF5 lays them out (float32 stored values in chunks
+  of whole images, unit coordinates, per-image labels, per-file and per-variable overheads
+  fitted on files written by :class:`daskdiff.io.shards.ShardWriter`: within 3 % of the real
+  files in that fit, and within 1 % once the stored values dominate, as for VGG16). Partial
+  results and the results file are their arrays plus a small fixed overhead per array. The
+  values stored per image are exact once the storage plan is built, an expectation before
+  (:func:`daskdiff.core.units.expected_stored`, within 1 % for layers of more than a few thousand
+  units). Generated images (PNGs in ``<output>/images``) are not counted.
+- **Memory of one differentiation task**: the arrays :func:`daskdiff.pipeline.tasks.run_diff_task`
+  holds at its peak (see :func:`diff_task_memory`), not the worker's baseline (Python, the
+  cached Keras model: ~2 GB for VGG16) nor allocator slack. Checked against ``tracemalloc``
+  peaks in the tests, within a factor of 1.5.
+- **Memory of the client**: the storage plan while it is built, then the gathered partial
+  results and the results arrays; not the client's own baseline (Python, TensorFlow: ~2 GB).
+- **Time**: CPU-seconds from the per-unit costs below, measured once on this project's 2-core
+  x86_64 VM (README, *Performance*), and a wall time on a number of workers that allows for what
+  whole jobs measured beyond those sums (:data:`WHOLE_JOB_FACTOR`). An order of magnitude, not a
+  promise: the model of one differentiation task is within a factor of 2-3 of its measured CPU
+  time, a GPU does the forward pass ~50x faster, and other CPUs and BLAS builds differ by
+  factors of several.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from .sampling import ALL, sample_size
+from .substrates import feature_shape
+
+# -- per-unit costs, measured on the project's 2-core x86_64 VM (24 GiB, no GPU) ----------------
+
+FORWARD_FLOPS_PER_CPU_S = 160e9
+"""Forward-pass floating-point operations per CPU-second: VGG16 (30.9 GFLOP per image by
+:func:`daskdiff.model.build.forward_flops`) took 0.193 CPU-s per image in a
+``predict_on_batch`` loop, batch 16, TensorFlow 2.21 CPU (``benchmarks/extract.py``: 10.3
+images/s on 2 cores). Other models are scaled by their FLOP count."""
+
+IMAGE_CPU_S = 0.009
+"""CPU-seconds per image besides the forward pass and the writes: decoding, resizing,
+preprocessing and the in-graph gathers (``extract_shard`` at n_units [200], 0.208 CPU-s per
+image, less the forward pass and 1.65 MB of writes)."""
+
+WRITE_BYTES_PER_CPU_S = 280e6
+"""Shard bytes written per CPU-second (NetCDF chunks, flushed and dropped from the page cache):
+``extract_shard`` cost 0.112 CPU-s more per image to store 31.7 MB than 1.65 MB."""
+
+SHARD_CPU_S = 0.1
+"""Fixed cost of one shard file: labels, ``fsync``, rename (``docs/scaling.md``)."""
+
+DIFF_TASK_CPU_S = 0.015
+"""Fixed cost of one differentiation task: opening its shards, writing its partial result."""
+
+READ_BYTES_PER_S = 1e9
+"""Stored values a differentiation task reads per second from its shards (checksummed NetCDF)."""
+
+MATMUL_FLOPS_PER_S = 80e9
+"""float64 matrix-product operations per second on one core (OpenBLAS, numpy 2.4; Dask's worker
+processes run BLAS with one thread): measured with a 1000 x 4000 Gram matrix."""
+
+ELEMENTS_PER_S = 5e8
+"""float64 elements per second of one elementwise numpy pass (subtract, divide, compare) over
+arrays larger than the caches, one core."""
+
+MEDIAN_ELEMENTS_PER_S = 1e8
+"""Elements per second of ``numpy.median`` (a partition of a copy), one core."""
+
+SAMPLE_DRAW_S = 4e-5
+SAMPLE_UNIT_S = 8e-8
+""":func:`daskdiff.sample_units`: seconds per draw, plus per unit drawn (k = 200: 48 us,
+k = 10,000: 0.8 ms)."""
+
+WHOLE_JOB_FACTOR = 2.0
+"""Wall time of a whole job over its CPU-seconds per worker at the rates above: measured 1.2x
+(extraction) and 2.4x (differentiation) for ``benchmarks/scale.py`` (1,000 images, n_units
+[200]), 2.8x and 2.3x for ``benchmarks/job.py`` (2 x 43 images, [200, 10000, all]: 6 GB of
+shards written with ``fsync``). Two workers on two cores share the memory bandwidth that the
+elementwise passes are bound by; Dask, model builds and disk waits add the rest."""
+
+JOB_START_S = 30.0
+"""Wall seconds of a job's fixed start: the cluster's workers start, build their model and trace
+its extraction graph (in parallel). With it and :data:`WHOLE_JOB_FACTOR`, the wall times of
+``benchmarks/job.py`` and ``benchmarks/scale.py`` (148 s and 324 s measured) come out at 139 s
+and 400 s; the demo job, on a machine with a load of 5 on 2 cores, took 104 s for 43 s."""
+
+# -- passes a differentiation repeat makes (read off daskdiff.core.distances / differentiation)
+
+PASSES_PER_SAMPLED_VALUE = 9
+"""Elementwise passes over each sampled value (n_images x k) of a repeat: the gather, stack and
+float64 copy, the mean, the standard deviation (2), the shift and the division, the zeroing
+of undefined matrices."""
+
+PASSES_PER_DISTANCE = 14
+"""Elementwise passes over each entry of a repeat's n x n distance matrix: the Gram product's
+output, the norms' sum, the scaling, the clamp, the cancellation test, the triangle and its
+mirror, the square root, the finiteness check, the per-unit division, the NaN fill and the
+condensed gather."""
+
+EXTRA_PASSES = {"cosine": 6, "correlation": 10}
+"""More passes over the sampled values for metrics that rescale rows first."""
+
+ROW_LOOP_METRICS = ("cityblock", "chebyshev")
+"""Metrics without a Gram form: n^2 k / 2 differences, absolute values and reductions."""
+
+# -- bytes of files (fitted on files daskdiff wrote; see the module docstring) ----------------
+
+SHARD_FILE_BYTES = 27_500
+SHARD_VARIABLE_BYTES = 3_400
+SHARD_COORDINATE_BYTES = 2_600
+SHARD_CHUNK_BYTES = 9
+SHARD_IMAGE_BYTES = 815
+"""A shard file's HDF5 overheads: per file, per activation variable, per coordinate variable
+(a conv layer's ``units`` has four: unit, channel, y, x), per chunk, and per image (its labels:
+path, set, index, top-1 and top-5 classes, probabilities and names; plus one byte per character
+of the image's path). Fitted by least squares on 60 shards of 1-128 images, 2-20 layers, within
+3 %."""
+
+NPZ_ARRAY_BYTES = 256
+"""Per array of an ``.npz`` partial result: the ``.npy`` header and the zip entries."""
+
+NETCDF_FILE_BYTES = 11_000
+NETCDF_VARIABLE_BYTES = 1_000
+NETCDF_STRING_BYTES = 40
+"""The results file's overheads: per file (with the job spec and versions in its attributes),
+per variable (17 with their dimensions), per variable-length string (paths, labels) plus its
+characters. Fitted on the results of the tests' tiny jobs (28 KB of overhead)."""
+
+CHUNK_BYTES = 64 * 2**20
+"""As :data:`daskdiff.io.shards.CHUNK_BYTES` (the core cannot import it): the largest chunk."""
+
+
+@dataclass(frozen=True)
+class LayerSize:
+    """What the estimate needs of one layer: its unit shape (channels last) and the values
+    stored per image for each substrate (``{'units': 4096, 'filter_mean': 64}``)."""
+
+    name: str
+    shape: tuple[int, ...]
+    stored: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class JobSize:
+    """The sizes of a job's plan, the input of :func:`estimate_work`.
+
+    ``images``: set -> number of images; ``path_chars``: set -> mean characters of its image
+    paths; ``forward_flops``: one image's forward pass (:func:`daskdiff.model.build.forward_flops`);
+    ``class_count``: outputs of the class-score layer (for the labels); ``plan_built``: whether
+    the stored units are already known (the plan's cost on the client is then spent); the rest
+    as the job spec's keys of the same names.
+    """
+
+    images: Mapping[str, int]
+    layers: Sequence[LayerSize]
+    substrates: Sequence[str]
+    n_units: Sequence[int | str]
+    repeats: int
+    repeats_per_task: int
+    sampling: str = "random"
+    metric: str = "euclidean"
+    keep_rdm: bool = True
+    shard_size: int = 128
+    batch_size: int = 16
+    forward_flops: float = 30.9e9
+    path_chars: Mapping[str, float] = field(default_factory=dict)
+    plan_built: bool = False
+
+
+@dataclass(frozen=True)
+class WorkEstimate:
+    """What a job will cost (see the module docstring for what each figure counts).
+
+    Bytes are bytes; seconds are CPU-seconds (one core), to be divided by the workers that run
+    them in parallel.
+    """
+
+    images: int
+    extraction_tasks: int
+    differentiation_tasks: int
+    shard_bytes: int
+    partial_bytes: int
+    results_bytes: int
+    task_memory: int
+    largest_task: str
+    client_memory: int
+    plan_seconds: float
+    extraction_seconds: float
+    differentiation_seconds: float
+    longest_task_seconds: float
+
+    @property
+    def tasks(self) -> int:
+        return self.extraction_tasks + self.differentiation_tasks
+
+    @property
+    def disk_bytes(self) -> int:
+        """Everything the job writes in its output folder (shards, partial results, results)."""
+        return self.shard_bytes + self.partial_bytes + self.results_bytes
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.plan_seconds + self.extraction_seconds + self.differentiation_seconds
+
+    def wall_seconds(self, workers: int) -> float:
+        """Expected wall time on ``workers`` one-thread workers: the CPU-seconds shared among them
+        (but never less than the longest task) times :data:`WHOLE_JOB_FACTOR`, plus the planning
+        and :data:`JOB_START_S`."""
+        work = (self.extraction_seconds + self.differentiation_seconds) / max(1, workers)
+        return self.plan_seconds + JOB_START_S + WHOLE_JOB_FACTOR * max(work, self.longest_task_seconds)
+
+
+def _n_features(shape: Sequence[int], substrate: str) -> int:
+    return math.prod(feature_shape(shape, substrate))
+
+
+def _is_exact(n_units: int | str, n_features: int) -> bool:
+    """As :func:`daskdiff.pipeline.tasks._n_units_result`: computed once, not per repeat."""
+    return n_units == ALL or n_units >= n_features
+
+
+def _per_n(layer: LayerSize, substrate: str, size: JobSize) -> list[tuple[int, int, int, bool]]:
+    """For each ``n_units``: (units per repeat k, repeats, evaluations, exact)."""
+    fshape = feature_shape(layer.shape, substrate)
+    n_features = math.prod(fshape)
+    out = []
+    for n in size.n_units:
+        exact = _is_exact(n, n_features)
+        repeats = 1 if n == ALL else size.repeats
+        k = n_features if exact else sample_size(fshape, n, size.sampling if substrate == "units" or size.sampling != "equal" else "random")
+        out.append((k, repeats, 1 if exact else repeats, exact))
+    return out
+
+
+def _stack_bytes(c: int, n: int, k: int, metric: str) -> int:
+    """Peak bytes of evaluating one stack of ``c`` repeats (n images x k units each).
+
+    Phases (the largest counts): the gather (a float32 list, its stack and the float64 copy:
+    16 c n k bytes); the normalisation (the float64 stack, the normalised copy and one
+    temporary: 24 c n k); the distances (the stack and the normalised copy, plus for Gram metrics
+    the Gram buffer, the norms' sum, the cancellation mask, the triangle and its mirror: 33 c n^2
+    bytes; rows rescaled for cosine/correlation add 16-24 c n k; a row-loop metric holds two
+    difference temporaries of c n k and two n^2 buffers). Re-centring for cancellation, which
+    redoes some matrices, is not counted.
+    """
+    nk, nn = 8 * c * n * k, c * n * n
+    gather = 2 * nk + 8 * c * k
+    normalise = 3 * nk
+    if metric in ROW_LOOP_METRICS:
+        distances = 4 * nk + 16 * nn
+    else:
+        extra = {"cosine": 2 * nk, "correlation": 3 * nk}.get(metric, 0)
+        distances = 2 * nk + extra + 33 * nn
+    median = nk + 16 * nn + 8 * n * n
+    return max(gather, normalise, distances, median)
+
+
+def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize) -> int:
+    """Peak bytes of the arrays of one differentiation task (``n`` images, one layer, one substrate).
+
+    The maximum of two phases of :func:`daskdiff.pipeline.tasks.run_diff_task`:
+
+    - reading: every shard's block of the stored variable (float32, n x stored) and their
+      concatenation, plus the feature index (int32 read, int64 copy);
+    - computing: the concatenated values and the index; the result arrays
+      (``differentiation`` float64 and ``undefined`` bool, n_units x repeats; ``rdm_sum``
+      n_units x n x n float64 when the mean RDM is kept); and for the largest ``n_units`` the
+      working set of one stack of ``repeats_per_task`` repeats (:func:`_stack_bytes`), the
+      per-repeat medians and flags (two copies at their concatenation), the running RDM sum,
+      and for an exact ``n_units`` the one evaluation kept plus its copy per repeat.
+
+    Parameters
+    ----------
+    n : int
+        Images of the set.
+    layer : LayerSize
+    substrate : str
+    size : JobSize
+        For ``n_units``, ``repeats``, ``repeats_per_task``, ``metric``, ``keep_rdm``.
+
+    Returns
+    -------
+    int
+        Bytes; not counted: the worker's own baseline, allocator slack, BLAS buffers and the
+        re-centring that redoes a matrix whose distances cancel.
+    """
+    stored = layer.stored.get(substrate, 0)
+    values = 4 * n * stored
+    read = 2 * values + 12 * stored
+    n_n = len(size.n_units)
+    results = n_n * (9 * size.repeats + 16)
+    if size.keep_rdm:
+        results += n_n * 8 * n * n
+    work = 0
+    for k, repeats, _, exact in _per_n(layer, substrate, size):
+        c = 1 if exact else min(size.repeats_per_task, repeats)
+        one = _stack_bytes(c, n, k, size.metric) + 18 * repeats
+        if size.keep_rdm:
+            one += 8 * n * n
+        if exact:
+            one += 8 * n * n + 16 * min(size.repeats_per_task, repeats) * n * n
+        work = max(work, one)
+    return max(read, values + 8 * stored + results + work)
+
+
+def _repeat_seconds(n: int, k: int, metric: str) -> float:
+    """CPU-seconds of one repeat: its draw, its passes over n x k values and n x n distances,
+    its Gram product (or row loop) and its median."""
+    seconds = SAMPLE_DRAW_S + k * SAMPLE_UNIT_S
+    seconds += (PASSES_PER_SAMPLED_VALUE + EXTRA_PASSES.get(metric, 0)) * n * k / ELEMENTS_PER_S
+    seconds += PASSES_PER_DISTANCE * n * n / ELEMENTS_PER_S
+    if metric in ROW_LOOP_METRICS:
+        seconds += 3 * n * n * k / 2 / ELEMENTS_PER_S
+    else:
+        seconds += 2 * n * n * k / MATMUL_FLOPS_PER_S
+    return seconds + n * (n - 1) / 2 / MEDIAN_ELEMENTS_PER_S
+
+
+def diff_task_seconds(n: int, layer: LayerSize, substrate: str, size: JobSize) -> float:
+    """CPU-seconds of one differentiation task: its read, then every evaluation of every ``n_units``
+    (an exact ``n_units`` once)."""
+    seconds = DIFF_TASK_CPU_S + 4 * n * layer.stored.get(substrate, 0) / READ_BYTES_PER_S
+    for k, _, evaluations, _ in _per_n(layer, substrate, size):
+        seconds += evaluations * _repeat_seconds(n, k, size.metric)
+    return seconds
+
+
+def shard_bytes(m: int, layers: Sequence[LayerSize], *, batch_size: int, path_chars: float) -> int:
+    """Bytes of one shard file of ``m`` images (the module docstring says how they are fitted)."""
+    total = SHARD_FILE_BYTES + m * (SHARD_IMAGE_BYTES + path_chars)
+    for layer in layers:
+        conv = len(layer.shape) == 3
+        for substrate, values in layer.stored.items():
+            rows = max(1, min(batch_size, CHUNK_BYTES // max(1, 4 * values)))
+            chunks = -(-m // rows)
+            total += chunks * (rows * values * 4 + SHARD_CHUNK_BYTES) + SHARD_VARIABLE_BYTES
+            if substrate == "units" and conv:
+                total += values * (4 + 3 * 2) + 4 * SHARD_COORDINATE_BYTES  # int32 unit + int16 channel, y, x
+            else:
+                total += values * 4 + SHARD_COORDINATE_BYTES
+    return int(total)
+
+
+def _shard_sizes(n_images: int, shard_size: int) -> list[int]:
+    full, rest = divmod(n_images, shard_size)
+    return [shard_size] * full + ([rest] if rest else [])
+
+
+def _plan_cost(size: JobSize) -> tuple[float, int]:
+    """(CPU-seconds, peak bytes) of building the storage plan on the client: every repeat's draw of
+    every sampled layer, concatenated and made unique (a sort: ~5 copies of the draws' int64s)."""
+    if size.plan_built or "units" not in size.substrates or ALL in size.n_units:
+        return 0.0, 0
+    seconds, peak = 0.0, 0
+    for layer in size.layers:
+        draws = [(sample_size(layer.shape, n, size.sampling), size.repeats) for n in size.n_units]
+        values = sum(k * r for k, r in draws)
+        seconds += sum(r * (SAMPLE_DRAW_S + k * SAMPLE_UNIT_S) for k, r in draws) + 4 * values / ELEMENTS_PER_S
+        peak = max(peak, 5 * 8 * values)
+    return seconds, peak
+
+
+def estimate_work(size: JobSize) -> WorkEstimate:
+    """Estimate a job's tasks, bytes, memory and CPU time from the sizes of its plan.
+
+    Parameters
+    ----------
+    size : JobSize
+
+    Returns
+    -------
+    WorkEstimate
+        See the module docstring for what each figure counts and how accurate it is. Costs
+        linear in ``repeats`` are multiplied out, never looped over, so any ``repeats`` costs
+        the same to estimate.
+    """
+    layers = list(size.layers)
+    n_sets, n_sub, n_n, n_layers = len(size.images), len(size.substrates), len(size.n_units), len(layers)
+    total_images = sum(size.images.values())
+    per_image_values = sum(sum(layer.stored.values()) for layer in layers)
+    shards = 0
+    shard_total = 0
+    for name, n in size.images.items():
+        for m in _shard_sizes(n, size.shard_size):
+            shards += 1
+            shard_total += shard_bytes(m, layers, batch_size=size.batch_size, path_chars=size.path_chars.get(name, 60.0))
+    diff_tasks = n_sets * n_sub * n_layers
+    width = max(size.images.values(), default=0)
+
+    def partial_arrays(n: int) -> int:
+        data = n_n * (9 * size.repeats + 8) + 4 * 32  # ... and the 'source' digest, 32 characters of UCS-4
+        arrays = 4
+        if size.keep_rdm:
+            data += n_n * (8 * n * n + 8)
+            arrays += 2
+        return data + arrays * NPZ_ARRAY_BYTES
+
+    partial_total = sum(n_sub * n_layers * partial_arrays(n) for n in size.images.values())
+    grid = n_sets * n_sub * n_n * n_layers
+    results_arrays = 8 * grid * size.repeats + 8 * grid + 8 * n_sub * n_n * n_layers + 8 * n_sets
+    if size.keep_rdm:
+        results_arrays += 8 * grid * width * width
+    labels = n_sets * width * (8 + 8 + 40 + 40) + total_images * (7 * NETCDF_STRING_BYTES + 40)
+    chars = sum(size.images[s] * size.path_chars.get(s, 60.0) for s in size.images)
+    results_total = NETCDF_FILE_BYTES + 17 * NETCDF_VARIABLE_BYTES + results_arrays + labels + int(chars)
+
+    task_memory, largest, longest, diff_seconds = 0, "", 0.0, 0.0
+    for name, n in size.images.items():
+        for substrate in size.substrates:
+            for layer in layers:
+                mem = diff_task_memory(n, layer, substrate, size)
+                if mem > task_memory:
+                    task_memory, largest = mem, f"{name}--{substrate}--{layer.name}"
+                seconds = diff_task_seconds(n, layer, substrate, size)
+                diff_seconds += seconds
+                longest = max(longest, seconds)
+
+    plan_seconds, plan_memory = _plan_cost(size)
+    stored_units = 8 * sum(layer.stored.get("units", 0) for layer in layers)
+    gathered = sum(n_sub * n_layers * partial_arrays(n) for n in size.images.values())
+    assembled = 8 * grid * size.repeats + (2 * 8 * grid * width * width if size.keep_rdm else 0)
+    client = 2 * stored_units + max(plan_memory, gathered + assembled + labels)
+
+    shard_bytes_total = shard_total
+    extraction = (
+        total_images * (size.forward_flops / FORWARD_FLOPS_PER_CPU_S + IMAGE_CPU_S + 4 * per_image_values / WRITE_BYTES_PER_CPU_S)
+        + shards * SHARD_CPU_S
+    )
+    return WorkEstimate(
+        images=total_images,
+        extraction_tasks=shards,
+        differentiation_tasks=diff_tasks,
+        shard_bytes=int(shard_bytes_total),
+        partial_bytes=int(partial_total),
+        results_bytes=int(results_total),
+        task_memory=int(task_memory),
+        largest_task=largest,
+        client_memory=int(client),
+        plan_seconds=plan_seconds,
+        extraction_seconds=extraction,
+        differentiation_seconds=diff_seconds,
+        longest_task_seconds=longest,
+    )

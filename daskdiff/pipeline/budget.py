@@ -1,0 +1,321 @@
+"""Pipeline layer: a job's work estimated and bounded before anything runs.
+
+:func:`daskdiff.core.estimate.estimate_work` does the arithmetic; this module feeds it a job's
+sizes (:func:`job_size`), finds what the job may use here (:func:`limits_for`: free disk under
+the output folder, this machine's memory, a worker's memory limit), refuses a job over a bound
+(:func:`check_budget`) and words the estimate (:func:`describe`).
+
+The job checks three times, each before the step whose cost it bounds:
+
+1. from the spec and the image counts alone (:func:`lower_bound_size`: every layer of one
+   unit), before the model is even loaded, so ``repeats: 1.0e+9`` is refused in milliseconds;
+2. with the model's layer shapes and the *expected* number of units stored per layer, before the
+   storage plan is built (its cost grows with ``repeats``) and before anything is written;
+3. with the storage plan's exact numbers, before any cluster starts: this estimate is printed.
+
+``--force`` (``run_job(force=True)``) runs a job over a bound anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from ..core.estimate import JobSize, LayerSize, WorkEstimate
+from ..errors import InputError
+from ..io.layout import ACTIVATIONS_DIR, PARTIAL_DIR, RESULTS_FILE
+
+MAX_TASKS = 200_000
+"""Most tasks a job may submit: each costs the client ~1 ms to submit and the scheduler a few KB;
+the largest planned use (1,000 movie clips x 2 substrates x 22 layers) is 44,000."""
+
+MAX_CPU_HOURS = 10_000
+"""Most estimated CPU-hours: about 1,000 times the extraction of 100,000 VGG16 images."""
+
+
+class BudgetError(InputError):
+    """A job whose estimate exceeds a bound; the message names the figures, the spec keys that
+    drive them and ``--force``."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a job may use here. ``None``: not known (not checked)."""
+
+    disk_free: int | None
+    disk_path: Path
+    reusable: int
+    """Bytes of shards, partial results and results already in the output folder (a resumed or
+    overwritten job reuses or replaces them)."""
+    client_memory: int | None
+    worker_memory: int | None
+    worker_memory_source: str
+    workers: int | None
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _bytes_in(output: Path) -> int:
+    total = 0
+    for folder in (output / ACTIVATIONS_DIR, output / PARTIAL_DIR):
+        if folder.is_dir():
+            total += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    results = output / RESULTS_FILE
+    return total + (results.stat().st_size if results.is_file() else 0)
+
+
+def is_external(cluster, *, scheduler: str | None = None, scheduler_file: str | None = None, n_workers: int | None = None) -> bool:
+    """Whether the job will use workers started elsewhere (as :func:`daskdiff.pipeline.cluster.connect`
+    decides): their memory is then not known here."""
+    import dask
+
+    if scheduler or scheduler_file or cluster.kind == "address":
+        return True
+    return cluster.kind == "local" and bool(dask.config.get("scheduler-address", None)) and not n_workers
+
+
+def machine_memory() -> int:
+    """This machine's memory as Dask's ``distributed.system.MEMORY_LIMIT`` computes it: the
+    physical memory, or a lower cgroup (v2 or v1) limit (without importing distributed: 0.7 s)."""
+    import psutil
+
+    total = psutil.virtual_memory().total
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            total = min(total, int(Path(path).read_text().strip()))
+        except (OSError, ValueError):  # absent, or 'max'
+            continue
+    return total
+
+
+def worker_memory_limit(memory_limit: str | float | None, threads: int, cores: int | None = None) -> int:
+    """A LocalCluster worker's memory limit in bytes for ``cluster.memory_limit``, as Dask's
+    ``parse_memory_limit`` computes it: ``auto`` is this machine's memory x threads / cores, a
+    fraction up to 1 is that share of it, a size (``4GB``) is itself, 0 or None is no limit (the
+    machine's memory); never more than the machine's memory."""
+    from dask.utils import parse_bytes
+
+    total = machine_memory()
+    if memory_limit is None:
+        return total
+    if memory_limit == "auto":
+        return int(total * min(1.0, threads / (cores or os.cpu_count() or 1)))
+    try:
+        value = float(memory_limit)
+    except (TypeError, ValueError):
+        value = float(parse_bytes(str(memory_limit)))
+    else:
+        value = value * total if value <= 1 else value
+    return int(min(value, total)) if value > 0 else total
+
+
+def limits_for(cluster, output: Path, *, external: bool = False, n_workers: int | None = None) -> Limits:
+    """The disk under ``output``, this machine's available memory, and a worker's memory limit.
+
+    Parameters
+    ----------
+    cluster : ClusterSection
+        The spec's ``cluster`` section.
+    output : Path
+        The output folder (it need not exist: the free space of its nearest existing parent).
+    external : bool
+        The job connects to workers started elsewhere (:func:`is_external`).
+    n_workers : int, optional
+        ``--workers``.
+
+    Returns
+    -------
+    Limits
+        A worker's limit is :func:`worker_memory_limit` of ``cluster.memory_limit`` on a
+        LocalCluster, the ``memory`` of a SLURM job over its ``processes``, and unknown (None)
+        on an external cluster, whose workers are not known before connecting.
+    """
+    import psutil
+
+    where = _existing_parent(Path(output))
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    workers = None if external else n_workers or cluster.n_workers
+    if external:
+        memory, source = None, "external cluster"
+    elif cluster.kind == "slurm":
+        memory, source = _slurm_memory(cluster.slurm), "cluster.slurm memory / processes"
+        workers = None
+    else:
+        try:
+            memory = worker_memory_limit(cluster.memory_limit, cluster.threads_per_worker)
+        except (ValueError, TypeError):
+            memory = None
+        source = f"cluster.memory_limit {cluster.memory_limit}"
+        if workers is None and cluster.kind == "local":
+            workers = max(1, min(os.cpu_count() or 1, 4))
+    return Limits(free, where, _bytes_in(Path(output)), int(psutil.virtual_memory().available), memory, source, workers)
+
+
+def _slurm_memory(options: Mapping) -> int | None:
+    from dask.utils import parse_bytes
+
+    try:
+        total = parse_bytes(str(options["memory"]))
+    except (KeyError, ValueError, TypeError):
+        return None
+    return total // max(1, int(options.get("processes", 1) or 1))
+
+
+def mean_chars(paths) -> float:
+    return sum(map(len, paths)) / len(paths) if paths else 60.0
+
+
+def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], stored: Mapping[str, Mapping[str, int]], *,
+             forward_flops: float, path_chars: Mapping[str, float], plan_built: bool) -> JobSize:
+    """The :class:`JobSize` of a job: its spec, image counts, layer shapes and stored values."""
+    from .job import shard_size
+
+    a, e = spec.analysis, spec.extraction
+    return JobSize(
+        images=dict(counts),
+        layers=[LayerSize(name, tuple(shape), dict(stored[name])) for name, shape in shapes.items()],
+        substrates=list(a.substrates),
+        n_units=list(a.n_units),
+        repeats=a.repeats,
+        repeats_per_task=a.repeats_per_task,
+        sampling=a.sampling,
+        metric=a.metric,
+        keep_rdm=max(counts.values(), default=0) <= a.rdm_max_images,
+        shard_size=shard_size(e.shard_size, e.batch_size),
+        batch_size=e.batch_size,
+        forward_flops=forward_flops,
+        path_chars=dict(path_chars),
+        plan_built=plan_built,
+    )
+
+
+def lower_bound_size(spec, counts: Mapping[str, int]) -> JobSize:
+    """A :class:`JobSize` no larger than the job's, from the spec and image counts alone.
+
+    Every layer is taken as one unit (the spec's ``model.layers``, else one layer), the model as
+    free: what remains are the costs that grow with the number of images and with ``repeats``
+    (each task's ``n_units x repeats`` results, the results file's, the mean RDMs).
+    """
+    names = list(spec.model.layers or ["<any layer>"])
+    shapes = {name: (1,) for name in names}
+    stored = {name: {s: 1 for s in spec.analysis.substrates} for name in names}
+    return job_size(spec, counts, shapes, stored, forward_flops=0.0, path_chars={}, plan_built=True)
+
+
+def gb(n: float) -> str:
+    """Bytes in words: '812 B', '3.4 MB', '1.2 GB', '5.0 TB'."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}" if n / size < 1e4 else f"{n / size:.3e} {unit}"
+    return f"{int(n)} B"
+
+
+def duration(seconds: float) -> str:
+    for unit, size in (("years", 365 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            value = seconds / size
+            return f"{value:.3g} {unit}" if value < 1e4 else f"{value:.3e} {unit}"
+    return f"{seconds:.2g} s"
+
+
+def describe(est: WorkEstimate, limits: Limits, *, what: str = "estimate") -> list[str]:
+    """A few lines of the estimate, as a job prints them."""
+    per_image = est.shard_bytes / est.images if est.images else 0
+    free = f"{gb(limits.disk_free)} free under {limits.disk_path}" if limits.disk_free is not None else "free space unknown"
+    worker = (f"a worker may use {gb(limits.worker_memory)} ({limits.worker_memory_source})"
+              if limits.worker_memory else f"worker memory unknown ({limits.worker_memory_source}): not checked")
+    planning = f"planning {duration(est.plan_seconds)}, " if est.plan_seconds else ""
+    wall = ""
+    if limits.workers:
+        wall = f"; ~{duration(est.wall_seconds(limits.workers))} of wall time on {limits.workers} worker(s)"
+    return [
+        f"{what}: {est.images} image(s); {est.extraction_tasks} extraction + {est.differentiation_tasks} differentiation task(s)",
+        f"  disk: {gb(est.disk_bytes)} (shards {gb(est.shard_bytes)}, {gb(per_image)} per image; partial results "
+        f"{gb(est.partial_bytes)}; results {gb(est.results_bytes)}); {free}",
+        f"  memory: largest differentiation task {gb(est.task_memory)} ({est.largest_task}), {worker}; "
+        f"client {gb(est.client_memory)} beyond its ~2 GB of Python and TensorFlow",
+        f"  time: ~{duration(est.cpu_seconds)} of CPU ({planning}extraction {duration(est.extraction_seconds)}, "
+        f"differentiation {duration(est.differentiation_seconds)}){wall} (an order of magnitude: costs measured on 2 CPU cores)",
+    ]
+
+
+def problems(est: WorkEstimate, limits: Limits) -> list[str]:
+    """Each bound ``est`` exceeds, with the spec keys that drive it and what to change."""
+    out = []
+    if est.tasks > MAX_TASKS:
+        out.append(
+            f"{est.tasks:,} tasks ({est.extraction_tasks:,} extraction, {est.differentiation_tasks:,} differentiation), "
+            f"more than {MAX_TASKS:,}: fewer image_sets, analysis.substrates or model.layers, or a larger extraction.shard_size"
+        )
+    if limits.worker_memory and est.task_memory > limits.worker_memory:
+        out.append(
+            f"one differentiation task ({est.largest_task}) needs ~{gb(est.task_memory)}, more than the {gb(limits.worker_memory)} "
+            f"a worker may use ({limits.worker_memory_source}): lower analysis.repeats_per_task, analysis.repeats or "
+            "analysis.n_units (an 'all' or a large n_units holds the layer in float64), split the image set, or give "
+            "workers more memory (cluster.memory_limit, fewer cluster.n_workers)"
+        )
+    if limits.client_memory and est.client_memory > limits.client_memory:
+        out.append(
+            f"the client (this process) would hold ~{gb(est.client_memory)} (the storage plan: analysis.repeats draws of "
+            f"analysis.n_units per layer; the results: analysis.repeats values per set, substrate, n_units and layer), "
+            f"more than the {gb(limits.client_memory)} available here: lower analysis.repeats or analysis.n_units, "
+            "or fewer model.layers"
+        )
+    if limits.disk_free is not None and est.disk_bytes > limits.disk_free + limits.reusable:
+        out.append(
+            f"the job writes ~{gb(est.disk_bytes)} (shards {gb(est.shard_bytes)}), more than the {gb(limits.disk_free)} free "
+            f"under {limits.disk_path}: lower analysis.n_units or analysis.repeats (a shard stores the union of every "
+            "repeat's units), fewer model.layers, extraction.store: needed, or another --output / output:"
+        )
+    if est.cpu_seconds > MAX_CPU_HOURS * 3600:
+        out.append(
+            f"~{duration(est.cpu_seconds)} of CPU, more than {MAX_CPU_HOURS:,} CPU-hours: lower analysis.repeats or "
+            "analysis.n_units, or use fewer or smaller image_sets"
+        )
+    return out
+
+
+def check_budget(est: WorkEstimate, limits: Limits, *, force: bool, what: str = "estimate", echo=print, quote: bool = True) -> None:
+    """Raise :class:`BudgetError` when ``est`` exceeds a bound, unless ``force`` (then echo so).
+
+    Parameters
+    ----------
+    est : WorkEstimate
+    limits : Limits
+    force : bool
+        Go ahead anyway: echo ``--force: running although ...`` instead of raising.
+    what : str
+        What ``est`` is (``'estimate'``, ``'lower bound'``), in the error's copy of it.
+    echo : callable
+    quote : bool
+        Whether the error repeats the estimate (:func:`describe`); the job quotes it unless it
+        has just echoed it.
+
+    Raises
+    ------
+    BudgetError
+        Listing each bound exceeded (:func:`problems`), with the spec keys to change and
+        ``--force``.
+    """
+    found = problems(est, limits)
+    if not found:
+        return
+    if force:
+        echo("--force: running although " + "; ".join(found))
+        return
+    lines = "\n".join(f"  - {p}" for p in found)
+    raise BudgetError(
+        f"the job is too large to run as specified; nothing was run:\n{lines}\n"
+        + ("\n".join(describe(est, limits, what=what)) + "\n" if quote else "")
+        + "Change the spec keys named above, or re-run with --force to run it anyway."
+    )

@@ -1,0 +1,317 @@
+"""The work estimate and its bounds (issue 14, item 8): what a job will cost, checked before it runs.
+
+- the pure estimate (:mod:`daskdiff.core.estimate`) against the real thing: the expected stored
+  units against the storage plan, one differentiation task's memory against ``tracemalloc``, the
+  bytes of a real tiny job's files against the disk;
+- the bounds: ``repeats: 1.0e+9`` refused fast, with bounded memory, naming ``analysis.repeats``;
+  ``--force``;
+- ``daskdiff run --dry-run``: prints the plan and the estimate, starts nothing, writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import write_images
+from daskdiff.core.estimate import JobSize, LayerSize, diff_task_memory, estimate_work
+from daskdiff.core.sampling import expected_union, sample_size, sample_units
+from daskdiff.core.units import Sampling, expected_stored, storage_plan
+from daskdiff.pipeline import budget
+from daskdiff.pipeline.budget import BudgetError, Limits, check_budget, worker_memory_limit
+
+DASKDIFF = str(Path(sys.executable).parent / "daskdiff")
+
+VGG_LIKE = {"block1_conv1": (224, 224, 64), "block3_conv1": (56, 56, 256), "block5_pool": (7, 7, 512), "fc1": (4096,), "predictions": (1000,)}
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+# 1. the pure estimate against the real thing --------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(56, 56, 256), (7, 7, 512), (4096,), (16, 16, 6)])
+@pytest.mark.parametrize("mode", ["random", "equal", "channel=2"])
+@pytest.mark.parametrize("n_units", [5, 300, 2000, 10**6, "all"])
+def test_sample_size_is_what_sample_units_returns(shape, mode, n_units):
+    try:
+        drawn = len(sample_units(shape, n_units, seed=0, layer="x", repeat=0, mode=mode))
+    except ValueError:  # 'equal' below the channel count: the plan refuses it
+        assert sample_size(shape, n_units, mode) == 0
+        return
+    assert sample_size(shape, n_units, mode) == drawn
+
+
+@pytest.mark.parametrize("mode", ["random", "equal", "channel=3"])
+@pytest.mark.parametrize("n_units", [(300, 2000), (600,), (5,)])
+def test_expected_stored_is_the_storage_plan_within_1_percent(mode, n_units):
+    sampling = Sampling(n_units=n_units, repeats=20, mode=mode, seed=1)
+    subs = ["units", "filter_mean", "location_mean"]
+    try:
+        plan = storage_plan(VGG_LIKE, subs, sampling, full_layers=["predictions"])
+    except ValueError:
+        pytest.skip("a sampling the plan refuses")
+    expected = expected_stored(VGG_LIKE, subs, sampling, full_layers=["predictions"])
+    for name, lp in plan.items():
+        real, guess = lp.stored(), expected[name]
+        assert set(real) == set(guess)
+        for sub in real:
+            assert abs(guess[sub] - real[sub]) <= max(3, 0.01 * real[sub]), (name, sub, real[sub], guess[sub])
+
+
+def test_expected_union_needs_no_draws():
+    t0 = time.perf_counter()
+    assert expected_union((224, 224, 64), {10_000: 10**9}) == pytest.approx(224 * 224 * 64)
+    assert expected_union((224, 224, 64), {200: 1}) == pytest.approx(200)
+    assert expected_union((7, 7, 512), {"all": 1, 5: 3}) == 7 * 7 * 512
+    assert time.perf_counter() - t0 < 0.01
+
+
+def _write_shards(folder: Path, plan: dict, n: int, shards: int) -> list[str]:
+    from daskdiff.io.shards import ShardWriter, activation_variables, shard_labels
+
+    rng = np.random.default_rng(0)
+    files = []
+    per = -(-n // shards)
+    for s in range(shards):
+        m = min(per, n - s * per)
+        path = folder / f"shard-{s:05d}.nc"
+        with ShardWriter(path, plan, chunk_images=16) as writer:
+            writer.append({name: rng.random((m, k), dtype=np.float32) for name, (_, k) in activation_variables(plan).items()})
+            writer.write_labels(shard_labels(plan, paths=[f"p{i}" for i in range(m)], image_set="s", image_index=list(range(m)),
+                                             logits=np.zeros((m, 5), np.float32), labels=[f"c{i}" for i in range(5)], attrs={}))
+        files.append(str(path))
+    return files
+
+
+@pytest.mark.parametrize("shape, n, n_units, repeats, per_task, metric, substrate", [
+    ((50, 50, 16), 80, (500, "all"), 8, 4, "euclidean", "units"),      # an exact 'all': the layer in float64
+    ((50, 50, 16), 150, (1500,), 30, 25, "euclidean", "units"),        # a stack of 25 repeats
+    ((4096,), 300, (200, 10000), 30, 25, "euclidean", "units"),        # 10000 >= the layer: exact, repeated
+    ((28, 28, 64), 120, (200, 1000), 40, 25, "correlation", "units"),
+    ((28, 28, 64), 120, (200,), 20, 10, "cityblock", "units"),
+])
+def test_task_memory_estimate_within_a_factor_1_5_of_tracemalloc(tmp_path, shape, n, n_units, repeats, per_task, metric, substrate):
+    """The arrays run_diff_task allocates (numpy reports them to tracemalloc) against
+    diff_task_memory: measured ratios 0.87-1.16 when written."""
+    from daskdiff.pipeline.tasks import DiffTask, run_diff_task
+
+    sampling = Sampling(n_units=n_units, repeats=repeats, seed=0)
+    plan = storage_plan({"L": shape}, [substrate], sampling)
+    files = _write_shards(tmp_path, plan, n, shards=2)
+    task = DiffTask("s", substrate, "L", shape, tuple(files), str(tmp_path), sampling, metric, "zscore", True, "condensed", True, per_task)
+    tracemalloc.start()
+    try:
+        run_diff_task(task)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    size = JobSize(images={"s": n}, layers=[LayerSize("L", shape, plan["L"].stored())], substrates=[substrate], n_units=list(n_units),
+                   repeats=repeats, repeats_per_task=per_task, metric=metric, keep_rdm=True)
+    estimate = diff_task_memory(n, size.layers[0], substrate, size)
+    assert peak / 1.5 <= estimate <= peak * 1.5, (estimate, peak)
+
+
+def test_an_estimate_costs_the_same_for_any_repeats():
+    layers = [LayerSize(name, shape, {"units": 1000, "filter_mean": shape[-1]}) for name, shape in VGG_LIKE.items()]
+
+    def size(repeats):
+        return JobSize(images={"a": 100, "b": 50}, layers=layers, substrates=["units", "filter_mean"], n_units=[200, 10000],
+                       repeats=repeats, repeats_per_task=25)
+
+    t0 = time.perf_counter()
+    small, huge = estimate_work(size(100)), estimate_work(size(10**9))
+    assert time.perf_counter() - t0 < 0.05
+    assert huge.differentiation_tasks == small.differentiation_tasks == 2 * 2 * len(layers)
+    assert huge.shard_bytes == small.shard_bytes  # stored values are given: only the per-repeat arrays grow
+    assert huge.results_bytes > 3e11 and huge.task_memory > 1e10
+    assert huge.differentiation_seconds / small.differentiation_seconds == pytest.approx(1e7, rel=0.05)
+
+
+@pytest.mark.parametrize("value", ["auto", "4GB", "2GiB", "0.5", 0, None, "100TB"])
+def test_worker_memory_limit_is_dasks(value):
+    from distributed.worker_memory import parse_memory_limit
+
+    dask_says = parse_memory_limit(value, 1, logger=logging.getLogger("test"))
+    assert worker_memory_limit(value, 1) == (dask_says or budget.machine_memory())
+
+
+# 2. bounds and --force -----------------------------------------------------------------------
+
+def _limits(**kw):
+    base = dict(disk_free=10**12, disk_path=Path("/x"), reusable=0, client_memory=10**10, worker_memory=10**9,
+                worker_memory_source="cluster.memory_limit 1GB", workers=2)
+    return Limits(**{**base, **kw})
+
+
+def _estimate(**kw):
+    layers = [LayerSize("conv", (56, 56, 256), {"units": 20000, "filter_mean": 256})]
+    return estimate_work(JobSize(images={"a": 40}, layers=layers, substrates=["units", "filter_mean"], n_units=[200], repeats=100,
+                                 repeats_per_task=25, **kw))
+
+
+@pytest.mark.parametrize("limits, names", [
+    (dict(disk_free=1000), ["the job writes", "--output"]),
+    (dict(worker_memory=1000), ["one differentiation task (a--units--conv)", "analysis.repeats_per_task", "cluster.memory_limit"]),
+    (dict(client_memory=1000), ["the client", "analysis.repeats"]),
+])
+def test_each_bound_names_its_keys_and_force(limits, names):
+    est = _estimate()
+    check_budget(est, _limits(), force=False)  # within every bound
+    with pytest.raises(BudgetError) as info:
+        check_budget(est, _limits(**limits), force=False)
+    for name in names + ["nothing was run", "--force"]:
+        assert name in str(info.value)
+    said = []
+    check_budget(est, _limits(**limits), force=True, echo=said.append)
+    assert said and said[0].startswith("--force: running although")
+
+
+def test_too_many_tasks_and_cpu_hours(monkeypatch):
+    monkeypatch.setattr(budget, "MAX_TASKS", 2)  # 1 shard + 2 differentiation tasks
+    with pytest.raises(BudgetError, match=r"3 tasks .*more than 2: fewer image_sets, analysis.substrates or model.layers"):
+        check_budget(_estimate(), _limits(), force=False)
+    monkeypatch.setattr(budget, "MAX_TASKS", 10**6)
+    monkeypatch.setattr(budget, "MAX_CPU_HOURS", 1e-6)
+    with pytest.raises(BudgetError, match=r"CPU-hours: lower analysis.repeats"):
+        check_budget(_estimate(), _limits(), force=False)
+
+
+def _job_yaml(tmp_path: Path, model: str, **analysis) -> Path:
+    write_images(tmp_path / "a", 5, seed=0)
+    data = {"name": "est", "model": {"name": model, "weights": "file"},
+            "image_sets": {"a": "a", "g": {"generate": "noise", "count": 4, "size": 32}},
+            "analysis": {"n_units": [5, "all"], "repeats": 6, **analysis}, "extraction": {"batch_size": 2, "shard_size": 2},
+            "output": "out", "cluster": {"n_workers": 1}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_billion_repeats_is_refused_fast_with_bounded_memory(tmp_path, tiny_model_path):
+    job = tmp_path / "job.yaml"
+    _job_yaml(tmp_path, tiny_model_path)
+    job.write_text(job.read_text().replace("repeats: 6", "repeats: 1.0e+9"))
+    assert "repeats: 1.0e+9" in job.read_text()
+    before = _listing(tmp_path)
+    # in a fresh process: planning timed (once its modules are imported), then its memory traced
+    code = (
+        "import time, tracemalloc, sys\n"
+        "from daskdiff.pipeline.spec import load_spec\n"
+        "from daskdiff.pipeline.job import plan_job\n"
+        "from daskdiff.pipeline.budget import BudgetError\n"
+        "def plan():\n"
+        f"    spec, base = load_spec({str(job)!r})\n"
+        "    try:\n        plan_job(spec, base, echo=lambda *a: None)\n    except BudgetError as err:\n        return spec, str(err)\n"
+        "t0 = time.perf_counter(); plan(); first = time.perf_counter() - t0\n"
+        "t0 = time.perf_counter(); plan(); seconds = time.perf_counter() - t0\n"
+        "tracemalloc.start(); spec, message = plan()\n"
+        "print(first, seconds, tracemalloc.get_traced_memory()[1], 'keras' in sys.modules, spec.analysis.repeats)\n"
+        "print(message)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    first, message = done.stdout.split("\n", 1)
+    with_imports, seconds, peak, keras_loaded, repeats = first.split()
+    assert repeats == "1000000000"  # YAML's 1.0e+9 is a float; the spec takes it as the integer it is
+    assert float(seconds) < 0.2 and float(with_imports) < 5 and int(peak) < 20e6 and keras_loaded == "False", first
+    assert "analysis.repeats" in message and "--force" in message and "lower bound" in message
+    # and the command line says so, exit code 2, nothing written
+    cli = subprocess.run([DASKDIFF, "run", str(job)], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2, cli.stderr
+    assert "daskdiff run: error: the job is too large" in cli.stderr and "analysis.repeats" in cli.stderr
+    assert _listing(tmp_path) == before
+
+
+def test_force_runs_past_a_bound(tmp_path, tiny_model_path, monkeypatch):
+    from daskdiff.pipeline.job import plan_job
+    from daskdiff.pipeline.spec import load_spec
+
+    spec, base = load_spec(_job_yaml(tmp_path, tiny_model_path))
+    monkeypatch.setattr(budget, "MAX_TASKS", 2)
+    with pytest.raises(BudgetError, match="more than 2"):
+        plan_job(spec, base, echo=lambda *a: None, dry_run=True)
+    said = []
+    plan = plan_job(spec, base, echo=said.append, dry_run=True, force=True)
+    assert plan.estimate.tasks > 2 and any(line.startswith("--force: running although") for line in said)
+
+
+# 3. --dry-run ---------------------------------------------------------------------------------
+
+def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path, tiny_model_path):
+    job = _job_yaml(tmp_path, tiny_model_path)
+    before = _listing(tmp_path)
+    # a scheduler that does not exist: a dry run that tried to connect would fail
+    done = subprocess.run([DASKDIFF, "run", str(job), "--dry-run", "--scheduler", "tcp://127.0.0.1:9"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "dry run: nothing is written and no cluster starts" in out
+    assert "image set 'g': not generated in a dry run; a run generates 4 image(s)" in out
+    assert "estimate: 9 image(s); 5 extraction + 24 differentiation task(s)" in out  # shards of 2: 3 + 2; 2 sets x 2 x 6 layers
+    for line in ("  disk: ", "  memory: largest differentiation task", "  time: ~"):
+        assert line in out
+    assert "worker memory unknown (external cluster)" in out
+    assert "planned 9 image(s) in 2 set(s), 6 layer(s)" in out
+    assert _listing(tmp_path) == before  # no output folder, no generated images, nothing
+
+
+def test_every_run_prints_the_estimate_before_any_cluster(tmp_path, tiny_model_path, monkeypatch):
+    import daskdiff.pipeline.cluster
+    from daskdiff.pipeline.job import run_job
+    from daskdiff.pipeline.spec import load_spec
+
+    said = []
+
+    def no_cluster(*args, **kwargs):
+        said.append("connect")
+        raise RuntimeError("no cluster in this test")
+
+    monkeypatch.setattr(daskdiff.pipeline.cluster, "connect", no_cluster)
+    spec, base = load_spec(_job_yaml(tmp_path, tiny_model_path))
+    with pytest.raises(RuntimeError, match="no cluster"):
+        run_job(spec, base, progress=False, echo=said.append)
+    estimate = next(i for i, line in enumerate(said) if line.startswith("estimate: "))
+    assert said[estimate + 1].startswith("  disk: ") and said.index("connect") > estimate
+
+
+# 4. the estimate of a real job's files ---------------------------------------------------------
+
+@pytest.mark.cluster
+def test_estimated_bytes_are_the_files_of_a_real_job(tmp_path, tiny_model_path):
+    """Shards, partial results and the results file of a tiny job against their estimate: within
+    2 % when written (shard overheads were fitted on other files; the results file's on these)."""
+    from distributed import Client, LocalCluster
+
+    from daskdiff.pipeline.job import run_job
+    from jobtools import tiny_spec
+
+    sets = {"noisy": str(Path(write_images(tmp_path / "noisy", 7, seed=1)[0]).parent),
+            "smooth": str(Path(write_images(tmp_path / "smooth", 6, seed=2, kind="smooth")[0]).parent)}
+    out = tmp_path / "out"
+    spec = tiny_spec(tiny_model_path, sets, out, analysis__repeats=40, analysis__n_units=[50, "all"])
+    said = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        run_job(spec, Path("."), client=client, progress=False, echo=said.append)
+    from daskdiff.pipeline.job import plan_job
+
+    est = plan_job(spec, Path("."), echo=lambda *a: None).estimate  # the same plan, resumed: nothing recomputed
+    shards = sum(f.stat().st_size for f in (out / "activations").rglob("shard-*.nc"))
+    partials = sum(f.stat().st_size for f in (out / "partial").glob("*.npz"))
+    results = (out / "differentiation.nc").stat().st_size
+    assert est.shard_bytes == pytest.approx(shards, rel=0.05)
+    assert est.partial_bytes == pytest.approx(partials, rel=0.05)
+    assert est.results_bytes == pytest.approx(results, rel=0.10)
+    assert any(line.startswith("estimate: 13 image(s); 4 extraction + 24 differentiation task(s)") for line in said), said
+    assert os.path.getsize(out / "differentiation.nc") > 0
