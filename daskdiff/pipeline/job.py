@@ -119,7 +119,7 @@ class JobPlan:
         """One line: images, sets, layers, bytes stored per image, the output folder."""
         return (
             f"planned {sum(self.counts.values())} image(s) in {len(self.counts)} set(s), {len(self.layers)} layer(s); "
-            f"stores {bytes_per_image(self.storage) / 1e6:.2f} MB per image -> {self.output}"
+            f"stores {bytes_per_image(self.storage) / 1e6:.2f} MB of activation values per image (shard files add their coordinates) -> {self.output}"
         )
 
 
