@@ -24,10 +24,12 @@ from .errors import DaskdiffError
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .pipeline.cluster import import_tensorflow_quietly
     from .pipeline.job import run_job
     from .pipeline.spec import load_spec
 
     spec, base = load_spec(args.job)
+    import_tensorflow_quietly()  # here, not at the model's first use, so that its start-up lines can be filtered
     result = run_job(
         spec, base, output=args.output, weights=args.weights, overwrite=args.overwrite,
         scheduler=args.scheduler, scheduler_file=args.scheduler_file, n_workers=args.workers,
@@ -70,13 +72,16 @@ def _client(address: str | None):
     """A ``distributed.Client`` of a running scheduler, or (no address) a context giving None."""
     if address is None:
         return contextlib.nullcontext()
-    from distributed import Client
+    from .pipeline.cluster import open_client
 
-    return Client(address)
+    return open_client(address, "--scheduler")
 
 
 def _select(args: argparse.Namespace) -> int:
+    from .pipeline.cluster import import_tensorflow_quietly
     from .stimuli.select import model_spec, select_images
+
+    import_tensorflow_quietly()
 
     spec = model_spec(args.model, args.weights, args.seed, args.preprocess)
     with _client(args.scheduler) as client:
@@ -87,8 +92,11 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _adversarial(args: argparse.Namespace) -> int:
+    from .pipeline.cluster import import_tensorflow_quietly
     from .stimuli.adversarial import attack_images
     from .stimuli.select import model_spec
+
+    import_tensorflow_quietly()
 
     spec = model_spec(args.model, args.weights, args.seed, args.preprocess)
     with _client(args.scheduler) as client:
