@@ -288,9 +288,8 @@ def _address_from_file(path: str, source: str, timeout: float, echo: Callable) -
 
 
 def _connect_hint(security: Security | None) -> str:
-    tls = " and that it uses TLS (tls://) like cluster.security" if security else "; if it uses TLS, give a tls:// address and cluster.security"
-    return (f"check that the scheduler is running, that host and port are right (dask scheduler prints its address){tls}, "
-            "and that this machine can reach it")
+    tls = "; it must use TLS, as cluster.security is set" if security else "; if it uses TLS, give its tls:// address and cluster.security"
+    return f"check that the scheduler is running, that host and port are right (dask scheduler prints its address) and that this machine can reach it{tls}"
 
 
 def open_client(address: str, source: str, security: Security | None = None, timeout: float = 30, sfile: str | None = None) -> Client:
