@@ -24,9 +24,11 @@ from .errors import DaskdiffError
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .pipeline.cluster import import_tensorflow_quietly
     from .pipeline.spec import load_spec
 
     spec, base = load_spec(args.job)
+    import_tensorflow_quietly()  # here, not at the model's first use, so that its start-up lines can be filtered
     where = {"output": args.output, "weights": args.weights, "overwrite": args.overwrite, "scheduler": args.scheduler,
              "scheduler_file": args.scheduler_file, "n_workers": args.workers, "force": args.force}
     if args.dry_run:
@@ -74,13 +76,16 @@ def _client(address: str | None):
     """A ``distributed.Client`` of a running scheduler, or (no address) a context giving None."""
     if address is None:
         return contextlib.nullcontext()
-    from distributed import Client
+    from .pipeline.cluster import open_client
 
-    return Client(address)
+    return open_client(address, "--scheduler")
 
 
 def _select(args: argparse.Namespace) -> int:
+    from .pipeline.cluster import import_tensorflow_quietly
     from .stimuli.select import model_spec, select_images
+
+    import_tensorflow_quietly()
 
     spec = model_spec(args.model, args.weights, args.seed, args.preprocess)
     with _client(args.scheduler) as client:
@@ -91,8 +96,11 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _adversarial(args: argparse.Namespace) -> int:
+    from .pipeline.cluster import import_tensorflow_quietly
     from .stimuli.adversarial import attack_images
     from .stimuli.select import model_spec
+
+    import_tensorflow_quietly()
 
     spec = model_spec(args.model, args.weights, args.seed, args.preprocess)
     with _client(args.scheduler) as client:

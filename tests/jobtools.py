@@ -86,3 +86,34 @@ class CountModelBuilds(WorkerPlugin):
 def model_builds(dask_worker):
     """For ``client.run``: how many builds this worker logged since :class:`CountModelBuilds` was registered."""
     return dask_worker.test_model_builds.builds
+
+
+def make_certificates(folder, names, ca="ca"):
+    """An openssl-made CA ``<ca>.pem`` (key ``<ca>.key``) and, for each of ``names``, a certificate
+    ``<name>.pem`` and key ``<name>.key`` it signs; returns {name: (cert, key)} and the CA's path.
+
+    Run the ``openssl`` command line, as a site would; EC P-256 keys (fast), X.509 v3 extensions
+    that strict verification wants (CA flag, key usage, key identifiers).
+    """
+    import subprocess
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key_opts = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca_pem, ca_key = folder / f"{ca}.pem", folder / f"{ca}.key"
+    if not ca_pem.exists():
+        subprocess.run(["openssl", "req", "-x509", *key_opts, "-keyout", ca_key, "-out", ca_pem, "-days", "2", "-subj", f"/CN=daskdiff test {ca}",
+                        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                       check=True, capture_output=True)
+    ext = folder / "leaf.ext"
+    ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyAgreement\nextendedKeyUsage=serverAuth,clientAuth\n"
+                   "subjectAltName=IP:127.0.0.1,DNS:localhost\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+    made = {}
+    for name in names:
+        pem, key, csr = folder / f"{name}.pem", folder / f"{name}.key", folder / f"{name}.csr"
+        subprocess.run(["openssl", "req", *key_opts, "-keyout", key, "-out", csr, "-subj", f"/CN={name}"], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key, "-CAcreateserial", "-out", pem, "-days", "2",
+                        "-extfile", ext], check=True, capture_output=True)
+        made[name] = (str(pem), str(key))
+    return made, str(ca_pem)

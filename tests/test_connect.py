@@ -8,6 +8,7 @@ address, never from daskdiff's own messages alone.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import cloudpickle
@@ -88,7 +89,7 @@ def test_scheduler_flag_beats_spec_address(two_clusters, env_address):
     (a, _), (b, _) = two_clusters["a"], two_clusters["b"]
     got, lines = _reached(_address_section(address=a), scheduler=b)
     assert got == b
-    assert lines == [f"connected to scheduler {b}"]
+    assert len(lines) == 1 and re.fullmatch(rf"connected to scheduler {re.escape(b)}; dashboard http://127\.0\.0\.1:\d+/status", lines[0]), lines
 
 
 def test_scheduler_file_flag_beats_spec_address(two_clusters, env_address):
@@ -113,7 +114,7 @@ def test_environment_used_for_a_local_spec(two_clusters, env_address):
     outlives the job (a scheduler daskdiff did not start is never closed by it)."""
     got, lines = _reached(ClusterSection(start_timeout=30))
     assert got == env_address
-    assert lines == [f"connected to scheduler {env_address}"]
+    assert len(lines) == 1 and re.fullmatch(rf"connected to scheduler {re.escape(env_address)}; dashboard http://127\.0\.0\.1:\d+/status", lines[0]), lines
     with Client(env_address, timeout=10) as again:
         assert again.scheduler_info()["workers"]
 

@@ -4,7 +4,13 @@
   address or scheduler file, or ``DASK_SCHEDULER_ADDRESS`` (as ``distributed.Client()`` does);
   otherwise it starts a ``LocalCluster`` of worker processes with one thread each, bound to
   127.0.0.1. A Dask scheduler runs any code a client sends it: never expose one to a network
-  you do not trust, and use TLS (``cluster.security``) between machines.
+  you do not trust, and use TLS (``cluster.security``) between machines. Clusters daskdiff
+  starts itself (local, local_cuda, slurm) listen on ``tls://`` when the spec has a
+  ``cluster.security`` section, with the scheduler and worker certificates it names.
+- Failures to reach a scheduler (a wrong address, a scheduler file that never appears, a TLS
+  handshake refused) and a scheduler lost mid-job are raised as one-line
+  :class:`~daskdiff.errors.InputError`/:class:`~daskdiff.errors.JobError`\\ s that name the
+  address or file, the spec key, and what to check.
 - :class:`WorkerSetup` prepares every worker process before its first task: HDF5 file locking
   off (each task writes whole files of its own), quieter TensorFlow logs, and on a GPU worker
   exactly one visible GPU with memory growth, set before any TensorFlow op runs.
@@ -12,19 +18,114 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import importlib
+import json
 import logging
 import os
-from typing import Any, Iterator
+import re
+import signal
+import ssl
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Iterator
 
 import dask
-from distributed import Client, LocalCluster, WorkerPlugin
+from distributed import Client, LocalCluster, Nanny, WorkerPlugin
 from distributed.security import Security
-from ..errors import InputError
+from ..errors import InputError, JobError
 
 log = logging.getLogger(__name__)
 
 WORKER_ENV = {"HDF5_USE_FILE_LOCKING": "FALSE", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+CLOSE_TIMEOUT = 30.0
+"""Seconds a worker process of a cluster daskdiff started may take to exit before it is killed.
+
+distributed's own default (4 s) is shorter than a TensorFlow process needs on a busy machine, so
+every LocalCluster run ended with ``Worker process still alive after 4.0 seconds, killing``."""
+
+# ---------------------------------------------------------------- TensorFlow's native start-up lines
+
+_GLOG_LINE = re.compile(r"^([IWEF])\d{4} \d+:\d+:[\d.]+\s+\d+ \S+:\d+\] ")
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_SEVERITY = "IWEF"
+
+
+def _tf_min_log_level() -> int:
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        return 0
+
+
+def _drop_tf_noise(lines: list[str], level: int) -> list[str]:
+    """``lines`` written to the native stderr while TensorFlow loaded, less what ``level`` hides.
+
+    TensorFlow >= 2.17 logs through absl before ``absl::InitializeLog()``, which ignores
+    ``TF_CPP_MIN_LOG_LEVEL``; this applies it: severities I(0), W(1), E(2) below ``level`` and absl's
+    preamble are dropped. The ``failed call to cuInit`` error that follows cudart's "Could not find
+    cuda drivers" (a machine without a GPU driver) says nothing more, and goes too at level 2.
+    """
+    if level <= 0:
+        return lines
+    no_driver = any("Could not find cuda drivers" in line for line in lines)
+    kept = []
+    for line in lines:
+        if line.rstrip("\n") == _ABSL_PREAMBLE:
+            continue
+        match = _GLOG_LINE.match(line)
+        if match:
+            severity = _SEVERITY.index(match.group(1))
+            if severity < level or (no_driver and severity < 3 and level >= 2 and "failed call to cuInit" in line):
+                continue
+        kept.append(line)
+    return kept
+
+
+@contextlib.contextmanager
+def _filtered_native_stderr(level: int) -> Iterator[None]:
+    """Within the block, file descriptor 2 goes to a temporary file; on exit what
+    :func:`_drop_tf_noise` keeps of it is written to the real stderr (so nothing else that another
+    thread wrote meanwhile is lost, only delayed)."""
+    if level <= 0:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2 (or a stderr without flush)
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = _drop_tf_noise(tmp.read().decode(errors="replace").splitlines(keepends=True), level)
+            if kept:
+                os.write(2, "".join(kept).encode())
+
+
+def import_tensorflow_quietly() -> Any:
+    """Import TensorFlow and list its GPUs, without the ~5 native lines it prints despite
+    ``TF_CPP_MIN_LOG_LEVEL`` (see :func:`_drop_tf_noise`). Returns the module, or None where
+    ``KERAS_BACKEND`` is not ``tensorflow`` (then TensorFlow is not imported)."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return None
+    with _filtered_native_stderr(_tf_min_log_level()):
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    return tf
 
 
 def configure_gpu() -> str:
@@ -33,10 +134,9 @@ def configure_gpu() -> str:
     dask-cuda gives each worker its own ``CUDA_VISIBLE_DEVICES``, so "first visible" is the
     worker's GPU. With ``KERAS_BACKEND=torch`` (or jax) TensorFlow is not touched.
     """
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+    tf = import_tensorflow_quietly()
+    if tf is None:
         return f"backend {os.environ['KERAS_BACKEND']}: GPU placement left to it"
-    import tensorflow as tf
-
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return "no GPU: running on CPU"
@@ -59,28 +159,238 @@ class WorkerSetup(WorkerPlugin):
         log.info("daskdiff worker %s: %s", getattr(worker, "address", "?"), note)
 
 
+# ---------------------------------------------------------------- TLS
+
+_ROLES = ("client", "scheduler", "worker")
+
+
 def security_from(section: Any) -> Security | None:
+    """The ``Security`` of a ``cluster.security`` section (None without one), encryption required.
+
+    Every file must exist. The scheduler and worker certificates default to the client's (see
+    :class:`~daskdiff.pipeline.spec.SecuritySection`); they serve the clusters daskdiff starts.
+    """
     if section is None:
         return None
-    for key in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
+    keys = ["tls_ca_file"] + [k for role in _ROLES for k, _ in section.role_files(role)]
+    for key in dict.fromkeys(keys):
         path = getattr(section, key)
         if not os.path.isfile(path):
             raise InputError(f"cluster.security.{key}: file {path!r} does not exist")
-    return Security(
-        tls_ca_file=section.tls_ca_file,
-        tls_client_cert=section.tls_client_cert,
-        tls_client_key=section.tls_client_key,
-        require_encryption=True,
-    )
+    files = {}
+    for role in _ROLES:
+        (_, cert), (_, key) = section.role_files(role)
+        files[f"tls_{role}_cert"], files[f"tls_{role}_key"] = os.path.abspath(cert), os.path.abspath(key)
+    return Security(tls_ca_file=os.path.abspath(section.tls_ca_file), require_encryption=True, **files)
 
 
-def _bokeh_available() -> bool:
+def _context(security: Security, role: str, section: Any, listen: bool) -> ssl.SSLContext:
+    (cert_key, cert), (key_key, key) = section.role_files(role)
     try:
-        import bokeh  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        args = security.get_listen_args(role) if listen else security.get_connection_args(role)
+    except (ssl.SSLError, OSError) as err:
+        raise InputError(
+            f"cluster.security: cannot load {cert_key} {cert!r} with {key_key} {key!r} and tls_ca_file "
+            f"{section.tls_ca_file!r} ({err}); give PEM files, a key that belongs to its certificate, and a PEM CA"
+        ) from None
+    return args["ssl_context"]
 
+
+def _handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[str, str] | None:
+    """Run a TLS handshake between two contexts in memory; None, or (failing side, reason)."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    sides = {"client": client.wrap_bio(c_in, c_out, server_side=False), "server": server.wrap_bio(s_in, s_out, server_side=True)}
+    done = set()
+    for _ in range(10):
+        for name, obj in sides.items():
+            if name in done:
+                continue
+            try:
+                obj.do_handshake()
+                done.add(name)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+            except ssl.SSLError as err:
+                return name, getattr(err, "verify_message", None) or err.reason or str(err)
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if len(done) == 2:
+            return None
+    return "client", "the handshake did not complete"
+
+
+def check_certificates(section: Any, security: Security, roles: tuple[str, ...]) -> None:
+    """Fail with one line if a certificate of ``roles`` is not signed by ``tls_ca_file``.
+
+    Each role's certificate is checked, in memory, by a TLS handshake with distributed's own
+    contexts against the client's (the client's against itself), before any cluster starts.
+    """
+    client = _context(security, "client", section, listen=False)
+    for role in roles:
+        failed = _handshake(client, _context(security, role, section, listen=True))
+        if failed is None:
+            continue
+        side, reason = failed
+        judged = role if side == "client" else "client"  # the client judges the server's certificate, and back
+        (cert_key, cert), _ = section.role_files(judged)
+        uses = f" (used for the {judged} too, as tls_{judged}_cert is not given)" if judged != "client" and cert_key == "tls_client_cert" else ""
+        raise InputError(
+            f"cluster.security.{cert_key} {cert!r}{uses} is not accepted with tls_ca_file {section.tls_ca_file!r}: {reason}; "
+            "give the CA that signed it, or a certificate signed by that CA"
+        )
+
+
+# ---------------------------------------------------------------- reaching a scheduler
+
+def _where(section: Any, scheduler: str | None, scheduler_file: str | None) -> tuple[str | None, str | None, str]:
+    """(address, scheduler file, what named it) for an external scheduler; (None, None, '') for none."""
+    if scheduler:
+        return scheduler, None, "--scheduler"
+    if scheduler_file:
+        return None, scheduler_file, "--scheduler-file"
+    if section.kind == "address":
+        if section.address:
+            return section.address, None, "cluster.address"
+        return None, section.scheduler_file, "cluster.scheduler_file"
+    return None, None, ""
+
+
+def _address_from_file(path: str, source: str, timeout: float, echo: Callable) -> str:
+    """The ``address`` of a scheduler file, waiting up to ``timeout`` s for it to appear.
+
+    A scheduler started at the same time (a batch script) writes its file a moment later, so a
+    missing file is waited for, with a note, rather than refused at once; distributed itself
+    waits forever.
+    """
+    deadline = time.monotonic() + timeout
+    if not os.path.exists(path):
+        echo(f"waiting up to {timeout:g} s for scheduler file {path} ({source}) to appear")
+    while True:
+        problem = None
+        try:
+            with open(path) as f:
+                address = json.load(f)["address"]
+            if isinstance(address, str) and address:
+                return address
+            problem = "its 'address' is empty"
+        except FileNotFoundError:
+            problem = "it does not exist"
+        except (ValueError, KeyError, TypeError):  # being written, or not a scheduler file
+            problem = "it is not a JSON scheduler file with an 'address'"
+        except OSError as err:
+            raise InputError(f"{source} {path}: cannot read it ({err.strerror}); check the path and its permissions") from None
+        if time.monotonic() > deadline:
+            raise InputError(
+                f"{source} {path}: {problem} after {timeout:g} s (cluster.start_timeout); check the path, and that "
+                "'dask scheduler --scheduler-file' with this path is running and can write there"
+            )
+        time.sleep(0.1)
+
+
+def _connect_hint(security: Security | None) -> str:
+    tls = "; it must use TLS, as cluster.security is set" if security else "; if it uses TLS, give its tls:// address and cluster.security"
+    return f"check that the scheduler is running, that host and port are right (dask scheduler prints its address) and that this machine can reach it{tls}"
+
+
+def open_client(address: str, source: str, security: Security | None = None, timeout: float = 30, sfile: str | None = None) -> Client:
+    """``Client(address)``, or one line saying which address failed, why, and what to check.
+
+    ``source`` names where the address came from (``--scheduler``, ``cluster.address``, ...) and
+    ``sfile`` the scheduler file it was read from, if any; both appear in the message.
+    """
+    named = f"{source} {sfile} names {address}" if sfile else f"{source} {address}"
+    if security is not None and not address.startswith("tls://"):
+        raise InputError(f"{named}: the spec has cluster.security, so the scheduler must be a TLS one: give its tls:// address")
+    if security is None and address.startswith("tls://"):
+        raise InputError(f"{named} is a TLS address: add cluster.security (tls_ca_file, tls_client_cert, tls_client_key) to the spec")
+    try:
+        return Client(address, security=security, timeout=timeout)
+    except ValueError as err:
+        raise InputError(f"{named} is not a scheduler address ({err}); give one such as tcp://HOST:8786") from None
+    except OSError as err:
+        text = str(err)
+        if "TLS certificate" in text or "SSL" in text or "CERTIFICATE" in text:
+            raise JobError(
+                f"{named}: the TLS handshake with the scheduler failed ({text.split('. ')[0]}); check that cluster.security.tls_ca_file "
+                "is the CA that signed the scheduler's certificate, and that the scheduler's --tls-ca-file signed tls_client_cert"
+            ) from None
+        if "Timed out" in text:
+            why = f"no Dask scheduler answered within {timeout:g} s (cluster.start_timeout)"
+        else:
+            why = f"the connection failed ({type(err).__name__}: {text})"
+        stale = "; a scheduler file left by a scheduler that has stopped names an address that is gone" if sfile else ""
+        raise JobError(f"{named}: {why}; {_connect_hint(security)}{stale}") from None
+
+
+NO_DASHBOARD = "no dashboard (the scheduler runs without one: start it without --no-dashboard, with bokeh installed)"
+
+
+def _dashboard(client: Client) -> str:
+    """``dashboard LINK``, or why there is none.
+
+    A scheduler always serves HTTP (``/health``), and lists it as its "dashboard" service even when
+    started with ``--no-dashboard`` or without bokeh; so the link is asked for once (no proxy,
+    2 s): a 404 means no dashboard. A link that cannot be reached from here (a firewall) is still
+    printed, for a tunnel.
+    """
+    import urllib.error
+    import urllib.request
+
+    try:
+        link = client.dashboard_link if "dashboard" in client.scheduler_info(n_workers=0).get("services", {}) else None
+    except Exception:  # a scheduler that does not say: no link rather than no job
+        link = None
+    if not link:
+        return NO_DASHBOARD
+    try:
+        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(link, timeout=2).close()
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return NO_DASHBOARD
+    except (OSError, ValueError):
+        pass
+    return f"dashboard {link}"
+
+
+def _wait_for_workers(client: Client, n: int, timeout: float, what: str, hint: str) -> None:
+    try:
+        client.wait_for_workers(n, timeout=timeout)
+    except (TimeoutError, asyncio.TimeoutError):
+        have = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        raise JobError(f"{what} has {have} worker(s) after {timeout:g} s (cluster.start_timeout), {n} needed; {hint}") from None
+
+
+def _scheduler_lost(client: Client, err: BaseException) -> bool:
+    if client.status not in ("running", "newly-created"):
+        return True
+    seen: BaseException | None = err
+    for _ in range(10):  # the exception chain
+        if seen is None:
+            break
+        if "scheduler-connection-lost" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _lost_scheduler_is_one_line(client: Client, address: str) -> Iterator[None]:
+    """A job that fails because the scheduler went away says so, and that a re-run resumes it."""
+    try:
+        yield
+    except Exception as err:
+        if not _scheduler_lost(client, err):
+            raise
+        for name in ("distributed.client", "distributed.utils"):  # the client's reconnect, cancelled by close()
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        raise JobError(
+            f"lost the connection to the Dask scheduler at {address} mid-job (it stopped, or the network failed); "
+            "the shards and partial results written so far are kept: start the scheduler (and workers) again and "
+            "re-run the same command to resume"
+        ) from None
+
+
+# ---------------------------------------------------------------- connect
 
 @contextlib.contextmanager
 def connect(
@@ -89,64 +399,105 @@ def connect(
     scheduler: str | None = None,
     scheduler_file: str | None = None,
     n_workers: int | None = None,
-    echo=print,
+    echo: Callable = print,
 ) -> Iterator[Client]:
     """A client for the job; a cluster started here is closed on exit.
 
     Precedence: ``scheduler`` / ``scheduler_file`` arguments (the CLI), then the spec's
     ``cluster.kind`` (``address`` with ``cluster.address``/``cluster.scheduler_file``, ``slurm``,
     ``local_cuda``), then ``DASK_SCHEDULER_ADDRESS`` / dask config ``scheduler-address``, then a
-    new ``LocalCluster``.
+    new ``LocalCluster``. Every path prints one line: what was reached or started, and its
+    dashboard link.
+
+    Raises
+    ------
+    InputError
+        A bad ``cluster`` section: missing TLS files, certificates the CA does not sign, an
+        address that is not one, a scheduler file that does not appear within ``start_timeout``.
+    JobError
+        No scheduler at the address, a refused TLS handshake, no worker within ``start_timeout``,
+        or a scheduler lost mid-job (a re-run resumes).
     """
     security = security_from(section.security)
-    if scheduler or scheduler_file:  # the command line's choice replaces the spec's, whole
-        address, sfile = scheduler, scheduler_file
-    elif section.kind == "address":
-        address, sfile = section.address, section.scheduler_file
-    else:
-        address = sfile = None
+    address, sfile, source = _where(section, scheduler, scheduler_file)
     if section.kind == "address" and not (address or sfile):
         raise InputError("cluster.kind 'address' needs cluster.address or cluster.scheduler_file (or --scheduler)")
     env_address = dask.config.get("scheduler-address", None)
-    if address or sfile or (section.kind == "local" and env_address and not n_workers):
-        client = Client(address or (None if sfile else env_address), scheduler_file=sfile, security=security, timeout=section.start_timeout)
-        echo(f"connected to scheduler {client.scheduler.address}")
+    if not (address or sfile) and section.kind == "local" and env_address and not n_workers:
+        address, source = env_address, "DASK_SCHEDULER_ADDRESS (dask config scheduler-address)"
+    if address or sfile:
+        if security is not None:
+            check_certificates(section.security, security, ("client",))
+        if sfile:
+            address = _address_from_file(sfile, source, section.start_timeout, echo)
+        client = open_client(address, source, security, section.start_timeout, sfile)
         try:
-            client.wait_for_workers(1, timeout=section.start_timeout)
-            yield client
+            echo(f"connected to scheduler {client.scheduler.address}; {_dashboard(client)}")
+            _wait_for_workers(client, 1, section.start_timeout, f"the scheduler at {address}",
+                              f"start one with 'dask worker {address} --nthreads 1'")
+            with _lost_scheduler_is_one_line(client, address):
+                yield client
         finally:
             client.close()
         return
 
+    if security is not None:
+        check_certificates(section.security, security, ("scheduler", "worker"))
     cluster = _start_cluster(section, n_workers, security)
     try:
         with Client(cluster, security=security) as client:
-            want = len(cluster.workers) if section.kind != "slurm" else 1
-            client.wait_for_workers(max(1, want), timeout=section.start_timeout)
-            link = f"dashboard {client.dashboard_link}" if _bokeh_available() else "no dashboard (pip install bokeh for one)"
-            echo(f"started {type(cluster).__name__} with {len(client.scheduler_info()['workers'])} worker(s); {link}")
-            yield client
+            address = cluster.scheduler_address
+            if section.kind == "slurm":
+                hint = "check the SLURM job with squeue/sacct (pending, or failed at start?) and its log, or raise cluster.start_timeout"
+                want = 1
+            else:
+                hint = "the worker processes did not start: check memory (cluster.memory_limit) and the messages above"
+                want = max(1, len(cluster.workers))
+            _wait_for_workers(client, want, section.start_timeout, f"the {type(cluster).__name__} at {address}", hint)
+            echo(f"started {type(cluster).__name__} with {len(client.scheduler_info()['workers'])} worker(s) at {address}; {_dashboard(client)}")
+            with _lost_scheduler_is_one_line(client, address):
+                yield client
     finally:
-        cluster.close()
+        _close_cluster(cluster)
+
+
+def _import_keeping_sigint(module: str) -> Any:
+    """Import ``module``; then put back the SIGINT handler it replaced.
+
+    ``dask_jobqueue.runner``, imported by ``dask_jobqueue``, installs ``lambda *_: sys.exit()``
+    for SIGINT at import, so Ctrl-C would end a SLURM job with status 0 and no message; with
+    Python's handler back, Ctrl-C raises ``KeyboardInterrupt`` as on every other cluster kind.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return importlib.import_module(module)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        return importlib.import_module(module)
+    finally:
+        now = signal.getsignal(signal.SIGINT)
+        if now is not before or getattr(now, "__module__", "") == "dask_jobqueue.runner":
+            keep = before if getattr(before, "__module__", "") != "dask_jobqueue.runner" else signal.default_int_handler
+            signal.signal(signal.SIGINT, keep)
 
 
 def _start_cluster(section: Any, n_workers: int | None, security: Security | None) -> Any:
     n = n_workers or section.n_workers
+    tls = {"security": security, "protocol": "tls://"} if security is not None else {}
     if section.kind == "slurm":
         try:
-            from dask_jobqueue import SLURMCluster
+            SLURMCluster = _import_keeping_sigint("dask_jobqueue").SLURMCluster
         except ImportError:
             raise InputError("cluster.kind 'slurm' needs dask-jobqueue: pip install 'daskdiff[slurm]'") from None
-        cluster = SLURMCluster(**section.slurm, security=security) if security else SLURMCluster(**section.slurm)
+        cluster = SLURMCluster(**{**section.slurm, **tls})  # workers get --protocol tls:// --tls-ca-file/--tls-cert/--tls-key
         cluster.scale(jobs=section.jobs)
         return cluster
     if section.kind == "local_cuda":
         try:
-            from dask_cuda import LocalCUDACluster
+            LocalCUDACluster = _import_keeping_sigint("dask_cuda").LocalCUDACluster
         except ImportError:
             raise InputError("cluster.kind 'local_cuda' needs dask-cuda: pip install 'daskdiff[gpu]'") from None
         kwargs = {"n_workers": n} if n else {}
-        return LocalCUDACluster(threads_per_worker=1, host="127.0.0.1", resources={"GPU": 1}, security=security, **kwargs)
+        return LocalCUDACluster(threads_per_worker=1, host="127.0.0.1", resources={"GPU": 1}, **tls, **kwargs)
     return LocalCluster(
         n_workers=n or max(1, min(os.cpu_count() or 1, 4)),
         threads_per_worker=section.threads_per_worker,
@@ -154,8 +505,21 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
         host="127.0.0.1",
         dashboard_address="127.0.0.1:0",
         memory_limit=section.memory_limit,
-        security=security,
+        **tls,
     )
+
+
+def _close_cluster(cluster: Any) -> None:
+    """Close a cluster daskdiff started, giving each nanny's worker process
+    :data:`CLOSE_TIMEOUT` s to exit (rather than distributed's 4) before it is killed."""
+    nannies = [w for w in getattr(cluster, "workers", {}).values() if isinstance(w, Nanny)]
+    if nannies:
+        async def close_all() -> None:
+            await asyncio.gather(*(w.close(timeout=CLOSE_TIMEOUT) for w in nannies), return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            cluster.sync(close_all)
+    cluster.close()
 
 
 def gpu_resource_offered(client: Client) -> bool:

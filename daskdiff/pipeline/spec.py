@@ -135,10 +135,41 @@ class ExtractionSection(_Strict):
     require_gpu: bool = False
 
 
+ROLE_CERTIFICATES = {"scheduler": ("tls_scheduler_cert", "tls_scheduler_key"), "worker": ("tls_worker_cert", "tls_worker_key")}
+"""The optional certificate/key pairs of the scheduler and workers that daskdiff itself starts."""
+
+
 class SecuritySection(_Strict):
+    """TLS files (PEM). ``tls_ca_file`` signs every certificate; the client pair is daskdiff's own.
+
+    The scheduler and worker pairs are used only where daskdiff starts the scheduler and workers
+    (``kind`` ``local``, ``local_cuda``, ``slurm``); each pair defaults to the client's, as one
+    certificate signed by the CA may serve every role (Dask checks the CA, not host names).
+    """
+
     tls_ca_file: str
     tls_client_cert: str
     tls_client_key: str
+    tls_scheduler_cert: str | None = None
+    tls_scheduler_key: str | None = None
+    tls_worker_cert: str | None = None
+    tls_worker_key: str | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "SecuritySection":
+        for cert, key in ROLE_CERTIFICATES.values():
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                given, missing = (cert, key) if getattr(self, key) is None else (key, cert)
+                raise ValueError(f"{given} is given without {missing}: give both, or neither to use tls_client_cert/tls_client_key for this role")
+        return self
+
+    def role_files(self, role: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        """``((cert key, cert path), (key key, key path))`` used for ``role`` (falling back to the client's)."""
+        if role != "client":
+            cert, key = ROLE_CERTIFICATES[role]
+            if getattr(self, cert) is not None:
+                return (cert, getattr(self, cert)), (key, getattr(self, key))
+        return ("tls_client_cert", self.tls_client_cert), ("tls_client_key", self.tls_client_key)
 
 
 class ClusterSection(_Strict):
@@ -152,6 +183,17 @@ class ClusterSection(_Strict):
     slurm: dict[str, Any] = {}
     security: SecuritySection | None = None
     start_timeout: PositiveInt = 120
+
+    @model_validator(mode="after")
+    def _role_certificates_need_a_started_cluster(self) -> "ClusterSection":
+        if self.kind == "address" and self.security is not None:
+            given = [k for pair in ROLE_CERTIFICATES.values() for k in pair if getattr(self.security, k) is not None]
+            if given:
+                raise ValueError(
+                    f"security.{given[0]}: with kind 'address' the scheduler and workers are started elsewhere, with their own "
+                    "certificates; remove the tls_scheduler_*/tls_worker_* keys (they serve kind local, local_cuda and slurm)"
+                )
+        return self
 
     @field_validator("slurm")
     @classmethod

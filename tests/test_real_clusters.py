@@ -1,0 +1,355 @@
+"""Clusters as people start them, driven through the ``daskdiff`` command (issue 13, items 4, 6, 7, 10).
+
+Everything here is real: ``daskdiff run`` subprocesses, ``dask scheduler``/``dask worker`` CLI
+processes, openssl-made certificates, SIGINT and SIGKILL. SLURM is dask-jobqueue's own
+``SLURMCluster`` with a stand-in ``sbatch``/``scancel`` on ``PATH`` that run the job script it
+writes on this machine (no SLURM needed); what that cannot show (queues, a real node) is not tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import xarray as xr
+import yaml
+
+from daskdiff.errors import InputError, JobError
+from daskdiff.io.layout import RESULTS_FILE
+from daskdiff.pipeline.cluster import NO_DASHBOARD, connect
+from daskdiff.pipeline.spec import ClusterSection, SecuritySection
+from jobtools import make_certificates, tiny_spec
+
+pytestmark = pytest.mark.cluster
+
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+RESUME_HINT = "interrupted; re-run the same command to resume"
+TF_NOISE = re.compile(r"^([IWE]\d{4} \d+:\d+:[\d.]+ +\d+ \S+:\d+\]|WARNING: All log messages before absl)", re.M)
+
+
+@pytest.fixture
+def sets(image_folders):
+    return {name: str(Path(paths[0]).parent) for name, paths in image_folders.items()}
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """CA 'ca' signing client/scheduler/worker certificates; CA 'other' signing 'stranger'."""
+    folder = tmp_path_factory.mktemp("certs")
+    good, ca = make_certificates(folder, ["client", "scheduler", "worker"])
+    bad, other = make_certificates(folder, ["stranger"], ca="other")
+    return {**good, **bad, "ca": ca, "other": other}
+
+
+def _security(certs, roles=True, **override):
+    data = {"tls_ca_file": certs["ca"], "tls_client_cert": certs["client"][0], "tls_client_key": certs["client"][1]}
+    if roles:
+        for role in ("scheduler", "worker"):
+            data[f"tls_{role}_cert"], data[f"tls_{role}_key"] = certs[role]
+    return {**data, **override}
+
+
+def _job(tmp_path, tiny_model_path, sets, cluster, name="job.yaml", **overrides):
+    spec = tiny_spec(tiny_model_path, sets, tmp_path / "out", cluster=cluster, **overrides)
+    job = tmp_path / name
+    job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    return job
+
+
+def _daskdiff(*args, env=ENV, **kwargs):
+    """Start ``daskdiff ARGS`` as from a terminal (SIGINT not ignored, whatever started pytest)."""
+    return subprocess.Popen([str(BIN / "daskdiff"), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+
+
+def _wait_for_a_shard(proc, output, timeout=240):
+    deadline = time.monotonic() + timeout
+    while not list((output / "activations").glob("*/shard-*.nc")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, err = proc.communicate()
+            pytest.fail(f"the job ended (rc {proc.returncode}) or stalled before its first shard:\n{out}\n{err[-3000:]}")
+        time.sleep(0.05)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _CliCluster:
+    """``dask scheduler`` + ``dask worker`` (one thread) started by hand; stopped by their process ids."""
+
+    def __init__(self, folder, tls=None, workers=1, dashboard=True):
+        self.file = Path(folder) / "scheduler.json"
+        self.file.unlink(missing_ok=True)
+        tls_args = ["--protocol", "tls", "--tls-ca-file", tls[0], "--tls-cert", tls[1], "--tls-key", tls[2]] if tls else []
+        dash = ["--dashboard-address", "127.0.0.1:0"] if dashboard else ["--no-dashboard"]
+        self.scheduler = subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", *dash, *tls_args,
+                                           "--scheduler-file", str(self.file)], env=ENV, stderr=subprocess.DEVNULL)
+        self.workers = []
+        deadline = time.monotonic() + 60
+        while not (self.file.exists() and self.file.stat().st_size):
+            assert self.scheduler.poll() is None and time.monotonic() < deadline, "dask scheduler did not start"
+            time.sleep(0.1)
+        self.address = json.loads(self.file.read_text())["address"]
+        for _ in range(workers):
+            self.workers.append(subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(self.file), "--nthreads", "1",
+                                                  "--no-dashboard", "--host", "127.0.0.1", *tls_args[2:]], env=ENV, stderr=subprocess.DEVNULL))
+
+    def stop(self):
+        for p in [*self.workers, self.scheduler]:
+            if p.poll() is None:
+                p.terminate()
+        for p in [*self.workers, self.scheduler]:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+# ---------------------------------------------------------------- item 4: TLS on clusters daskdiff starts
+
+def test_tls_local_cluster_with_role_certificates(tmp_path, tiny_model_path, sets, certs):
+    """``kind: local`` + ``cluster.security`` with scheduler and worker certificates: the cluster
+    listens on tls://, the job completes; the run prints its dashboard, and neither TensorFlow's
+    start-up lines nor distributed's 'still alive ... killing' (item 10)."""
+    job = _job(tmp_path, tiny_model_path, sets, {"kind": "local", "n_workers": 2, "start_timeout": 120, "security": _security(certs)})
+    proc = _daskdiff("run", job, "--no-progress")
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    assert re.search(r"started LocalCluster with 2 worker\(s\) at tls://127\.0\.0\.1:\d+; dashboard http://127\.0\.0\.1:\d+/status", out), out
+    assert "done: 13 images in 2 set(s)" in out
+    assert "still alive" not in err, err
+    assert not TF_NOISE.search(err), err
+    with xr.open_dataset(tmp_path / "out" / RESULTS_FILE) as ds:
+        assert ds["differentiation"].notnull().any()
+
+
+@pytest.mark.parametrize("key", ["tls_worker_cert", "tls_scheduler_cert", "tls_client_cert"])
+def test_certificate_the_ca_did_not_sign_is_refused_before_any_cluster_starts(certs, key):
+    role = key.split("_")[1]
+    section = SecuritySection(**_security(certs, **{key: certs["stranger"][0], key.replace("cert", "key"): certs["stranger"][1]}))
+    started = time.monotonic()
+    with pytest.raises(InputError) as err:
+        with connect(ClusterSection(kind="local", n_workers=1, security=section), echo=print):
+            pytest.fail(f"a cluster started with a {role} certificate from another CA")
+    assert time.monotonic() - started < 10
+    message = str(err.value)
+    assert f"cluster.security.{key}" in message and certs["stranger"][0] in message and certs["ca"] in message
+    assert "unable to get local issuer certificate" in message and "\n" not in message
+
+
+def test_role_key_without_its_certificate_is_a_spec_error(certs):
+    from daskdiff.pipeline.spec import SpecError, parse_spec
+
+    data = {"name": "x", "image_sets": {"a": "a"}, "cluster": {"security": {**_security(certs, roles=False), "tls_worker_key": certs["worker"][1]}}}
+    with pytest.raises(SpecError, match=r"cluster\.security: tls_worker_key is given without tls_worker_cert"):
+        parse_spec(data)
+    data["cluster"] = {"kind": "address", "address": "tls://h:1", "security": _security(certs)}
+    with pytest.raises(SpecError, match=r"security\.tls_scheduler_cert: with kind 'address' the scheduler and workers are started elsewhere"):
+        parse_spec(data)
+
+
+# ---------------------------------------------------------------- item 10: TLS handshake refused by an external scheduler
+
+def test_tls_handshake_refused_by_an_external_scheduler(tmp_path, certs):
+    """A CLI scheduler of CA 'ca'; daskdiff's client from CA 'other' (self-consistent, so only the
+    scheduler can refuse it): one line naming the address, the keys to check, quickly."""
+    cli = _CliCluster(tmp_path, tls=(certs["ca"], *certs["scheduler"]), workers=0, dashboard=False)
+    try:
+        security = SecuritySection(tls_ca_file=certs["other"], tls_client_cert=certs["stranger"][0], tls_client_key=certs["stranger"][1])
+        started = time.monotonic()
+        with pytest.raises(JobError) as err:
+            with connect(ClusterSection(kind="address", address=cli.address, security=security, start_timeout=20), echo=print):
+                pytest.fail("connected with a certificate of another CA")
+        assert time.monotonic() - started < 15
+        message = str(err.value)
+        assert message.startswith(f"cluster.address {cli.address}: the TLS handshake with the scheduler failed")
+        assert "cluster.security.tls_ca_file" in message and "\n" not in message
+    finally:
+        cli.stop()
+
+
+# ---------------------------------------------------------------- item 7: a scheduler that is not there
+
+@pytest.mark.parametrize("where", ["missing file", "wrong address"])
+def test_no_scheduler_is_one_line_within_start_timeout(tmp_path, tiny_model_path, sets, where):
+    job = _job(tmp_path, tiny_model_path, sets, {"start_timeout": 3})
+    port = _free_port()
+    flag = ["--scheduler-file", tmp_path / "no-such.json"] if where == "missing file" else ["--scheduler", f"tcp://127.0.0.1:{port}"]
+    started = time.monotonic()
+    proc = _daskdiff("run", job, *flag, "--no-progress")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    if where == "missing file":
+        assert f"waiting up to 3 s for scheduler file {tmp_path / 'no-such.json'} (--scheduler-file) to appear" in out
+        assert lines[0].startswith(f"daskdiff run: error: --scheduler-file {tmp_path / 'no-such.json'}: it does not exist after 3 s (cluster.start_timeout)")
+    else:
+        assert lines[0].startswith(f"daskdiff run: error: --scheduler tcp://127.0.0.1:{port}: no Dask scheduler answered within 3 s (cluster.start_timeout); check")
+    assert time.monotonic() - started < 100
+
+
+def test_scheduler_file_problems_name_the_file(tmp_path):
+    port = _free_port()
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({"address": f"tcp://127.0.0.1:{port}"}))
+    with pytest.raises(JobError, match=rf"^--scheduler-file {re.escape(str(stale))} names tcp://127\.0\.0\.1:{port}: no Dask scheduler answered within 2 s.*stopped"):
+        with connect(ClusterSection(start_timeout=2), scheduler_file=str(stale), echo=print):
+            pass
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("not json")
+    with pytest.raises(InputError, match=rf"^cluster\.scheduler_file {re.escape(str(garbage))}: it is not a JSON scheduler file"):
+        with connect(ClusterSection(kind="address", scheduler_file=str(garbage), start_timeout=1), echo=print):
+            pass
+
+
+def test_scheduler_file_written_after_the_job_starts_is_waited_for(tmp_path):
+    """A batch script that starts the scheduler and daskdiff together: the file appears later."""
+    (tmp_path / "real").mkdir()
+    cli = _CliCluster(tmp_path / "real", workers=1, dashboard=False)
+    late = tmp_path / "late.json"
+    threading.Timer(1.5, lambda: late.write_text(cli.file.read_text())).start()
+    lines = []
+    try:
+        with connect(ClusterSection(start_timeout=60), scheduler_file=str(late), echo=lines.append) as client:
+            assert client.scheduler.address == cli.address
+    finally:
+        cli.stop()
+    assert lines[0] == f"waiting up to 60 s for scheduler file {late} (--scheduler-file) to appear"
+    assert lines[1] == f"connected to scheduler {cli.address}; {NO_DASHBOARD}"
+
+
+# ---------------------------------------------------------------- item 10: the scheduler lost mid-job
+
+def test_scheduler_killed_mid_job_says_rerun_resumes(tmp_path, tiny_model_path, sets):
+    job = _job(tmp_path, tiny_model_path, sets, {"start_timeout": 60}, extraction={"batch_size": 1, "shard_size": 1})
+    cli = _CliCluster(tmp_path)
+    try:
+        proc = _daskdiff("run", job, "--scheduler-file", cli.file, "--no-progress")
+        _wait_for_a_shard(proc, tmp_path / "out")
+        cli.scheduler.kill()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        cli.stop()
+    assert re.search(rf"connected to scheduler {cli.address}; dashboard http://127\.0\.0\.1:\d+/status", out), out
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"daskdiff run: error: lost the connection to the Dask scheduler at {cli.address} mid-job")
+    assert "re-run the same command to resume" in err
+    cli = _CliCluster(tmp_path)
+    try:
+        again = _daskdiff("run", job, "--scheduler-file", cli.file, "--no-progress")
+        out, err = again.communicate(timeout=300)
+    finally:
+        cli.stop()
+    assert again.returncode == 0, err[-3000:]
+    assert "resuming:" in out and "done: 13 images" in out
+
+
+# ---------------------------------------------------------------- item 6: Ctrl-C on every cluster kind
+
+FAKE_SBATCH = """#!/bin/bash
+# stand-in for sbatch: run the job script now, in the background, in a process group of its own
+jobs="{jobs}"
+id=$$
+cp "$1" "$jobs/$id.sh"
+setsid bash "$jobs/$id.sh" > "$jobs/$id.log" 2>&1 < /dev/null &
+echo $! > "$jobs/$id.pid"
+echo "Submitted batch job $id"
+"""
+FAKE_SCANCEL = """#!/bin/bash
+# stand-in for scancel: end the job's process group
+for id in "$@"; do echo "$id" >> "{jobs}/cancelled"; kill -TERM -- "-$(cat "{jobs}/$id.pid")" 2>/dev/null; done
+exit 0
+"""
+
+
+def _fake_slurm(tmp_path):
+    bindir, jobs = tmp_path / "fake-slurm", tmp_path / "slurm-jobs"
+    bindir.mkdir()
+    jobs.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
+        (bindir / name).write_text(text.format(jobs=jobs))
+        (bindir / name).chmod(0o755)
+    return dict(ENV, PATH=f"{bindir}{os.pathsep}{ENV['PATH']}"), jobs
+
+
+def _end_fake_jobs(jobs):
+    for pid_file in jobs.glob("*.pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, ValueError):
+            pass
+
+
+@pytest.mark.parametrize("kind", ["local", "address", "slurm"])
+def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, tiny_model_path, sets, certs, kind):
+    """SIGINT mid-extraction: exit 130 and the hint, on every kind. SLURM (dask-jobqueue installs a
+    SIGINT handler calling sys.exit() at import) runs over TLS with worker certificates; the
+    interrupted job's SLURM job is cancelled, and a re-run resumes to the end."""
+    env, jobs, cli = ENV, None, None
+    slow = {"extraction": {"batch_size": 1, "shard_size": 1}}
+    if kind == "slurm":
+        pytest.importorskip("dask_jobqueue")
+        env, jobs = _fake_slurm(tmp_path)
+        slurm = {"cores": 1, "processes": 1, "memory": "2GB", "walltime": "00:20:00",
+                 "scheduler_options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
+        job = _job(tmp_path, tiny_model_path, sets, {"kind": "slurm", "slurm": slurm, "start_timeout": 120, "security": _security(certs)}, **slow)
+    elif kind == "address":
+        cli = _CliCluster(tmp_path, dashboard=False)
+        job = _job(tmp_path, tiny_model_path, sets, {"kind": "address", "scheduler_file": str(cli.file), "start_timeout": 60}, **slow)
+    else:
+        job = _job(tmp_path, tiny_model_path, sets, {"kind": "local", "n_workers": 1, "start_timeout": 120}, **slow)
+    try:
+        proc = _daskdiff("run", job, "--no-progress", env=env)
+        _wait_for_a_shard(proc, tmp_path / "out")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (out, err[-3000:])
+        assert err.strip().splitlines()[-1] == RESUME_HINT, err
+        if kind != "local":  # LocalCluster workers share our stderr, and log the tasks they drop as they close
+            assert "Traceback" not in err, err
+        assert not (tmp_path / "out" / RESULTS_FILE).exists()
+        if kind != "slurm":
+            return
+        (script,) = jobs.glob("*.sh")
+        command = script.read_text()
+        assert re.search(rf"dask_worker tls://127\.0\.0\.1:\d+ .*--protocol tls:// --tls-ca-file {certs['ca']} "
+                         rf"--tls-cert {certs['worker'][0]} --tls-key {certs['worker'][1]}", command), command
+        assert (jobs / "cancelled").read_text().split() == [script.stem]
+        again = _daskdiff("run", job, "--no-progress", env=env)
+        out, err = again.communicate(timeout=400)
+        assert again.returncode == 0, err[-3000:]
+        assert re.search(r"started SLURMCluster with 1 worker\(s\) at tls://127\.0\.0\.1:\d+; dashboard http://", out), out
+        assert "resuming:" in out and "done: 13 images" in out
+    finally:
+        if cli is not None:
+            cli.stop()
+        if jobs is not None:
+            _end_fake_jobs(jobs)
+
+
+def test_scheduler_without_workers_says_how_to_start_one(tmp_path):
+    cli = _CliCluster(tmp_path, workers=0, dashboard=False)
+    try:
+        with pytest.raises(JobError) as err:
+            with connect(ClusterSection(start_timeout=2), scheduler=cli.address, echo=print):
+                pytest.fail("a job went on without workers")
+    finally:
+        cli.stop()
+    assert str(err.value) == (f"the scheduler at {cli.address} has 0 worker(s) after 2 s (cluster.start_timeout), 1 needed; "
+                              f"start one with 'dask worker {cli.address} --nthreads 1'")
