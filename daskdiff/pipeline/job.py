@@ -12,6 +12,10 @@ deterministic names:
    it returns the same arrays. A set's tasks depend on that set's shards only (Dask futures as
    arguments), so a set starts differentiating as soon as its own shards are written.
 
+Every task carries its inputs by value (the storage plan as its small
+:class:`~daskdiff.core.units.StorageRecipe`; nothing is scattered), so Dask can rerun any task on
+any worker: a worker that dies costs the job its tasks in progress, not the job.
+
 A re-run (after a crash, a killed worker, Ctrl-C) finds the finished files: each task checks its
 own file on the worker and reuses it, so the job resumes; a task that Dask runs twice rewrites the
 same bytes. Results do not depend on the number of workers, shard size or task order: every random
@@ -21,6 +25,7 @@ draw comes from ``(seed, layer, repeat)``.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import sys
 import time
@@ -38,7 +43,7 @@ from ..model.extract import extract_shard, ShardTask
 from ..io.images import DuplicateImagesWarning, check_min_images, resolve_image_set
 from ..io.manifest import check_output_folder, Manifest, OutputFolderError
 from ..model.build import WEIGHTS_KEYWORDS, build_model, model_layers, ModelSpec, WeightsUnavailableError
-from ..core.units import bytes_per_image, n_units_label, plan_digest, Sampling, storage_plan
+from ..core.units import bytes_per_image, cached_storage_plan, n_units_label, plan_digest, Sampling, StorageRecipe
 from ..io.partials import PartialResult
 from ..io.results import assemble, set_metadata
 from ..io.shards import CorruptShardError
@@ -80,7 +85,8 @@ def versions() -> dict[str, str]:
 @dataclass
 class JobPlan:
     """Everything the client decides before the cluster starts (the per-layer storage plan is
-    ``storage``, a dict of :class:`daskdiff.core.units.LayerPlan`)."""
+    ``storage``, a dict of :class:`daskdiff.core.units.LayerPlan`, built from ``recipe``, which is
+    what tasks carry)."""
 
     spec: JobSpec
     output: Path
@@ -89,11 +95,12 @@ class JobPlan:
     layers: list[str]
     shapes: dict[str, tuple[int, ...]]
     storage: dict
+    recipe: StorageRecipe
     sampling: Sampling
     notes: list[str]
     manifest: Manifest
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         return plan_digest(self.storage)
 
@@ -278,8 +285,8 @@ def plan_job(spec: JobSpec, base: Path, *, output: str | Path | None = None, wei
     model = _resolve_weights(model, spec, echo, notes)
     a = spec.analysis
     sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
-    storage = storage_plan(info["shapes"], a.substrates, sampling, store=spec.extraction.store, full_layers=[info["last_layer"]])
-    return JobPlan(spec, out, model, sets, info["layers"], info["shapes"], storage, sampling, notes, manifest)
+    recipe = StorageRecipe(tuple(info["shapes"].items()), tuple(a.substrates), sampling, spec.extraction.store, (info["last_layer"],))
+    return JobPlan(spec, out, model, sets, info["layers"], info["shapes"], recipe.build(), recipe, sampling, notes, manifest)
 
 
 def shard_size(requested: int, batch_size: int) -> int:
@@ -344,11 +351,17 @@ class _Submitted:
 
     shards: dict[str, list[tuple[Any, ShardTask]]]
     diffs: list[tuple[Any, DiffTask]]
-    storage: Any
-    """The scattered storage plan: held until the job ends, so that a shard lost with a dead
-    worker can be recomputed (a released scattered input would make Dask forget the shard)."""
     resources: dict | None = None
     """Worker resources of the extraction tasks (also those of a recomputed corrupt shard)."""
+
+
+def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSpec) -> dict[str, Any]:
+    """:func:`extract_shard` with the storage plan built on the worker from ``recipe``.
+
+    Every input is passed by value (a few hundred bytes), nothing is scattered: when a worker
+    dies, Dask reruns its tasks anywhere, and the job loses only the work in progress.
+    """
+    return extract_shard(task, cached_storage_plan(recipe, digest), model)
 
 
 def _diff_or_corrupt(task: DiffTask, *shards: Any) -> PartialResult | CorruptShardError:
@@ -382,17 +395,16 @@ def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Calla
         plan.manifest.make_dirs(plan.output / ACTIVATIONS_DIR / name)
     plan.manifest.make_dirs(plan.output / PARTIAL_DIR)
     plan.manifest.add_files([*shard_files_, *(t.path for t in diff_tasks)])
-    storage = client.scatter(plan.storage, broadcast=True, hash=False)
     retries = spec.extraction.retries
     shards: dict[str, list[tuple[Any, ShardTask]]] = {name: [] for name in plan.sets}
     for t in shard_tasks:
-        future = client.submit(extract_shard, t, storage, plan.model, key=f"daskdiff-{t.key}", retries=retries, resources=resources)
+        future = client.submit(_extract, t, plan.recipe, plan.digest, plan.model, key=f"daskdiff-{t.key}", retries=retries, resources=resources)
         shards[t.image_set].append((future, t))
     diffs = [
         (client.submit(_diff_or_corrupt, t, *(f for f, _ in shards[t.image_set]), key=f"daskdiff-{t.key}", retries=retries), t)
         for t in diff_tasks
     ]
-    return _Submitted(shards, diffs, storage, resources)
+    return _Submitted(shards, diffs, resources)
 
 
 def _is_corrupt(future: Any) -> bool:
@@ -441,7 +453,7 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
     suffix = f"-recomputed{len(state.recomputed)}"  # keys of a new graph: never those of the old futures
     retries = plan.spec.extraction.retries
     shard_task = submitted.shards[name][i][1]
-    future = client.submit(extract_shard, shard_task, submitted.storage, plan.model, key=f"daskdiff-{shard_task.key}{suffix}",
+    future = client.submit(_extract, shard_task, plan.recipe, plan.digest, plan.model, key=f"daskdiff-{shard_task.key}{suffix}",
                            retries=retries, resources=submitted.resources)
     submitted.shards[name][i] = (future, shard_task)
     state.what[future] = ("extract", shard_task)
