@@ -14,7 +14,9 @@ deterministic names:
 
 Every task carries its inputs by value (the storage plan as its small
 :class:`~daskdiff.core.units.StorageRecipe`; nothing is scattered), so Dask can rerun any task on
-any worker: a worker that dies costs the job its tasks in progress, not the job.
+any worker: a worker that dies costs the job its tasks in progress, not the job. Every task key
+holds the job's :attr:`JobPlan.token` (output folder, spec, model, images, plan), so jobs that
+share a scheduler never share a task.
 
 A re-run (after a crash, a killed worker, Ctrl-C) finds the finished files: each task checks its
 own file on the worker and reuses it, so the job resumes; a task that Dask runs twice rewrites the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import hashlib
 import json
 import sys
 import time
@@ -103,6 +106,17 @@ class JobPlan:
     @functools.cached_property
     def digest(self) -> str:
         return plan_digest(self.storage)
+
+    @functools.cached_property
+    def token(self) -> str:
+        """A short hash of the output folder, the spec, the model, the image lists and the plan:
+        part of every task key, so that jobs sharing a scheduler never share a task."""
+        identity = [str(self.output), self.spec.result_digest(), repr(self.model), self.sets, self.digest]
+        return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+
+    def key(self, task: ShardTask | DiffTask, suffix: str = "") -> str:
+        """The Dask key of one of this job's tasks (``suffix``: that of a resubmitted task)."""
+        return f"daskdiff-{self.token}-{task.key}{suffix}"
 
 
 def _check_output(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence[str], echo: Callable) -> Manifest:
@@ -398,10 +412,10 @@ def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Calla
     retries = spec.extraction.retries
     shards: dict[str, list[tuple[Any, ShardTask]]] = {name: [] for name in plan.sets}
     for t in shard_tasks:
-        future = client.submit(_extract, t, plan.recipe, plan.digest, plan.model, key=f"daskdiff-{t.key}", retries=retries, resources=resources)
+        future = client.submit(_extract, t, plan.recipe, plan.digest, plan.model, key=plan.key(t), retries=retries, resources=resources)
         shards[t.image_set].append((future, t))
     diffs = [
-        (client.submit(_diff_or_corrupt, t, *(f for f, _ in shards[t.image_set]), key=f"daskdiff-{t.key}", retries=retries), t)
+        (client.submit(_diff_or_corrupt, t, *(f for f, _ in shards[t.image_set]), key=plan.key(t), retries=retries), t)
         for t in diff_tasks
     ]
     return _Submitted(shards, diffs, resources)
@@ -453,7 +467,7 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
     suffix = f"-recomputed{len(state.recomputed)}"  # keys of a new graph: never those of the old futures
     retries = plan.spec.extraction.retries
     shard_task = submitted.shards[name][i][1]
-    future = client.submit(_extract, shard_task, plan.recipe, plan.digest, plan.model, key=f"daskdiff-{shard_task.key}{suffix}",
+    future = client.submit(_extract, shard_task, plan.recipe, plan.digest, plan.model, key=plan.key(shard_task, suffix),
                            retries=retries, resources=submitted.resources)
     submitted.shards[name][i] = (future, shard_task)
     state.what[future] = ("extract", shard_task)
@@ -465,7 +479,7 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
             continue
         state.superseded.add(old)
         client.cancel([old])
-        new = client.submit(_diff_or_corrupt, t, *shard_futures, key=f"daskdiff-{t.key}{suffix}", retries=retries)
+        new = client.submit(_diff_or_corrupt, t, *shard_futures, key=plan.key(t, suffix), retries=retries)
         submitted.diffs[j] = (new, t)
         state.what[new] = ("differentiation", t)
         state.pending.add(new)
