@@ -8,8 +8,6 @@ same spec on a one-thread LocalCluster:
 - the only worker SIGKILLed (under its nanny, which starts a new one) when the first shard
   appears on disk, and the new one again when the first partial result appears.
 
-``python -m dask`` is the ``dask`` command (the same entry point, whatever wrapper script a
-virtual environment installs).
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ from jobtools import tiny_spec
 pytestmark = pytest.mark.cluster
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONFAULTHANDLER="1")
-DASK = [sys.executable, "-m", "dask"]
+DASK = [str(Path(sys.executable).parent / "dask")]
 DASKDIFF = str(Path(sys.executable).parent / "daskdiff")
 OVERRIDES = {"extraction__batch_size": 2, "extraction__shard_size": 2, "analysis__repeats": 12}
 """7 + 6 images in shards of 2 (7 shards), 20 differentiation tasks: room to kill a worker mid-stage."""
