@@ -101,3 +101,22 @@ def test_atomic_path_publishes_only_finished_files(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new" and os.listdir(target.parent) == ["file.nc"]
+
+
+def test_storage_recipe_rebuilds_the_plan_once_per_process_and_checks_its_digest():
+    """Tasks carry a StorageRecipe (small, by value); workers rebuild the same plan from it."""
+    import pickle
+
+    from daskdiff.core.units import cached_storage_plan, plan_digest, StorageRecipe
+    from daskdiff.errors import JobError
+
+    recipe = StorageRecipe(tuple(SHAPES.items()), ("units", "filter_mean", "location_mean"), Sampling(n_units=(3, 10), repeats=4, seed=5),
+                           full_layers=("predictions",))
+    assert len(pickle.dumps(recipe)) < 1000
+    digest = plan_digest(_plan())
+    plan = cached_storage_plan(pickle.loads(pickle.dumps(recipe)), digest)
+    assert plan_digest(plan) == digest and list(plan) == list(SHAPES)
+    assert cached_storage_plan(recipe, digest) is plan  # built once per process
+    other = StorageRecipe(recipe.shapes, recipe.substrates, Sampling(n_units=(3, 10), repeats=4, seed=6), full_layers=("predictions",))
+    with pytest.raises(JobError, match="same daskdiff and numpy versions on the workers"):
+        cached_storage_plan(other, digest)

@@ -8,11 +8,13 @@ differentiation stage will read, not the 60.4 MB per image of a full VGG16 pass.
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..errors import JobError
 from .sampling import ALL, expected_union, sample_units
 from .substrates import check_substrate, feature_shape
 
@@ -190,6 +192,58 @@ def expected_stored(
                 stored[sub] = int(np.prod(feature_shape(shape, sub)))
         out[name] = stored
     return out
+
+
+@dataclass(frozen=True)
+class StorageRecipe:
+    """The small, hashable arguments of :func:`storage_plan`: what tasks carry instead of the plan.
+
+    A plan can hold every unit index of every layer (120 MB for VGG16 with ``n_units: [all]``);
+    a recipe is a few hundred bytes, so each task takes it by value and Dask can rerun any task
+    anywhere (nothing to lose with a dead worker). Workers build the plan from it once per
+    process (:func:`cached_storage_plan`); the draws depend on the seed alone.
+    """
+
+    shapes: tuple[tuple[str, tuple[int, ...]], ...]
+    """Layer name -> unit shape pairs, in network order."""
+    substrates: tuple[str, ...]
+    sampling: Sampling
+    store: str = "needed"
+    full_layers: tuple[str, ...] = ()
+
+    def build(self) -> dict[str, LayerPlan]:
+        """The plan: :func:`storage_plan` of these arguments."""
+        return storage_plan(dict(self.shapes), self.substrates, self.sampling, store=self.store, full_layers=self.full_layers)
+
+
+_PLANS: dict[StorageRecipe, dict[str, LayerPlan]] = {}
+_PLANS_LOCK = threading.Lock()
+_PLANS_KEPT = 2
+"""Plans a process keeps: those of two jobs that share its workers (each may be large)."""
+
+
+def cached_storage_plan(recipe: StorageRecipe, digest: str) -> dict[str, LayerPlan]:
+    """``recipe.build()``, built once per process (under a lock, so threads wait for one build).
+
+    Raises
+    ------
+    JobError
+        The plan built here has another :func:`plan_digest` than ``digest`` (the client's): this
+        process draws other units, so its numpy or daskdiff differs from the client's.
+    """
+    with _PLANS_LOCK:
+        plan = _PLANS.get(recipe)
+        if plan is None:
+            plan = recipe.build()
+            if (here := plan_digest(plan)) != digest:
+                raise JobError(
+                    f"this worker's storage plan (digest {here[:12]}) is not the client's ({digest[:12]}): it draws other "
+                    "units; install the same daskdiff and numpy versions on the workers as on the client"
+                )
+            while len(_PLANS) >= _PLANS_KEPT:
+                _PLANS.pop(next(iter(_PLANS)))
+            _PLANS[recipe] = plan
+        return plan
 
 
 def plan_digest(plan: dict[str, LayerPlan]) -> str:

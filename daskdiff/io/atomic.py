@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import JobError
+from .hdf5 import HDF5_LOCK
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -161,8 +162,13 @@ def atomic_write(path: str | os.PathLike, write: Any, needed: int | None = None)
 
 
 def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Write ``ds`` to ``path`` atomically (NetCDF4/HDF5 via the netCDF4 library)."""
-    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4"), needed=int(ds.nbytes))
+    """Write ``ds`` to ``path`` atomically (NetCDF4/HDF5 via the netCDF4 library, under
+    :data:`daskdiff.io.hdf5.HDF5_LOCK`)."""
+    def write(tmp: str) -> None:
+        with HDF5_LOCK:
+            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4")
+
+    return atomic_write(path, write, needed=int(ds.nbytes))
 
 
 def flush_and_drop(fd: int) -> None:

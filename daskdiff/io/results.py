@@ -25,6 +25,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InputError
+from .hdf5 import HDF5_LOCK
 from .partials import PartialResult
 
 
@@ -145,7 +146,8 @@ def open_results(path: str | Path) -> xr.Dataset:
     if not path.is_file():
         raise InputError(f"results file {path} does not exist; a job writes it as <output>/differentiation.nc")
     try:
-        ds = xr.open_dataset(path)
+        with HDF5_LOCK:
+            ds = xr.open_dataset(path, engine="netcdf4", lock=HDF5_LOCK)  # lazy reads take the lock too
     except (OSError, ValueError) as err:
         raise InputError(f"{path} is not a readable NetCDF file ({err}); give the differentiation.nc that a job wrote") from None
     if "differentiation" not in ds:

@@ -36,6 +36,9 @@ same open file as its activations (:meth:`ShardWriter.write_labels`), and a shar
 finished only when every variable its plan needs is there with the right shape. Every activation variable (and every numeric
 coordinate) is stored with HDF5's Fletcher-32 checksum per chunk: HDF5 verifies each chunk it
 reads, and :func:`read_features` turns a mismatch into :class:`CorruptShardError`.
+
+Every netCDF4/xarray call on a shard runs under :data:`daskdiff.io.hdf5.HDF5_LOCK` (the bundled
+HDF5 is not thread-safe), so the functions here may be called from any number of threads.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import xarray as xr
 
 from ..errors import DaskdiffError
 from .atomic import flush_and_drop
+from .hdf5 import HDF5_LOCK
 from .layout import ACTIVATIONS_DIR, SHARD_GLOB, feature_dim, variable_name
 
 from ..core.units import LayerPlan
@@ -135,14 +139,15 @@ class ShardWriter:
         import netCDF4
 
         self.n_images = 0
-        self._nc = netCDF4.Dataset(path, "w", format="NETCDF4")
-        self._nc.createDimension("image", None)
         self._vars = {}
-        for name, (dim, n) in activation_variables(plan).items():
-            self._nc.createDimension(dim, n)
-            rows = max(1, min(chunk_images, CHUNK_BYTES // (4 * n)))
-            self._vars[name] = var = self._nc.createVariable(name, "f4", ("image", dim), fill_value=False, chunksizes=(rows, n), **CHECKSUM)
-            var.set_var_chunk_cache(size=0)
+        with HDF5_LOCK:
+            self._nc = netCDF4.Dataset(path, "w", format="NETCDF4")
+            self._nc.createDimension("image", None)
+            for name, (dim, n) in activation_variables(plan).items():
+                self._nc.createDimension(dim, n)
+                rows = max(1, min(chunk_images, CHUNK_BYTES // (4 * n)))
+                self._vars[name] = var = self._nc.createVariable(name, "f4", ("image", dim), fill_value=False, chunksizes=(rows, n), **CHECKSUM)
+                var.set_var_chunk_cache(size=0)
         self._fd = os.open(path, os.O_RDONLY) if drop_cache and hasattr(os, "posix_fadvise") else None
 
     def append(self, features: dict[str, np.ndarray]) -> None:
@@ -152,8 +157,9 @@ class ShardWriter:
         if len(counts) != 1:
             raise ValueError(f"variables of one batch have different numbers of images: {sorted(counts)}")
         n = counts.pop()
-        for name, var in self._vars.items():
-            var[self.n_images : self.n_images + n] = features[name]
+        with HDF5_LOCK:
+            for name, var in self._vars.items():
+                var[self.n_images : self.n_images + n] = features[name]
         self.n_images += n
         if self._fd is not None:
             flush_and_drop(self._fd)
@@ -167,6 +173,10 @@ class ShardWriter:
         ``coordinates`` attribute, which is how xarray reads them back as coordinates; numeric
         ones get the activations' checksum (HDF5 filters skip variable-length strings).
         """
+        with HDF5_LOCK:
+            self._write_labels(labels, inputs)
+
+    def _write_labels(self, labels: xr.Dataset, inputs: Sequence[tuple[str, int, int]]) -> None:
         nc = self._nc
         for name, size in labels.sizes.items():
             if name not in nc.dimensions:
@@ -189,7 +199,8 @@ class ShardWriter:
     def close(self) -> None:
         """Close the file (safe to call twice)."""
         if self._nc is not None:
-            self._nc.close()
+            with HDF5_LOCK:
+                self._nc.close()
             self._nc = None
         if self._fd is not None:
             flush_and_drop(self._fd)
@@ -294,7 +305,7 @@ def read_input_record(path: str | os.PathLike) -> list[tuple[str, int, int]]:
     """The input record a shard was written with (empty for shards without one)."""
     import netCDF4
 
-    with netCDF4.Dataset(path, "r") as ds:
+    with HDF5_LOCK, netCDF4.Dataset(path, "r") as ds:
         if INPUTS_GROUP not in ds.groups:
             return []
         g = ds.groups[INPUTS_GROUP]
@@ -346,21 +357,23 @@ def open_activations(path: str | os.PathLike, image_set: str | None = None) -> x
                 f"no shard files ({SHARD_GLOB}) in {folder}; give a job's output folder with "
                 "image_set=..., or a folder of shards"
             )
-    ds = xr.open_mfdataset(
-        [str(f) for f in files],
-        combine="nested",
-        concat_dim="image",
-        data_vars="minimal",
-        coords="minimal",
-        compat="override",
-        combine_attrs="drop_conflicts",
-        engine="netcdf4",
-        parallel=False,
-    )
-    skipped = []
-    for f in files:
-        with xr.open_dataset(f, engine="netcdf4") as one:
-            skipped += json.loads(one.attrs.get("skipped_json", "[]"))
+    with HDF5_LOCK:
+        ds = xr.open_mfdataset(
+            [str(f) for f in files],
+            combine="nested",
+            concat_dim="image",
+            data_vars="minimal",
+            coords="minimal",
+            compat="override",
+            combine_attrs="drop_conflicts",
+            engine="netcdf4",
+            parallel=False,
+            lock=HDF5_LOCK,  # the lazy reads take it too
+        )
+        skipped = []
+        for f in files:
+            with xr.open_dataset(f, engine="netcdf4", lock=HDF5_LOCK) as one:
+                skipped += json.loads(one.attrs.get("skipped_json", "[]"))
     ds.attrs["skipped_json"] = json.dumps(skipped)
     return ds
 
@@ -370,7 +383,7 @@ def read_shard_header(path: str | os.PathLike, variables: Sequence[str] = ()) ->
     directly: opening with xarray would index every unit coordinate)."""
     import netCDF4
 
-    with netCDF4.Dataset(path, "r") as ds:
+    with HDF5_LOCK, netCDF4.Dataset(path, "r") as ds:
         ds.set_auto_mask(False)
         out: dict[str, Any] = {"attrs": {k: ds.getncattr(k) for k in ds.ncattrs()}, "n_images": len(ds.dimensions["image"])}
         for name in variables:
@@ -403,7 +416,7 @@ def _missing_variables(path: str | os.PathLike, plan: dict[str, LayerPlan], n_im
     import netCDF4
 
     want = activation_variables(plan)
-    with netCDF4.Dataset(path, "r") as ds:
+    with HDF5_LOCK, netCDF4.Dataset(path, "r") as ds:
         return [name for name, (_, n) in want.items()
                 if name not in ds.variables or ds.variables[name].shape != (n_images, n)]
 
@@ -452,23 +465,25 @@ def read_features(files: Sequence[str | os.PathLike], substrate: str, layer: str
     name, dim = variable_name(substrate, layer), feature_dim(substrate, layer)
     blocks, index = [], None
     for f in files:
-        # netCDF4 directly: xarray would build a pandas index over millions of unit labels
-        try:
-            ds = netCDF4.Dataset(f, "r")
-        except (FileNotFoundError, PermissionError):
-            raise
-        except OSError as err:  # e.g. truncated: HDF5 cannot read the file's header
-            raise CorruptShardError(f, f"cannot open: {err}") from None
-        with ds:
-            ds.set_auto_mask(False)
-            if name not in ds.variables:
-                raise KeyError(f"{f}: variable {name!r} is missing; the shard was written by another plan (re-run with --overwrite)")
+        # netCDF4 directly: xarray would build a pandas index over millions of unit labels.
+        # The lock is taken per file, so that other threads' calls can go between two files.
+        with HDF5_LOCK:
             try:
-                blocks.append(np.asarray(ds.variables[name][:], dtype=np.float32))
-                if index is None:
-                    index = np.asarray(ds.variables[dim][:], dtype=np.int64)
-            except RuntimeError as err:  # netCDF4's "NetCDF: HDF error": a chunk failed its checksum
-                raise CorruptShardError(f, f"reading {name!r}: {err}") from None
+                ds = netCDF4.Dataset(f, "r")
+            except (FileNotFoundError, PermissionError):
+                raise
+            except OSError as err:  # e.g. truncated: HDF5 cannot read the file's header
+                raise CorruptShardError(f, f"cannot open: {err}") from None
+            with ds:
+                ds.set_auto_mask(False)
+                if name not in ds.variables:
+                    raise KeyError(f"{f}: variable {name!r} is missing; the shard was written by another plan (re-run with --overwrite)")
+                try:
+                    blocks.append(np.asarray(ds.variables[name][:], dtype=np.float32))
+                    if index is None:
+                        index = np.asarray(ds.variables[dim][:], dtype=np.int64)
+                except RuntimeError as err:  # netCDF4's "NetCDF: HDF error": a chunk failed its checksum
+                    raise CorruptShardError(f, f"reading {name!r}: {err}") from None
     if index is None:
         raise ValueError("no shard files to read")
     return np.concatenate(blocks, axis=0), index

@@ -105,7 +105,8 @@ _DIGESTS: dict[int, tuple[dict, str]] = {}
 
 
 def _digest(plan: dict[str, LayerPlan]) -> str:
-    """plan_digest, memoised per plan object (a worker gets the plan once, scattered)."""
+    """plan_digest, memoised per plan object (a worker builds each job's plan once, see
+    :func:`daskdiff.core.units.cached_storage_plan`)."""
     hit = _DIGESTS.get(id(plan))
     if hit is None or hit[0] is not plan:
         _DIGESTS.clear()

@@ -12,6 +12,12 @@ deterministic names:
    it returns the same arrays. A set's tasks depend on that set's shards only (Dask futures as
    arguments), so a set starts differentiating as soon as its own shards are written.
 
+Every task carries its inputs by value (the storage plan as its small
+:class:`~daskdiff.core.units.StorageRecipe`; nothing is scattered), so Dask can rerun any task on
+any worker: a worker that dies costs the job its tasks in progress, not the job. Every task key
+holds the job's :attr:`JobPlan.token` (output folder, spec, model, images, plan), so jobs that
+share a scheduler never share a task.
+
 A re-run (after a crash, a killed worker, Ctrl-C) finds the finished files: each task checks its
 own file on the worker and reuses it, so the job resumes; a task that Dask runs twice rewrites the
 same bytes. Results do not depend on the number of workers, shard size or task order: every random
@@ -21,6 +27,8 @@ draw comes from ``(seed, layer, repeat)``.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import hashlib
 import json
 import sys
 import time
@@ -40,7 +48,7 @@ from ..io.manifest import check_output_folder, Manifest, OutputFolderError
 from ..io.lock import OutputLock
 from ..io.atomic import DiskFullError, remove_dead_temporaries
 from ..model.build import WEIGHTS_KEYWORDS, build_model, model_layers, ModelSpec, WeightsUnavailableError
-from ..core.units import bytes_per_image, expected_stored, n_units_label, plan_digest, Sampling, storage_plan
+from ..core.units import bytes_per_image, cached_storage_plan, expected_stored, n_units_label, plan_digest, Sampling, StorageRecipe
 from ..core.estimate import estimate_work, WorkEstimate
 from .budget import check_budget, describe, is_external, job_size, Limits, limits_for, lower_bound_size, mean_chars
 from ..io.partials import PartialResult
@@ -84,7 +92,8 @@ def versions() -> dict[str, str]:
 @dataclass
 class JobPlan:
     """Everything the client decides before the cluster starts (the per-layer storage plan is
-    ``storage``, a dict of :class:`daskdiff.core.units.LayerPlan`)."""
+    ``storage``, a dict of :class:`daskdiff.core.units.LayerPlan`, built from ``recipe``, which is
+    what tasks carry)."""
 
     spec: JobSpec
     output: Path
@@ -93,6 +102,7 @@ class JobPlan:
     layers: list[str]
     shapes: dict[str, tuple[int, ...]]
     storage: dict
+    recipe: StorageRecipe
     sampling: Sampling
     notes: list[str]
     manifest: Manifest
@@ -106,7 +116,7 @@ class JobPlan:
     lock: OutputLock | None = None
     """The output folder's lock, held from planning until :meth:`release` (:func:`run_job` releases it)."""
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         return plan_digest(self.storage)
 
@@ -114,6 +124,18 @@ class JobPlan:
         """Give up the output folder's lock (another run may then take the folder)."""
         if self.lock is not None:
             self.lock.release()
+
+    @functools.cached_property
+    def token(self) -> str:
+        """A short hash of the output folder, the spec, the model, the image lists and the plan:
+        part of every task key, so that jobs sharing a scheduler never share a task."""
+        identity = [str(self.output), self.spec.result_digest(), repr(self.model), self.sets, self.digest]
+        return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+
+    def key(self, task: ShardTask | DiffTask, suffix: str = "") -> str:
+        """The Dask key of one of this job's tasks (``suffix``: that of a resubmitted task)."""
+        return f"daskdiff-{self.token}-{task.key}{suffix}"
+
 
     def summary(self) -> str:
         """One line: images, sets, layers, bytes stored per image, the output folder."""
@@ -424,7 +446,8 @@ def plan_job(
             counts = {name: len(paths) for name, paths in sets.items()}
             chars = {name: mean_chars(paths) for name, paths in sets.items()}
             model = _resolve_weights(model, spec, echo, notes)
-        storage = storage_plan(info["shapes"], a.substrates, sampling, store=store, full_layers=full)
+        recipe = StorageRecipe(tuple(shapes.items()), tuple(a.substrates), sampling, store, tuple(full))
+        storage = recipe.build()
         final = estimate({name: lp.stored() for name, lp in storage.items()}, counts, True)
         for line in describe(final, limits):
             echo(line)
@@ -433,7 +456,7 @@ def plan_job(
         if lock is not None:
             lock.release()
         raise
-    return JobPlan(spec, out, model, sets, info["layers"], info["shapes"], storage, sampling, notes, manifest,
+    return JobPlan(spec, out, model, sets, info["layers"], info["shapes"], storage, recipe, sampling, notes, manifest,
                    estimate=final, limits=limits, counts=counts, dry_run=dry_run, lock=lock)
 
 
@@ -500,11 +523,17 @@ class _Submitted:
 
     shards: dict[str, list[tuple[Any, ShardTask]]]
     diffs: list[tuple[Any, DiffTask]]
-    storage: Any
-    """The scattered storage plan: held until the job ends, so that a shard lost with a dead
-    worker can be recomputed (a released scattered input would make Dask forget the shard)."""
     resources: dict | None = None
     """Worker resources of the extraction tasks (also those of a recomputed corrupt shard)."""
+
+
+def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSpec) -> dict[str, Any]:
+    """:func:`extract_shard` with the storage plan built on the worker from ``recipe``.
+
+    Every input is passed by value (a few hundred bytes), nothing is scattered: when a worker
+    dies, Dask reruns its tasks anywhere, and the job loses only the work in progress.
+    """
+    return extract_shard(task, cached_storage_plan(recipe, digest), model)
 
 
 def _diff_or_corrupt(task: DiffTask, *shards: Any) -> PartialResult | CorruptShardError:
@@ -538,17 +567,16 @@ def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Calla
         plan.manifest.make_dirs(plan.output / ACTIVATIONS_DIR / name)
     plan.manifest.make_dirs(plan.output / PARTIAL_DIR)
     plan.manifest.add_files([*shard_files_, *(t.path for t in diff_tasks)])
-    storage = client.scatter(plan.storage, broadcast=True, hash=False)
     retries = spec.extraction.retries
     shards: dict[str, list[tuple[Any, ShardTask]]] = {name: [] for name in plan.sets}
     for t in shard_tasks:
-        future = client.submit(extract_shard, t, storage, plan.model, key=f"daskdiff-{t.key}", retries=retries, resources=resources)
+        future = client.submit(_extract, t, plan.recipe, plan.digest, plan.model, key=plan.key(t), retries=retries, resources=resources)
         shards[t.image_set].append((future, t))
     diffs = [
-        (client.submit(_diff_or_corrupt, t, *(f for f, _ in shards[t.image_set]), key=f"daskdiff-{t.key}", retries=retries), t)
+        (client.submit(_diff_or_corrupt, t, *(f for f, _ in shards[t.image_set]), key=plan.key(t), retries=retries), t)
         for t in diff_tasks
     ]
-    return _Submitted(shards, diffs, storage, resources)
+    return _Submitted(shards, diffs, resources)
 
 
 def _is_corrupt(future: Any) -> bool:
@@ -597,7 +625,7 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
     suffix = f"-recomputed{len(state.recomputed)}"  # keys of a new graph: never those of the old futures
     retries = plan.spec.extraction.retries
     shard_task = submitted.shards[name][i][1]
-    future = client.submit(extract_shard, shard_task, submitted.storage, plan.model, key=f"daskdiff-{shard_task.key}{suffix}",
+    future = client.submit(_extract, shard_task, plan.recipe, plan.digest, plan.model, key=plan.key(shard_task, suffix),
                            retries=retries, resources=submitted.resources)
     submitted.shards[name][i] = (future, shard_task)
     state.what[future] = ("extract", shard_task)
@@ -609,7 +637,7 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
             continue
         state.superseded.add(old)
         client.cancel([old])
-        new = client.submit(_diff_or_corrupt, t, *shard_futures, key=f"daskdiff-{t.key}{suffix}", retries=retries)
+        new = client.submit(_diff_or_corrupt, t, *shard_futures, key=plan.key(t, suffix), retries=retries)
         submitted.diffs[j] = (new, t)
         state.what[new] = ("differentiation", t)
         state.pending.add(new)
