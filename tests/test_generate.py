@@ -356,7 +356,10 @@ def test_generate_dispatches_to_each_generator(tmp_path, gif10):
     assert len(registry.generate("photos", tmp_path / "p", names=["coins"], size=8)) == 1
     assert len(registry.generate("augment", tmp_path / "a", source="coffee", count=2, size=8)) == 2
     assert len(registry.generate("frames", tmp_path / "f", movie=str(gif10), every=5)) == 2
-    assert set(registry.GENERATORS) == {"noise", "photos", "augment", "frames", "select", "adversarial"}
+    assert set(registry.GENERATORS) == {
+        "noise", "photos", "augment", "frames", "select", "adversarial",
+        "gratings", "photo_movie", "skimage_gif", "scrambled",  # the movies: tests/test_movies.py
+    }
 
 
 def test_generate_rejects_unknown_kind_and_parameters(tmp_path):

@@ -1,7 +1,9 @@
 """Every notebook in notebooks/ runs top to bottom on the output of a tiny job made here.
 
 The job (tiny Keras model, two small image sets, one of them named 'noise' so the notebooks'
-default reference exists) runs on a LocalCluster with one worker process; each notebook's
+default reference exists) runs on a LocalCluster with one worker process; two more jobs, one
+whose noise set is generated and named 'white_noise' (as in jobs/seed-reproduction.yaml) and
+one without a noise set, check how differentiation.ipynb picks its reference. Each notebook's
 parameters cell gets the job's output folder, and nbclient executes it in a kernel that runs
 this interpreter (a kernel spec in a temporary folder at the front of JUPYTER_PATH, so no
 'python3' kernel spec of the user or the system is picked instead). Any cell error fails.
@@ -28,6 +30,15 @@ pytestmark = pytest.mark.cluster
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
+def run_tiny_job(tiny_model_path, sets: dict, output: Path) -> Path:
+    """Run the tiny job on ``sets`` (folders or ``{generate: ...}`` entries); its output folder."""
+    spec = tiny_spec(tiny_model_path, sets, output)
+    cluster = LocalCluster(n_workers=1, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    with cluster, Client(cluster) as client:
+        result = run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
+    return result.path.parent
+
+
 @pytest.fixture(scope="module")
 def job_output(tmp_path_factory, tiny_model_path):
     """Output folder of a tiny job: sets 'noise' (7 noise images) and 'smooth' (6 gradients)."""
@@ -35,11 +46,32 @@ def job_output(tmp_path_factory, tiny_model_path):
     sets = {"noise": base / "noise", "smooth": base / "smooth"}
     write_images(sets["noise"], 7, seed=1)
     write_images(sets["smooth"], 6, seed=2, kind="smooth")
-    spec = tiny_spec(tiny_model_path, {k: str(v) for k, v in sets.items()}, base / "out")
-    cluster = LocalCluster(n_workers=1, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
-    with cluster, Client(cluster) as client:
-        result = run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
-    return result.path.parent
+    return run_tiny_job(tiny_model_path, {k: str(v) for k, v in sets.items()}, base / "out")
+
+
+REFERENCE_JOBS = {
+    # the seed reproduction's naming: a generated noise set called white_noise
+    "generated_white_noise": (
+        {"smooth": "smooth", "white_noise": {"generate": "noise", "count": 6, "size": 32, "seed": 0}},
+        "reference set: 'white_noise' (generated as noise: generate: noise in the job's spec)",
+    ),
+    # no set generated as noise and none named like it: the ratio figure is skipped
+    "no_noise_set": (
+        {"smooth": "smooth", "textures": "textures"},
+        "reference set: none: no set of ['smooth', 'textures'] was generated as noise",
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(REFERENCE_JOBS))
+def reference_job(request, tmp_path_factory, tiny_model_path):
+    """(case, output folder) of a tiny job from :data:`REFERENCE_JOBS`."""
+    base = tmp_path_factory.mktemp(f"notebook-{request.param}")
+    write_images(base / "smooth", 6, seed=2, kind="smooth")
+    write_images(base / "textures", 5, seed=4)
+    sets, _ = REFERENCE_JOBS[request.param]
+    sets = {name: str(base / entry) if isinstance(entry, str) else entry for name, entry in sets.items()}
+    return request.param, run_tiny_job(tiny_model_path, sets, base / "out")
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +111,12 @@ def test_notebooks_exist_and_are_clean():
         assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} is committed with outputs"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, job_output, kernel_name):
-    nb = with_output(nbformat.read(path, as_version=4), job_output)
+def execute(path: Path, output: Path, kernel_name: str) -> list:
+    """Run the notebook at ``path`` on a job's ``output`` top to bottom; its cells' outputs.
+
+    Fails on any cell error, on fewer than 2 figures, and on a warning printed to stderr.
+    """
+    nb = with_output(nbformat.read(path, as_version=4), output)
     nb.cells.append(nbformat.v4.new_code_cell(f"import sys\nassert sys.executable == {sys.executable!r}, sys.executable"))
     client = NotebookClient(nb, kernel_name=kernel_name, timeout=120, resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError on the first failing cell
@@ -90,3 +125,25 @@ def test_notebook_runs(path, job_output, kernel_name):
     assert len(figures) >= 2, f"{path.name} displayed {len(figures)} figure(s)"
     warnings = [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr" and "Warning" in o.text]
     assert not warnings, f"{path.name} warned: {warnings}"
+    return outputs
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path, job_output, kernel_name):
+    outputs = execute(path, job_output, kernel_name)
+    if path.name == "differentiation.ipynb":  # a folder of noise images, found by its name
+        printed = "".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stdout")
+        assert "reference set: 'noise' (its name contains 'noise')" in printed, printed
+
+
+def test_differentiation_notebook_finds_or_skips_its_reference(reference_job, kernel_name):
+    """A noise set named white_noise is found from the spec the results keep; without one the
+    ratio figure is skipped with a note, and the notebook still runs to the end."""
+    case, output = reference_job
+    path = next(p for p in NOTEBOOKS if p.name == "differentiation.ipynb")
+    printed = "".join(o.text for o in execute(path, output, kernel_name) if o.output_type == "stream" and o.name == "stdout")
+    assert REFERENCE_JOBS[case][1] in printed, printed
+    skipped = "skipped: no reference set" in printed
+    assert skipped == (case == "no_noise_set"), printed
+    if case == "no_noise_set":
+        assert "no reference set: differences from the first set, 'smooth'" in printed

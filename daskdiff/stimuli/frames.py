@@ -37,6 +37,19 @@ def _frame_durations(reader: object, path: str) -> Iterable[Fraction]:
     )
 
 
+def _open_movie(path: str) -> object:
+    """An imageio v3 reader of a movie file (a context manager); InputError if no plugin reads it."""
+    try:
+        import imageio.v3 as iio
+
+        return iio.imopen(path, "r")
+    except OSError as error:
+        raise InputError(
+            f"no installed imageio plugin can read {path!r}; for video files (mp4, avi, mov, "
+            f"...) run 'pip install imageio-ffmpeg'. imageio said: {error}"
+        ) from error
+
+
 def _with_last_flag(items: Iterable) -> Iterator[tuple[object, bool]]:
     """Each item with whether it is the last one (looks one item ahead)."""
     iterator = iter(items)
@@ -138,16 +151,7 @@ def movie_frames(
     if not os.path.isfile(path):
         raise InputError(f"movie file not found: {path!r} (from movie={str(movie)!r})")
 
-    try:
-        import imageio.v3 as iio
-
-        reader = iio.imopen(path, "r")
-    except OSError as error:
-        raise InputError(
-            f"no installed imageio plugin can read {path!r}; for video files (mp4, avi, mov, "
-            f"...) run 'pip install imageio-ffmpeg'. imageio said: {error}"
-        ) from error
-    with reader:
+    with _open_movie(path) as reader:
         frames = reader.iter()
         if every is not None:
             kept = ((k, frame) for k, frame in enumerate(frames) if k % every == 0)

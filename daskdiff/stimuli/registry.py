@@ -7,19 +7,25 @@ paths of the files it wrote, in order. The conventions shared by all of them:
   Grey images are repeated into the three channels; an alpha channel is dropped (not composited).
 - Files are PNG, which is lossless: reading a file back gives exactly the array that was drawn.
 - Names are deterministic: ``<prefix>-0000.png``, ``<prefix>-0001.png``, ... in output order,
-  except :func:`~daskdiff.stimuli.frames.movie_frames`, whose names carry the source frame index
-  (``<prefix>-000030.png``).
+  except for movies: :func:`~daskdiff.stimuli.frames.movie_frames` names carry the source frame
+  index (``<prefix>-000030.png``), and the movie generators (:data:`MOVIE_KINDS`) name frame
+  ``k`` ``<prefix>-00000k.png`` (6 digits), so sorted names are in time order.
 - Each file is written through :func:`daskdiff.io.atomic.atomic_write` (temporary name in the same
   folder, fsync, rename), so a reader never sees a partial file. Files in the folder that the call
   does not write are left alone.
 - Randomness comes only from the ``seed`` argument: image ``i`` draws from
   ``numpy.random.default_rng(numpy.random.SeedSequence(seed, spawn_key=(i,)))`` (the ``i``-th
   child of ``SeedSequence(seed).spawn``), so image ``i`` is the same whatever ``count`` is, and
-  the same call rewrites byte-identical files.
+  the same call rewrites byte-identical files. A draw for a whole movie (a ``scrambled`` movie's
+  ``spatiotemporal`` or ``fixed`` phases) uses child 0.
 
-``select`` and ``adversarial`` use a model and also write a CSV table beside their images
-(:mod:`daskdiff.stimuli.select`, :mod:`daskdiff.stimuli.adversarial`). Importing this module
-loads neither Keras, scikit-image nor imageio: spec validation uses it.
+The movie generators (:data:`MOVIE_KINDS`: ``gratings``, ``photo_movie``, ``skimage_gif``,
+``scrambled``) write one movie per folder: its frames, then ``movie.json`` with the frame rate
+``fps``, ``n_frames``, the frame names, the generator and its parameters
+(:mod:`daskdiff.stimuli.movie`; :func:`~daskdiff.stimuli.movie.load_movie` reads one back).
+They return the frames' paths only. ``select`` and ``adversarial`` use a model and also write a
+CSV table beside their images (:mod:`daskdiff.stimuli.select`, :mod:`daskdiff.stimuli.adversarial`).
+Importing this module loads neither Keras, scikit-image nor imageio: spec validation uses it.
 """
 
 from __future__ import annotations
@@ -32,12 +38,19 @@ from .adversarial import adversarial_images
 from .augment import augmented_copies
 from .common import _check_choice
 from .frames import movie_frames
+from .gif import skimage_gif
+from .gratings import drifting_gratings
 from .noise import white_noise
+from .pans import photo_movie
 from .photos import sample_photos
+from .scramble import phase_scrambled
 from .select import selected_images
 from ..errors import InputError
 
-GeneratorKind = Literal["noise", "photos", "augment", "frames", "select", "adversarial"]
+GeneratorKind = Literal[
+    "noise", "photos", "augment", "frames", "select", "adversarial",
+    "gratings", "photo_movie", "skimage_gif", "scrambled",
+]
 
 
 GENERATORS: dict[str, Callable[..., list[str]]] = {
@@ -47,8 +60,16 @@ GENERATORS: dict[str, Callable[..., list[str]]] = {
     "frames": movie_frames,
     "select": selected_images,
     "adversarial": adversarial_images,
+    "gratings": drifting_gratings,
+    "photo_movie": photo_movie,
+    "skimage_gif": skimage_gif,
+    "scrambled": phase_scrambled,
 }
 """Generator kind name (as written in job specs) -> function writing that kind of image set."""
+
+
+MOVIE_KINDS: frozenset[str] = frozenset({"gratings", "photo_movie", "skimage_gif", "scrambled"})
+"""The kinds that write a movie: frames in time order plus ``movie.json`` with their frame rate."""
 
 
 def generate(kind: GeneratorKind, out_dir: str | os.PathLike, /, **params: object) -> list[str]:
@@ -56,7 +77,7 @@ def generate(kind: GeneratorKind, out_dir: str | os.PathLike, /, **params: objec
 
     Parameters
     ----------
-    kind : {'noise', 'photos', 'augment', 'frames', 'select', 'adversarial'}
+    kind : {'noise', 'photos', 'augment', 'frames', 'select', 'adversarial', 'gratings', 'photo_movie', 'skimage_gif', 'scrambled'}
         A key of :data:`GENERATORS`. Positional-only, like ``out_dir``, so that ``params`` can
         hold the generator's own ``kind`` (``generate('noise', d, kind='gaussian')``).
     out_dir : str or os.PathLike

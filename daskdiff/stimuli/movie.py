@@ -1,0 +1,293 @@
+"""Stimuli layer: movies as image sets: lossless PNG frames in time order plus a JSON record of the frame rate.
+
+A *movie folder* holds the frames ``<prefix>-000000.png``, ``<prefix>-000001.png``, ... (frame
+``k`` is shown from ``k / fps`` to ``(k + 1) / fps`` seconds) and :data:`MOVIE_RECORD`
+(``movie.json``), which says::
+
+    {"generator": "gratings", "fps": 30.0, "n_frames": 60, "duration": 2.0,
+     "frame_size": [224, 224], "prefix": "grating",
+     "frames": ["grating-000000.png", ...], "parameters": {...}, ...}
+
+``parameters`` are the generator's arguments (validated values, JSON types); a generator may
+add keys of its own (``source``, ``outside_fraction``, ...). The movie generators write every
+frame first (each atomically) and the record last (atomically, after removing an older one),
+so a ``movie.json`` always describes frames that are all complete. One folder holds one movie.
+:func:`load_movie` reads such a folder back, or any folder of frames, or a movie file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable, Iterator, NamedTuple
+
+import numpy as np
+
+from .common import _check_int, _check_prefix
+from ..errors import InputError
+from ..io.atomic import atomic_write
+from ..io.images import _write_images, as_rgb_uint8, load_image, resolve_image_set
+
+MOVIE_RECORD = "movie.json"
+"""Name of the JSON record of a movie's frame rate, beside its frames."""
+
+_FRAMES_PER_SECOND_TOLERANCE = 1e-6
+"""How far ``duration * fps`` may be from a whole number of frames (rounding of decimal input)."""
+
+
+def frame_name(prefix: str, k: int) -> str:
+    """File name of frame ``k``: ``<prefix>-NNNNNN.png`` (6 digits, so names sort in time order)."""
+    return f"{prefix}-{k:06d}.png"
+
+
+def _check_number(name: str, value: object, example: str, *, minimum: float | None = None,
+                  positive: bool = False, maximum: float | None = None, below: float | None = None) -> float:
+    """A finite real number (not bool) within the given bounds, as float; InputError otherwise."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    ok = ok and math.isfinite(value)
+    bounds = []
+    if positive:
+        bounds.append("> 0")
+        ok = ok and value > 0
+    if minimum is not None:
+        bounds.append(f">= {minimum:g}")
+        ok = ok and value >= minimum
+    if maximum is not None:
+        bounds.append(f"<= {maximum:g}")
+        ok = ok and value <= maximum
+    if below is not None:
+        bounds.append(f"< {below:g}")
+        ok = ok and value < below
+    if not ok:
+        within = f" {' and '.join(bounds)}" if bounds else ""
+        raise InputError(f"{name} must be a finite number{within}, got {value!r}; for example {example}")
+    return float(value)
+
+
+def _check_fps(fps: object, name: str = "fps") -> float:
+    return _check_number(name, fps, f"{name}=30", positive=True)
+
+
+def _check_length(fps: float, duration: object, n_frames: object, default_duration: float) -> int:
+    """Number of frames from ``n_frames`` or ``duration`` (seconds) at ``fps``; at most one is given."""
+    if duration is not None and n_frames is not None:
+        raise InputError(
+            f"give at most one of duration= and n_frames=, got duration={duration!r} and "
+            f"n_frames={n_frames!r}; for example duration=2 (seconds) or n_frames=60"
+        )
+    if n_frames is not None:
+        return _check_int("n_frames", n_frames, 1, "n_frames=60")
+    seconds = default_duration if duration is None else _check_number("duration", duration, "duration=2", positive=True)
+    exact = seconds * fps
+    count = round(exact)
+    if count < 1 or abs(exact - count) > _FRAMES_PER_SECOND_TOLERANCE:
+        raise InputError(
+            f"duration={seconds:g} s at fps={fps:g} is {exact:g} frames, not a whole number >= 1; "
+            f"give n_frames={max(1, count)} instead (or a duration that is a multiple of 1/fps)"
+        )
+    return count
+
+
+def _json_value(value: Any) -> Any:
+    """A parameter as a JSON type: paths as str, tuples as lists, numpy scalars as Python ones."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_movie(
+    out_dir: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    *,
+    fps: float,
+    prefix: str,
+    generator: str,
+    parameters: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> list[str]:
+    """Write ``frames`` (``uint8`` RGB, or what :func:`~daskdiff.io.images.as_rgb_uint8` takes)
+    as ``<prefix>-NNNNNN.png`` and then :data:`MOVIE_RECORD`; the frames' absolute paths.
+
+    ``extra`` is merged into the record after the frames are written (so a generator may put
+    values there that it computes while yielding frames).
+    """
+    prefix = _check_prefix(prefix)
+    folder = Path(os.path.abspath(out_dir))
+    (folder / MOVIE_RECORD).unlink(missing_ok=True)  # never a record of frames being rewritten
+    shapes: list[tuple[int, ...]] = []
+
+    def named() -> Iterator[tuple[str, np.ndarray]]:
+        for k, frame in enumerate(frames):
+            shapes.append(np.shape(frame)[:2])
+            if shapes[-1] != shapes[0]:
+                raise InputError(
+                    f"movie {generator!r}: frames differ in size (frame {k} is {shapes[-1]}, frame 0 {shapes[0]})"
+                )
+            yield frame_name(prefix, k), frame
+
+    paths = _write_images(folder, named())
+    if not paths:
+        raise InputError(f"movie {generator!r} has no frames")
+    record = {
+        "generator": generator,
+        "fps": float(fps),
+        "n_frames": len(paths),
+        "duration": len(paths) / float(fps),
+        "frame_size": [int(shapes[0][0]), int(shapes[0][1])],
+        "prefix": prefix,
+        "frames": [os.path.basename(p) for p in paths],
+        "parameters": _json_value(parameters),
+        **_json_value(extra or {}),
+    }
+    text = json.dumps(record, indent=1, allow_nan=False) + "\n"
+    atomic_write(folder / MOVIE_RECORD, lambda tmp: Path(tmp).write_text(text))
+    return paths
+
+
+def read_movie_record(folder: str | os.PathLike) -> dict[str, Any]:
+    """The :data:`MOVIE_RECORD` of a movie folder, checked to have a positive ``fps`` and ``frames``."""
+    path = Path(folder) / MOVIE_RECORD
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist: {folder} is not a folder written by a movie generator") from None
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read {path}: {error}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("frames"), list):
+        raise InputError(f"{path} is not a movie record (no 'frames' list)")
+    _check_fps(record.get("fps"), name=f"'fps' in {path}")
+    return record
+
+
+class Movie(NamedTuple):
+    """Frames read by :func:`load_movie`: ``(n_frames, rows, cols, 3)`` ``uint8``, their rate and origin."""
+
+    frames: np.ndarray
+    fps: float
+    source: dict[str, Any]
+
+
+def _same_rate(found: float | None, fps: float | None, where: str) -> float:
+    """The frame rate of a source: its own (``found``) or the ``fps`` argument, which must agree."""
+    if found is None and fps is None:
+        raise InputError(f"{where} records no frame rate; give it as fps=, e.g. fps=30")
+    if found is not None and fps is not None and not math.isclose(found, fps, rel_tol=1e-9):
+        raise InputError(
+            f"fps={fps:g} disagrees with the frame rate {found:g} that {where} records; leave fps out"
+        )
+    return float(found if found is not None else fps)
+
+
+def _stack(frames: Iterable[np.ndarray], where: str) -> np.ndarray:
+    frames = list(frames)
+    if not frames:
+        raise InputError(f"{where} has no frames")
+    sizes = [f.shape[:2] for f in frames]
+    if (odd := next((k for k, s in enumerate(sizes) if s != sizes[0]), None)) is not None:
+        raise InputError(
+            f"{where}: frame {odd} is {sizes[odd][0]} x {sizes[odd][1]} but frame 0 is "
+            f"{sizes[0][0]} x {sizes[0][1]}; a movie's frames must all have one size"
+        )
+    return np.stack(frames)
+
+
+def _file_rate(reader: Any, path: str) -> float | None:
+    """Frames per second of a movie file, or None if it has none or an uneven one (InputError)."""
+    from .frames import _frame_durations
+
+    try:
+        durations = _frame_durations(reader, path)
+    except InputError:
+        return None
+    if isinstance(durations, list):
+        if len(set(durations)) > 1:
+            raise InputError(
+                f"{path!r} shows its frames for uneven durations ({sorted(set(map(float, durations)))} s); "
+                f"resample it to a constant rate first, e.g. generate: frames with fps: 25"
+            )
+        durations = durations[:1]
+    return float(1 / Fraction(next(iter(durations))))
+
+
+def load_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames: int | None = None) -> Movie:
+    """The frames of a movie folder, a folder of frames or a movie file, with their frame rate.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        - a folder with a :data:`MOVIE_RECORD`: its ``frames``, in order, at its ``fps``;
+        - another folder: its image files in sorted order (as
+          :func:`~daskdiff.io.images.resolve_image_set` lists them), at ``fps``;
+        - a movie file imageio can read (GIF, APNG, WebP; MP4 and others with
+          ``imageio-ffmpeg``), at the constant rate of its metadata.
+    fps : float, optional
+        Frame rate of a source that records none; for one that does, it must agree.
+    n_frames : int, optional
+        Keep only the first ``n_frames`` frames.
+
+    Returns
+    -------
+    Movie
+        ``frames`` ``(n, rows, cols, 3)`` ``uint8`` RGB (grey repeated, alpha composited over
+        white for image files, dropped for movie files, as the readers do), ``fps``, and
+        ``source``, a JSON-able description of where they came from.
+    """
+    if fps is not None:
+        fps = _check_fps(fps)
+    if n_frames is not None:
+        n_frames = _check_int("n_frames", n_frames, 1, "n_frames=250")
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(f"source must be a folder of frames or a movie file, got {source!r}")
+    path = os.path.abspath(source)
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, MOVIE_RECORD)):
+            record = read_movie_record(path)
+            rate = _same_rate(record["fps"], fps, f"{os.path.join(path, MOVIE_RECORD)}")
+            files = [os.path.join(path, name) for name in record["frames"]]
+        else:
+            rate = _same_rate(None, fps, f"folder {path!r} (no {MOVIE_RECORD})")
+            files = resolve_image_set(path, name="source")
+        frames = []
+        for file in files[:n_frames]:
+            size = _image_size(file)
+            if frames and size != frames[0].shape[:2]:
+                raise InputError(
+                    f"frame {file!r} is {size[0]} x {size[1]} but {files[0]!r} is "
+                    f"{frames[0].shape[0]} x {frames[0].shape[1]}; a movie's frames must all have one size"
+                )
+            frames.append(load_image(file, size))
+        frames = _stack(frames, path)
+        return Movie(frames, rate, {"kind": "folder", "path": path, "fps": rate})
+    if not os.path.isfile(path):
+        raise InputError(f"movie source not found: {path!r} (from source={os.fspath(source)!r})")
+    from .frames import _open_movie
+
+    with _open_movie(path) as reader:
+        rate = _same_rate(_file_rate(reader, path), fps, f"movie file {path!r}")
+        frames = []
+        for k, frame in enumerate(reader.iter()):
+            if n_frames is not None and k >= n_frames:
+                break
+            frames.append(as_rgb_uint8(frame, what=f"frame {k} of {path!r}"))
+    return Movie(_stack(frames, path), rate, {"kind": "file", "path": path, "fps": rate})
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    """``(rows, cols)`` of an image file, from its header."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size[1], image.size[0]
+    except OSError as error:
+        raise InputError(f"cannot read frame {path!r}: {error}") from None
+
