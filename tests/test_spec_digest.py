@@ -78,6 +78,7 @@ KEEPS_RESULTS = [
     ("cluster.kind", "address"),
     ("cluster.address", "tcp://10.0.0.1:8786"),
     ("cluster.scheduler_file", "scheduler.json"),
+    ("analysis.task_memory", "2GB"),
     ("cluster.n_workers", 3),
     ("cluster.threads_per_worker", 2),
     ("cluster.memory_limit", "4GB"),
@@ -114,6 +115,7 @@ def test_exif_orientation_counts_only_when_applied():
     import json
 
     spec = parse_spec(_with("extraction.strict", False), "test-spec")
-    old = spec.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True, "extraction": {"retries", "require_gpu", "exif_orientation"}})
+    old = spec.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True, "extraction": {"retries", "require_gpu", "exif_orientation"},
+                                                 "analysis": {"task_memory"}})
     assert spec.result_digest() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
     assert _digest(_with("extraction.exif_orientation", "apply")) != _digest(BASE)

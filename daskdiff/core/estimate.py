@@ -177,6 +177,9 @@ class JobSize:
     forward_flops: float = 30.9e9
     path_chars: Mapping[str, float] = field(default_factory=dict)
     plan_built: bool = False
+    task_memory: int | None = None
+    """The working-memory budget of one differentiation task beyond its loaded values (bytes;
+    :func:`daskdiff.pipeline.tasks.stack_repeats`), None for unbounded."""
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,7 @@ def _per_n(layer: LayerSize, substrate: str, size: JobSize) -> list[tuple[int, i
     return out
 
 
-def _stack_bytes(c: int, n: int, k: int, metric: str) -> int:
+def stack_bytes(c: int, n: int, k: int, metric: str) -> int:
     """Peak bytes of evaluating one stack of ``c`` repeats (n images x k units each).
 
     Phases (the largest counts): the gather (a float32 list, its stack and the float64 copy:
@@ -277,7 +280,7 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize) ->
     - computing: the concatenated values and the index; the result arrays
       (``differentiation`` float64 and ``undefined`` bool, n_units x repeats; ``rdm_sum``
       n_units x n x n float64 when the mean RDM is kept); and for the largest ``n_units`` the
-      working set of one stack of ``repeats_per_task`` repeats (:func:`_stack_bytes`), the
+      working set of one stack of ``repeats_per_task`` repeats (:func:`stack_bytes`), the
       per-repeat medians and flags (two copies at their concatenation), the running RDM sum,
       and for an exact ``n_units`` the one evaluation kept plus its copy per repeat.
 
@@ -306,12 +309,14 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize) ->
     work = 0
     for k, repeats, _, exact in _per_n(layer, substrate, size):
         c = 1 if exact else min(size.repeats_per_task, repeats)
-        one = _stack_bytes(c, n, k, size.metric) + 18 * repeats
+        one = stack_bytes(c, n, k, size.metric) + 18 * repeats
         if size.keep_rdm:
             one += 8 * n * n
         if exact:
             one += 8 * n * n + 16 * min(size.repeats_per_task, repeats) * n * n
         work = max(work, one)
+    if size.task_memory is not None:  # tasks fit their stacks (or blocks of images) into the budget
+        work = min(work, size.task_memory)
     return max(read, values + 8 * stored + results + work)
 
 

@@ -176,8 +176,9 @@ def mean_chars(paths) -> float:
 
 
 def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], stored: Mapping[str, Mapping[str, int]], *,
-             forward_flops: float, path_chars: Mapping[str, float], plan_built: bool) -> JobSize:
-    """The :class:`JobSize` of a job: its spec, image counts, layer shapes and stored values."""
+             forward_flops: float, path_chars: Mapping[str, float], plan_built: bool, task_memory: int | None = None) -> JobSize:
+    """The :class:`JobSize` of a job: its spec, image counts, layer shapes and stored values, and
+    the memory budget of one differentiation task (:func:`daskdiff.pipeline.job.task_memory_budget`)."""
     from .job import shard_size
 
     a, e = spec.analysis, spec.extraction
@@ -196,6 +197,7 @@ def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], store
         forward_flops=forward_flops,
         path_chars=dict(path_chars),
         plan_built=plan_built,
+        task_memory=task_memory,
     )
 
 

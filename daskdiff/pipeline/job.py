@@ -418,7 +418,8 @@ def plan_job(
     chars = {name: mean_chars(p) if p else len(str(out / IMAGES_DIR / name)) + 16 for name, p in known.items()}
 
     def estimate(stored: dict, counts: dict, built: bool) -> WorkEstimate:
-        size = job_size(spec, counts, shapes, stored, forward_flops=info["forward_flops"], path_chars=chars, plan_built=built)
+        size = job_size(spec, counts, shapes, stored, forward_flops=info["forward_flops"], path_chars=chars, plan_built=built,
+                        task_memory=task_memory_budget(spec, [(limits.worker_memory or 0, spec.cluster.threads_per_worker)]))
         return estimate_work(size)
 
     expected = expected_stored(shapes, a.substrates, sampling, store=store, full_layers=full)
@@ -482,7 +483,30 @@ def _shard_tasks(plan: JobPlan, attrs: dict) -> list[ShardTask]:
     return tasks
 
 
-def _diff_tasks(plan: JobPlan, keep_rdm: bool) -> list[DiffTask]:
+TASK_MEMORY_SHARE = 0.5
+"""Share of a worker thread's memory limit one differentiation task may use by default
+(``analysis.task_memory: auto``). Dask spills at 60 % and pauses a worker at 80 % of its limit
+(``distributed.worker.memory.target``/``pause``); the model, Python and buffers need the rest."""
+
+
+def task_memory_budget(spec: JobSpec, worker_limits: Sequence[tuple[int, int]]) -> int | None:
+    """Bytes one differentiation task may hold: ``analysis.task_memory``, or for ``auto``
+    :data:`TASK_MEMORY_SHARE` of the smallest ``memory_limit / nthreads`` of ``worker_limits``
+    (``(memory_limit, nthreads)`` per worker; a limit of 0 means none); None when no worker
+    has a limit."""
+    if spec.analysis.task_memory != "auto":
+        from dask.utils import parse_bytes
+
+        return int(parse_bytes(spec.analysis.task_memory))
+    per_thread = [limit / max(1, threads) for limit, threads in worker_limits if limit]
+    return int(TASK_MEMORY_SHARE * min(per_thread)) if per_thread else None
+
+
+def _worker_limits(client: Any) -> list[tuple[int, int]]:
+    return [(int(w.get("memory_limit") or 0), int(w.get("nthreads") or 1)) for w in client.scheduler_info()["workers"].values()]
+
+
+def _diff_tasks(plan: JobPlan, keep_rdm: bool, memory_budget: int | None = None) -> list[DiffTask]:
     """One task per (set, substrate, layer), in results order; shard files are known from the plan."""
     a = plan.spec.analysis
     e = plan.spec.extraction
@@ -494,7 +518,7 @@ def _diff_tasks(plan: JobPlan, keep_rdm: bool) -> list[DiffTask]:
             for layer in plan.layers:
                 tasks.append(
                     DiffTask(name, substrate, layer, plan.shapes[layer], files, str(plan.output), plan.sampling,
-                             a.metric, a.normalize, a.per_unit, a.median_over, keep_rdm, a.repeats_per_task)
+                             a.metric, a.normalize, a.per_unit, a.median_over, keep_rdm, a.repeats_per_task, memory_budget)
                 )
     return tasks
 
@@ -557,7 +581,8 @@ def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Calla
     spec = plan.spec
     resources = _gpu_resources(client, spec)
     shard_tasks = _shard_tasks(plan, attrs)
-    diff_tasks = _diff_tasks(plan, keep_rdm)
+    budget = task_memory_budget(spec, _worker_limits(client))
+    diff_tasks = _diff_tasks(plan, keep_rdm, budget)
     shard_files_ = [shard_path(t.output, t.image_set, t.shard) for t in shard_tasks]
     on_disk = sum(f.exists() for f in shard_files_), sum(t.path.exists() for t in diff_tasks)
     if any(on_disk):

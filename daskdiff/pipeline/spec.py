@@ -97,11 +97,27 @@ class AnalysisSection(_Strict):
     seed: int = Field(0, ge=0)
     repeats_per_task: PositiveInt = 25
     rdm_max_images: int = Field(200, ge=0)
+    task_memory: str = "auto"
+    """Peak memory of one differentiation task: ``auto`` (a share of a worker thread's memory
+    limit) or a size such as ``4GB``; stacks of repeats, then blocks of images, are made to fit."""
 
     @field_validator("sampling")
     @classmethod
     def _sampling(cls, v: str) -> str:
         return check_mode(v)
+
+    @field_validator("task_memory")
+    @classmethod
+    def _task_memory(cls, v: str) -> str:
+        if v != "auto":
+            from dask.utils import parse_bytes
+
+            try:
+                if parse_bytes(v) <= 0:
+                    raise ValueError
+            except (ValueError, TypeError):
+                raise ValueError(f"must be 'auto' or a positive size such as '4GB' or '500MiB'; got {v!r}") from None
+        return v
 
     @field_validator("n_units", mode="before")
     @classmethod
@@ -274,8 +290,10 @@ class JobSpec(_Strict):
         return v
 
     def result_digest(self) -> str:
-        """SHA-256 of everything results depend on (not cluster, output, name or retries)."""
-        data = self.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True, "extraction": {"retries", "require_gpu"}})
+        """SHA-256 of everything results depend on (not cluster, output, name, retries, or
+        ``analysis.task_memory``, which moves a repeat's median by ~1e-15 relative at most)."""
+        data = self.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True, "extraction": {"retries", "require_gpu"},
+                                                    "analysis": {"task_memory"}})
         if data["extraction"]["exif_orientation"] == "ignore":  # keys added later count only when set:
             del data["extraction"]["exif_orientation"]  # folders written before them stay valid
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

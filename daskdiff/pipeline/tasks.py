@@ -28,7 +28,9 @@ from ..errors import InputError
 from ..io.layout import partial_path
 from ..io.partials import PartialResult, reuse_partial, SOURCE, sources_digest, write_partial
 
+from ..core.blocked import differentiation_blocked
 from ..core.differentiation import distances_stack, rdm_median
+from ..core.estimate import stack_bytes
 from ..core.units import NUnits, Sampling, units_for
 from ..core.sampling import ALL
 from ..core.substrates import feature_shape
@@ -55,6 +57,10 @@ class DiffTask:
     median_over: str
     keep_rdm: bool
     repeats_per_stack: int = 25
+    memory_budget: int | None = None
+    """Bytes the task may hold at its peak (its loaded values included); None: unbounded. Stacks
+    of repeats are shortened to fit, and a repeat that does not fit alone is evaluated over
+    blocks of images (:func:`stack_repeats`)."""
 
     @property
     def key(self) -> str:
@@ -65,57 +71,101 @@ class DiffTask:
         return partial_path(self.output, self.key)
 
 
-def sampled_stack(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, repeats: range) -> tuple[np.ndarray, int]:
-    """Gather each repeat's units from the stored values: ``(len(repeats), n_images, k)`` float64.
+MIN_STACK_BUDGET = 8 * 2**20
+"""The least working memory a task is given beyond its loaded values, whatever its budget."""
 
-    ``index`` holds the stored flat feature indices (sorted); every sampled unit must be among
-    them, or the shards were written for another plan. When every feature is stored (``index`` is
-    ``0 .. n-1``) a unit's position is the unit itself, and no search is needed.
+
+def positions(index: np.ndarray, task: DiffTask, n_units: NUnits, repeat: int) -> np.ndarray:
+    """Where one repeat's sampled units are among the stored features ``index`` (sorted).
+
+    Every sampled unit must be stored, or the shards were written for another plan. When every
+    feature is stored (``index`` is ``0 .. n-1``) a unit's position is the unit itself.
     """
-    every = len(index) > 0 and index[0] == 0 and index[-1] == len(index) - 1
+    units = units_for(task.shape, task.substrate, n_units, task.sampling, task.layer, repeat)
+    if len(index) > 0 and index[0] == 0 and index[-1] == len(index) - 1 and (not len(units) or units[-1] < len(index)):
+        return units
+    pos = np.searchsorted(index, units)
+    if np.any(pos >= len(index)) or np.any(index[np.minimum(pos, len(index) - 1)] != units):
+        raise ValueError(
+            f"{task.key}: the shards of set {task.image_set!r} do not store every unit this "
+            "repeat samples; they were written for another plan: re-run with --overwrite"
+        )
+    return pos
+
+
+def stack_repeats(n_images: int, k: int, metric: str, wanted: int, budget: int | None) -> int:
+    """Repeats per stack within ``budget`` bytes of working memory: ``wanted`` when it fits (or
+    there is no budget), fewer when not, 0 when one repeat alone does not fit (then each repeat
+    is evaluated over blocks of images, :func:`daskdiff.core.blocked.differentiation_blocked`).
+
+    Memory per stack is :func:`daskdiff.core.estimate.stack_bytes`. Fewer repeats per stack
+    give the same medians bit for bit (each repeat's distances do not depend on its stack); only
+    the mean RDM's sum is added in other groupings (~1e-16 relative).
+    """
+    if budget is None or stack_bytes(wanted, n_images, k, metric) <= budget:
+        return wanted
+    if stack_bytes(1, n_images, k, metric) > budget:
+        return 0
+    c = max(1, min(wanted, budget // stack_bytes(1, n_images, k, metric)))
+    while c > 1 and stack_bytes(c, n_images, k, metric) > budget:
+        c -= 1
+    return c
+
+
+def sampled_stack(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, repeats: range) -> tuple[np.ndarray, int]:
+    """Gather each repeat's units from the stored values: ``(len(repeats), n_images, k)`` float64
+    (positions among the stored features ``index``: :func:`positions`)."""
     stacks = []
     for repeat in repeats:
-        units = units_for(task.shape, task.substrate, n_units, task.sampling, task.layer, repeat)
-        if every and (not len(units) or units[-1] < len(index)):
-            pos = units
-        else:
-            pos = np.searchsorted(index, units)
-            if np.any(pos >= len(index)) or np.any(index[np.minimum(pos, len(index) - 1)] != units):
-                raise ValueError(
-                    f"{task.key}: the shards of set {task.image_set!r} do not store every unit this "
-                    "repeat samples; they were written for another plan: re-run with --overwrite"
-                )
-        stacks.append(values[:, pos])
+        stacks.append(values[:, positions(index, task, n_units, repeat)])
     # np.stack keeps the gathers' memory layout; BLAS rounds differently on other layouts (1e-16),
     # so this construction is kept to give bit-identical results across versions
     return np.stack(stacks).astype(np.float64), stacks[0].shape[1]
 
 
-def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, min_scale: float) -> dict[str, np.ndarray]:
+def _blocked_median(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, repeat: int, name: str,
+                    min_scale: float, budget: int) -> float:
+    """One repeat's median over blocks of images, in ``budget`` bytes of working memory (NaN where
+    its normaliser is undefined): the value of the stacked path to ~1e-15 relative."""
+    pos = positions(index, task, n_units, repeat)
+    return differentiation_blocked(lambda a, b: values[a:b, pos], len(values), task.metric, task.normalize, task.per_unit,
+                                   task.median_over, name=name, on_undefined="nan", min_scale=min_scale, budget_bytes=budget)
+
+
+def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, min_scale: float,
+                    budget: int | None = None) -> dict[str, np.ndarray]:
     """Medians, undefined flags, units used and (if kept) the RDM sum of one ``n_units``.
 
-    Repeats are evaluated ``repeats_per_stack`` at a time; an exact ``n_units`` is evaluated
-    once and copied to every repeat. The RDM sum adds each stack's sum in repeat order, so it is
+    Repeats are evaluated ``repeats_per_stack`` at a time, or fewer (down to one at a time over
+    blocks of images) to stay within ``budget`` bytes (:func:`stack_repeats`); an exact
+    ``n_units`` is evaluated once and copied to every repeat. The RDM sum adds each stack's sum in repeat order, so it is
     the same whatever the number of images or shards.
     """
     n_features = int(np.prod(feature_shape(task.shape, task.substrate)))
     exact = n_units == ALL or (isinstance(n_units, int) and n_units >= n_features)
     total = task.sampling.repeats_for(n_units)
     name = f"layer {task.layer!r} ({task.substrate}, set {task.image_set!r})"
-    medians, undefined, rdm_sum, k = [], [], None, 0
+    medians, undefined, rdm_sum = [], [], None
+    k = len(positions(index, task, n_units, 0))
+    per_stack = stack_repeats(len(values), k, task.metric, task.repeats_per_stack, budget)
+    if per_stack == 0 and task.keep_rdm:
+        per_stack = 1  # the mean RDM needs the distances: a set small enough to keep it fits anyway
 
-    def evaluate(repeats: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        nonlocal k
-        stack, k = sampled_stack(values, index, task, n_units, repeats)
+    def evaluate(repeats: range) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        if per_stack == 0:
+            m = np.array([_blocked_median(values, index, task, n_units, r, name, min_scale, budget) for r in repeats])
+            return None, m, np.isnan(m)
+        stack, _ = sampled_stack(values, index, task, n_units, repeats)
         d, bad = distances_stack(stack, task.metric, task.normalize, task.per_unit, name=name, on_undefined="nan", min_scale=min_scale)
         m = rdm_median(d, task.median_over)
         m[bad] = np.nan
         return d, m, bad
 
     once = evaluate(range(0, 1)) if exact else None
-    for start in range(0, total, task.repeats_per_stack):
-        chunk = range(start, min(start + task.repeats_per_stack, total))
-        d, m, bad = (np.repeat(a, len(chunk), axis=0) for a in once) if exact else evaluate(chunk)
+    step = per_stack or task.repeats_per_stack
+    for start in range(0, total, step):
+        chunk = range(start, min(start + step, total))
+        d, m, bad = (None if a is None else np.repeat(a, len(chunk), axis=0) for a in once) if exact else evaluate(chunk)
         medians.append(m)
         undefined.append(bad)
         if task.keep_rdm:
@@ -175,8 +225,9 @@ def run_diff_task(task: DiffTask, *shards: Any) -> PartialResult:
         arrays["rdm_count"] = np.zeros(n_n, dtype=np.int64)
     if source is not None:
         arrays[SOURCE] = np.asarray(source)
+    budget = None if task.memory_budget is None else max(MIN_STACK_BUDGET, task.memory_budget - values.nbytes - index.nbytes)
     for i, n_units in enumerate(task.sampling.n_units):
-        one = _n_units_result(values, index, task, n_units, FLOAT32_FLOOR * peak)
+        one = _n_units_result(values, index, task, n_units, FLOAT32_FLOOR * peak, budget)
         stop = len(one["differentiation"])
         arrays["differentiation"][i, :stop] = one["differentiation"]
         arrays["undefined"][i, :stop] = one["undefined"]
