@@ -271,6 +271,19 @@ setsid bash "$jobs/$id.sh" > "$jobs/$id.log" 2>&1 < /dev/null &
 echo $! > "$jobs/$id.pid"
 echo "Submitted batch job $id"
 """
+FAKE_SBATCH_REFUSES = """#!/bin/bash
+# stand-in for sbatch on a cluster without the partition asked for: what SLURM's sbatch prints
+echo "sbatch: error: invalid partition specified: nope" >&2
+echo "sbatch: error: Batch job submission failed: Invalid partition name specified" >&2
+exit 1
+"""
+FAKE_SBATCH_QUEUES = """#!/bin/bash
+# stand-in for sbatch on a full cluster: the job is accepted and stays pending (never runs)
+jobs="{jobs}"
+id=$$
+cp "$1" "$jobs/$id.sh"
+echo "Submitted batch job $id"
+"""
 FAKE_SCANCEL = """#!/bin/bash
 # stand-in for scancel: end the job's process group
 for id in "$@"; do echo "$id" >> "{jobs}/cancelled"; kill -TERM -- "-$(cat "{jobs}/$id.pid")" 2>/dev/null; done
@@ -278,11 +291,12 @@ exit 0
 """
 
 
-def _fake_slurm(tmp_path):
+def _fake_slurm(tmp_path, sbatch=FAKE_SBATCH):
+    """PATH with a stand-in ``sbatch`` (``FAKE_SBATCH`` runs the job here) and ``scancel``; and its jobs folder."""
     bindir, jobs = tmp_path / "fake-slurm", tmp_path / "slurm-jobs"
     bindir.mkdir()
     jobs.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
+    for name, text in (("sbatch", sbatch), ("scancel", FAKE_SCANCEL)):
         (bindir / name).write_text(text.format(jobs=jobs))
         (bindir / name).chmod(0o755)
     return dict(ENV, PATH=f"{bindir}{os.pathsep}{ENV['PATH']}"), jobs
@@ -353,3 +367,97 @@ def test_scheduler_without_workers_says_how_to_start_one(tmp_path):
         cli.stop()
     assert str(err.value) == (f"the scheduler at {cli.address} has 0 worker(s) after 2 s (cluster.start_timeout), 1 needed; "
                               f"start one with 'dask worker {cli.address} --nthreads 1'")
+
+
+# ---------------------------------------------------------------- item 5: SLURM problems named by their spec key, at once
+
+SLURM = {"cores": 1, "processes": 1, "memory": "2GB", "walltime": "00:20:00",
+         "scheduler_options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
+
+
+def _slurm_job_text(tmp_path, tiny_model_path, sets, slurm, **cluster):
+    """A job spec's YAML with ``cluster.slurm`` given as-is (``slurm`` may be invalid: it is not parsed here)."""
+    data = tiny_spec(tiny_model_path, sets, tmp_path / "out").model_dump(mode="json")
+    data["cluster"] = {"kind": "slurm", "start_timeout": 120, **cluster, "slurm": "SLURM"}
+    return yaml.safe_dump(data).replace("slurm: SLURM", "slurm: " + slurm)
+
+
+@pytest.mark.parametrize("slurm, expected", [
+    ("{cores: 1, memory: 2GB, walltime: 1:00:00}",
+     "cluster.slurm.walltime: is the integer 3600: YAML reads an unquoted H:MM:SS as seconds in base 60 (1:00:00 is 3600), "
+     "which SLURM would take as 3600 minutes; quote it: walltime: '01:00:00'"),
+    ("{cores: 1, memory: 2GB, quue: gpu}", "cluster.slurm: cluster.slurm.quue is not a SLURMCluster option daskdiff passes on; the keys are: cores, memory,"),
+    ("{queue: gpu}", "cluster: cluster.slurm.cores and cluster.slurm.memory missing: a SLURM job needs its size"),
+    ("{cores: 1, memory: 2GB, n_workers: 3}", "cluster.slurm.n_workers is not allowed here: give cluster.jobs"),
+])
+def test_slurm_section_errors_name_the_key_before_anything_runs(tmp_path, tiny_model_path, sets, slurm, expected):
+    """A bad ``cluster.slurm`` is a spec error: exit 2 within seconds, no output folder, no sbatch call."""
+    env, jobs = _fake_slurm(tmp_path)
+    job = tmp_path / "job.yaml"
+    job.write_text(_slurm_job_text(tmp_path, tiny_model_path, sets, slurm))
+    proc = _daskdiff("run", job, "--no-progress", env=env)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, (out, err)
+    assert expected in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists() and not list(jobs.iterdir())
+
+
+def test_slurm_size_from_dask_config_as_dask_jobqueue_users_set_it(tmp_path):
+    """``jobqueue.slurm.cores/memory`` in Dask config (here ``DASK_JOBQUEUE__SLURM__*``) complete the
+    spec; the spec's values go on top, and only they are passed to SLURMCluster."""
+    import dask
+
+    from daskdiff.pipeline.spec import SpecError, parse_spec
+
+    data = {"name": "x", "image_sets": {"a": "a"}, "cluster": {"kind": "slurm", "slurm": {"queue": "gpu", "memory": "4GB"}}}
+    with pytest.raises(SpecError, match=r"cluster\.slurm\.cores missing.*jobqueue\.slurm\.cores"):
+        parse_spec(data)
+    with dask.config.set({"jobqueue.slurm.cores": 8, "jobqueue.slurm.memory": "32GB", "jobqueue.slurm.queue": "cpu"}):
+        slurm = parse_spec(data).cluster.slurm
+        assert slurm.kwargs() == {"queue": "gpu", "memory": "4GB"}
+        assert slurm.resolved("cores") == (8, "Dask config jobqueue.slurm.cores")
+        assert slurm.resolved("memory") == ("4GB", "cluster.slurm.memory")
+    code = ("from daskdiff.pipeline.spec import parse_spec; import sys, json; "
+            "print(parse_spec(json.loads(sys.argv[1])).cluster.slurm.resolved('cores'))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(data)], env=dict(ENV, DASK_JOBQUEUE__SLURM__CORES="6"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "(6, 'Dask config jobqueue.slurm.cores')", done.stderr
+
+
+def test_sbatch_refusal_is_one_line_at_once(tmp_path, tiny_model_path, sets):
+    """sbatch refuses the partition: one line quoting its ``sbatch: error:`` and naming
+    ``cluster.slurm.queue``, long before ``start_timeout``, with no traceback."""
+    pytest.importorskip("dask_jobqueue")
+    env, jobs = _fake_slurm(tmp_path, FAKE_SBATCH_REFUSES)
+    job = tmp_path / "job.yaml"
+    job.write_text(_slurm_job_text(tmp_path, tiny_model_path, sets, json.dumps({**SLURM, "queue": "nope"})))
+    started = time.monotonic()
+    proc = _daskdiff("run", job, "--no-progress", env=env)
+    out, err = proc.communicate(timeout=200)
+    assert proc.returncode == 2, (out, err)
+    assert time.monotonic() - started < 60  # start_timeout is 120
+    assert "Traceback" not in err and "Status.created" not in err, err
+    (line,) = err.strip().splitlines()
+    assert line == ("daskdiff run: error: cluster.kind slurm: sbatch refused the job: sbatch: error: invalid partition specified: nope; "
+                    "sbatch: error: Batch job submission failed: Invalid partition name specified; check cluster.slurm.queue 'nope' "
+                    "(sinfo lists partitions and their limits)"), line
+
+
+def test_slurm_job_still_pending_at_start_timeout(tmp_path, tiny_model_path, sets):
+    """The job is queued and never runs: one line at ``start_timeout`` with its job id, the
+    partition and the squeue command; the queued job is cancelled."""
+    pytest.importorskip("dask_jobqueue")
+    env, jobs = _fake_slurm(tmp_path, FAKE_SBATCH_QUEUES)
+    job = tmp_path / "job.yaml"
+    job.write_text(_slurm_job_text(tmp_path, tiny_model_path, sets, json.dumps({**SLURM, "queue": "long"}), start_timeout=4))
+    proc = _daskdiff("run", job, "--no-progress", env=env)
+    out, err = proc.communicate(timeout=200)
+    assert proc.returncode == 2, (out, err)
+    (script,) = jobs.glob("*.sh")
+    jid = script.stem
+    assert "Traceback" not in err and "WorkerStartTimeoutError" not in err, err
+    (line,) = err.strip().splitlines()
+    assert line == (f"daskdiff run: error: cluster.kind slurm: SLURM job {jid} in partition 'long' (cluster.slurm.queue) started no worker "
+                    f"within 4 s (cluster.start_timeout); it is still queued or failed at start: see 'squeue -j {jid}' (the REASON column) "
+                    "and the job's log, or raise cluster.start_timeout"), line
+    assert (jobs / "cancelled").read_text().split() == [jid]

@@ -448,12 +448,10 @@ def connect(
         with Client(cluster, security=security) as client:
             address = cluster.scheduler_address
             if section.kind == "slurm":
-                hint = "check the SLURM job with squeue/sacct (pending, or failed at start?) and its log, or raise cluster.start_timeout"
-                want = 1
+                _wait_for_slurm(client, cluster, section)
             else:
                 hint = "the worker processes did not start: check memory (cluster.memory_limit) and the messages above"
-                want = max(1, len(cluster.workers))
-            _wait_for_workers(client, want, section.start_timeout, f"the {type(cluster).__name__} at {address}", hint)
+                _wait_for_workers(client, max(1, len(cluster.workers)), section.start_timeout, f"the {type(cluster).__name__} at {address}", hint)
             echo(f"started {type(cluster).__name__} with {len(client.scheduler_info()['workers'])} worker(s) at {address}; {_dashboard(client)}")
             with _lost_scheduler_is_one_line(client, address):
                 yield client
@@ -480,6 +478,96 @@ def _import_keeping_sigint(module: str) -> Any:
             signal.signal(signal.SIGINT, keep)
 
 
+# ---------------------------------------------------------------- SLURM: sbatch refusals, jobs still queued
+
+SBATCH_KEYS = (
+    ("partition", ("queue",)),
+    ("account", ("account",)),
+    ("memory", ("memory", "job_mem")),
+    ("time limit", ("walltime",)),
+    ("cpu", ("cores", "job_cpu")),
+    ("processor", ("cores", "job_cpu")),
+    ("gres", ("job_extra_directives",)),
+)
+"""Words of an ``sbatch: error:`` line, and the ``cluster.slurm`` keys that set what it refuses."""
+
+
+def _recording_job_class(failures: list[str]) -> type:
+    """A ``SLURMJob`` whose failed submission is appended to ``failures`` (one line), not raised.
+
+    Raised, the failure would be logged from dask-jobqueue's event loop as ~140 lines of
+    traceback, and the job would stay ``Status.created`` (an ``AssertionError`` at its start,
+    another when the cluster closes) while daskdiff waited out ``start_timeout``. Recorded, it is
+    raised at once on the client (:func:`_wait_for_slurm`); the job that never existed is marked
+    running so that the cluster closes without it (it has no job id: nothing to ``scancel``).
+    """
+    from dask_jobqueue.slurm import SLURMJob
+    from distributed.core import Status
+
+    class RecordingSLURMJob(SLURMJob):
+        async def start(self) -> None:
+            try:
+                await super().start()
+            except (RuntimeError, OSError, ValueError) as err:
+                failures.append(_sbatch_error(err))
+                self.status = Status.running
+
+    return RecordingSLURMJob
+
+
+def _sbatch_error(err: BaseException) -> str:
+    """The ``sbatch: error:`` lines of a failed submission (or its one-line cause)."""
+    if isinstance(err, FileNotFoundError):
+        return f"{err.filename or 'sbatch'} not found: run daskdiff where SLURM's sbatch is on PATH (a login node)"
+    text = str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("sbatch:")]
+    if not lines:
+        match = re.search(r"stderr:\n(.*)", text, re.S)
+        lines = [line.strip() for line in (match.group(1) if match else text).splitlines() if line.strip()][-2:]
+    return "; ".join(lines) or type(err).__name__
+
+
+def _slurm_keys_for(message: str, slurm: Any) -> str:
+    keys = [key for word, ks in SBATCH_KEYS if word in message.lower() for key in ks]
+    keys = list(dict.fromkeys(keys or ["queue", "account", "memory", "walltime", "cores", "job_extra_directives"]))
+    named = []
+    for key in keys:
+        value, where = slurm.resolved(key)
+        named.append(f"cluster.slurm.{key}" + (f" {value!r}" + ("" if where.startswith("cluster.") else f" (from {where})") if value is not None else ""))
+    return ", ".join(named)
+
+
+def _wait_for_slurm(client: Client, cluster: Any, section: Any) -> None:
+    """Wait for the first SLURM worker; an ``sbatch`` refusal is raised at once, a queued job at ``start_timeout``.
+
+    Raises
+    ------
+    JobError
+        ``sbatch`` refused the job (its ``sbatch: error:`` line, and the spec keys that set what
+        it refused), or no SLURM job started a worker within ``cluster.start_timeout``.
+    """
+    failures = getattr(cluster, "daskdiff_submit_failures", [])
+    deadline = time.monotonic() + section.start_timeout
+    while True:
+        if failures:
+            raise JobError(f"cluster.kind slurm: sbatch refused the job: {failures[0]}; check {_slurm_keys_for(failures[0], section.slurm)} "
+                           "(sinfo lists partitions and their limits)")
+        if client.scheduler_info(n_workers=-1).get("workers"):
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    ids = [str(job.job_id) for job in cluster.workers.values() if getattr(job, "job_id", None)]
+    queue, where = section.slurm.resolved("queue")
+    partition = f"partition {queue!r} ({where})" if queue else "the default partition (cluster.slurm.queue not set)"
+    if ids:
+        raise JobError(f"cluster.kind slurm: SLURM job {', '.join(ids)} in {partition} started no worker within {section.start_timeout} s "
+                       f"(cluster.start_timeout); it is still queued or failed at start: see 'squeue -j {','.join(ids)}' (the REASON "
+                       f"column) and the job's log, or raise cluster.start_timeout")
+    raise JobError(f"cluster.kind slurm: sbatch gave no job id within {section.start_timeout} s (cluster.start_timeout); check that "
+                   "sbatch works on this machine (sbatch --version) and that SLURM's controller answers (sinfo)")
+
+
 def _start_cluster(section: Any, n_workers: int | None, security: Security | None) -> Any:
     n = n_workers or section.n_workers
     tls = {"security": security, "protocol": "tls://"} if security is not None else {}
@@ -488,7 +576,13 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
             SLURMCluster = _import_keeping_sigint("dask_jobqueue").SLURMCluster
         except ImportError:
             raise InputError("cluster.kind 'slurm' needs dask-jobqueue: pip install 'daskdiff[slurm]'") from None
-        cluster = SLURMCluster(**{**section.slurm, **tls})  # workers get --protocol tls:// --tls-ca-file/--tls-cert/--tls-key
+        failures: list[str] = []
+        try:  # workers get --protocol tls:// --tls-ca-file/--tls-cert/--tls-key
+            cluster = SLURMCluster(job_cls=_recording_job_class(failures), **{**section.slurm.kwargs(), **tls})
+        except (ValueError, TypeError) as err:  # a value from Dask config jobqueue.slurm.* that dask-jobqueue refuses
+            raise InputError(f"cluster.slurm: dask-jobqueue refused the SLURMCluster options (with Dask config jobqueue.slurm.* "
+                             f"under them): {' '.join(str(err).split())}") from None
+        cluster.daskdiff_submit_failures = failures
         cluster.scale(jobs=section.jobs)
         return cluster
     if section.kind == "local_cuda":
