@@ -90,7 +90,7 @@ def _free_port():
 class _CliCluster:
     """``dask scheduler`` + ``dask worker`` (one thread) started by hand; stopped by their process ids."""
 
-    def __init__(self, folder, tls=None, workers=1, dashboard=True):
+    def __init__(self, folder, tls=None, workers=1, dashboard=True, worker_args=()):
         self.file = Path(folder) / "scheduler.json"
         self.file.unlink(missing_ok=True)
         tls_args = ["--protocol", "tls", "--tls-ca-file", tls[0], "--tls-cert", tls[1], "--tls-key", tls[2]] if tls else []
@@ -103,9 +103,10 @@ class _CliCluster:
             assert self.scheduler.poll() is None and time.monotonic() < deadline, "dask scheduler did not start"
             time.sleep(0.1)
         self.address = json.loads(self.file.read_text())["address"]
-        for _ in range(workers):
+        for i in range(workers):
+            extra = list(worker_args[i]) if i < len(worker_args) else []
             self.workers.append(subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(self.file), "--nthreads", "1",
-                                                  "--no-dashboard", "--host", "127.0.0.1", *tls_args[2:]], env=ENV, stderr=subprocess.DEVNULL))
+                                                  "--no-dashboard", "--host", "127.0.0.1", *tls_args[2:], *extra], env=ENV, stderr=subprocess.DEVNULL))
 
     def stop(self):
         for p in [*self.workers, self.scheduler]:
@@ -461,3 +462,43 @@ def test_slurm_job_still_pending_at_start_timeout(tmp_path, tiny_model_path, set
                     f"within 4 s (cluster.start_timeout); it is still queued or failed at start: see 'squeue -j {jid}' (the REASON column) "
                     "and the job's log, or raise cluster.start_timeout"), line
     assert (jobs / "cancelled").read_text().split() == [jid]
+
+
+# ---------------------------------------------------------------- item 8: a GPU label on a worker without a GPU
+
+def _labeled_worker(cli, timeout=60):
+    """The address of the CLI worker started with ``--resources GPU=1``."""
+    from distributed import Client
+
+    with Client(cli.address, timeout=30) as client:
+        client.wait_for_workers(len(cli.workers), timeout=timeout)
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    (address,) = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
+    return address
+
+
+def test_gpu_label_without_a_gpu_is_named(tmp_path, tiny_model_path, sets):
+    """``dask worker --resources GPU=1`` on this CPU machine, beside a plain worker: the job names
+    the worker in one warning line and runs on both; with ``require_gpu`` it is refused (exit 2)."""
+    cli = _CliCluster(tmp_path, workers=2, dashboard=False, worker_args=[["--resources", "GPU=1"]])
+    try:
+        address = _labeled_worker(cli)
+        (tmp_path / "strict").mkdir()
+        strict = _job(tmp_path / "strict", tiny_model_path, sets, {"start_timeout": 60},
+                      extraction={"batch_size": 4, "shard_size": 3, "require_gpu": True})
+        proc = _daskdiff("run", strict, "--scheduler-file", cli.file, "--no-progress")
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (out, err[-3000:])
+        assert err.strip().splitlines()[-1] == (
+            "daskdiff run: error: extraction.require_gpu is set but 1 of 1 worker(s) offering a 'GPU' resource have no GPU "
+            f"(worker {address}: TensorFlow lists 0 GPU(s)); start those workers without --resources GPU=1 or on GPU nodes (check "
+            "the CUDA driver and a GPU build of the backend there), or set require_gpu: false"), err
+        job = _job(tmp_path, tiny_model_path, sets, {"start_timeout": 60})
+        proc = _daskdiff("run", job, "--scheduler-file", cli.file, "--no-progress")
+        out, err = proc.communicate(timeout=400)
+        assert proc.returncode == 0, err[-3000:]
+        assert (f"warning: worker {address} offers a 'GPU' resource but has no GPU (TensorFlow lists 0 GPU(s)); "
+                "extraction tasks go to every worker") in out.splitlines(), out
+        assert "done: 13 images" in out
+    finally:
+        cli.stop()

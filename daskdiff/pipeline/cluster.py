@@ -148,14 +148,49 @@ def configure_gpu() -> str:
     return f"using {gpus[0].name} with memory growth"
 
 
+def worker_device() -> tuple[bool | None, str]:
+    """``(has a GPU, what was found)`` in this process, as the Keras backend sees it.
+
+    TensorFlow: ``tf.config.list_physical_devices('GPU')``; ``KERAS_BACKEND=torch``:
+    ``torch.cuda.is_available()``; ``jax``: ``jax.devices()``. None where it cannot be told.
+    """
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    try:
+        if backend == "tensorflow":
+            gpus = import_tensorflow_quietly().config.list_physical_devices("GPU")
+            return bool(gpus), f"TensorFlow lists {len(gpus)} GPU(s)"
+        if backend == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available()), f"torch.cuda.is_available() is {torch.cuda.is_available()}"
+        if backend == "jax":
+            import jax
+
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+            return bool(gpus), f"jax lists {len(gpus)} GPU(s)"
+    except Exception as err:  # a backend that cannot load here: not a reason to fail the worker
+        return None, f"backend {backend} could not be asked ({type(err).__name__}: {err})"
+    return None, f"backend {backend}: not checked"
+
+
+DEVICE_ATTRIBUTE = "daskdiff_device"
+"""The worker attribute where :class:`WorkerSetup` records ``{'gpu': bool | None, 'found': str, 'note': str}``."""
+
+
 class WorkerSetup(WorkerPlugin):
-    """Registered with ``client.register_plugin``; runs on every current and future worker."""
+    """Registered with ``client.register_plugin``; runs on every current and future worker.
+
+    What it finds (a GPU or not, and the note of :func:`configure_gpu`) is kept on the worker
+    (:data:`DEVICE_ATTRIBUTE`), where the client reads it: see :func:`mislabeled_gpu_workers`.
+    """
 
     name = "daskdiff-worker-setup"
 
     def setup(self, worker: Any) -> None:
         os.environ.update(WORKER_ENV)
         note = configure_gpu()
+        gpu, found = worker_device()
+        setattr(worker, DEVICE_ATTRIBUTE, {"gpu": gpu, "found": found, "note": note})
         log.info("daskdiff worker %s: %s", getattr(worker, "address", "?"), note)
 
 
@@ -620,3 +655,26 @@ def gpu_resource_offered(client: Client) -> bool:
     """Whether any worker advertises a ``GPU`` resource."""
     workers = client.scheduler_info().get("workers", {})
     return any(w.get("resources", {}).get("GPU", 0) > 0 for w in workers.values())
+
+
+def _device_of(dask_worker: Any) -> dict | None:
+    return getattr(dask_worker, DEVICE_ATTRIBUTE, None)
+
+
+def mislabeled_gpu_workers(client: Client) -> tuple[dict[str, str], int]:
+    """Workers that offer a ``GPU`` resource but have no GPU, and how many offer one.
+
+    Returns ``({address: what the worker found}, number of workers offering GPU)``. The device
+    is what :class:`WorkerSetup` found on each worker (registered first); a worker that could
+    not tell (another backend that failed to load) is not counted as mislabeled.
+    """
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    labeled = [a for a, w in workers.items() if w.get("resources", {}).get("GPU", 0) > 0]
+    if not labeled:
+        return {}, 0
+    try:
+        devices = client.run(_device_of, workers=labeled, on_error="return")
+    except Exception:  # workers gone meanwhile: nothing to say about them
+        return {}, len(labeled)
+    wrong = {a: d["found"] for a, d in devices.items() if isinstance(d, dict) and d.get("gpu") is False}
+    return wrong, len(labeled)
