@@ -502,3 +502,45 @@ def test_gpu_label_without_a_gpu_is_named(tmp_path, tiny_model_path, sets):
         assert "done: 13 images" in out
     finally:
         cli.stop()
+
+
+# ---------------------------------------------------------------- item 9: dask-cuda installed but unusable, or no GPU
+
+FAKE_DASK_CUDA = {
+    "broken": 'raise ImportError("needs cupy-cuda12x")  # how an install without its CUDA extra fails at import\n',
+    "installed": ("class LocalCUDACluster:  # stands in for dask-cuda: daskdiff asks the real NVML before starting it\n"
+                  "    def __init__(self, *args, **kwargs):\n        raise AssertionError('started without a GPU')\n"),
+}
+
+
+@pytest.mark.parametrize("dask_cuda", ["missing", "broken", "installed"])
+def test_local_cuda_says_the_real_cause_in_one_line(tmp_path, tiny_model_path, sets, dask_cuda):
+    """``kind: local_cuda`` on this CPU machine: dask-cuda absent, broken at import (a package
+    ``dask_cuda`` on PYTHONPATH raising ImportError), or importable with no GPU (the real
+    NVML, from nvidia-ml-py, finds no driver): one line with the cause, exit 2."""
+    import importlib.util
+
+    env = ENV
+    if dask_cuda == "missing" and importlib.util.find_spec("dask_cuda") is not None:
+        pytest.skip("dask-cuda is installed here")
+    if dask_cuda == "installed":
+        pytest.importorskip("pynvml")
+    if dask_cuda != "missing":
+        package = tmp_path / "site" / "dask_cuda"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(FAKE_DASK_CUDA[dask_cuda])
+        env = dict(ENV, PYTHONPATH=str(tmp_path / "site"))
+    job = _job(tmp_path, tiny_model_path, sets, {"kind": "local_cuda", "start_timeout": 30})
+    proc = _daskdiff("run", job, "--no-progress", env=env)
+    out, err = proc.communicate(timeout=200)
+    assert proc.returncode == 2, (out, err)
+    assert "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    expected = {
+        "missing": "cluster.kind 'local_cuda' needs dask-cuda: pip install 'daskdiff[gpu]' (on CPU machines use cluster.kind: local)",
+        "broken": "cluster.kind 'local_cuda': dask-cuda is installed but cannot be imported (ImportError: needs cupy-cuda12x); install the "
+                  "consistent set with pip install 'daskdiff[gpu]' (dask-cuda[cu12]), or use cluster.kind: local on CPU machines",
+        "installed": "cluster.kind 'local_cuda': no NVIDIA GPU/driver found (NVML: NVML Shared Library Not Found); use cluster.kind: local "
+                     "on CPU machines",
+    }[dask_cuda]
+    assert line == f"daskdiff run: error: {expected}", line

@@ -37,6 +37,7 @@ import dask
 from distributed import Client, LocalCluster, Nanny, WorkerPlugin
 from distributed.security import Security
 from ..errors import InputError, JobError
+from .spec import shorten
 
 log = logging.getLogger(__name__)
 
@@ -603,6 +604,42 @@ def _wait_for_slurm(client: Client, cluster: Any, section: Any) -> None:
                    "sbatch works on this machine (sbatch --version) and that SLURM's controller answers (sinfo)")
 
 
+def _import_dask_cuda() -> Any:
+    """``dask_cuda``, or one line with the real reason it cannot be imported.
+
+    An installed dask-cuda without its CUDA extra (``dask-cuda[cu12]``) fails at import on a
+    module of its own dependencies; that message is the one to show, not "needs dask-cuda".
+    """
+    try:
+        return _import_keeping_sigint("dask_cuda")
+    except ModuleNotFoundError as err:
+        if err.name == "dask_cuda":
+            raise InputError("cluster.kind 'local_cuda' needs dask-cuda: pip install 'daskdiff[gpu]' (on CPU machines use cluster.kind: local)") from None
+        cause = err
+    except Exception as err:  # ImportError, or a CUDA library's own error at import
+        cause = err
+    why = " ".join(f"{type(cause).__name__}: {cause}".split())
+    raise InputError(f"cluster.kind 'local_cuda': dask-cuda is installed but cannot be imported ({shorten(why, 400)}); "
+                     "install the consistent set with pip install 'daskdiff[gpu]' (dask-cuda[cu12]), or use cluster.kind: local on CPU machines") from None
+
+
+def _nvml_problem() -> str | None:
+    """None where NVML (the NVIDIA driver's library, which dask-cuda asks) sees a GPU; else why not."""
+    try:
+        import pynvml
+    except Exception as err:
+        return f"pynvml (nvidia-ml-py) cannot be imported: {err}"
+    try:
+        pynvml.nvmlInit()
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as err:  # pynvml.NVMLError_*: no driver, no library
+        return f"NVML: {' '.join(str(err).split()) or type(err).__name__}"
+    return None if count else "NVML: 0 devices"
+
+
 def _start_cluster(section: Any, n_workers: int | None, security: Security | None) -> Any:
     n = n_workers or section.n_workers
     tls = {"security": security, "protocol": "tls://"} if security is not None else {}
@@ -621,12 +658,19 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
         cluster.scale(jobs=section.jobs)
         return cluster
     if section.kind == "local_cuda":
-        try:
-            LocalCUDACluster = _import_keeping_sigint("dask_cuda").LocalCUDACluster
-        except ImportError:
-            raise InputError("cluster.kind 'local_cuda' needs dask-cuda: pip install 'daskdiff[gpu]'") from None
+        LocalCUDACluster = _import_dask_cuda().LocalCUDACluster
+        problem = _nvml_problem()
+        if problem:
+            raise InputError(f"cluster.kind 'local_cuda': no NVIDIA GPU/driver found ({problem}); use cluster.kind: local on CPU machines")
         kwargs = {"n_workers": n} if n else {}
-        return LocalCUDACluster(threads_per_worker=1, host="127.0.0.1", resources={"GPU": 1}, **tls, **kwargs)
+        try:
+            return LocalCUDACluster(threads_per_worker=1, host="127.0.0.1", resources={"GPU": 1}, **tls, **kwargs)
+        except Exception as err:  # one line, not dask-cuda's traceback
+            why = " ".join(f"{type(err).__name__}: {err}".split())
+            if "nvml" in why.lower():
+                raise InputError(f"cluster.kind 'local_cuda': no NVIDIA GPU/driver found (NVML: {why}); use cluster.kind: local on CPU machines") from None
+            raise JobError(f"cluster.kind 'local_cuda': dask-cuda's LocalCUDACluster did not start ({shorten(why, 400)}); "
+                           "check the GPUs with nvidia-smi, or use cluster.kind: local") from None
     return LocalCluster(
         n_workers=n or max(1, min(os.cpu_count() or 1, 4)),
         threads_per_worker=section.threads_per_worker,
