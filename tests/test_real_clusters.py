@@ -425,7 +425,7 @@ def test_slurm_size_from_dask_config_as_dask_jobqueue_users_set_it(tmp_path):
     assert done.stdout.strip() == "(6, 'Dask config jobqueue.slurm.cores')", done.stderr
 
 
-def test_sbatch_refusal_is_one_line_at_once(tmp_path, tiny_model_path, sets):
+def test_slurm_sbatch_refusal_is_one_line_at_once(tmp_path, tiny_model_path, sets):
     """sbatch refuses the partition: one line quoting its ``sbatch: error:`` and naming
     ``cluster.slurm.queue``, long before ``start_timeout``, with no traceback."""
     pytest.importorskip("dask_jobqueue")

@@ -202,7 +202,8 @@ SLURM_RESERVED = {
 }
 """``SLURMCluster`` arguments a spec may not give, and what to give instead."""
 
-_WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$")
+_WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^(UNLIMITED|INFINITE)$", re.I)
+"""SLURM's time formats (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``) and no limit."""
 
 
 class SlurmSection(_Strict):
