@@ -90,7 +90,7 @@ def _free_port():
 class _CliCluster:
     """``dask scheduler`` + ``dask worker`` (one thread) started by hand; stopped by their process ids."""
 
-    def __init__(self, folder, tls=None, workers=1, dashboard=True):
+    def __init__(self, folder, tls=None, workers=1, dashboard=True, worker_args=()):
         self.file = Path(folder) / "scheduler.json"
         self.file.unlink(missing_ok=True)
         tls_args = ["--protocol", "tls", "--tls-ca-file", tls[0], "--tls-cert", tls[1], "--tls-key", tls[2]] if tls else []
@@ -103,9 +103,10 @@ class _CliCluster:
             assert self.scheduler.poll() is None and time.monotonic() < deadline, "dask scheduler did not start"
             time.sleep(0.1)
         self.address = json.loads(self.file.read_text())["address"]
-        for _ in range(workers):
+        for i in range(workers):
+            extra = list(worker_args[i]) if i < len(worker_args) else []
             self.workers.append(subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(self.file), "--nthreads", "1",
-                                                  "--no-dashboard", "--host", "127.0.0.1", *tls_args[2:]], env=ENV, stderr=subprocess.DEVNULL))
+                                                  "--no-dashboard", "--host", "127.0.0.1", *tls_args[2:], *extra], env=ENV, stderr=subprocess.DEVNULL))
 
     def stop(self):
         for p in [*self.workers, self.scheduler]:
@@ -271,6 +272,19 @@ setsid bash "$jobs/$id.sh" > "$jobs/$id.log" 2>&1 < /dev/null &
 echo $! > "$jobs/$id.pid"
 echo "Submitted batch job $id"
 """
+FAKE_SBATCH_REFUSES = """#!/bin/bash
+# stand-in for sbatch on a cluster without the partition asked for: what SLURM's sbatch prints
+echo "sbatch: error: invalid partition specified: nope" >&2
+echo "sbatch: error: Batch job submission failed: Invalid partition name specified" >&2
+exit 1
+"""
+FAKE_SBATCH_QUEUES = """#!/bin/bash
+# stand-in for sbatch on a full cluster: the job is accepted and stays pending (never runs)
+jobs="{jobs}"
+id=$$
+cp "$1" "$jobs/$id.sh"
+echo "Submitted batch job $id"
+"""
 FAKE_SCANCEL = """#!/bin/bash
 # stand-in for scancel: end the job's process group
 for id in "$@"; do echo "$id" >> "{jobs}/cancelled"; kill -TERM -- "-$(cat "{jobs}/$id.pid")" 2>/dev/null; done
@@ -278,11 +292,12 @@ exit 0
 """
 
 
-def _fake_slurm(tmp_path):
+def _fake_slurm(tmp_path, sbatch=FAKE_SBATCH):
+    """PATH with a stand-in ``sbatch`` (``FAKE_SBATCH`` runs the job here) and ``scancel``; and its jobs folder."""
     bindir, jobs = tmp_path / "fake-slurm", tmp_path / "slurm-jobs"
     bindir.mkdir()
     jobs.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
+    for name, text in (("sbatch", sbatch), ("scancel", FAKE_SCANCEL)):
         (bindir / name).write_text(text.format(jobs=jobs))
         (bindir / name).chmod(0o755)
     return dict(ENV, PATH=f"{bindir}{os.pathsep}{ENV['PATH']}"), jobs
@@ -353,3 +368,179 @@ def test_scheduler_without_workers_says_how_to_start_one(tmp_path):
         cli.stop()
     assert str(err.value) == (f"the scheduler at {cli.address} has 0 worker(s) after 2 s (cluster.start_timeout), 1 needed; "
                               f"start one with 'dask worker {cli.address} --nthreads 1'")
+
+
+# ---------------------------------------------------------------- item 5: SLURM problems named by their spec key, at once
+
+SLURM = {"cores": 1, "processes": 1, "memory": "2GB", "walltime": "00:20:00",
+         "scheduler_options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
+
+
+def _slurm_job_text(tmp_path, tiny_model_path, sets, slurm, **cluster):
+    """A job spec's YAML with ``cluster.slurm`` given as-is (``slurm`` may be invalid: it is not parsed here)."""
+    data = tiny_spec(tiny_model_path, sets, tmp_path / "out").model_dump(mode="json")
+    data["cluster"] = {"kind": "slurm", "start_timeout": 120, **cluster, "slurm": "SLURM"}
+    return yaml.safe_dump(data).replace("slurm: SLURM", "slurm: " + slurm)
+
+
+@pytest.mark.parametrize("slurm, expected", [
+    ("{cores: 1, memory: 2GB, walltime: 1:00:00}",
+     "cluster.slurm.walltime: is the integer 3600: YAML reads an unquoted H:MM:SS as seconds in base 60 (1:00:00 is 3600), "
+     "which SLURM would take as 3600 minutes; quote it: walltime: '01:00:00'"),
+    ("{cores: 1, memory: 2GB, quue: gpu}", "cluster.slurm: cluster.slurm.quue is not a SLURMCluster option daskdiff passes on; the keys are: cores, memory,"),
+    ("{queue: gpu}", "cluster: cluster.slurm.cores and cluster.slurm.memory missing: a SLURM job needs its size"),
+    ("{cores: 1, memory: 2GB, n_workers: 3}", "cluster.slurm.n_workers is not allowed here: give cluster.jobs"),
+])
+def test_slurm_section_errors_name_the_key_before_anything_runs(tmp_path, tiny_model_path, sets, slurm, expected):
+    """A bad ``cluster.slurm`` is a spec error: exit 2 within seconds, no output folder, no sbatch call."""
+    env, jobs = _fake_slurm(tmp_path)
+    job = tmp_path / "job.yaml"
+    job.write_text(_slurm_job_text(tmp_path, tiny_model_path, sets, slurm))
+    proc = _daskdiff("run", job, "--no-progress", env=env)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, (out, err)
+    assert expected in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists() and not list(jobs.iterdir())
+
+
+def test_slurm_size_from_dask_config_as_dask_jobqueue_users_set_it(tmp_path):
+    """``jobqueue.slurm.cores/memory`` in Dask config (here ``DASK_JOBQUEUE__SLURM__*``) complete the
+    spec; the spec's values go on top, and only they are passed to SLURMCluster."""
+    import dask
+
+    from daskdiff.pipeline.spec import SpecError, parse_spec
+
+    data = {"name": "x", "image_sets": {"a": "a"}, "cluster": {"kind": "slurm", "slurm": {"queue": "gpu", "memory": "4GB"}}}
+    with pytest.raises(SpecError, match=r"cluster\.slurm\.cores missing.*jobqueue\.slurm\.cores"):
+        parse_spec(data)
+    with dask.config.set({"jobqueue.slurm.cores": 8, "jobqueue.slurm.memory": "32GB", "jobqueue.slurm.queue": "cpu"}):
+        slurm = parse_spec(data).cluster.slurm
+        assert slurm.kwargs() == {"queue": "gpu", "memory": "4GB"}
+        assert slurm.resolved("cores") == (8, "Dask config jobqueue.slurm.cores")
+        assert slurm.resolved("memory") == ("4GB", "cluster.slurm.memory")
+    code = ("from daskdiff.pipeline.spec import parse_spec; import sys, json; "
+            "print(parse_spec(json.loads(sys.argv[1])).cluster.slurm.resolved('cores'))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(data)], env=dict(ENV, DASK_JOBQUEUE__SLURM__CORES="6"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "(6, 'Dask config jobqueue.slurm.cores')", done.stderr
+
+
+def test_slurm_sbatch_refusal_is_one_line_at_once(tmp_path, tiny_model_path, sets):
+    """sbatch refuses the partition: one line quoting its ``sbatch: error:`` and naming
+    ``cluster.slurm.queue``, long before ``start_timeout``, with no traceback."""
+    pytest.importorskip("dask_jobqueue")
+    env, jobs = _fake_slurm(tmp_path, FAKE_SBATCH_REFUSES)
+    job = tmp_path / "job.yaml"
+    job.write_text(_slurm_job_text(tmp_path, tiny_model_path, sets, json.dumps({**SLURM, "queue": "nope"})))
+    started = time.monotonic()
+    proc = _daskdiff("run", job, "--no-progress", env=env)
+    out, err = proc.communicate(timeout=200)
+    assert proc.returncode == 2, (out, err)
+    assert time.monotonic() - started < 60  # start_timeout is 120
+    assert "Traceback" not in err and "Status.created" not in err, err
+    (line,) = err.strip().splitlines()
+    assert line == ("daskdiff run: error: cluster.kind slurm: sbatch refused the job: sbatch: error: invalid partition specified: nope; "
+                    "sbatch: error: Batch job submission failed: Invalid partition name specified; check cluster.slurm.queue 'nope' "
+                    "(sinfo lists partitions and their limits)"), line
+
+
+def test_slurm_job_still_pending_at_start_timeout(tmp_path, tiny_model_path, sets):
+    """The job is queued and never runs: one line at ``start_timeout`` with its job id, the
+    partition and the squeue command; the queued job is cancelled."""
+    pytest.importorskip("dask_jobqueue")
+    env, jobs = _fake_slurm(tmp_path, FAKE_SBATCH_QUEUES)
+    job = tmp_path / "job.yaml"
+    job.write_text(_slurm_job_text(tmp_path, tiny_model_path, sets, json.dumps({**SLURM, "queue": "long"}), start_timeout=4))
+    proc = _daskdiff("run", job, "--no-progress", env=env)
+    out, err = proc.communicate(timeout=200)
+    assert proc.returncode == 2, (out, err)
+    (script,) = jobs.glob("*.sh")
+    jid = script.stem
+    assert "Traceback" not in err and "WorkerStartTimeoutError" not in err, err
+    (line,) = err.strip().splitlines()
+    assert line == (f"daskdiff run: error: cluster.kind slurm: SLURM job {jid} in partition 'long' (cluster.slurm.queue) started no worker "
+                    f"within 4 s (cluster.start_timeout); it is still queued or failed at start: see 'squeue -j {jid}' (the REASON column) "
+                    "and the job's log, or raise cluster.start_timeout"), line
+    assert (jobs / "cancelled").read_text().split() == [jid]
+
+
+# ---------------------------------------------------------------- item 8: a GPU label on a worker without a GPU
+
+def _labeled_worker(cli, timeout=60):
+    """The address of the CLI worker started with ``--resources GPU=1``."""
+    from distributed import Client
+
+    with Client(cli.address, timeout=30) as client:
+        client.wait_for_workers(len(cli.workers), timeout=timeout)
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    (address,) = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
+    return address
+
+
+def test_gpu_label_without_a_gpu_is_named(tmp_path, tiny_model_path, sets):
+    """``dask worker --resources GPU=1`` on this CPU machine, beside a plain worker: the job names
+    the worker in one warning line and runs on both; with ``require_gpu`` it is refused (exit 2)."""
+    cli = _CliCluster(tmp_path, workers=2, dashboard=False, worker_args=[["--resources", "GPU=1"]])
+    try:
+        address = _labeled_worker(cli)
+        (tmp_path / "strict").mkdir()
+        strict = _job(tmp_path / "strict", tiny_model_path, sets, {"start_timeout": 60},
+                      extraction={"batch_size": 4, "shard_size": 3, "require_gpu": True})
+        proc = _daskdiff("run", strict, "--scheduler-file", cli.file, "--no-progress")
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (out, err[-3000:])
+        assert err.strip().splitlines()[-1] == (
+            "daskdiff run: error: extraction.require_gpu is set but 1 of 1 worker(s) offering a 'GPU' resource have no GPU "
+            f"(worker {address}: TensorFlow lists 0 GPU(s)); start those workers without --resources GPU=1 or on GPU nodes (check "
+            "the CUDA driver and a GPU build of the backend there), or set require_gpu: false"), err
+        job = _job(tmp_path, tiny_model_path, sets, {"start_timeout": 60})
+        proc = _daskdiff("run", job, "--scheduler-file", cli.file, "--no-progress")
+        out, err = proc.communicate(timeout=400)
+        assert proc.returncode == 0, err[-3000:]
+        assert (f"warning: worker {address} offers a 'GPU' resource but has no GPU (TensorFlow lists 0 GPU(s)); "
+                "extraction tasks go to every worker") in out.splitlines(), out
+        assert "done: 13 images" in out
+    finally:
+        cli.stop()
+
+
+# ---------------------------------------------------------------- item 9: dask-cuda installed but unusable, or no GPU
+
+FAKE_DASK_CUDA = {
+    "broken": 'raise ImportError("needs cupy-cuda12x")  # how an install without its CUDA extra fails at import\n',
+    "installed": ("class LocalCUDACluster:  # stands in for dask-cuda: daskdiff asks the real NVML before starting it\n"
+                  "    def __init__(self, *args, **kwargs):\n        raise AssertionError('started without a GPU')\n"),
+}
+
+
+@pytest.mark.parametrize("dask_cuda", ["missing", "broken", "installed"])
+def test_local_cuda_says_the_real_cause_in_one_line(tmp_path, tiny_model_path, sets, dask_cuda):
+    """``kind: local_cuda`` on this CPU machine: dask-cuda absent, broken at import (a package
+    ``dask_cuda`` on PYTHONPATH raising ImportError), or importable with no GPU (the real
+    NVML, from nvidia-ml-py, finds no driver): one line with the cause, exit 2."""
+    import importlib.util
+
+    env = ENV
+    if dask_cuda == "missing" and importlib.util.find_spec("dask_cuda") is not None:
+        pytest.skip("dask-cuda is installed here")
+    if dask_cuda == "installed":
+        pytest.importorskip("pynvml")
+    if dask_cuda != "missing":
+        package = tmp_path / "site" / "dask_cuda"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(FAKE_DASK_CUDA[dask_cuda])
+        env = dict(ENV, PYTHONPATH=str(tmp_path / "site"))
+    job = _job(tmp_path, tiny_model_path, sets, {"kind": "local_cuda", "start_timeout": 30})
+    proc = _daskdiff("run", job, "--no-progress", env=env)
+    out, err = proc.communicate(timeout=200)
+    assert proc.returncode == 2, (out, err)
+    assert "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    expected = {
+        "missing": "cluster.kind 'local_cuda' needs dask-cuda: pip install 'daskdiff[gpu]' (on CPU machines use cluster.kind: local)",
+        "broken": "cluster.kind 'local_cuda': dask-cuda is installed but cannot be imported (ImportError: needs cupy-cuda12x); install the "
+                  "consistent set with pip install 'daskdiff[gpu]' (dask-cuda[cu12]), or use cluster.kind: local on CPU machines",
+        "installed": "cluster.kind 'local_cuda': no NVIDIA GPU/driver found (NVML: NVML Shared Library Not Found); use cluster.kind: local "
+                     "on CPU machines",
+    }[dask_cuda]
+    assert line == f"daskdiff run: error: {expected}", line

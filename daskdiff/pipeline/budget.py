@@ -148,7 +148,7 @@ def limits_for(cluster, output: Path, *, external: bool = False, n_workers: int 
     if external:
         memory, source = None, "external cluster"
     elif cluster.kind == "slurm":
-        memory, source = _slurm_memory(cluster.slurm), "cluster.slurm memory / processes"
+        memory, source = _slurm_memory({k: cluster.slurm.resolved(k)[0] for k in ("memory", "processes")}), "cluster.slurm memory / processes"
         workers = None
     else:
         try:

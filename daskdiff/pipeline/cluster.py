@@ -37,6 +37,7 @@ import dask
 from distributed import Client, LocalCluster, Nanny, WorkerPlugin
 from distributed.security import Security
 from ..errors import InputError, JobError
+from .spec import shorten
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +149,49 @@ def configure_gpu() -> str:
     return f"using {gpus[0].name} with memory growth"
 
 
+def worker_device() -> tuple[bool | None, str]:
+    """``(has a GPU, what was found)`` in this process, as the Keras backend sees it.
+
+    TensorFlow: ``tf.config.list_physical_devices('GPU')``; ``KERAS_BACKEND=torch``:
+    ``torch.cuda.is_available()``; ``jax``: ``jax.devices()``. None where it cannot be told.
+    """
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    try:
+        if backend == "tensorflow":
+            gpus = import_tensorflow_quietly().config.list_physical_devices("GPU")
+            return bool(gpus), f"TensorFlow lists {len(gpus)} GPU(s)"
+        if backend == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available()), f"torch.cuda.is_available() is {torch.cuda.is_available()}"
+        if backend == "jax":
+            import jax
+
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+            return bool(gpus), f"jax lists {len(gpus)} GPU(s)"
+    except Exception as err:  # a backend that cannot load here: not a reason to fail the worker
+        return None, f"backend {backend} could not be asked ({type(err).__name__}: {err})"
+    return None, f"backend {backend}: not checked"
+
+
+DEVICE_ATTRIBUTE = "daskdiff_device"
+"""The worker attribute where :class:`WorkerSetup` records ``{'gpu': bool | None, 'found': str, 'note': str}``."""
+
+
 class WorkerSetup(WorkerPlugin):
-    """Registered with ``client.register_plugin``; runs on every current and future worker."""
+    """Registered with ``client.register_plugin``; runs on every current and future worker.
+
+    What it finds (a GPU or not, and the note of :func:`configure_gpu`) is kept on the worker
+    (:data:`DEVICE_ATTRIBUTE`), where the client reads it: see :func:`mislabeled_gpu_workers`.
+    """
 
     name = "daskdiff-worker-setup"
 
     def setup(self, worker: Any) -> None:
         os.environ.update(WORKER_ENV)
         note = configure_gpu()
+        gpu, found = worker_device()
+        setattr(worker, DEVICE_ATTRIBUTE, {"gpu": gpu, "found": found, "note": note})
         log.info("daskdiff worker %s: %s", getattr(worker, "address", "?"), note)
 
 
@@ -448,12 +484,10 @@ def connect(
         with Client(cluster, security=security) as client:
             address = cluster.scheduler_address
             if section.kind == "slurm":
-                hint = "check the SLURM job with squeue/sacct (pending, or failed at start?) and its log, or raise cluster.start_timeout"
-                want = 1
+                _wait_for_slurm(client, cluster, section)
             else:
                 hint = "the worker processes did not start: check memory (cluster.memory_limit) and the messages above"
-                want = max(1, len(cluster.workers))
-            _wait_for_workers(client, want, section.start_timeout, f"the {type(cluster).__name__} at {address}", hint)
+                _wait_for_workers(client, max(1, len(cluster.workers)), section.start_timeout, f"the {type(cluster).__name__} at {address}", hint)
             echo(f"started {type(cluster).__name__} with {len(client.scheduler_info()['workers'])} worker(s) at {address}; {_dashboard(client)}")
             with _lost_scheduler_is_one_line(client, address):
                 yield client
@@ -480,6 +514,132 @@ def _import_keeping_sigint(module: str) -> Any:
             signal.signal(signal.SIGINT, keep)
 
 
+# ---------------------------------------------------------------- SLURM: sbatch refusals, jobs still queued
+
+SBATCH_KEYS = (
+    ("partition", ("queue",)),
+    ("account", ("account",)),
+    ("memory", ("memory", "job_mem")),
+    ("time limit", ("walltime",)),
+    ("cpu", ("cores", "job_cpu")),
+    ("processor", ("cores", "job_cpu")),
+    ("gres", ("job_extra_directives",)),
+)
+"""Words of an ``sbatch: error:`` line, and the ``cluster.slurm`` keys that set what it refuses."""
+
+
+def _recording_job_class(failures: list[str]) -> type:
+    """A ``SLURMJob`` whose failed submission is appended to ``failures`` (one line), not raised.
+
+    Raised, the failure would be logged from dask-jobqueue's event loop as ~140 lines of
+    traceback, and the job would stay ``Status.created`` (an ``AssertionError`` at its start,
+    another when the cluster closes) while daskdiff waited out ``start_timeout``. Recorded, it is
+    raised at once on the client (:func:`_wait_for_slurm`); the job that never existed is marked
+    running so that the cluster closes without it (it has no job id: nothing to ``scancel``).
+    """
+    from dask_jobqueue.slurm import SLURMJob
+    from distributed.core import Status
+
+    class RecordingSLURMJob(SLURMJob):
+        async def start(self) -> None:
+            try:
+                await super().start()
+            except (RuntimeError, OSError, ValueError) as err:
+                failures.append(_sbatch_error(err))
+                self.status = Status.running
+
+    return RecordingSLURMJob
+
+
+def _sbatch_error(err: BaseException) -> str:
+    """The ``sbatch: error:`` lines of a failed submission (or its one-line cause)."""
+    if isinstance(err, FileNotFoundError):
+        return f"{err.filename or 'sbatch'} not found: run daskdiff where SLURM's sbatch is on PATH (a login node)"
+    text = str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("sbatch:")]
+    if not lines:
+        match = re.search(r"stderr:\n(.*)", text, re.S)
+        lines = [line.strip() for line in (match.group(1) if match else text).splitlines() if line.strip()][-2:]
+    return "; ".join(lines) or type(err).__name__
+
+
+def _slurm_keys_for(message: str, slurm: Any) -> str:
+    keys = [key for word, ks in SBATCH_KEYS if word in message.lower() for key in ks]
+    keys = list(dict.fromkeys(keys or ["queue", "account", "memory", "walltime", "cores", "job_extra_directives"]))
+    named = []
+    for key in keys:
+        value, where = slurm.resolved(key)
+        named.append(f"cluster.slurm.{key}" + (f" {value!r}" + ("" if where.startswith("cluster.") else f" (from {where})") if value is not None else ""))
+    return ", ".join(named)
+
+
+def _wait_for_slurm(client: Client, cluster: Any, section: Any) -> None:
+    """Wait for the first SLURM worker; an ``sbatch`` refusal is raised at once, a queued job at ``start_timeout``.
+
+    Raises
+    ------
+    JobError
+        ``sbatch`` refused the job (its ``sbatch: error:`` line, and the spec keys that set what
+        it refused), or no SLURM job started a worker within ``cluster.start_timeout``.
+    """
+    failures = getattr(cluster, "daskdiff_submit_failures", [])
+    deadline = time.monotonic() + section.start_timeout
+    while True:
+        if failures:
+            raise JobError(f"cluster.kind slurm: sbatch refused the job: {failures[0]}; check {_slurm_keys_for(failures[0], section.slurm)} "
+                           "(sinfo lists partitions and their limits)")
+        if client.scheduler_info(n_workers=-1).get("workers"):
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    ids = [str(job.job_id) for job in cluster.workers.values() if getattr(job, "job_id", None)]
+    queue, where = section.slurm.resolved("queue")
+    partition = f"partition {queue!r} ({where})" if queue else "the default partition (cluster.slurm.queue not set)"
+    if ids:
+        raise JobError(f"cluster.kind slurm: SLURM job {', '.join(ids)} in {partition} started no worker within {section.start_timeout} s "
+                       f"(cluster.start_timeout); it is still queued or failed at start: see 'squeue -j {','.join(ids)}' (the REASON "
+                       f"column) and the job's log, or raise cluster.start_timeout")
+    raise JobError(f"cluster.kind slurm: sbatch gave no job id within {section.start_timeout} s (cluster.start_timeout); check that "
+                   "sbatch works on this machine (sbatch --version) and that SLURM's controller answers (sinfo)")
+
+
+def _import_dask_cuda() -> Any:
+    """``dask_cuda``, or one line with the real reason it cannot be imported.
+
+    An installed dask-cuda without its CUDA extra (``dask-cuda[cu12]``) fails at import on a
+    module of its own dependencies; that message is the one to show, not "needs dask-cuda".
+    """
+    try:
+        return _import_keeping_sigint("dask_cuda")
+    except ModuleNotFoundError as err:
+        if err.name == "dask_cuda":
+            raise InputError("cluster.kind 'local_cuda' needs dask-cuda: pip install 'daskdiff[gpu]' (on CPU machines use cluster.kind: local)") from None
+        cause = err
+    except Exception as err:  # ImportError, or a CUDA library's own error at import
+        cause = err
+    why = " ".join(f"{type(cause).__name__}: {cause}".split())
+    raise InputError(f"cluster.kind 'local_cuda': dask-cuda is installed but cannot be imported ({shorten(why, 400)}); "
+                     "install the consistent set with pip install 'daskdiff[gpu]' (dask-cuda[cu12]), or use cluster.kind: local on CPU machines") from None
+
+
+def _nvml_problem() -> str | None:
+    """None where NVML (the NVIDIA driver's library, which dask-cuda asks) sees a GPU; else why not."""
+    try:
+        import pynvml
+    except Exception as err:
+        return f"pynvml (nvidia-ml-py) cannot be imported: {err}"
+    try:
+        pynvml.nvmlInit()
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as err:  # pynvml.NVMLError_*: no driver, no library
+        return f"NVML: {' '.join(str(err).split()) or type(err).__name__}"
+    return None if count else "NVML: 0 devices"
+
+
 def _start_cluster(section: Any, n_workers: int | None, security: Security | None) -> Any:
     n = n_workers or section.n_workers
     tls = {"security": security, "protocol": "tls://"} if security is not None else {}
@@ -488,16 +648,29 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
             SLURMCluster = _import_keeping_sigint("dask_jobqueue").SLURMCluster
         except ImportError:
             raise InputError("cluster.kind 'slurm' needs dask-jobqueue: pip install 'daskdiff[slurm]'") from None
-        cluster = SLURMCluster(**{**section.slurm, **tls})  # workers get --protocol tls:// --tls-ca-file/--tls-cert/--tls-key
+        failures: list[str] = []
+        try:  # workers get --protocol tls:// --tls-ca-file/--tls-cert/--tls-key
+            cluster = SLURMCluster(job_cls=_recording_job_class(failures), **{**section.slurm.kwargs(), **tls})
+        except (ValueError, TypeError) as err:  # a value from Dask config jobqueue.slurm.* that dask-jobqueue refuses
+            raise InputError(f"cluster.slurm: dask-jobqueue refused the SLURMCluster options (with Dask config jobqueue.slurm.* "
+                             f"under them): {' '.join(str(err).split())}") from None
+        cluster.daskdiff_submit_failures = failures
         cluster.scale(jobs=section.jobs)
         return cluster
     if section.kind == "local_cuda":
-        try:
-            LocalCUDACluster = _import_keeping_sigint("dask_cuda").LocalCUDACluster
-        except ImportError:
-            raise InputError("cluster.kind 'local_cuda' needs dask-cuda: pip install 'daskdiff[gpu]'") from None
+        LocalCUDACluster = _import_dask_cuda().LocalCUDACluster
+        problem = _nvml_problem()
+        if problem:
+            raise InputError(f"cluster.kind 'local_cuda': no NVIDIA GPU/driver found ({problem}); use cluster.kind: local on CPU machines")
         kwargs = {"n_workers": n} if n else {}
-        return LocalCUDACluster(threads_per_worker=1, host="127.0.0.1", resources={"GPU": 1}, **tls, **kwargs)
+        try:
+            return LocalCUDACluster(threads_per_worker=1, host="127.0.0.1", resources={"GPU": 1}, **tls, **kwargs)
+        except Exception as err:  # one line, not dask-cuda's traceback
+            why = " ".join(f"{type(err).__name__}: {err}".split())
+            if "nvml" in why.lower():
+                raise InputError(f"cluster.kind 'local_cuda': no NVIDIA GPU/driver found (NVML: {why}); use cluster.kind: local on CPU machines") from None
+            raise JobError(f"cluster.kind 'local_cuda': dask-cuda's LocalCUDACluster did not start ({shorten(why, 400)}); "
+                           "check the GPUs with nvidia-smi, or use cluster.kind: local") from None
     return LocalCluster(
         n_workers=n or max(1, min(os.cpu_count() or 1, 4)),
         threads_per_worker=section.threads_per_worker,
@@ -526,3 +699,26 @@ def gpu_resource_offered(client: Client) -> bool:
     """Whether any worker advertises a ``GPU`` resource."""
     workers = client.scheduler_info().get("workers", {})
     return any(w.get("resources", {}).get("GPU", 0) > 0 for w in workers.values())
+
+
+def _device_of(dask_worker: Any) -> dict | None:
+    return getattr(dask_worker, DEVICE_ATTRIBUTE, None)
+
+
+def mislabeled_gpu_workers(client: Client) -> tuple[dict[str, str], int]:
+    """Workers that offer a ``GPU`` resource but have no GPU, and how many offer one.
+
+    Returns ``({address: what the worker found}, number of workers offering GPU)``. The device
+    is what :class:`WorkerSetup` found on each worker (registered first); a worker that could
+    not tell (another backend that failed to load) is not counted as mislabeled.
+    """
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    labeled = [a for a, w in workers.items() if w.get("resources", {}).get("GPU", 0) > 0]
+    if not labeled:
+        return {}, 0
+    try:
+        devices = client.run(_device_of, workers=labeled, on_error="return")
+    except Exception:  # workers gone meanwhile: nothing to say about them
+        return {}, len(labeled)
+    wrong = {a: d["found"] for a, d in devices.items() if isinstance(d, dict) and d.get("gpu") is False}
+    return wrong, len(labeled)

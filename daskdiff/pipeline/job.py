@@ -523,9 +523,14 @@ def _diff_tasks(plan: JobPlan, keep_rdm: bool, memory_budget: int | None = None)
     return tasks
 
 
-def _gpu_resources(client: Any, spec: JobSpec) -> dict | None:
-    """``{'GPU': 1}`` when some worker offers a GPU; waits for one when ``require_gpu`` is set."""
-    from .cluster import gpu_resource_offered
+def _gpu_resources(client: Any, spec: JobSpec, echo: Callable = print) -> dict | None:
+    """``{'GPU': 1}`` when some worker offers a GPU it has; waits for one when ``require_gpu`` is set.
+
+    A worker whose ``GPU`` resource is not backed by a GPU (``dask worker --resources GPU=1`` on
+    a CPU node) is named in one line each. With ``require_gpu`` that is a :class:`JobError`;
+    without, extraction is restricted to GPU workers only where one really has a GPU.
+    """
+    from .cluster import gpu_resource_offered, mislabeled_gpu_workers
 
     gpu = gpu_resource_offered(client)
     deadline = time.monotonic() + spec.cluster.start_timeout
@@ -538,7 +543,20 @@ def _gpu_resources(client: Any, spec: JobSpec) -> dict | None:
             f"cluster.start_timeout={spec.cluster.start_timeout} s; start workers with --resources GPU=1 "
             "(dask-cuda's LocalCUDACluster does) or set require_gpu: false"
         )
-    return {"GPU": 1} if gpu else None
+    if not gpu:
+        return None
+    wrong, labeled = mislabeled_gpu_workers(client)
+    if wrong and spec.extraction.require_gpu:
+        address, found = next(iter(wrong.items()))
+        raise JobError(
+            f"extraction.require_gpu is set but {len(wrong)} of {labeled} worker(s) offering a 'GPU' resource have no GPU "
+            f"(worker {address}: {found}); start those workers without --resources GPU=1 or on GPU nodes (check the "
+            "CUDA driver and a GPU build of the backend there), or set require_gpu: false"
+        )
+    rest = "extraction tasks still go to it, on CPU" if len(wrong) < labeled else "extraction tasks go to every worker"
+    for address, found in wrong.items():
+        echo(f"warning: worker {address} offers a 'GPU' resource but has no GPU ({found}); {rest}")
+    return {"GPU": 1} if len(wrong) < labeled else None
 
 
 @dataclass
@@ -579,7 +597,7 @@ def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Calla
     client only records, before anything is written, which files the tasks may write.
     """
     spec = plan.spec
-    resources = _gpu_resources(client, spec)
+    resources = _gpu_resources(client, spec, echo)
     shard_tasks = _shard_tasks(plan, attrs)
     budget = task_memory_budget(spec, _worker_limits(client))
     diff_tasks = _diff_tasks(plan, keep_rdm, budget)

@@ -188,6 +188,121 @@ class SecuritySection(_Strict):
         return ("tls_client_cert", self.tls_client_cert), ("tls_client_key", self.tls_client_key)
 
 
+SLURM_RESERVED = {
+    "security": "give cluster.security (daskdiff passes it on, and sets the protocol)",
+    "protocol": "give cluster.security for tls:// (daskdiff sets the protocol)",
+    "n_workers": "give cluster.jobs (the SLURM jobs to start)",
+    "host": "give it in cluster.slurm.scheduler_options: {host: ...}",
+    "dashboard_address": "give it in cluster.slurm.scheduler_options: {dashboard_address: ...}",
+    "extra": "dask-jobqueue renamed it: give cluster.slurm.worker_extra_args",
+    "job_extra": "dask-jobqueue renamed it: give cluster.slurm.job_extra_directives",
+    "env_extra": "dask-jobqueue renamed it: give cluster.slurm.job_script_prologue",
+    "header_skip": "dask-jobqueue renamed it: give cluster.slurm.job_directives_skip",
+    "project": "dask-jobqueue renamed it: give cluster.slurm.account",
+}
+"""``SLURMCluster`` arguments a spec may not give, and what to give instead."""
+
+_WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^(UNLIMITED|INFINITE)$", re.I)
+"""SLURM's time formats (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``) and no limit."""
+
+
+class SlurmSection(_Strict):
+    """The ``dask_jobqueue.SLURMCluster`` arguments of ``cluster.slurm``; None: Dask config's.
+
+    Every key left out takes its value from Dask config ``jobqueue.<config_name>.*`` (as
+    dask-jobqueue itself does: ``~/.config/dask/jobqueue.yaml``, ``DASK_JOBQUEUE__SLURM__QUEUE``),
+    so only the keys set here are passed on, on top of that configuration.
+    """
+
+    cores: PositiveInt | None = None
+    """Cores per SLURM job (``--cpus-per-task``); shared by its ``processes`` as worker threads."""
+    memory: str | None = None
+    """Memory per SLURM job, e.g. ``16GB`` (``--mem``); shared by its ``processes``."""
+    processes: PositiveInt | None = None
+    """Dask worker processes per SLURM job (dask-jobqueue default: about sqrt(cores))."""
+    queue: str | None = None
+    """SLURM partition (``-p``)."""
+    account: str | None = None
+    """SLURM account (``-A``)."""
+    walltime: str | None = None
+    """Time limit of each SLURM job (``-t``), a quoted string such as ``'04:00:00'`` or ``'1-00:00:00'``."""
+    job_cpu: PositiveInt | None = None
+    job_mem: str | None = None
+    job_name: str | None = None
+    job_extra_directives: list[str] | None = None
+    """Extra ``#SBATCH`` lines, without ``#SBATCH``: e.g. ``['--gres=gpu:1']``."""
+    job_directives_skip: list[str] | None = None
+    job_script_prologue: list[str] | None = None
+    """Shell lines run before the worker starts, e.g. ``['module load cuda']``."""
+    worker_extra_args: list[str] | None = None
+    """Extra ``dask worker`` arguments, e.g. ``['--resources', 'GPU=1']``."""
+    worker_command: str | None = None
+    local_directory: str | None = None
+    log_directory: str | None = None
+    shared_temp_directory: str | None = None
+    interface: str | None = None
+    python: str | None = None
+    shebang: str | None = None
+    death_timeout: PositiveInt | None = None
+    nanny: bool | None = None
+    scheduler_options: dict[str, Any] | None = None
+    """Options of the scheduler daskdiff starts, e.g. ``{host: 0.0.0.0, dashboard_address: ':8787'}``."""
+    config_name: str | None = None
+    """The Dask config section to default from: ``jobqueue.<config_name>`` (default ``slurm``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key in SLURM_RESERVED:
+                    raise ValueError(f"cluster.slurm.{key} is not allowed here: {SLURM_RESERVED[key]}")
+                if key not in cls.model_fields:
+                    raise ValueError(f"cluster.slurm.{shorten(str(key), 60)} is not a SLURMCluster option daskdiff passes on; "
+                                     f"the keys are: {', '.join(cls.model_fields)}")
+        return data
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _walltime(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            hours, rest = divmod(v, 3600)
+            raise ValueError(
+                f"is the integer {v}: YAML reads an unquoted H:MM:SS as seconds in base 60 (1:00:00 is 3600), which SLURM "
+                f"would take as {v} minutes; quote it: walltime: '{hours:02d}:{rest // 60:02d}:{rest % 60:02d}'"
+            )
+        if isinstance(v, str) and not _WALLTIME.match(v):
+            raise ValueError(f"{v!r} is not a SLURM time: give a quoted 'HH:MM:SS', 'MM', 'D-HH' or 'D-HH:MM:SS', e.g. '04:00:00'")
+        return v
+
+    @field_validator("memory", "job_mem")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None:
+            from dask.utils import parse_bytes
+
+            try:
+                if parse_bytes(v) <= 0:
+                    raise ValueError
+            except (ValueError, TypeError):
+                raise ValueError(f"{v!r} is not a size: give one such as '16GB' or '64GiB'") from None
+        return v
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keys set in the spec, as ``SLURMCluster`` keyword arguments."""
+        return self.model_dump(exclude_none=True)
+
+    def resolved(self, key: str) -> tuple[Any, str]:
+        """``(value, where from)`` of ``key``: the spec's, else Dask config's (``jobqueue.<name>.<key>``), else None."""
+        value = getattr(self, key)
+        if value is not None:
+            return value, f"cluster.slurm.{key}"
+        import dask
+
+        name = f"jobqueue.{self.config_name or 'slurm'}.{key.replace('_', '-')}"
+        return dask.config.get(name, None), f"Dask config {name}"
+
+
 class ClusterSection(_Strict):
     kind: Literal["local", "address", "slurm", "local_cuda"] = "local"
     n_workers: PositiveInt | None = None
@@ -196,7 +311,7 @@ class ClusterSection(_Strict):
     address: str | None = None
     scheduler_file: str | None = None
     jobs: PositiveInt = 1
-    slurm: dict[str, Any] = {}
+    slurm: SlurmSection = SlurmSection()
     security: SecuritySection | None = None
     start_timeout: PositiveInt = 120
 
@@ -211,9 +326,29 @@ class ClusterSection(_Strict):
                 )
         return self
 
-    @field_validator("slurm")
+    @model_validator(mode="after")
+    def _slurm_job_size(self) -> "ClusterSection":
+        """With ``kind: slurm``, cores and memory must come from the spec or Dask config."""
+        if self.kind != "slurm":
+            return self
+        missing = [key for key in ("cores", "memory") if self.slurm.resolved(key)[0] is None]
+        if missing:
+            name = self.slurm.config_name or "slurm"
+            raise ValueError(
+                " and ".join(f"cluster.slurm.{key}" for key in missing) + " missing: a SLURM job needs its size, e.g. cluster.slurm: "
+                f"{{cores: 8, memory: 32GB}} (or Dask config {' / '.join(f'jobqueue.{name}.{k}' for k in missing)})"
+            )
+        cores, _ = self.slurm.resolved("cores")
+        processes, where = self.slurm.resolved("processes")
+        if processes is not None and isinstance(cores, int) and processes > cores:
+            raise ValueError(f"cluster.slurm.processes {processes} ({where}) is more than cluster.slurm.cores {cores}: each worker process needs a core")
+        return self
+
+    @field_validator("slurm", mode="before")
     @classmethod
-    def _slurm(cls, v: dict[str, Any]) -> dict[str, Any]:
+    def _slurm(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
         size = len(json.dumps(v, default=str))
         if size > MAX_SLURM_CHARS:
             raise ValueError(f"holds {size} characters of options; at most {MAX_SLURM_CHARS} (dask-jobqueue SLURMCluster keyword arguments)")
