@@ -40,40 +40,55 @@ def _host() -> str:
     return owner_tag().rsplit("+", 1)[0]
 
 
+def _wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 @pytest.mark.cluster
 def test_second_run_on_a_busy_folder_is_refused_naming_the_first(tmp_path, tiny_model_path):
-    write_images(tmp_path / "a", 8, seed=1)
-    write_images(tmp_path / "b", 8, seed=2)
+    """The first run holds the folder while it waits for workers (a CLI scheduler with none yet:
+    as on a batch cluster whose workers are queued); a second run on the folder is refused."""
+    write_images(tmp_path / "a", 4, seed=1)
+    write_images(tmp_path / "b", 4, seed=2)
     spec = tiny_spec(tiny_model_path, {"a": str(tmp_path / "a"), "b": str(tmp_path / "b")}, tmp_path / "out",
-                     extraction={"batch_size": 1, "shard_size": 1})
+                     cluster={"start_timeout": 240})
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
-    cmd = [str(BIN / "daskdiff"), "run", str(job), "--workers", "1", "--no-progress"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sfile = tmp_path / "scheduler.json"
+    cmd = [str(BIN / "daskdiff"), "run", str(job), "--scheduler-file", str(sfile), "--no-progress"]
+    scheduler = subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                  "--scheduler-file", str(sfile)], env=env, stderr=subprocess.DEVNULL)
+    first = worker = None
+    lock = tmp_path / "out" / LOCK_FILE
     try:
-        shards = tmp_path / "out" / "activations"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not list(shards.rglob("shard-*.nc")) and first.poll() is None:
-            time.sleep(0.05)
-        assert first.poll() is None, "the first run ended before the test could start a second one"
+        assert _wait_for(lambda: sfile.exists() and sfile.stat().st_size > 0, 60)
+        first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert _wait_for(lambda: lock.exists() and f'"pid": {first.pid},' in lock.read_text(), 120), "the first run never took the folder"
         second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert first.poll() is None, "the first run ended before the second one checked the folder"
         assert second.returncode == 2, second.stderr[-2000:]
         message = second.stderr.strip().splitlines()[-1]
         assert f"is in use by another daskdiff run (pid {first.pid} on " in message and "choose another --output" in message
+        worker = subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(sfile), "--nthreads", "1",
+                                   "--no-dashboard", "--host", "127.0.0.1"], env=env, stderr=subprocess.DEVNULL)
         out, err = first.communicate(timeout=300)
+        assert first.returncode == 0, err[-3000:]
+        assert "removed" not in out  # nobody deleted the first run's temporaries
+        # once the holder is gone, the folder is free again: a re-run resumes everything
+        again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert json.loads(lock.read_text())["pid"] != first.pid
     finally:
-        first.kill()
-    assert first.returncode == 0, err[-3000:]
-    assert "removed" not in out  # nobody deleted the first run's temporaries
-    holder = json.loads((tmp_path / "out" / LOCK_FILE).read_text())
-    assert holder["pid"] == first.pid
-
-    # once the holder is gone, the folder is free again: a re-run resumes everything
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads((tmp_path / "out" / LOCK_FILE).read_text())["pid"] != first.pid
+        for proc in (first, worker, scheduler):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
 
 
 def test_temporaries_are_removed_only_when_their_writer_is_dead(tmp_path, tiny_model_path):
@@ -152,15 +167,6 @@ def test_shard_lacking_a_variable_of_the_plan_is_not_finished(tmp_path):
     assert meta is None and why.startswith("it lacks variable(s) units__")
     meta, why = shard_status(path, small, "d", [("/im/0.png", 10, 1), ("/im/1.png", 12, 3)])
     assert meta is None and why == "its input images changed: 1 changed (1.png)"
-
-
-def _wait_for(predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.cluster

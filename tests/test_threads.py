@@ -23,11 +23,13 @@ import xarray as xr
 from daskdiff.core.units import Sampling, storage_plan
 from daskdiff.io.atomic import atomic_path, write_netcdf
 from daskdiff.io.results import open_results
-from daskdiff.io.shards import ShardWriter, activation_variables, read_features, shard_complete, shard_labels, write_shard_labels
+from daskdiff.io.shards import ShardWriter, activation_variables, inputs_digest, read_features, shard_labels, shard_status
 
 plan = storage_plan({"conv": (4, 4, 3), "fc": (10,)}, ["units", "filter_mean"], Sampling(n_units=(5,), repeats=3, seed=1))
 folder = tempfile.mkdtemp()
 errors = []
+
+record = [(f"p{j}", 100, 1) for j in range(6)]
 
 def work(t):
     rng = np.random.default_rng(t)
@@ -36,13 +38,14 @@ def work(t):
             path = os.path.join(folder, f"shard-{t}-{i}.nc")
             feats = {name: rng.standard_normal((6, n)).astype(np.float32) for name, (_, n) in activation_variables(plan).items()}
             with atomic_path(path) as tmp:
+                labels = shard_labels(plan, paths=[f"p{j}" for j in range(6)], image_set="s", image_index=range(6),
+                                      logits=rng.standard_normal((6, 5)), labels=[f"c{j}" for j in range(5)],
+                                      attrs={"plan_digest": "d", "inputs_digest": inputs_digest("d", record)})
                 with ShardWriter(tmp, plan, chunk_images=3) as writer:
                     writer.append({k: v[:3] for k, v in feats.items()})
                     writer.append({k: v[3:] for k, v in feats.items()})
-                labels = shard_labels(plan, paths=[f"p{j}" for j in range(6)], image_set="s", image_index=range(6),
-                                      logits=rng.standard_normal((6, 5)), labels=[f"c{j}" for j in range(5)], attrs={"plan_digest": "d"})
-                write_shard_labels(tmp, labels)
-            assert shard_complete(path, "d", 6)["n_images"] == 6
+                    writer.write_labels(labels, record)
+            assert shard_status(path, plan, "d", record)[0]["n_images"] == 6
             values, _ = read_features([path, path], "units", "conv")
             assert np.array_equal(values[:6], feats["units__conv"]) and np.array_equal(values[6:], feats["units__conv"])
             results = os.path.join(folder, f"results-{t}-{i}.nc")

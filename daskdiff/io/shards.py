@@ -230,7 +230,7 @@ def shard_labels(
     (See the module docstring for the layout.) ``logits`` are the class-score layer's
     pre-softmax outputs ``(n_images, classes)``; the top-5 classes come from them. A shard's
     file is :class:`ShardWriter`'s activation variables plus this Dataset
-    (:func:`write_shard_labels`).
+    (:meth:`ShardWriter.write_labels`).
     """
     from ..core.ranking import softmax, top_k
 
