@@ -1,0 +1,131 @@
+"""Movies in a job (issue 15): spectral differentiation on a real tiny-model job, checked against
+an independent computation (direct Keras call, numpy FFT, scipy pdist); frame order; resume;
+spectral options refused before any cluster starts."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from distributed import Client, LocalCluster
+from scipy.spatial.distance import pdist
+
+from daskdiff.core.units import Sampling, units_for
+from daskdiff.pipeline.job import run_job
+from daskdiff.pipeline.spec import SpecError
+
+from jobtools import tiny_spec
+
+pytestmark = pytest.mark.cluster
+
+FPS, FRAMES, STATE = 10.0, 43, 1.0  # 4 windows of 10 frames, 3 trailing frames dropped
+GRATING = {"generate": "gratings", "size": 32, "n_frames": FRAMES, "fps": FPS, "temporal_frequency": 0.7, "orientation": 30}
+
+
+@pytest.fixture(scope="module")
+def client2():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def _spec(model, output, **overrides):
+    sets = {"grating": GRATING, "scrambled": {"generate": "scrambled", "source": dict(GRATING), "seed": 1}}
+    kw = {"analysis__measures": ["images", "spectral"], "analysis__spectral": {"state_length": STATE}}
+    return tiny_spec(model, sets, output, **{**kw, **overrides})
+
+
+def _run(spec, client, lines=None):
+    echo = (lambda *a: lines.append(" ".join(map(str, a)))) if lines is not None else (lambda *a: None)
+    return run_job(spec, Path("."), client=client, progress=False, echo=echo)
+
+
+def _direct_activations(model_path, paths, layers):
+    """Reference activations: keras.utils.load_img + the saved model, frames in time order."""
+    import keras
+
+    model = keras.saving.load_model(model_path, compile=False)
+    direct = keras.Model(model.inputs, [model.get_layer(n).output for n in layers])
+    x = np.stack([np.asarray(keras.utils.load_img(p, target_size=(32, 32)), dtype=np.float32) for p in paths])
+    return dict(zip(layers, [np.asarray(o) for o in direct.predict(x, batch_size=4, verbose=0)]))
+
+
+def _reference_sd(x, fps, state_length):
+    """Spectral differentiation restated: z-score over all entries, whole windows, |rfft|^2, pdist, median."""
+    z = (x - x.mean()) / x.std()
+    n = int(round(fps * state_length))
+    w = len(z) // n
+    windows = z[: w * n].reshape(w, n, z.shape[1])  # (window, time, unit)
+    power = np.abs(np.fft.rfft(windows, axis=1)) ** 2  # (window, freq, unit)
+    states = power.transpose(0, 2, 1).reshape(w, -1)  # unit-major
+    return float(np.median(pdist(states)))
+
+
+def test_spectral_job_matches_independent_computation_and_resumes(tmp_path, tiny_model_path, client2):
+    spec = _spec(tiny_model_path, tmp_path / "out")
+    result = _run(spec, client2)
+    ds = xr.open_dataset(result.path)
+    assert ds["spectral_differentiation"].dims == ("image_set", "substrate", "n_units", "layer", "repeat")
+    assert list(ds["fps"].values) == [FPS, FPS]
+    assert list(ds["spectral_windows"].values) == [4, 4] and list(ds["spectral_dropped"].values) == [3, 3]
+    attrs = ds["spectral_differentiation"].attrs
+    assert attrs["state_length"] == STATE and list(attrs["dropped_samples"]) == [3, 3] and list(attrs["fs"]) == [FPS, FPS]
+    # frames in time order, as movie.json lists them
+    record = json.loads((tmp_path / "out" / "images" / "grating" / "movie.json").read_text())
+    frames = [str(tmp_path / "out" / "images" / "grating" / f) for f in record["frames"]]
+    assert [Path(p).name for p in ds["image_path"].sel(image_set="grating").values[:FRAMES]] == record["frames"]
+    assert record["frames"] == sorted(record["frames"]) and len(frames) == FRAMES
+
+    layers = ["conv2", "fc1"]
+    acts = _direct_activations(tiny_model_path, frames, layers)
+    a = spec.analysis
+    sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
+    for layer in layers:
+        flat = acts[layer].reshape(FRAMES, -1).astype(np.float64)
+        for repeat in (0, 5):
+            units = units_for(acts[layer].shape[1:], "units", 5, sampling, layer, repeat)
+            ref = _reference_sd(flat[:, units], FPS, STATE)
+            got = ds["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer=layer, repeat=repeat)
+            assert float(got) == pytest.approx(ref, rel=1e-6)
+            norm = ds["normalized_spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer=layer, repeat=repeat)
+            assert float(norm) == pytest.approx(ref / np.sqrt(5), rel=1e-6)
+        # filter_mean, every filter: exact, in repeat 0 only. A drifting grating's spatial mean
+        # hardly changes in time, so z-scoring it amplifies the float32 rounding of the mean
+        # (taken in float32, as the network's pooling does): a looser tolerance
+        fm = acts[layer].mean(axis=(1, 2), dtype=np.float32).astype(np.float64) if acts[layer].ndim == 4 else None
+        if fm is not None:
+            got = ds["spectral_differentiation"].sel(image_set="grating", substrate="filter_mean", n_units="all", layer=layer)
+            assert float(got.sel(repeat=0)) == pytest.approx(_reference_sd(fm, FPS, STATE), rel=1e-4)
+            assert np.all(np.isnan(got.values[1:]))
+    # the image measure is computed too, and the control differs from the movie
+    assert np.isfinite(ds["differentiation"].sel(n_units="5").values).all()
+    assert not np.allclose(ds["spectral_differentiation"].sel(image_set="grating"), ds["spectral_differentiation"].sel(image_set="scrambled"))
+    before = ds.load()
+    ds.close()
+
+    lines = []
+    again = _run(spec, client2, lines)  # resume: every shard and partial result is reused
+    resumed = [m for line in lines if (m := re.match(r"resuming: (\d+) of (\d+) shard file\(s\) and (\d+) of (\d+) partial", line))]
+    assert resumed and resumed[0][1] == resumed[0][2] and resumed[0][3] == resumed[0][4], lines
+    with xr.open_dataset(again.path) as ds2:
+        xr.testing.assert_identical(ds2.drop_attrs(), before.drop_attrs())
+
+
+def test_bad_spectral_options_fail_before_the_cluster(tmp_path, tiny_model_path):
+    unreachable = {"kind": "address", "address": "tcp://127.0.0.1:9"}  # never contacted: planning fails first
+    cases = [
+        ({"analysis__spectral": {"state_length": 0.15}}, r"analysis\.spectral\.state_length: movie 'grating' at 10 fps: state_length \* fs must be a whole number"),
+        ({"analysis__spectral": {"state_length": 3.0}}, r"analysis\.spectral\.state_length: movie 'grating' has 43 frame\(s\) at 10 fps, 1 whole window"),
+    ]
+    for overrides, message in cases:
+        spec = _spec(tiny_model_path, tmp_path / "out", cluster=unreachable, **overrides)
+        with pytest.raises(SpecError, match=message):
+            run_job(spec, Path("."), progress=False, echo=lambda *a: None)
+    noise = tiny_spec(tiny_model_path, {"noise": {"generate": "noise", "count": 4, "size": 32}}, tmp_path / "out2",
+                      analysis__measures=["spectral"], cluster=unreachable)
+    with pytest.raises(SpecError, match=r"analysis\.measures: spectral needs every image set to be a movie, but 'noise' has no frame rate"):
+        run_job(noise, Path("."), progress=False, echo=lambda *a: None)
