@@ -15,6 +15,8 @@ from distributed import Client, LocalCluster
 from scipy.spatial.distance import pdist
 
 from daskdiff.core.units import Sampling, units_for
+from daskdiff.info import describe_results
+from daskdiff.plot import plot_results
 from daskdiff.pipeline.job import run_job
 from daskdiff.pipeline.spec import SpecError
 
@@ -106,6 +108,13 @@ def test_spectral_job_matches_independent_computation_and_resumes(tmp_path, tiny
     assert not np.allclose(ds["spectral_differentiation"].sel(image_set="grating"), ds["spectral_differentiation"].sel(image_set="scrambled"))
     before = ds.load()
     ds.close()
+    summary = describe_results(result.path)  # daskdiff info
+    assert "spectral differentiation: state_length 1 s" in summary and re.search(r"grating\s+10\s+4\s+3\s", summary), summary
+    fig = plot_results(before)  # daskdiff plot: image panels, then spectral ones
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["units, n_units=5", "units, n_units=all", "filter_mean, n_units=5", "filter_mean, n_units=all",
+                      "units, n_units=5 (spectral)", "units, n_units=all (spectral)", "filter_mean, n_units=5 (spectral)",
+                      "filter_mean, n_units=all (spectral)"], titles
 
     lines = []
     again = _run(spec, client2, lines)  # resume: every shard and partial result is reused
