@@ -138,3 +138,35 @@ def test_bad_spectral_options_fail_before_the_cluster(tmp_path, tiny_model_path)
                       analysis__measures=["spectral"], cluster=unreachable)
     with pytest.raises(SpecError, match=r"analysis\.measures: spectral needs every image set to be a movie, but 'noise' has no frame rate"):
         run_job(noise, Path("."), progress=False, echo=lambda *a: None)
+
+
+def test_movie_given_as_frames_folder_or_file_equals_the_generated_one(tmp_path, tiny_model_path, client2):
+    """The same frames as a generated movie, a plain folder with ``fps:`` and an APNG file give
+    the same spectral differentiation; ``[spectral]`` alone leaves the image measure NaN."""
+    import shutil
+
+    from PIL import Image
+
+    from daskdiff.stimuli.registry import generate
+
+    source = tmp_path / "source"
+    paths = generate("gratings", source, **{k: v for k, v in GRATING.items() if k != "generate"})
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for p in paths:
+        shutil.copy(p, plain / Path(p).name)
+    frames = [Image.open(p).convert("RGB") for p in paths]
+    frames[0].save(tmp_path / "clip.png", save_all=True, append_images=frames[1:], duration=int(1000 / FPS), loop=0)
+    sets = {"generated": GRATING, "folder": {"path": str(plain), "fps": FPS}, "file": {"path": str(tmp_path / "clip.png")}}
+    spec = tiny_spec(tiny_model_path, sets, tmp_path / "out", analysis__measures=["spectral"], analysis__spectral={"state_length": STATE})
+    with xr.open_dataset(_run(spec, client2).path) as ds:
+        assert list(ds["fps"].values) == [FPS] * 3 and list(ds["n_images"].values) == [FRAMES] * 3
+        sd = ds["spectral_differentiation"]
+        assert np.isfinite(sd.sel(n_units="5")).all()
+        for name in ("folder", "file"):
+            np.testing.assert_array_equal(sd.sel(image_set=name).values, sd.sel(image_set="generated").values)
+        assert ds["differentiation"].attrs["measured"] == 0 and bool(ds["differentiation"].isnull().all())
+        assert "rdm" not in ds
+    (plain / Path(paths[2]).name).rename(plain / "grating-2.png")  # unpadded: 'grating-2' sorts after 'grating-000010'
+    with pytest.raises(Exception, match=r"image_sets\.folder: the frames' names do not sort in time order"):
+        _run(tiny_spec(tiny_model_path, {"folder": sets["folder"]}, tmp_path / "out2", analysis__measures=["spectral"]), client2)
