@@ -170,3 +170,32 @@ def test_movie_given_as_frames_folder_or_file_equals_the_generated_one(tmp_path,
     (plain / Path(paths[2]).name).rename(plain / "grating-2.png")  # unpadded: 'grating-2' sorts after 'grating-000010'
     with pytest.raises(Exception, match=r"image_sets\.folder: the frames' names do not sort in time order"):
         _run(tiny_spec(tiny_model_path, {"folder": sets["folder"]}, tmp_path / "out2", analysis__measures=["spectral"]), client2)
+
+
+def test_input_layer_is_the_preprocessed_pixels(tmp_path, tiny_model_path, client2):
+    """``model.layers: [input, ...]``: the pixels the network receives (the tiny model's
+    preprocessing is the identity), first in layer order; filter_mean is the mean R, G and B."""
+    import keras
+
+    pan = {"generate": "photo_movie", "photo": "astronaut", "size": 32, "n_frames": FRAMES, "fps": FPS}
+    spec = tiny_spec(tiny_model_path, {"grating": GRATING, "pan": pan}, tmp_path / "out", model__layers=["conv1", "input"],
+                     analysis__measures=["images", "spectral"], analysis__spectral={"state_length": STATE})
+    with xr.open_dataset(_run(spec, client2).path) as ds:
+        assert list(ds["layer"].values) == ["input", "conv1"]
+        def pixels_of(name):
+            folder = tmp_path / "out" / "images" / name
+            frames = json.loads((folder / "movie.json").read_text())["frames"]
+            return np.stack([np.asarray(keras.utils.load_img(folder / f), dtype=np.float64) for f in frames])
+
+        # a grating of whole cycles has the same mean R, G, B in every frame: undefined (NaN), counted
+        mean_rgb = ds["spectral_differentiation"].sel(substrate="filter_mean", n_units="all", layer="input", repeat=0)
+        assert np.isnan(float(mean_rgb.sel(image_set="grating")))
+        assert int(ds["n_undefined"].sel(image_set="grating", substrate="filter_mean", n_units="all", layer="input")) == 1
+        rgb = pixels_of("pan").mean(axis=(1, 2))  # (frames, 3): mean R, G, B of a pan over a photo
+        assert float(mean_rgb.sel(image_set="pan")) == pytest.approx(_reference_sd(rgb, FPS, STATE), rel=1e-6)
+        pixels = pixels_of("grating")
+        a = spec.analysis
+        sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
+        units = units_for(pixels.shape[1:], "units", 5, sampling, "input", 2)
+        got = ds["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer="input", repeat=2)
+        assert float(got) == pytest.approx(_reference_sd(pixels.reshape(FRAMES, -1)[:, units], FPS, STATE), rel=1e-9)
