@@ -122,6 +122,11 @@ def test_spectral_job_matches_independent_computation_and_resumes(tmp_path, tiny
     assert resumed and resumed[0][1] == resumed[0][2] and resumed[0][3] == resumed[0][4], lines
     with xr.open_dataset(again.path) as ds2:
         xr.testing.assert_identical(ds2.drop_attrs(), before.drop_attrs())
+    # another spec on the same folder with --overwrite: the movies (their movie.json too) are daskdiff's to replace
+    changed = _spec(tiny_model_path, tmp_path / "out", analysis__spectral={"state_length": 2.0})
+    result = run_job(changed, Path("."), client=client2, progress=False, echo=lambda *a: None, overwrite=True)
+    with xr.open_dataset(result.path) as ds3:
+        assert list(ds3["spectral_windows"].values) == [2, 2]
 
 
 def test_bad_spectral_options_fail_before_the_cluster(tmp_path, tiny_model_path):

@@ -276,6 +276,11 @@ def _generated_set(name: str, entry: Any, base: Path, manifest: Manifest, echo: 
     if reused is not None:
         echo(f"image set {name!r}: reusing {len(reused)} generated image(s) in {folder}")
         return reused
+    from ..stimuli.movie import MOVIE_RECORD
+    from ..stimuli.registry import MOVIE_KINDS
+
+    movie_record = [folder / MOVIE_RECORD] if entry.generate in MOVIE_KINDS else []  # a movie's frame rate: daskdiff's too
+    manifest.add_files([*movie_record, record])  # before it is written, so --overwrite may remove it
     paths = generate(entry.generate, folder, **params)
     manifest.add_files([*paths, record])
     atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps({"key": key, "paths": paths})))
