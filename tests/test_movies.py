@@ -391,7 +391,7 @@ def test_scrambled_from_a_generator_mapping_equals_from_its_folder(tmp_path, pho
     m, f = folder_bytes(tmp_path / "m"), folder_bytes(tmp_path / "f")
     assert {k: v for k, v in m.items() if k.endswith(".png")} == {k: v for k, v in f.items() if k.endswith(".png")}
     assert record(tmp_path / "m")["source_movie"]["generate"] == "photo_movie"
-    with pytest.raises(InputError, match=r"KIND one of \['gratings', 'photo_movie', 'scrambled', 'skimage_gif'\]"):
+    with pytest.raises(InputError, match=r"KIND one of \['gratings', 'movie', 'photo_movie', 'scrambled', 'skimage_gif'\]"):
         scramble.phase_scrambled({"generate": "noise"}, tmp_path / "x")
     with pytest.raises(InputError, match=r"generator 'gratings' \(drifting_gratings\): unknown parameter\(s\) \['speed'\]"):
         scramble.phase_scrambled({"generate": "gratings", "speed": 3}, tmp_path / "x")
