@@ -204,3 +204,13 @@ def test_input_layer_is_the_preprocessed_pixels(tmp_path, tiny_model_path, clien
         units = units_for(pixels.shape[1:], "units", 5, sampling, "input", 2)
         got = ds["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer="input", repeat=2)
         assert float(got) == pytest.approx(_reference_sd(pixels.reshape(FRAMES, -1)[:, units], FPS, STATE), rel=1e-9)
+
+
+def test_spectral_results_do_not_depend_on_workers_or_shards(tmp_path, tiny_model_path, client2):
+    a = _run(_spec(tiny_model_path, tmp_path / "a", extraction__shard_size=2), client2)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client1:
+        b = _run(_spec(tiny_model_path, tmp_path / "b", extraction__shard_size=50), client1)
+    with xr.open_dataset(a.path) as da, xr.open_dataset(b.path) as db:
+        for name in ("spectral_differentiation", "normalized_spectral_differentiation", "differentiation"):
+            np.testing.assert_allclose(da[name], db[name], rtol=1e-12, equal_nan=True)
