@@ -20,7 +20,11 @@ from daskdiff.plot import plot_results
 from daskdiff.pipeline.job import run_job
 from daskdiff.pipeline.spec import SpecError
 
-from jobtools import tiny_spec
+import cloudpickle
+import jobtools
+from jobtools import KillOnce, tiny_spec
+
+cloudpickle.register_pickle_by_value(jobtools)  # workers do not have the tests folder on sys.path
 
 pytestmark = pytest.mark.cluster
 
@@ -214,3 +218,16 @@ def test_spectral_results_do_not_depend_on_workers_or_shards(tmp_path, tiny_mode
     with xr.open_dataset(a.path) as da, xr.open_dataset(b.path) as db:
         for name in ("spectral_differentiation", "normalized_spectral_differentiation", "differentiation"):
             np.testing.assert_allclose(da[name], db[name], rtol=1e-12, equal_nan=True)
+
+
+def test_worker_killed_during_spectral_differentiation(tmp_path, tiny_model_path, client2):
+    """A worker dies in a differentiation task of a movie job: Dask reruns it, the results are those of a clean run."""
+    reference = _run(_spec(tiny_model_path, tmp_path / "ref"), client2)
+    marker = tmp_path / "killed"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        client.register_plugin(KillOnce("grating--units--", str(marker), delay=0.01))
+        result = _run(_spec(tiny_model_path, tmp_path / "out"), client)
+    assert marker.exists(), "no worker was killed: the test did not test anything"
+    with xr.open_dataset(reference.path) as a, xr.open_dataset(result.path) as b:
+        np.testing.assert_allclose(a["spectral_differentiation"], b["spectral_differentiation"], rtol=1e-12, equal_nan=True)
