@@ -29,8 +29,10 @@ def describe_results(path: str | Path) -> str:
         for name in ds["image_set"].values:
             n = int(ds["n_images"].sel(image_set=name))
             skipped = int((ds["skipped_set"].values == name).sum()) if ds.sizes.get("skipped", 0) else 0
-            mean = float(first.sel(image_set=name).mean(skipna=True))
+            mean = float(first.sel(image_set=name).mean(skipna=True)) if first.attrs.get("measured", 1) else float("nan")
             lines.append(f"{str(name):<20}{n:>8}{skipped:>9}{mean:>50.4g}")
+        if "fps" in ds or "spectral_differentiation" in ds:
+            lines.extend(_spectral_lines(ds))
         undefined = int(ds["n_undefined"].sum())
         if undefined:
             lines.append(f"repeats with an undefined normaliser (NaN): {undefined}")
@@ -41,3 +43,29 @@ def describe_results(path: str | Path) -> str:
         versions = json.loads(a.get("package_versions", "{}"))
         lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     return "\n".join(lines)
+
+
+def _spectral_lines(ds) -> list[str]:
+    """The movies (frame rate, windows, dropped frames) and their spectral differentiation."""
+    lines = [""]
+    sd = ds.get("spectral_differentiation")
+    if sd is not None:
+        at = sd.attrs
+        lines.append(
+            f"spectral differentiation: state_length {at.get('state_length'):g} s  metric: {at.get('metric')}  "
+            f"window: {at.get('window')}  overlap: {at.get('overlap')}  log_frequency: {bool(at.get('log_frequency'))}  "
+            f"normalize: {at.get('normalize')} (before the spectra)"
+        )
+    lines.append(f"{'movie':<20}{'fps':>8}{'windows':>9}{'dropped':>9}"
+                 + (f"{'mean normalized spectral differentiation (first substrate/n_units)':>70}" if sd is not None else ""))
+    for name in ds["image_set"].values:
+        fps = float(ds["fps"].sel(image_set=name)) if "fps" in ds else float("nan")
+        if fps != fps:
+            continue
+        row = f"{str(name):<20}{fps:>8g}"
+        if sd is not None:
+            nsd = ds["normalized_spectral_differentiation"].isel(substrate=0, n_units=0).sel(image_set=name)
+            row += (f"{int(ds['spectral_windows'].sel(image_set=name)):>9}{int(ds['spectral_dropped'].sel(image_set=name)):>9}"
+                    f"{float(nsd.mean(skipna=True)):>70.4g}")
+        lines.append(row)
+    return lines

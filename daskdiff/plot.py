@@ -189,13 +189,20 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 120) -> Path:
 # --------------------------------------------------------------------------- 1. by layer
 
 
-def differentiation_by_layer(ds: xr.Dataset, ax: Any, *, substrate: str, n_units: str, sets: Sequence[str] | None = None, legend: bool = False) -> None:
+SPECTRAL_VARIABLE = "normalized_spectral_differentiation"
+"""The spectral results variable :func:`plot_results` draws (comparable across n_units)."""
+
+
+def differentiation_by_layer(ds: xr.Dataset, ax: Any, *, substrate: str, n_units: str, sets: Sequence[str] | None = None, legend: bool = False,
+                             variable: str = "differentiation") -> None:
     """Mean +- SD over repeats per layer, one line per image set, layers in network order.
 
     For ``n_units='all'`` (exact, one value) there is no error bar. ``legend=True`` puts a
     legend of the sets outside the axes (:func:`plot_results` draws one for the whole figure).
+    ``variable``: ``differentiation`` (images) or a spectral variable of a movie job, e.g.
+    :data:`SPECTRAL_VARIABLE`.
     """
-    da = ds["differentiation"].sel(substrate=substrate, n_units=str(n_units))
+    da = ds[variable].sel(substrate=substrate, n_units=str(n_units))
     colors = set_colors(set_names(ds))
     x = _layer_axis(ax, _layers(ds))
     for name in set_names(ds, sets):
@@ -203,15 +210,18 @@ def differentiation_by_layer(ds: xr.Dataset, ax: Any, *, substrate: str, n_units
         mean = _mean_over_repeats(values)
         sd = _sd_over_repeats(values) if str(n_units) != "all" else None
         ax.errorbar(x, mean.values, yerr=None if sd is None else sd.values, marker="o", ms=3, capsize=2, color=colors[name], label=name)
-    ax.set_ylabel("differentiation\n(mean ± SD over repeats)")
-    ax.set_title(f"{substrate}, n_units={n_units}", fontsize=9)
+    what = "differentiation" if variable == "differentiation" else variable.replace("_", " ").replace("normalized ", "normalized\n")
+    ax.set_ylabel(f"{what}\n(mean ± SD over repeats)")
+    ax.set_title(f"{substrate}, n_units={n_units}" + ("" if variable == "differentiation" else " (spectral)"), fontsize=9)
     ax.grid(alpha=0.3)
     if legend:
         _legend_outside(ax, title="image set")
 
 
 def plot_results(ds: xr.Dataset | str | Path, path: str | Path | None = None, *, dpi: int = 120) -> Path | Figure:
-    """Differentiation by layer: one panel per (substrate, n_units), SD error bars over repeats.
+    """Differentiation by layer: one panel per (substrate, n_units), SD error bars over repeats;
+    with spectral differentiation in the results, a panel per (substrate, n_units) of
+    :data:`SPECTRAL_VARIABLE` too (and none of the image measure when it was not measured).
 
     Writes a PNG to ``path`` (atomically) and returns the path, or returns the figure when
     ``path`` is None.
@@ -219,10 +229,12 @@ def plot_results(ds: xr.Dataset | str | Path, path: str | Path | None = None, *,
     if not isinstance(ds, xr.Dataset):
         with open_results(ds) as opened:
             ds = opened.load()
-    panels = [(str(s), str(n)) for s in ds["substrate"].values for n in ds["n_units"].values]
+    variables = [v for v in ("differentiation", SPECTRAL_VARIABLE)
+                 if v in ds and (v != "differentiation" or ds[v].attrs.get("measured", 1))]
+    panels = [(v, str(s), str(n)) for v in variables for s in ds["substrate"].values for n in ds["n_units"].values]
     fig, axes = _figure(len(panels), 3, (5.5, 4.2))
-    for ax, (s, n) in zip(axes, panels):
-        differentiation_by_layer(ds, ax, substrate=s, n_units=n)
+    for ax, (v, s, n) in zip(axes, panels):
+        differentiation_by_layer(ds, ax, substrate=s, n_units=n, variable=v)
     handles, labels = axes[0].get_legend_handles_labels()
     _suptitle(fig, str(ds.attrs.get("title", "differentiation by layer")), ds)
     fig.legend(handles, labels, loc="outside right center", title="image set", frameon=False)

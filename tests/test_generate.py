@@ -358,7 +358,7 @@ def test_generate_dispatches_to_each_generator(tmp_path, gif10):
     assert len(registry.generate("frames", tmp_path / "f", movie=str(gif10), every=5)) == 2
     assert set(registry.GENERATORS) == {
         "noise", "photos", "augment", "frames", "select", "adversarial",
-        "gratings", "photo_movie", "skimage_gif", "scrambled",  # the movies: tests/test_movies.py
+        "gratings", "photo_movie", "skimage_gif", "scrambled", "movie",  # the movies: tests/test_movies.py
     }
 
 

@@ -391,7 +391,7 @@ def test_scrambled_from_a_generator_mapping_equals_from_its_folder(tmp_path, pho
     m, f = folder_bytes(tmp_path / "m"), folder_bytes(tmp_path / "f")
     assert {k: v for k, v in m.items() if k.endswith(".png")} == {k: v for k, v in f.items() if k.endswith(".png")}
     assert record(tmp_path / "m")["source_movie"]["generate"] == "photo_movie"
-    with pytest.raises(InputError, match=r"KIND one of \['gratings', 'photo_movie', 'scrambled', 'skimage_gif'\]"):
+    with pytest.raises(InputError, match=r"KIND one of \['gratings', 'movie', 'photo_movie', 'scrambled', 'skimage_gif'\]"):
         scramble.phase_scrambled({"generate": "noise"}, tmp_path / "x")
     with pytest.raises(InputError, match=r"generator 'gratings' \(drifting_gratings\): unknown parameter\(s\) \['speed'\]"):
         scramble.phase_scrambled({"generate": "gratings", "speed": 3}, tmp_path / "x")
@@ -492,8 +492,10 @@ def test_registry_knows_the_movie_generators(tmp_path):
     assert len(registry.generate("photo_movie", tmp_path / "p", size=8, n_frames=2)) == 2
     assert len(registry.generate("skimage_gif", tmp_path / "gif", size=8)) == 24
     assert len(registry.generate("scrambled", tmp_path / "s", source=str(tmp_path / "p"))) == 2
+    assert len(registry.generate("movie", tmp_path / "m", movie=str(tmp_path / "g"))) == 3
     for kind in registry.MOVIE_KINDS:
-        assert record(tmp_path / {"gratings": "g", "photo_movie": "p", "skimage_gif": "gif", "scrambled": "s"}[kind])["generator"] == kind
+        folder = {"gratings": "g", "photo_movie": "p", "skimage_gif": "gif", "scrambled": "s", "movie": "m"}[kind]
+        assert record(tmp_path / folder)["generator"] == kind
     with pytest.raises(InputError, match=r"generator 'scrambled' \(phase_scrambled\): unknown parameter\(s\) \['phase'\]"):
         registry.check_generator_params("scrambled", {"source": "x", "phase": 1})
     with pytest.raises(InputError, match=r"generator 'gratings' .*unknown parameter\(s\) \['direction'\]"):

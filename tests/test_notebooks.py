@@ -30,9 +30,9 @@ pytestmark = pytest.mark.cluster
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def run_tiny_job(tiny_model_path, sets: dict, output: Path) -> Path:
+def run_tiny_job(tiny_model_path, sets: dict, output: Path, **overrides) -> Path:
     """Run the tiny job on ``sets`` (folders or ``{generate: ...}`` entries); its output folder."""
-    spec = tiny_spec(tiny_model_path, sets, output)
+    spec = tiny_spec(tiny_model_path, sets, output, **overrides)
     cluster = LocalCluster(n_workers=1, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
     with cluster, Client(cluster) as client:
         result = run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
@@ -101,13 +101,14 @@ def with_output(nb: nbformat.NotebookNode, output: Path) -> nbformat.NotebookNod
 
 
 def test_notebooks_exist_and_are_clean():
-    assert {p.name for p in NOTEBOOKS} >= {"differentiation.ipynb", "activations.ipynb", "image_sets.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {"differentiation.ipynb", "activations.ipynb", "image_sets.ipynb", "movies.ipynb"}
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert "parameters" in code[0].metadata.get("tags", []), f"{path.name}: the first cell must be the parameters cell"
-        assert 'output = "../output/demo"' in code[0].source
+        default = "../output/movies-demo" if path.name == "movies.ipynb" else "../output/demo"
+        assert f'output = "{default}"' in code[0].source
         assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} is committed with outputs"
 
 
@@ -147,3 +148,23 @@ def test_differentiation_notebook_finds_or_skips_its_reference(reference_job, ke
     assert skipped == (case == "no_noise_set"), printed
     if case == "no_noise_set":
         assert "no reference set: differences from the first set, 'smooth'" in printed
+
+
+@pytest.fixture(scope="module")
+def movie_job(tmp_path_factory, tiny_model_path):
+    """Output folder of a tiny movie job: a grating and its scrambled control, both measures, the input layer."""
+    grating = {"generate": "gratings", "size": 32, "n_frames": 40, "fps": 10, "temporal_frequency": 0.7, "orientation": 30}
+    sets = {"grating": grating, "scrambled": {"generate": "scrambled", "source": dict(grating), "seed": 1}}
+    return run_tiny_job(tiny_model_path, sets, tmp_path_factory.mktemp("notebook-movies") / "out",
+                        analysis__measures=["images", "spectral"], analysis__spectral={"state_length": 1.0},
+                        model__layers=["input", "conv1", "conv2", "fc1"])
+
+
+def test_movies_notebook_on_a_movie_job(movie_job, kernel_name):
+    """movies.ipynb on spectral results: by layer, the scrambled ratio, input beside layers, states."""
+    path = next(p for p in NOTEBOOKS if p.name == "movies.ipynb")
+    outputs = execute(path, movie_job, kernel_name)
+    printed = "".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stdout")
+    assert "control: 'scrambled'; movies: ['grating']" in printed, printed
+    assert "grating: layer / input (units, n_units=5): input 1" in printed, printed
+    assert len([o for o in outputs if "image/png" in o.get("data", {})]) == 3

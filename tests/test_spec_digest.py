@@ -116,6 +116,18 @@ def test_exif_orientation_counts_only_when_applied():
 
     spec = parse_spec(_with("extraction.strict", False), "test-spec")
     old = spec.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True, "extraction": {"retries", "require_gpu", "exif_orientation"},
-                                                 "analysis": {"task_memory"}})
+                                                 "analysis": {"task_memory", "measures", "spectral"},  # keys added later still (issue 15)
+                                                 "image_sets": {"__all__": {"fps"}}})
     assert spec.result_digest() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
     assert _digest(_with("extraction.exif_orientation", "apply")) != _digest(BASE)
+
+
+def test_movie_keys_count_only_when_used():
+    """``analysis.measures``, ``analysis.spectral`` and a path set's ``fps`` (issue 15) leave the
+    digest of a spec without them as it was; spectral options count only when spectral is measured."""
+    assert _digest(_with("analysis.measures", ["images"])) == _digest(BASE)
+    assert _digest(_with("analysis.spectral", {"state_length": 2.0})) == _digest(BASE)
+    assert _digest(_with("analysis.measures", ["images", "spectral"])) != _digest(BASE)
+    both = _with("analysis.measures", ["images", "spectral"])
+    assert _digest({**both, "analysis": {**both["analysis"], "spectral": {"state_length": 2.0}}}) != _digest(both)
+    assert _digest(_with("image_sets.photos", {"path": "data/photos", "fps": 30})) != _digest(BASE)

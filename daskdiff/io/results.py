@@ -14,6 +14,17 @@ Layout of ``differentiation.nc`` (readable with plain ``xarray.open_dataset``):
   and (…, rank) ``top5_class``/``top5_prob``/``top5_label``; ``n_images`` (image_set). Sets of
   different sizes are padded (empty path, NaN).
 - ``skipped_path``, ``skipped_set``, ``skipped_reason`` (skipped): files that could not be decoded.
+- ``fps`` (image_set): the frame rate of each set that is a movie (NaN for other sets), when a
+  job holds a movie. A movie's frames are its ``image`` axis, in time order.
+- with ``spectral`` in ``analysis.measures``: ``spectral_differentiation`` (image_set, substrate,
+  n_units, layer, repeat), the median distance between the windows' spectral states of each
+  repeat's normalised (frames x units) matrix, and ``normalized_spectral_differentiation``, the
+  same divided by ``sqrt(units_used)`` (the paper's normalised form); ``spectral_windows`` and
+  ``spectral_dropped`` (image_set): whole windows per movie and trailing frames in none. Their
+  attributes give ``fs`` (per set), ``state_length``, ``samples_per_window``, ``metric``,
+  ``window``, ``overlap``, ``log_frequency``, ``normalize`` and ``dropped_samples``.
+- without ``images`` in ``analysis.measures``, ``differentiation`` is NaN (not measured) and
+  its ``measured`` attribute is 0.
 """
 
 from __future__ import annotations
@@ -82,10 +93,16 @@ def assemble(
     partials: Sequence[PartialResult],
     keep_rdm: bool,
     attrs: dict[str, Any],
+    fps: dict[str, float] | None = None,
+    spectral: dict[str, Any] | None = None,
+    images: bool = True,
 ) -> xr.Dataset:
     """Build the results Dataset (see the module docstring) from the tasks' partial results.
 
-    ``n_units`` are the labels in the order the tasks' arrays hold them (axis 0).
+    ``n_units`` are the labels in the order the tasks' arrays hold them (axis 0). ``fps``: frame
+    rate of each set that is a movie; ``spectral``: the ``analysis.spectral`` options (with
+    ``normalize``) when spectral differentiation was computed, else None; ``images``: whether
+    the image measure was.
     """
     S, B, N, L = len(sets), len(substrates), len(n_units), len(layers)
     si = {s: i for i, s in enumerate(sets)}
@@ -98,10 +115,13 @@ def assemble(
     used = np.zeros((B, N, L), dtype=np.int64)
     rdm = np.zeros((S, B, N, L, width, width)) if keep_rdm else None
     rdm_count = np.zeros((S, B, N, L), dtype=np.int64)
+    sd = np.full((S, B, N, L, repeats), np.nan) if spectral is not None else None
     for t in partials:
         part = t.arrays
         s, b, layer = si[t.image_set], bi[t.substrate], li[t.layer]
         diff[s, b, :, layer] = part["differentiation"]
+        if sd is not None:
+            sd[s, b, :, layer] = part["spectral_differentiation"]
         undefined[s, b, :, layer] = part["undefined"].sum(axis=1)
         used[b, :, layer] = part["units_used"]
         if keep_rdm and "rdm_sum" in part:
@@ -124,6 +144,32 @@ def assemble(
         data_vars["rdm"] = (("image_set", "substrate", "n_units", "layer", "image_i", "image_j"), mean)
 
     data_vars.update(_image_variables(sets, metadata, width))
+    spectral_attrs = None
+    if fps:
+        data_vars["fps"] = (("image_set",), np.asarray([fps.get(name, np.nan) for name in sets], dtype=np.float64))
+    if sd is not None:
+        from ..core.spectral import spectral_windows
+
+        geometry = [spectral_windows(n, fs=fps[name], state_length=spectral["state_length"], overlap=spectral["overlap"])
+                    for name, n in zip(sets, n_img)]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            normalized = sd / np.sqrt(used)[None, :, :, :, None]
+        data_vars["spectral_differentiation"] = (("image_set", "substrate", "n_units", "layer", "repeat"), sd)
+        data_vars["normalized_spectral_differentiation"] = (("image_set", "substrate", "n_units", "layer", "repeat"), normalized)
+        data_vars["spectral_windows"] = (("image_set",), np.asarray([g.n_windows for g in geometry], dtype=np.int64))
+        data_vars["spectral_dropped"] = (("image_set",), np.asarray([g.dropped for g in geometry], dtype=np.int64))
+        spectral_attrs = {
+            "fs": np.asarray([fps[name] for name in sets], dtype=np.float64),
+            "state_length": float(spectral["state_length"]),
+            "samples_per_window": np.asarray([g.samples_per_window for g in geometry], dtype=np.int64),
+            "dropped_samples": np.asarray([g.dropped for g in geometry], dtype=np.int64),
+            "metric": spectral["metric"],
+            "window": "rectangular (none)" if spectral["window"] is None else str(spectral["window"]),
+            "overlap": float(spectral["overlap"]),
+            "log_frequency": int(bool(spectral["log_frequency"])),
+            "normalize": spectral["normalize"],
+            "reference": "Mayner et al. (2022) eNeuro 9(1), github.com/wmayner/openscope-differentiation",
+        }
     coords = {
         "image_set": list(sets),
         "substrate": list(substrates),
@@ -137,6 +183,18 @@ def assemble(
         long_name="differentiation (median pairwise distance between images)",
         description="median of the strict upper triangle of each repeat's RDM (or the full square when median_over='square')",
     )
+    if not images:
+        ds["differentiation"].attrs["measured"] = 0  # analysis.measures left 'images' out: all NaN
+    if spectral_attrs is not None:
+        ds["spectral_differentiation"].attrs.update(
+            long_name="spectral differentiation (median distance between the windows' spectral states)",
+            description="per repeat: the sampled (frames x units) matrix, normalised as 'normalize' says, cut into "
+                        "windows of state_length * fs frames; each unit's |rfft|**2 per window, concatenated; the "
+                        "median of pdist between the windows' states",
+            **spectral_attrs,
+        )
+        ds["normalized_spectral_differentiation"].attrs.update(
+            long_name="normalized spectral differentiation (divided by sqrt(units_used))", **spectral_attrs)
     return ds
 
 

@@ -244,24 +244,38 @@ def layer_names(model: Any) -> list[str]:
     return [layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
 
 
+INPUT_LAYER = "input"
+"""The optional pseudo-layer of ``model.layers``: each image's pixels as the network receives
+them, i.e. **after** preprocessing (for VGG16's ``caffe`` mode: BGR, minus the ImageNet channel
+means), resized to the input size. It comes first in network order and is never in the default
+(every layer after the input)."""
+
+
+def layer_output(model: Any, name: str) -> Any:
+    """The symbolic output of layer ``name``; :data:`INPUT_LAYER` is the model's input."""
+    return model.inputs[0] if name == INPUT_LAYER else model.get_layer(name).output
+
+
 def select_layers(model: Any, wanted: tuple[str, ...] | list[str] | None) -> list[str]:
-    """The requested layers in network order; unknown names raise a ValueError listing valid ones."""
+    """The requested layers in network order (:data:`INPUT_LAYER` first); unknown names raise
+    a ValueError listing valid ones."""
     names = layer_names(model)
     if wanted is None:
         return names
-    unknown = [w for w in wanted if w not in names]
+    unknown = [w for w in wanted if w not in names and w != INPUT_LAYER]
     if unknown:
-        raise InputError(f"unknown layer(s) {unknown} for model {model.name!r}; valid layers are {names}")
+        raise InputError(f"unknown layer(s) {unknown} for model {model.name!r}; valid layers are {[INPUT_LAYER] + names}")
     if len(set(wanted)) != len(wanted):
         raise InputError(f"layers lists a layer twice: {list(wanted)}")
-    return [n for n in names if n in set(wanted)]
+    first = [INPUT_LAYER] if INPUT_LAYER in wanted and INPUT_LAYER not in names else []
+    return first + [n for n in names if n in set(wanted)]
 
 
 def layer_shapes(model: Any, layers: list[str]) -> dict[str, tuple[int, ...]]:
     """Unit shape of one image's activations per layer (channels last, batch axis dropped)."""
     shapes = {}
     for name in layers:
-        shape = model.get_layer(name).output.shape[1:]
+        shape = layer_output(model, name).shape[1:]
         if any(s is None for s in shape):
             raise InputError(f"layer {name!r} has an undefined output shape {shape}; give the model a fixed input size")
         shapes[name] = tuple(int(s) for s in shape)

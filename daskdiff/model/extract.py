@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..io.images import load_images
-from .build import cached_model, class_labels, input_size, layer_names, ModelSpec
+from .build import cached_model, class_labels, input_size, layer_names, layer_output, ModelSpec
 from .preprocess import preprocess
 from ..core.batches import batch_slices
 from ..core.units import bytes_per_image, LayerPlan, plan_digest
@@ -92,7 +92,7 @@ def extraction_model(model: Any, plan: dict[str, LayerPlan], spec: ModelSpec) ->
     last = layer_names(model)[-1]
     outputs: dict[str, Any] = {}
     for name, lp in plan.items():
-        out = model.get_layer(name).output
+        out = layer_output(model, name)
         if name == last and spec.predictions == "softmax":
             out = ops.softmax(out, axis=-1)
         outputs.update(_feature_outputs(out, lp))

@@ -30,6 +30,7 @@ import datetime as _dt
 import functools
 import hashlib
 import json
+import re
 import sys
 import time
 import warnings
@@ -41,7 +42,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import JobError
 from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, PARTIAL_DIR, PLOT_FILE, RESULTS_FILE, shard_path
-from .tasks import DiffTask, run_diff_task
+from .tasks import DiffTask, run_diff_task, SpectralOptions
 from ..model.extract import extract_shard, ShardTask
 from ..io.images import DuplicateImagesWarning, check_min_images, resolve_image_set
 from ..io.manifest import check_output_folder, Manifest, OutputFolderError
@@ -115,6 +116,9 @@ class JobPlan:
     """Planned without writing anything (``plan_job(dry_run=True)``): such a plan is never run."""
     lock: OutputLock | None = None
     """The output folder's lock, held from planning until :meth:`release` (:func:`run_job` releases it)."""
+    fps: dict[str, float] = field(default_factory=dict)
+    """Frame rate (Hz) of each set that is a movie (from its ``movie.json``, its file or the
+    spec's ``fps:``; in a dry run, the rate a generator will record, when known)."""
 
     @functools.cached_property
     def digest(self) -> str:
@@ -272,6 +276,11 @@ def _generated_set(name: str, entry: Any, base: Path, manifest: Manifest, echo: 
     if reused is not None:
         echo(f"image set {name!r}: reusing {len(reused)} generated image(s) in {folder}")
         return reused
+    from ..stimuli.movie import MOVIE_RECORD
+    from ..stimuli.registry import MOVIE_KINDS
+
+    movie_record = [folder / MOVIE_RECORD] if entry.generate in MOVIE_KINDS else []  # a movie's frame rate: daskdiff's too
+    manifest.add_files([*movie_record, record])  # before it is written, so --overwrite may remove it
     paths = generate(entry.generate, folder, **params)
     manifest.add_files([*paths, record])
     atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps({"key": key, "paths": paths})))
@@ -301,7 +310,7 @@ def _planned_sets(spec: JobSpec, base: Path, output: Path, path_sets: dict[str, 
     from ..stimuli.registry import planned_count
 
     paths, counts, how = {}, {}, {}
-    for name, entry in spec.image_sets.items():
+    for name, entry in set_entries(spec, base).items():
         if name in path_sets:
             paths[name], counts[name], how[name] = path_sets[name], len(path_sets[name]), "exact"
             continue
@@ -315,15 +324,73 @@ def _planned_sets(spec: JobSpec, base: Path, output: Path, path_sets: dict[str, 
     return paths, counts, how
 
 
-def _path_sets(spec: JobSpec, base: Path, echo: Callable) -> dict[str, list[str]]:
+LIST_FILE_SUFFIXES = (".txt", ".lst")
+"""A set's ``path`` that is a file with one of these suffixes lists images; any other file is a movie."""
+
+
+def set_entries(spec: JobSpec, base: Path) -> dict[str, Any]:
+    """The spec's image sets, with a set given as a movie *file* (``{path: clip.gif}``) turned
+    into the generated set ``{generate: movie, movie: clip.gif}``: its frames are written, in
+    order, into the output folder (:func:`daskdiff.stimuli.movie.movie_copy`), where the network reads them."""
+    from .spec import GeneratedSet
+
+    out = {}
+    for name, entry in spec.image_sets.items():
+        path = getattr(entry, "path", None)
+        if path is not None and resolve_path(path, base).is_file() and Path(path).suffix.lower() not in LIST_FILE_SUFFIXES:
+            extra = {"fps": entry.fps} if entry.fps is not None else {}
+            entry = GeneratedSet(generate="movie", movie=path, **extra)
+        out[name] = entry
+    return out
+
+
+def _natural_key(path: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", Path(path).name)]
+
+
+def _movie_folder(name: str, entry: Any, base: Path) -> tuple[list[str], float] | None:
+    """The frames (time order) and frame rate of a path set that is a movie, else None.
+
+    A folder with ``movie.json`` is a movie at its recorded rate (a spec ``fps`` must agree), its
+    frames in the record's order; another folder, glob or list is a movie when the spec gives
+    ``fps``, its frames in sorted name order, which must be time order (zero-padded numbers).
+    """
+    from ..stimuli.movie import MOVIE_RECORD, read_movie_record
+
+    folder = resolve_path(entry.path, base)
+    if folder.is_dir() and (folder / MOVIE_RECORD).is_file():
+        record = read_movie_record(folder)
+        fps = float(record["fps"])
+        if entry.fps is not None and abs(entry.fps - fps) > 1e-9 * fps:
+            raise JobError(f"image_sets.{name}.fps: {entry.fps} disagrees with {folder / MOVIE_RECORD}, which records fps "
+                           f"{fps}; remove fps: from the spec (the movie's own rate is used)")
+        return [str((folder / f).absolute()) for f in record["frames"]], fps
+    if entry.fps is None:
+        return None
+    paths = resolve_image_set(entry.path, name=name, base_dir=base)
+    if sorted(paths, key=_natural_key) != paths:
+        raise JobError(f"image_sets.{name}: the frames' names do not sort in time order (e.g. frame-2 after frame-10); "
+                       "number them with leading zeros (frame-000002.png), as daskdiff's movie generators do")
+    return paths, float(entry.fps)
+
+
+def _path_sets(spec: JobSpec, base: Path, echo: Callable, fps: dict[str, float] | None = None) -> dict[str, list[str]]:
     """The sets read from disk (folders, globs, list files), resolved to image paths.
 
     A set of fewer than 2 files is refused here, before any cluster starts; paths that reach the
-    same file through links are dropped, and the job says so.
+    same file through links are dropped, and the job says so. A set that is a movie
+    (:func:`_movie_folder`) keeps its frames in time order, and its frame rate goes to ``fps``.
     """
     sets = {}
-    for name, entry in spec.image_sets.items():
+    for name, entry in set_entries(spec, base).items():
         if hasattr(entry, "generate"):
+            continue
+        movie = _movie_folder(name, entry, base)
+        if movie is not None:
+            sets[name] = movie[0]
+            if fps is not None:
+                fps[name] = movie[1]
+            check_min_images(sets[name], name)
             continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DuplicateImagesWarning)
@@ -337,11 +404,27 @@ def _path_sets(spec: JobSpec, base: Path, echo: Callable) -> dict[str, list[str]
     return sets
 
 
+def _generated_fps(spec: JobSpec, base: Path, output: Path, sets: dict[str, list[str]], fps: dict[str, float]) -> None:
+    """Add the frame rate of every generated movie set to ``fps``: from the ``movie.json`` its
+    generator wrote, or (not generated yet: a dry run) the rate it will record, when known."""
+    from ..stimuli.movie import MOVIE_RECORD, planned_fps, read_movie_record
+    from ..stimuli.registry import MOVIE_KINDS
+
+    for name, entry in set_entries(spec, base).items():
+        if not hasattr(entry, "generate") or entry.generate not in MOVIE_KINDS:
+            continue
+        record = output / IMAGES_DIR / name / MOVIE_RECORD
+        if sets.get(name) and record.is_file():
+            fps[name] = float(read_movie_record(record.parent)["fps"])
+        elif (rate := planned_fps(entry.generate, _generator_params(entry.params(), base))) is not None:
+            fps[name] = rate
+
+
 def _image_sets(spec: JobSpec, base: Path, manifest: Manifest, path_sets: dict[str, list[str]], echo: Callable) -> dict[str, list[str]]:
     """Every set's image paths, in the spec's order; generated sets are made (or reused) here."""
     return {
         name: path_sets[name] if name in path_sets else _generated_set(name, entry, base, manifest, echo)
-        for name, entry in spec.image_sets.items()
+        for name, entry in set_entries(spec, base).items()
     }
 
 
@@ -371,6 +454,69 @@ def _resolve_weights(model: ModelSpec, spec: JobSpec, echo: Callable, notes: lis
         echo("!" * 78 + f"\n!! {note}\n" + "!" * 78)
         notes.append(note)
         return ModelSpec(**{**model.__dict__, "weights": "random"})
+
+
+def check_spectral(spec: JobSpec, counts: dict[str, int], fps: dict[str, float], exact: set[str] | None = None) -> None:
+    """Refuse, before any cluster starts, spectral options that a set cannot meet.
+
+    With ``spectral`` in ``analysis.measures`` every set must be a movie (have a frame rate),
+    ``analysis.spectral.state_length * fps`` must be a whole number of frames, and each movie
+    must hold at least 2 whole windows. ``exact``: the sets whose counts and rates are known
+    (a dry run or the check before generation skips the others); None: all of them.
+
+    Raises
+    ------
+    SpecError
+        Naming the spec key (``analysis.measures`` or ``analysis.spectral.state_length``) and the fix.
+    """
+    from ..core.spectral import spectral_windows
+    from ..errors import InputError
+    from .spec import SpecError
+
+    a = spec.analysis
+    if "spectral" not in a.measures:
+        return
+    o = a.spectral
+    for name, n in counts.items():
+        if exact is not None and name not in exact:
+            continue
+        if name not in fps:
+            if exact is not None:
+                continue  # a generated movie whose rate is known only once it is written
+            raise SpecError(
+                f"analysis.measures: spectral needs every image set to be a movie, but {name!r} has no frame rate; give "
+                f"image_sets.{name}.fps (a folder of frames), use a movie folder (movie.json), a movie file or a movie "
+                "generator (gratings, photo_movie, skimage_gif, scrambled), or remove spectral from analysis.measures"
+            )
+        try:
+            w = spectral_windows(n, fs=fps[name], state_length=o.state_length, overlap=o.overlap)
+        except InputError as err:
+            raise SpecError(f"analysis.spectral.state_length: movie {name!r} at {fps[name]:g} fps: {err}") from None
+        if w.n_windows < 2:
+            need = w.step + w.samples_per_window
+            raise SpecError(
+                f"analysis.spectral.state_length: movie {name!r} has {n} frame(s) at {fps[name]:g} fps, {w.n_windows} "
+                f"whole window(s) of {w.samples_per_window} frames (state_length={o.state_length:g} s); spectral "
+                f"differentiation needs at least 2 windows ({need} frames): shorten state_length (at most "
+                f"{n / fps[name] / 2:g} s) or use a longer movie"
+            )
+
+
+def spectral_lines(spec: JobSpec, counts: dict[str, int], fps: dict[str, float], exact: set[str] | None = None) -> list[str]:
+    """One line per movie: frames, frame rate and, for spectral differentiation, its windows
+    (``exact``: the sets whose frame counts are known; None: all)."""
+    from ..core.spectral import spectral_windows
+
+    o = spec.analysis.spectral
+    lines = []
+    for name, rate in fps.items():
+        known = name in counts and (exact is None or name in exact)
+        line = f"movie {name!r}: {counts[name] if known else 'an unknown number of'} frame(s) at {rate:g} fps"
+        if "spectral" in spec.analysis.measures and known:
+            w = spectral_windows(counts[name], fs=rate, state_length=o.state_length, overlap=o.overlap)
+            line += f"; {w.n_windows} window(s) of {w.samples_per_window} frames, {w.dropped} trailing frame(s) dropped"
+        lines.append(line)
+    return lines
 
 
 def plan_job(
@@ -403,8 +549,11 @@ def plan_job(
     """
     out = Path(output) if output else resolve_path(spec.output, base)
     out = out.resolve()
-    path_sets = _path_sets(spec, base, echo)
+    fps: dict[str, float] = {}
+    path_sets = _path_sets(spec, base, echo, fps)
     known, counts, how = _planned_sets(spec, base, out, path_sets)
+    _generated_fps(spec, base, out, known, fps)
+    check_spectral(spec, counts, fps, exact={name for name, kind in how.items() if kind == "exact"})
     limits = limits or limits_for(spec.cluster, out)
     quiet = lambda *_: None  # noqa: E731  (only the exact check says that --force ran over a bound)
     check_budget(estimate_work(lower_bound_size(spec, counts)), limits, force=force, what="lower bound", echo=quiet)
@@ -447,6 +596,10 @@ def plan_job(
             counts = {name: len(paths) for name, paths in sets.items()}
             chars = {name: mean_chars(paths) for name, paths in sets.items()}
             model = _resolve_weights(model, spec, echo, notes)
+            _generated_fps(spec, base, out, sets, fps)
+            check_spectral(spec, counts, fps)
+        for line in spectral_lines(spec, counts, fps, None if not dry_run else {n for n, k in how.items() if k == "exact"}):
+            echo(line)
         recipe = StorageRecipe(tuple(shapes.items()), tuple(a.substrates), sampling, store, tuple(full))
         storage = recipe.build()
         final = estimate({name: lp.stored() for name, lp in storage.items()}, counts, True)
@@ -458,7 +611,7 @@ def plan_job(
             lock.release()
         raise
     return JobPlan(spec, out, model, sets, info["layers"], info["shapes"], storage, recipe, sampling, notes, manifest,
-                   estimate=final, limits=limits, counts=counts, dry_run=dry_run, lock=lock)
+                   estimate=final, limits=limits, counts=counts, dry_run=dry_run, lock=lock, fps=fps)
 
 
 def shard_size(requested: int, batch_size: int) -> int:
@@ -512,13 +665,17 @@ def _diff_tasks(plan: JobPlan, keep_rdm: bool, memory_budget: int | None = None)
     e = plan.spec.extraction
     size = shard_size(e.shard_size, e.batch_size)
     tasks = []
+    o = a.spectral
     for name, paths in plan.sets.items():
         files = tuple(str(shard_path(plan.output, name, i)) for i in range(-(-len(paths) // size)))
+        spectral = (SpectralOptions(plan.fps[name], o.state_length, o.metric, o.window_arg(), o.overlap, o.log_frequency)
+                    if "spectral" in a.measures else None)
         for substrate in a.substrates:
             for layer in plan.layers:
                 tasks.append(
                     DiffTask(name, substrate, layer, plan.shapes[layer], files, str(plan.output), plan.sampling,
-                             a.metric, a.normalize, a.per_unit, a.median_over, keep_rdm, a.repeats_per_task, memory_budget)
+                             a.metric, a.normalize, a.per_unit, a.median_over, keep_rdm, a.repeats_per_task, memory_budget,
+                             images="images" in a.measures, spectral=spectral)
                 )
     return tasks
 
@@ -806,7 +963,7 @@ def run_job(
 
         def on(c: Any) -> JobResult:
             c.register_plugin(WorkerSetup())
-            keep_rdm = max(map(len, plan.sets.values())) <= spec.analysis.rdm_max_images
+            keep_rdm = "images" in spec.analysis.measures and max(map(len, plan.sets.values())) <= spec.analysis.rdm_max_images
             metadata, partials = _gather(c, plan, _submit(c, plan, attrs, keep_rdm, echo), progress, clock, echo)
             n_images = {name: len(m["paths"]) for name, m in metadata.items()}
             path, skipped, notes = write_results(plan, metadata, partials, keep_rdm, command, echo)
@@ -857,7 +1014,8 @@ def dry_run(
                     dry_run=True, limits=limits)
     echo(plan.summary())
     for name, n in plan.counts.items():
-        echo(f"  image set {name!r}: {n} image(s)")
+        rate = f" (a movie at {plan.fps[name]:g} fps)" if name in plan.fps else ""
+        echo(f"  image set {name!r}: {n} image(s){rate}")
     return plan
 
 
@@ -900,7 +1058,9 @@ def write_results(plan: JobPlan, metadata: dict, partials: list[PartialResult], 
     ds = assemble(
         sets=list(plan.sets), metadata=metadata, substrates=list(a.substrates), n_units=[n_units_label(n) for n in a.n_units],
         layers=plan.layers, repeats=a.repeats, partials=partials, keep_rdm=keep_rdm,
-        attrs=_results_attrs(plan, command),
+        attrs=_results_attrs(plan, command), fps=plan.fps,
+        spectral={**a.spectral.model_dump(mode="json"), "normalize": a.normalize} if "spectral" in a.measures else None,
+        images="images" in a.measures,
     )
     plan.manifest.add_files([plan.output / RESULTS_FILE, plan.output / PLOT_FILE])
     path = write_netcdf(ds, plan.output / RESULTS_FILE)

@@ -64,6 +64,10 @@ class ModelSection(_Strict):
 
 class PathSet(_Strict):
     path: str
+    fps: float | None = Field(None, gt=0)
+    """Frame rate (Hz) of a movie given as a folder of frames that records none; for a movie
+    folder with ``movie.json`` or a movie file it must agree with the recorded rate. A set with
+    a frame rate is a *movie*: its frames are kept in time order (sorted names)."""
 
 
 class GeneratedSet(_Strict):
@@ -85,7 +89,40 @@ class GeneratedSet(_Strict):
         return dict(self.model_extra or {})
 
 
+MEASURES = ("images", "spectral")
+"""What a job measures: ``images``, the median distance between a set's images (the default);
+``spectral``, the spectral differentiation of a movie over time (Mayner et al., 2022)."""
+
+
+class SpectralSection(_Strict):
+    """Options of spectral differentiation (:func:`daskdiff.spectral_differentiation`)."""
+
+    state_length: float = Field(1.0, gt=0)
+    """Seconds per window (state); ``state_length * fps`` must be a whole number of frames."""
+    metric: Literal["euclidean", "cityblock", "chebyshev"] = "euclidean"
+    window: Union[str, float, list[Union[str, float]], None] = None
+    """None (rectangular, the published measure) or a ``scipy.signal.get_window`` spec, e.g.
+    ``[tukey, 0.25]`` (with ``overlap: 0.125``) or ``[kaiser, 14]`` (with ``overlap: 0.5``)."""
+    overlap: float = Field(0.0, ge=0, lt=1)
+    log_frequency: bool = False
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: Any) -> Any:
+        from ..core.spectral import _window_values
+
+        _window_values(tuple(v) if isinstance(v, list) else v, 16)  # InputError -> ValueError below
+        return v
+
+    def window_arg(self) -> Any:
+        """The window as :func:`scipy.signal.get_window` takes it (a list becomes a tuple)."""
+        return tuple(self.window) if isinstance(self.window, list) else self.window
+
+
 class AnalysisSection(_Strict):
+    measures: list[Literal[MEASURES]] = ["images"]
+    """``[images]`` (default), ``[spectral]`` or both: see :data:`MEASURES`."""
+    spectral: SpectralSection = SpectralSection()
     substrates: list[_one_of(SUBSTRATES)] = ["units", "filter_mean"]
     n_units: list[Union[int, str]] = [200, 10000]
     repeats: PositiveInt = 100
@@ -129,7 +166,7 @@ class AnalysisSection(_Strict):
                 raise ValueError(f"each value must be a positive integer or 'all', e.g. [200, 10000, all]; got {item!r}")
         return values
 
-    @field_validator("substrates", "n_units")
+    @field_validator("substrates", "n_units", "measures")
     @classmethod
     def _non_empty_unique(cls, v: list) -> list:
         if not v:
@@ -431,6 +468,13 @@ class JobSpec(_Strict):
                                                     "analysis": {"task_memory"}})
         if data["extraction"]["exif_orientation"] == "ignore":  # keys added later count only when set:
             del data["extraction"]["exif_orientation"]  # folders written before them stay valid
+        for entry in data["image_sets"].values():
+            if "fps" in entry and entry["fps"] is None and "generate" not in entry:
+                del entry["fps"]
+        if "spectral" not in data["analysis"]["measures"]:
+            del data["analysis"]["spectral"]  # its options change nothing then
+        if data["analysis"]["measures"] == ["images"]:
+            del data["analysis"]["measures"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -29,7 +29,8 @@ from ..io.layout import partial_path
 from ..io.partials import PartialResult, reuse_partial, SOURCE, sources_digest, write_partial
 
 from ..core.blocked import differentiation_blocked
-from ..core.differentiation import distances_stack, rdm_median
+from ..core.differentiation import distances_stack, normalize_stack, rdm_median
+from ..core.spectral import spectral_differentiation_stack
 from ..core.estimate import stack_bytes
 from ..core.units import NUnits, Sampling, units_for
 from ..core.sampling import ALL
@@ -38,6 +39,39 @@ from ..io.shards import read_features
 
 FLOAT32_FLOOR = 1e-6
 """Normalisers at most this fraction of the layer's largest |value| are treated as zero."""
+
+
+@dataclass(frozen=True)
+class SpectralOptions:
+    """What a task needs for spectral differentiation of its set (a movie at ``fs`` frames/s):
+    ``analysis.spectral`` with the set's frame rate (see :func:`spectral_stack`)."""
+
+    fs: float
+    state_length: float
+    metric: str = "euclidean"
+    window: Any = None
+    """None or a :func:`scipy.signal.get_window` spec (a tuple, a name or a number)."""
+    overlap: float = 0.0
+    log_frequency: bool = False
+
+
+def spectral_stack(stack: np.ndarray, task: "DiffTask", name: str, min_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Spectral differentiation (not divided by ``sqrt(n_units)``) of each repeat's sampled
+    ``(frames x units)`` matrix of ``stack`` ``(repeats, frames, units)``, and the undefined flags.
+
+    Each matrix is first normalised as the image measure normalises it (``task.normalize``, the
+    statistics over all its entries, the same ``min_scale`` floor; an undefined one gives NaN),
+    then :func:`daskdiff.core.spectral.spectral_differentiation_stack` takes its spectra with
+    time along the frames.
+    """
+    o = task.spectral
+    normed, bad = normalize_stack(stack, task.normalize, name=name, on_undefined="nan", min_scale=min_scale)
+    normed[bad] = 0.0
+    sd = spectral_differentiation_stack(normed, fs=o.fs, state_length=o.state_length, metric=o.metric, window=o.window,
+                                        overlap=o.overlap, log_frequency=o.log_frequency)
+    sd = np.array(sd, dtype=np.float64, ndmin=1)
+    sd[bad] = np.nan
+    return sd, bad
 
 
 @dataclass(frozen=True)
@@ -58,6 +92,10 @@ class DiffTask:
     keep_rdm: bool
     repeats_per_stack: int = 25
     memory_budget: int | None = None
+    images: bool = True
+    """Compute the image measure (``analysis.measures`` holds ``images``); else its arrays stay NaN."""
+    spectral: SpectralOptions | None = None
+    """Also compute spectral differentiation (the set is a movie), with these options."""
     """Bytes the task may hold at its peak (its loaded values included); None: unbounded. Stacks
     of repeats are shortened to fit, and a repeat that does not fit alone is evaluated over
     blocks of images (:func:`stack_repeats`)."""
@@ -151,29 +189,42 @@ def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_uni
     if per_stack == 0 and task.keep_rdm:
         per_stack = 1  # the mean RDM needs the distances: a set small enough to keep it fits anyway
 
-    def evaluate(repeats: range) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        if per_stack == 0:
+    def evaluate(repeats: range) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray | None]:
+        d, m, bad, sd, stack = None, np.full(len(repeats), np.nan), None, None, None
+        if task.images and per_stack == 0:
             m = np.array([_blocked_median(values, index, task, n_units, r, name, min_scale, budget) for r in repeats])
-            return None, m, np.isnan(m)
-        stack, _ = sampled_stack(values, index, task, n_units, repeats)
-        d, bad = distances_stack(stack, task.metric, task.normalize, task.per_unit, name=name, on_undefined="nan", min_scale=min_scale)
-        m = rdm_median(d, task.median_over)
-        m[bad] = np.nan
-        return d, m, bad
+            bad = np.isnan(m)
+        elif task.images:
+            stack, _ = sampled_stack(values, index, task, n_units, repeats)
+            d, bad = distances_stack(stack, task.metric, task.normalize, task.per_unit, name=name, on_undefined="nan", min_scale=min_scale)
+            m = rdm_median(d, task.median_over)
+            m[bad] = np.nan
+        if task.spectral is not None:  # the same sampled matrices, normalised the same way
+            parts = [spectral_stack(stack, task, name, min_scale)] if stack is not None else [
+                spectral_stack(sampled_stack(values, index, task, n_units, range(r, min(r + max(1, per_stack), repeats.stop)))[0],
+                               task, name, min_scale)
+                for r in range(repeats.start, repeats.stop, max(1, per_stack))]
+            sd = np.concatenate([p[0] for p in parts])
+            bad = np.concatenate([p[1] for p in parts]) if bad is None else bad  # one normaliser: the same flags
+        return d, m, bad, sd
 
     once = evaluate(range(0, 1)) if exact else None
     step = per_stack or task.repeats_per_stack
+    spectral = []
     for start in range(0, total, step):
         chunk = range(start, min(start + step, total))
-        d, m, bad = (None if a is None else np.repeat(a, len(chunk), axis=0) for a in once) if exact else evaluate(chunk)
+        d, m, bad, sd = (None if a is None else np.repeat(a, len(chunk), axis=0) for a in once) if exact else evaluate(chunk)
         medians.append(m)
         undefined.append(bad)
+        spectral.append(sd)
         if task.keep_rdm:
             part = d[~bad].sum(axis=0)
             rdm_sum = part if rdm_sum is None else rdm_sum + part
     out = {"differentiation": np.concatenate(medians), "undefined": np.concatenate(undefined), "units_used": np.int64(k)}
     if task.keep_rdm:
         out["rdm_sum"] = rdm_sum
+    if task.spectral is not None:
+        out["spectral_differentiation"] = np.concatenate(spectral)
     return out
 
 
@@ -183,6 +234,8 @@ def _partial_shapes(task: DiffTask, shards: tuple) -> dict[str, tuple]:
     shapes = {"differentiation": (n_n, repeats), "undefined": (n_n, repeats), "units_used": (n_n,)}
     if shards:
         shapes[SOURCE] = ()
+    if task.spectral is not None:
+        shapes["spectral_differentiation"] = (n_n, repeats)
     if task.keep_rdm:
         n_images = sum(m["n_images"] for m in shards) if shards else None
         shapes |= {"rdm_sum": (n_n, n_images, n_images), "rdm_count": (n_n,)}
@@ -203,7 +256,11 @@ def run_diff_task(task: DiffTask, *shards: Any) -> PartialResult:
     bool, ``units_used`` int64 (per ``n_units``) and, when ``keep_rdm``, ``rdm_sum``
     (n_units, n_images, n_images): the sum over defined repeats, for the mean RDM, with
     ``rdm_count`` (n_units,) the number of repeats summed; and, when ``shards`` are given,
-    ``source``: :func:`~daskdiff.io.partials.sources_digest` of the shards read.
+    ``source``: :func:`~daskdiff.io.partials.sources_digest` of the shards read; and, when
+    ``task.spectral``, ``spectral_differentiation`` (n_units, repeats) float64 from the same
+    sampled matrices (:func:`spectral_stack`; not divided by ``sqrt(n_units)``). Without
+    ``task.images`` the image measure's ``differentiation`` is NaN and ``undefined`` comes from
+    the spectral path (one normaliser, so the same flags).
     """
     source = sources_digest([m["attrs"]["inputs_digest"] for m in shards]) if shards else None
     reused = reuse_partial(task.path, _partial_shapes(task, shards), source)
@@ -211,6 +268,9 @@ def run_diff_task(task: DiffTask, *shards: Any) -> PartialResult:
         return PartialResult(task.image_set, task.substrate, task.layer, reused)
     if shards and (n := sum(m["n_images"] for m in shards)) < 2:
         raise InputError(f"image set {task.image_set!r} has {n} decodable image(s); differentiation needs at least 2")
+    if task.spectral is not None and (lost := [s for m in shards for s in m["skipped"]]):
+        raise InputError(f"movie {task.image_set!r}: {len(lost)} frame(s) could not be decoded ({lost[0][0]}: {lost[0][1]}); "
+                         "spectral differentiation needs every frame, in time order: repair or re-export the movie")
     values, index = read_features(task.files, task.substrate, task.layer)
     peak = max(float(values.max()), -float(values.min())) if values.size else 0.0
     repeats = task.sampling.repeats
@@ -220,6 +280,8 @@ def run_diff_task(task: DiffTask, *shards: Any) -> PartialResult:
         "undefined": np.zeros((n_n, repeats), dtype=bool),
         "units_used": np.zeros(n_n, dtype=np.int64),
     }
+    if task.spectral is not None:
+        arrays["spectral_differentiation"] = np.full((n_n, repeats), np.nan)
     if task.keep_rdm:
         arrays["rdm_sum"] = np.zeros((n_n, len(values), len(values)))
         arrays["rdm_count"] = np.zeros(n_n, dtype=np.int64)
@@ -232,6 +294,8 @@ def run_diff_task(task: DiffTask, *shards: Any) -> PartialResult:
         arrays["differentiation"][i, :stop] = one["differentiation"]
         arrays["undefined"][i, :stop] = one["undefined"]
         arrays["units_used"][i] = one["units_used"]
+        if task.spectral is not None:
+            arrays["spectral_differentiation"][i, :stop] = one["spectral_differentiation"]
         if task.keep_rdm:
             arrays["rdm_sum"][i] = one["rdm_sum"]
             arrays["rdm_count"][i] = int((~one["undefined"]).sum())

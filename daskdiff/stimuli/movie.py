@@ -291,3 +291,64 @@ def _image_size(path: str) -> tuple[int, int]:
     except OSError as error:
         raise InputError(f"cannot read frame {path!r}: {error}") from None
 
+
+
+def movie_copy(
+    out_dir: str | os.PathLike,
+    *,
+    movie: str | os.PathLike,
+    fps: float | None = None,
+    n_frames: int | None = None,
+    prefix: str = "frame",
+) -> list[str]:
+    """Write a movie file (or any movie :func:`load_movie` reads) as a movie folder: every frame,
+    in order, as lossless PNG, then :data:`MOVIE_RECORD` with its frame rate.
+
+    This is how a job takes a set given as a movie file (``{path: clip.gif}``): the network
+    reads the frames from these files, so the set's frames and their order are those of the file.
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        Folder to write to; one movie per folder.
+    movie : str or os.PathLike
+        A movie file (GIF, APNG, WebP; MP4 and others with ``imageio-ffmpeg``) or a folder.
+    fps : float, optional
+        Frame rate of a source that records none; must agree with one that does.
+    n_frames : int, optional
+        Keep only the first ``n_frames`` frames.
+    prefix : str, default 'frame'
+        Frame names are ``<prefix>-NNNNNN.png``.
+
+    Returns
+    -------
+    list of str
+        The frames' absolute paths, in time order.
+    """
+    loaded = load_movie(movie, fps=fps, n_frames=n_frames)
+    return write_movie(out_dir, loaded.frames, fps=loaded.fps, prefix=prefix, generator="movie",
+                       parameters={"movie": os.fspath(movie), "fps": fps, "n_frames": n_frames},
+                       extra={"source": loaded.source})
+
+
+def planned_fps(kind: str, params: dict[str, Any]) -> float | None:
+    """The frame rate a movie generator will record, without writing anything (None: not known
+    before it runs, e.g. a movie file's own rate or scikit-image's GIF)."""
+    import inspect
+
+    from .registry import GENERATORS
+
+    if params.get("fps") is not None:
+        return float(params["fps"])
+    source = params.get("source", params.get("movie"))
+    if kind in ("scrambled", "movie"):
+        if isinstance(source, dict) and "generate" in source:
+            return planned_fps(source["generate"], {k: v for k, v in source.items() if k != "generate"})
+        if isinstance(source, (str, os.PathLike)) and os.path.isfile(os.path.join(source, MOVIE_RECORD)):
+            try:
+                return float(read_movie_record(source)["fps"])
+            except (InputError, KeyError, TypeError, ValueError):
+                return None
+        return None
+    default = inspect.signature(GENERATORS[kind]).parameters.get("fps")
+    return float(default.default) if default is not None and isinstance(default.default, (int, float)) else None

@@ -20,7 +20,7 @@ paths of the files it wrote, in order. The conventions shared by all of them:
   ``spatiotemporal`` or ``fixed`` phases) uses child 0.
 
 The movie generators (:data:`MOVIE_KINDS`: ``gratings``, ``photo_movie``, ``skimage_gif``,
-``scrambled``) write one movie per folder: its frames, then ``movie.json`` with the frame rate
+``scrambled``, ``movie``: a movie file copied as frames) write one movie per folder: its frames, then ``movie.json`` with the frame rate
 ``fps``, ``n_frames``, the frame names, the generator and its parameters
 (:mod:`daskdiff.stimuli.movie`; :func:`~daskdiff.stimuli.movie.load_movie` reads one back).
 They return the frames' paths only. ``select`` and ``adversarial`` use a model and also write a
@@ -41,6 +41,7 @@ from .frames import movie_frames
 from .gif import skimage_gif
 from .gratings import drifting_gratings
 from .noise import white_noise
+from .movie import movie_copy
 from .pans import photo_movie
 from .photos import sample_photos
 from .scramble import phase_scrambled
@@ -49,7 +50,7 @@ from ..errors import InputError
 
 GeneratorKind = Literal[
     "noise", "photos", "augment", "frames", "select", "adversarial",
-    "gratings", "photo_movie", "skimage_gif", "scrambled",
+    "gratings", "photo_movie", "skimage_gif", "scrambled", "movie",
 ]
 
 
@@ -64,11 +65,12 @@ GENERATORS: dict[str, Callable[..., list[str]]] = {
     "photo_movie": photo_movie,
     "skimage_gif": skimage_gif,
     "scrambled": phase_scrambled,
+    "movie": movie_copy,
 }
 """Generator kind name (as written in job specs) -> function writing that kind of image set."""
 
 
-MOVIE_KINDS: frozenset[str] = frozenset({"gratings", "photo_movie", "skimage_gif", "scrambled"})
+MOVIE_KINDS: frozenset[str] = frozenset({"gratings", "photo_movie", "skimage_gif", "scrambled", "movie"})
 """The kinds that write a movie: frames in time order plus ``movie.json`` with their frame rate."""
 
 
@@ -77,7 +79,7 @@ def generate(kind: GeneratorKind, out_dir: str | os.PathLike, /, **params: objec
 
     Parameters
     ----------
-    kind : {'noise', 'photos', 'augment', 'frames', 'select', 'adversarial', 'gratings', 'photo_movie', 'skimage_gif', 'scrambled'}
+    kind : {'noise', 'photos', 'augment', 'frames', 'select', 'adversarial', 'gratings', 'photo_movie', 'skimage_gif', 'scrambled', 'movie'}
         A key of :data:`GENERATORS`. Positional-only, like ``out_dir``, so that ``params`` can
         hold the generator's own ``kind`` (``generate('noise', d, kind='gaussian')``).
     out_dir : str or os.PathLike
@@ -148,4 +150,16 @@ def planned_count(kind: str, params: dict) -> tuple[int | None, str]:
             return None, "unknown"
         exact = kind == "adversarial" and params.get("keep_failures", True)
         return n, "exact" if exact else "at most"
+    if kind in ("gratings", "photo_movie"):
+        from .movie import _check_fps, _check_length
+
+        fps = _check_fps(params.get("fps", inspect.signature(function).parameters["fps"].default))
+        return _check_length(fps, params.get("duration"), params.get("n_frames"), default_duration=2.0), "exact"
+    if kind in ("scrambled", "movie"):
+        source = params.get("source", params.get("movie"))
+        n, how = (planned_count(source["generate"], {k: v for k, v in source.items() if k != "generate"})
+                  if isinstance(source, dict) and source.get("generate") in MOVIE_KINDS else (None, "unknown"))
+        if params.get("n_frames") is not None:
+            return (int(params["n_frames"]), "at most") if n is None else (min(n, int(params["n_frames"])), how)
+        return n, how
     return None, "unknown"

@@ -1,0 +1,233 @@
+"""Movies in a job (issue 15): spectral differentiation on a real tiny-model job, checked against
+an independent computation (direct Keras call, numpy FFT, scipy pdist); frame order; resume;
+spectral options refused before any cluster starts."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from distributed import Client, LocalCluster
+from scipy.spatial.distance import pdist
+
+from daskdiff.core.units import Sampling, units_for
+from daskdiff.info import describe_results
+from daskdiff.plot import plot_results
+from daskdiff.pipeline.job import run_job
+from daskdiff.pipeline.spec import SpecError
+
+import cloudpickle
+import jobtools
+from jobtools import KillOnce, tiny_spec
+
+cloudpickle.register_pickle_by_value(jobtools)  # workers do not have the tests folder on sys.path
+
+pytestmark = pytest.mark.cluster
+
+FPS, FRAMES, STATE = 10.0, 43, 1.0  # 4 windows of 10 frames, 3 trailing frames dropped
+GRATING = {"generate": "gratings", "size": 32, "n_frames": FRAMES, "fps": FPS, "temporal_frequency": 0.7, "orientation": 30}
+
+
+@pytest.fixture(scope="module")
+def client2():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def _spec(model, output, **overrides):
+    sets = {"grating": GRATING, "scrambled": {"generate": "scrambled", "source": dict(GRATING), "seed": 1}}
+    kw = {"analysis__measures": ["images", "spectral"], "analysis__spectral": {"state_length": STATE}}
+    return tiny_spec(model, sets, output, **{**kw, **overrides})
+
+
+def _run(spec, client, lines=None):
+    echo = (lambda *a: lines.append(" ".join(map(str, a)))) if lines is not None else (lambda *a: None)
+    return run_job(spec, Path("."), client=client, progress=False, echo=echo)
+
+
+def _direct_activations(model_path, paths, layers):
+    """Reference activations: keras.utils.load_img + the saved model, frames in time order."""
+    import keras
+
+    model = keras.saving.load_model(model_path, compile=False)
+    direct = keras.Model(model.inputs, [model.get_layer(n).output for n in layers])
+    x = np.stack([np.asarray(keras.utils.load_img(p, target_size=(32, 32)), dtype=np.float32) for p in paths])
+    return dict(zip(layers, [np.asarray(o) for o in direct.predict(x, batch_size=4, verbose=0)]))
+
+
+def _reference_sd(x, fps, state_length):
+    """Spectral differentiation restated: z-score over all entries, whole windows, |rfft|^2, pdist, median."""
+    z = (x - x.mean()) / x.std()
+    n = int(round(fps * state_length))
+    w = len(z) // n
+    windows = z[: w * n].reshape(w, n, z.shape[1])  # (window, time, unit)
+    power = np.abs(np.fft.rfft(windows, axis=1)) ** 2  # (window, freq, unit)
+    states = power.transpose(0, 2, 1).reshape(w, -1)  # unit-major
+    return float(np.median(pdist(states)))
+
+
+def test_spectral_job_matches_independent_computation_and_resumes(tmp_path, tiny_model_path, client2):
+    spec = _spec(tiny_model_path, tmp_path / "out")
+    result = _run(spec, client2)
+    ds = xr.open_dataset(result.path)
+    assert ds["spectral_differentiation"].dims == ("image_set", "substrate", "n_units", "layer", "repeat")
+    assert list(ds["fps"].values) == [FPS, FPS]
+    assert list(ds["spectral_windows"].values) == [4, 4] and list(ds["spectral_dropped"].values) == [3, 3]
+    attrs = ds["spectral_differentiation"].attrs
+    assert attrs["state_length"] == STATE and list(attrs["dropped_samples"]) == [3, 3] and list(attrs["fs"]) == [FPS, FPS]
+    # frames in time order, as movie.json lists them
+    record = json.loads((tmp_path / "out" / "images" / "grating" / "movie.json").read_text())
+    frames = [str(tmp_path / "out" / "images" / "grating" / f) for f in record["frames"]]
+    assert [Path(p).name for p in ds["image_path"].sel(image_set="grating").values[:FRAMES]] == record["frames"]
+    assert record["frames"] == sorted(record["frames"]) and len(frames) == FRAMES
+
+    layers = ["conv2", "fc1"]
+    acts = _direct_activations(tiny_model_path, frames, layers)
+    a = spec.analysis
+    sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
+    for layer in layers:
+        flat = acts[layer].reshape(FRAMES, -1).astype(np.float64)
+        for repeat in (0, 5):
+            units = units_for(acts[layer].shape[1:], "units", 5, sampling, layer, repeat)
+            ref = _reference_sd(flat[:, units], FPS, STATE)
+            got = ds["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer=layer, repeat=repeat)
+            assert float(got) == pytest.approx(ref, rel=1e-6)
+            norm = ds["normalized_spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer=layer, repeat=repeat)
+            assert float(norm) == pytest.approx(ref / np.sqrt(5), rel=1e-6)
+        # filter_mean, every filter: exact, in repeat 0 only. A drifting grating's spatial mean
+        # hardly changes in time, so z-scoring it amplifies the float32 rounding of the mean
+        # (taken in float32, as the network's pooling does): a looser tolerance
+        fm = acts[layer].mean(axis=(1, 2), dtype=np.float32).astype(np.float64) if acts[layer].ndim == 4 else None
+        if fm is not None:
+            got = ds["spectral_differentiation"].sel(image_set="grating", substrate="filter_mean", n_units="all", layer=layer)
+            assert float(got.sel(repeat=0)) == pytest.approx(_reference_sd(fm, FPS, STATE), rel=1e-4)
+            assert np.all(np.isnan(got.values[1:]))
+    # the image measure is computed too, and the control differs from the movie
+    assert np.isfinite(ds["differentiation"].sel(n_units="5").values).all()
+    assert not np.allclose(ds["spectral_differentiation"].sel(image_set="grating"), ds["spectral_differentiation"].sel(image_set="scrambled"))
+    before = ds.load()
+    ds.close()
+    summary = describe_results(result.path)  # daskdiff info
+    assert "spectral differentiation: state_length 1 s" in summary and re.search(r"grating\s+10\s+4\s+3\s", summary), summary
+    fig = plot_results(before)  # daskdiff plot: image panels, then spectral ones
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["units, n_units=5", "units, n_units=all", "filter_mean, n_units=5", "filter_mean, n_units=all",
+                      "units, n_units=5 (spectral)", "units, n_units=all (spectral)", "filter_mean, n_units=5 (spectral)",
+                      "filter_mean, n_units=all (spectral)"], titles
+
+    lines = []
+    again = _run(spec, client2, lines)  # resume: every shard and partial result is reused
+    resumed = [m for line in lines if (m := re.match(r"resuming: (\d+) of (\d+) shard file\(s\) and (\d+) of (\d+) partial", line))]
+    assert resumed and resumed[0][1] == resumed[0][2] and resumed[0][3] == resumed[0][4], lines
+    with xr.open_dataset(again.path) as ds2:
+        xr.testing.assert_identical(ds2.drop_attrs(), before.drop_attrs())
+    # another spec on the same folder with --overwrite: the movies (their movie.json too) are daskdiff's to replace
+    changed = _spec(tiny_model_path, tmp_path / "out", analysis__spectral={"state_length": 2.0})
+    result = run_job(changed, Path("."), client=client2, progress=False, echo=lambda *a: None, overwrite=True)
+    with xr.open_dataset(result.path) as ds3:
+        assert list(ds3["spectral_windows"].values) == [2, 2]
+
+
+def test_bad_spectral_options_fail_before_the_cluster(tmp_path, tiny_model_path):
+    unreachable = {"kind": "address", "address": "tcp://127.0.0.1:9"}  # never contacted: planning fails first
+    cases = [
+        ({"analysis__spectral": {"state_length": 0.15}}, r"analysis\.spectral\.state_length: movie 'grating' at 10 fps: state_length \* fs must be a whole number"),
+        ({"analysis__spectral": {"state_length": 3.0}}, r"analysis\.spectral\.state_length: movie 'grating' has 43 frame\(s\) at 10 fps, 1 whole window"),
+    ]
+    for overrides, message in cases:
+        spec = _spec(tiny_model_path, tmp_path / "out", cluster=unreachable, **overrides)
+        with pytest.raises(SpecError, match=message):
+            run_job(spec, Path("."), progress=False, echo=lambda *a: None)
+    noise = tiny_spec(tiny_model_path, {"noise": {"generate": "noise", "count": 4, "size": 32}}, tmp_path / "out2",
+                      analysis__measures=["spectral"], cluster=unreachable)
+    with pytest.raises(SpecError, match=r"analysis\.measures: spectral needs every image set to be a movie, but 'noise' has no frame rate"):
+        run_job(noise, Path("."), progress=False, echo=lambda *a: None)
+
+
+def test_movie_given_as_frames_folder_or_file_equals_the_generated_one(tmp_path, tiny_model_path, client2):
+    """The same frames as a generated movie, a plain folder with ``fps:`` and an APNG file give
+    the same spectral differentiation; ``[spectral]`` alone leaves the image measure NaN."""
+    import shutil
+
+    from PIL import Image
+
+    from daskdiff.stimuli.registry import generate
+
+    source = tmp_path / "source"
+    paths = generate("gratings", source, **{k: v for k, v in GRATING.items() if k != "generate"})
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for p in paths:
+        shutil.copy(p, plain / Path(p).name)
+    frames = [Image.open(p).convert("RGB") for p in paths]
+    frames[0].save(tmp_path / "clip.png", save_all=True, append_images=frames[1:], duration=int(1000 / FPS), loop=0)
+    sets = {"generated": GRATING, "folder": {"path": str(plain), "fps": FPS}, "file": {"path": str(tmp_path / "clip.png")}}
+    spec = tiny_spec(tiny_model_path, sets, tmp_path / "out", analysis__measures=["spectral"], analysis__spectral={"state_length": STATE})
+    with xr.open_dataset(_run(spec, client2).path) as ds:
+        assert list(ds["fps"].values) == [FPS] * 3 and list(ds["n_images"].values) == [FRAMES] * 3
+        sd = ds["spectral_differentiation"]
+        assert np.isfinite(sd.sel(n_units="5")).all()
+        for name in ("folder", "file"):
+            np.testing.assert_array_equal(sd.sel(image_set=name).values, sd.sel(image_set="generated").values)
+        assert ds["differentiation"].attrs["measured"] == 0 and bool(ds["differentiation"].isnull().all())
+        assert "rdm" not in ds
+    (plain / Path(paths[2]).name).rename(plain / "grating-2.png")  # unpadded: 'grating-2' sorts after 'grating-000010'
+    with pytest.raises(Exception, match=r"image_sets\.folder: the frames' names do not sort in time order"):
+        _run(tiny_spec(tiny_model_path, {"folder": sets["folder"]}, tmp_path / "out2", analysis__measures=["spectral"]), client2)
+
+
+def test_input_layer_is_the_preprocessed_pixels(tmp_path, tiny_model_path, client2):
+    """``model.layers: [input, ...]``: the pixels the network receives (the tiny model's
+    preprocessing is the identity), first in layer order; filter_mean is the mean R, G and B."""
+    import keras
+
+    pan = {"generate": "photo_movie", "photo": "astronaut", "size": 32, "n_frames": FRAMES, "fps": FPS}
+    spec = tiny_spec(tiny_model_path, {"grating": GRATING, "pan": pan}, tmp_path / "out", model__layers=["conv1", "input"],
+                     analysis__measures=["images", "spectral"], analysis__spectral={"state_length": STATE})
+    with xr.open_dataset(_run(spec, client2).path) as ds:
+        assert list(ds["layer"].values) == ["input", "conv1"]
+        def pixels_of(name):
+            folder = tmp_path / "out" / "images" / name
+            frames = json.loads((folder / "movie.json").read_text())["frames"]
+            return np.stack([np.asarray(keras.utils.load_img(folder / f), dtype=np.float64) for f in frames])
+
+        # a grating of whole cycles has the same mean R, G, B in every frame: undefined (NaN), counted
+        mean_rgb = ds["spectral_differentiation"].sel(substrate="filter_mean", n_units="all", layer="input", repeat=0)
+        assert np.isnan(float(mean_rgb.sel(image_set="grating")))
+        assert int(ds["n_undefined"].sel(image_set="grating", substrate="filter_mean", n_units="all", layer="input")) == 1
+        rgb = pixels_of("pan").mean(axis=(1, 2))  # (frames, 3): mean R, G, B of a pan over a photo
+        assert float(mean_rgb.sel(image_set="pan")) == pytest.approx(_reference_sd(rgb, FPS, STATE), rel=1e-6)
+        pixels = pixels_of("grating")
+        a = spec.analysis
+        sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
+        units = units_for(pixels.shape[1:], "units", 5, sampling, "input", 2)
+        got = ds["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer="input", repeat=2)
+        assert float(got) == pytest.approx(_reference_sd(pixels.reshape(FRAMES, -1)[:, units], FPS, STATE), rel=1e-9)
+
+
+def test_spectral_results_do_not_depend_on_workers_or_shards(tmp_path, tiny_model_path, client2):
+    a = _run(_spec(tiny_model_path, tmp_path / "a", extraction__shard_size=2), client2)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client1:
+        b = _run(_spec(tiny_model_path, tmp_path / "b", extraction__shard_size=50), client1)
+    with xr.open_dataset(a.path) as da, xr.open_dataset(b.path) as db:
+        for name in ("spectral_differentiation", "normalized_spectral_differentiation", "differentiation"):
+            np.testing.assert_allclose(da[name], db[name], rtol=1e-12, equal_nan=True)
+
+
+def test_worker_killed_during_spectral_differentiation(tmp_path, tiny_model_path, client2):
+    """A worker dies in a differentiation task of a movie job: Dask reruns it, the results are those of a clean run."""
+    reference = _run(_spec(tiny_model_path, tmp_path / "ref"), client2)
+    marker = tmp_path / "killed"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        client.register_plugin(KillOnce("grating--units--", str(marker), delay=0.01))
+        result = _run(_spec(tiny_model_path, tmp_path / "out"), client)
+    assert marker.exists(), "no worker was killed: the test did not test anything"
+    with xr.open_dataset(reference.path) as a, xr.open_dataset(result.path) as b:
+        np.testing.assert_allclose(a["spectral_differentiation"], b["spectral_differentiation"], rtol=1e-12, equal_nan=True)
