@@ -23,6 +23,7 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -374,6 +375,23 @@ def class_index(name_or_index: str | int, labels: list[str]) -> int:
         else ""
     )
     raise InputError(f"unknown class {name_or_index!r}{hint}{extra}")
+
+
+_FORWARD_LOCK = threading.RLock()
+
+
+def forward_lock() -> contextlib.AbstractContextManager:
+    """Hold this around a forward pass (or a gradient) through a model of this process.
+
+    On JAX, Keras's ``predict_on_batch`` donates the model's variable buffers to the compiled
+    call and puts new ones in their place after it, so two threads that share a model (a worker
+    with ``threads_per_worker > 1``, a threaded ``LocalCluster``) would read deleted buffers:
+    there the calls take turns under one process-wide lock. TensorFlow and torch need none,
+    and get a context that does nothing.
+    """
+    import keras
+
+    return _FORWARD_LOCK if keras.backend.backend() == "jax" else contextlib.nullcontext()
 
 
 _BUILD_LOCK = threading.Lock()

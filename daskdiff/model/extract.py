@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..io.images import load_images
-from .build import cached_model, class_labels, input_size, layer_names, ModelSpec
+from .build import cached_model, class_labels, forward_lock, input_size, layer_names, ModelSpec
 from .preprocess import preprocess
 from ..core.batches import batch_slices
 from ..core.units import bytes_per_image, LayerPlan, plan_digest
@@ -159,7 +159,10 @@ def run_extraction(
         for i in range(len(chunks)):
             sl, (batch, batch_ok, batch_skipped) = pending.result()
             pending = pool.submit(decode, chunks[i + 1]) if i + 1 < len(chunks) else None
-            outputs = model.predict_on_batch(preprocess(batch, spec)) if len(batch_ok) else {}
+            outputs = {}
+            if len(batch_ok):
+                with forward_lock():
+                    outputs = model.predict_on_batch(preprocess(batch, spec))
             yield Batch(
                 {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()},
                 [sl.start + j for j in batch_ok],

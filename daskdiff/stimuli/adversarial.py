@@ -35,7 +35,7 @@ from ..core.batches import batch_slices
 from ..core.ranking import class_mass, softmax
 from ..errors import InputError
 from ..io.images import _write_images, load_images
-from ..model.build import cached_model, input_size, ModelSpec
+from ..model.build import cached_model, forward_lock, input_size, ModelSpec
 from ..model.preprocess import preprocess_tensor
 from .common import _repeated
 from .select import check_batch_size, class_indices, class_ranges, ClassesLike, image_paths, model_labels, predict_logits, run_tasks, shards, write_table
@@ -192,7 +192,8 @@ def loss_gradient(model: Any, pixels: np.ndarray, spec: ModelSpec, pgd: PGD) -> 
     :data:`GRADIENTS` function differentiates it.
     """
     gradient = gradient_function()
-    return gradient(lambda x: pgd.loss(model(preprocess_tensor(x, spec), training=False)), pixels)
+    with forward_lock():
+        return gradient(lambda x: pgd.loss(model(preprocess_tensor(x, spec), training=False)), pixels)
 
 
 def projected_gradient_descent(images: np.ndarray, spec: ModelSpec, pgd: PGD) -> np.ndarray:
