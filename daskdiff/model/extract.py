@@ -97,7 +97,10 @@ def extraction_model(model: Any, plan: dict[str, LayerPlan], spec: ModelSpec) ->
             out = ops.softmax(out, axis=-1)
         outputs.update(_feature_outputs(out, lp))
     outputs[LOGITS] = model.get_layer(last).output
-    return keras.Model(model.inputs, outputs, name="daskdiff_extractor")
+    # one input as a tensor, not a list of one: Keras on torch warns at every call whose input's
+    # structure differs from the model's
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, outputs, name="daskdiff_extractor")
 
 
 _LOCK = threading.Lock()
