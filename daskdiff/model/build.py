@@ -23,6 +23,7 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -101,12 +102,25 @@ class ModelSpec:
         return APPLICATIONS.get(self.name)
 
     def identity(self) -> dict[str, str]:
-        """Attributes that identify the model in output files."""
+        """Attributes that identify the model in output files, with the Keras backend that runs it.
+
+        ``keras_backend`` (and ``keras_backend_version``, its package's version) is this
+        process's (``KERAS_BACKEND``, read by Keras when it is first imported): a shard records
+        its worker's, the results file the client's. It is provenance only: no digest that
+        decides whether a shard or an output folder is reused includes it, so a folder written
+        on one backend is resumed on another (their values agree to float32 rounding;
+        tests/test_backends.py).
+        """
+        import keras
+
+        backend = keras.backend.backend()
         return {
             "model": self.name,
             "weights": weights_identity(self),
             "preprocessing": self.preprocess_mode(),
             "predictions_layer_values": self.predictions,
+            "keras_backend": backend,
+            "keras_backend_version": _version(backend),
         }
 
     def preprocess_mode(self) -> str:
@@ -115,6 +129,15 @@ class ModelSpec:
         if self.is_application:
             return f"keras.applications.{self.application}.preprocess_input"
         return "none"
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def check_model_name(name: str) -> str:
@@ -388,6 +411,23 @@ def class_index(name_or_index: str | int, labels: list[str]) -> int:
         else ""
     )
     raise InputError(f"unknown class {name_or_index!r}{hint}{extra}")
+
+
+_FORWARD_LOCK = threading.RLock()
+
+
+def forward_lock() -> contextlib.AbstractContextManager:
+    """Hold this around a forward pass (or a gradient) through a model of this process.
+
+    On JAX, Keras's ``predict_on_batch`` donates the model's variable buffers to the compiled
+    call and puts new ones in their place after it, so two threads that share a model (a worker
+    with ``threads_per_worker > 1``, a threaded ``LocalCluster``) would read deleted buffers:
+    there the calls take turns under one process-wide lock. TensorFlow and torch need none,
+    and get a context that does nothing.
+    """
+    import keras
+
+    return _FORWARD_LOCK if keras.backend.backend() == "jax" else contextlib.nullcontext()
 
 
 _BUILD_LOCK = threading.Lock()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..io.images import load_images
-from .build import cached_model, class_labels, input_size, layer_names, layer_output, ModelSpec
+from .build import cached_model, class_labels, forward_lock, input_size, layer_names, layer_output, ModelSpec
 from .preprocess import preprocess
 from ..core.batches import batch_slices
 from ..core.units import bytes_per_image, LayerPlan, plan_digest
@@ -97,7 +97,10 @@ def extraction_model(model: Any, plan: dict[str, LayerPlan], spec: ModelSpec) ->
             out = ops.softmax(out, axis=-1)
         outputs.update(_feature_outputs(out, lp))
     outputs[LOGITS] = model.get_layer(last).output
-    return keras.Model(model.inputs, outputs, name="daskdiff_extractor")
+    # one input as a tensor, not a list of one: Keras on torch warns at every call whose input's
+    # structure differs from the model's
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, outputs, name="daskdiff_extractor")
 
 
 _LOCK = threading.Lock()
@@ -160,7 +163,10 @@ def run_extraction(
         for i in range(len(chunks)):
             sl, (batch, batch_ok, batch_skipped) = pending.result()
             pending = pool.submit(decode, chunks[i + 1]) if i + 1 < len(chunks) else None
-            outputs = model.predict_on_batch(preprocess(batch, spec)) if len(batch_ok) else {}
+            outputs = {}
+            if len(batch_ok):
+                with forward_lock():
+                    outputs = model.predict_on_batch(preprocess(batch, spec))
             yield Batch(
                 {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()},
                 [sl.start + j for j in batch_ok],

@@ -12,9 +12,10 @@ Layers:
 
 - :class:`PGD`: the attack's parameters, its objective (on logits, backend-neutral
   ``keras.ops``) and its success test (on numpy logits);
-- :data:`GRADIENTS`: the differentiable pixel -> logits path (through
+- :func:`loss_gradient`: the differentiable pixel -> logits path (through
   :func:`daskdiff.model.preprocess.preprocess_tensor`, the same preprocessing as extraction),
-  one gradient function per Keras backend (TensorFlow: ``tf.GradientTape``);
+  written once in ``keras.ops`` and differentiated by one small function per Keras backend
+  (:data:`GRADIENTS`: TensorFlow ``GradientTape``, ``torch.autograd``, ``jax.grad``);
 - :func:`projected_gradient_descent`: uint8 images in, uint8 adversarial images out;
 - :func:`attack_shard`: one :class:`AttackTask` (a few files) -> PNG files + table rows; a pure
   function that Dask can map over shards like extraction;
@@ -34,7 +35,7 @@ from ..core.batches import batch_slices
 from ..core.ranking import class_mass, softmax
 from ..errors import InputError
 from ..io.images import _write_images, load_images
-from ..model.build import cached_model, input_size, ModelSpec
+from ..model.build import cached_model, forward_lock, input_size, ModelSpec
 from ..model.preprocess import preprocess_tensor
 from .common import _repeated
 from .select import check_batch_size, class_indices, class_ranges, ClassesLike, image_paths, model_labels, predict_logits, run_tasks, shards, write_table
@@ -130,35 +131,69 @@ class PGD:
 # --------------------------------------------------------------------------------------------
 
 
-def _tensorflow_gradient(model: Any, pixels: np.ndarray, spec: ModelSpec, pgd: PGD) -> np.ndarray:
+def _tensorflow_gradient(function: Callable[[Any], Any], pixels: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 
     x = tf.convert_to_tensor(pixels, dtype=tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        total = tf.reduce_sum(pgd.loss(model(preprocess_tensor(x, spec), training=False)))
+        total = tf.reduce_sum(function(x))
     return np.asarray(tape.gradient(total, x))
 
 
-GRADIENTS: dict[str, Callable[[Any, np.ndarray, ModelSpec, PGD], np.ndarray]] = {
+def _torch_gradient(function: Callable[[Any], Any], pixels: np.ndarray) -> np.ndarray:
+    import torch
+    from keras import ops
+
+    x = ops.convert_to_tensor(np.array(pixels, dtype=np.float32)).requires_grad_(True)  # on Keras's device
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(torch.sum(function(x)), x)
+    return grad.detach().cpu().numpy()
+
+
+def _jax_gradient(function: Callable[[Any], Any], pixels: np.ndarray) -> np.ndarray:
+    import jax
+    import jax.numpy as jnp
+
+    return np.asarray(jax.grad(lambda x: jnp.sum(function(x)))(jnp.asarray(pixels, dtype=jnp.float32)))
+
+
+GRADIENTS: dict[str, Callable[[Callable[[Any], Any], np.ndarray], np.ndarray]] = {
     "tensorflow": _tensorflow_gradient,
+    "torch": _torch_gradient,
+    "jax": _jax_gradient,
 }
-"""Keras backend name -> function giving d(sum of PGD.loss)/d(pixels) as a numpy array."""
+"""Keras backend name -> ``gradient(function, pixels)``: d(sum of ``function(x)``)/dx at
+``x = pixels`` (float32 numpy in, float32 numpy out), where ``function`` maps a backend tensor
+to a backend tensor with ``keras.ops`` and Keras models. The only backend-specific code of
+the attack: TensorFlow's ``GradientTape``, ``torch.autograd.grad``, ``jax.grad``."""
 
 
-def gradient_function() -> Callable[[Any, np.ndarray, ModelSpec, PGD], np.ndarray]:
-    """The gradient function of the running Keras backend; ValueError for one without it."""
+def gradient_function() -> Callable[[Callable[[Any], Any], np.ndarray], np.ndarray]:
+    """The gradient function of the running Keras backend; InputError for one without it."""
     import keras
 
     backend = keras.backend.backend()
     if backend not in GRADIENTS:
         raise InputError(
             f"adversarial images need gradients, which daskdiff computes with the "
-            f"{sorted(GRADIENTS)} backend(s); Keras runs on {backend!r}. Set the environment "
-            "variable KERAS_BACKEND=tensorflow before Python starts, e.g. "
+            f"{', '.join(sorted(GRADIENTS))} backends; Keras runs on {backend!r}. Set the environment "
+            "variable KERAS_BACKEND to one of them before Python starts, e.g. "
             "'KERAS_BACKEND=tensorflow daskdiff images adversarial ...'"
         )
     return GRADIENTS[backend]
+
+
+def loss_gradient(model: Any, pixels: np.ndarray, spec: ModelSpec, pgd: PGD) -> np.ndarray:
+    """d(sum of ``pgd.loss``)/d(pixels) of float32 0-255 RGB ``pixels``, through the preprocessing.
+
+    The path pixels -> :func:`~daskdiff.model.preprocess.preprocess_tensor` -> model (inference
+    mode) -> :meth:`PGD.loss` is written once, in ``keras.ops``; the running backend's
+    :data:`GRADIENTS` function differentiates it.
+    """
+    gradient = gradient_function()
+    with forward_lock():
+        return gradient(lambda x: pgd.loss(model(preprocess_tensor(x, spec), training=False)), pixels)
 
 
 def projected_gradient_descent(images: np.ndarray, spec: ModelSpec, pgd: PGD) -> np.ndarray:
@@ -179,14 +214,14 @@ def projected_gradient_descent(images: np.ndarray, spec: ModelSpec, pgd: PGD) ->
     changes nothing. Images do not interact: the loss is summed over the batch, and the model
     runs in inference mode.
     """
-    gradient = gradient_function()
+    gradient_function()  # fail before building the model on a backend without gradients
     model = cached_model(spec)
     x0 = np.asarray(images, dtype=np.float32)
     low = np.maximum(x0 - pgd.eps, 0)
     high = np.minimum(x0 + pgd.eps, 255)
     x = x0.copy()
     for _ in range(pgd.iters):
-        x = np.clip(x - np.float32(pgd.step) * np.sign(gradient(model, x, spec, pgd)), low, high)
+        x = np.clip(x - np.float32(pgd.step) * np.sign(loss_gradient(model, x, spec, pgd)), low, high)
     return np.rint(x).astype(np.uint8)
 
 

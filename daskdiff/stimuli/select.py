@@ -38,7 +38,7 @@ from ..core.ranking import class_mass, softmax, top_k
 from ..errors import InputError
 from ..io.atomic import atomic_write
 from ..io.images import load_images, resolve_image_set
-from ..model.build import cached_model, class_index, class_labels, input_size, ModelSpec
+from ..model.build import cached_model, class_index, class_labels, forward_lock, input_size, ModelSpec
 from ..model.preprocess import preprocess
 from .common import _repeated
 
@@ -137,10 +137,11 @@ def predict_logits(images: np.ndarray, spec: ModelSpec, *, batch_size: int = 16)
     """Logits ``(n, n_classes)`` float32 of uint8 RGB images ``(n, h, w, 3)`` at the model's size."""
     model = cached_model(spec)
     n_classes = int(model.output_shape[-1])
-    parts = [
-        np.asarray(model.predict_on_batch(preprocess(images[batch], spec)), dtype=np.float32)
-        for batch in batch_slices(len(images), batch_size)
-    ]
+    parts = []
+    for batch in batch_slices(len(images), batch_size):
+        x = preprocess(images[batch], spec)
+        with forward_lock():
+            parts.append(np.asarray(model.predict_on_batch(x), dtype=np.float32))
     return np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
 
 
