@@ -211,3 +211,40 @@ def test_client_killed_on_external_cluster_then_rerun_at_once(tmp_path, tiny_mod
     with xr.open_dataset(tmp_path / "out" / "differentiation.nc") as got, xr.open_dataset(ref.path) as want:
         for name in ("differentiation", "rdm", "top1_class", "top1_prob"):
             np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
+
+
+@pytest.mark.cluster
+def test_temporary_of_a_writer_that_dies_during_the_run_is_removed_at_its_end(tmp_path, tiny_model_path):
+    """A temporary whose writer is alive at planning is kept; that writer dies while the job runs
+    (as a killed worker's would): the job's end removes it, and says so."""
+    from daskdiff.pipeline.job import run_job
+
+    write_images(tmp_path / "a", 3, seed=1)
+    write_images(tmp_path / "b", 3, seed=2)
+    out = tmp_path / "out"
+    spec = tiny_spec(tiny_model_path, {"a": str(tmp_path / "a"), "b": str(tmp_path / "b")}, out, cluster={"n_workers": 1})
+    plan_job(spec, Path("."), echo=lambda *a: None).release()
+    manifest = Manifest(out)
+    target = shard_path(out, "a", 0)
+    manifest.make_dirs(target.parent)
+    manifest.add_files([target])
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    tmp = target.parent / f".{target.name}.{_host()}+{writer.pid}+abc123.tmp"
+    tmp.write_bytes(b"half-written by a worker")
+    lines: list[str] = []
+
+    def echo(*parts):
+        line = " ".join(map(str, parts))
+        lines.append(line)
+        if line.startswith("planned "):  # the job has planned (and kept the live writer's file): the writer dies
+            assert tmp.exists()
+            writer.kill()
+            writer.wait()
+
+    try:
+        run_job(spec, Path("."), progress=False, echo=echo)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert not tmp.exists()
+    assert "removed 1 temporary file(s) of writers that died during the run" in lines, lines
