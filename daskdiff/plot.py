@@ -147,12 +147,38 @@ def _log_axis(ax: Any) -> None:
     ax.yaxis.set_minor_formatter(some if powers < 3 else NullFormatter())
 
 
+def noise_reference(ds: xr.Dataset) -> tuple[str | None, str | None]:
+    """The set other sets are compared with by default, and why: ``(set, reason)``.
+
+    The first set the job generated as noise (``generate: noise`` in the spec the results record
+    in ``attrs['job_spec']``), else the first whose name contains ``noise``, else ``(None, None)``.
+    """
+    import yaml
+
+    names = set_names(ds)
+    try:
+        spec = yaml.safe_load(ds.attrs.get("job_spec") or "")
+    except yaml.YAMLError:
+        spec = None
+    entries = spec.get("image_sets") if isinstance(spec, dict) else None
+    entries = entries if isinstance(entries, dict) else {}
+    generated = [n for n in names if isinstance(entries.get(n), dict) and entries[n].get("generate") == "noise"]
+    if generated:
+        return generated[0], "generated as noise: generate: noise in the job's spec"
+    named = [n for n in names if "noise" in n.lower()]
+    if named:
+        return named[0], "its name contains 'noise'"
+    return None, None
+
+
 def _reference(ds: xr.Dataset, reference: str | None) -> str:
     names = set_names(ds)
     if reference is None:
-        if "noise" in names:
-            return "noise"
-        raise InputError(f"these results have no set named 'noise'; name the reference set, e.g. reference={names[0]!r} (the sets are {names})")
+        found, _ = noise_reference(ds)
+        if found is not None:
+            return found
+        raise InputError(f"these results have no set generated as noise or named like it; name the reference set, "
+                         f"e.g. reference={names[0]!r} (the sets are {names})")
     if reference not in names:
         raise InputError(f"reference set {reference!r} is not in these results; the sets are {names}")
     return reference

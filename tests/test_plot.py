@@ -307,10 +307,26 @@ def test_ratio_explicit_reference_and_errors(synthetic):
     assert ax.get_title().endswith("about 0 or undefined: predictions)")
     assert all(np.isnan(line.get_ydata()[-1]) for line in ax.lines if len(line.get_xdata()) == len(LAYERS))
     no_noise = ds.sel(image_set=["photos", "cats"])
-    with pytest.raises(ValueError, match=r"no set named 'noise'; name the reference set, e.g. reference='photos'"):
+    with pytest.raises(ValueError, match=r"no set generated as noise or named like it; name the reference set, e.g. reference='photos'"):
         dp.ratio_to_reference(no_noise, ax, substrate="units")
     with pytest.raises(ValueError, match="'dogs' is not in these results"):
         dp.plot_ratio(ds, reference="dogs")
+
+
+def test_default_reference_is_the_set_generated_as_noise(synthetic):
+    """As jobs/seed-reproduction.yaml names it: 'white_noise', generated with generate: noise; the
+    spec recorded in the results says so. Without a record, a name containing 'noise' counts."""
+    ds, _ = synthetic
+    renamed = ds.assign_coords(image_set=[{"noise": "white_noise", "cats": "static"}.get(str(n), str(n)) for n in ds["image_set"].values])
+    renamed.attrs["job_spec"] = "image_sets:\n  photos: data/photos\n  static: {generate: noise, count: 4}\n  white_noise: data/wn\n"
+    assert dp.noise_reference(renamed) == ("static", "generated as noise: generate: noise in the job's spec")
+    del renamed.attrs["job_spec"]
+    assert dp.noise_reference(renamed) == ("white_noise", "its name contains 'noise'")
+    fig, ax = _new_axes()
+    dp.ratio_to_reference(renamed, ax, substrate="units")  # no error: the default reference is found
+    expected = renamed["differentiation"].sel(substrate="units", n_units="10").mean("repeat")
+    np.testing.assert_allclose(ax.lines[0].get_ydata()[:-1], (expected.sel(image_set="photos") / expected.sel(image_set="white_noise")).values[:-1])
+    assert dp.noise_reference(renamed.sel(image_set=["photos", "static"])) == (None, None)
 
 
 # --------------------------------------------------------------------------- 5. pair distances
