@@ -519,6 +519,11 @@ def spectral_lines(spec: JobSpec, counts: dict[str, int], fps: dict[str, float],
     return lines
 
 
+def _output_folder(spec: JobSpec, base: Path, output: str | Path | None) -> Path:
+    """The job's output folder, resolved: ``--output`` if given, else the spec's ``output`` (relative to the spec's folder)."""
+    return (Path(output) if output else resolve_path(spec.output, base)).resolve()
+
+
 def plan_job(
     spec: JobSpec,
     base: Path,
@@ -547,8 +552,7 @@ def plan_job(
     refused) until ``plan.release()``; :func:`run_job` releases it when the job ends, however it
     ends.
     """
-    out = Path(output) if output else resolve_path(spec.output, base)
-    out = out.resolve()
+    out = _output_folder(spec, base, output)
     fps: dict[str, float] = {}
     path_sets = _path_sets(spec, base, echo, fps)
     known, counts, how = _planned_sets(spec, base, out, path_sets)
@@ -984,7 +988,7 @@ def run_job(
 def _limits(spec: JobSpec, base: Path, output: str | Path | None, client: Any, scheduler: str | None,
             scheduler_file: str | None, n_workers: int | None) -> Limits:
     """What the job may use, for the cluster it will run on (a given client counts as external)."""
-    out = (Path(output) if output else resolve_path(spec.output, base)).resolve()
+    out = _output_folder(spec, base, output)
     external = client is not None or is_external(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers)
     return limits_for(spec.cluster, out, external=external, n_workers=n_workers)
 
