@@ -25,7 +25,7 @@ import yaml
 
 from daskdiff.errors import InputError, JobError
 from daskdiff.io.layout import RESULTS_FILE
-from daskdiff.pipeline.cluster import NO_DASHBOARD, connect
+from daskdiff.pipeline.cluster import NO_DASHBOARD, _scheduler_lost, connect
 from daskdiff.pipeline.spec import ClusterSection, SecuritySection
 from jobtools import make_certificates, tiny_spec
 
@@ -235,6 +235,27 @@ def test_scheduler_file_written_after_the_job_starts_is_waited_for(tmp_path):
 
 
 # ---------------------------------------------------------------- item 10: the scheduler lost mid-job
+
+def test_a_closed_stream_counts_as_the_scheduler_lost_only_when_it_is(tmp_path):
+    """The race CI hit: a result fetch in flight fails with a plain closed stream before the client's
+    own connection notices the scheduler died. That is the scheduler lost (one line, re-run); the
+    same error with the scheduler alive is not (the traceback is kept)."""
+    from distributed import Client
+    from distributed.comm.core import CommClosedError
+
+    cli = _CliCluster(tmp_path, workers=0, dashboard=False)
+    client = Client(cli.address, timeout=30)
+    try:
+        closed = CommClosedError("in <TCP (closed) ConnectionPool.gather>: Stream is closed")
+        assert not _scheduler_lost(client, closed, wait=1.0)
+        assert not _scheduler_lost(client, ValueError("a task's own error"))
+        cli.scheduler.kill()
+        cli.scheduler.wait()
+        assert _scheduler_lost(client, closed)
+    finally:
+        client.close(timeout=5)
+        cli.stop()
+
 
 def test_scheduler_killed_mid_job_says_rerun_resumes(tmp_path, tiny_model_path, sets):
     job = _job(tmp_path, tiny_model_path, sets, {"start_timeout": 60}, extraction={"batch_size": 1, "shard_size": 1})

@@ -396,16 +396,31 @@ def _wait_for_workers(client: Client, n: int, timeout: float, what: str, hint: s
         raise JobError(f"{what} has {have} worker(s) after {timeout:g} s (cluster.start_timeout), {n} needed; {hint}") from None
 
 
-def _scheduler_lost(client: Client, err: BaseException) -> bool:
+def _scheduler_lost(client: Client, err: BaseException, *, wait: float = 5.0) -> bool:
+    """Whether ``err`` means the scheduler went away (not a failure of the job's own work).
+
+    The client says so in its status, or in a ``scheduler-connection-lost`` error. A call that
+    was in flight when the scheduler died can fail first with a plain closed-stream error, before
+    the client's own connection notices; then the status is watched for up to ``wait`` seconds.
+    """
+    from distributed.comm.core import CommClosedError
+
     if client.status not in ("running", "newly-created"):
         return True
+    chain: list[BaseException] = []
     seen: BaseException | None = err
-    for _ in range(10):  # the exception chain
-        if seen is None:
-            break
-        if "scheduler-connection-lost" in str(seen):
-            return True
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
+    if any("scheduler-connection-lost" in str(e) for e in chain):
+        return True
+    if not any(isinstance(e, (CommClosedError, ConnectionError)) for e in chain):
+        return False
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if client.status not in ("running", "newly-created"):
+            return True
+        time.sleep(0.1)
     return False
 
 
