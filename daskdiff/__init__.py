@@ -3,6 +3,7 @@
 The package's layers, each importing only those below it:
 
 - :mod:`daskdiff.errors`: error types (imports nothing);
+- :mod:`daskdiff.logs`: where progress and warning lines go (the ``daskdiff`` loggers);
 - :mod:`daskdiff.core`: the numeric core, numpy and scipy only (distances, differentiation,
   spectral differentiation over time, unit sampling, substrates, the unit plan, ranking,
   bootstrap);
@@ -37,6 +38,7 @@ from .core.spectral import (
     spectral_windows,
 )
 from .core.substrates import reduce as reduce_substrate, SUBSTRATES
+from .logs import log_to_terminal
 
 try:
     __version__ = version("daskdiff")
@@ -71,6 +73,7 @@ __all__ = [
     "differentiation_stack",
     "distances_stack",
     "load_spec",
+    "log_to_terminal",
     "open_activations",
     "open_results",
     "pairwise_distances",

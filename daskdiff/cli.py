@@ -215,10 +215,24 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _configure_logging() -> None:
+    """Progress lines on stdout (:func:`daskdiff.logs.log_to_terminal`), unless Dask's logging
+    config names a daskdiff logger: then importing distributed applies that config instead."""
+    import dask.config
+
+    from .logs import log_to_terminal, named_in_dask_config
+
+    if named_in_dask_config(dask.config.get("logging", default={}) or {}):
+        import distributed  # noqa: F401  (distributed.config.initialize_logging, run at its import)
+    else:
+        log_to_terminal()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
+    _configure_logging()
     try:
         with _sigterm_as_interrupt():
             return args.func(args)

@@ -7,9 +7,21 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
+import logging
+
 import numpy as np
 import pytest
 from PIL import Image
+
+
+@pytest.fixture(autouse=True)
+def _daskdiff_logger_restored():
+    """``daskdiff.cli.main`` run in this process configures the ``daskdiff`` logger (a stdout
+    handler, a level); each test starts from, and leaves, the library's unconfigured logger."""
+    logger = logging.getLogger("daskdiff")
+    handlers, level = logger.handlers[:], logger.level
+    yield
+    logger.handlers[:], logger.level = handlers, level
 
 
 def build_tiny_model(seed: int = 0):

@@ -82,7 +82,7 @@ def test_the_checks_can_fail():
 
 def test_every_module_is_in_a_layer_or_on_top():
     top = {m.name for m in pkgutil.iter_modules(daskdiff.__path__)}
-    assert top == set(LAYERS) | {"errors", "stats", "plot", "info", "cli"}, top
+    assert top == set(LAYERS) | {"errors", "logs", "stats", "plot", "info", "cli"}, top
 
 
 def test_public_api_keeps_its_names_and_loads_jobs_lazily():

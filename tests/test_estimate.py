@@ -268,6 +268,43 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path, tiny_model_pat
     assert _listing(tmp_path) == before  # no output folder, no generated images, nothing
 
 
+def test_a_library_call_logs_its_lines_and_prints_nothing(tmp_path, tiny_model_path, monkeypatch, caplog, capsys):
+    """Issue 13: progress is INFO and warnings WARNING, on loggers named after the module; no print."""
+    from daskdiff.pipeline.job import plan_job
+    from daskdiff.pipeline.spec import load_spec
+
+    spec, base = load_spec(_job_yaml(tmp_path, tiny_model_path))
+    monkeypatch.setattr(budget, "MAX_TASKS", 2)
+    with caplog.at_level(logging.INFO, logger="daskdiff"):
+        plan_job(spec, base, dry_run=True, force=True)
+    records = [(r.name, r.levelname, r.getMessage().split(" ", 1)[0]) for r in caplog.records if r.name.startswith("daskdiff")]
+    assert ("daskdiff.pipeline.job", "INFO", "estimate:") in records
+    assert ("daskdiff.pipeline.job", "WARNING", "--force:") in records
+    assert capsys.readouterr().out == ""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daskdiff"):  # a user's level is obeyed
+        plan_job(spec, base, dry_run=True, force=True)
+    assert [r.levelname for r in caplog.records if r.name.startswith("daskdiff")] == ["WARNING"]
+
+
+def test_the_command_line_shows_the_lines_unless_dask_config_says_otherwise(tmp_path, tiny_model_path):
+    job = _job_yaml(tmp_path, tiny_model_path)
+
+    def dry(**env):
+        return subprocess.run([DASKDIFF, "run", str(job), "--dry-run"], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path, env=dict(os.environ, **env))
+
+    plain = dry()
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.splitlines()[0] == "dry run: nothing is written and no cluster starts"
+    quiet = dry(DASK_LOGGING__DASKDIFF="warning")  # Dask's own config: only warnings
+    assert quiet.returncode == 0, quiet.stderr
+    assert "dry run:" not in quiet.stdout + quiet.stderr and "estimate:" not in quiet.stdout + quiet.stderr
+    dask_format = dry(DASK_LOGGING__DASKDIFF="info")  # Dask's handler and format, on stderr
+    assert "dry run:" not in dask_format.stdout
+    assert " - daskdiff.pipeline.job - INFO - dry run: nothing is written and no cluster starts" in dask_format.stderr
+
+
 def test_every_run_prints_the_estimate_before_any_cluster(tmp_path, tiny_model_path, monkeypatch):
     import daskdiff.pipeline.cluster
     from daskdiff.pipeline.job import run_job

@@ -26,7 +26,11 @@ from typing import Mapping
 
 from ..core.estimate import JobSize, LayerSize, WorkEstimate
 from ..errors import InputError
+from ..logs import reporter
 from ..io.layout import ACTIVATIONS_DIR, PARTIAL_DIR, RESULTS_FILE
+
+_echo = reporter(__name__)  # the default echo: this module's logger (see daskdiff.logs)
+
 
 MAX_TASKS = 200_000
 """Most tasks a job may submit: each costs the client ~1 ms to submit and the scheduler a few KB;
@@ -287,7 +291,7 @@ def problems(est: WorkEstimate, limits: Limits) -> list[str]:
     return out
 
 
-def check_budget(est: WorkEstimate, limits: Limits, *, force: bool, what: str = "estimate", echo=print, quote: bool = True) -> None:
+def check_budget(est: WorkEstimate, limits: Limits, *, force: bool, what: str = "estimate", echo=_echo, quote: bool = True) -> None:
     """Raise :class:`BudgetError` when ``est`` exceeds a bound, unless ``force`` (then echo so).
 
     Parameters

@@ -37,9 +37,11 @@ import dask
 from distributed import Client, LocalCluster, Nanny, WorkerPlugin
 from distributed.security import Security
 from ..errors import InputError, JobError
+from ..logs import reporter
 from .spec import shorten
 
 log = logging.getLogger(__name__)
+_echo = reporter(__name__)  # the default echo: this module's logger (see daskdiff.logs)
 
 WORKER_ENV = {"HDF5_USE_FILE_LOCKING": "FALSE", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -450,15 +452,16 @@ def connect(
     scheduler: str | None = None,
     scheduler_file: str | None = None,
     n_workers: int | None = None,
-    echo: Callable = print,
+    echo: Callable = _echo,
 ) -> Iterator[Client]:
     """A client for the job; a cluster started here is closed on exit.
 
     Precedence: ``scheduler`` / ``scheduler_file`` arguments (the CLI), then the spec's
     ``cluster.kind`` (``address`` with ``cluster.address``/``cluster.scheduler_file``, ``slurm``,
     ``local_cuda``), then ``DASK_SCHEDULER_ADDRESS`` / dask config ``scheduler-address``, then a
-    new ``LocalCluster``. Every path prints one line: what was reached or started, and its
-    dashboard link.
+    new ``LocalCluster``. Every path reports one line to ``echo`` (default: the
+    ``daskdiff.pipeline.cluster`` logger, see :mod:`daskdiff.logs`): what was reached or started,
+    and its dashboard link.
 
     Raises
     ------

@@ -41,6 +41,7 @@ from typing import Any, Callable, Sequence
 
 
 from ..errors import JobError
+from ..logs import reporter
 from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, PARTIAL_DIR, PLOT_FILE, RESULTS_FILE, shard_path
 from .tasks import DiffTask, run_diff_task, SpectralOptions
 from ..model.extract import extract_shard, ShardTask
@@ -57,6 +58,9 @@ from ..io.results import assemble, set_metadata
 from ..io.shards import CorruptShardError
 from .spec import JobSpec, resolve_path, spec_yaml
 from ..io.atomic import atomic_write, write_netcdf
+
+_echo = reporter(__name__)  # the default echo: this module's logger (see daskdiff.logs)
+
 
 @dataclass
 class JobResult:
@@ -531,7 +535,7 @@ def plan_job(
     output: str | Path | None = None,
     weights: str | None = None,
     overwrite: bool = False,
-    echo: Callable = print,
+    echo: Callable = _echo,
     force: bool = False,
     dry_run: bool = False,
     limits: Limits | None = None,
@@ -684,7 +688,7 @@ def _diff_tasks(plan: JobPlan, keep_rdm: bool, memory_budget: int | None = None)
     return tasks
 
 
-def _gpu_resources(client: Any, spec: JobSpec, echo: Callable = print) -> dict | None:
+def _gpu_resources(client: Any, spec: JobSpec, echo: Callable = _echo) -> dict | None:
     """``{'GPU': 1}`` when some worker offers a GPU it has; waits for one when ``require_gpu`` is set.
 
     A worker whose ``GPU`` resource is not backed by a GPU (``dask worker --resources GPU=1`` on
@@ -847,7 +851,7 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
         state.pending.add(new)
 
 
-def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, clock: Callable[[str], None], echo: Callable = print) -> tuple[dict[str, dict], list[PartialResult]]:
+def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, clock: Callable[[str], None], echo: Callable = _echo) -> tuple[dict[str, dict], list[PartialResult]]:
     """Wait for every task, with a progress bar per stage; the sets' metadata and the partials.
 
     A failed task cancels the job with a JobError naming it. A set whose shards hold fewer than 2
@@ -935,7 +939,7 @@ def run_job(
     n_workers: int | None = None,
     progress: bool = True,
     command: str | None = None,
-    echo: Callable = print,
+    echo: Callable = _echo,
     force: bool = False,
 ) -> JobResult:
     """Run a job end to end (see the module docstring); returns where the results are.
@@ -945,7 +949,9 @@ def run_job(
     overrides (see :func:`daskdiff.pipeline.cluster.connect`). The figure of the results is
     drawn by the CLI (:func:`daskdiff.plot.plot_results`), not here. The job's estimate is
     echoed before any cluster starts, and a job over a bound is refused
-    (:class:`daskdiff.pipeline.budget.BudgetError`) unless ``force``.
+    (:class:`daskdiff.pipeline.budget.BudgetError`) unless ``force``. ``echo`` receives each
+    progress and warning line; by default they are records of the ``daskdiff.pipeline.job``
+    logger (see :mod:`daskdiff.logs`).
     """
     from .cluster import WorkerSetup, connect
 
@@ -1004,7 +1010,7 @@ def dry_run(
     scheduler_file: str | None = None,
     n_workers: int | None = None,
     force: bool = False,
-    echo: Callable = print,
+    echo: Callable = _echo,
 ) -> JobPlan:
     """Plan and estimate a job as :func:`run_job` would, and echo both; run and write nothing.
 

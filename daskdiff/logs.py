@@ -1,0 +1,84 @@
+"""Base layer: where daskdiff's progress and warning lines go (imports only the standard library).
+
+Conventions
+-----------
+Every line a job reports (what it connected to, the plan, resumed and skipped work, warnings,
+stage times) is a record of a logger under ``daskdiff``, named after the module that reports it
+(``daskdiff.pipeline.job``, ``daskdiff.pipeline.cluster``, ``daskdiff.pipeline.budget``).
+Progress is ``INFO``; a line that warns (it starts with ``warning:``, ``!!``, ``--force:`` or
+``skipped (``) is ``WARNING``. The message is the whole line, with no prefix of its own.
+
+So the usual controls apply:
+
+- a library call (a notebook, a script) prints nothing at ``INFO`` until logging is configured,
+  e.g. ``logging.basicConfig(level="INFO")`` or :func:`log_to_terminal`;
+- ``daskdiff`` on the command line calls :func:`log_to_terminal` (one handler, stdout, the bare
+  message), unless Dask's logging configuration names a ``daskdiff`` logger: then Dask's
+  handler, format and level are used instead, e.g. ``DASK_LOGGING__DASKDIFF=warning`` or, in a
+  Dask config file, ``logging: {daskdiff: warning}`` keeps only the warnings.
+
+Functions that report take ``echo``: a callable that receives each line instead of the logger
+(tests and callers that want the lines as strings); the default is :func:`reporter` of the
+function's module.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable, TextIO
+
+ROOT = "daskdiff"
+WARNING_PREFIXES = ("warning: ", "!!", "--force: ", "skipped (")
+
+logging.getLogger(ROOT).addHandler(logging.NullHandler())  # a library's logger: silent until configured
+
+
+def reporter(name: str) -> Callable[[str], None]:
+    """An ``echo`` callable that logs each line to logger ``name`` (INFO, or WARNING for a warning)."""
+    log = logging.getLogger(name)
+
+    def echo(message: str) -> None:
+        log.log(logging.WARNING if message.startswith(WARNING_PREFIXES) else logging.INFO, message, stacklevel=2)
+
+    return echo
+
+
+def log_to_terminal(level: int | str = logging.INFO, stream: TextIO | None = None) -> logging.Handler | None:
+    """Show daskdiff's lines on ``stream`` (default stdout), bare, from ``level`` up.
+
+    Does nothing and returns None if the ``daskdiff`` logger already has a handler (configured by
+    the user or by Dask's ``logging`` config); else returns the handler it added. The logger's
+    level is set only if it has none, so a level set earlier wins.
+    """
+    logger = logging.getLogger(ROOT)
+    if any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
+        return None
+    handler = logging.StreamHandler(stream) if stream is not None else _Stdout()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(level)
+    return handler
+
+
+class _Stdout(logging.StreamHandler):
+    """A handler for whatever ``sys.stdout`` is when a line is logged (it may be replaced later:
+    a notebook's cell output, pytest's capture), not the stream that was current when it was made."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
+def named_in_dask_config(config: dict) -> bool:
+    """Whether a Dask ``logging`` config section (old style or ``dictConfig`` style) names a daskdiff logger."""
+    names = config.get("loggers", {}) if "version" in config else config
+    return any(str(n) == ROOT or str(n).startswith(ROOT + ".") for n in names or {})
