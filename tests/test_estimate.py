@@ -124,6 +124,45 @@ def test_task_memory_estimate_within_a_factor_1_5_of_tracemalloc(tmp_path, shape
     assert peak / 1.5 <= estimate <= peak * 1.5, (estimate, peak)
 
 
+@pytest.mark.parametrize("images", [True, False])
+@pytest.mark.parametrize("shape, n, n_units, repeats, per_task, fs, state, metric", [
+    ((28, 28, 64), 120, (200, 2000), 20, 10, 10.0, 1.0, "euclidean"),  # 12 windows of 10 frames
+    ((4096,), 90, (500, "all"), 10, 5, 30.0, 0.5, "cityblock"),        # 6 windows of 15; an exact 'all'
+])
+def test_spectral_task_memory_estimate_within_a_factor_1_5_of_tracemalloc(tmp_path, images, shape, n, n_units, repeats, per_task,
+                                                                          fs, state, metric):
+    """A movie's task: its spectra (complex, per window) counted in the estimate, with or without the image measure."""
+    from daskdiff.pipeline.tasks import DiffTask, SpectralOptions, run_diff_task
+
+    sampling = Sampling(n_units=n_units, repeats=repeats, seed=0)
+    plan = storage_plan({"L": shape}, ["units"], sampling)
+    files = _write_shards(tmp_path, plan, n, shards=2)
+    task = DiffTask("s", "units", "L", shape, tuple(files), str(tmp_path), sampling, "euclidean", "zscore", True, "condensed", False,
+                    per_task, images=images, spectral=SpectralOptions(fs, state, metric))
+    tracemalloc.start()
+    try:
+        run_diff_task(task)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    size = JobSize(images={"s": n}, layers=[LayerSize("L", shape, plan["L"].stored())], substrates=["units"], n_units=list(n_units),
+                   repeats=repeats, repeats_per_task=per_task, keep_rdm=False, images_measure=images, spectral={"s": round(fs * state)})
+    estimate = diff_task_memory(n, size.layers[0], "units", size, spectral_window=round(fs * state))
+    assert peak / 1.5 <= estimate <= peak * 1.5, (estimate, peak)
+    without = diff_task_memory(n, size.layers[0], "units", size)
+    assert estimate > without or not images  # the spectra are more than the image measure's phases
+
+
+def test_the_spectral_measure_is_in_the_job_estimate():
+    layers = [LayerSize("conv", (28, 28, 64), {"units": 5000})]
+    common = dict(images={"movie": 300, "photos": 300}, layers=layers, substrates=["units"], n_units=[2000], repeats=50, repeats_per_task=25)
+    images_only = estimate_work(JobSize(**common))
+    both = estimate_work(JobSize(**common, spectral={"movie": 30}))
+    spectral_only = estimate_work(JobSize(**common, spectral={"movie": 30}, images_measure=False))
+    assert both.differentiation_seconds > images_only.differentiation_seconds > spectral_only.differentiation_seconds > 0
+    assert both.task_memory > images_only.task_memory and both.largest_task.startswith("movie--")
+
+
 def test_an_estimate_costs_the_same_for_any_repeats():
     layers = [LayerSize(name, shape, {"units": 1000, "filter_mean": shape[-1]}) for name, shape in VGG_LIKE.items()]
 

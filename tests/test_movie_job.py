@@ -14,6 +14,7 @@ import xarray as xr
 from distributed import Client, LocalCluster
 from scipy.spatial.distance import pdist
 
+from daskdiff import spectral_differentiation
 from daskdiff.core.units import Sampling, units_for
 from daskdiff.info import describe_results
 from daskdiff.plot import plot_results
@@ -126,11 +127,23 @@ def test_spectral_job_matches_independent_computation_and_resumes(tmp_path, tiny
     assert resumed and resumed[0][1] == resumed[0][2] and resumed[0][3] == resumed[0][4], lines
     with xr.open_dataset(again.path) as ds2:
         xr.testing.assert_identical(ds2.drop_attrs(), before.drop_attrs())
-    # another spec on the same folder with --overwrite: the movies (their movie.json too) are daskdiff's to replace
-    changed = _spec(tiny_model_path, tmp_path / "out", analysis__spectral={"state_length": 2.0})
+    # another spec on the same folder with --overwrite: the movies (their movie.json too) are daskdiff's to replace;
+    # the sensitivity options (a Tukey taper with overlap, log-spaced bins) in a job equal the core
+    # function (itself checked against scipy.signal.spectrogram) on the direct Keras activations
+    options = {"state_length": 2.0, "window": ["tukey", 0.25], "overlap": 0.125, "log_frequency": True}
+    changed = _spec(tiny_model_path, tmp_path / "out", analysis__spectral=options)
     result = run_job(changed, Path("."), client=client2, progress=False, echo=lambda *a: None, overwrite=True)
     with xr.open_dataset(result.path) as ds3:
-        assert list(ds3["spectral_windows"].values) == [2, 2]
+        assert list(ds3["spectral_windows"].values) == [2, 2]  # 20-frame windows every 18 frames: 0-19, 18-37
+        assert list(ds3["spectral_dropped"].values) == [5, 5]
+        assert ds3["spectral_differentiation"].attrs["log_frequency"] in (1, True)
+        for layer in layers:
+            flat = acts[layer].reshape(FRAMES, -1).astype(np.float64)
+            units = units_for(acts[layer].shape[1:], "units", 5, sampling, layer, 3)
+            z = (flat[:, units] - flat[:, units].mean()) / flat[:, units].std()
+            ref = spectral_differentiation(z, fs=FPS, state_length=2.0, window=("tukey", 0.25), overlap=0.125, log_frequency=True)
+            got = ds3["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer=layer, repeat=3)
+            assert float(got) == pytest.approx(ref, rel=1e-6)
 
 
 def test_bad_spectral_options_fail_before_the_cluster(tmp_path, tiny_model_path):

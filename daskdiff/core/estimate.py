@@ -109,6 +109,12 @@ output, the norms' sum, the scaling, the clamp, the cancellation test, the trian
 mirror, the square root, the finiteness check, the per-unit division, the NaN fill and the
 condensed gather."""
 
+SPECTRAL_PASSES = 12
+"""Elementwise passes over each sampled value (n_frames x k) of a repeat's spectral differentiation,
+besides its FFT (2.5 log2(samples per window) flops per value): the normalised copy (the image
+measure's statistics), the windows' contiguous copy, the power from the complex spectra (real
+and imaginary squares, their sum) and the states' reshape."""
+
 EXTRA_PASSES = {"cosine": 6, "correlation": 10}
 """More passes over the sampled values for metrics that rescale rows first."""
 
@@ -180,6 +186,10 @@ class JobSize:
     task_memory: int | None = None
     """The working-memory budget of one differentiation task beyond its loaded values (bytes;
     :func:`daskdiff.pipeline.tasks.stack_repeats`), None for unbounded."""
+    images_measure: bool = True
+    """Whether the image measure (median distance between images) is computed (``analysis.measures``)."""
+    spectral: Mapping[str, int] = field(default_factory=dict)
+    """Set -> samples per window, for each set whose spectral differentiation is computed (movies)."""
 
 
 @dataclass(frozen=True)
@@ -247,8 +257,13 @@ def _per_n(layer: LayerSize, substrate: str, size: JobSize) -> list[tuple[int, i
     return out
 
 
-def stack_bytes(c: int, n: int, k: int, metric: str) -> int:
+def stack_bytes(c: int, n: int, k: int, metric: str, *, images: bool = True, spectral: bool = False) -> int:
     """Peak bytes of evaluating one stack of ``c`` repeats (n images x k units each).
+
+    ``images``: the image measure's phases are counted (distances, median); ``spectral``: the
+    spectral measure's (:func:`daskdiff.pipeline.tasks.spectral_stack`: the float64 stack, its
+    normalised copy, the windows' contiguous copy, their complex spectra and the power with its
+    temporary, 48 c n k bytes at most: ``n`` frames, windows of 4 or more samples).
 
     Phases (the largest counts): the gather (a float32 list, its stack and the float64 copy:
     16 c n k bytes); the normalisation (the float64 stack, the normalised copy and one
@@ -267,10 +282,11 @@ def stack_bytes(c: int, n: int, k: int, metric: str) -> int:
         extra = {"cosine": 2 * nk, "correlation": 3 * nk}.get(metric, 0)
         distances = 2 * nk + extra + 33 * nn
     median = nk + 16 * nn + 8 * n * n
-    return max(gather, normalise, distances, median)
+    phases = [gather, normalise] + ([distances, median] if images else []) + ([6 * nk] if spectral else [])
+    return max(phases)
 
 
-def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize) -> int:
+def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *, spectral_window: int | None = None) -> int:
     """Peak bytes of the arrays of one differentiation task (``n`` images, one layer, one substrate).
 
     The maximum of two phases of :func:`daskdiff.pipeline.tasks.run_diff_task`:
@@ -291,7 +307,12 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize) ->
     layer : LayerSize
     substrate : str
     size : JobSize
-        For ``n_units``, ``repeats``, ``repeats_per_task``, ``metric``, ``keep_rdm``.
+        For ``n_units``, ``repeats``, ``repeats_per_task``, ``metric``, ``keep_rdm``,
+        ``images_measure``.
+    spectral_window : int, optional
+        Samples per window when the set's spectral differentiation is computed (a movie). Its
+        phase cannot be split over blocks of images (the windows need every frame), so one
+        repeat's spectral phase is counted even where ``size.task_memory`` caps the rest.
 
     Returns
     -------
@@ -306,17 +327,20 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize) ->
     results = n_n * (9 * size.repeats + 16)
     if size.keep_rdm:
         results += n_n * 8 * n * n
-    work = 0
+    work, floor = 0, 0
+    spectral = spectral_window is not None
     for k, repeats, _, exact in _per_n(layer, substrate, size):
         c = 1 if exact else min(size.repeats_per_task, repeats)
-        one = stack_bytes(c, n, k, size.metric) + 18 * repeats
+        one = stack_bytes(c, n, k, size.metric, images=size.images_measure, spectral=spectral) + 18 * repeats
         if size.keep_rdm:
             one += 8 * n * n
         if exact:
             one += 8 * n * n + 16 * min(size.repeats_per_task, repeats) * n * n
         work = max(work, one)
+        if spectral:
+            floor = max(floor, stack_bytes(1, n, k, size.metric, images=False, spectral=True))
     if size.task_memory is not None:  # tasks fit their stacks (or blocks of images) into the budget
-        work = min(work, size.task_memory)
+        work = max(min(work, size.task_memory), floor)
     return max(read, values + 8 * stored + results + work)
 
 
@@ -333,12 +357,27 @@ def _repeat_seconds(n: int, k: int, metric: str) -> float:
     return seconds + n * (n - 1) / 2 / MEDIAN_ELEMENTS_PER_S
 
 
-def diff_task_seconds(n: int, layer: LayerSize, substrate: str, size: JobSize) -> float:
+def _spectral_seconds(n: int, k: int, samples: int, metric: str) -> float:
+    """CPU-seconds of one repeat's spectral differentiation: normalising and copying its n x k
+    matrix, the real FFT of its windows, their power, and the distances between the states."""
+    windows, freqs = max(1, n // samples), samples // 2 + 1
+    seconds = (SPECTRAL_PASSES + 2.5 * math.log2(max(2, samples))) * n * k / ELEMENTS_PER_S
+    dims = k * freqs
+    if metric in ROW_LOOP_METRICS:
+        return seconds + 3 * windows * windows * dims / 2 / ELEMENTS_PER_S
+    return seconds + 2 * windows * windows * dims / MATMUL_FLOPS_PER_S
+
+
+def diff_task_seconds(n: int, layer: LayerSize, substrate: str, size: JobSize, *, spectral_window: int | None = None) -> float:
     """CPU-seconds of one differentiation task: its read, then every evaluation of every ``n_units``
-    (an exact ``n_units`` once)."""
+    (an exact ``n_units`` once) of the image measure (``size.images_measure``) and of the
+    spectral one (a movie's, ``spectral_window`` samples per window)."""
     seconds = DIFF_TASK_CPU_S + 4 * n * layer.stored.get(substrate, 0) / READ_BYTES_PER_S
     for k, _, evaluations, _ in _per_n(layer, substrate, size):
-        seconds += evaluations * _repeat_seconds(n, k, size.metric)
+        if size.images_measure:
+            seconds += evaluations * _repeat_seconds(n, k, size.metric)
+        if spectral_window is not None:
+            seconds += evaluations * _spectral_seconds(n, k, spectral_window, size.metric)
     return seconds
 
 
@@ -425,10 +464,11 @@ def estimate_work(size: JobSize) -> WorkEstimate:
     for name, n in size.images.items():
         for substrate in size.substrates:
             for layer in layers:
-                mem = diff_task_memory(n, layer, substrate, size)
+                window = size.spectral.get(name)
+                mem = diff_task_memory(n, layer, substrate, size, spectral_window=window)
                 if mem > task_memory:
                     task_memory, largest = mem, f"{name}--{substrate}--{layer.name}"
-                seconds = diff_task_seconds(n, layer, substrate, size)
+                seconds = diff_task_seconds(n, layer, substrate, size, spectral_window=window)
                 diff_seconds += seconds
                 longest = max(longest, seconds)
 

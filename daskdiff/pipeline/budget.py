@@ -180,12 +180,17 @@ def mean_chars(paths) -> float:
 
 
 def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], stored: Mapping[str, Mapping[str, int]], *,
-             forward_flops: float, path_chars: Mapping[str, float], plan_built: bool, task_memory: int | None = None) -> JobSize:
-    """The :class:`JobSize` of a job: its spec, image counts, layer shapes and stored values, and
-    the memory budget of one differentiation task (:func:`daskdiff.pipeline.job.task_memory_budget`)."""
+             forward_flops: float, path_chars: Mapping[str, float], plan_built: bool, task_memory: int | None = None,
+             fps: Mapping[str, float] | None = None) -> JobSize:
+    """The :class:`JobSize` of a job: its spec, image counts, layer shapes and stored values, the
+    memory budget of one differentiation task (:func:`daskdiff.pipeline.job.task_memory_budget`),
+    and the movies' frame rates ``fps`` (set -> frames/s; their spectral differentiation is counted
+    when ``analysis.measures`` holds ``spectral``)."""
     from .job import shard_size
 
     a, e = spec.analysis, spec.extraction
+    spectral = {name: max(1, round(rate * a.spectral.state_length)) for name, rate in (fps or {}).items()
+                if name in counts and "spectral" in a.measures}
     return JobSize(
         images=dict(counts),
         layers=[LayerSize(name, tuple(shape), dict(stored[name])) for name, shape in shapes.items()],
@@ -202,6 +207,8 @@ def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], store
         path_chars=dict(path_chars),
         plan_built=plan_built,
         task_memory=task_memory,
+        images_measure="images" in a.measures,
+        spectral=spectral,
     )
 
 

@@ -576,7 +576,7 @@ def plan_job(
 
     def estimate(stored: dict, counts: dict, built: bool) -> WorkEstimate:
         size = job_size(spec, counts, shapes, stored, forward_flops=info["forward_flops"], path_chars=chars, plan_built=built,
-                        task_memory=task_memory_budget(spec, [(limits.worker_memory or 0, spec.cluster.threads_per_worker)]))
+                        task_memory=task_memory_budget(spec, [(limits.worker_memory or 0, spec.cluster.threads_per_worker)]), fps=fps)
         return estimate_work(size)
 
     expected = expected_stored(shapes, a.substrates, sampling, store=store, full_layers=full)

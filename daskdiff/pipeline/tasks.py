@@ -92,13 +92,13 @@ class DiffTask:
     keep_rdm: bool
     repeats_per_stack: int = 25
     memory_budget: int | None = None
+    """Bytes the task may hold at its peak (its loaded values included); None: unbounded. Stacks
+    of repeats are shortened to fit, and a repeat that does not fit alone is evaluated over
+    blocks of images (:func:`stack_repeats`)."""
     images: bool = True
     """Compute the image measure (``analysis.measures`` holds ``images``); else its arrays stay NaN."""
     spectral: SpectralOptions | None = None
     """Also compute spectral differentiation (the set is a movie), with these options."""
-    """Bytes the task may hold at its peak (its loaded values included); None: unbounded. Stacks
-    of repeats are shortened to fit, and a repeat that does not fit alone is evaluated over
-    blocks of images (:func:`stack_repeats`)."""
 
     @property
     def key(self) -> str:
@@ -131,21 +131,27 @@ def positions(index: np.ndarray, task: DiffTask, n_units: NUnits, repeat: int) -
     return pos
 
 
-def stack_repeats(n_images: int, k: int, metric: str, wanted: int, budget: int | None) -> int:
+def stack_repeats(n_images: int, k: int, metric: str, wanted: int, budget: int | None, *, images: bool = True,
+                  spectral: bool = False) -> int:
     """Repeats per stack within ``budget`` bytes of working memory: ``wanted`` when it fits (or
     there is no budget), fewer when not, 0 when one repeat alone does not fit (then each repeat
-    is evaluated over blocks of images, :func:`daskdiff.core.blocked.differentiation_blocked`).
+    is evaluated over blocks of images, :func:`daskdiff.core.blocked.differentiation_blocked`;
+    the spectral measure, which needs every frame of a window, then takes one repeat at a time).
 
-    Memory per stack is :func:`daskdiff.core.estimate.stack_bytes`. Fewer repeats per stack
-    give the same medians bit for bit (each repeat's distances do not depend on its stack); only
-    the mean RDM's sum is added in other groupings (~1e-16 relative).
+    Memory per stack is :func:`daskdiff.core.estimate.stack_bytes` of the measures computed
+    (``images``, ``spectral``). Fewer repeats per stack give the same medians bit for bit (each
+    repeat's distances do not depend on its stack); only the mean RDM's sum is added in other
+    groupings (~1e-16 relative).
     """
-    if budget is None or stack_bytes(wanted, n_images, k, metric) <= budget:
+    def need(c: int) -> int:
+        return stack_bytes(c, n_images, k, metric, images=images, spectral=spectral)
+
+    if budget is None or need(wanted) <= budget:
         return wanted
-    if stack_bytes(1, n_images, k, metric) > budget:
+    if need(1) > budget:
         return 0
-    c = max(1, min(wanted, budget // stack_bytes(1, n_images, k, metric)))
-    while c > 1 and stack_bytes(c, n_images, k, metric) > budget:
+    c = max(1, min(wanted, budget // need(1)))
+    while c > 1 and need(c) > budget:
         c -= 1
     return c
 
@@ -185,7 +191,8 @@ def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_uni
     name = f"layer {task.layer!r} ({task.substrate}, set {task.image_set!r})"
     medians, undefined, rdm_sum = [], [], None
     k = len(positions(index, task, n_units, 0))
-    per_stack = stack_repeats(len(values), k, task.metric, task.repeats_per_stack, budget)
+    per_stack = stack_repeats(len(values), k, task.metric, task.repeats_per_stack, budget, images=task.images,
+                              spectral=task.spectral is not None)
     if per_stack == 0 and task.keep_rdm:
         per_stack = 1  # the mean RDM needs the distances: a set small enough to keep it fits anyway
 
