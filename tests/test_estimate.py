@@ -96,6 +96,16 @@ def _write_shards(folder: Path, plan: dict, n: int, shards: int) -> list[str]:
     return files
 
 
+def _traced_peak(fn, *args) -> int:
+    """Peak bytes numpy allocated (reported to tracemalloc) while ``fn(*args)`` ran."""
+    tracemalloc.start()
+    try:
+        fn(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("shape, n, n_units, repeats, per_task, metric, substrate", [
     ((50, 50, 16), 80, (500, "all"), 8, 4, "euclidean", "units"),      # an exact 'all': the layer in float64
     ((50, 50, 16), 150, (1500,), 30, 25, "euclidean", "units"),        # a stack of 25 repeats
@@ -112,12 +122,7 @@ def test_task_memory_estimate_within_a_factor_1_5_of_tracemalloc(tmp_path, shape
     plan = storage_plan({"L": shape}, [substrate], sampling)
     files = _write_shards(tmp_path, plan, n, shards=2)
     task = DiffTask("s", substrate, "L", shape, tuple(files), str(tmp_path), sampling, metric, "zscore", True, "condensed", True, per_task)
-    tracemalloc.start()
-    try:
-        run_diff_task(task)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _traced_peak(run_diff_task, task)
     size = JobSize(images={"s": n}, layers=[LayerSize("L", shape, plan["L"].stored())], substrates=[substrate], n_units=list(n_units),
                    repeats=repeats, repeats_per_task=per_task, metric=metric, keep_rdm=True)
     estimate = diff_task_memory(n, size.layers[0], substrate, size)
@@ -139,12 +144,7 @@ def test_spectral_task_memory_estimate_within_a_factor_1_5_of_tracemalloc(tmp_pa
     files = _write_shards(tmp_path, plan, n, shards=2)
     task = DiffTask("s", "units", "L", shape, tuple(files), str(tmp_path), sampling, "euclidean", "zscore", True, "condensed", False,
                     per_task, images=images, spectral=SpectralOptions(fs, state, metric))
-    tracemalloc.start()
-    try:
-        run_diff_task(task)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _traced_peak(run_diff_task, task)
     size = JobSize(images={"s": n}, layers=[LayerSize("L", shape, plan["L"].stored())], substrates=["units"], n_units=list(n_units),
                    repeats=repeats, repeats_per_task=per_task, keep_rdm=False, images_measure=images, spectral={"s": round(fs * state)})
     estimate = diff_task_memory(n, size.layers[0], "units", size, spectral_window=round(fs * state))
