@@ -163,8 +163,9 @@ def test_bad_spectral_options_fail_before_the_cluster(tmp_path, tiny_model_path)
 
 
 def test_movie_given_as_frames_folder_or_file_equals_the_generated_one(tmp_path, tiny_model_path, client2):
-    """The same frames as a generated movie, a plain folder with ``fps:`` and an APNG file give
-    the same spectral differentiation; ``[spectral]`` alone leaves the image measure NaN."""
+    """The same frames as a generated movie, a plain folder with ``fps:``, an APNG file and a
+    ``.npy`` array with ``fps:`` give the same spectral differentiation; ``[spectral]`` alone
+    leaves the image measure NaN."""
     import shutil
 
     from PIL import Image
@@ -179,13 +180,17 @@ def test_movie_given_as_frames_folder_or_file_equals_the_generated_one(tmp_path,
         shutil.copy(p, plain / Path(p).name)
     frames = [Image.open(p).convert("RGB") for p in paths]
     frames[0].save(tmp_path / "clip.png", save_all=True, append_images=frames[1:], duration=int(1000 / FPS), loop=0)
-    sets = {"generated": GRATING, "folder": {"path": str(plain), "fps": FPS}, "file": {"path": str(tmp_path / "clip.png")}}
+    grey = np.stack([np.asarray(f) for f in frames])
+    assert (grey == grey[..., :1]).all()  # a grey grating: R = G = B
+    np.save(tmp_path / "clip.npy", grey[..., 0])  # as the OpenScope stimuli are stored: (frames, rows, cols) uint8
+    sets = {"generated": GRATING, "folder": {"path": str(plain), "fps": FPS}, "file": {"path": str(tmp_path / "clip.png")},
+            "array": {"path": str(tmp_path / "clip.npy"), "fps": FPS}}
     spec = tiny_spec(tiny_model_path, sets, tmp_path / "out", analysis__measures=["spectral"], analysis__spectral={"state_length": STATE})
     with xr.open_dataset(_run(spec, client2).path) as ds:
-        assert list(ds["fps"].values) == [FPS] * 3 and list(ds["n_images"].values) == [FRAMES] * 3
+        assert list(ds["fps"].values) == [FPS] * 4 and list(ds["n_images"].values) == [FRAMES] * 4
         sd = ds["spectral_differentiation"]
         assert np.isfinite(sd.sel(n_units="5")).all()
-        for name in ("folder", "file"):
+        for name in ("folder", "file", "array"):
             np.testing.assert_array_equal(sd.sel(image_set=name).values, sd.sel(image_set="generated").values)
         assert ds["differentiation"].attrs["measured"] == 0 and bool(ds["differentiation"].isnull().all())
         assert "rdm" not in ds
@@ -194,33 +199,44 @@ def test_movie_given_as_frames_folder_or_file_equals_the_generated_one(tmp_path,
         _run(tiny_spec(tiny_model_path, {"folder": sets["folder"]}, tmp_path / "out2", analysis__measures=["spectral"]), client2)
 
 
-def test_input_layer_is_the_preprocessed_pixels(tmp_path, tiny_model_path, client2):
-    """``model.layers: [input, ...]``: the pixels the network receives (the tiny model's
-    preprocessing is the identity), first in layer order; filter_mean is the mean R, G and B."""
+def test_input_and_pixels_layers_are_the_pixels_after_and_before_preprocessing(tmp_path, tiny_model_path, client2):
+    """``model.layers: [pixels, input, ...]``: ``input`` is what the network receives (here with
+    VGG16's ``caffe`` preprocessing: BGR minus the ImageNet means), ``pixels`` the RGB 0-255 frames
+    before it; both first in layer order; filter_mean is the mean of each channel."""
     import keras
 
     pan = {"generate": "photo_movie", "photo": "astronaut", "size": 32, "n_frames": FRAMES, "fps": FPS}
-    spec = tiny_spec(tiny_model_path, {"grating": GRATING, "pan": pan}, tmp_path / "out", model__layers=["conv1", "input"],
-                     analysis__measures=["images", "spectral"], analysis__spectral={"state_length": STATE})
+    spec = tiny_spec(tiny_model_path, {"grating": GRATING, "pan": pan}, tmp_path / "out", model__layers=["conv1", "input", "pixels"],
+                     model__preprocess="caffe", analysis__measures=["images", "spectral"], analysis__spectral={"state_length": STATE})
     with xr.open_dataset(_run(spec, client2).path) as ds:
-        assert list(ds["layer"].values) == ["input", "conv1"]
+        assert list(ds["layer"].values) == ["pixels", "input", "conv1"]
+
         def pixels_of(name):
             folder = tmp_path / "out" / "images" / name
             frames = json.loads((folder / "movie.json").read_text())["frames"]
             return np.stack([np.asarray(keras.utils.load_img(folder / f), dtype=np.float64) for f in frames])
 
-        # a grating of whole cycles has the same mean R, G, B in every frame: undefined (NaN), counted
-        mean_rgb = ds["spectral_differentiation"].sel(substrate="filter_mean", n_units="all", layer="input", repeat=0)
-        assert np.isnan(float(mean_rgb.sel(image_set="grating")))
-        assert int(ds["n_undefined"].sel(image_set="grating", substrate="filter_mean", n_units="all", layer="input")) == 1
-        rgb = pixels_of("pan").mean(axis=(1, 2))  # (frames, 3): mean R, G, B of a pan over a photo
-        assert float(mean_rgb.sel(image_set="pan")) == pytest.approx(_reference_sd(rgb, FPS, STATE), rel=1e-6)
-        pixels = pixels_of("grating")
+        def caffe(rgb):  # keras.applications' own caffe preprocessing, in float64
+            return keras.applications.imagenet_utils.preprocess_input(rgb.astype(np.float32), mode="caffe").astype(np.float64)
+
         a = spec.analysis
         sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
-        units = units_for(pixels.shape[1:], "units", 5, sampling, "input", 2)
-        got = ds["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer="input", repeat=2)
-        assert float(got) == pytest.approx(_reference_sd(pixels.reshape(FRAMES, -1)[:, units], FPS, STATE), rel=1e-9)
+        # a grating of whole cycles has the same R, G, B means in every frame: undefined (NaN), counted;
+        # after caffe's channel shifts the z-score's SD is their spread, defined
+        means = ds["spectral_differentiation"].sel(substrate="filter_mean", n_units="all", repeat=0)
+        assert np.isnan(float(means.sel(image_set="grating", layer="pixels"))) and np.isfinite(float(means.sel(image_set="grating", layer="input")))
+        undefined = ds["n_undefined"].sel(image_set="grating", substrate="filter_mean", n_units="all")
+        assert int(undefined.sel(layer="pixels")) == 1 and int(undefined.sel(layer="input")) == 0
+        for layer, values in (("pixels", lambda rgb: rgb), ("input", caffe)):
+            means = ds["spectral_differentiation"].sel(substrate="filter_mean", n_units="all", layer=layer, repeat=0)
+            pan_values = values(pixels_of("pan")).mean(axis=(1, 2))  # (frames, 3): mean R, G, B (B, G, R for input)
+            assert float(means.sel(image_set="pan")) == pytest.approx(_reference_sd(pan_values, FPS, STATE), rel=1e-4)  # float32 means
+            grating = values(pixels_of("grating"))
+            units = units_for(grating.shape[1:], "units", 5, sampling, layer, 2)
+            got = ds["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer=layer, repeat=2)
+            assert float(got) == pytest.approx(_reference_sd(grating.reshape(FRAMES, -1)[:, units], FPS, STATE), rel=1e-6)
+        # the two differ: the channel means' spread enters the z-score of the input, not of the pixels
+        assert not np.allclose(ds["differentiation"].sel(layer="pixels", substrate="units"), ds["differentiation"].sel(layer="input", substrate="units"))
 
 
 def test_spectral_results_do_not_depend_on_workers_or_shards(tmp_path, tiny_model_path, client2):

@@ -500,3 +500,29 @@ def test_registry_knows_the_movie_generators(tmp_path):
         registry.check_generator_params("scrambled", {"source": "x", "phase": 1})
     with pytest.raises(InputError, match=r"generator 'gratings' .*unknown parameter\(s\) \['direction'\]"):
         registry.check_generator_params("gratings", {"direction": 90})
+
+
+def test_npy_movie_grey_or_rgb_at_the_given_rate(tmp_path):
+    """A movie stored as one array, time first (the OpenScope stimuli: data/stim/stimuli/*.npy)."""
+    from daskdiff.stimuli.movie import load_movie
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (7, 5, 6), dtype=np.uint8)
+    np.save(tmp_path / "grey.npy", grey)
+    movie = load_movie(tmp_path / "grey.npy", fps=30, n_frames=4)
+    assert movie.fps == 30.0 and movie.frames.shape == (4, 5, 6, 3) and movie.frames.dtype == np.uint8
+    np.testing.assert_array_equal(movie.frames, np.repeat(grey[:4, ..., None], 3, axis=-1))
+    rgb = rng.integers(0, 256, (3, 5, 6, 3), dtype=np.uint8)
+    np.save(tmp_path / "rgb.npy", rgb)
+    np.testing.assert_array_equal(load_movie(tmp_path / "rgb.npy", fps=12.5).frames, rgb)
+    with pytest.raises(InputError, match=r"movie array .*grey\.npy' \(\.npy\) records no frame rate; give it as fps="):
+        load_movie(tmp_path / "grey.npy")
+    np.save(tmp_path / "flat.npy", grey[0])
+    with pytest.raises(InputError, match=r"flat\.npy' has shape \(5, 6\); a movie is \(frames, rows, cols\) grey"):
+        load_movie(tmp_path / "flat.npy", fps=30)
+    np.save(tmp_path / "text.npy", np.array(["a", "b"]))
+    with pytest.raises(InputError, match=r"has shape \(2,\)"):
+        load_movie(tmp_path / "text.npy", fps=30)
+    np.save(tmp_path / "objects.npy", np.array([{}, {}, {}], dtype=object).reshape(1, 1, 3), allow_pickle=True)
+    with pytest.raises(InputError, match=r"cannot read movie array .*objects\.npy"):  # never unpickled
+        load_movie(tmp_path / "objects.npy", fps=30)

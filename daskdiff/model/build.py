@@ -270,27 +270,37 @@ def layer_names(model: Any) -> list[str]:
 INPUT_LAYER = "input"
 """The optional pseudo-layer of ``model.layers``: each image's pixels as the network receives
 them, i.e. **after** preprocessing (for VGG16's ``caffe`` mode: BGR, minus the ImageNet channel
-means), resized to the input size. It comes first in network order and is never in the default
-(every layer after the input)."""
+means), resized to the input size. It comes first in network order (after :data:`PIXELS_LAYER`)
+and is never in the default (every layer after the input)."""
+
+PIXELS_LAYER = "pixels"
+"""The optional pseudo-layer of ``model.layers``: each image's pixels **before** preprocessing,
+resized to the input size: RGB, 0-255 (the stimulus as shown, as the paper's stimulus analysis
+took it). It comes first in network order and is never in the default."""
+
+PSEUDO_LAYERS = (PIXELS_LAYER, INPUT_LAYER)
+"""The pseudo-layers, in the order they come before the network's layers."""
 
 
 def layer_output(model: Any, name: str) -> Any:
-    """The symbolic output of layer ``name``; :data:`INPUT_LAYER` is the model's input."""
-    return model.inputs[0] if name == INPUT_LAYER else model.get_layer(name).output
+    """The symbolic output of layer ``name``; :data:`INPUT_LAYER` is the model's input, and so is
+    :data:`PIXELS_LAYER` as far as shapes go (the extraction model feeds it the unpreprocessed
+    batch, :func:`daskdiff.model.extract.extraction_model`)."""
+    return model.inputs[0] if name in PSEUDO_LAYERS else model.get_layer(name).output
 
 
 def select_layers(model: Any, wanted: tuple[str, ...] | list[str] | None) -> list[str]:
-    """The requested layers in network order (:data:`INPUT_LAYER` first); unknown names raise
-    a ValueError listing valid ones."""
+    """The requested layers in network order (the :data:`PSEUDO_LAYERS` first); unknown names
+    raise a ValueError listing valid ones."""
     names = layer_names(model)
     if wanted is None:
         return names
-    unknown = [w for w in wanted if w not in names and w != INPUT_LAYER]
+    unknown = [w for w in wanted if w not in names and w not in PSEUDO_LAYERS]
     if unknown:
-        raise InputError(f"unknown layer(s) {unknown} for model {model.name!r}; valid layers are {[INPUT_LAYER] + names}")
+        raise InputError(f"unknown layer(s) {unknown} for model {model.name!r}; valid layers are {list(PSEUDO_LAYERS) + names}")
     if len(set(wanted)) != len(wanted):
         raise InputError(f"layers lists a layer twice: {list(wanted)}")
-    first = [INPUT_LAYER] if INPUT_LAYER in wanted and INPUT_LAYER not in names else []
+    first = [p for p in PSEUDO_LAYERS if p in wanted and p not in names]
     return first + [n for n in names if n in set(wanted)]
 
 

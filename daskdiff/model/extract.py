@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..io.images import load_images
-from .build import cached_model, class_labels, forward_lock, input_size, layer_names, layer_output, ModelSpec
+from .build import cached_model, class_labels, forward_lock, input_size, layer_names, layer_output, ModelSpec, PIXELS_LAYER
 from .preprocess import preprocess
 from ..core.batches import batch_slices
 from ..core.units import bytes_per_image, LayerPlan, plan_digest
@@ -91,8 +91,12 @@ def extraction_model(model: Any, plan: dict[str, LayerPlan], spec: ModelSpec) ->
 
     last = layer_names(model)[-1]
     outputs: dict[str, Any] = {}
+    pixels = None
     for name, lp in plan.items():
-        out = layer_output(model, name)
+        if name == PIXELS_LAYER:  # a second input: the batch before preprocessing
+            out = pixels = keras.Input(tuple(model.inputs[0].shape[1:]), name="daskdiff_pixels")
+        else:
+            out = layer_output(model, name)
         if name == last and spec.predictions == "softmax":
             out = ops.softmax(out, axis=-1)
         outputs.update(_feature_outputs(out, lp))
@@ -100,7 +104,16 @@ def extraction_model(model: Any, plan: dict[str, LayerPlan], spec: ModelSpec) ->
     # one input as a tensor, not a list of one: Keras on torch warns at every call whose input's
     # structure differs from the model's
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    if pixels is not None:
+        inputs = [*model.inputs, pixels]
     return keras.Model(inputs, outputs, name="daskdiff_extractor")
+
+
+def model_input(model: Any, batch: np.ndarray, spec: ModelSpec) -> Any:
+    """What :func:`extraction_model`'s model takes for a batch of uint8 RGB images: the
+    preprocessed batch, plus the batch itself as float32 when it stores :data:`PIXELS_LAYER`."""
+    x = preprocess(batch, spec)
+    return [x, np.asarray(batch, dtype=np.float32)] if len(model.inputs) == 2 else x
 
 
 _LOCK = threading.Lock()
@@ -166,7 +179,7 @@ def run_extraction(
             outputs = {}
             if len(batch_ok):
                 with forward_lock():
-                    outputs = model.predict_on_batch(preprocess(batch, spec))
+                    outputs = model.predict_on_batch(model_input(model, batch, spec))
             yield Batch(
                 {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()},
                 [sl.start + j for j in batch_ok],

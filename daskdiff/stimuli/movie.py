@@ -228,7 +228,8 @@ def load_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames:
         - another folder: its image files in sorted order (as
           :func:`~daskdiff.io.images.resolve_image_set` lists them), at ``fps``;
         - a movie file imageio can read (GIF, APNG, WebP; MP4 and others with
-          ``imageio-ffmpeg``), at the constant rate of its metadata.
+          ``imageio-ffmpeg``), at the constant rate of its metadata;
+        - a ``.npy`` array, time first (:data:`NPY_MOVIE`), at ``fps``.
     fps : float, optional
         Frame rate of a source that records none; for one that does, it must agree.
     n_frames : int, optional
@@ -269,6 +270,8 @@ def load_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames:
         return Movie(frames, rate, {"kind": "folder", "path": path, "fps": rate})
     if not os.path.isfile(path):
         raise InputError(f"movie source not found: {path!r} (from source={os.fspath(source)!r})")
+    if path.lower().endswith(".npy"):
+        return _npy_movie(path, fps, n_frames)
     from .frames import _open_movie
 
     with _open_movie(path) as reader:
@@ -279,6 +282,28 @@ def load_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames:
                 break
             frames.append(as_rgb_uint8(frame, what=f"frame {k} of {path!r}"))
     return Movie(_stack(frames, path), rate, {"kind": "file", "path": path, "fps": rate})
+
+
+NPY_MOVIE = ".npy"
+"""A movie stored as one numpy array (the OpenScope stimuli, ``data/stim/stimuli/*.npy``)."""
+
+
+def _npy_movie(path: str, fps: float | None, n_frames: int | None) -> Movie:
+    """A ``.npy`` movie: ``(frames, rows, cols)`` grey or ``(frames, rows, cols, 3)`` RGB, uint8
+    0-255 (or values :func:`~daskdiff.io.images.as_rgb_uint8` maps: other unsigned integers,
+    floats in [0, 1]); it records no frame rate, so ``fps`` must be given."""
+    rate = _same_rate(None, fps, f"movie array {path!r} (.npy)")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read movie array {path!r}: {error}") from None
+    if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (1, 3)):
+        raise InputError(f"movie array {path!r} has shape {array.shape}; a movie is (frames, rows, cols) grey "
+                         "or (frames, rows, cols, 3) RGB, time first")
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"movie array {path!r} holds {array.dtype} values; save it as uint8 0-255")
+    frames = [as_rgb_uint8(np.asarray(frame), what=f"frame {k} of {path!r}") for k, frame in enumerate(array[:n_frames])]
+    return Movie(_stack(frames, path), rate, {"kind": "array", "path": path, "fps": rate})
 
 
 def _image_size(path: str) -> tuple[int, int]:
