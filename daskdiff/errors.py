@@ -16,3 +16,8 @@ class InputError(DaskdiffError, ValueError):
 
 class JobError(DaskdiffError, RuntimeError):
     """A job that cannot go on; the message names the shard, task or file and the cause."""
+
+
+class DeviceError(JobError):
+    """A worker's accelerator failed a task (out of memory, device lost); the message names the
+    worker, the device and the batch size, and what to change."""

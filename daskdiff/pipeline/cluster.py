@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 import dask
 from distributed import Client, LocalCluster, Nanny, WorkerPlugin
 from distributed.security import Security
-from ..errors import InputError, JobError
+from ..errors import DeviceError, InputError, JobError
 from ..logs import reporter
 from .spec import shorten
 
@@ -131,6 +131,86 @@ def import_tensorflow_quietly() -> Any:
     return tf
 
 
+def node_gpus() -> int:
+    """NVIDIA GPUs on this node, counted from their device files (``/dev/nvidia0`` ...), without
+    initialising any CUDA library."""
+    import glob
+
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def _worker_index(name: Any) -> int | None:
+    """A worker's index from its name: ``3``, ``'3'`` or ``'node-3'`` (``dask worker --nworkers``)."""
+    if isinstance(name, int):
+        return name
+    match = re.search(r"(\d+)$", str(name)) if name is not None else None
+    return int(match.group(1)) if match else None
+
+
+def one_device(visible: str | None, n_gpus: int, worker_name: Any) -> tuple[str | None, str]:
+    """The ``CUDA_VISIBLE_DEVICES`` value that leaves a worker exactly one GPU (None: leave it as
+    it is), and why, in words.
+
+    - ``CUDA_VISIBLE_DEVICES`` lists several GPUs: the first. dask-cuda's ``LocalCUDACluster``
+      gives worker *i* the list rotated to start at GPU *i*, so the first is the worker's own.
+    - It is unset on a node of ``n_gpus > 1``: GPU ``index % n_gpus``, the index read from the
+      worker's name (LocalCluster names 0, 1, ...; ``dask worker --nworkers`` names ``NAME-i``);
+      GPU 0 for a name without one (said, with the fix).
+    - Otherwise (one GPU or none visible, ``''``, a CPU node): unchanged.
+    """
+    if visible is not None:
+        ids = [v.strip() for v in visible.split(",") if v.strip()]
+        if len(ids) <= 1:
+            return None, f"CUDA_VISIBLE_DEVICES={visible!r}: {'one GPU' if ids else 'no GPU'} visible already"
+        return ids[0], f"CUDA_VISIBLE_DEVICES={visible!r} -> {ids[0]!r} (the first, the worker's own as dask-cuda orders them)"
+    if n_gpus <= 1:
+        return None, f"{n_gpus} GPU(s) on this node"
+    index = _worker_index(worker_name)
+    if index is None:
+        return "0", (f"{n_gpus} GPUs and a worker name without an index ({worker_name!r}): GPU 0; give each worker "
+                     "its own with CUDA_VISIBLE_DEVICES or cluster.kind: local_cuda")
+    return str(index % n_gpus), f"{n_gpus} GPUs, worker {worker_name!r} -> GPU {index % n_gpus}"
+
+
+def _cuda_started() -> list[str]:
+    """The backends in this process that have already initialised CUDA (then a new
+    ``CUDA_VISIBLE_DEVICES`` no longer applies to them)."""
+    started = []
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(torch.cuda, "is_initialized", lambda: False)():
+        started.append("torch")
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    if bridge is not None and getattr(bridge, "_backends", None):
+        started.append("jax")
+    return started
+
+
+def give_one_device(worker_name: Any) -> str:
+    """Make this worker process see exactly one GPU, before any backend's first op; returns a note.
+
+    Sets ``CUDA_VISIBLE_DEVICES`` (:func:`one_device`), which TensorFlow, torch and JAX read when
+    they first initialise CUDA, and ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` so that JAX allocates
+    as it goes (TensorFlow's memory growth, set by :func:`configure_gpu`; torch does so anyway).
+    A backend that has already initialised CUDA keeps what it saw: the note says so, and for
+    torch the chosen device is made current (``torch.cuda.set_device``).
+    """
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    choice, why = one_device(old, node_gpus(), worker_name)
+    if choice is None:
+        return why
+    started = _cuda_started()
+    os.environ["CUDA_VISIBLE_DEVICES"] = choice
+    if not started:
+        return why + " (set before any backend initialised CUDA)"
+    if "torch" in started:
+        import torch
+
+        ids = [v.strip() for v in old.split(",")] if old else [str(i) for i in range(torch.cuda.device_count())]
+        torch.cuda.set_device(ids.index(choice))
+    return why + f" (but {' and '.join(started)} had initialised CUDA already: restart the worker for the setting to hold)"
+
+
 def configure_gpu() -> str:
     """Make the first visible GPU this process's only one, with memory growth. Returns a note.
 
@@ -176,8 +256,47 @@ def worker_device() -> tuple[bool | None, str]:
     return None, f"backend {backend}: not checked"
 
 
+_MEMORY_FAILURES = ("out of memory", "resource_exhausted", "resource exhausted", "oom when allocating")
+_DEVICE_FAILURES = ("cuda error", "cudnn", "cublas_status", "device-side assert", "illegal memory access",
+                    "unspecified launch failure", "ecc error", "gpu is lost", "device lost", "fell off the bus")
+
+
+def device_failure(err: BaseException) -> str | None:
+    """What went wrong with the accelerator in ``err``, in words, or None if it is not such a failure.
+
+    Read from the exception's type and message as each backend raises them: TensorFlow's
+    ``ResourceExhaustedError`` (``OOM when allocating``), torch's ``OutOfMemoryError`` (``CUDA out
+    of memory``) and ``CUDA error: ...``, JAX's ``XlaRuntimeError: RESOURCE_EXHAUSTED``.
+    """
+    kind = type(err).__name__.lower()
+    text = f"{kind} {err}".lower()
+    if "outofmemory" in kind or "resourceexhausted" in kind or any(m in text for m in _MEMORY_FAILURES):
+        return "out of memory"
+    if any(m in text for m in _DEVICE_FAILURES):
+        return "device failure"
+    return None
+
+
+def device_error(err: BaseException, why: str, batch_size: int, where: str) -> DeviceError:
+    """The :class:`~daskdiff.errors.DeviceError` of a failed forward pass on this worker: names the
+    worker, its device (as :class:`WorkerSetup` found it) and the batch size, and the fix."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+        address = worker.address
+        device = getattr(worker, DEVICE_ATTRIBUTE, {}).get("found", "device unknown")
+    except ValueError:  # not in a worker
+        address, device = "this process", "device unknown"
+    fix = (f"lower extraction.batch_size (now {batch_size}), or give each worker one GPU of its own (cluster.kind: local_cuda)"
+           if why == "out of memory" else "check the GPU (nvidia-smi) and re-run the same command to resume; the worker may need a restart")
+    return DeviceError(f"worker {address} ({device}): {why} in the forward pass of {where}, batches of {batch_size} image(s) "
+                       f"({type(err).__name__}: {shorten(str(err), 300)}); {fix}")
+
+
 DEVICE_ATTRIBUTE = "daskdiff_device"
-"""The worker attribute where :class:`WorkerSetup` records ``{'gpu': bool | None, 'found': str, 'note': str}``."""
+"""The worker attribute where :class:`WorkerSetup` records ``{'gpu': bool | None, 'found': str, 'note': str,
+'device': str}`` (``device``: how it left the worker one GPU, :func:`give_one_device`)."""
 
 
 class WorkerSetup(WorkerPlugin):
@@ -191,10 +310,11 @@ class WorkerSetup(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         os.environ.update(WORKER_ENV)
+        device = give_one_device(getattr(worker, "name", None))
         note = configure_gpu()
         gpu, found = worker_device()
-        setattr(worker, DEVICE_ATTRIBUTE, {"gpu": gpu, "found": found, "note": note})
-        log.info("daskdiff worker %s: %s", getattr(worker, "address", "?"), note)
+        setattr(worker, DEVICE_ATTRIBUTE, {"gpu": gpu, "found": found, "note": note, "device": device})
+        log.info("daskdiff worker %s: %s; %s", getattr(worker, "address", "?"), device, note)
 
 
 # ---------------------------------------------------------------- TLS

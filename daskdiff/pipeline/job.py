@@ -738,9 +738,18 @@ def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSp
     """:func:`extract_shard` with the storage plan built on the worker from ``recipe``.
 
     Every input is passed by value (a few hundred bytes), nothing is scattered: when a worker
-    dies, Dask reruns its tasks anywhere, and the job loses only the work in progress.
+    dies, Dask reruns its tasks anywhere, and the job loses only the work in progress. An
+    accelerator that fails (out of memory, device lost) raises
+    :class:`~daskdiff.errors.DeviceError`, naming the worker, the device and the batch size.
     """
-    return extract_shard(task, cached_storage_plan(recipe, digest), model)
+    from .cluster import device_error, device_failure
+
+    try:
+        return extract_shard(task, cached_storage_plan(recipe, digest), model)
+    except Exception as err:
+        if (why := device_failure(err)) is None:
+            raise
+        raise device_error(err, why, task.batch_size, f"shard {task.shard} of set {task.image_set!r}") from err
 
 
 def _diff_or_corrupt(task: DiffTask, *shards: Any) -> PartialResult | CorruptShardError:
