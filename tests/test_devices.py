@@ -48,7 +48,7 @@ def test_worker_processes_keep_one_of_the_gpus_dask_cuda_gives_them(backend):
     plugin, each sees only GPU 1, set before the backend initialised CUDA, and JAX allocates as it goes."""
     pytest.importorskip(backend)
     env = {"CUDA_VISIBLE_DEVICES": "1,2,0", "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, env=env) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", env=env) as cluster, \
             Client(cluster) as client:
         client.register_plugin(WorkerSetup())
 
@@ -108,7 +108,7 @@ def test_a_gpu_out_of_memory_fails_the_job_naming_worker_device_and_batch_size(t
     monkeypatch.setattr(extract, "model_input", out_of_memory)  # thread workers: this process's module
     sets = {name: str(Path(paths[0]).parent) for name, paths in image_folders.items()}
     spec = tiny_spec(tiny_model_path, sets, tmp_path / "out", extraction__batch_size=3, extraction__retries=0)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         with pytest.raises(JobError) as caught:
             run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
         address = next(iter(client.scheduler_info()["workers"]))

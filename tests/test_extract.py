@@ -70,6 +70,41 @@ def test_shard_equals_direct_keras_call(tmp_path, image_folders, tiny_plan, tiny
     ds.close()
 
 
+@pytest.mark.parametrize("precision, policy, spread", [("bfloat16", "mixed_bfloat16", 2e-2), ("float16", "mixed_float16", 2e-3)])
+def test_mixed_precision_shard_equals_a_model_built_in_that_policy(tmp_path, image_folders, tiny_plan, precision, policy, spread):
+    """``model.precision: bfloat16`` (``float16``): the shard equals the tiny model built afresh
+    under Keras's global ``mixed_bfloat16`` (``mixed_float16``) policy, an independent route to
+    the same graph; it is stored as float32 and differs from float32 by 16-bit rounding."""
+    import keras
+
+    from conftest import build_tiny_model
+
+    spec, info, plan = tiny_plan
+    paths = image_folders["noisy"]
+    mixed = ModelSpec(name=spec.name, weights="file", precision=precision)
+    extract_shard(ShardTask("noisy", 0, tuple(paths), 0, str(tmp_path / "mixed"), batch_size=3), plan, mixed)
+    extract_shard(ShardTask("noisy", 0, tuple(paths), 0, str(tmp_path / "plain"), batch_size=3), plan, spec)
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = build_tiny_model()  # the same seeded weights as the saved file, every layer in the policy
+    finally:
+        keras.config.set_dtype_policy(before)
+    assert model.get_layer("conv1").dtype_policy.name == policy
+    direct = keras.Model(model.inputs, [model.get_layer(n).output for n in info["layers"]])
+    x = np.stack([np.asarray(keras.utils.load_img(p, target_size=info["input_size"]), dtype=np.float32) for p in paths])
+    ref = dict(zip(info["layers"], [np.asarray(o, dtype=np.float32) for o in direct.predict(x, verbose=0)]))
+    with xr.open_dataset(shard_path(tmp_path / "mixed", "noisy", 0)) as ds, xr.open_dataset(shard_path(tmp_path / "plain", "noisy", 0)) as plain:
+        assert ds.attrs["precision"] == precision and plain.attrs["precision"] == "float32"
+        for layer in [n for n in info["layers"] if n != info["last_layer"]]:
+            units = ds[f"units__{layer}"]
+            assert units.dtype == np.float32
+            np.testing.assert_allclose(units.values, ref[layer].reshape(len(paths), -1)[:, plan[layer].units], rtol=1e-6, atol=1e-6)
+            scale = float(np.abs(plain[f"units__{layer}"].values).max())
+            gap = float(np.abs(units.values - plain[f"units__{layer}"].values).max()) / scale
+            assert 1e-4 < gap < spread, (layer, gap)  # 16-bit rounding: 8 (bfloat16) or 11 (float16) bits of mantissa
+
+
 def test_conv_unit_coordinates(tmp_path, image_folders, tiny_plan):
     spec, info, plan = tiny_plan
     extract_shard(ShardTask("noisy", 0, tuple(image_folders["noisy"][:2]), 0, str(tmp_path)), plan, spec)

@@ -83,6 +83,11 @@ class ModelSpec:
     preprocess : {'caffe', 'tf', 'torch', 'none'}, optional
         Override of the preprocessing; default: the application's own ``preprocess_input``
         (``'none'`` for a ``.keras`` file).
+    precision : {'float32', 'bfloat16', 'float16'}
+        The forward pass's compute dtype (:data:`PRECISIONS`): ``float32``, or Keras mixed
+        precision (``mixed_bfloat16`` / ``mixed_float16``: weights kept in float32, each layer
+        computing in 16 bits). Activations are cast to float32 before they are gathered,
+        averaged and stored.
     """
 
     name: str = "VGG16"
@@ -91,6 +96,7 @@ class ModelSpec:
     layers: tuple[str, ...] | None = None
     predictions: str = "softmax"
     preprocess: str | None = None
+    precision: str = "float32"
 
     @property
     def is_application(self) -> bool:
@@ -119,6 +125,7 @@ class ModelSpec:
             "weights": weights_identity(self),
             "preprocessing": self.preprocess_mode(),
             "predictions_layer_values": self.predictions,
+            "precision": self.precision,
             "keras_backend": backend,
             "keras_backend_version": _version(backend),
         }
@@ -217,6 +224,29 @@ def _randomize(model: Any, seed: int) -> None:
         variable.assign(values)
 
 
+PRECISIONS = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+"""``model.precision`` -> the Keras dtype policy its layers compute in (None: float32 as built)."""
+
+
+def with_precision(model: Any, precision: str) -> Any:
+    """``model`` with every layer but its inputs computing under ``precision``'s mixed policy,
+    the same weights (kept in float32); ``model`` itself for ``float32``."""
+    import keras
+
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; valid values are {list(PRECISIONS)}")
+    policy = PRECISIONS[precision]
+    if policy is None:
+        return model
+
+    def clone(layer: Any) -> Any:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
+
+    mixed = keras.models.clone_model(model, clone_function=clone)
+    mixed.set_weights(model.get_weights())
+    return mixed
+
+
 def build_model(spec: ModelSpec) -> Any:
     """Build the Keras model of ``spec`` with its weights; the last layer outputs logits.
 
@@ -257,7 +287,7 @@ def build_model(spec: ModelSpec) -> Any:
     elif spec.weights not in ("imagenet", "file"):
         weights_identity(spec)  # raises a clear error if the file is missing
         model.load_weights(spec.weights)
-    return model
+    return with_precision(model, spec.precision)
 
 
 def layer_names(model: Any) -> list[str]:

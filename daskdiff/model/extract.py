@@ -97,10 +97,12 @@ def extraction_model(model: Any, plan: dict[str, LayerPlan], spec: ModelSpec) ->
             out = pixels = keras.Input(tuple(model.inputs[0].shape[1:]), name="daskdiff_pixels")
         else:
             out = layer_output(model, name)
+        if spec.precision != "float32":  # gathers, means and the softmax in float32 (see ModelSpec.precision)
+            out = ops.cast(out, "float32")
         if name == last and spec.predictions == "softmax":
             out = ops.softmax(out, axis=-1)
         outputs.update(_feature_outputs(out, lp))
-    outputs[LOGITS] = model.get_layer(last).output
+    outputs[LOGITS] = ops.cast(model.get_layer(last).output, "float32") if spec.precision != "float32" else model.get_layer(last).output
     # one input as a tensor, not a list of one: Keras on torch warns at every call whose input's
     # structure differs from the model's
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs

@@ -438,7 +438,8 @@ def _model_spec(spec: JobSpec, base: Path, weights: str | None) -> ModelSpec:
     if w not in WEIGHTS_KEYWORDS:
         w = str(resolve_path(w, base))
     name = str(resolve_path(m.name, base)) if m.name.endswith(".keras") else m.name
-    return ModelSpec(name=name, weights=w, seed=m.seed, layers=tuple(m.layers) if m.layers else None, predictions=m.predictions, preprocess=m.preprocess)
+    return ModelSpec(name=name, weights=w, seed=m.seed, layers=tuple(m.layers) if m.layers else None, predictions=m.predictions, preprocess=m.preprocess,
+                     precision=m.precision)
 
 
 def _resolve_weights(model: ModelSpec, spec: JobSpec, echo: Callable, notes: list[str]) -> ModelSpec:

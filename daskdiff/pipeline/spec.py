@@ -46,6 +46,10 @@ class ModelSection(_Strict):
     layers: list[str] | None = None
     predictions: _one_of(PREDICTIONS) = "softmax"
     preprocess: _one_of(PREPROCESS_MODES) | None = None
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
+    """The forward pass's compute dtype: ``float32`` (default), or Keras mixed precision in
+    ``bfloat16``/``float16`` (weights in float32; activations stored as float32). See the README's
+    measured effect on differentiation."""
 
     @field_validator("layers")
     @classmethod
