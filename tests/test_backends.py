@@ -61,6 +61,15 @@ def installed(backend: str) -> bool:
     return importlib.util.find_spec(backend) is not None
 
 
+def need(backend: str) -> None:
+    """Skip a test whose backend is not installed, naming the extra; fail instead in CI."""
+    if not installed(backend):
+        why = f"Keras backend {backend!r} is not installed: {EXTRA[backend]}"
+        if os.environ.get("CI") == "true":  # the test extra installs every backend: never skip silently in CI
+            pytest.fail(why + " (CI installs daskdiff[test], which has it)")
+        pytest.skip(why)
+
+
 def close(actual, desired, rtol=RTOL, scale_atol=SCALE_ATOL, what=""):
     """allclose with an absolute tolerance relative to the largest value of ``desired``."""
     desired = np.asarray(desired)
@@ -124,11 +133,7 @@ def run(inputs, tmp_path_factory):
     cache: dict[tuple[str, str], BackendRun] = {}
 
     def get(backend: str, group: str = "main") -> BackendRun:
-        if not installed(backend):
-            why = f"Keras backend {backend!r} is not installed: {EXTRA[backend]}"
-            if os.environ.get("CI") == "true":  # the test extra installs every backend: never skip silently in CI
-                pytest.fail(why + " (CI installs daskdiff[test], which has it)")
-            pytest.skip(why)
+        need(backend)
         if (backend, group) not in cache:
             out = tmp_path_factory.mktemp(f"backend-{backend}-{group}")
             config = dict(inputs["config"], checks=MAIN_CHECKS if group == "main" else [group])
@@ -333,3 +338,31 @@ def test_job_on_a_worker_of_the_backend_agrees_with_tensorflow(run, backend):
             np.testing.assert_array_equal(np.isnan(d), np.isnan(want["differentiation"].values))
             np.testing.assert_allclose(d, want["differentiation"].values, rtol=JOB_RTOL, atol=JOB_ATOL, equal_nan=True)
     results.close()
+
+
+@pytest.mark.cluster
+def test_results_record_the_workers_backend_not_the_clients(tmp_path, tiny_model_path, image_folders):
+    """This process (the client) runs TensorFlow, its LocalCluster's workers torch: the results file
+    says torch, as every shard does, and names the client's backend apart."""
+    need("torch")
+    from distributed import Client, LocalCluster
+
+    from daskdiff.pipeline.job import run_job
+    from jobtools import tiny_spec
+
+    sets = {name: str(Path(paths[0]).parent) for name, paths in image_folders.items()}
+    spec = tiny_spec(tiny_model_path, sets, tmp_path / "out")
+    env = {"KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", env=env) as cluster, \
+            Client(cluster) as client:
+        result = run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
+    import keras
+    import torch
+
+    assert keras.backend.backend() == "tensorflow"
+    with xr.open_dataset(result.path) as ds:
+        assert ds.attrs["keras_backend"] == "torch" and ds.attrs["keras_backend_version"] == torch.__version__
+        assert ds.attrs["client_keras_backend"] == "tensorflow"
+    for shard in sorted((tmp_path / "out" / "activations").rglob("*.nc")):
+        with xr.open_dataset(shard) as s:
+            assert s.attrs["keras_backend"] == "torch", shard

@@ -42,13 +42,15 @@ from .partials import PartialResult
 
 def set_metadata(shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per-image coordinates and skipped files of one set, from its shards' metadata in shard
-    order (:func:`daskdiff.io.shards.shard_metadata`, which extraction tasks return)."""
+    order (:func:`daskdiff.io.shards.shard_metadata`, which extraction tasks return), and the
+    ``(keras_backend, keras_backend_version)`` each shard was extracted with (``backends``)."""
     cols = ("top1_label", "top1_class", "top1_prob", "top5_class", "top5_prob", "top5_label")
     meta: dict[str, Any] = {k: (np.concatenate([m[k] for m in shards]) if shards else np.zeros(0)) for k in cols}
     meta.update(
         paths=[p for m in shards for p in m["paths"]],
         skipped=[s for m in shards for s in m["skipped"]],
         attrs=shards[-1]["attrs"] if shards else {},
+        backends=[(m["attrs"].get("keras_backend"), m["attrs"].get("keras_backend_version")) for m in shards],
     )
     return meta
 

@@ -112,7 +112,7 @@ class ModelSpec:
 
         ``keras_backend`` (and ``keras_backend_version``, its package's version) is this
         process's (``KERAS_BACKEND``, read by Keras when it is first imported): a shard records
-        its worker's, the results file the client's. It is provenance only: no digest that
+        its worker's; the results file those of its shards, and the client's apart. It is provenance only: no digest that
         decides whether a shard or an output folder is reused includes it, so a folder written
         on one backend is resumed on another (their values agree to float32 rounding;
         tests/test_backends.py).

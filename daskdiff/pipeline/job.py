@@ -1039,8 +1039,12 @@ def dry_run(
     return plan
 
 
-def _results_attrs(plan: JobPlan, command: str | None) -> dict[str, Any]:
-    """The results file's global attributes: CF provenance, the spec, the analysis conventions."""
+def _results_attrs(plan: JobPlan, command: str | None, metadata: dict | None = None) -> dict[str, Any]:
+    """The results file's global attributes: CF provenance, the spec, the analysis conventions.
+
+    ``keras_backend`` (and ``keras_backend_version``) are those the shards were extracted with
+    (``metadata``'s ``backends``; several, comma-separated, when workers or resumed runs differed),
+    ``client_keras_backend`` this process's."""
     spec = plan.spec
     a = spec.analysis
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -1063,6 +1067,12 @@ def _results_attrs(plan: JobPlan, command: str | None) -> dict[str, Any]:
         "bytes_per_image": bytes_per_image(plan.storage),
         **plan.model.identity(),
     }
+    # the backend that computed the activations is the workers' (their shards say which), not this client's
+    attrs["client_keras_backend"] = attrs["keras_backend"]
+    found = list(dict.fromkeys(b for meta in (metadata or {}).values() for b in meta.get("backends", []) if b[0]))
+    if found:
+        attrs["keras_backend"] = ", ".join(dict.fromkeys(b for b, _ in found))
+        attrs["keras_backend_version"] = ", ".join(dict.fromkeys(str(v) for _, v in found))
     if plan.notes:
         attrs["warning"] = " | ".join(plan.notes)
     return attrs
@@ -1078,7 +1088,7 @@ def write_results(plan: JobPlan, metadata: dict, partials: list[PartialResult], 
     ds = assemble(
         sets=list(plan.sets), metadata=metadata, substrates=list(a.substrates), n_units=[n_units_label(n) for n in a.n_units],
         layers=plan.layers, repeats=a.repeats, partials=partials, keep_rdm=keep_rdm,
-        attrs=_results_attrs(plan, command), fps=plan.fps,
+        attrs=_results_attrs(plan, command, metadata), fps=plan.fps,
         spectral={**a.spectral.model_dump(mode="json"), "normalize": a.normalize} if "spectral" in a.measures else None,
         images="images" in a.measures,
     )
