@@ -70,27 +70,32 @@ def main() -> int:
         data = {p: xr.open_dataset(paths[p])["differentiation"].load() for p in PRECISIONS}
     ref = data["float32"].sel(image_set="photos")
     print(f"VGG16 random weights, {args.images} photos 224x224, {args.repeats} repeats; relative differences to float32")
-    header = f"{'layer':<14} {'substrate':<12} {'n_units':>7} {'float32 mean':>12}"
+    header = f"{'layer':<14} {'substrate':<12} {'n_units':>7} {'float32 mean':>12} {'SD/mean':>8}"
     for p in PRECISIONS[1:]:
         header += f" {p + ' max':>14} {p + ' mean':>14}"
     print(header)
     worst = {p: [0.0, 0.0] for p in PRECISIONS[1:]}
+    spreads = []
     for layer in ref["layer"].values:
         for substrate in ref["substrate"].values:
             for n in ref["n_units"].values:
                 d32 = ref.sel(layer=layer, substrate=substrate, n_units=n).values
                 if not np.isfinite(d32).any():
                     continue
-                line = f"{layer:<14} {substrate:<12} {n:>7} {np.nanmean(d32):>12.5g}"
+                spread = float(np.nanstd(d32) / abs(np.nanmean(d32)))  # the sampling's own spread over repeats
+                spreads.append(spread)
+                line = f"{layer:<14} {substrate:<12} {n:>7} {np.nanmean(d32):>12.5g} {spread:>8.1e}"
+                nonzero = np.isfinite(d32) & (d32 != 0)  # a repeat whose float32 median is 0 has no relative difference
                 for p in PRECISIONS[1:]:
                     d16 = data[p].sel(image_set="photos", layer=layer, substrate=substrate, n_units=n).values
-                    rel_max = float(np.nanmax(np.abs(d16 - d32) / np.abs(d32)))
+                    rel_max = float(np.max(np.abs(d16[nonzero] - d32[nonzero]) / np.abs(d32[nonzero])))
                     rel_mean = float(abs(np.nanmean(d16) - np.nanmean(d32)) / abs(np.nanmean(d32)))
                     worst[p] = [max(worst[p][0], rel_max), max(worst[p][1], rel_mean)]
                     line += f" {rel_max:>14.2e} {rel_mean:>14.2e}"
                 print(line)
     for p in PRECISIONS[1:]:
         print(f"{p}: largest relative difference of one repeat {worst[p][0]:.2e}, of a mean over repeats {worst[p][1]:.2e}")
+    print(f"float32's own spread over repeats (SD/mean, where n_units samples): median {np.median([v for v in spreads if v > 0]):.1e}")
     print("wall: " + ", ".join(f"{p} {seconds[p]:.1f} s" for p in PRECISIONS))
     return 0
 

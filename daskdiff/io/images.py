@@ -21,7 +21,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -416,6 +416,7 @@ def load_images(
     background: tuple[int, int, int] = (255, 255, 255),
     strict: bool = False,
     exif_orientation: bool = False,
+    pool: Any = None,
 ) -> tuple[np.ndarray, list[int], list[Skipped]]:
     """Decode many image files, skipping (or, with `strict`, raising on) those that fail.
 
@@ -427,6 +428,9 @@ def load_images(
         As in :func:`load_image`; all are checked before any file is read.
     strict : bool, default False
         Raise the first :class:`ImageDecodeError` instead of skipping the file.
+    pool : concurrent.futures.Executor, optional
+        Decode the files in parallel on this (thread) pool; the result is the same, in input
+        order, and with `strict` the error is that of the first failing file in input order.
 
     Returns
     -------
@@ -463,16 +467,21 @@ def load_images(
     images = np.empty((len(paths), height, width, 3), dtype=np.uint8)
     indices: list[int] = []
     skipped: list[Skipped] = []
-    for index, path in enumerate(paths):
+
+    def decode(path: Any) -> np.ndarray | ImageDecodeError:
         try:
-            images[len(indices)] = load_image(
-                path, (height, width), resize=resize, background=background, exif_orientation=exif_orientation
-            )
+            return load_image(path, (height, width), resize=resize, background=background, exif_orientation=exif_orientation)
         except ImageDecodeError as error:
+            return error
+
+    decoded = pool.map(decode, paths) if pool is not None else map(decode, paths)
+    for index, image in enumerate(decoded):
+        if isinstance(image, ImageDecodeError):
             if strict:
-                raise
-            skipped.append(Skipped(path=error.path, reason=error.reason))
+                raise image
+            skipped.append(Skipped(path=image.path, reason=image.reason))
         else:
+            images[len(indices)] = image
             indices.append(index)
     if len(indices) < len(paths):
         images = images[: len(indices)].copy()

@@ -43,6 +43,9 @@ class ShardTask:
     strict: bool = False
     attrs: dict = field(default_factory=dict, hash=False, compare=False)
     exif_orientation: bool = False
+    decode_threads: int = 1
+    """Threads decoding and resizing the images of a batch while the model runs the previous
+    one (the shard's values do not depend on it)."""
 
     @property
     def key(self) -> str:
@@ -156,37 +159,48 @@ class Batch:
     skipped: list[tuple[str, str]]
 
 
+PREFETCH_BATCHES = 2
+"""Batches decoded ahead of the forward pass."""
+
+
 def run_extraction(
     images_paths: list[str], spec: ModelSpec, plan: dict[str, LayerPlan], *, batch_size: int = 16,
-    resize: str = "nearest", strict: bool = False, exif_orientation: bool = False,
+    resize: str = "nearest", strict: bool = False, exif_orientation: bool = False, decode_threads: int = 1,
 ) -> Iterator[Batch]:
     """Decode and run images through the extraction model, yielding batch after batch.
 
-    Decoding the next batch overlaps the forward pass of the current one (a helper thread;
-    Pillow releases the GIL while decoding). Batches of which no image decoded are yielded with
-    empty outputs, so that their skipped files are reported.
+    Decoding overlaps the forward pass: up to :data:`PREFETCH_BATCHES` batches are decoded
+    ahead by a helper thread, each batch's images on ``decode_threads`` threads (Pillow releases
+    the GIL while decoding and resizing), in input order whatever the threads. Batches of which no
+    image decoded are yielded with empty outputs, so that their skipped files are reported.
     """
     base, model = extractor(spec, plan)
     size = input_size(base)
     chunks = batch_slices(len(images_paths), batch_size)
+    images = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="daskdiff-decode") if decode_threads > 1 else None
 
     def decode(sl: slice):
-        return sl, load_images(images_paths[sl], size, resize=resize, strict=strict, exif_orientation=exif_orientation)
+        return sl, load_images(images_paths[sl], size, resize=resize, strict=strict, exif_orientation=exif_orientation, pool=images)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="daskdiff-decode") as pool:
-        pending = pool.submit(decode, chunks[0]) if chunks else None
-        for i in range(len(chunks)):
-            sl, (batch, batch_ok, batch_skipped) = pending.result()
-            pending = pool.submit(decode, chunks[i + 1]) if i + 1 < len(chunks) else None
-            outputs = {}
-            if len(batch_ok):
-                with forward_lock():
-                    outputs = model.predict_on_batch(model_input(model, batch, spec))
-            yield Batch(
-                {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()},
-                [sl.start + j for j in batch_ok],
-                [(s.path, s.reason) for s in batch_skipped],
-            )
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="daskdiff-prefetch") as pool:
+            pending = [pool.submit(decode, c) for c in chunks[:PREFETCH_BATCHES]]
+            for i in range(len(chunks)):
+                sl, (batch, batch_ok, batch_skipped) = pending.pop(0).result()
+                if i + PREFETCH_BATCHES < len(chunks):
+                    pending.append(pool.submit(decode, chunks[i + PREFETCH_BATCHES]))
+                outputs = {}
+                if len(batch_ok):
+                    with forward_lock():
+                        outputs = model.predict_on_batch(model_input(model, batch, spec))
+                yield Batch(
+                    {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()},
+                    [sl.start + j for j in batch_ok],
+                    [(s.path, s.reason) for s in batch_skipped],
+                )
+    finally:
+        if images is not None:
+            images.shutdown(wait=True, cancel_futures=True)
 
 
 def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) -> dict[str, Any]:
@@ -220,7 +234,7 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
             pending = None
             batches = run_extraction(
                 list(task.paths), spec, plan, batch_size=task.batch_size, resize=task.resize, strict=task.strict,
-                exif_orientation=task.exif_orientation,
+                exif_orientation=task.exif_orientation, decode_threads=task.decode_threads,
             )
             for batch in batches:
                 skipped += batch.skipped

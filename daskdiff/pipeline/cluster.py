@@ -294,6 +294,26 @@ def device_error(err: BaseException, why: str, batch_size: int, where: str) -> D
                        f"({type(err).__name__}: {shorten(str(err), 300)}); {fix}")
 
 
+MAX_DECODE_THREADS = 16
+
+
+def decode_threads() -> int:
+    """``extraction.decode_threads: auto`` on this worker: 1 without a GPU (the cores run the
+    forward pass); with one (as :class:`WorkerSetup` found), the cores this process may use
+    (``os.sched_getaffinity``: dask-cuda and SLURM restrict it) over the node's GPUs (one worker
+    each), at most :data:`MAX_DECODE_THREADS`."""
+    from distributed import get_worker
+
+    try:
+        gpu = getattr(get_worker(), DEVICE_ATTRIBUTE, {}).get("gpu")
+    except ValueError:  # not in a worker
+        gpu = None
+    if not gpu:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_DECODE_THREADS, cores // max(1, node_gpus())))
+
+
 DEVICE_ATTRIBUTE = "daskdiff_device"
 """The worker attribute where :class:`WorkerSetup` records ``{'gpu': bool | None, 'found': str, 'note': str,
 'device': str}`` (``device``: how it left the worker one GPU, :func:`give_one_device`)."""
