@@ -105,31 +105,31 @@ def test_mixed_precision_shard_equals_a_model_built_in_that_policy(tmp_path, ima
             assert 1e-4 < gap < spread, (layer, gap)  # 16-bit rounding: 8 (bfloat16) or 11 (float16) bits of mantissa
 
 
-def test_decode_threads_give_the_same_shard(tmp_path, image_folders, tiny_plan):
-    """extraction.decode_threads: 3 threads decoding and batches prefetched give the one-thread shard, bit for bit."""
+def test_decoder_processes_give_the_same_shard(tmp_path, image_folders, tiny_plan):
+    """extraction.decoders: 3 decoding processes and batches prefetched give the one-process shard, bit for bit."""
     spec, info, plan = tiny_plan
     paths = image_folders["noisy"] + image_folders["smooth"]
-    for threads in (1, 3):
-        extract_shard(ShardTask("s", 0, tuple(paths), 0, str(tmp_path / f"t{threads}"), batch_size=2, decode_threads=threads), plan, spec)
-    with xr.open_dataset(shard_path(tmp_path / "t1", "s", 0)) as one, xr.open_dataset(shard_path(tmp_path / "t3", "s", 0)) as three:
+    for n in (1, 3):
+        extract_shard(ShardTask("s", 0, tuple(paths), 0, str(tmp_path / f"d{n}"), batch_size=2, decoders=n), plan, spec)
+    with xr.open_dataset(shard_path(tmp_path / "d1", "s", 0)) as one, xr.open_dataset(shard_path(tmp_path / "d3", "s", 0)) as three:
         xr.testing.assert_identical(one.drop_attrs(), three.drop_attrs())
 
 
-def test_decode_threads_auto_is_one_without_a_gpu_and_a_share_of_the_cores_with_one(monkeypatch):
+def test_decoders_auto_is_one_without_a_gpu_and_a_share_of_the_cores_with_one(monkeypatch):
     import distributed
 
     from daskdiff.pipeline import cluster
 
-    assert cluster.decode_threads() == 1  # not in a worker: the forward pass needs the cores
+    assert cluster.decoders() == 1  # not in a worker: the forward pass needs the cores
     worker = type("FakeWorker", (), {cluster.DEVICE_ATTRIBUTE: {"gpu": True}})()
     monkeypatch.setattr(distributed, "get_worker", lambda: worker)
     monkeypatch.setattr(cluster, "node_gpus", lambda: 8)
     monkeypatch.setattr(cluster.os, "sched_getaffinity", lambda pid: set(range(64)))
-    assert cluster.decode_threads() == 8  # 64 cores over 8 GPUs
+    assert cluster.decoders() == 8  # 64 cores over 8 GPUs
     monkeypatch.setattr(cluster, "node_gpus", lambda: 1)
-    assert cluster.decode_threads() == cluster.MAX_DECODE_THREADS
+    assert cluster.decoders() == cluster.MAX_DECODERS
     setattr(worker, cluster.DEVICE_ATTRIBUTE, {"gpu": False})
-    assert cluster.decode_threads() == 1
+    assert cluster.decoders() == 1
 
 
 def test_conv_unit_coordinates(tmp_path, image_folders, tiny_plan):

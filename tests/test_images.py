@@ -381,10 +381,10 @@ def test_exif_orientation_applied_only_when_asked(tmp_path, orientation, upright
     assert ok == [0, 1] and np.array_equal(images[1], want)
 
 
-def test_decoding_on_a_thread_pool_gives_the_same_batch(tmp_path):
-    """load_images(pool=...): every image, skipped file and index as one thread gives, in input
+def test_decoding_on_a_process_pool_gives_the_same_batch(tmp_path):
+    """load_images(pool=...): every image, skipped file and index as one process gives, in input
     order; with strict, the first bad file in input order is the error."""
-    from concurrent.futures import ThreadPoolExecutor
+    from daskdiff.model.extract import decoder_pool
 
     paths = []
     for k in range(9):
@@ -395,10 +395,10 @@ def test_decoding_on_a_thread_pool_gives_the_same_batch(tmp_path):
             _save(_pattern(40 + k, 30 + 2 * k, seed=k), path)
         paths.append(str(path))
     alone = load_images(paths, (24, 24), resize="bilinear")
-    with ThreadPoolExecutor(4) as pool:
-        threaded = load_images(paths, (24, 24), resize="bilinear", pool=pool)
-        with pytest.raises(ImageDecodeError) as caught:
-            load_images(paths, (24, 24), strict=True, pool=pool)
+    pool = decoder_pool(3)
+    threaded = load_images(paths, (24, 24), resize="bilinear", pool=pool)
+    with pytest.raises(ImageDecodeError) as caught:
+        load_images(paths, (24, 24), strict=True, pool=pool)
     np.testing.assert_array_equal(threaded[0], alone[0])
     assert threaded[1] == alone[1] == [0, 1, 3, 4, 5, 7, 8]
     assert threaded[2] == alone[2] and [s.path for s in alone[2]] == [paths[2], paths[6]]

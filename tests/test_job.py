@@ -107,7 +107,8 @@ def test_model_built_once_per_worker(tmp_path, tiny_model_path, sets):
 def test_same_result_whatever_workers_and_shards(tmp_path, tiny_model_path, sets, client2):
     a = _run(tiny_spec(tiny_model_path, sets, tmp_path / "a", extraction__shard_size=2), client2)
     with _cluster(1) as cluster, Client(cluster) as client1:
-        b = _run(tiny_spec(tiny_model_path, sets, tmp_path / "b", extraction__shard_size=50), client1)
+        # and with 2 decoding processes under the (daemonic) worker process: the same images
+        b = _run(tiny_spec(tiny_model_path, sets, tmp_path / "b", extraction__shard_size=50, extraction__decoders=2), client1)
     with xr.open_dataset(a.path) as da, xr.open_dataset(b.path) as db:
         np.testing.assert_allclose(da["differentiation"], db["differentiation"], rtol=1e-12, equal_nan=True)
         np.testing.assert_allclose(da["rdm"], db["rdm"], rtol=1e-12, equal_nan=True)

@@ -408,6 +408,15 @@ def load_image(
     return np.asarray(rgb, dtype=np.uint8)
 
 
+def _decode_or_error(path: Any, *, size: tuple[int, int], resize: Any, background: tuple[int, int, int],
+                     exif_orientation: bool) -> np.ndarray | ImageDecodeError:
+    """:func:`load_image`, its decode error returned rather than raised (for a process pool's map)."""
+    try:
+        return load_image(path, size, resize=resize, background=background, exif_orientation=exif_orientation)
+    except ImageDecodeError as error:
+        return error
+
+
 def load_images(
     paths: Sequence[str | os.PathLike],
     size: tuple[int, int] = (224, 224),
@@ -428,9 +437,11 @@ def load_images(
         As in :func:`load_image`; all are checked before any file is read.
     strict : bool, default False
         Raise the first :class:`ImageDecodeError` instead of skipping the file.
-    pool : concurrent.futures.Executor, optional
-        Decode the files in parallel on this (thread) pool; the result is the same, in input
-        order, and with `strict` the error is that of the first failing file in input order.
+    pool : multiprocessing.pool.Pool or concurrent.futures.Executor, optional
+        Decode the files in parallel on this pool (``pool.map``, which keeps input order): the
+        result is the same, and with `strict` the error is that of the first failing file in
+        input order. Pillow's decoders hold the GIL, so this needs processes to run in parallel
+        (:func:`daskdiff.model.extract.decoder_pool`).
 
     Returns
     -------
@@ -469,12 +480,16 @@ def load_images(
     skipped: list[Skipped] = []
 
     def decode(path: Any) -> np.ndarray | ImageDecodeError:
-        try:
-            return load_image(path, (height, width), resize=resize, background=background, exif_orientation=exif_orientation)
-        except ImageDecodeError as error:
-            return error
+        return _decode_or_error(path, size=(height, width), resize=resize, background=background, exif_orientation=exif_orientation)
 
-    decoded = pool.map(decode, paths) if pool is not None else map(decode, paths)
+    if pool is not None:  # a process pool: the decoder must be picklable
+        import functools
+
+        one = functools.partial(_decode_or_error, size=(height, width), resize=resize, background=background,
+                                exif_orientation=exif_orientation)
+        decoded = pool.map(one, paths)
+    else:
+        decoded = map(decode, paths)
     for index, image in enumerate(decoded):
         if isinstance(image, ImageDecodeError):
             if strict:

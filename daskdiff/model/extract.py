@@ -43,9 +43,9 @@ class ShardTask:
     strict: bool = False
     attrs: dict = field(default_factory=dict, hash=False, compare=False)
     exif_orientation: bool = False
-    decode_threads: int = 1
-    """Threads decoding and resizing the images of a batch while the model runs the previous
-    one (the shard's values do not depend on it)."""
+    decoders: int = 1
+    """Processes decoding and resizing images while the model runs (:func:`decoder_pool`; 1: the
+    worker's own prefetch thread). The shard's values do not depend on it."""
 
     @property
     def key(self) -> str:
@@ -162,45 +162,88 @@ class Batch:
 PREFETCH_BATCHES = 2
 """Batches decoded ahead of the forward pass."""
 
+_DECODERS: dict[int, Any] = {}
+
+
+def _close_decoders() -> None:
+    """End the decoding processes at exit (before the interpreter tears down what their pool needs)."""
+    for pool in _DECODERS.values():
+        pool.terminate()
+    _DECODERS.clear()
+
+
+def decoder_pool(n: int) -> Any:
+    """This process's pool of ``n`` image-decoding processes, started once and kept; None for
+    ``n <= 1``.
+
+    Processes, because Pillow's PNG and JPEG decoders hold the GIL: threads decode no faster than
+    one (``benchmarks/decode.py``). They are spawned (not forked: the parent runs TensorFlow's or
+    torch's threads) and import only numpy and Pillow. A Dask worker process is daemonic, and
+    multiprocessing refuses children to daemonic processes; this pool's are started with that
+    flag lifted for the moment of their start: they are daemonic themselves, so they end with the
+    worker, and a worker killed outright leaves them to exit on their closed pipes.
+    """
+    if n <= 1:
+        return None
+    with _LOCK:
+        pool = _DECODERS.get(n)
+        if pool is None:
+            for old in _DECODERS.values():
+                old.terminate()
+            _DECODERS.clear()
+            import multiprocessing
+
+            me = multiprocessing.current_process()
+            daemon = me._config.get("daemon")
+            me._config["daemon"] = False
+            try:
+                pool = _DECODERS[n] = multiprocessing.get_context("spawn").Pool(n)
+                if len(_DECODERS) == 1:
+                    import atexit
+
+                    atexit.register(_close_decoders)
+            finally:
+                if daemon is None:
+                    me._config.pop("daemon", None)
+                else:
+                    me._config["daemon"] = daemon
+        return pool
+
 
 def run_extraction(
     images_paths: list[str], spec: ModelSpec, plan: dict[str, LayerPlan], *, batch_size: int = 16,
-    resize: str = "nearest", strict: bool = False, exif_orientation: bool = False, decode_threads: int = 1,
+    resize: str = "nearest", strict: bool = False, exif_orientation: bool = False, decoders: int = 1,
 ) -> Iterator[Batch]:
     """Decode and run images through the extraction model, yielding batch after batch.
 
     Decoding overlaps the forward pass: up to :data:`PREFETCH_BATCHES` batches are decoded
-    ahead by a helper thread, each batch's images on ``decode_threads`` threads (Pillow releases
-    the GIL while decoding and resizing), in input order whatever the threads. Batches of which no
-    image decoded are yielded with empty outputs, so that their skipped files are reported.
+    ahead by a helper thread, each batch's images spread over ``decoders`` processes when
+    ``decoders > 1`` (:func:`decoder_pool`), in input order whatever the processes. Batches of
+    which no image decoded are yielded with empty outputs, so that their skipped files are reported.
     """
     base, model = extractor(spec, plan)
     size = input_size(base)
     chunks = batch_slices(len(images_paths), batch_size)
-    images = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="daskdiff-decode") if decode_threads > 1 else None
+    images = decoder_pool(decoders)
 
     def decode(sl: slice):
         return sl, load_images(images_paths[sl], size, resize=resize, strict=strict, exif_orientation=exif_orientation, pool=images)
 
-    try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="daskdiff-prefetch") as pool:
-            pending = [pool.submit(decode, c) for c in chunks[:PREFETCH_BATCHES]]
-            for i in range(len(chunks)):
-                sl, (batch, batch_ok, batch_skipped) = pending.pop(0).result()
-                if i + PREFETCH_BATCHES < len(chunks):
-                    pending.append(pool.submit(decode, chunks[i + PREFETCH_BATCHES]))
-                outputs = {}
-                if len(batch_ok):
-                    with forward_lock():
-                        outputs = model.predict_on_batch(model_input(model, batch, spec))
-                yield Batch(
-                    {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()},
-                    [sl.start + j for j in batch_ok],
-                    [(s.path, s.reason) for s in batch_skipped],
-                )
-    finally:
-        if images is not None:
-            images.shutdown(wait=True, cancel_futures=True)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="daskdiff-prefetch") as pool:
+        pending = [pool.submit(decode, c) for c in chunks[:PREFETCH_BATCHES]]
+        for i in range(len(chunks)):
+            sl, (batch, batch_ok, batch_skipped) = pending.pop(0).result()
+            if i + PREFETCH_BATCHES < len(chunks):
+                pending.append(pool.submit(decode, chunks[i + PREFETCH_BATCHES]))
+            outputs = {}
+            if len(batch_ok):
+                with forward_lock():
+                    outputs = model.predict_on_batch(model_input(model, batch, spec))
+            yield Batch(
+                {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()},
+                [sl.start + j for j in batch_ok],
+                [(s.path, s.reason) for s in batch_skipped],
+            )
 
 
 def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) -> dict[str, Any]:
@@ -234,7 +277,7 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
             pending = None
             batches = run_extraction(
                 list(task.paths), spec, plan, batch_size=task.batch_size, resize=task.resize, strict=task.strict,
-                exif_orientation=task.exif_orientation, decode_threads=task.decode_threads,
+                exif_orientation=task.exif_orientation, decoders=task.decoders,
             )
             for batch in batches:
                 skipped += batch.skipped

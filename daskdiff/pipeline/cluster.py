@@ -294,14 +294,14 @@ def device_error(err: BaseException, why: str, batch_size: int, where: str) -> D
                        f"({type(err).__name__}: {shorten(str(err), 300)}); {fix}")
 
 
-MAX_DECODE_THREADS = 16
+MAX_DECODERS = 16
 
 
-def decode_threads() -> int:
-    """``extraction.decode_threads: auto`` on this worker: 1 without a GPU (the cores run the
-    forward pass); with one (as :class:`WorkerSetup` found), the cores this process may use
+def decoders() -> int:
+    """``extraction.decoders: auto`` on this worker: 1 without a GPU (the cores run the forward
+    pass); with one (as :class:`WorkerSetup` found), the cores this process may use
     (``os.sched_getaffinity``: dask-cuda and SLURM restrict it) over the node's GPUs (one worker
-    each), at most :data:`MAX_DECODE_THREADS`."""
+    each), at most :data:`MAX_DECODERS`."""
     from distributed import get_worker
 
     try:
@@ -311,7 +311,7 @@ def decode_threads() -> int:
     if not gpu:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(MAX_DECODE_THREADS, cores // max(1, node_gpus())))
+    return max(1, min(MAX_DECODERS, cores // max(1, node_gpus())))
 
 
 DEVICE_ATTRIBUTE = "daskdiff_device"

@@ -643,7 +643,7 @@ def _shard_tasks(plan: JobPlan, attrs: dict) -> list[ShardTask]:
             chunk = tuple(paths[start : start + size])
             tasks.append(ShardTask(name, shard, chunk, start, str(plan.output), e.batch_size, e.resize, e.strict, attrs,
                                    exif_orientation=e.exif_orientation == "apply",
-                                   decode_threads=0 if e.decode_threads == "auto" else e.decode_threads))
+                                   decoders=0 if e.decoders == "auto" else e.decoders))
     return tasks
 
 
@@ -745,10 +745,10 @@ def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSp
     accelerator that fails (out of memory, device lost) raises
     :class:`~daskdiff.errors.DeviceError`, naming the worker, the device and the batch size.
     """
-    from .cluster import decode_threads, device_error, device_failure
+    from .cluster import decoders, device_error, device_failure
 
-    if task.decode_threads == 0:  # extraction.decode_threads: auto, decided on the worker
-        task = dataclasses.replace(task, decode_threads=decode_threads())
+    if task.decoders == 0:  # extraction.decoders: auto, decided on the worker
+        task = dataclasses.replace(task, decoders=decoders())
     try:
         return extract_shard(task, cached_storage_plan(recipe, digest), model)
     except Exception as err:

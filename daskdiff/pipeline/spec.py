@@ -190,10 +190,11 @@ class ExtractionSection(_Strict):
     """``ignore`` (Keras' ``load_img`` does) or ``apply``: turn photos upright as their EXIF tag says."""
     retries: int = Field(2, ge=0)
     require_gpu: bool = False
-    decode_threads: Union[Literal["auto"], PositiveInt] = "auto"
-    """Threads per worker that decode and resize images while the model runs: ``auto`` is 1 on a
-    worker without a GPU (its cores run the forward pass) and, on a GPU worker, its share of the
-    node's cores (the cores it may use over the GPUs on the node, at most 16)."""
+    decoders: Union[Literal["auto"], PositiveInt] = "auto"
+    """Processes per worker that decode and resize images while the model runs (1: the worker's
+    own prefetch thread): ``auto`` is 1 on a worker without a GPU (its cores run the forward
+    pass) and, on a GPU worker, its share of the node's cores (the cores it may use over the GPUs
+    on the node, at most 16)."""
 
 
 ROLE_CERTIFICATES = {"scheduler": ("tls_scheduler_cert", "tls_scheduler_key"), "worker": ("tls_worker_cert", "tls_worker_key")}
@@ -470,9 +471,9 @@ class JobSpec(_Strict):
         return v
 
     def result_digest(self) -> str:
-        """SHA-256 of everything results depend on (not cluster, output, name, retries, decode_threads, or
+        """SHA-256 of everything results depend on (not cluster, output, name, retries, decoders, or
         ``analysis.task_memory``, which moves a repeat's median by ~1e-15 relative at most)."""
-        data = self.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True, "extraction": {"retries", "require_gpu", "decode_threads"},
+        data = self.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True, "extraction": {"retries", "require_gpu", "decoders"},
                                                     "analysis": {"task_memory"}})
         if data["extraction"]["exif_orientation"] == "ignore":  # keys added later count only when set:
             del data["extraction"]["exif_orientation"]  # folders written before them stay valid
