@@ -21,6 +21,7 @@ from daskdiff.io.images import DuplicateImagesWarning, ImageSetError, check_min_
 from daskdiff.io.layout import PARTIAL_DIR, RESULTS_FILE
 from daskdiff.io.partials import load_partial, reuse_partial, write_partial
 from daskdiff.pipeline.job import run_job
+from daskdiff.errors import JobError
 from daskdiff.pipeline.spec import SpecError, load_spec, parse_spec
 
 from conftest import write_images
@@ -62,6 +63,14 @@ def test_corrupt_partials_are_recomputed(tmp_path, tiny_model_path):
         write_partial(other_shape, {k: v[:1] if v.ndim else v for k, v in good[other_shape].items()})
         (tmp_path / "out" / RESULTS_FILE).unlink()
         again = _results(run().path)
+        # a truncated job.json: named, with what to do, and nothing else in the folder touched
+        job = tmp_path / "out" / "job.json"
+        record = job.read_text()
+        job.write_text(record[: len(record) // 2])
+        before = sorted((tmp_path / "out").rglob("*"))
+        with pytest.raises(JobError, match=rf"^{job} is unreadable \(.*line \d+ column \d+.*\); delete it to start this output folder afresh"):
+            run()
+        assert sorted((tmp_path / "out").rglob("*")) == before
     assert clean.keys() == again.keys()
     for key in clean:
         np.testing.assert_array_equal(again[key], clean[key])  # bit-identical (NaN where NaN)

@@ -168,3 +168,28 @@ def test_movies_notebook_on_a_movie_job(movie_job, kernel_name):
     assert "control: 'scrambled'; movies: ['grating']" in printed, printed
     assert "grating: layer / input (units, n_units=5): input 1" in printed, printed
     assert len([o for o in outputs if "image/png" in o.get("data", {})]) == 3
+
+
+@pytest.mark.cluster
+@pytest.mark.vgg16
+def test_movies_demo_spec_runs_and_the_movies_notebook_reads_it(tmp_path, kernel_name):
+    """jobs/movies-demo.yaml as a user runs it (``daskdiff run``, its own LocalCluster, VGG16 with
+    the spec's loud fallback to random weights offline), then movies.ipynb on its output."""
+    import subprocess
+
+    import xarray as xr
+
+    spec = Path(__file__).resolve().parents[1] / "jobs" / "movies-demo.yaml"
+    out = tmp_path / "movies-demo"
+    done = subprocess.run([str(Path(sys.executable).parent / "daskdiff"), "run", str(spec), "--output", str(out), "--no-progress"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "done: 96 images in 2 set(s), 0 skipped" in done.stdout, done.stdout[-2000:]
+    with xr.open_dataset(out / "differentiation.nc") as ds:
+        assert list(ds["fps"].values) == [8.0, 8.0] and list(ds["spectral_windows"].values) == [6, 6]
+        assert list(ds["layer"].values) == ["input", "block1_conv2", "block3_conv3", "block5_conv3", "fc2"]
+        for name in ("differentiation", "spectral_differentiation"):
+            assert int(ds[name].notnull().sum()) > 0.9 * ds[name].size, name
+    path = next(p for p in NOTEBOOKS if p.name == "movies.ipynb")
+    printed = "".join(o.text for o in execute(path, out, kernel_name) if o.output_type == "stream" and o.name == "stdout")
+    assert "control: 'scrambled'; movies: ['natural']" in printed, printed

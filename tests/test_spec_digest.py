@@ -115,11 +115,14 @@ def test_exif_orientation_counts_only_when_applied():
     import json
 
     spec = parse_spec(_with("extraction.strict", False), "test-spec")
-    old = spec.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True, "extraction": {"retries", "require_gpu", "exif_orientation"},
+    old = spec.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True,
+                                                 "extraction": {"retries", "require_gpu", "exif_orientation", "decoders"},
                                                  "analysis": {"task_memory", "measures", "spectral"},  # keys added later still (issue 15)
-                                                 "image_sets": {"__all__": {"fps"}}})
+                                                 "image_sets": {"__all__": {"fps"}}, "model": {"precision"}})  # (issue 16)
     assert spec.result_digest() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
     assert _digest(_with("extraction.exif_orientation", "apply")) != _digest(BASE)
+    assert _digest(_with("model.precision", "bfloat16")) != _digest(BASE) != _digest(_with("model.precision", "float16"))
+    assert _digest(_with("extraction.decoders", 4)) == _digest(BASE)  # how images are decoded, not what
 
 
 def test_movie_keys_count_only_when_used():

@@ -477,6 +477,8 @@ class JobSpec(_Strict):
                                                     "analysis": {"task_memory"}})
         if data["extraction"]["exif_orientation"] == "ignore":  # keys added later count only when set:
             del data["extraction"]["exif_orientation"]  # folders written before them stay valid
+        if data["model"]["precision"] == "float32":
+            del data["model"]["precision"]
         for entry in data["image_sets"].values():
             if "fps" in entry and entry["fps"] is None and "generate" not in entry:
                 del entry["fps"]
