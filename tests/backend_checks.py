@@ -130,7 +130,7 @@ def check_job(config: dict, out: Path) -> None:
 
         return {"env": os.environ.get("KERAS_BACKEND"), "keras": keras.backend.backend(), "pid": os.getpid()}
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
         with Client(cluster) as client:
             workers = client.run(worker_backend)
             run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)

@@ -198,7 +198,7 @@ def test_sharded_on_a_dask_cluster_equals_local(tmp_path, case, capsys):
 
     paths, spec, _ = case
     local = attack_images(str(tmp_path / "src"), tmp_path / "local", spec, avoid="0-1", shard_size=32)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster:
         with Client(cluster) as client:
             remote = attack_images(str(tmp_path / "src"), tmp_path / "remote", spec, avoid="0-1", shard_size=1, client=client)
         argv = ["images", "adversarial", str(tmp_path / "src"), str(tmp_path / "cli"), "--model", spec.name,

@@ -97,7 +97,7 @@ def test_truncated_shard_is_not_complete_and_is_corrupt(tmp_path):
 
 def _cluster(processes):
     if not processes:  # threads of this process (in-process transport): they see monkeypatches
-        return LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)  # HDF5 is not thread-safe
+        return LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0")  # HDF5 is not thread-safe
     return LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
 
 
