@@ -54,7 +54,7 @@ def log_to_terminal(level: int | str = logging.INFO, stream: TextIO | None = Non
     logger = logging.getLogger(ROOT)
     if any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
         return None
-    handler = logging.StreamHandler(stream) if stream is not None else _Stdout()
+    handler = logging.StreamHandler(stream) if stream is not None else _Stdout(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     if logger.level == logging.NOTSET:
@@ -66,16 +66,9 @@ class _Stdout(logging.StreamHandler):
     """A handler for whatever ``sys.stdout`` is when a line is logged (it may be replaced later:
     a notebook's cell output, pytest's capture), not the stream that was current when it was made."""
 
-    def __init__(self) -> None:
-        super().__init__(sys.stdout)
-
-    @property
-    def stream(self) -> TextIO:
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value: TextIO) -> None:
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
 
 
 def named_in_dask_config(config: dict) -> bool:

@@ -14,6 +14,7 @@ a background and scales high bit depths (see :func:`load_image`, Notes).
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import os
@@ -478,19 +479,9 @@ def load_images(
     images = np.empty((len(paths), height, width, 3), dtype=np.uint8)
     indices: list[int] = []
     skipped: list[Skipped] = []
-
-    def decode(path: Any) -> np.ndarray | ImageDecodeError:
-        return _decode_or_error(path, size=(height, width), resize=resize, background=background, exif_orientation=exif_orientation)
-
-    if pool is not None:  # a process pool: the decoder must be picklable
-        import functools
-
-        one = functools.partial(_decode_or_error, size=(height, width), resize=resize, background=background,
-                                exif_orientation=exif_orientation)
-        decoded = pool.map(one, paths)
-    else:
-        decoded = map(decode, paths)
-    for index, image in enumerate(decoded):
+    decode = functools.partial(_decode_or_error, size=(height, width), resize=resize, background=background,
+                               exif_orientation=exif_orientation)  # picklable, for a process pool
+    for index, image in enumerate((pool.map if pool is not None else map)(decode, paths)):
         if isinstance(image, ImageDecodeError):
             if strict:
                 raise image

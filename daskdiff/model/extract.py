@@ -7,6 +7,7 @@ and the spatial/channel means taken on the device, so only what the analysis nee
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -93,19 +94,21 @@ def extraction_model(model: Any, plan: dict[str, LayerPlan], spec: ModelSpec) ->
     from keras import ops
 
     last = layer_names(model)[-1]
+
+    def as_float32(out: Any) -> Any:  # gathers, means and the softmax in float32 (see ModelSpec.precision)
+        return out if spec.precision == "float32" else ops.cast(out, "float32")
+
     outputs: dict[str, Any] = {}
     pixels = None
     for name, lp in plan.items():
         if name == PIXELS_LAYER:  # a second input: the batch before preprocessing
             out = pixels = keras.Input(tuple(model.inputs[0].shape[1:]), name="daskdiff_pixels")
         else:
-            out = layer_output(model, name)
-        if spec.precision != "float32":  # gathers, means and the softmax in float32 (see ModelSpec.precision)
-            out = ops.cast(out, "float32")
+            out = as_float32(layer_output(model, name))
         if name == last and spec.predictions == "softmax":
             out = ops.softmax(out, axis=-1)
         outputs.update(_feature_outputs(out, lp))
-    outputs[LOGITS] = ops.cast(model.get_layer(last).output, "float32") if spec.precision != "float32" else model.get_layer(last).output
+    outputs[LOGITS] = as_float32(model.get_layer(last).output)
     # one input as a tensor, not a list of one: Keras on torch warns at every call whose input's
     # structure differs from the model's
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
@@ -172,6 +175,9 @@ def _close_decoders() -> None:
     _DECODERS.clear()
 
 
+atexit.register(_close_decoders)
+
+
 def decoder_pool(n: int) -> Any:
     """This process's pool of ``n`` image-decoding processes, started once and kept; None for
     ``n <= 1``.
@@ -198,10 +204,6 @@ def decoder_pool(n: int) -> Any:
             me._config["daemon"] = False
             try:
                 pool = _DECODERS[n] = multiprocessing.get_context("spawn").Pool(n)
-                if len(_DECODERS) == 1:
-                    import atexit
-
-                    atexit.register(_close_decoders)
             finally:
                 if daemon is None:
                     me._config.pop("daemon", None)

@@ -277,21 +277,29 @@ def device_failure(err: BaseException) -> str | None:
     return None
 
 
-def device_error(err: BaseException, why: str, batch_size: int, where: str) -> DeviceError:
-    """The :class:`~daskdiff.errors.DeviceError` of a failed forward pass on this worker: names the
-    worker, its device (as :class:`WorkerSetup` found it) and the batch size, and the fix."""
+def _this_worker() -> tuple[str, dict]:
+    """This worker's address and what :class:`WorkerSetup` found of its device (``'this process'``
+    and ``{}`` outside a worker)."""
     from distributed import get_worker
 
     try:
         worker = get_worker()
-        address = worker.address
-        device = getattr(worker, DEVICE_ATTRIBUTE, {}).get("found", "device unknown")
     except ValueError:  # not in a worker
-        address, device = "this process", "device unknown"
+        return "this process", {}
+    return getattr(worker, "address", "?"), getattr(worker, DEVICE_ATTRIBUTE, {})
+
+
+def device_error(err: BaseException, batch_size: int, where: str) -> DeviceError | None:
+    """The :class:`~daskdiff.errors.DeviceError` of a forward pass that failed with ``err`` on
+    this worker (None when ``err`` is not an accelerator's failure, :func:`device_failure`):
+    names the worker, its device (as :class:`WorkerSetup` found it) and the batch size, and the fix."""
+    if (why := device_failure(err)) is None:
+        return None
+    address, device = _this_worker()
     fix = (f"lower extraction.batch_size (now {batch_size}), or give each worker one GPU of its own (cluster.kind: local_cuda)"
            if why == "out of memory" else "check the GPU (nvidia-smi) and re-run the same command to resume; the worker may need a restart")
-    return DeviceError(f"worker {address} ({device}): {why} in the forward pass of {where}, batches of {batch_size} image(s) "
-                       f"({type(err).__name__}: {shorten(str(err), 300)}); {fix}")
+    return DeviceError(f"worker {address} ({device.get('found', 'device unknown')}): {why} in the forward pass of {where}, "
+                       f"batches of {batch_size} image(s) ({type(err).__name__}: {shorten(str(err), 300)}); {fix}")
 
 
 MAX_DECODERS = 16
@@ -302,13 +310,7 @@ def decoders() -> int:
     pass); with one (as :class:`WorkerSetup` found), the cores this process may use
     (``os.sched_getaffinity``: dask-cuda and SLURM restrict it) over the node's GPUs (one worker
     each), at most :data:`MAX_DECODERS`."""
-    from distributed import get_worker
-
-    try:
-        gpu = getattr(get_worker(), DEVICE_ATTRIBUTE, {}).get("gpu")
-    except ValueError:  # not in a worker
-        gpu = None
-    if not gpu:
+    if not _this_worker()[1].get("gpu"):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(MAX_DECODERS, cores // max(1, node_gpus())))

@@ -745,16 +745,16 @@ def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSp
     accelerator that fails (out of memory, device lost) raises
     :class:`~daskdiff.errors.DeviceError`, naming the worker, the device and the batch size.
     """
-    from .cluster import decoders, device_error, device_failure
+    from .cluster import decoders, device_error
 
     if task.decoders == 0:  # extraction.decoders: auto, decided on the worker
         task = dataclasses.replace(task, decoders=decoders())
     try:
         return extract_shard(task, cached_storage_plan(recipe, digest), model)
     except Exception as err:
-        if (why := device_failure(err)) is None:
+        if (device := device_error(err, task.batch_size, f"shard {task.shard} of set {task.image_set!r}")) is None:
             raise
-        raise device_error(err, why, task.batch_size, f"shard {task.shard} of set {task.image_set!r}") from err
+        raise device from err
 
 
 def _diff_or_corrupt(task: DiffTask, *shards: Any) -> PartialResult | CorruptShardError:

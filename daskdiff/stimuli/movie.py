@@ -270,7 +270,7 @@ def load_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames:
         return Movie(frames, rate, {"kind": "folder", "path": path, "fps": rate})
     if not os.path.isfile(path):
         raise InputError(f"movie source not found: {path!r} (from source={os.fspath(source)!r})")
-    if path.lower().endswith(".npy"):
+    if path.lower().endswith(NPY_MOVIE):
         return _npy_movie(path, fps, n_frames)
     from .frames import _open_movie
 
