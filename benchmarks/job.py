@@ -130,7 +130,7 @@ def run_floor(paths: list[str]) -> float:
     return wall
 
 
-def run_job(folder: Path, sets: dict[str, list[str]], n_units: list, name: str) -> dict:
+def run_job(folder: Path, sets: dict[str, list[str]], n_units: list, name: str, store: str = "needed") -> dict:
     spec = {
         "name": name,
         "model": {"name": "VGG16", "weights": "random", "seed": 0},
@@ -138,6 +138,7 @@ def run_job(folder: Path, sets: dict[str, list[str]], n_units: list, name: str) 
         "analysis": {"substrates": ["units", "filter_mean"], "n_units": n_units, "repeats": 100,
                      "normalize": "zscore", "per_unit": True, "seed": 0},
         "cluster": {"kind": "local", "n_workers": 2},
+        "extraction": {"store": store},
         "output": str(folder / f"out-{name}"),
     }
     job = folder / f"{name}.yaml"
@@ -172,7 +173,8 @@ def report(label: str, job: dict, floor: float) -> None:
     print(f"  stages (s from start): {job['stages']}")
     print(f"  shards written: {job['stored'] / n / 1e6:.1f} MB per image ({job['stored'] / 1e9:.2f} GB)")
     print(f"  read by the workers (rchar, less imports): {job['read'] / n / 1e6:.1f} MB per image, "
-          f"{job['read'] / job['stored']:.2f} x what the shards store (extraction reads its images, differentiation its shards)")
+          f"{job['read'] / job['stored']:.2f} x what the shards store (extraction reads its images; differentiation reads the shards "
+          "only where their values are not kept in the workers' memory, extraction.handoff)")
     hwm = sorted(s["hwm"] / 1e9 for s in job["workers"].values())
     print(f"  peak RSS per worker: {', '.join(f'{h:.2f} GB' for h in hwm)}; client {job['client_hwm'] / 1e9:.2f} GB")
 
@@ -182,6 +184,8 @@ def main() -> None:
     parser.add_argument("--sets", type=int, default=2)
     parser.add_argument("--images", type=int, default=43)
     parser.add_argument("--large", type=int, default=0, help="also run one set of this many images, n_units [200, 10000]")
+    parser.add_argument("--store", nargs="+", default=["needed", "none"], choices=["needed", "all", "none"],
+                        help="extraction.store of the seed-shaped job, one run each (default: needed, then none)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="daskdiff-bench-job-") as tmp:
         folder = Path(tmp)
@@ -189,8 +193,10 @@ def main() -> None:
         paths = [p for ps in sets.values() for p in ps]
         print(f"{args.sets} set(s) x {args.images} images, 224x224 white-noise PNGs; {os.cpu_count()} cores")
         floor = run_floor(paths)
-        seed = run_job(folder, sets, [200, 10000, "all"], "seed")
-        report(f"seed-shaped job: {args.sets} x {args.images} images, n_units [200, 10000, all], 100 repeats", seed, floor)
+        for store in args.store:
+            seed = run_job(folder, sets, [200, 10000, "all"], f"seed-{store}", store)
+            report(f"seed-shaped job, store: {store}: {args.sets} x {args.images} images, n_units [200, 10000, all], 100 repeats",
+                   seed, floor)
         if args.large:
             big = write_sets(folder / "large", 1, args.large)
             big_floor = run_floor(big["set0"])

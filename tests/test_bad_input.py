@@ -253,3 +253,9 @@ def test_the_job_says_which_link_duplicates_it_dropped(tmp_path):
     plan = plan_job(spec, tmp_path, echo=lines.append)
     assert len(plan.sets["a"]) == 3
     assert any("image set 'a': dropped 1 duplicate path(s)" in line for line in lines), lines
+
+
+def test_store_none_with_handoff_disk_is_refused_naming_both_keys(tmp_path):
+    with pytest.raises(SpecError, match=r"extraction.store: none writes no units.*handoff: disk has nothing to read; set handoff: auto"):
+        parse_spec(_spec_data(tmp_path, extraction={"store": "none", "handoff": "disk"}))
+    assert parse_spec(_spec_data(tmp_path, extraction={"store": "none"})).extraction.handoff == "auto"

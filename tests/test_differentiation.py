@@ -122,3 +122,23 @@ def test_min_scale_treats_rounding_noise_as_undefined():
     # without the floor the noise is z-scored into distances of order 1
     d0, undefined0 = daskdiff.distances_stack(tails, normalize="zscore", on_undefined="nan")
     assert not undefined0.any() and np.nanmedian(d0) > 1
+
+
+@pytest.mark.parametrize("normalize", sorted(BY_HAND))
+def test_normalising_in_chunks_and_in_place_matches_by_hand(normalize, monkeypatch):
+    """The z-score's squares are summed a chunk at a time (here 7 entries, so many chunks per
+    matrix); ``overwrite_x`` normalises the caller's float64 stack itself, and only then."""
+    from daskdiff.core import differentiation as dd
+
+    monkeypatch.setattr(dd, "SQUARES_CHUNK", 7)
+    rng = np.random.default_rng(8)
+    stack = np.maximum(rng.normal(0.5, size=(3, 9, 31)), 0) + 2.0
+    ref = np.stack([BY_HAND[normalize](m) for m in stack])
+    kept = stack.copy()
+    out, bad = dd.normalize_stack(stack, normalize)
+    np.testing.assert_allclose(out, ref, rtol=1e-14, atol=1e-14)
+    assert not bad.any() and out is not stack and np.array_equal(stack, kept)
+    again, _ = dd.normalize_stack(stack, normalize, overwrite_x=True)
+    assert again is stack and np.array_equal(again, out)
+    as32, _ = dd.normalize_stack(kept.astype(np.float32), normalize, overwrite_x=False)  # a converted copy: in place is free
+    np.testing.assert_allclose(as32, np.stack([BY_HAND[normalize](m) for m in kept.astype(np.float32).astype(np.float64)]), rtol=1e-14, atol=1e-14)

@@ -393,3 +393,23 @@ def test_estimated_bytes_are_the_files_of_a_real_job(tmp_path, tiny_model_path):
     assert est.results_bytes == pytest.approx(results, rel=0.10)
     assert any(line.startswith("estimate: 13 image(s); 4 extraction + 24 differentiation task(s)") for line in said), said
     assert os.path.getsize(out / "differentiation.nc") > 0
+
+
+def test_store_none_counts_no_units_on_disk_but_the_same_task_memory():
+    sampling = Sampling(n_units=(300, 2000), repeats=20, seed=1)
+    subs = ["units", "filter_mean"]
+    kw = dict(full_layers=["predictions"])
+    extracted = expected_stored(VGG_LIKE, subs, sampling, store="none", **kw)
+    written = expected_stored(VGG_LIKE, subs, sampling, store="none", written=True, **kw)
+    assert extracted == expected_stored(VGG_LIKE, subs, sampling, **kw)
+    assert all("units" not in written[name] for name in VGG_LIKE if name != "predictions")
+    assert written["predictions"] == extracted["predictions"]
+
+    def size(stored, written=None):
+        layers = [LayerSize(name, shape, stored[name], None if written is None else written[name]) for name, shape in VGG_LIKE.items()]
+        return JobSize(images={"s": 500}, layers=layers, substrates=subs, n_units=[300, 2000], repeats=20, repeats_per_task=5)
+
+    full, none = estimate_work(size(extracted)), estimate_work(size(extracted, written))
+    assert none.shard_bytes < 0.1 * full.shard_bytes
+    assert (none.partial_bytes, none.results_bytes) == (full.partial_bytes, full.results_bytes)
+    assert none.task_memory == full.task_memory

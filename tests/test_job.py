@@ -139,16 +139,62 @@ def test_resume_and_changed_spec(tmp_path, tiny_model_path, sets, client2):
         assert ds.sizes["repeat"] == 7
 
 
-@pytest.mark.parametrize("stage, match", [("extraction", "extract-"), ("differentiation", "--units--")])
-def test_worker_killed_mid_stage(tmp_path, tiny_model_path, sets, client2, stage, match):
+@pytest.mark.parametrize("stage, match, store", [("extraction", "extract-", "needed"), ("differentiation", "--units--", "needed"),
+                                                 ("differentiation", "--units--", "none")])
+def test_worker_killed_mid_stage(tmp_path, tiny_model_path, sets, client2, stage, match, store):
+    """With ``store: none`` the killed worker held its sets' only copy of the units: Dask
+    extracts them again from the task graph, and the results are the same."""
     reference = _run(tiny_spec(tiny_model_path, sets, tmp_path / "ref"), client2)
     marker = tmp_path / f"killed-{stage}"
     with _cluster(2) as cluster, Client(cluster) as client:
         client.register_plugin(KillOnce(match, str(marker), delay=0.01))
-        result = _run(tiny_spec(tiny_model_path, sets, tmp_path / "out"), client)
+        result = _run(tiny_spec(tiny_model_path, sets, tmp_path / "out", extraction__store=store), client)
     assert marker.exists(), "no worker was killed: the test did not test anything"
     with xr.open_dataset(reference.path) as a, xr.open_dataset(result.path) as b:
         np.testing.assert_allclose(a["differentiation"], b["differentiation"], rtol=1e-12, equal_nan=True)
+
+
+def _numeric(ds):
+    return {k: v.values for k, v in ds.data_vars.items() if v.dtype.kind in "fiub"}
+
+
+def test_values_in_memory_or_from_files_give_the_same_bits(tmp_path, tiny_model_path, sets, client2):
+    """``handoff: disk`` reads the shard files; ``memory`` takes the values from the workers;
+    ``store: none`` writes no units at all, so its differentiation can only have come from memory."""
+    runs = {mode: _run(tiny_spec(tiny_model_path, sets, tmp_path / mode, **kw), client2)
+            for mode, kw in {"disk": {"extraction__handoff": "disk"}, "memory": {"extraction__handoff": "memory"},
+                             "none": {"extraction__store": "none"}}.items()}
+    ref = _numeric(xr.load_dataset(runs["disk"].path))
+    for mode in ("memory", "none"):
+        got = _numeric(xr.load_dataset(runs[mode].path))
+        assert got.keys() == ref.keys()
+        for k in ref:
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{mode}: {k}")
+    last = list(_layer_shapes(tiny_model_path))[-1]
+    with open_activations(tmp_path / "none", "noisy") as acts:
+        assert [v for v in acts.data_vars if v.startswith("units__")] == [f"units__{last}"]  # the class scores, for the notebooks
+        assert "filter_mean__conv1" in acts.data_vars and "top1_class" in acts
+    with open_activations(tmp_path / "disk", "noisy") as acts:
+        assert "units__conv1" in acts.data_vars
+
+
+def test_store_none_resumes_by_extracting_again_in_memory(tmp_path, tiny_model_path, sets, client2):
+    spec = tiny_spec(tiny_model_path, sets, tmp_path / "out", extraction__store="none")
+    reference = _numeric(xr.load_dataset(_run(spec, client2).path))
+    shards = sorted((tmp_path / "out" / "activations").rglob("shard-*.nc"))
+    before = {p: p.stat().st_mtime_ns for p in shards}
+    lost = sorted((tmp_path / "out" / "partial").glob("noisy--units--*.npz"))[:2]
+    for p in lost:
+        p.unlink()
+    again = _numeric(xr.load_dataset(_run(spec, client2).path))
+    for k in reference:
+        np.testing.assert_array_equal(again[k], reference[k], err_msg=k)
+    assert all(p.exists() for p in lost)
+    assert {p: p.stat().st_mtime_ns for p in shards} == before  # extracted again in memory; the files left alone
+    # a partial that cannot be reused, where no units are stored to recompute it from: the error names the fix
+    lost[0].write_bytes(b"not an npz")
+    with pytest.raises(JobError, match=r"store no units \(extraction.store: none\).*remove that file and re-run"):
+        _run(spec, client2)
 
 
 def test_tls_cluster(tmp_path, tiny_model_path, sets, client2):

@@ -64,6 +64,7 @@ CHANGES_RESULTS = [
     ("extraction.batch_size", 8),  # float32 rounding of the forward pass (see job.shard_size)
     ("extraction.resize", "bilinear"),
     ("extraction.store", "all"),
+    ("extraction.store", "none"),
     ("extraction.strict", True),  # an undecodable file fails the job instead of being skipped
     # Shard files are named by position (shard-NNNNN.nc) and every one in the folder is read:
     # resuming with another shard size would mix old shards with new ones, so it must not resume.
@@ -75,6 +76,8 @@ KEEPS_RESULTS = [
     ("output", "elsewhere"),
     ("extraction.retries", 5),
     ("extraction.require_gpu", True),
+    ("extraction.handoff", "disk"),
+    ("extraction.handoff", "memory"),
     ("cluster.kind", "address"),
     ("cluster.address", "tcp://10.0.0.1:8786"),
     ("cluster.scheduler_file", "scheduler.json"),
@@ -116,7 +119,8 @@ def test_exif_orientation_counts_only_when_applied():
 
     spec = parse_spec(_with("extraction.strict", False), "test-spec")
     old = spec.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True,
-                                                 "extraction": {"retries", "require_gpu", "exif_orientation", "decoders"},
+                                                 "extraction": {"retries", "require_gpu", "exif_orientation", "decoders",
+                                                                "handoff"},  # added later still (issue 12)
                                                  "analysis": {"task_memory", "measures", "spectral"},  # keys added later still (issue 15)
                                                  "image_sets": {"__all__": {"fps"}}, "model": {"precision"}})  # (issue 16)
     assert spec.result_digest() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()

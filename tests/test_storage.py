@@ -120,3 +120,37 @@ def test_storage_recipe_rebuilds_the_plan_once_per_process_and_checks_its_digest
     other = StorageRecipe(recipe.shapes, recipe.substrates, Sampling(n_units=(3, 10), repeats=4, seed=6), full_layers=("predictions",))
     with pytest.raises(JobError, match="same daskdiff and numpy versions on the workers"):
         cached_storage_plan(other, digest)
+
+
+def test_store_none_extracts_what_needed_does_and_writes_no_units_but_the_full_layers():
+    from daskdiff.core.units import bytes_per_image, plan_digest
+
+    sampling = Sampling(n_units=(3, 10), repeats=4, seed=5)
+    subs = ["units", "filter_mean"]
+    needed = storage_plan(SHAPES, subs, sampling, full_layers=["predictions"])
+    none = storage_plan(SHAPES, subs, sampling, store="none", full_layers=["predictions"])
+    for name in SHAPES:
+        assert none[name].extracted() == needed[name].extracted() == needed[name].stored()
+        np.testing.assert_array_equal(none[name].units, needed[name].units)
+    assert {n: lp.stored() for n, lp in none.items()} == {
+        "conv": {"filter_mean": 4}, "pool": {"filter_mean": 4}, "fc": {"filter_mean": 7}, "predictions": {"units": 5, "filter_mean": 5}}
+    assert [v for v in activation_variables(none) if v.startswith("units__")] == ["units__predictions"]
+    assert bytes_per_image(none) == 4 * (4 + 4 + 7 + 5 + 5)
+    assert bytes_per_image(none, extracted=True) == bytes_per_image(needed)
+    # a shard written without units is never taken for one with them (and back)
+    assert plan_digest(none) != plan_digest(needed)
+
+
+def test_needed_plans_keep_the_digest_of_shards_written_before_store_none_existed():
+    """The digest formula of earlier versions, by hand: their shards still resume."""
+    import hashlib
+
+    from daskdiff.core.units import plan_digest
+
+    plan = _plan()
+    digest = hashlib.sha256()
+    for name, lp in plan.items():
+        digest.update(repr((name, lp.shape, lp.all_units, lp.filter_mean, lp.location_mean)).encode())
+        if lp.units is not None and not lp.all_units:
+            digest.update(np.ascontiguousarray(lp.units, dtype=np.int64).tobytes())
+    assert plan_digest(plan) == digest.hexdigest()

@@ -30,14 +30,39 @@ def _stat_mean(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     return np.zeros_like(mean), mean, "mean of all entries"
 
 
+SQUARES_CHUNK = 2**20
+"""Entries squared at a time by :func:`_centred_square_sum` (its only temporary: 8 MiB)."""
+
+
+def _centred_square_sum(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``sum((x - mean)**2)`` over the last two axes of ``x``, without a temporary of ``x``'s size.
+
+    Each chunk of :data:`SQUARES_CHUNK` entries per matrix is summed pairwise (as ``np.sum``);
+    the chunks' sums are added in order: as accurate as ``np.var``'s one pairwise sum.
+    """
+    lead = x.shape[:-2]
+    flat = x.reshape(lead + (-1,))
+    centre = mean.reshape(lead + (1,))
+    step = max(1024, SQUARES_CHUNK // max(1, int(np.prod(lead, dtype=np.int64))))
+    total = np.zeros(lead)
+    buf = np.empty(lead + (min(step, flat.shape[-1]),))
+    for start in range(0, flat.shape[-1], step):
+        part = flat[..., start : start + step]
+        b = buf[..., : part.shape[-1]]
+        np.subtract(part, centre, out=b)
+        np.multiply(b, b, out=b)
+        total += b.sum(axis=-1)
+    return total
+
+
 def _stat_zscore(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     mean = x.mean(axis=(-2, -1), keepdims=True)
-    sd = x.std(axis=(-2, -1), keepdims=True)
+    sd = np.sqrt(_centred_square_sum(x, mean) / (x.shape[-2] * x.shape[-1])).reshape(mean.shape)  # ddof=0, as np.std
     return mean, sd, "standard deviation of all entries"
 
 
 def _stat_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-    peak = np.abs(x).max(axis=(-2, -1), keepdims=True)
+    peak = np.maximum(x.max(axis=(-2, -1), keepdims=True), -x.min(axis=(-2, -1), keepdims=True))  # |x|'s maximum, no |x| copy
     return np.zeros_like(peak), peak, "maximum absolute entry"
 
 
@@ -80,6 +105,7 @@ def normalize_stack(
     name: str | None = None,
     on_undefined: str = "raise",
     min_scale: float = 0.0,
+    overwrite_x: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalise each matrix of a stack by statistics over all of its entries.
 
@@ -93,12 +119,18 @@ def normalize_stack(
     that are all ~1e-30 have a non-zero SD, but it is far below float32 resolution of the
     layer's values, and z-scoring would blow it up to distances of order 1. The job passes
     ``1e-6 * max|activation|`` of the layer in the image set.
+
+    ``overwrite_x=True`` lets a float64 ``x`` be normalised in place (the returned stack is then
+    ``x`` itself), as scipy's ``overwrite_a``; the values are the same either way.
     """
     fn = NORMALIZATIONS[check_normalize(normalize)]
     arr = np.asarray(x, dtype=np.float64)
     shift, scale, what = fn(arr)
     bad, safe_scale = check_scale(scale, normalize, what, name=name, on_undefined=on_undefined, min_scale=min_scale)
-    out = (arr - shift) / safe_scale
+    # in place where ``arr`` is a converted copy or the caller gave ``x`` up: a layer's stack can
+    # be gigabytes, and every fresh temporary of that size costs page faults
+    out = np.subtract(arr, shift, out=arr if overwrite_x or arr is not x else None)
+    np.divide(out, safe_scale, out=out)
     bad = bad.reshape(bad.shape[:-2])
     out[bad] = np.nan
     return out, bad
@@ -180,12 +212,13 @@ def distances_stack(
     name: str | None = None,
     on_undefined: str = "raise",
     min_scale: float = 0.0,
+    overwrite_x: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised distance matrices (RDMs) for a stack ``(..., n_images, n_units)``.
 
     Returns ``(rdms, undefined)``: ``rdms`` of shape ``(..., n, n)`` (NaN where the normaliser
     was undefined and ``on_undefined='nan'``) and the boolean ``undefined`` flags.
-    See :func:`differentiation` for the conventions.
+    See :func:`differentiation` for the conventions; ``overwrite_x``: see :func:`normalize_stack`.
     """
     arr = np.asarray(x)
     if arr.ndim < 2 or arr.shape[-2] < 2:
@@ -195,7 +228,8 @@ def distances_stack(
         )
     if on_undefined not in ("raise", "nan"):
         raise ValueError(f"on_undefined must be 'raise' or 'nan', got {on_undefined!r}")
-    normed, undefined = normalize_stack(arr, normalize, name=name, on_undefined=on_undefined, min_scale=min_scale)
+    normed, undefined = normalize_stack(arr, normalize, name=name, on_undefined=on_undefined, min_scale=min_scale,
+                                        overwrite_x=overwrite_x)
     normed[undefined] = 0.0  # distances of these matrices are discarded below
     d = pairwise_distances_stack(normed, metric)
     if per_unit:

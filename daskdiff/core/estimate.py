@@ -150,12 +150,15 @@ CHUNK_BYTES = 64 * 2**20
 
 @dataclass(frozen=True)
 class LayerSize:
-    """What the estimate needs of one layer: its unit shape (channels last) and the values
-    stored per image for each substrate (``{'units': 4096, 'filter_mean': 64}``)."""
+    """What the estimate needs of one layer: its unit shape (channels last), the values
+    extracted per image for each substrate (``{'units': 4096, 'filter_mean': 64}``: what a
+    differentiation task works from) and, where they differ, those its shard files store
+    (``written``; ``extraction.store: none`` writes no units)."""
 
     name: str
     shape: tuple[int, ...]
     stored: Mapping[str, int]
+    written: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -265,22 +268,24 @@ def stack_bytes(c: int, n: int, k: int, metric: str, *, images: bool = True, spe
     normalised copy, the windows' contiguous copy, their complex spectra and the power with its
     temporary, 48 c n k bytes at most: ``n`` frames, windows of 4 or more samples).
 
-    Phases (the largest counts): the gather (a float32 list, its stack and the float64 copy:
-    16 c n k bytes); the normalisation (the float64 stack, the normalised copy and one
-    temporary: 24 c n k); the distances (the stack and the normalised copy, plus for Gram metrics
-    the Gram buffer, the norms' sum, the cancellation mask, the triangle and its mirror: 33 c n^2
-    bytes; rows rescaled for cosine/correlation add 16-24 c n k; a row-loop metric holds two
-    difference temporaries of c n k and two n^2 buffers). Re-centring for cancellation, which
-    redoes some matrices, is not counted.
+    Phases (the largest counts): the gather (the float64 stack, one repeat's gathered float32
+    columns and the positions: 8 c n k + 4 n k + 8 c k bytes); the normalisation (in place in
+    the stack, its only temporary a chunk of squares of at most 8 MiB; with ``spectral``, which
+    reads the stack again, a normalised copy too: 16 c n k); the distances (the normalised
+    stack, plus for Gram metrics the Gram buffer, the norms' sum, the cancellation mask, the
+    triangle and its mirror: 33 c n^2 bytes; rows rescaled for cosine/correlation add 16-24 c n
+    k; a row-loop metric holds two difference temporaries of c n k and two n^2 buffers).
+    Re-centring for cancellation, which redoes some matrices, is not counted.
     """
     nk, nn = 8 * c * n * k, c * n * n
-    gather = 2 * nk + 8 * c * k
-    normalise = 3 * nk
+    stack = nk if not spectral else 2 * nk  # normalised in place unless the spectral measure reads the stack after
+    gather = nk + 4 * n * k + 8 * c * k
+    normalise = stack + min(nk, 8 * 2**20)
     if metric in ROW_LOOP_METRICS:
-        distances = 4 * nk + 16 * nn
+        distances = stack + 2 * nk + 16 * nn
     else:
         extra = {"cosine": 2 * nk, "correlation": 3 * nk}.get(metric, 0)
-        distances = 2 * nk + extra + 33 * nn
+        distances = stack + extra + 33 * nn
     median = nk + 16 * nn + 8 * n * n
     phases = [gather, normalise] + ([distances, median] if images else []) + ([6 * nk] if spectral else [])
     return max(phases)
@@ -386,7 +391,7 @@ def shard_bytes(m: int, layers: Sequence[LayerSize], *, batch_size: int, path_ch
     total = SHARD_FILE_BYTES + m * (SHARD_IMAGE_BYTES + path_chars)
     for layer in layers:
         conv = len(layer.shape) == 3
-        for substrate, values in layer.stored.items():
+        for substrate, values in (layer.stored if layer.written is None else layer.written).items():
             rows = max(1, min(batch_size, CHUNK_BYTES // max(1, 4 * values)))
             chunks = -(-m // rows)
             total += chunks * (rows * values * 4 + SHARD_CHUNK_BYTES) + SHARD_VARIABLE_BYTES
@@ -433,7 +438,7 @@ def estimate_work(size: JobSize) -> WorkEstimate:
     layers = list(size.layers)
     n_sets, n_sub, n_n, n_layers = len(size.images), len(size.substrates), len(size.n_units), len(layers)
     total_images = sum(size.images.values())
-    per_image_values = sum(sum(layer.stored.values()) for layer in layers)
+    per_image_values = sum(sum((layer.stored if layer.written is None else layer.written).values()) for layer in layers)
     shards = 0
     shard_total = 0
     for name, n in size.images.items():

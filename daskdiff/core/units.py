@@ -20,7 +20,7 @@ from .substrates import check_substrate, feature_shape
 
 NUnits = int | str
 
-STORE_MODES = ("needed", "all")
+STORE_MODES = ("needed", "all", "none")
 """What a shard stores: the units the plan samples, or every unit of every layer."""
 
 
@@ -61,9 +61,12 @@ def units_for(
 class LayerPlan:
     """What a shard stores for one layer.
 
-    ``units``: sorted flat unit indices stored for the ``units`` substrate (every unit when
+    ``units``: sorted flat unit indices extracted for the ``units`` substrate (every unit when
     ``all_units``), or None when that substrate is not analysed. ``filter_mean`` and
-    ``location_mean``: whether those reductions are stored (always in full: they are small).
+    ``location_mean``: whether those reductions are extracted (always in full: they are small).
+    Every extracted variable is stored in the shard file, except the units when ``write_units``
+    is False (``extraction.store: none``): differentiation then takes them from the workers'
+    memory only.
     """
 
     name: str
@@ -72,13 +75,14 @@ class LayerPlan:
     all_units: bool = False
     filter_mean: bool = False
     location_mean: bool = False
+    write_units: bool = True
     n_total: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.n_total = int(np.prod(self.shape))
 
-    def stored(self) -> dict[str, int]:
-        """Substrate -> values stored per image, for each substrate this layer stores."""
+    def extracted(self) -> dict[str, int]:
+        """Substrate -> values extracted per image, for each substrate of this layer."""
         out = {}
         if self.units is not None:
             out["units"] = len(self.units)
@@ -87,8 +91,13 @@ class LayerPlan:
                 out[sub] = int(np.prod(feature_shape(self.shape, sub)))
         return out
 
-    def values_per_image(self) -> int:
-        return sum(self.stored().values())
+    def stored(self) -> dict[str, int]:
+        """Substrate -> values the shard file stores per image: :meth:`extracted`, less the units
+        when they are not written."""
+        out = self.extracted()
+        if not self.write_units:
+            out.pop("units", None)
+        return out
 
 
 def storage_plan(
@@ -107,10 +116,11 @@ def storage_plan(
         Layer name -> unit shape (channels last).
     substrates : iterable of {'units', 'filter_mean', 'location_mean'}
     sampling : Sampling
-    store : {'needed', 'all'}
+    store : {'needed', 'all', 'none'}
         ``needed``: the union over repeats and ``n_units`` of the sampled units (every unit if
         ``'all'`` is among ``n_units``); ``all``: every unit of every layer (60.4 MB per image
-        for VGG16), e.g. to try other analyses later.
+        for VGG16), e.g. to try other analyses later; ``none``: what ``needed`` extracts, but the
+        shard files store no units (``write_units`` False) except those of ``full_layers``.
     full_layers : iterable of str
         Layers stored in full whatever the plan (the job passes the class-score layer).
 
@@ -121,6 +131,7 @@ def storage_plan(
         units than channels), naming the layer.
     """
     plan = {}
+    full_layers = set(full_layers)
     for name, shape, kind, subs in _layer_kinds(shapes, substrates, sampling, store, full_layers):
         units = None
         if kind == "all":
@@ -143,6 +154,7 @@ def storage_plan(
             all_units=kind == "all",
             filter_mean="filter_mean" in subs,
             location_mean="location_mean" in subs,
+            write_units=store != "none" or name in full_layers,
         )
     return plan
 
@@ -170,9 +182,10 @@ def expected_stored(
     *,
     store: str = "needed",
     full_layers: Iterable[str] = (),
+    written: bool = False,
 ) -> dict[str, dict[str, int]]:
-    """Layer -> substrate -> values stored per image, as :func:`storage_plan` would decide,
-    without drawing a unit.
+    """Layer -> substrate -> values extracted per image (``written``: stored in the shard files),
+    as :func:`storage_plan` would decide, without drawing a unit.
 
     Takes the same arguments. Where :func:`storage_plan` stores the union of every repeat's
     sampled units, this gives its expectation (:func:`daskdiff.core.sampling.expected_union`),
@@ -180,10 +193,13 @@ def expected_stored(
     before it builds the plan, whose cost does (``repeats`` draws per layer and ``n_units``).
     """
     out = {}
+    full_layers = set(full_layers)
     draws = {n: sampling.repeats_for(n) for n in sampling.n_units}
     for name, shape, kind, subs in _layer_kinds(shapes, substrates, sampling, store, full_layers):
         stored = {}
-        if kind == "all":
+        if written and store == "none" and name not in full_layers:
+            pass  # the units reach differentiation from memory only
+        elif kind == "all":
             stored["units"] = int(np.prod(shape))
         elif kind == "sampled":
             stored["units"] = int(round(expected_union(shape, draws, sampling.mode)))
@@ -250,12 +266,14 @@ def plan_digest(plan: dict[str, LayerPlan]) -> str:
     """SHA-256 of everything a shard's contents depend on in the plan (for resume checks)."""
     digest = hashlib.sha256()
     for name, lp in plan.items():
-        digest.update(repr((name, lp.shape, lp.all_units, lp.filter_mean, lp.location_mean)).encode())
+        unwritten = () if lp.write_units or lp.units is None else ("units not written",)  # older shards keep their digest
+        digest.update(repr((name, lp.shape, lp.all_units, lp.filter_mean, lp.location_mean, *unwritten)).encode())
         if lp.units is not None and not lp.all_units:
             digest.update(np.ascontiguousarray(lp.units, dtype=np.int64).tobytes())
     return digest.hexdigest()
 
 
-def bytes_per_image(plan: dict[str, LayerPlan], itemsize: int = 4) -> int:
-    """Bytes of activation values one image stores under ``plan`` (float32 by default)."""
-    return itemsize * sum(lp.values_per_image() for lp in plan.values())
+def bytes_per_image(plan: dict[str, LayerPlan], itemsize: int = 4, *, extracted: bool = False) -> int:
+    """Bytes of activation values one image stores in its shard under ``plan`` (float32 by
+    default), or with ``extracted`` the bytes it extracts (what differentiation takes from memory)."""
+    return itemsize * sum(sum((lp.extracted() if extracted else lp.stored()).values()) for lp in plan.values())

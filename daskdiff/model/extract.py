@@ -248,7 +248,38 @@ def run_extraction(
             )
 
 
-def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) -> dict[str, Any]:
+class _Kept:
+    """A shard's values in memory: each extracted variable's rows filled batch by batch into one
+    preallocated float32 array (no list of batches to concatenate, no second copy)."""
+
+    def __init__(self, plan: dict[str, LayerPlan], n_images: int):
+        self.index = {}
+        self.arrays = {}
+        for lp in plan.values():
+            for sub, n in lp.extracted().items():
+                name = variable_name(sub, lp.name)
+                self.arrays[name] = np.empty((n_images, n), np.float32)
+                self.index[name] = lp.units if sub == "units" and not lp.all_units else None
+        self.n = 0
+
+    def append(self, outputs: dict[str, np.ndarray]) -> None:
+        rows = slice(self.n, self.n + len(next(iter(outputs.values()))))
+        for name, array in self.arrays.items():
+            array[rows] = outputs[name]
+        self.n = rows.stop
+
+    def values(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """Variable name -> ``(values (n_images, n) float32, index)``: ``index`` the sorted flat
+        features of the columns, None when they are every feature in order."""
+        return {name: (array[: self.n], self.index[name]) for name, array in self.arrays.items()}
+
+
+def _batches(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) -> Iterator[Batch]:
+    return run_extraction(list(task.paths), spec, plan, batch_size=task.batch_size, resize=task.resize, strict=task.strict,
+                          exif_orientation=task.exif_orientation, decoders=task.decoders)
+
+
+def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec, *, keep: bool = False) -> dict[str, Any]:
     """Extract one shard and write it atomically to its deterministic path.
 
     Each batch's activations are appended to the shard's (temporary) file by a helper thread
@@ -260,13 +291,25 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
     size and mtime, :func:`~daskdiff.io.shards.input_record`) is not extracted again (resume;
     the check runs here, on the worker, so the client reads no shard). Returns the shard's
     :func:`~daskdiff.io.shards.shard_metadata`, read back from the finished file, with its
-    ``path``, ``resumed`` and, when a shard on disk was replaced, ``replaced``: why, in words.
+    ``path``, ``resumed``, when a shard on disk was replaced, ``replaced``: why, in words, and
+    ``values``: with ``keep``, every extracted variable in memory (:meth:`_Kept.values`), for
+    differentiation to take from the worker's memory; None without ``keep``, or when the shard
+    was on disk with every value in its file (then they are read from it). A shard on disk whose
+    plan writes no units (``extraction.store: none``) is extracted again for ``keep``: its file,
+    complete as it is, is left alone.
     """
     path = shard_path(task.output, task.image_set, task.shard)
     record = input_record(task.paths)
     done, why = shard_status(path, plan, _digest(plan), record)
+    unwritten = any(lp.units is not None and not lp.write_units for lp in plan.values())
+    kept = _Kept(plan, len(task.paths)) if keep else None
+    if done is not None and not (keep and unwritten):
+        return {**done, "path": str(path), "resumed": True, "replaced": None, "values": None}
     if done is not None:
-        return {**done, "path": str(path), "resumed": True, "replaced": None}
+        for batch in _batches(task, plan, spec):
+            if batch.ok:
+                kept.append(batch.outputs)
+        return {**done, "path": str(path), "resumed": True, "replaced": None, "values": kept.values()}
     base, _ = extractor(spec, plan)
     ok: list[int] = []
     skipped: list[tuple[str, str]] = []
@@ -277,16 +320,14 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="daskdiff-write") as pool,
         ):
             pending = None
-            batches = run_extraction(
-                list(task.paths), spec, plan, batch_size=task.batch_size, resize=task.resize, strict=task.strict,
-                exif_orientation=task.exif_orientation, decoders=task.decoders,
-            )
-            for batch in batches:
+            for batch in _batches(task, plan, spec):
                 skipped += batch.skipped
                 if not batch.ok:
                     continue
                 logits.append(batch.outputs.pop(LOGITS))
                 ok += batch.ok
+                if kept is not None:
+                    kept.append(batch.outputs)
                 if pending is not None:
                     pending.result()  # one batch in flight: memory stays at two batches
                 pending = pool.submit(writer.append, batch.outputs)
@@ -297,7 +338,7 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
                 **task.attrs,
                 **spec.identity(),
                 "resize": task.resize,
-            "exif_orientation": int(task.exif_orientation),
+                "exif_orientation": int(task.exif_orientation),
                 "plan_digest": _digest(plan),
                 "inputs_digest": inputs_digest(_digest(plan), record),
                 "shard": task.shard,
@@ -314,4 +355,5 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) 
                 skipped=skipped,
             )
             writer.write_labels(labels, record)
-    return {**shard_metadata(path), "path": str(path), "resumed": False, "replaced": why}
+    return {**shard_metadata(path), "path": str(path), "resumed": False, "replaced": why,
+            "values": None if kept is None else kept.values()}

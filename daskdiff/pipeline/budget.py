@@ -181,11 +181,12 @@ def mean_chars(paths) -> float:
 
 def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], stored: Mapping[str, Mapping[str, int]], *,
              forward_flops: float, path_chars: Mapping[str, float], plan_built: bool, task_memory: int | None = None,
-             fps: Mapping[str, float] | None = None) -> JobSize:
+             fps: Mapping[str, float] | None = None, written: Mapping[str, Mapping[str, int]] | None = None) -> JobSize:
     """The :class:`JobSize` of a job: its spec, image counts, layer shapes and stored values, the
     memory budget of one differentiation task (:func:`daskdiff.pipeline.job.task_memory_budget`),
     and the movies' frame rates ``fps`` (set -> frames/s; their spectral differentiation is counted
-    when ``analysis.measures`` holds ``spectral``)."""
+    when ``analysis.measures`` holds ``spectral``); ``written``: the values the shard files store,
+    where they are not ``stored`` (the values extracted)."""
     from .job import shard_size
 
     a, e = spec.analysis, spec.extraction
@@ -193,7 +194,8 @@ def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], store
                 if name in counts and "spectral" in a.measures}
     return JobSize(
         images=dict(counts),
-        layers=[LayerSize(name, tuple(shape), dict(stored[name])) for name, shape in shapes.items()],
+        layers=[LayerSize(name, tuple(shape), dict(stored[name]), None if written is None else dict(written[name]))
+                for name, shape in shapes.items()],
         substrates=list(a.substrates),
         n_units=list(a.n_units),
         repeats=a.repeats,

@@ -40,10 +40,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 
 from ..errors import JobError
 from ..logs import reporter
-from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, PARTIAL_DIR, PLOT_FILE, RESULTS_FILE, shard_path
+from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, PARTIAL_DIR, PLOT_FILE, RESULTS_FILE, shard_path, variable_name
 from .tasks import DiffTask, run_diff_task, SpectralOptions
 from ..model.extract import extract_shard, ShardTask
 from ..io.images import DuplicateImagesWarning, check_min_images, resolve_image_set
@@ -576,13 +578,15 @@ def plan_job(
     store = spec.extraction.store
     chars = {name: mean_chars(p) if p else len(str(out / IMAGES_DIR / name)) + 16 for name, p in known.items()}
 
-    def estimate(stored: dict, counts: dict, built: bool) -> WorkEstimate:
+    def estimate(stored: dict, written: dict, counts: dict, built: bool) -> WorkEstimate:
         size = job_size(spec, counts, shapes, stored, forward_flops=info["forward_flops"], path_chars=chars, plan_built=built,
-                        task_memory=task_memory_budget(spec, [(limits.worker_memory or 0, spec.cluster.threads_per_worker)]), fps=fps)
+                        task_memory=task_memory_budget(spec, [(limits.worker_memory or 0, spec.cluster.threads_per_worker)]), fps=fps,
+                        written=written)
         return estimate_work(size)
 
     expected = expected_stored(shapes, a.substrates, sampling, store=store, full_layers=full)
-    check_budget(estimate(expected, counts, False), limits, force=force, what="estimate before the storage plan", echo=quiet)
+    written = expected_stored(shapes, a.substrates, sampling, store=store, full_layers=full, written=True)
+    check_budget(estimate(expected, written, counts, False), limits, force=force, what="estimate before the storage plan", echo=quiet)
     notes: list[str] = []
     if dry_run:
         manifest, clear = _check_output_readonly(out, spec, overwrite, [p for paths in path_sets.values() for p in paths])
@@ -612,7 +616,8 @@ def plan_job(
             echo(line)
         recipe = StorageRecipe(tuple(shapes.items()), tuple(a.substrates), sampling, store, tuple(full))
         storage = recipe.build()
-        final = estimate({name: lp.stored() for name, lp in storage.items()}, counts, True)
+        final = estimate({name: lp.extracted() for name, lp in storage.items()}, {name: lp.stored() for name, lp in storage.items()},
+                         counts, True)
         for line in describe(final, limits):
             echo(line)
         check_budget(final, limits, force=force, echo=echo, quote=False)
@@ -686,7 +691,8 @@ def _diff_tasks(plan: JobPlan, keep_rdm: bool, memory_budget: int | None = None)
                 tasks.append(
                     DiffTask(name, substrate, layer, plan.shapes[layer], files, str(plan.output), plan.sampling,
                              a.metric, a.normalize, a.per_unit, a.median_over, keep_rdm, a.repeats_per_task, memory_budget,
-                             images="images" in a.measures, spectral=spectral)
+                             images="images" in a.measures, spectral=spectral,
+                             written=substrate in plan.storage[layer].stored())
                 )
     return tasks
 
@@ -735,10 +741,13 @@ class _Submitted:
     diffs: list[tuple[Any, DiffTask]]
     resources: dict | None = None
     """Worker resources of the extraction tasks (also those of a recomputed corrupt shard)."""
+    values: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per set, per shard: variable name -> the future of its values kept in memory (none: read from files)."""
 
 
-def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSpec) -> dict[str, Any]:
-    """:func:`extract_shard` with the storage plan built on the worker from ``recipe``.
+def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSpec, keep: bool = False) -> dict[str, Any]:
+    """:func:`extract_shard` with the storage plan built on the worker from ``recipe`` (``keep``:
+    the values stay in the worker's memory, see :func:`_submit_shard`).
 
     Every input is passed by value (a few hundred bytes), nothing is scattered: when a worker
     dies, Dask reruns its tasks anywhere, and the job loses only the work in progress. An
@@ -750,23 +759,82 @@ def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSp
     if task.decoders == 0:  # extraction.decoders: auto, decided on the worker
         task = dataclasses.replace(task, decoders=decoders())
     try:
-        return extract_shard(task, cached_storage_plan(recipe, digest), model)
+        return extract_shard(task, cached_storage_plan(recipe, digest), model, keep=keep)
     except Exception as err:
         if (device := device_error(err, task.batch_size, f"shard {task.shard} of set {task.image_set!r}")) is None:
             raise
         raise device from err
 
 
-def _diff_or_corrupt(task: DiffTask, *shards: Any) -> PartialResult | CorruptShardError:
+def _diff_or_corrupt(task: DiffTask, *shards: Any, values: list | None = None) -> PartialResult | CorruptShardError:
     """:func:`run_diff_task`, but a corrupt shard is returned, not raised.
 
     Dask's ``retries`` would run a failed task again on the same damaged file; returned, the
     error reaches the client at once, which deletes and recomputes the shard (:func:`_gather`).
     """
     try:
-        return run_diff_task(task, *shards)
+        return run_diff_task(task, *shards, values=values)
     except CorruptShardError as err:
         return err
+
+
+def _shard_metadata(extracted: dict[str, Any]) -> dict[str, Any]:
+    """An extraction's result without its values: what the client gathers."""
+    return {k: v for k, v in extracted.items() if k != "values"}
+
+
+def _shard_variable(extracted: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """One variable's ``(values, index)`` of an extraction kept in memory (None: read its file)."""
+    return None if extracted["values"] is None else extracted["values"][name]
+
+
+HANDOFF_SHARE = 0.3
+"""With ``extraction.handoff: auto``, shards' values go from extraction to differentiation in the
+workers' memory when all of them take at most this share of the cluster's memory limits (Dask
+spills at 60 % of a worker's limit; differentiation's working memory needs the rest)."""
+
+
+def _handoff(plan: JobPlan, client: Any) -> bool:
+    """Whether differentiation takes the shards' values from the workers' memory (see
+    ``extraction.handoff``; ``store: none`` always does: its files hold no units)."""
+    e = plan.spec.extraction
+    if e.handoff != "auto" or e.store == "none":
+        return e.handoff == "memory" or e.store == "none"
+    from .budget import machine_memory
+
+    total = sum(limit or machine_memory() for limit, _ in _worker_limits(client))
+    need = bytes_per_image(plan.storage, extracted=True) * sum(map(len, plan.sets.values()))
+    return need <= HANDOFF_SHARE * total
+
+
+def _submit_shard(client: Any, plan: JobPlan, t: ShardTask, keep: bool, resources: dict | None,
+                  suffix: str = "") -> tuple[Any, dict[str, Any] | None]:
+    """Submit one extraction: its metadata future and, with ``keep``, a future per variable.
+
+    With ``keep`` the extraction task's values stay in its worker's memory; one small task per
+    variable picks that variable out, so a differentiation task depends on (and Dask moves, or
+    spills under memory pressure) only the variable it uses, and the whole shard is released once
+    every variable is picked. Dask recomputes lost values from the task (a dead worker).
+    """
+    retries = plan.spec.extraction.retries
+    if not keep:
+        return client.submit(_extract, t, plan.recipe, plan.digest, plan.model, key=plan.key(t, suffix), retries=retries,
+                             resources=resources), None
+    whole = client.submit(_extract, t, plan.recipe, plan.digest, plan.model, True, key=plan.key(t, f"-values{suffix}"),
+                          retries=retries, resources=resources)
+    meta = client.submit(_shard_metadata, whole, key=plan.key(t, suffix), retries=retries)
+    names = [variable_name(sub, lp.name) for lp in plan.storage.values() for sub in lp.extracted()]
+    return meta, {name: client.submit(_shard_variable, whole, name, key=plan.key(t, f"-{name}{suffix}"), retries=retries)
+                  for name in names}
+
+
+def _needs_values(plan: JobPlan, diff_tasks: list[DiffTask]) -> set[str]:
+    """Sets whose shards must be extracted again to keep their values in memory although their
+    files are complete: under ``store: none`` (files without units), sets with a ``units`` task
+    whose partial result is not on disk."""
+    if plan.spec.extraction.store != "none":
+        return set()
+    return {t.image_set for t in diff_tasks if t.substrate == "units" and not t.path.exists()}
 
 
 def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Callable) -> _Submitted:
@@ -780,6 +848,8 @@ def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Calla
     shard_tasks = _shard_tasks(plan, attrs)
     budget = task_memory_budget(spec, _worker_limits(client))
     diff_tasks = _diff_tasks(plan, keep_rdm, budget)
+    handoff = _handoff(plan, client)
+    wanted = _needs_values(plan, diff_tasks)
     shard_files_ = [shard_path(t.output, t.image_set, t.shard) for t in shard_tasks]
     on_disk = sum(f.exists() for f in shard_files_), sum(t.path.exists() for t in diff_tasks)
     if any(on_disk):
@@ -789,16 +859,23 @@ def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Calla
         plan.manifest.make_dirs(plan.output / ACTIVATIONS_DIR / name)
     plan.manifest.make_dirs(plan.output / PARTIAL_DIR)
     plan.manifest.add_files([*shard_files_, *(t.path for t in diff_tasks)])
-    retries = spec.extraction.retries
     shards: dict[str, list[tuple[Any, ShardTask]]] = {name: [] for name in plan.sets}
+    values: dict[str, list[dict[str, Any]]] = {name: [] for name in plan.sets}
     for t in shard_tasks:
-        future = client.submit(_extract, t, plan.recipe, plan.digest, plan.model, key=plan.key(t), retries=retries, resources=resources)
-        shards[t.image_set].append((future, t))
-    diffs = [
-        (client.submit(_diff_or_corrupt, t, *(f for f, _ in shards[t.image_set]), key=plan.key(t), retries=retries), t)
-        for t in diff_tasks
-    ]
-    return _Submitted(shards, diffs, resources)
+        meta, kept = _submit_shard(client, plan, t, handoff and (spec.extraction.store != "none" or t.image_set in wanted), resources)
+        shards[t.image_set].append((meta, t))
+        if kept is not None:
+            values[t.image_set].append(kept)
+    diffs = [(_submit_diff(client, plan, t, [f for f, _ in shards[t.image_set]], values[t.image_set]), t) for t in diff_tasks]
+    return _Submitted(shards, diffs, resources, values)
+
+
+def _submit_diff(client: Any, plan: JobPlan, t: DiffTask, shards: list, values: list[dict[str, Any]], suffix: str = "") -> Any:
+    """Submit one differentiation task on its set's shard metadata futures and, where the values
+    are kept in memory, that of its variable in every shard."""
+    name = variable_name(t.substrate, t.layer)
+    kept = [v[name] for v in values] if values else None
+    return client.submit(_diff_or_corrupt, t, *shards, values=kept, key=plan.key(t, suffix), retries=plan.spec.extraction.retries)
 
 
 def _is_corrupt(future: Any) -> bool:
@@ -845,11 +922,12 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
     echo(f"shard {path} is corrupt (checksum mismatch): removed, recomputing")
     Path(path).unlink(missing_ok=True)
     suffix = f"-recomputed{len(state.recomputed)}"  # keys of a new graph: never those of the old futures
-    retries = plan.spec.extraction.retries
     shard_task = submitted.shards[name][i][1]
-    future = client.submit(_extract, shard_task, plan.recipe, plan.digest, plan.model, key=plan.key(shard_task, suffix),
-                           retries=retries, resources=submitted.resources)
+    kept = submitted.values.get(name)
+    future, values = _submit_shard(client, plan, shard_task, bool(kept), submitted.resources, suffix)
     submitted.shards[name][i] = (future, shard_task)
+    if kept:
+        kept[i] = values
     state.what[future] = ("extract", shard_task)
     state.pending.add(future)
     state.bars["extract"].total += 1
@@ -859,7 +937,7 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
             continue
         state.superseded.add(old)
         client.cancel([old])
-        new = client.submit(_diff_or_corrupt, t, *shard_futures, key=plan.key(t, suffix), retries=retries)
+        new = _submit_diff(client, plan, t, shard_futures, submitted.values.get(name), suffix)
         submitted.diffs[j] = (new, t)
         state.what[new] = ("differentiation", t)
         state.pending.add(new)

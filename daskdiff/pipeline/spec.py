@@ -185,6 +185,17 @@ class ExtractionSection(_Strict):
     shard_size: PositiveInt = 128
     resize: _one_of(RESIZE_FILTERS) = "nearest"
     store: _one_of(STORE_MODES) = "needed"
+    """What shard files store: ``needed`` (the units the analysis samples: every unit with
+    ``n_units: all``), ``all`` (every unit of every layer) or ``none`` (no units, except the
+    class-score layer's; labels, logits and the ``filter_mean``/``location_mean`` summaries are
+    stored). With ``none`` the units reach differentiation from the workers' memory only; resume
+    then reuses every finished partial result, and a set with a ``units`` task left is extracted
+    again (its forward passes, not its files)."""
+    handoff: Literal["auto", "memory", "disk"] = "auto"
+    """How a shard's values reach differentiation: ``memory`` (Dask keeps them in the workers'
+    memory, spilling to its local directory under pressure), ``disk`` (the tasks read the shard
+    files) or ``auto``: memory when the job's extracted values take at most 30 % of the cluster's
+    memory limits. The results are the same either way; ``store: none`` always uses memory."""
     strict: bool = False
     exif_orientation: Literal["ignore", "apply"] = "ignore"
     """``ignore`` (Keras' ``load_img`` does) or ``apply``: turn photos upright as their EXIF tag says."""
@@ -195,6 +206,13 @@ class ExtractionSection(_Strict):
     own prefetch thread): ``auto`` is 1 on a worker without a GPU (its cores run the forward
     pass) and, on a GPU worker, its share of the node's cores (the cores it may use over the GPUs
     on the node, at most 16)."""
+
+    @model_validator(mode="after")
+    def _handoff_with_store(self) -> "ExtractionSection":
+        if self.store == "none" and self.handoff == "disk":
+            raise ValueError("extraction.store: none writes no units to the shard files, so extraction.handoff: disk has "
+                             "nothing to read; set handoff: auto (or memory), or store: needed")
+        return self
 
 
 ROLE_CERTIFICATES = {"scheduler": ("tls_scheduler_cert", "tls_scheduler_key"), "worker": ("tls_worker_cert", "tls_worker_key")}
@@ -471,9 +489,10 @@ class JobSpec(_Strict):
         return v
 
     def result_digest(self) -> str:
-        """SHA-256 of everything results depend on (not cluster, output, name, retries, decoders, or
-        ``analysis.task_memory``, which moves a repeat's median by ~1e-15 relative at most)."""
-        data = self.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True, "extraction": {"retries", "require_gpu", "decoders"},
+        """SHA-256 of everything results depend on (not cluster, output, name, retries, decoders,
+        handoff, or ``analysis.task_memory``, which moves a repeat's median by ~1e-15 relative at most)."""
+        data = self.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True,
+                                                    "extraction": {"retries", "require_gpu", "decoders", "handoff"},
                                                     "analysis": {"task_memory"}})
         if data["extraction"]["exif_orientation"] == "ignore":  # keys added later count only when set:
             del data["extraction"]["exif_orientation"]  # folders written before them stay valid

@@ -18,6 +18,7 @@ that repeat is undefined (NaN, counted), not rounding noise blown up to distance
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
@@ -99,6 +100,8 @@ class DiffTask:
     """Compute the image measure (``analysis.measures`` holds ``images``); else its arrays stay NaN."""
     spectral: SpectralOptions | None = None
     """Also compute spectral differentiation (the set is a movie), with these options."""
+    written: bool = True
+    """Whether the shard files store this task's variable (``extraction.store: none`` writes no units)."""
 
     @property
     def key(self) -> str:
@@ -156,15 +159,44 @@ def stack_repeats(n_images: int, k: int, metric: str, wanted: int, budget: int |
     return c
 
 
+SCRATCH_MAX = 2 * 2**30
+"""Largest stack, in bytes, built on a thread's reused buffer (:func:`scratch`); larger ones are allocated."""
+
+_SCRATCH = threading.local()
+
+
+def scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised float64 array of ``shape`` on this thread's reused buffer.
+
+    A task builds stack after stack of the same size, and each layer's exact ``n_units`` copies
+    the whole layer to float64: memory allocated afresh for each would be paged in again each
+    time (on virtual machines that hand freed memory back to their host, several times the cost
+    of filling it). The buffer grows to the largest stack a thread has built, up to
+    :data:`SCRATCH_MAX`, and is kept. The array is valid until this thread's next call.
+    """
+    n = int(np.prod(shape, dtype=np.int64))
+    if 8 * n > SCRATCH_MAX:
+        return np.empty(shape)
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < n:
+        _SCRATCH.buf = None  # the old buffer goes before the new one is allocated
+        buf = _SCRATCH.buf = np.empty(n)
+    return buf[:n].reshape(shape)
+
+
 def sampled_stack(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, repeats: range) -> tuple[np.ndarray, int]:
     """Gather each repeat's units from the stored values: ``(len(repeats), n_images, k)`` float64
-    (positions among the stored features ``index``: :func:`positions`)."""
-    stacks = []
-    for repeat in repeats:
-        stacks.append(values[:, positions(index, task, n_units, repeat)])
-    # np.stack keeps the gathers' memory layout; BLAS rounds differently on other layouts (1e-16),
-    # so this construction is kept to give bit-identical results across versions
-    return np.stack(stacks).astype(np.float64), stacks[0].shape[1]
+    (positions among the stored features ``index``: :func:`positions`), on this thread's
+    :func:`scratch` buffer (valid until the next stack)."""
+    picks = [positions(index, task, n_units, repeat) for repeat in repeats]
+    k = len(picks[0])
+    stack = scratch((len(picks), len(values), k))  # C order, as BLAS gets it: results do not depend on the path
+    for out, pos in zip(stack, picks):
+        if k == values.shape[1] and (k == 0 or (pos[0] == 0 and pos[-1] == k - 1)):
+            out[...] = values  # every stored feature (an exact n_units): no gathered float32 copy
+        else:
+            out[...] = values[:, pos]
+    return stack, k
 
 
 def _blocked_median(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, repeat: int, name: str,
@@ -203,7 +235,8 @@ def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_uni
             bad = np.isnan(m)
         elif task.images:
             stack, _ = sampled_stack(values, index, task, n_units, repeats)
-            d, bad = distances_stack(stack, task.metric, task.normalize, task.per_unit, name=name, on_undefined="nan", min_scale=min_scale)
+            d, bad = distances_stack(stack, task.metric, task.normalize, task.per_unit, name=name, on_undefined="nan", min_scale=min_scale,
+                                     overwrite_x=task.spectral is None)  # the spectral measure reads the stack after
             m = rdm_median(d, task.median_over)
             m[bad] = np.nan
         if task.spectral is not None:  # the same sampled matrices, normalised the same way
@@ -249,11 +282,29 @@ def _partial_shapes(task: DiffTask, shards: tuple) -> dict[str, tuple]:
     return shapes
 
 
-def run_diff_task(task: DiffTask, *shards: Any) -> PartialResult:
+def _task_values(task: DiffTask, kept: list | None) -> tuple[np.ndarray, np.ndarray]:
+    """The task's ``(values, index)``: from memory when every shard's are kept, else from the files."""
+    if not kept or any(v is None for v in kept):
+        if not task.written:
+            raise InputError(
+                f"{task.key}: the shards of set {task.image_set!r} store no units (extraction.store: none) and its partial "
+                f"result {task.path} could not be reused; remove that file and re-run: the set is then extracted again in memory"
+            )
+        return read_features(task.files, task.substrate, task.layer)
+    arrays = [v[0] for v in kept]
+    index = kept[0][1]
+    values = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+    return values, np.arange(values.shape[1], dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+
+
+def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> PartialResult:
     """Compute one task, write its partial result and return it.
 
     ``shards``: the set's extraction results, :func:`daskdiff.io.shards.shard_metadata` (Dask
-    futures passed as arguments make this task wait for its own set's shards only). A partial
+    futures passed as arguments make this task wait for its own set's shards only). ``values``:
+    the task's variable in each shard, ``(values, index)`` as extraction kept it in memory
+    (:meth:`daskdiff.model.extract._Kept.values`); without them (None, or a shard whose values
+    are not kept) the variable is read from the shard files, once (:func:`read_features`). A partial
     result that already exists is read back instead (resume), unless it is corrupt (unreadable,
     or arrays of other shapes) or stale (computed from shards with other ``inputs_digest`` values:
     their images changed), when it is recomputed (:func:`daskdiff.io.partials.reuse_partial`).
@@ -278,7 +329,7 @@ def run_diff_task(task: DiffTask, *shards: Any) -> PartialResult:
     if task.spectral is not None and (lost := [s for m in shards for s in m["skipped"]]):
         raise InputError(f"movie {task.image_set!r}: {len(lost)} frame(s) could not be decoded ({lost[0][0]}: {lost[0][1]}); "
                          "spectral differentiation needs every frame, in time order: repair or re-export the movie")
-    values, index = read_features(task.files, task.substrate, task.layer)
+    values, index = _task_values(task, values)
     peak = max(float(values.max()), -float(values.min())) if values.size else 0.0
     repeats = task.sampling.repeats
     n_n = len(task.sampling.n_units)
