@@ -258,4 +258,4 @@ def test_the_job_says_which_link_duplicates_it_dropped(tmp_path):
 def test_store_none_with_handoff_disk_is_refused_naming_both_keys(tmp_path):
     with pytest.raises(SpecError, match=r"extraction.store: none writes no units.*handoff: disk has nothing to read; set handoff: auto"):
         parse_spec(_spec_data(tmp_path, extraction={"store": "none", "handoff": "disk"}))
-    assert parse_spec(_spec_data(tmp_path, extraction={"store": "none"})).extraction.handoff == "auto"
+    assert parse_spec(_spec_data(tmp_path, extraction={"store": "none"})).extraction.store == "none"  # the default handoff gives way

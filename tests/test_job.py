@@ -162,7 +162,7 @@ def test_values_in_memory_or_from_files_give_the_same_bits(tmp_path, tiny_model_
     """``handoff: disk`` reads the shard files; ``memory`` takes the values from the workers;
     ``store: none`` writes no units at all, so its differentiation can only have come from memory."""
     runs = {mode: _run(tiny_spec(tiny_model_path, sets, tmp_path / mode, **kw), client2)
-            for mode, kw in {"disk": {"extraction__handoff": "disk"}, "memory": {"extraction__handoff": "memory"},
+            for mode, kw in {"disk": {}, "memory": {"extraction__handoff": "memory"},
                              "none": {"extraction__store": "none"}}.items()}
     ref = _numeric(xr.load_dataset(runs["disk"].path))
     for mode in ("memory", "none"):
@@ -278,3 +278,4 @@ def test_generated_sets_reused_and_paths_relative_to_spec(tmp_path, tiny_model_p
     plan_job(spec, base, echo=lines.append)
     assert sum("reusing" in line for line in lines) == 2
     assert first == {p: Path(p).stat().st_mtime_ns for p in first}
+

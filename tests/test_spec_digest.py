@@ -76,7 +76,7 @@ KEEPS_RESULTS = [
     ("output", "elsewhere"),
     ("extraction.retries", 5),
     ("extraction.require_gpu", True),
-    ("extraction.handoff", "disk"),
+    ("extraction.handoff", "auto"),
     ("extraction.handoff", "memory"),
     ("cluster.kind", "address"),
     ("cluster.address", "tcp://10.0.0.1:8786"),

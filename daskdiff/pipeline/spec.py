@@ -191,11 +191,12 @@ class ExtractionSection(_Strict):
     stored). With ``none`` the units reach differentiation from the workers' memory only; resume
     then reuses every finished partial result, and a set with a ``units`` task left is extracted
     again (its forward passes, not its files)."""
-    handoff: Literal["auto", "memory", "disk"] = "auto"
-    """How a shard's values reach differentiation: ``memory`` (Dask keeps them in the workers'
-    memory, spilling to its local directory under pressure), ``disk`` (the tasks read the shard
-    files) or ``auto``: memory when the job's extracted values take at most 30 % of the cluster's
-    memory limits. The results are the same either way; ``store: none`` always uses memory."""
+    handoff: Literal["auto", "memory", "disk"] = "disk"
+    """How a shard's values reach differentiation: ``disk`` (default: the tasks read the shard
+    files, which are checksummed: a corrupt shard is recomputed), ``memory`` (Dask keeps them in
+    the workers' memory, spilling to its local directory under pressure) or ``auto``: memory when
+    the job's extracted values take at most 30 % of the cluster's memory limits. The results are
+    the same either way; ``store: none`` always uses memory."""
     strict: bool = False
     exif_orientation: Literal["ignore", "apply"] = "ignore"
     """``ignore`` (Keras' ``load_img`` does) or ``apply``: turn photos upright as their EXIF tag says."""
@@ -209,7 +210,7 @@ class ExtractionSection(_Strict):
 
     @model_validator(mode="after")
     def _handoff_with_store(self) -> "ExtractionSection":
-        if self.store == "none" and self.handoff == "disk":
+        if self.store == "none" and self.handoff == "disk" and "handoff" in self.model_fields_set:
             raise ValueError("extraction.store: none writes no units to the shard files, so extraction.handoff: disk has "
                              "nothing to read; set handoff: auto (or memory), or store: needed")
         return self
