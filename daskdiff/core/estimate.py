@@ -160,6 +160,11 @@ class LayerSize:
     stored: Mapping[str, int]
     written: Mapping[str, int] | None = None
 
+    @property
+    def on_disk(self) -> Mapping[str, int]:
+        """The values per image its shard files store."""
+        return self.stored if self.written is None else self.written
+
 
 @dataclass(frozen=True)
 class JobSize:
@@ -391,7 +396,7 @@ def shard_bytes(m: int, layers: Sequence[LayerSize], *, batch_size: int, path_ch
     total = SHARD_FILE_BYTES + m * (SHARD_IMAGE_BYTES + path_chars)
     for layer in layers:
         conv = len(layer.shape) == 3
-        for substrate, values in (layer.stored if layer.written is None else layer.written).items():
+        for substrate, values in layer.on_disk.items():
             rows = max(1, min(batch_size, CHUNK_BYTES // max(1, 4 * values)))
             chunks = -(-m // rows)
             total += chunks * (rows * values * 4 + SHARD_CHUNK_BYTES) + SHARD_VARIABLE_BYTES
@@ -438,7 +443,7 @@ def estimate_work(size: JobSize) -> WorkEstimate:
     layers = list(size.layers)
     n_sets, n_sub, n_n, n_layers = len(size.images), len(size.substrates), len(size.n_units), len(layers)
     total_images = sum(size.images.values())
-    per_image_values = sum(sum((layer.stored if layer.written is None else layer.written).values()) for layer in layers)
+    per_image_values = sum(sum(layer.on_disk.values()) for layer in layers)
     shards = 0
     shard_total = 0
     for name, n in size.images.items():

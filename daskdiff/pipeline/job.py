@@ -42,7 +42,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-
 from ..errors import JobError
 from ..logs import reporter
 from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, PARTIAL_DIR, PLOT_FILE, RESULTS_FILE, shard_path, variable_name
@@ -798,8 +797,8 @@ def _handoff(plan: JobPlan, client: Any) -> bool:
     """Whether differentiation takes the shards' values from the workers' memory (see
     ``extraction.handoff``; ``store: none`` always does: its files hold no units)."""
     e = plan.spec.extraction
-    if e.handoff != "auto" or e.store == "none":
-        return e.handoff == "memory" or e.store == "none"
+    if e.store == "none" or e.handoff != "auto":
+        return e.store == "none" or e.handoff == "memory"
     from .budget import machine_memory
 
     total = sum(limit or machine_memory() for limit, _ in _worker_limits(client))
