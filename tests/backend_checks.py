@@ -134,8 +134,17 @@ def check_job(config: dict, out: Path) -> None:
         with Client(cluster) as client:
             workers = client.run(worker_backend)
             run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
+            # the same job with the gathers and Gram products on the backend's own arrays
+            on_backend = tiny_spec(config["tiny_model"], config["image_sets"], out / "job-device", analysis__device="backend")
+            try:
+                run_job(on_backend, Path("."), client=client, progress=False, echo=lambda *a: None)
+            except Exception as err:  # TensorFlow has no array namespace: the error is the check
+                (out / "device-error.txt").write_text(f"{type(err).__name__}: {err}")
             workers_after = client.run(lambda: sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "torch", "jax"}))
-    (out / "workers.json").write_text(json.dumps({"backend": list(workers.values()), "frameworks": list(workers_after.values())}))
+            namespaces = client.run(lambda: {"array_api_compat": "array_api_compat" in sys.modules,  # only the device path imports it
+                                             "torch": "array_api_compat.torch" in sys.modules})
+    (out / "workers.json").write_text(json.dumps({"backend": list(workers.values()), "frameworks": list(workers_after.values()),
+                                                  "array_namespaces": list(namespaces.values())}))
 
 
 CHECKS = {"weights": check_weights, "preprocess": check_preprocess, "extract": check_extract, "vgg16": check_vgg16, "select": check_select, "attack": check_attack, "job": check_job}

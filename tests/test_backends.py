@@ -363,6 +363,29 @@ def test_job_on_a_worker_of_the_backend_agrees_with_tensorflow(run, backend):
 
 
 @pytest.mark.cluster
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gram_products_on_the_backends_arrays_equal_host_numpy(run, backend):
+    """The job again with ``analysis.device: backend`` (its gathers, normalisers and Gram products
+    on the worker's torch or jax arrays, on the CPU here) gives the host numpy job's differentiation
+    to 1e-12 relative, NaN for NaN; a TensorFlow worker refuses it, naming the fix."""
+    folder = run(backend).check("job")
+    if backend == "tensorflow":
+        error = (folder / "device-error.txt").read_text()
+        assert "analysis.device: backend needs workers on KERAS_BACKEND=torch or jax" in error
+        assert "set analysis.device: auto (or host)" in error
+        return
+    assert not (folder / "device-error.txt").exists()
+    with xr.open_dataset(folder / "job" / "differentiation.nc") as host, \
+            xr.open_dataset(folder / "job-device" / "differentiation.nc") as device:
+        want, got = host["differentiation"].values, device["differentiation"].values
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        assert np.isfinite(want).sum() > 0.4 * want.size
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, equal_nan=True)
+    workers = json.loads((folder / "workers.json").read_text())
+    assert workers["array_namespaces"] == [{"array_api_compat": True, "torch": backend == "torch"}]  # jax: jax.numpy itself
+
+
+@pytest.mark.cluster
 def test_results_record_the_workers_backend_not_the_clients(tmp_path, tiny_model_path, image_folders):
     """This process (the client) runs TensorFlow, its LocalCluster's workers torch: the results file
     says torch, as every shard does, and names the client's backend apart."""

@@ -82,6 +82,8 @@ KEEPS_RESULTS = [
     ("cluster.address", "tcp://10.0.0.1:8786"),
     ("cluster.scheduler_file", "scheduler.json"),
     ("analysis.task_memory", "2GB"),
+    ("analysis.device", "host"),  # where the Gram products run: the same results to ~1e-15 relative
+    ("analysis.device", "backend"),
     ("cluster.n_workers", 3),
     ("cluster.threads_per_worker", 2),
     ("cluster.memory_limit", "4GB"),
@@ -121,7 +123,7 @@ def test_exif_orientation_counts_only_when_applied():
     old = spec.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True,
                                                  "extraction": {"retries", "require_gpu", "exif_orientation", "decoders",
                                                                 "handoff"},  # added later still (issue 12)
-                                                 "analysis": {"task_memory", "measures", "spectral"},  # keys added later still (issue 15)
+                                                 "analysis": {"task_memory", "measures", "spectral", "device"},  # keys added later still (issues 15, 12)
                                                  "image_sets": {"__all__": {"fps"}}, "model": {"precision"}})  # (issue 16)
     assert spec.result_digest() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
     assert _digest(_with("extraction.exif_orientation", "apply")) != _digest(BASE)

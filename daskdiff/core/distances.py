@@ -33,7 +33,7 @@ import numpy as np
 Metric = Literal["euclidean", "sqeuclidean", "correlation", "cosine", "cityblock", "chebyshev"]
 
 
-def _symmetrize(d: np.ndarray) -> np.ndarray:
+def symmetrize(d: np.ndarray) -> np.ndarray:
     """Keep the strict upper triangle, mirror it, zero the diagonal (in float64)."""
     upper = np.triu(d, k=1)
     return upper + upper.swapaxes(-1, -2)
@@ -47,9 +47,9 @@ CANCELLATION = 1e-5
 """Below this d² / (|a|² + |b|²) for some pair, squared distances are recomputed after centring."""
 
 
-def _sq_from_gram(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(|a|² + |b|² - 2 a.b clamped at 0, |a|² + |b|²), formed in place in the Gram buffer."""
-    d = _gram(x)
+def sq_from_gram(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(|a|² + |b|² - 2 a.b clamped at 0, |a|² + |b|²) from Gram matrices ``d`` ``(..., n, n)``
+    (float64), formed in place in ``d``."""
     sq = np.diagonal(d, axis1=-2, axis2=-1).copy()
     scale = sq[..., :, None] + sq[..., None, :]
     d *= -2.0
@@ -62,15 +62,15 @@ def _sqeuclidean(x: np.ndarray) -> np.ndarray:
     """|a|² + |b|² - 2 a.b from one Gram matrix; recomputed on column-centred data (translation
     invariant) when a pair's distance is so small against the norms that rounding in the Gram
     matrix would matter (relative error ~ 1e-16 / CANCELLATION)."""
-    d, scale = _sq_from_gram(x)
+    d, scale = sq_from_gram(_gram(x))
     risky = d < CANCELLATION * scale  # never true for two all-zero rows (0 < 0)
     i = np.arange(x.shape[-2])
     risky[..., i, i] = False
     redo = risky.any(axis=(-2, -1))  # decided per matrix: a matrix's result never depends on its neighbours
     if redo.any():
         redo_x = x[redo]
-        d[redo], _ = _sq_from_gram(redo_x - redo_x.mean(axis=-2, keepdims=True))
-    return _symmetrize(d)
+        d[redo], _ = sq_from_gram(_gram(redo_x - redo_x.mean(axis=-2, keepdims=True)))
+    return symmetrize(d)
 
 
 def _euclidean(x: np.ndarray) -> np.ndarray:

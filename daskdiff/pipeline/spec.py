@@ -141,6 +141,10 @@ class AnalysisSection(_Strict):
     task_memory: str = "auto"
     """Peak memory of one differentiation task: ``auto`` (a share of a worker thread's memory
     limit) or a size such as ``4GB``; stacks of repeats, then blocks of images, are made to fit."""
+    device: Literal["auto", "host", "backend"] = "auto"
+    """Where the per-repeat gathers and Gram products run: ``auto`` (the Keras backend's GPU when
+    the workers' torch or jax has one, else host numpy), ``host`` or ``backend``
+    (:mod:`daskdiff.model.device`). Results agree to ~1e-15 relative, so it is not in the digest."""
 
     @field_validator("sampling")
     @classmethod
@@ -491,10 +495,11 @@ class JobSpec(_Strict):
 
     def result_digest(self) -> str:
         """SHA-256 of everything results depend on (not cluster, output, name, retries, decoders,
-        handoff, or ``analysis.task_memory``, which moves a repeat's median by ~1e-15 relative at most)."""
+        handoff, or ``analysis.task_memory`` and ``analysis.device``, which move a repeat's median by
+        ~1e-15 relative at most)."""
         data = self.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True,
                                                     "extraction": {"retries", "require_gpu", "decoders", "handoff"},
-                                                    "analysis": {"task_memory"}})
+                                                    "analysis": {"task_memory", "device"}})
         if data["extraction"]["exif_orientation"] == "ignore":  # keys added later count only when set:
             del data["extraction"]["exif_orientation"]  # folders written before them stay valid
         if data["model"]["precision"] == "float32":

@@ -18,6 +18,7 @@ that repeat is undefined (NaN, counted), not rounding noise blown up to distance
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from ..errors import InputError
 from ..io.layout import partial_path
 from ..io.partials import PartialResult, reuse_partial, SOURCE, sources_digest, write_partial
 
+from ..core.arrays import GRAM_METRICS, distances_on_arrays
 from ..core.blocked import differentiation_blocked
 from ..core.differentiation import distances_stack, normalize_stack, rdm_median
 from ..core.spectral import spectral_differentiation_stack
@@ -37,6 +39,7 @@ from ..core.units import NUnits, Sampling, units_for
 from ..core.sampling import ALL
 from ..core.substrates import feature_shape
 from ..io.shards import read_features
+from ..model.device import arrays_for
 
 FLOAT32_FLOOR = 1e-6
 """Normalisers at most this fraction of the layer's largest |value| are treated as zero."""
@@ -102,6 +105,8 @@ class DiffTask:
     """Also compute spectral differentiation (the set is a movie), with these options."""
     written: bool = True
     """Whether the shard files store this task's variable (``extraction.store: none`` writes no units)."""
+    device: str = "auto"
+    """``analysis.device``: where the gathers and Gram products run (:func:`daskdiff.model.device.arrays_for`)."""
 
     @property
     def key(self) -> str:
@@ -209,13 +214,15 @@ def _blocked_median(values: np.ndarray, index: np.ndarray, task: DiffTask, n_uni
 
 
 def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, min_scale: float,
-                    budget: int | None = None) -> dict[str, np.ndarray]:
+                    budget: int | None = None, on_device: Any = None) -> dict[str, np.ndarray]:
     """Medians, undefined flags, units used and (if kept) the RDM sum of one ``n_units``.
 
     Repeats are evaluated ``repeats_per_stack`` at a time, or fewer (down to one at a time over
     blocks of images) to stay within ``budget`` bytes (:func:`stack_repeats`); an exact
     ``n_units`` is evaluated once and copied to every repeat. The RDM sum adds each stack's sum in repeat order, so it is
-    the same whatever the number of images or shards.
+    the same whatever the number of images or shards. ``on_device``: ``values`` as the worker's
+    backend's array, where the stacks' gathers and Gram products then run
+    (:func:`daskdiff.core.arrays.distances_on_arrays`); the blocked and spectral paths stay on the host.
     """
     n_features = int(np.prod(feature_shape(task.shape, task.substrate)))
     exact = n_units == ALL or (isinstance(n_units, int) and n_units >= n_features)
@@ -233,6 +240,11 @@ def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_uni
         if task.images and per_stack == 0:
             m = np.array([_blocked_median(values, index, task, n_units, r, name, min_scale, budget) for r in repeats])
             bad = np.isnan(m)
+        elif task.images and on_device is not None:
+            picks = [positions(index, task, n_units, r) for r in repeats]
+            d, bad = distances_on_arrays(on_device, picks, task.metric, task.normalize, task.per_unit, name=name, min_scale=min_scale)
+            m = rdm_median(d, task.median_over)
+            m[bad] = np.nan
         elif task.images:
             stack, _ = sampled_stack(values, index, task, n_units, repeats)
             d, bad = distances_stack(stack, task.metric, task.normalize, task.per_unit, name=name, on_undefined="nan", min_scale=min_scale,
@@ -346,8 +358,13 @@ def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> P
     if source is not None:
         arrays[SOURCE] = np.asarray(source)
     budget = None if task.memory_budget is None else max(MIN_STACK_BUDGET, task.memory_budget - values.nbytes - index.nbytes)
-    for i, n_units in enumerate(task.sampling.n_units):
-        one = _n_units_result(values, index, task, n_units, FLOAT32_FLOOR * peak, budget)
+    arrays_on = arrays_for(task.device) if task.images and task.metric in GRAM_METRICS else None
+    with arrays_on.context() if arrays_on is not None else contextlib.nullcontext():
+        on_device = arrays_on.put(values) if arrays_on is not None else None  # once per task
+        results = [_n_units_result(values, index, task, n_units, FLOAT32_FLOOR * peak, budget, on_device)
+                   for n_units in task.sampling.n_units]
+        del on_device
+    for i, one in enumerate(results):
         stop = len(one["differentiation"])
         arrays["differentiation"][i, :stop] = one["differentiation"]
         arrays["undefined"][i, :stop] = one["undefined"]
