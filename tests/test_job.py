@@ -279,3 +279,64 @@ def test_generated_sets_reused_and_paths_relative_to_spec(tmp_path, tiny_model_p
     assert sum("reusing" in line for line in lines) == 2
     assert first == {p: Path(p).stat().st_mtime_ns for p in first}
 
+
+
+def test_local_workers_start_while_the_job_is_planned(tmp_path, tiny_model_path, sets, client2, monkeypatch):
+    """A job that starts its own LocalCluster starts it in a thread once the spec, the sets and
+    the layers have passed, before the output folder is locked (and made); the workers import Keras
+    as they start (before any task); the job's results equal the same job on a given client. A
+    plan that fails after the start (the output folder in use) closes that cluster, leaving no
+    worker process behind."""
+    import threading
+
+    import psutil
+
+    import daskdiff.pipeline.cluster as cluster_module
+
+    import daskdiff.pipeline.job as job_module
+
+    started, early_at_check = [], []
+    real_start, real_check = cluster_module._start_cluster, job_module._check_output
+
+    def recording_check(*args, **kwargs):  # the output folder is locked (and made) here: has the start begun?
+        early_at_check.append(any(t.name == "daskdiff-early-cluster" for t in threading.enumerate()) or bool(entered))
+        return real_check(*args, **kwargs)
+
+    entered = []
+
+    def recording_start(section, n_workers, security):
+        entered.append(threading.current_thread().name)
+        cluster = real_start(section, n_workers, security)
+        with Client(cluster) as c:  # before any task: has the preload imported Keras?
+            keras_in = c.run(lambda: "keras" in sys.modules)
+            pids = list(c.run(os.getpid).values())
+        started.append({"thread": threading.current_thread().name, "keras": keras_in, "cluster": cluster, "pids": pids})
+        return cluster
+
+    monkeypatch.setattr(cluster_module, "_start_cluster", recording_start)
+    monkeypatch.setattr(job_module, "_check_output", recording_check)
+    own = tiny_spec(tiny_model_path, sets, tmp_path / "own", cluster={"kind": "local", "n_workers": 1})
+    lines = []
+    result = run_job(own, Path("."), progress=False, echo=lines.append)
+    assert len(started) == 1
+    first = started[0]
+    assert first["thread"] == "daskdiff-early-cluster" and early_at_check == [True]
+    assert list(first["keras"].values()) == [True]
+    assert first["cluster"].status.name == "closed"
+    assert sum(line.startswith("started LocalCluster with 1 worker(s)") for line in lines) == 1
+    given = _run(tiny_spec(tiny_model_path, sets, tmp_path / "given"), client2)
+    with xr.open_dataset(result.path) as a, xr.open_dataset(given.path) as b:
+        np.testing.assert_array_equal(a["differentiation"].values, b["differentiation"].values)
+
+    from daskdiff.pipeline.job import plan_job
+
+    holder = plan_job(tiny_spec(tiny_model_path, sets, tmp_path / "held"), Path("."), echo=lambda *a: None)
+    try:
+        with pytest.raises(JobError, match="in use by another daskdiff run"):
+            run_job(tiny_spec(tiny_model_path, sets, tmp_path / "held", cluster={"kind": "local", "n_workers": 1}), Path("."),
+                    progress=False, echo=lambda *a: None)
+    finally:
+        holder.release()
+    assert len(started) == 2 and started[1]["cluster"].status.name == "closed"
+    for pid in started[0]["pids"] + started[1]["pids"]:  # no worker process left running
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid

@@ -11,7 +11,9 @@ The job checks three times, each before the step whose cost it bounds:
    unit), before the model is even loaded, so ``repeats: 1.0e+9`` is refused in milliseconds;
 2. with the model's layer shapes and the *expected* number of units stored per layer, before the
    storage plan is built (its cost grows with ``repeats``) and before anything is written;
-3. with the storage plan's exact numbers, before any cluster starts: this estimate is printed.
+3. with the storage plan's exact numbers, before any task is submitted: this estimate is
+   printed. A ``LocalCluster`` the job starts itself starts after check 2 (its workers import
+   Keras while the plan is finished); any other cluster only after check 3.
 
 ``--force`` (``run_job(force=True)``) runs a job over a bound anyway.
 """

@@ -331,6 +331,8 @@ class WorkerSetup(WorkerPlugin):
     name = "daskdiff-worker-setup"
 
     def setup(self, worker: Any) -> None:
+        if getattr(worker, DEVICE_ATTRIBUTE, None) is not None:  # done once per process (also by the preload)
+            return
         os.environ.update(WORKER_ENV)
         device = give_one_device(getattr(worker, "name", None))
         note = configure_gpu()
@@ -587,6 +589,60 @@ def _lost_scheduler_is_one_line(client: Client, address: str) -> Iterator[None]:
 
 # ---------------------------------------------------------------- connect
 
+class EarlyCluster:
+    """A local cluster whose worker processes start in a thread while the client goes on planning.
+
+    :func:`connect` takes it (``early=``) and uses it as the cluster it would have started; a
+    failure to start is raised there. :meth:`close` (after a failed plan) waits for the start and
+    closes what started. Only a ``LocalCluster`` starts early (:func:`starts_locally`): a batch
+    system's jobs are requested only once the whole estimate is printed and within its bounds.
+    """
+
+    def __init__(self, section: Any, n_workers: int | None) -> None:
+        self.section, self.n_workers = section, n_workers
+        self._cluster: Any = None
+        self._error: BaseException | None = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._start, name="daskdiff-early-cluster", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            security = security_from(self.section.security)
+            if security is not None:
+                check_certificates(self.section.security, security, ("scheduler", "worker"))
+            self._cluster = _start_cluster(self.section, self.n_workers, security)
+        except BaseException as err:  # raised in the thread that takes the cluster
+            self._error = err
+
+    def take(self) -> Any:
+        """The started cluster (waits for its start); the taker closes it."""
+        self._thread.join()
+        self._taken = True
+        if self._error is not None:
+            raise self._error
+        return self._cluster
+
+    def close(self) -> None:
+        """Close the cluster unless :func:`connect` took it."""
+        if self._taken:
+            return
+        self._thread.join()
+        self._taken = True
+        if self._cluster is not None:
+            _close_cluster(self._cluster)
+
+
+def starts_locally(section: Any, *, scheduler: str | None = None, scheduler_file: str | None = None,
+                   n_workers: int | None = None) -> bool:
+    """Whether :func:`connect` would start a ``LocalCluster`` (``cluster.kind: local``, no scheduler
+    address given or configured) rather than reach a scheduler, start dask-cuda's cluster or
+    submit batch jobs."""
+    from .budget import is_external
+
+    return section.kind == "local" and not is_external(section, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers)
+
+
 @contextlib.contextmanager
 def connect(
     section: Any,
@@ -595,8 +651,12 @@ def connect(
     scheduler_file: str | None = None,
     n_workers: int | None = None,
     echo: Callable = _echo,
+    early: EarlyCluster | None = None,
 ) -> Iterator[Client]:
     """A client for the job; a cluster started here is closed on exit.
+
+    ``early``: the local cluster :class:`EarlyCluster` started while the job was planned (what
+    this call would start otherwise; :func:`starts_locally`).
 
     Precedence: ``scheduler`` / ``scheduler_file`` arguments (the CLI), then the spec's
     ``cluster.kind`` (``address`` with ``cluster.address``/``cluster.scheduler_file``, ``slurm``,
@@ -637,9 +697,12 @@ def connect(
             client.close()
         return
 
-    if security is not None:
-        check_certificates(section.security, security, ("scheduler", "worker"))
-    cluster = _start_cluster(section, n_workers, security)
+    if early is not None:
+        cluster = early.take()
+    else:
+        if security is not None:
+            check_certificates(section.security, security, ("scheduler", "worker"))
+        cluster = _start_cluster(section, n_workers, security)
     try:
         with Client(cluster, security=security) as client:
             address = cluster.scheduler_address
@@ -838,6 +901,7 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
         host="127.0.0.1",
         dashboard_address="127.0.0.1:0",
         memory_limit=section.memory_limit,
+        preload=["daskdiff.pipeline.warm"],  # Keras imported as each worker starts
         **tls,
     )
 

@@ -1,7 +1,9 @@
 """Pipeline layer: a whole job, image sets -> extraction shards -> differentiation tasks -> one results file.
 
-The client plans (image lists, model layer shapes, the sampling plan) before any cluster
-starts, so a bad spec, a missing set or an unknown layer fails at once. It then submits every
+The client plans (image lists, model layer shapes, the sampling plan) before any task runs,
+so a bad spec, a missing set or an unknown layer fails at once, before any cluster starts (a
+``LocalCluster`` the job starts itself starts once they have passed, while the client generates
+image sets and builds the storage plan: its workers import Keras meanwhile). It then submits every
 task of the job at once, as one graph of pure, idempotent tasks whose outputs are files with
 deterministic names:
 
@@ -542,6 +544,7 @@ def plan_job(
     force: bool = False,
     dry_run: bool = False,
     limits: Limits | None = None,
+    checked: Callable[[], None] | None = None,
 ) -> JobPlan:
     """Validate, estimate and plan a job on the client; nothing runs on a cluster.
 
@@ -553,7 +556,10 @@ def plan_job(
 
     ``dry_run``: write nothing (no output folder, no generated images, no temporaries removed,
     weights not loaded); the plan returned only describes the job. ``limits``: what the job may
-    use (default: :func:`daskdiff.pipeline.budget.limits_for` the spec's cluster).
+    use (default: :func:`daskdiff.pipeline.budget.limits_for` the spec's cluster). ``checked``:
+    called (not in a dry run) once the spec, the image sets' paths, the layers and the first two
+    bounds have passed, before the output folder is locked and image sets are generated:
+    :func:`run_job` starts a local cluster's workers there.
 
     A plan that is not a dry run holds the output folder's lock (a second run on the folder is
     refused) until ``plan.release()``; :func:`run_job` releases it when the job ends, however it
@@ -586,6 +592,8 @@ def plan_job(
     expected = expected_stored(shapes, a.substrates, sampling, store=store, full_layers=full)
     written = expected_stored(shapes, a.substrates, sampling, store=store, full_layers=full, written=True)
     check_budget(estimate(expected, written, counts, False), limits, force=force, what="estimate before the storage plan", echo=quiet)
+    if checked is not None and not dry_run:
+        checked()
     notes: list[str] = []
     if dry_run:
         manifest, clear = _check_output_readonly(out, spec, overwrite, [p for paths in path_sets.values() for p in paths])
@@ -1039,12 +1047,15 @@ def run_job(
     made from the spec's cluster section and the ``scheduler``/``scheduler_file``/``n_workers``
     overrides (see :func:`daskdiff.pipeline.cluster.connect`). The figure of the results is
     drawn by the CLI (:func:`daskdiff.plot.plot_results`), not here. The job's estimate is
-    echoed before any cluster starts, and a job over a bound is refused
-    (:class:`daskdiff.pipeline.budget.BudgetError`) unless ``force``. ``echo`` receives each
+    echoed before any task is submitted (and before any cluster but a local one starts), and a
+    job over a bound is refused (:class:`daskdiff.pipeline.budget.BudgetError`) unless ``force``. ``echo`` receives each
     progress and warning line; by default they are records of the ``daskdiff.pipeline.job``
-    logger (see :mod:`daskdiff.logs`).
+    logger (see :mod:`daskdiff.logs`). A ``LocalCluster`` the job starts itself starts while the
+    job is planned, once the spec, the image sets' paths, the layers and the first two bounds
+    have passed (``plan_job``'s ``checked``): its workers import Keras meanwhile; the whole
+    estimate is still printed, and checked, before any task is submitted.
     """
-    from .cluster import WorkerSetup, connect
+    from .cluster import EarlyCluster, WorkerSetup, connect, starts_locally
 
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
@@ -1053,7 +1064,19 @@ def run_job(
         stages[stage] = round(time.perf_counter() - t0, 3)
 
     limits = _limits(spec, base, output, client, scheduler, scheduler_file, n_workers)
-    plan = plan_job(spec, base, output=output, weights=weights, overwrite=overwrite, echo=echo, force=force, limits=limits)
+    early: list[EarlyCluster] = []
+
+    def start_workers() -> None:  # a LocalCluster's workers start (and import Keras) while the plan is finished
+        if client is None and starts_locally(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers):
+            early.append(EarlyCluster(spec.cluster, n_workers))
+
+    try:
+        plan = plan_job(spec, base, output=output, weights=weights, overwrite=overwrite, echo=echo, force=force, limits=limits,
+                        checked=start_workers)
+    except BaseException:
+        for cluster in early:
+            cluster.close()
+        raise
     try:  # the plan holds the output folder's lock until the job ends, however it ends
         echo(plan.summary())
         clock("planned")
@@ -1076,9 +1099,12 @@ def run_job(
 
         if client is not None:
             return on(client)
-        with connect(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers, echo=echo) as c:
+        with connect(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers, echo=echo,
+                     early=early[0] if early else None) as c:
             return on(c)
     finally:
+        for cluster in early:  # not taken: the job failed before connect
+            cluster.close()
         plan.release()
 
 

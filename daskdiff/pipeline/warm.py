@@ -1,0 +1,24 @@
+"""Pipeline layer: a worker preload that sets the worker up and imports Keras as it starts.
+
+The ``LocalCluster`` daskdiff starts passes it to each worker (``preload``), so that the set-up
+(:class:`daskdiff.pipeline.cluster.WorkerSetup`: the environment, the one GPU the worker may
+use, chosen before any framework touches CUDA) and importing TensorFlow, torch or jax (seconds)
+happen while the client is still planning the job (:class:`daskdiff.pipeline.cluster.EarlyCluster`),
+not in the first extraction task. The plugin the client registers later finds the set-up done.
+A failed import is left to the first task that needs Keras, which reports it naming the task.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def dask_setup(worker: Any) -> None:
+    """Set the worker up, then import Keras (Dask calls this once, as the worker starts)."""
+    from .cluster import WorkerSetup
+
+    WorkerSetup().setup(worker)
+    try:
+        import keras  # noqa: F401
+    except Exception:  # the first task that needs Keras raises it, naming the task
+        pass
