@@ -4,6 +4,7 @@ forward passes in one plain Keras process. Prints figures and ratios measured in
     python benchmarks/job.py                 # 2 sets x 43 images, [200, 10000, all], 100 repeats
     python benchmarks/job.py --sets 4        # the 4-set shape of the seeds
     python benchmarks/job.py --large 1000    # also a 1,000-image set, [200, 10000]
+    python benchmarks/job.py --runs none     # only the job that writes no units (store: none)
 
 What is run
 -----------
@@ -130,7 +131,7 @@ def run_floor(paths: list[str]) -> float:
     return wall
 
 
-def run_job(folder: Path, sets: dict[str, list[str]], n_units: list, name: str, store: str = "needed") -> dict:
+def run_job(folder: Path, sets: dict[str, list[str]], n_units: list, name: str, store: str = "needed", handoff: str | None = None) -> dict:
     spec = {
         "name": name,
         "model": {"name": "VGG16", "weights": "random", "seed": 0},
@@ -138,7 +139,7 @@ def run_job(folder: Path, sets: dict[str, list[str]], n_units: list, name: str, 
         "analysis": {"substrates": ["units", "filter_mean"], "n_units": n_units, "repeats": 100,
                      "normalize": "zscore", "per_unit": True, "seed": 0},
         "cluster": {"kind": "local", "n_workers": 2},
-        "extraction": {"store": store},
+        "extraction": {"store": store, **({"handoff": handoff} if handoff else {})},
         "output": str(folder / f"out-{name}"),
     }
     job = folder / f"{name}.yaml"
@@ -184,8 +185,9 @@ def main() -> None:
     parser.add_argument("--sets", type=int, default=2)
     parser.add_argument("--images", type=int, default=43)
     parser.add_argument("--large", type=int, default=0, help="also run one set of this many images, n_units [200, 10000]")
-    parser.add_argument("--store", nargs="+", default=["needed", "none"], choices=["needed", "all", "none"],
-                        help="extraction.store of the seed-shaped job, one run each (default: needed, then none)")
+    parser.add_argument("--runs", nargs="+", default=["needed", "needed/memory", "none"],
+                        help="the seed-shaped job's extraction.store[/handoff], one run each "
+                             "(default: needed (handoff disk, the default), needed/memory, none)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="daskdiff-bench-job-") as tmp:
         folder = Path(tmp)
@@ -193,9 +195,13 @@ def main() -> None:
         paths = [p for ps in sets.values() for p in ps]
         print(f"{args.sets} set(s) x {args.images} images, 224x224 white-noise PNGs; {os.cpu_count()} cores")
         floor = run_floor(paths)
-        for store in args.store:
-            seed = run_job(folder, sets, [200, 10000, "all"], f"seed-{store}", store)
-            report(f"seed-shaped job, store: {store}: {args.sets} x {args.images} images, n_units [200, 10000, all], 100 repeats",
+        for run in args.runs:
+            store, _, handoff = run.partition("/")
+            if store not in ("needed", "all", "none") or handoff not in ("", "disk", "memory", "auto"):
+                parser.error(f"--runs {run!r}: give store[/handoff], store one of needed, all, none; handoff disk, memory or auto")
+            seed = run_job(folder, sets, [200, 10000, "all"], f"seed-{store}-{handoff or 'default'}", store, handoff or None)
+            how = f"store: {store}" + (f", handoff: {handoff}" if handoff else "")
+            report(f"seed-shaped job, {how}: {args.sets} x {args.images} images, n_units [200, 10000, all], 100 repeats",
                    seed, floor)
         if args.large:
             big = write_sets(folder / "large", 1, args.large)
