@@ -58,6 +58,38 @@ def _write_shard(path, n=5, seed=0):
     return features
 
 
+def test_shards_are_read_into_one_array_in_order_with_one_shard_extra_at_most(tmp_path):
+    """Three shards of a 40,000-feature layer read back as their rows in shard order, exactly;
+    the read's peak (tracemalloc) is the values plus a few chunks of 4 images, not twice the values."""
+    import tracemalloc
+
+    shapes = {"conv": (20, 20, 100)}
+    plan = storage_plan(shapes, ["units"], Sampling(n_units=("all",), repeats=1, seed=1))
+    paths, written = [], []
+    for shard, n in enumerate((16, 16, 9)):
+        rng = np.random.default_rng(shard)
+        features = {k: rng.standard_normal((n, size)).astype(np.float32) for k, (_, size) in activation_variables(plan).items()}
+        record = [(f"/im/{shard}-{i}.png", 1, 1) for i in range(n)]
+        labels = shard_labels(plan, paths=[r[0] for r in record], image_set="s", image_index=list(range(n)),
+                              logits=rng.standard_normal((n, 3)).astype(np.float32), labels=["a", "b", "c"],
+                              attrs={"plan_digest": "d", "inputs_digest": inputs_digest("d", record)})
+        paths.append(tmp_path / f"shard-{shard:05d}.nc")
+        with ShardWriter(paths[-1], plan, chunk_images=4) as writer:
+            writer.append(features)
+            writer.write_labels(labels, record)
+        written.append(features["units__conv"])
+    tracemalloc.start()
+    try:
+        values, index = read_features(paths, "units", "conv")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(values, np.concatenate(written))
+    np.testing.assert_array_equal(index, np.arange(40_000))
+    chunk = 4 * 40_000 * 4
+    assert values.nbytes <= peak < values.nbytes + 4 * chunk, (peak, values.nbytes, chunk)
+
+
 def test_flipped_bytes_raise_corrupt_shard_error_naming_the_file(tmp_path):
     path = tmp_path / "shard-00003.nc"
     features = _write_shard(path)

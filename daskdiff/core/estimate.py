@@ -301,8 +301,9 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
 
     The maximum of two phases of :func:`daskdiff.pipeline.tasks.run_diff_task`:
 
-    - reading: every shard's block of the stored variable (float32, n x stored) and their
-      concatenation, plus the feature index (int32 read, int64 copy);
+    - reading: the values (float32, n x stored, allocated once) and the chunks being copied in
+      (two of ``batch_size`` images: what netCDF4 reads and its copy), plus the feature index
+      (int32 read, int64 copy);
     - computing: the concatenated values and the index; the result arrays
       (``differentiation`` float64 and ``undefined`` bool, n_units x repeats; ``rdm_sum``
       n_units x n x n float64 when the mean RDM is kept); and for the largest ``n_units`` the
@@ -332,7 +333,7 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
     """
     stored = layer.stored.get(substrate, 0)
     values = 4 * n * stored
-    read = 2 * values + 12 * stored
+    read = values + 8 * min(n, size.batch_size) * stored + 12 * stored
     n_n = len(size.n_units)
     results = n_n * (9 * size.repeats + 16)
     if size.keep_rdm:

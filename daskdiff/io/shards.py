@@ -43,11 +43,12 @@ HDF5 is not thread-safe), so the functions here may be called from any number of
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import xarray as xr
@@ -448,11 +449,35 @@ def shard_status(path: str | os.PathLike, plan: dict[str, LayerPlan], digest: st
     return meta, None
 
 
+@contextlib.contextmanager
+def _open_for_reading(path: str | os.PathLike, name: str) -> Iterator[Any]:
+    """A shard opened with netCDF4 under :data:`HDF5_LOCK`, holding variable ``name``."""
+    import netCDF4
+
+    # netCDF4 directly: xarray would build a pandas index over millions of unit labels.
+    # The lock is taken per file, so that other threads' calls can go between two files.
+    with HDF5_LOCK:
+        try:
+            ds = netCDF4.Dataset(path, "r")
+        except (FileNotFoundError, PermissionError):
+            raise
+        except OSError as err:  # e.g. truncated: HDF5 cannot read the file's header
+            raise CorruptShardError(path, f"cannot open: {err}") from None
+        with ds:
+            ds.set_auto_mask(False)
+            if name not in ds.variables:
+                raise KeyError(f"{path}: variable {name!r} is missing; the shard was written by another plan (re-run with --overwrite)")
+            yield ds
+
+
 def read_features(files: Sequence[str | os.PathLike], substrate: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one stored variable from every shard of a set into memory.
 
     Returns ``(values, index)``: ``values`` ``(n_images, n_stored)`` float32 in shard order and
-    ``index`` the stored flat feature indices (sorted). Only this variable is read.
+    ``index`` the stored flat feature indices (sorted). Only this variable is read. The result is
+    allocated once (the shards' shapes are read first) and each shard is copied into its rows one
+    HDF5 chunk (a batch of images) at a time, so the peak is the values plus about two chunks, not
+    twice the values.
 
     Raises
     ------
@@ -460,30 +485,32 @@ def read_features(files: Sequence[str | os.PathLike], substrate: str, layer: str
         A shard's chunks of this variable (or its feature index) fail their checksum, or the
         file opens but its data cannot be read; ``err.path`` names the shard.
     """
-    import netCDF4
-
     name, dim = variable_name(substrate, layer), feature_dim(substrate, layer)
-    blocks, index = [], None
-    for f in files:
-        # netCDF4 directly: xarray would build a pandas index over millions of unit labels.
-        # The lock is taken per file, so that other threads' calls can go between two files.
-        with HDF5_LOCK:
-            try:
-                ds = netCDF4.Dataset(f, "r")
-            except (FileNotFoundError, PermissionError):
-                raise
-            except OSError as err:  # e.g. truncated: HDF5 cannot read the file's header
-                raise CorruptShardError(f, f"cannot open: {err}") from None
-            with ds:
-                ds.set_auto_mask(False)
-                if name not in ds.variables:
-                    raise KeyError(f"{f}: variable {name!r} is missing; the shard was written by another plan (re-run with --overwrite)")
-                try:
-                    blocks.append(np.asarray(ds.variables[name][:], dtype=np.float32))
-                    if index is None:
-                        index = np.asarray(ds.variables[dim][:], dtype=np.int64)
-                except RuntimeError as err:  # netCDF4's "NetCDF: HDF error": a chunk failed its checksum
-                    raise CorruptShardError(f, f"reading {name!r}: {err}") from None
-    if index is None:
+    if not files:
         raise ValueError("no shard files to read")
-    return np.concatenate(blocks, axis=0), index
+    shapes = []
+    for f in files:
+        with _open_for_reading(f, name) as ds:
+            shapes.append(tuple(ds.variables[name].shape))
+    if len({shape[1:] for shape in shapes}) > 1:
+        raise KeyError(f"{files[0]}: variable {name!r} has {shapes[0][1:]} features per image in one shard and another number "
+                       "in another; the shards were written by other plans (re-run with --overwrite)")
+    values = np.empty((sum(shape[0] for shape in shapes),) + shapes[0][1:], dtype=np.float32)
+    index, row = None, 0
+    for f, shape in zip(files, shapes):
+        with _open_for_reading(f, name) as ds:
+            var = ds.variables[name]
+            chunking = var.chunking()
+            step = chunking[0] if isinstance(chunking, list) else shape[0]  # whole HDF5 chunks: each read once
+            try:
+                for start in range(0, shape[0], max(1, step)):  # netCDF4 copies what it reads: a chunk at a time
+                    stop = min(start + step, shape[0])
+                    values[row + start : row + stop] = var[start:stop]
+                if index is None:
+                    index = np.asarray(ds.variables[dim][:], dtype=np.int64)
+            except RuntimeError as err:  # netCDF4's "NetCDF: HDF error": a chunk failed its checksum
+                raise CorruptShardError(f, f"reading {name!r}: {err}") from None
+            except ValueError as err:  # the file changed between the two passes
+                raise CorruptShardError(f, f"reading {name!r}: {err}") from None
+        row += shape[0]
+    return values, index
