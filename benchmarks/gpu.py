@@ -15,6 +15,11 @@ What is measured
   bfloat16, for the plans ``n_units [200]`` and the default ``[200, 10000]`` (units +
   filter_mean, 100 repeats); images/s of the second of two shards (the first builds the model).
 - *Ratio*: pipeline / bare at the same batch and precision (the issue's target: >= 0.8).
+- *Differentiation on the device* (issue 12, ``analysis.device``): one stack of 25 repeats of
+  ``N`` images x ``k`` sampled units (z-score, euclidean): host numpy
+  (:func:`daskdiff.core.differentiation.distances_stack` on a gathered stack) against
+  :func:`daskdiff.core.arrays.distances_on_arrays` on the backend's arrays (the values uploaded
+  once, as a task does); seconds per stack, best of 3, and the largest relative difference.
 
 The device is whatever the Keras backend uses (``torch.cuda`` on a GPU node; the CPU otherwise).
 """
@@ -90,7 +95,48 @@ def main() -> int:
                 rate = pipeline_rate(paths, n_units, precision, batch, args.decoders, Path(tmp) / f"out-{precision}-{len(n_units)}")
                 print(f"pipeline extract_shard, n_units {str(n_units):<12} batch {batch}, {precision:<8}: {rate:8.1f} images/s; "
                       f"ratio to bare {rate / bare[precision, batch]:.2f} (target >= 0.8)")
+    for n_images, k in ((200, 2000),) if args.quick else ((1000, 10000), (2000, 10000)):
+        gram_rates(n_images, k)
     return 0
+
+
+def gram_rates(n_images: int, k: int, repeats: int = 25) -> None:
+    """Print host-numpy and on-device seconds per stack of ``repeats`` (``n_images`` x ``k``)."""
+    from daskdiff.core.arrays import distances_on_arrays
+    from daskdiff.core.differentiation import distances_stack
+    from daskdiff.errors import InputError
+    from daskdiff.model.device import arrays_for
+
+    rng = np.random.default_rng(0)
+    values = np.maximum(rng.normal(size=(n_images, 4 * k)), 0).astype(np.float32)
+    picks = [np.sort(rng.choice(values.shape[1], k, replace=False)) for _ in range(repeats)]
+
+    def host():
+        return distances_stack(np.stack([values[:, p] for p in picks]).astype(np.float64), "euclidean", "zscore", True,
+                               on_undefined="nan", overwrite_x=True)[0]
+
+    def best(f):
+        out, times = None, []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = f()
+            times.append(time.perf_counter() - t0)
+        return out, min(times)
+
+    want, t_host = best(host)
+    try:
+        arrays = arrays_for("backend")  # the backend's device, GPU or CPU
+    except InputError:  # TensorFlow: no array namespace
+        arrays = None
+    if arrays is None:
+        print(f"differentiation, {repeats} x {n_images} x {k}: host numpy {t_host:.3f} s per stack; no array namespace on this backend")
+        return
+    with arrays.context():
+        on = arrays.put(values)
+        got, t_dev = best(lambda: distances_on_arrays(on, picks, "euclidean", "zscore", True)[0])
+    diff = float(np.nanmax(np.abs(got - want) / np.nanmax(np.abs(want))))
+    print(f"differentiation, {repeats} x {n_images} x {k}: host numpy {t_host:.3f} s per stack, {arrays.label} {t_dev:.3f} s "
+          f"(x{t_host / t_dev:.1f}); largest difference {diff:.1e} of the largest distance")
 
 
 def _device() -> str:

@@ -5,6 +5,7 @@ forward passes in one plain Keras process. Prints figures and ratios measured in
     python benchmarks/job.py --sets 4        # the 4-set shape of the seeds
     python benchmarks/job.py --large 1000    # also a 1,000-image set, [200, 10000]
     python benchmarks/job.py --runs none     # only the job that writes no units (store: none)
+    python benchmarks/job.py --runs --large 1000   # only the 1,000-image run
 
 What is run
 -----------
@@ -185,9 +186,9 @@ def main() -> None:
     parser.add_argument("--sets", type=int, default=2)
     parser.add_argument("--images", type=int, default=43)
     parser.add_argument("--large", type=int, default=0, help="also run one set of this many images, n_units [200, 10000]")
-    parser.add_argument("--runs", nargs="+", default=["needed", "needed/memory", "none"],
+    parser.add_argument("--runs", nargs="*", default=["needed", "needed/memory", "none"],
                         help="the seed-shaped job's extraction.store[/handoff], one run each "
-                             "(default: needed (handoff disk, the default), needed/memory, none)")
+                             "(default: needed (handoff disk, the default), needed/memory, none; none given: only --large)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="daskdiff-bench-job-") as tmp:
         folder = Path(tmp)
