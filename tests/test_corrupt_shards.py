@@ -88,6 +88,10 @@ def test_shards_are_read_into_one_array_in_order_with_one_shard_extra_at_most(tm
     np.testing.assert_array_equal(index, np.arange(40_000))
     chunk = 4 * 40_000 * 4
     assert values.nbytes <= peak < values.nbytes + 4 * chunk, (peak, values.nbytes, chunk)
+    # the shards' numbers of images known (the job's metadata): each file is opened once, same values
+    np.testing.assert_array_equal(read_features(paths, "units", "conv", [16, 16, 9])[0], values)
+    with pytest.raises(CorruptShardError, match=r"shard-00001.nc.*not 15 images"):
+        read_features(paths, "units", "conv", [16, 15, 9])
 
 
 def test_flipped_bytes_raise_corrupt_shard_error_naming_the_file(tmp_path):

@@ -294,15 +294,17 @@ def _partial_shapes(task: DiffTask, shards: tuple) -> dict[str, tuple]:
     return shapes
 
 
-def _task_values(task: DiffTask, kept: list | None) -> tuple[np.ndarray, np.ndarray]:
-    """The task's ``(values, index)``: from memory when every shard's are kept, else from the files."""
+def _task_values(task: DiffTask, kept: list | None, shards: tuple = ()) -> tuple[np.ndarray, np.ndarray]:
+    """The task's ``(values, index)``: from memory when every shard's are kept, else from the files
+    (each opened once: ``shards``' metadata give their numbers of images)."""
     if not kept or any(v is None for v in kept):
         if not task.written:
             raise InputError(
                 f"{task.key}: the shards of set {task.image_set!r} store no units (extraction.store: none) and its partial "
                 f"result {task.path} could not be reused; remove that file and re-run: the set is then extracted again in memory"
             )
-        return read_features(task.files, task.substrate, task.layer)
+        counts = [m["n_images"] for m in shards] if len(shards) == len(task.files) else None
+        return read_features(task.files, task.substrate, task.layer, counts)
     arrays = [v[0] for v in kept]
     index = kept[0][1]
     values = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
@@ -341,7 +343,7 @@ def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> P
     if task.spectral is not None and (lost := [s for m in shards for s in m["skipped"]]):
         raise InputError(f"movie {task.image_set!r}: {len(lost)} frame(s) could not be decoded ({lost[0][0]}: {lost[0][1]}); "
                          "spectral differentiation needs every frame, in time order: repair or re-export the movie")
-    values, index = _task_values(task, values)
+    values, index = _task_values(task, values, shards)
     peak = max(float(values.max()), -float(values.min())) if values.size else 0.0
     repeats = task.sampling.repeats
     n_n = len(task.sampling.n_units)
