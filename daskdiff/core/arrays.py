@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .differentiation import NORMALIZATIONS, check_normalize, check_scale, per_unit_divisor
+from .differentiation import check_normalize, check_scale, per_unit_divisor
 from .distances import check_metric, cosine_from_sq, sq_from_gram, symmetrize
 
 GRAM_METRICS = ("euclidean", "sqeuclidean", "cosine", "correlation")
@@ -57,7 +57,7 @@ def _unit_rows(xp: Any, z: Any, null: Any) -> Any:
 
 def _statistics(xp: Any, x: Any, normalize: str) -> tuple[Any, Any]:
     """``(shift, scale)`` of each matrix of ``x`` ``(r, n, k)``, shaped ``(r,)``: see
-    :data:`~daskdiff.core.differentiation.NORMALIZATIONS`."""
+    :data:`~daskdiff.core.differentiation.NORMALIZATIONS` (the same statistics)."""
     r = x.shape[0]
     zero = xp.zeros((r,), dtype=x.dtype, device=_device(x))
     if normalize == "none":
@@ -124,8 +124,8 @@ def distances_on_arrays(
     idx = xp.asarray(np.concatenate([np.asarray(p, dtype=np.int64) for p in picks]), device=where)
     x = xp.permute_dims(xp.reshape(xp.astype(xp.take(values, idx, axis=1), xp.float64), (n, r, k)), (1, 0, 2))
     shift, scale = _statistics(xp, x, normalize)
-    _, _, what = NORMALIZATIONS[normalize](np.zeros((1, 2, 1)))
-    bad, safe = check_scale(to_numpy(scale), normalize, what, name=name, on_undefined="nan", min_scale=min_scale)
+    bad, safe = check_scale(to_numpy(scale), normalize, "normalising statistic", name=name, on_undefined="nan",
+                            min_scale=min_scale)  # flags only: the description words an error never raised here
     safe_dev, bad_dev = xp.asarray(safe, device=where), xp.asarray(bad, device=where)
     y = (x - shift[:, None, None]) / safe_dev[:, None, None]
     y = xp.where(bad_dev[:, None, None], xp.asarray(0.0, dtype=y.dtype, device=where), y)

@@ -608,10 +608,7 @@ class EarlyCluster:
 
     def _start(self) -> None:
         try:
-            security = security_from(self.section.security)
-            if security is not None:
-                check_certificates(self.section.security, security, ("scheduler", "worker"))
-            self._cluster = _start_cluster(self.section, self.n_workers, security)
+            self._cluster = _start_checked(self.section, self.n_workers, security_from(self.section.security))
         except BaseException as err:  # raised in the thread that takes the cluster
             self._error = err
 
@@ -697,12 +694,7 @@ def connect(
             client.close()
         return
 
-    if early is not None:
-        cluster = early.take()
-    else:
-        if security is not None:
-            check_certificates(section.security, security, ("scheduler", "worker"))
-        cluster = _start_cluster(section, n_workers, security)
+    cluster = early.take() if early is not None else _start_checked(section, n_workers, security)
     try:
         with Client(cluster, security=security) as client:
             address = cluster.scheduler_address
@@ -861,6 +853,13 @@ def _nvml_problem() -> str | None:
     except Exception as err:  # pynvml.NVMLError_*: no driver, no library
         return f"NVML: {' '.join(str(err).split()) or type(err).__name__}"
     return None if count else "NVML: 0 devices"
+
+
+def _start_checked(section: Any, n_workers: int | None, security: Security | None) -> Any:
+    """:func:`_start_cluster`, after checking the scheduler's and workers' certificates (TLS)."""
+    if security is not None:
+        check_certificates(section.security, security, ("scheduler", "worker"))
+    return _start_cluster(section, n_workers, security)
 
 
 def _start_cluster(section: Any, n_workers: int | None, security: Security | None) -> Any:

@@ -28,6 +28,7 @@ draw comes from ``(seed, layer, repeat)``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import functools
@@ -1070,14 +1071,11 @@ def run_job(
         if client is None and starts_locally(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers):
             early.append(EarlyCluster(spec.cluster, n_workers))
 
-    try:
+    with contextlib.ExitStack() as cleanup:  # however the job ends:
+        cleanup.callback(lambda: [cluster.close() for cluster in early])  # an early cluster connect did not take
         plan = plan_job(spec, base, output=output, weights=weights, overwrite=overwrite, echo=echo, force=force, limits=limits,
                         checked=start_workers)
-    except BaseException:
-        for cluster in early:
-            cluster.close()
-        raise
-    try:  # the plan holds the output folder's lock until the job ends, however it ends
+        cleanup.callback(plan.release)  # the plan holds the output folder's lock until the job ends
         echo(plan.summary())
         clock("planned")
         attrs = {**plan.model.identity(), "daskdiff_version": versions()["daskdiff"]}
@@ -1102,10 +1100,6 @@ def run_job(
         with connect(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers, echo=echo,
                      early=early[0] if early else None) as c:
             return on(c)
-    finally:
-        for cluster in early:  # not taken: the job failed before connect
-            cluster.close()
-        plan.release()
 
 
 def _limits(spec: JobSpec, base: Path, output: str | Path | None, client: Any, scheduler: str | None,

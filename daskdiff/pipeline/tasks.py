@@ -240,15 +240,14 @@ def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_uni
         if task.images and per_stack == 0:
             m = np.array([_blocked_median(values, index, task, n_units, r, name, min_scale, budget) for r in repeats])
             bad = np.isnan(m)
-        elif task.images and on_device is not None:
-            picks = [positions(index, task, n_units, r) for r in repeats]
-            d, bad = distances_on_arrays(on_device, picks, task.metric, task.normalize, task.per_unit, name=name, min_scale=min_scale)
-            m = rdm_median(d, task.median_over)
-            m[bad] = np.nan
         elif task.images:
-            stack, _ = sampled_stack(values, index, task, n_units, repeats)
-            d, bad = distances_stack(stack, task.metric, task.normalize, task.per_unit, name=name, on_undefined="nan", min_scale=min_scale,
-                                     overwrite_x=task.spectral is None)  # the spectral measure reads the stack after
+            if on_device is not None:
+                picks = [positions(index, task, n_units, r) for r in repeats]
+                d, bad = distances_on_arrays(on_device, picks, task.metric, task.normalize, task.per_unit, name=name, min_scale=min_scale)
+            else:
+                stack, _ = sampled_stack(values, index, task, n_units, repeats)
+                d, bad = distances_stack(stack, task.metric, task.normalize, task.per_unit, name=name, on_undefined="nan",
+                                         min_scale=min_scale, overwrite_x=task.spectral is None)  # the spectral measure reads the stack after
             m = rdm_median(d, task.median_over)
             m[bad] = np.nan
         if task.spectral is not None:  # the same sampled matrices, normalised the same way

@@ -10,6 +10,7 @@ A failed import is left to the first task that needs Keras, which reports it nam
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 
@@ -18,7 +19,5 @@ def dask_setup(worker: Any) -> None:
     from .cluster import WorkerSetup
 
     WorkerSetup().setup(worker)
-    try:
+    with contextlib.suppress(Exception):  # a failed import: the first task that needs Keras raises it, naming the task
         import keras  # noqa: F401
-    except Exception:  # the first task that needs Keras raises it, naming the task
-        pass
