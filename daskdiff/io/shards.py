@@ -18,8 +18,10 @@ A shard holds, for the images it decoded (dimension ``image``):
 - image coordinates ``path``, ``image_set``, ``image_index`` (position in the sorted set),
   ``top1_label``, ``top1_class``, ``top1_prob`` and ``top5_class``/``top5_prob``/``top5_label``
   (image, rank);
-- attributes: model, weights, preprocessing, resize, plan digest, skipped files (JSON), and
-  ``inputs_digest``: a digest of the plan and of the shard's input record;
+- attributes: model, weights, preprocessing, resize, plan digest, skipped files (JSON),
+  ``model_fingerprint`` (:func:`daskdiff.model.build.model_fingerprint`: the model file's and
+  weights file's content, the preprocessing, ...), and ``inputs_digest``: a digest of the plan,
+  of the model fingerprint and of the shard's input record;
 - group ``inputs`` (dimension ``input``): what the shard was made from, one entry per image file
   given to its task (decoded or skipped): ``path``, ``size`` (bytes) and ``mtime_ns``
   (modification time, ns) as ``os.stat`` saw them when the task started. A file replaced under
@@ -295,10 +297,17 @@ def input_record(paths: Sequence[str]) -> list[tuple[str, int, int]]:
     return out
 
 
-def inputs_digest(plan_digest: str, record: Sequence[tuple[str, int, int]]) -> str:
-    """The identity of a shard: its plan's digest and its input record (32 hex digits)."""
+def inputs_digest(plan_digest: str, record: Sequence[tuple[str, int, int]], model: str | None = None) -> str:
+    """The identity of a shard (32 hex digits): its plan's digest, its input record and the
+    fingerprint of the model that extracted it (``model``; None for a shard written without one).
+
+    Partial results record the ``inputs_digest`` of every shard they read
+    (:func:`daskdiff.io.partials.sources_digest`), so a change of any of the three recomputes them.
+    """
     h = hashlib.sha256(plan_digest.encode())
     h.update(json.dumps([list(r) for r in record]).encode())
+    if model is not None:
+        h.update(f"\nmodel {model}".encode())
     return h.hexdigest()[:32]
 
 
@@ -423,22 +432,30 @@ def _missing_variables(path: str | os.PathLike, plan: dict[str, LayerPlan], n_im
 
 
 def shard_status(path: str | os.PathLike, plan: dict[str, LayerPlan], digest: str,
-                 record: Sequence[tuple[str, int, int]]) -> tuple[dict[str, Any] | None, str | None]:
-    """Whether ``path`` is a finished shard of plan ``digest`` made from exactly ``record``.
+                 record: Sequence[tuple[str, int, int]], model: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """Whether ``path`` is a finished shard of plan ``digest`` and model ``model`` (its
+    fingerprint: :func:`daskdiff.model.build.model_fingerprint`; None: shards written without
+    one) made from exactly ``record``.
 
     Returns ``(metadata, None)`` for a finished shard; otherwise ``(None, why)`` with ``why``
     None when there is no file, else in words why the file must be extracted again: unreadable,
-    written for another plan, an activation variable missing or of another shape, or input
-    images that changed since (:func:`describe_changes`). Checksums are verified when the values
-    are read (:func:`read_features`), not here: a resume check reads no activations.
+    written for another plan, extracted with another model (its recorded weights and
+    fingerprints), an activation variable missing or of another shape, or input images that
+    changed since (:func:`describe_changes`). Checksums are verified when the values are read
+    (:func:`read_features`), not here: a resume check reads no activations.
     """
     if not os.path.exists(path):
         return None, None
     try:
         meta = shard_metadata(path)
-        if meta["attrs"].get("plan_digest") != digest:
+        attrs = meta["attrs"]
+        if attrs.get("plan_digest") != digest:
             return None, "it was written for another plan"
-        if meta["attrs"].get("inputs_digest") != inputs_digest(digest, record):
+        if model is not None and (old := attrs.get("model_fingerprint")) != model:
+            return None, (f"it was extracted with another model (weights {attrs.get('weights', 'unknown')}, model "
+                          f"fingerprint {old[:16]}; this run's is {model[:16]})" if old else
+                          "it records no model fingerprint (an older daskdiff wrote it): its model cannot be told")
+        if attrs.get("inputs_digest") != inputs_digest(digest, record, model):
             old = read_input_record(path)
             return None, "its input images changed: " + describe_changes(old, record) if old else "it records no input images (an older daskdiff wrote it)"
         missing = _missing_variables(path, plan, meta["n_images"])

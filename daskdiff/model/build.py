@@ -24,6 +24,7 @@ Conventions
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 from ..errors import DaskdiffError, InputError
+from ..io.fingerprints import file_sha256
 from .preprocess import PREPROCESS_MODES, preprocess  # noqa: F401  (re-exported: spec and callers import them from here)
 
 APPLICATIONS: dict[str, str] = {
@@ -88,6 +90,12 @@ class ModelSpec:
         precision (``mixed_bfloat16`` / ``mixed_float16``: weights kept in float32, each layer
         computing in 16 bits). Activations are cast to float32 before they are gathered,
         averaged and stored.
+    fingerprint : str, optional
+        :func:`model_fingerprint` of this spec, taken once by the job's client
+        (:func:`with_fingerprint`): the model's files as they were when the job was planned. Part
+        of the spec's equality, hence of every task key and of each worker's model cache
+        (:func:`cached_model`), recorded in every shard; a model built from files that no longer
+        match it is refused (:func:`build_model`). None: not taken yet.
     """
 
     name: str = "VGG16"
@@ -97,6 +105,7 @@ class ModelSpec:
     predictions: str = "softmax"
     preprocess: str | None = None
     precision: str = "float32"
+    fingerprint: str | None = None
 
     @property
     def is_application(self) -> bool:
@@ -115,7 +124,9 @@ class ModelSpec:
         its worker's; the results file those of its shards, and the client's apart. It is provenance only: no digest that
         decides whether a shard or an output folder is reused includes it, so a folder written
         on one backend is resumed on another (their values agree to float32 rounding;
-        tests/test_backends.py).
+        tests/test_backends.py). ``keras_version`` is provenance too. ``model_fingerprint`` is
+        :func:`model_fingerprint` (this spec's own when taken, :attr:`fingerprint`): it decides
+        whether a shard is reused.
         """
         import keras
 
@@ -126,6 +137,8 @@ class ModelSpec:
             "preprocessing": self.preprocess_mode(),
             "predictions_layer_values": self.predictions,
             "precision": self.precision,
+            "model_fingerprint": self.fingerprint or model_fingerprint(self),
+            "keras_version": keras.__version__,
             "keras_backend": backend,
             "keras_backend_version": _version(backend),
         }
@@ -156,34 +169,104 @@ def check_model_name(name: str) -> str:
     )
 
 
-def _file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+RANDOM_INIT = "he_normal"
+"""The scheme of ``weights='random'`` (see the module notes): part of the weights' identity."""
 
 
-def weights_identity(spec: ModelSpec) -> str:
-    """A string that identifies the weights: 'imagenet', 'random(seed=0)' or path + sha256."""
-    if spec.weights == "imagenet":
-        return "imagenet"
-    if spec.weights == "random":
-        return f"random(seed={spec.seed}, he_normal)"
+def _weights_file(spec: ModelSpec) -> Path | None:
+    """The file the weights of ``spec`` are read from (the ``.keras`` file itself for
+    ``weights='file'``); None for 'imagenet' and 'random'. Raises a clear InputError for
+    ``weights='file'`` with a keras.applications name, or a weights file that does not exist."""
+    if spec.weights in ("imagenet", "random"):
+        return None
     if spec.weights == "file":
         if spec.is_application:
             raise InputError(
                 "weights='file' keeps the weights saved in a '.keras' model file; for "
                 f"{spec.name} use 'imagenet', 'random' or the path of a weights file"
             )
-        return f"{Path(spec.name).resolve()} (sha256 {_file_sha256(spec.name)[:16]})"
+        return Path(spec.name)
     path = Path(spec.weights)
     if not path.is_file():
         raise InputError(
             f"weights file {spec.weights!r} does not exist; give weights='imagenet', "
             "weights='random' (with a seed) or the path of an existing weights file"
         )
-    return f"{path.resolve()} (sha256 {_file_sha256(path)[:16]})"
+    return path
+
+
+def weights_identity(spec: ModelSpec) -> str:
+    """A string that identifies the weights: 'imagenet', 'random(seed=0, he_normal)' or the
+    file's path and the first 16 hex digits of its SHA-256 (memoised per process,
+    :func:`daskdiff.io.fingerprints.file_sha256`)."""
+    if spec.weights == "imagenet":
+        return "imagenet"
+    if spec.weights == "random":
+        return f"random(seed={spec.seed}, {RANDOM_INIT})"
+    path = _weights_file(spec)
+    return f"{path.resolve()} (sha256 {file_sha256(path, 'weights file')[:16]})"
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    """What decides the numbers a model computes from an image, as one digest (32 hex digits).
+
+    The digest of: the architecture (a keras.applications name, or the SHA-256 of the ``.keras``
+    file's bytes), the weights (``'imagenet'`` with the application; ``'random'`` with the seed
+    and :data:`RANDOM_INIT`; the SHA-256 of the weights file, or of the ``.keras`` file for
+    ``'file'``), the preprocessing (:meth:`ModelSpec.preprocess_mode`), what the predictions
+    layer holds and the precision. Paths are not in it: the same bytes elsewhere are the same model.
+
+    Notes
+    -----
+    Files are hashed once per process while they are unchanged
+    (:func:`daskdiff.io.fingerprints.file_sha256`). ImageNet weights are the file Keras pins by
+    its hash in ``keras.applications`` (and verifies at every load). Not in it, on purpose: the
+    Keras version and backend, and the device (provenance, recorded in every shard: their values
+    agree to float32 rounding, ``tests/test_backends.py``), and the layers (the storage plan's
+    digest holds them).
+    """
+    check_model_name(spec.name)
+    weights = _weights_file(spec)
+    parts = {
+        "architecture": spec.name if spec.is_application else {"keras_sha256": file_sha256(spec.name, "model file")},
+        "weights": (f"imagenet {spec.name}" if spec.weights == "imagenet"
+                    else f"random(seed={spec.seed}, {RANDOM_INIT})" if spec.weights == "random"
+                    else {"sha256": file_sha256(weights, "weights file")}),
+        "preprocessing": spec.preprocess_mode(),
+        "predictions": spec.predictions,
+        "precision": spec.precision,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def with_fingerprint(spec: ModelSpec) -> ModelSpec:
+    """``spec`` with its :attr:`~ModelSpec.fingerprint` taken now (``spec`` itself if it has one)."""
+    return spec if spec.fingerprint is not None else dataclasses.replace(spec, fingerprint=model_fingerprint(spec))
+
+
+class ModelChangedError(InputError):
+    """The model's files no longer hold what the job's fingerprint says (rewritten during the run)."""
+
+
+def check_fingerprint(spec: ModelSpec) -> None:
+    """Refuse a spec whose files changed since its :attr:`~ModelSpec.fingerprint` was taken.
+
+    Raises
+    ------
+    ModelChangedError
+        Naming the files and what to do; nothing when ``spec.fingerprint`` is None.
+    """
+    if spec.fingerprint is None:
+        return
+    now = model_fingerprint(spec)
+    if now != spec.fingerprint:
+        files = [f for f in dict.fromkeys([None if spec.is_application else spec.name,
+                                           spec.weights if spec.weights not in WEIGHTS_KEYWORDS else None]) if f]
+        raise ModelChangedError(
+            f"the model changed during the run: {' and '.join(map(repr, files)) or 'its files'} no longer hold what the "
+            f"job started with (model fingerprint {spec.fingerprint[:16]}, now {now[:16]}); re-run the job when the "
+            "file is final: shards are then extracted again with the model as it is"
+        )
 
 
 def keras_cache_dir() -> Path:
@@ -250,8 +333,13 @@ def with_precision(model: Any, precision: str) -> Any:
 def build_model(spec: ModelSpec) -> Any:
     """Build the Keras model of ``spec`` with its weights; the last layer outputs logits.
 
+    A spec with a :attr:`~ModelSpec.fingerprint` is built only from files that still match it
+    (checked before and after loading: a file rewritten in between is noticed).
+
     Raises
     ------
+    ModelChangedError
+        The model or weights file changed since the fingerprint was taken (during the run).
     WeightsUnavailableError
         ``weights='imagenet'`` and the file is neither cached nor downloadable; the message
         names the file, the cache folder and the two alternatives.
@@ -259,6 +347,7 @@ def build_model(spec: ModelSpec) -> Any:
     import keras
 
     check_model_name(spec.name)
+    check_fingerprint(spec)
     if spec.is_application:
         constructor = getattr(keras.applications, spec.name)
         keras_weights = "imagenet" if spec.weights == "imagenet" else None
@@ -285,8 +374,9 @@ def build_model(spec: ModelSpec) -> Any:
     if spec.weights == "random":
         _randomize(model, spec.seed)
     elif spec.weights not in ("imagenet", "file"):
-        weights_identity(spec)  # raises a clear error if the file is missing
+        _weights_file(spec)  # raises a clear error if the file is missing
         model.load_weights(spec.weights)
+    check_fingerprint(spec)  # again: a file rewritten while it was loaded
     return with_precision(model, spec.precision)
 
 
@@ -478,9 +568,13 @@ _LOG = logging.getLogger(__name__)
 def cached_model(spec: ModelSpec) -> Any:
     """The model of ``spec``, built once per process under a lock and kept.
 
-    Each build is logged (logger ``daskdiff.model.build``, level INFO, message starting
-    ``built model``), so a worker's log shows when it built its model.
+    The cache is keyed by the spec with its :attr:`~ModelSpec.fingerprint` (taken here when the
+    spec has none: a ``stat`` per call while the files are unchanged), so a long-lived process
+    (a ``dask worker``, a notebook) builds the model again when its file was rewritten, never
+    serving the old one. Each build is logged (logger ``daskdiff.model.build``, level INFO,
+    message starting ``built model``), so a worker's log shows when it built its model.
     """
+    spec = with_fingerprint(spec)
     with _BUILD_LOCK:
         if spec not in _CACHE:
             _CACHE.clear()  # one model per worker: a new spec replaces the old one

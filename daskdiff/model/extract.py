@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..io.images import load_images
-from .build import cached_model, class_labels, forward_lock, input_size, layer_names, layer_output, ModelSpec, PIXELS_LAYER
+from .build import cached_model, class_labels, forward_lock, input_size, layer_names, layer_output, ModelSpec, PIXELS_LAYER, with_fingerprint
 from .preprocess import preprocess
 from ..core.batches import batch_slices
 from ..core.units import bytes_per_image, LayerPlan, plan_digest
@@ -287,7 +287,8 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec, 
     labels follow, then the file is renamed into place. Re-running the same task (e.g. after
     Dask re-schedules it from a dead worker) rewrites the same file with the same contents.
 
-    A shard already on disk for this plan and these very files (the input record: each path's
+    A shard already on disk for this plan, this model (its :func:`~daskdiff.model.build.model_fingerprint`,
+    the spec's own when the client took it) and these very files (the input record: each path's
     size and mtime, :func:`~daskdiff.io.shards.input_record`) is not extracted again (resume;
     the check runs here, on the worker, so the client reads no shard). Returns the shard's
     :func:`~daskdiff.io.shards.shard_metadata`, read back from the finished file, with its
@@ -298,9 +299,10 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec, 
     plan writes no units (``extraction.store: none``) is extracted again for ``keep``: its file,
     complete as it is, is left alone.
     """
+    spec = with_fingerprint(spec)
     path = shard_path(task.output, task.image_set, task.shard)
     record = input_record(task.paths)
-    done, why = shard_status(path, plan, _digest(plan), record)
+    done, why = shard_status(path, plan, _digest(plan), record, model=spec.fingerprint)
     unwritten = any(lp.units is not None and not lp.write_units for lp in plan.values())
     kept = _Kept(plan, len(task.paths)) if keep else None
     if done is not None and not (keep and unwritten):
@@ -340,7 +342,7 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec, 
                 "resize": task.resize,
                 "exif_orientation": int(task.exif_orientation),
                 "plan_digest": _digest(plan),
-                "inputs_digest": inputs_digest(_digest(plan), record),
+                "inputs_digest": inputs_digest(_digest(plan), record, spec.fingerprint),
                 "shard": task.shard,
                 "title": f"daskdiff activations of image set {task.image_set!r}, shard {task.shard}",
             }

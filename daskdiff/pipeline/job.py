@@ -54,7 +54,7 @@ from ..io.images import DuplicateImagesWarning, check_min_images, resolve_image_
 from ..io.manifest import check_output_folder, Manifest, OutputFolderError
 from ..io.lock import OutputLock
 from ..io.atomic import DiskFullError, remove_dead_temporaries
-from ..model.build import WEIGHTS_KEYWORDS, build_model, model_layers, ModelSpec, WeightsUnavailableError
+from ..model.build import WEIGHTS_KEYWORDS, build_model, model_layers, ModelSpec, WeightsUnavailableError, with_fingerprint
 from ..core.units import bytes_per_image, cached_storage_plan, expected_stored, n_units_label, plan_digest, Sampling, StorageRecipe
 from ..core.estimate import estimate_work, WorkEstimate
 from .budget import check_budget, describe, is_external, job_size, Limits, limits_for, lower_bound_size, mean_chars
@@ -140,8 +140,9 @@ class JobPlan:
 
     @functools.cached_property
     def token(self) -> str:
-        """A short hash of the output folder, the spec, the model, the image lists and the plan:
-        part of every task key, so that jobs sharing a scheduler never share a task."""
+        """A short hash of the output folder, the spec, the model (with its fingerprint: its files'
+        content), the image lists and the plan: part of every task key, so that jobs sharing a
+        scheduler never share a task, and a re-run on another model never meets the old run's results."""
         identity = [str(self.output), self.spec.result_digest(), repr(self.model), self.sets, self.digest]
         return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
@@ -617,7 +618,7 @@ def plan_job(
             sets = _image_sets(spec, base, manifest, path_sets, echo)
             counts = {name: len(paths) for name, paths in sets.items()}
             chars = {name: mean_chars(paths) for name, paths in sets.items()}
-            model = _resolve_weights(model, spec, echo, notes)
+            model = with_fingerprint(_resolve_weights(model, spec, echo, notes))  # the files' content, once per run
             _generated_fps(spec, base, out, sets, fps)
             check_spectral(spec, counts, fps)
         for line in spectral_lines(spec, counts, fps, None if not dry_run else {n for n, k in how.items() if k == "exact"}):
