@@ -42,19 +42,24 @@ def sources_digest(digests: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()[:32]
 
 
-def reuse_partial(path: str | os.PathLike, expected: Mapping[str, tuple], source: str | None = None) -> dict[str, np.ndarray] | None:
-    """The partial result at ``path`` if it exists and is sound, else None (recompute it).
+def reuse_partial(path: str | os.PathLike, expected: Mapping[str, tuple],
+                  source: str | None = None) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """``(arrays, warning)``: the partial result at ``path`` if it exists and is sound, else None
+    (recompute it), and the warning line for a corrupt one (else None).
 
     A partial that cannot be read (truncated, bit-flipped: the zip CRC fails) or whose arrays
     are not those of ``expected`` (name -> shape, ``None`` for any length; e.g. a file left by
-    another spec) is corrupt; one whose :data:`SOURCE` is not ``source`` was computed from other
-    shards (their input images changed since) and is stale. Either way a warning naming the file
-    and the reason is logged (logger ``daskdiff.io.partials``) and the file is removed, so the
-    caller computes it again.
+    another spec) is corrupt: ``warning`` names the file and the reason (``partial result <path>
+    is corrupt: <why>; removed it, recomputing``), for the caller to bring to the user's console
+    (a task runs on a worker, whose log the user does not see). One whose :data:`SOURCE` is not
+    ``source`` was computed from other shards (their input images or their model changed since,
+    which the job reports per shard) and is stale. Either way the file is removed, so the
+    caller computes it again, and a line is logged (logger ``daskdiff.io.partials``: WARNING for
+    a corrupt file, INFO for a stale one).
     """
     path = Path(path)
     if not path.exists():
-        return None
+        return None, None
     try:
         arrays = load_partial(path)
         problem = _shape_problem(arrays, expected)
@@ -65,10 +70,11 @@ def reuse_partial(path: str | os.PathLike, expected: Mapping[str, tuple], source
     else:
         kind = "corrupt"
     if problem is None:
-        return arrays
-    log.warning("partial result %s is %s: %s; removed it, recomputing", path, kind, problem)
+        return arrays, None
+    line = f"partial result {path} is {kind}: {problem}; removed it, recomputing"
+    log.log(logging.WARNING if kind == "corrupt" else logging.INFO, line)
     path.unlink(missing_ok=True)
-    return None
+    return None, line if kind == "corrupt" else None
 
 
 class PartialResult(NamedTuple):
@@ -80,6 +86,9 @@ class PartialResult(NamedTuple):
     substrate: str
     layer: str
     arrays: dict[str, np.ndarray]
+    warning: str | None = None
+    """A corrupt partial result found on disk and recomputed (:func:`reuse_partial`'s line), for
+    the client to show; None otherwise."""
 
 
 def write_partial(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:

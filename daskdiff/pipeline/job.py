@@ -959,7 +959,9 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
     decodable images cancels only its own differentiation: the other sets' work goes on and is
     kept (their files resume a later run), then the job fails naming that set. A differentiation
     task that finds a corrupt shard (checksum mismatch) makes the job delete and recompute that
-    shard and the set's unfinished tasks (:func:`_recompute_shard`), once per shard.
+    shard and the set's unfinished tasks (:func:`_recompute_shard`), once per shard. What a task
+    found on its worker is said here: a shard extracted again, and why; a corrupt partial result
+    that was recomputed (a ``warning:`` line naming the file).
     """
     from distributed import as_completed
     from tqdm.auto import tqdm
@@ -974,6 +976,7 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
         for stage, n, unit in (("extract", len(what) - len(submitted.diffs), "shard"), ("differentiation", len(submitted.diffs), "task"))
     }
     done = {"extract": 0, "differentiation": 0}  # a stage ends when done reaches its bar's total (recomputes add to it)
+    partials: dict[Any, PartialResult] = {}
     pending = as_completed(list(what))
     state = _Recompute(what, pending, bars)
     try:
@@ -1002,6 +1005,10 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
             if stage == "extract" and future.status == "finished" and (why := future.result().get("replaced")):
                 echo(f"set {task.image_set!r}: shard {task.shard} was extracted again because {why}; "
                      "the set's differentiation is recomputed from it")
+            if stage == "differentiation" and future.status == "finished":
+                partials[future] = future.result()  # gathered once, as it finishes
+                if partials[future].warning:  # found by the task on its worker: said here, on the console
+                    echo("warning: " + partials[future].warning)
             bars[stage].update(1)
             done[stage] += 1
             if done[stage] == bars[stage].total:
@@ -1012,7 +1019,7 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
     if too_small:
         raise JobError("; ".join(too_small.values()) + "; the other sets' shards and partial results are kept for a re-run")
     metadata = {name: set_metadata([f.result() for f, _ in pairs]) for name, pairs in submitted.shards.items()}
-    return metadata, [f.result() for f, _ in submitted.diffs]
+    return metadata, [partials[f] if f in partials else f.result() for f, _ in submitted.diffs]
 
 
 def _too_small(name: str, shards: list[tuple[Any, ShardTask]]) -> str | None:

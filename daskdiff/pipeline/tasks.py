@@ -320,7 +320,9 @@ def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> P
     are not kept) the variable is read from the shard files, once (:func:`read_features`). A partial
     result that already exists is read back instead (resume), unless it is corrupt (unreadable,
     or arrays of other shapes) or stale (computed from shards with other ``inputs_digest`` values:
-    their images changed), when it is recomputed (:func:`daskdiff.io.partials.reuse_partial`).
+    their images or their model changed), when it is recomputed
+    (:func:`daskdiff.io.partials.reuse_partial`); a corrupt one's warning line travels back in the
+    result's ``warning``, for the client's console.
 
     The partial holds, for the ``n_units`` of the plan in order (axis 0) and the job's repeats
     (axis 1, NaN past ``repeats_for(n_units)``): ``differentiation`` float64, ``undefined``
@@ -334,7 +336,7 @@ def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> P
     the spectral path (one normaliser, so the same flags).
     """
     source = sources_digest([m["attrs"]["inputs_digest"] for m in shards]) if shards else None
-    reused = reuse_partial(task.path, _partial_shapes(task, shards), source)
+    reused, warning = reuse_partial(task.path, _partial_shapes(task, shards), source)
     if reused is not None:
         return PartialResult(task.image_set, task.substrate, task.layer, reused)
     if shards and (n := sum(m["n_images"] for m in shards)) < 2:
@@ -376,4 +378,4 @@ def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> P
             arrays["rdm_sum"][i] = one["rdm_sum"]
             arrays["rdm_count"][i] = int((~one["undefined"]).sum())
     write_partial(task.path, arrays)
-    return PartialResult(task.image_set, task.substrate, task.layer, arrays)
+    return PartialResult(task.image_set, task.substrate, task.layer, arrays, warning)
