@@ -1,11 +1,13 @@
-"""Helpers for job tests: small specs on the tiny model, and a worker-killing plugin."""
+"""Helpers for job tests: small specs on the tiny model, comparing two results files, and a worker-killing plugin."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
+from pathlib import Path
 
+import numpy as np
 from distributed import WorkerPlugin
 
 from daskdiff.pipeline.spec import parse_spec
@@ -35,6 +37,18 @@ def tiny_spec(model_path, sets, output, **overrides):
         else:
             data[section] = value
     return parse_spec(data, "test-spec")
+
+
+def assert_same_results(got, want) -> None:
+    """Every array of two results files (xarray Datasets) equal, NaN where NaN; image paths
+    compared by file name, so that sets generated into two output folders compare too."""
+    assert set(got.variables) == set(want.variables)
+    name_of = np.vectorize(lambda p: Path(p).name if p else p, otypes=[object])
+    for name in want.variables:
+        a, b = got[name].values, want[name].values
+        if name == "image_path":
+            a, b = name_of(a), name_of(b)
+        np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 class KillOnce(WorkerPlugin):

@@ -22,7 +22,7 @@ from daskdiff.model.build import ModelChangedError, ModelSpec, build_model, cach
 from daskdiff.pipeline.job import run_job
 
 from conftest import build_tiny_model, write_images
-from jobtools import tiny_spec
+from jobtools import assert_same_results, tiny_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -36,17 +36,6 @@ def client():
 def _run(spec, client, lines=None, **kw):
     echo = (lambda *a: lines.append(" ".join(map(str, a)))) if lines is not None else (lambda *a: None)
     return xr.load_dataset(run_job(spec, Path("."), client=client, progress=False, echo=echo, **kw).path)
-
-
-def assert_same_results(got: xr.Dataset, want: xr.Dataset) -> None:
-    """Every array of two results files equal (NaN where NaN); image paths compared by name, so
-    that sets generated into two output folders compare too."""
-    assert set(got.variables) == set(want.variables)
-    for name in want.variables:
-        a, b = got[name].values, want[name].values
-        if name == "image_path":
-            a, b = np.vectorize(lambda p: Path(p).name if p else p)(a), np.vectorize(lambda p: Path(p).name if p else p)(b)
-        np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 def _sets(tmp_path):

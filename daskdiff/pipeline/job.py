@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import JobError
+from ..errors import InputError, JobError
 from ..logs import reporter
 from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, PARTIAL_DIR, PLOT_FILE, RESULTS_FILE, shard_path, variable_name
 from .tasks import DiffTask, run_diff_task, SpectralOptions
@@ -241,31 +241,85 @@ def _clean_temporaries(manifest: Manifest, client: Any = None) -> int:
     return len(removed)
 
 
-def _generator_params(params: dict, base: Path) -> dict:
-    """Resolve a generated set's path parameters against the spec's folder.
-
-    ``source``/``movie`` are paths unless they name a bundled photo (``source: chelsea``);
-    ``model`` is a path when it ends in ``.keras``; ``weights`` unless imagenet/random/file.
-    """
+def _is_path_param(key: str, value: Any) -> bool:
+    """Whether generator parameter ``key`` holds a path: ``source``/``movie`` unless they name a
+    bundled photo (``source: chelsea``); ``model`` when it ends in ``.keras``; ``weights`` unless
+    imagenet/random/file."""
     from ..stimuli.photos import SAMPLE_PHOTOS
 
+    return isinstance(value, str) and (
+        (key in ("source", "movie") and value not in SAMPLE_PHOTOS)
+        or (key == "model" and value.endswith(".keras"))
+        or (key == "weights" and value not in WEIGHTS_KEYWORDS)
+    )
+
+
+def _generator_params(params: dict, base: Path) -> dict:
+    """Resolve a generated set's path parameters (:func:`_is_path_param`) against the spec's
+    folder, also inside a nested ``{generate: ...}`` source (``scrambled``)."""
     out = dict(params)
     for key, value in params.items():
-        if not isinstance(value, str):
-            continue
-        is_path = (
-            (key in ("source", "movie") and value not in SAMPLE_PHOTOS)
-            or (key == "model" and value.endswith(".keras"))
-            or (key == "weights" and value not in WEIGHTS_KEYWORDS)
-        )
-        if is_path:
+        if isinstance(value, dict) and "generate" in value:
+            out[key] = _generator_params(value, base)
+        elif _is_path_param(key, value):
             out[key] = str(resolve_path(value, base))
     return out
 
 
+def _generator_inputs(kind: str, params: dict, prefix: str = "") -> dict[str, Any]:
+    """What each input file of a generator is now, by its (dotted) parameter name; ``params``
+    resolved (:func:`_generator_params`).
+
+    A model or weights file: its SHA-256 (memoised per process, as the job's model is). The
+    ``source`` of ``select``/``adversarial`` (a folder, glob or list file of images): the input
+    record of its images (:func:`~daskdiff.io.shards.input_record`: path, size, mtime). Any other
+    path (a movie file, an image, a folder of frames): ``(size, mtime_ns, inode)`` of the file,
+    or the input record of a folder's files. A nested ``{generate: ...}`` source's inputs come
+    under ``source.<name>``. A path that cannot be read is None (the generator then names it).
+    """
+    from ..io.fingerprints import file_sha256, file_stat
+    from ..io.images import resolve_image_set
+    from ..io.shards import input_record
+
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = prefix + key
+        if isinstance(value, dict) and "generate" in value:
+            out.update(_generator_inputs(str(value["generate"]), value, name + "."))
+        elif not _is_path_param(key, value):
+            continue
+        elif key in ("model", "weights"):
+            out[name] = {"sha256": file_sha256(value, f"{key} file")} if Path(value).is_file() else None
+        elif key == "source" and kind in ("select", "adversarial"):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DuplicateImagesWarning)
+                    out[name] = input_record(resolve_image_set(value))
+            except (InputError, OSError):  # the generator names the problem
+                out[name] = None
+        elif Path(value).is_dir():
+            out[name] = input_record(sorted(str(f) for f in Path(value).iterdir() if f.is_file()))
+        else:
+            out[name] = file_stat(value)
+    return out
+
+
+def _generated_key(entry: Any, base: Path) -> dict:
+    """What a generated set's ``.generated.json`` must record for the set to be reused: the
+    generator, its resolved parameters and, when it reads files, what they are now
+    (:func:`_generator_inputs`), so that a movie or source replaced under the same name is
+    noticed. In its JSON form, as it is read back."""
+    params = _generator_params(entry.params(), base)
+    key = {"generate": entry.generate, "params": params}
+    if inputs := _generator_inputs(entry.generate, params):
+        key["inputs"] = inputs  # only when there are some: other sets' records stay valid
+    return json.loads(json.dumps(key))
+
+
 def _generated_set(name: str, entry: Any, base: Path, manifest: Manifest, echo: Callable) -> list[str]:
     """Generate a set into ``<output>/images/<name>``, or reuse it when ``.generated.json`` says the
-    same generator and parameters already wrote every file (adversarial sets cost minutes).
+    same generator, parameters and input files (:func:`_generated_key`) already wrote every file
+    (adversarial sets cost minutes).
 
     The folder must be daskdiff's own (listed in the output's manifest): a folder of the user's
     that happens to stand there is never written into.
@@ -279,9 +333,9 @@ def _generated_set(name: str, entry: Any, base: Path, manifest: Manifest, echo: 
             "rename the set or the folder, or choose another --output"
         )
     manifest.make_dirs(folder)
-    params = _generator_params(entry.params(), base)
+    key = _generated_key(entry, base)
+    params = key["params"]
     record = folder / ".generated.json"
-    key = {"generate": entry.generate, "params": params}
     reused = _reusable_generated(folder, key)
     if reused is not None:
         echo(f"image set {name!r}: reusing {len(reused)} generated image(s) in {folder}")
@@ -324,12 +378,12 @@ def _planned_sets(spec: JobSpec, base: Path, output: Path, path_sets: dict[str, 
         if name in path_sets:
             paths[name], counts[name], how[name] = path_sets[name], len(path_sets[name]), "exact"
             continue
-        params = _generator_params(entry.params(), base)
-        reused = _reusable_generated(output / IMAGES_DIR / name, {"generate": entry.generate, "params": params})
+        key = _generated_key(entry, base)
+        reused = _reusable_generated(output / IMAGES_DIR / name, key)
         if reused is not None:
             paths[name], counts[name], how[name] = reused, len(reused), "exact"
             continue
-        n, how[name] = planned_count(entry.generate, params)
+        n, how[name] = planned_count(entry.generate, key["params"])
         paths[name], counts[name] = [], max(2, n or 2)
     return paths, counts, how
 
@@ -481,7 +535,6 @@ def check_spectral(spec: JobSpec, counts: dict[str, int], fps: dict[str, float],
         Naming the spec key (``analysis.measures`` or ``analysis.spectral.state_length``) and the fix.
     """
     from ..core.spectral import spectral_windows
-    from ..errors import InputError
     from .spec import SpecError
 
     a = spec.analysis
