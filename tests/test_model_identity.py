@@ -107,8 +107,8 @@ def test_model_file_changed_during_the_run_is_refused(tmp_path, client):
         if line.startswith("planned "):
             build_tiny_model(seed=10).save(model)
 
-    with pytest.raises(JobError, match=r"ModelChangedError: the model changed during the run: '.*model\.keras' no longer hold"
-                                       r" what the job started with \(model fingerprint [0-9a-f]{16}, now [0-9a-f]{16}\); re-run"):
+    with pytest.raises(JobError, match=r"ModelChangedError: the model changed during the run: the content of '.*model\.keras' is not "
+                                       r"what the job started with \(model fingerprint [0-9a-f]{16}, now [0-9a-f]{16}\); re-run"):
         run_job(spec, Path("."), client=client, progress=False, echo=echo)
     assert not list((tmp_path / "out" / "activations" / "a").glob("shard-*.nc"))  # nothing extracted with the wrong model
 
@@ -139,5 +139,5 @@ def test_fingerprint_is_the_content_not_the_path(tmp_path, tiny_model_path):
     assert model_fingerprint(ModelSpec(weights="random", seed=1)) != model_fingerprint(ModelSpec(weights="random", seed=2))
     spec = with_fingerprint(ModelSpec(name=str(copy), weights="file"))
     build_tiny_model(seed=13).save(copy)
-    with pytest.raises(ModelChangedError, match=rf"'{copy}' no longer hold what the job started with"):
+    with pytest.raises(ModelChangedError, match=rf"the content of '{copy}' is not what the job started with"):
         build_model(spec)

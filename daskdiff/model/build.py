@@ -263,9 +263,9 @@ def check_fingerprint(spec: ModelSpec) -> None:
         files = [f for f in dict.fromkeys([None if spec.is_application else spec.name,
                                            spec.weights if spec.weights not in WEIGHTS_KEYWORDS else None]) if f]
         raise ModelChangedError(
-            f"the model changed during the run: {' and '.join(map(repr, files)) or 'its files'} no longer hold what the "
-            f"job started with (model fingerprint {spec.fingerprint[:16]}, now {now[:16]}); re-run the job when the "
-            "file is final: shards are then extracted again with the model as it is"
+            f"the model changed during the run: the content of {' or '.join(map(repr, files))} is not what the job "
+            f"started with (model fingerprint {spec.fingerprint[:16]}, now {now[:16]}); re-run the job once the file is "
+            "final: its shards are then extracted with the model as it is"
         )
 
 
