@@ -26,7 +26,6 @@ import threading
 
 from ..errors import InputError
 
-_BLOCK = 1 << 20
 _HASHES: dict[str, tuple[tuple[int, ...], str]] = {}
 """Real path -> (stat key, SHA-256) of the last hash this process took of that path."""
 _HASH_LOCK = threading.Lock()
@@ -67,10 +66,9 @@ def file_sha256(path: str | os.PathLike, what: str = "file") -> str:
                 hit = _HASHES.get(real)
                 if hit is not None and hit[0] == key:
                     return hit[1]
-                digest = hashlib.sha256()
                 os.lseek(fd, 0, os.SEEK_SET)
-                while block := os.read(fd, _BLOCK):
-                    digest.update(block)
+                with os.fdopen(fd, "rb", closefd=False) as f:
+                    digest = hashlib.file_digest(f, "sha256")  # into one reused buffer
                 if _stat_key(os.fstat(fd)) == key:  # not written to while it was read
                     _HASHES[real] = (key, digest.hexdigest())
                     return _HASHES[real][1]
