@@ -141,3 +141,22 @@ def test_fingerprint_is_the_content_not_the_path(tmp_path, tiny_model_path):
     build_tiny_model(seed=13).save(copy)
     with pytest.raises(ModelChangedError, match=rf"the content of '{copy}' is not what the job started with"):
         build_model(spec)
+
+
+def test_a_file_rewritten_with_its_old_size_and_mtime_is_hashed_again(tmp_path):
+    """Within one long-lived process (a worker, a notebook), the memoised hash of a weights file
+    is not fooled by a rewrite that keeps its size and restores its modification time (``cp -p``)."""
+    import hashlib
+    import os
+
+    from daskdiff.io.fingerprints import file_sha256
+
+    path = tmp_path / "w.weights.h5"
+    path.write_bytes(b"a" * 4096)
+    first = file_sha256(path)
+    st = os.stat(path)
+    path.write_bytes(b"b" * 4096)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size and os.stat(path).st_mtime_ns == st.st_mtime_ns
+    assert first == hashlib.sha256(b"a" * 4096).hexdigest()
+    assert file_sha256(path) == hashlib.sha256(b"b" * 4096).hexdigest()
