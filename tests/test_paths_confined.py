@@ -37,14 +37,14 @@ NOWHERE = "tcp://127.0.0.1:9"
 """A scheduler address nothing listens on: a run refused while planning never reaches it."""
 
 
-def _job(project: Path, model: str, data: Path, output: str = "results", **sets) -> Path:
+def _job(project: Path, model: str, data: Path, output: str = "results", start_timeout: int = 10, **sets) -> Path:
     spec = {
         "name": "mine",
         "model": {"name": model, "weights": "file"},
         "image_sets": {"a": str(data / "a"), **sets},
         "analysis": {"substrates": ["filter_mean"], "n_units": ["all"], "repeats": 2, "seed": 1},
         "extraction": {"batch_size": 4, "shard_size": 4},
-        "cluster": {"n_workers": 1},
+        "cluster": {"n_workers": 1, "start_timeout": start_timeout},
         "output": output,
     }
     project.mkdir(parents=True, exist_ok=True)
@@ -231,15 +231,26 @@ def test_a_file_of_the_users_where_daskdiff_writes_is_refused(tmp_path, tiny_mod
     assert _tree(project) == before
 
 
-def test_a_damaged_or_linked_manifest_is_refused_without_hanging(tmp_path, tiny_model_path, data, capsys):
+def _daskdiff(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [str(Path(sys.executable).parent / "daskdiff"), "run", str(project / "job.yaml"), "--no-progress", *args]
+    return subprocess.run(cmd, env=env, cwd=project, capture_output=True, text=True, timeout=timeout)
+
+
+def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("daskdiff run:")]
+
+
+def test_a_fifo_as_manifest_is_refused_without_hanging(tmp_path, tiny_model_path, data):
     """The manifest is read without following a link and must be a plain file: a FIFO there
-    would block the read forever."""
+    blocked the read forever (a ``daskdiff run`` process, under a timeout)."""
     project = tmp_path / "project"
-    job = _job(project, tiny_model_path, data)
+    _job(project, tiny_model_path, data)
     (project / "results").mkdir()
     os.mkfifo(project / "results" / MANIFEST_FILE)
-    line = _refused(capsys, str(job), "--dry-run")
-    assert f"{MANIFEST_FILE} is a FIFO (named pipe)" in line, line
+    refused = _daskdiff(project, "--dry-run", timeout=120)
+    assert refused.returncode == 2 and len(_error_lines(refused)) == 1, refused.stderr[-3000:]
+    assert f"{MANIFEST_FILE} is a FIFO (named pipe)" in _error_lines(refused)[0]
 
 
 @pytest.mark.cluster
@@ -249,15 +260,13 @@ def test_output_dot_never_replaces_the_users_results_and_resumes_its_own(tmp_pat
     user moves them, the job runs whole; a re-run resumes; so does a re-run in a folder an older
     daskdiff wrote (no manifest)."""
     project = tmp_path / "project"
-    job = _job(project, tiny_model_path, data, output=".")
+    job = _job(project, tiny_model_path, data, output=".", start_timeout=120)
     (project / "differentiation.nc").write_bytes(b"\x89HDF\r\n the user's results")
     (project / "differentiation.png").write_bytes(b"\x89PNG\r\n the user's figure")
     before = _tree(project)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     for args in (["--dry-run"], []):
-        cmd = [str(Path(sys.executable).parent / "daskdiff"), "run", str(job), "--no-progress", *args]
-        refused = subprocess.run(cmd, env=env, cwd=project, capture_output=True, text=True, timeout=300)
-        lines = [line for line in refused.stderr.splitlines() if line.startswith("daskdiff run:")]
+        refused = _daskdiff(project, *args)
+        lines = _error_lines(refused)
         assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
         assert lines[0] == (
             f"daskdiff run: error: {project / 'differentiation.nc'} (and 1 other file(s) daskdiff would write) is in the way: "
@@ -303,3 +312,45 @@ def test_manifest_entries_are_checked_when_it_is_read(tmp_path):
     (out / "inner" / "x.nc").write_text("daskdiff's")
     Manifest(out).remove_all()
     assert not (out / "inner" / "x.nc").exists() and (out / "inner").is_dir()  # reached through the inside link
+
+
+def _tiny(model: str, data: Path, output: Path):
+    from daskdiff.pipeline.spec import parse_spec
+
+    return parse_spec({"name": "mine", "model": {"name": model, "weights": "file"}, "image_sets": {"a": str(data / "a")},
+                       "analysis": {"substrates": ["filter_mean"], "n_units": ["all"], "repeats": 2, "seed": 1},
+                       "extraction": {"batch_size": 4, "shard_size": 4}, "output": str(output)}, "test")
+
+
+def test_write_probe_leaves_a_file_of_that_name_alone(tmp_path, tiny_model_path, data):
+    """The writability probe wrote and deleted ``<output>/.write-test``: a file of the user's of that name was lost."""
+    from daskdiff.pipeline.job import plan_job
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / ".write-test").write_text("the user's own probe")
+    plan_job(_tiny(tiny_model_path, data, out), tmp_path, echo=lambda *a: None).release()
+    assert (out / ".write-test").read_text() == "the user's own probe"
+
+
+def test_overwrite_removes_a_listed_link_never_what_it_points_to(tmp_path, tiny_model_path, data):
+    """A listed file replaced by a link to a file outside: --overwrite removes the link; the
+    file it points to, and the user's unlisted file beside daskdiff's, stay."""
+    from daskdiff.pipeline.job import plan_job
+
+    out = tmp_path / "results"
+    (out / "activations" / "a").mkdir(parents=True)
+    (out / "activations" / "a" / "shard-00000.nc").write_bytes(b"daskdiff's shard")
+    (out / "activations" / "a" / "notes.txt").write_text("the user's notes")
+    victim = tmp_path / "thesis.nc"
+    victim.write_bytes(b"the user's results")
+    (out / "differentiation.nc").symlink_to(victim)
+    (out / "job.json").write_text(json.dumps({"result_digest": "another job", "spec": {}}))
+    (out / MANIFEST_FILE).write_text(json.dumps({"files": ["job.json", "differentiation.nc", "activations/a/shard-00000.nc"],
+                                                 "dirs": ["activations", "activations/a"]}))
+    lines: list[str] = []
+    plan_job(_tiny(tiny_model_path, data, out), tmp_path, overwrite=True, echo=lines.append).release()
+    assert victim.read_bytes() == b"the user's results"
+    assert not os.path.lexists(out / "differentiation.nc") and not (out / "activations" / "a" / "shard-00000.nc").exists()
+    assert (out / "activations" / "a" / "notes.txt").read_text() == "the user's notes"
+    assert "--overwrite kept folder(s) that hold files daskdiff did not write: activations/a, activations" in lines

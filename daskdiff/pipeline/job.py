@@ -49,7 +49,7 @@ import numpy as np
 
 from ..errors import JobError
 from ..logs import reporter
-from ..io.confined import check_own_file, read_regular
+from ..io.confined import check_own_file, read_regular, remove_inside
 from ..io.layout import (ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, LOCK_FILE, MANIFEST_FILE, PARTIAL_DIR, partial_key, partial_path, PLOT_FILE,
                          RESULTS_FILE, SHARD_GLOB, shard_path, variable_name)
 from .tasks import DiffTask, run_diff_task, SpectralOptions
@@ -990,7 +990,7 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
     name, i = found[0]
     state.recomputed.add(path)
     echo(f"shard {path} is corrupt (checksum mismatch): removed, recomputing")
-    Path(path).unlink(missing_ok=True)
+    remove_inside(plan.output, plan.manifest.relative(path))
     suffix = f"-recomputed{len(state.recomputed)}"  # keys of a new graph: never those of the old futures
     shard_task = submitted.shards[name][i][1]
     kept = submitted.values.get(name)
