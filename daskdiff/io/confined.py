@@ -206,7 +206,7 @@ def check_own_file(path: str | os.PathLike) -> None:
     """
     try:
         info = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (a folder on the way may be missing or a file)
         return
     if stat.S_ISLNK(info.st_mode):
         raise OutputFolderError(_own_file_message(path, f"is a symbolic link (to {os.readlink(path)})"))
