@@ -309,8 +309,10 @@ def test_manifest_entries_are_checked_when_it_is_read(tmp_path):
         with pytest.raises(OutputFolderError, match=problem):
             Manifest(out)
     (out / MANIFEST_FILE).write_text(json.dumps({"files": ["alias/x.nc"], "dirs": []}))
+    os.link(out / MANIFEST_FILE, tmp_path / "snapshot.json")  # a hard-linked copy (cp -al): read, and replaced by rename
     (out / "inner" / "x.nc").write_text("daskdiff's")
     Manifest(out).remove_all()
+    assert (tmp_path / "snapshot.json").exists()
     assert not (out / "inner" / "x.nc").exists() and (out / "inner").is_dir()  # reached through the inside link
 
 

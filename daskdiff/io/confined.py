@@ -72,11 +72,13 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def regular_problem(info: os.stat_result) -> str | None:
-    """Why a file daskdiff rewrites in place is not one it may (None: a regular file with one name)."""
+def regular_problem(info: os.stat_result, rewritten: bool = True) -> str | None:
+    """Why a file of daskdiff's own is not one it may use: None for a regular file (with one name
+    if it is ``rewritten`` in place: rewriting a hard link would rewrite its other names too;
+    a file replaced by a rename, as the atomic writer does, may have several)."""
     if not stat.S_ISREG(info.st_mode):
         return f"is {_kind(info.st_mode)}"
-    if info.st_nlink > 1:
+    if rewritten and info.st_nlink > 1:
         return f"is a hard link ({info.st_nlink} names share its contents, some perhaps outside the folder)"
     return None
 
@@ -84,7 +86,7 @@ def regular_problem(info: os.stat_result) -> str | None:
 def open_own_file(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
     """``os.open`` of a file daskdiff keeps in its output folder, never through a link, never
     blocking, closed in children (``O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC``); it must be a regular
-    file with one name (:func:`regular_problem`).
+    file, with one name if ``flags`` open it for writing (:func:`regular_problem`).
 
     Raises
     ------
@@ -98,7 +100,7 @@ def open_own_file(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int
             check_own_file(path)  # names the link and where it leads
         raise OutputFolderError(_own_file_message(path, f"cannot be opened ({err.strerror})")) from None
     try:
-        problem = regular_problem(os.fstat(fd))
+        problem = regular_problem(os.fstat(fd), rewritten=bool(flags & (os.O_WRONLY | os.O_RDWR)))
     except BaseException:
         os.close(fd)
         raise
