@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import JobError
+from .confined import remove_inside
 from .hdf5 import HDF5_LOCK
 
 if TYPE_CHECKING:
@@ -101,19 +102,17 @@ def owner_alive(name: str) -> bool | None:
     return True
 
 
-def remove_dead_temporaries(paths: list[str]) -> list[str]:
-    """Remove those of ``paths`` (temporaries) whose writer is known dead; returns them.
+def remove_dead_temporaries(output: str | os.PathLike, paths: list[str]) -> list[str]:
+    """Remove those of ``paths`` (temporaries in output folder ``output``) whose writer is known
+    dead; returns them.
 
     Run on each machine of a cluster (``client.run``): a writer on another machine is never
-    judged here, and a live writer's file is never touched.
+    judged here, and a live writer's file is never touched. Nothing is removed through a link
+    (:func:`daskdiff.io.confined.remove_inside`).
     """
     removed = []
     for p in paths:
-        if owner_alive(os.path.basename(p)) is False:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                continue
+        if owner_alive(os.path.basename(p)) is False and remove_inside(output, Path(p).relative_to(output).as_posix()):
             removed.append(p)
     return removed
 

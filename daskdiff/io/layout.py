@@ -53,6 +53,12 @@ def shard_files(output: str | os.PathLike, image_set: str) -> list[Path]:
     return sorted((Path(output) / ACTIVATIONS_DIR / image_set).glob(SHARD_GLOB))
 
 
+def partial_key(image_set: str, substrate: str, layer: str) -> str:
+    """The name of the differentiation task of (``image_set``, ``substrate``, ``layer``): its
+    partial result's file name (:func:`partial_path`) and part of its task key."""
+    return f"{image_set}--{substrate}--{layer}"
+
+
 def partial_path(output: str | os.PathLike, key: str) -> Path:
     """Deterministic file name of the partial result of differentiation task ``key``."""
     return Path(output) / PARTIAL_DIR / f"{key}.npz"

@@ -10,6 +10,10 @@ command, which a second run quotes when it refuses to start.
 ``flock`` is advisory and per machine on most local filesystems; on NFS (v4, Linux >= 2.6.12) it
 is carried out as a POSIX lock on the server and so also excludes runs on other machines. On a
 filesystem without any locking, :class:`OutputLock` raises rather than run unprotected.
+
+The lock file is opened without following a link and must be a regular file with one name
+(:func:`daskdiff.io.confined.open_own_file`): a link, FIFO or hard link planted there (in a shared,
+group-writable results folder) is refused, naming it, and what it points to is never rewritten.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import socket
 import sys
 from pathlib import Path
 
+from .confined import open_own_file, OutputFolderError
 from .layout import LOCK_FILE
-from .manifest import OutputFolderError
 
 
 class OutputFolderBusyError(OutputFolderError):
@@ -50,7 +54,7 @@ class OutputLock:
         """Take the lock, or raise :class:`OutputFolderBusyError` naming its holder."""
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_own_file(self.path, os.O_RDWR | os.O_CREAT)  # never a link, a FIFO or a hard link: it is rewritten
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:

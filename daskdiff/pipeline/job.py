@@ -34,8 +34,10 @@ import datetime as _dt
 import functools
 import hashlib
 import json
+import os
 import re
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -47,11 +49,13 @@ import numpy as np
 
 from ..errors import InputError, JobError
 from ..logs import reporter
-from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, PARTIAL_DIR, PLOT_FILE, RESULTS_FILE, shard_path, variable_name
+from ..io.confined import check_own_file, read_regular, remove_inside
+from ..io.layout import (ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, LOCK_FILE, MANIFEST_FILE, PARTIAL_DIR, partial_key, partial_path, PLOT_FILE,
+                         RESULTS_FILE, SHARD_GLOB, shard_path, variable_name)
 from .tasks import DiffTask, run_diff_task, SpectralOptions
 from ..model.extract import extract_shard, ShardTask
 from ..io.images import DuplicateImagesWarning, check_min_images, resolve_image_set
-from ..io.manifest import check_output_folder, Manifest, OutputFolderError
+from ..io.manifest import check_output_folder, Manifest, OutputFolderError, Writes
 from ..io.lock import OutputLock
 from ..io.atomic import DiskFullError, remove_dead_temporaries
 from ..model.build import WEIGHTS_KEYWORDS, build_model, model_layers, ModelSpec, WeightsUnavailableError, with_fingerprint
@@ -159,55 +163,111 @@ class JobPlan:
         )
 
 
-def _check_output_readonly(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence[str]) -> tuple[Manifest, bool]:
+def _check_output_readonly(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence[str], writes: Writes) -> tuple[Manifest, bool]:
     """The checks of :func:`_check_output` that write nothing: ``(manifest, clear)``, where ``clear``
-    says that ``--overwrite`` will remove the files of a different spec's job."""
+    says that ``--overwrite`` will remove the files of a different spec's job.
+
+    ``writes`` is what the job will write: a file among them that daskdiff did not write (one
+    its manifest does not list), a folder that leads out of ``output`` (a link) or a generated
+    set's folder daskdiff did not create is refused (:meth:`~daskdiff.io.manifest.Manifest.check_writes`),
+    as is a lock file that is not a plain file. A folder without a manifest whose ``job.json``
+    records this very job was written by an older daskdiff (which kept no manifest): its files
+    count as daskdiff's, and a re-run resumes them.
+    """
     try:
         check_output_folder(output, inputs)
         manifest = Manifest(output)
+        check_own_file(output / LOCK_FILE)
+        old = _job_record(output / JOB_FILE, manifest)
     except OutputFolderError as err:
         raise JobError(str(err)) from None
-    job_file = output / JOB_FILE
-    if not job_file.exists():
-        return manifest, False
-    try:
-        old = json.loads(job_file.read_text())
-    except (OSError, ValueError) as err:
-        raise JobError(f"{job_file} is unreadable ({err}); delete it to start this output folder afresh, or choose another --output") from None
-    if old.get("result_digest") == spec.result_digest():
-        return manifest, False
-    if not overwrite:
+    clear = old is not None and old.get("result_digest") != spec.result_digest()
+    if clear and not overwrite:
         new = spec.model_dump(mode="json")
         changed = sorted(k for k in set(old.get("spec", {})) | set(new) if old.get("spec", {}).get(k) != new.get(k))
         raise JobError(
             f"output folder {output} holds results of a different job spec (changed: {changed}); "
             "re-run with --overwrite to replace them, or choose another --output"
         )
-    if not manifest.path.exists():
+    if clear and not manifest.found:
         raise JobError(
             f"output folder {output} was written by a daskdiff without a manifest ({manifest.path.name}), "
             "so --overwrite cannot tell its files from yours: delete its activations/, partial/, images/ "
             "and job.json by hand, or choose another --output"
         )
-    return manifest, True
+    try:
+        manifest.check_writes(writes, adopt=old is not None and not clear and not manifest.found)
+    except OutputFolderError as err:
+        raise JobError(str(err)) from None
+    return manifest, clear
 
 
+def _job_record(path: Path, manifest: Manifest) -> dict | None:
+    """The record ``job.json`` of the job that wrote the folder (None: there is none).
 
-def _check_output(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence[str], echo: Callable) -> tuple[Manifest, OutputLock]:
+    A ``job.json`` daskdiff did not write (not listed in a manifest; without a manifest, not a
+    record of daskdiff's) is refused: it is the user's, and a run would replace it.
+    """
+    if not os.path.lexists(path):
+        return None
+    try:
+        old = json.loads(read_regular(path))
+        why = "" if isinstance(old, dict) and "result_digest" in old else "it is not a record of daskdiff's"
+    except ValueError as err:
+        if isinstance(err, OutputFolderError):
+            raise
+        old, why = None, str(err)
+    if manifest.relative(path) not in manifest.files and (manifest.found or why):
+        raise OutputFolderError(
+            f"{path} is in the way: daskdiff keeps its job record there, but did not write this file (its manifest "
+            f"{MANIFEST_FILE} does not list it), and never replaces a file of yours: move or rename it, or choose "
+            "another --output (e.g. output: results)"
+        )
+    if why:
+        raise OutputFolderError(f"{path} is unreadable ({why}); delete it to start this output folder afresh, or choose another --output")
+    return old
+
+
+def _planned_writes(spec: JobSpec, base: Path, output: Path, counts: dict[str, int], how: dict[str, str], layers: Sequence[str]) -> Writes:
+    """What the job will write in ``output``, as far as it is known before it runs.
+
+    Every shard file of a set whose image count is exact, and every shard file already in a
+    set's folder (a generated set's count may still change), every partial result, the results
+    file, its figure and ``job.json``; the folders they go in; generated sets' image folders.
+    """
+    e = spec.extraction
+    size = shard_size(e.shard_size, e.batch_size)
+    files = [output / JOB_FILE, output / RESULTS_FILE, output / PLOT_FILE]
+    folders = [output / ACTIVATIONS_DIR, output / PARTIAL_DIR]
+    own = []
+    for name, entry in set_entries(spec, base).items():
+        folders.append(output / ACTIVATIONS_DIR / name)
+        shards = {shard_path(output, name, i) for i in range(-(-counts[name] // size))} if how[name] == "exact" else set()
+        shards.update((output / ACTIVATIONS_DIR / name).glob(SHARD_GLOB))
+        files += sorted(shards)
+        files += [partial_path(output, partial_key(name, substrate, layer)) for substrate in spec.analysis.substrates for layer in layers]
+        if hasattr(entry, "generate"):
+            folders.append(output / IMAGES_DIR)
+            own.append(output / IMAGES_DIR / name)
+    return Writes(tuple(files), tuple(dict.fromkeys(folders)), tuple(own))
+
+
+def _check_output(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence[str], writes: Writes, echo: Callable) -> tuple[Manifest, OutputLock]:
     """Make sure ``output`` may be written, lock it, clear it under ``--overwrite``; its manifest
     and lock (held: the caller releases it).
 
     Nothing is created or deleted before the folder passes :func:`check_output_folder` and the
-    other checks of :func:`_check_output_readonly`; nothing is deleted before this run holds the
-    folder's lock (:class:`~daskdiff.io.lock.OutputLock`: a second run on the same folder is
-    refused, naming the first), and the checks are then made again, under the lock; and
-    ``--overwrite`` removes only what the folder's manifest lists (files daskdiff wrote).
+    other checks of :func:`_check_output_readonly` (``writes``: what the job will write); nothing
+    is deleted before this run holds the folder's lock (:class:`~daskdiff.io.lock.OutputLock`: a
+    second run on the same folder is refused, naming the first), and the checks are then made
+    again, under the lock; and ``--overwrite`` removes only what the folder's manifest lists
+    (files daskdiff wrote), never through a link.
     """
-    _check_output_readonly(output, spec, overwrite, inputs)  # refuse before anything is created
+    _check_output_readonly(output, spec, overwrite, inputs, writes)  # refuse before anything is created
     try:
         output.mkdir(parents=True, exist_ok=True)
-        atomic_write(output / ".write-test", lambda tmp: Path(tmp).write_text("ok"))
-        (output / ".write-test").unlink()
+        with tempfile.TemporaryFile(dir=output):  # a file of no name (O_TMPFILE), or one removed at once
+            pass
     except OSError as err:
         raise JobError(f"output folder {output} is not writable ({err.strerror}); choose another with --output or output:") from None
     try:
@@ -215,7 +275,7 @@ def _check_output(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence
     except OutputFolderError as err:
         raise JobError(str(err)) from None
     try:
-        manifest, clear = _check_output_readonly(output, spec, overwrite, inputs)  # again: now no other run can change it
+        manifest, clear = _check_output_readonly(output, spec, overwrite, inputs, writes)  # again: now no other run can change it
         if clear:
             kept = manifest.remove_all()
             if kept:
@@ -234,9 +294,9 @@ def _clean_temporaries(manifest: Manifest, client: Any = None) -> int:
     worker of a killed client's cluster may still be writing). Returns how many were removed.
     """
     found = [str(p) for p in manifest.temporaries()]
-    removed = set(remove_dead_temporaries(found)) if found else set()
+    removed = set(remove_dead_temporaries(str(manifest.output), found)) if found else set()
     if client is not None and (left := [p for p in found if p not in removed]):
-        for gone in client.run(remove_dead_temporaries, left).values():
+        for gone in client.run(remove_dead_temporaries, str(manifest.output), left).values():
             removed.update(gone)
     return len(removed)
 
@@ -322,16 +382,11 @@ def _generated_set(name: str, entry: Any, base: Path, manifest: Manifest, echo: 
     (adversarial sets cost minutes).
 
     The folder must be daskdiff's own (listed in the output's manifest): a folder of the user's
-    that happens to stand there is never written into.
+    that happens to stand there is never written into (:func:`_check_output_readonly` refuses it).
     """
     from ..stimuli.registry import generate
 
-    folder = manifest.output / IMAGES_DIR / name
-    if folder.exists() and manifest.relative(folder) not in manifest.dirs:
-        raise JobError(
-            f"generated image set {name!r} would be written to {folder}, which daskdiff did not create; "
-            "rename the set or the folder, or choose another --output"
-        )
+    folder = manifest.output / IMAGES_DIR / name  # checked with the job's writes (_check_output): daskdiff's own, or absent
     manifest.make_dirs(folder)
     key = _generated_key(entry, base)
     params = key["params"]
@@ -355,10 +410,15 @@ def _generated_set(name: str, entry: Any, base: Path, manifest: Manifest, echo: 
 def _reusable_generated(folder: Path, key: dict) -> list[str] | None:
     """The sorted paths a previous run generated in ``folder`` for ``key``, if all still exist."""
     record = folder / ".generated.json"
-    if not record.exists():
+    if not os.path.lexists(record):
         return None
-    saved = json.loads(record.read_text())
-    if saved.get("key") == key and all(Path(p).exists() for p in saved.get("paths", [])):
+    try:
+        saved = json.loads(read_regular(record))  # never through a link, never a FIFO
+    except OutputFolderError as err:
+        raise JobError(str(err)) from None
+    except ValueError:  # damaged: generate the set again
+        return None
+    if isinstance(saved, dict) and saved.get("key") == key and all(Path(p).exists() for p in saved.get("paths", [])):
         return sorted(saved["paths"])
     return None
 
@@ -650,8 +710,10 @@ def plan_job(
     if checked is not None and not dry_run:
         checked()
     notes: list[str] = []
+    inputs = [p for paths in path_sets.values() for p in paths]
+    writes = _planned_writes(spec, base, out, counts, how, info["layers"])
     if dry_run:
-        manifest, clear = _check_output_readonly(out, spec, overwrite, [p for paths in path_sets.values() for p in paths])
+        manifest, clear = _check_output_readonly(out, spec, overwrite, inputs, writes)
         sets = known
         if clear:
             echo(f"--overwrite would remove the {len(manifest.files)} file(s) daskdiff wrote in {out} for another spec")
@@ -663,7 +725,7 @@ def plan_job(
             echo("ImageNet weights are not loaded in a dry run (a run downloads them to Keras's cache if missing)")
         lock = None
     else:
-        manifest, lock = _check_output(out, spec, overwrite, [p for paths in path_sets.values() for p in paths], echo)
+        manifest, lock = _check_output(out, spec, overwrite, inputs, writes, echo)
     try:
         if not dry_run:
             if (n := _clean_temporaries(manifest)):
@@ -982,7 +1044,7 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
     name, i = found[0]
     state.recomputed.add(path)
     echo(f"shard {path} is corrupt (checksum mismatch): removed, recomputing")
-    Path(path).unlink(missing_ok=True)
+    remove_inside(plan.output, plan.manifest.relative(path))
     suffix = f"-recomputed{len(state.recomputed)}"  # keys of a new graph: never those of the old futures
     shard_task = submitted.shards[name][i][1]
     kept = submitted.values.get(name)

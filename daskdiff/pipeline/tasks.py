@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io.layout import partial_path
+from ..io.layout import partial_key, partial_path
 from ..io.partials import PartialResult, reuse_partial, SOURCE, sources_digest, write_partial
 
 from ..core.arrays import GRAM_METRICS, distances_on_arrays
@@ -110,7 +110,7 @@ class DiffTask:
 
     @property
     def key(self) -> str:
-        return f"{self.image_set}--{self.substrate}--{self.layer}"
+        return partial_key(self.image_set, self.substrate, self.layer)
 
     @property
     def path(self) -> Path:
