@@ -1,0 +1,165 @@
+"""Inputs that are not what their names say (issue 26, items 7, 9 and 13): a FIFO or a device named
+like an image, a file far larger than any image, a ``.npy`` movie whose header claims gigabytes, an
+HTML page saved as ``clip.gif``. Each is read only once it is known to be a regular file of bounded
+size, and each gives one line naming the file and what it is, never a hang or a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+from PIL import Image
+
+from conftest import write_images
+from daskdiff.io.images import ImageDecodeError, ImageSetError, load_image, load_images, resolve_image_set
+from jobtools import tiny_spec
+
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _daskdiff(*args, cwd, timeout):
+    return subprocess.run([str(BIN / "daskdiff"), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=ENV,
+                          timeout=timeout)
+
+
+def _job_file(tmp_path, spec) -> Path:
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    return job
+
+
+# --- item 7: only regular files are read -------------------------------------------------------
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_a_fifo_and_dev_zero_among_images_are_skipped_and_the_job_finishes(tmp_path, tiny_model_path):
+    """A FIFO left in an image folder (``zz.png``) and ``/dev/zero`` named in a list file used to block
+    a worker in ``read()`` forever / read until the nanny killed it: now both are skipped, recorded with
+    their reason, and the job covers every valid image."""
+    folder_a = write_images(tmp_path / "a", 4, seed=1)
+    os.mkfifo(tmp_path / "a" / "zz.png")
+    folder_b = write_images(tmp_path / "b", 3, seed=2)
+    listing = tmp_path / "b.txt"
+    listing.write_text("\n".join([*folder_b, "/dev/zero"]) + "\n")
+    spec = tiny_spec(tiny_model_path, {"a": str(tmp_path / "a"), "b": str(listing)}, tmp_path / "out",
+                     cluster={"n_workers": 1, "threads_per_worker": 1, "memory_limit": "3GB"})
+    out = _daskdiff("run", _job_file(tmp_path, spec), "--no-progress", cwd=tmp_path, timeout=200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"skipped (a): {tmp_path / 'a' / 'zz.png'}: not a regular file (FIFO)" in out.stdout
+    assert "skipped (b): /dev/zero: not a regular file (character device)" in out.stdout
+    with xr.open_dataset(tmp_path / "out" / "differentiation.nc") as ds:
+        assert ds["n_images"].sel(image_set="a") == 4 and ds["n_images"].sel(image_set="b") == 3
+        for name, paths in (("a", folder_a), ("b", folder_b)):
+            kept = sorted(str(p) for p in ds["image_path"].sel(image_set=name).values if p)
+            assert kept == sorted(paths)
+        skipped = dict(zip(ds["skipped_path"].values, ds["skipped_reason"].values))
+        assert skipped == {str(tmp_path / "a" / "zz.png"): "not a regular file (FIFO)",
+                           "/dev/zero": "not a regular file (character device)"}
+        assert np.isfinite(ds["differentiation"].sel(n_units="all").isel(repeat=0)).all()
+
+
+def test_special_files_are_skipped_with_their_kind_and_never_opened_for_a_blocking_read(tmp_path):
+    import socket
+
+    good = write_images(tmp_path / "img", 2, seed=3)
+    os.mkfifo(tmp_path / "fifo.png")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock.png"))
+    (tmp_path / "dir.png").mkdir()
+    os.symlink("/dev/zero", tmp_path / "zero.png")
+    paths = [str(tmp_path / n) for n in ("fifo.png", "sock.png", "dir.png", "zero.png")]
+    try:
+        images, indices, skipped = load_images([good[0], *paths, good[1]], size=(8, 8))
+    finally:
+        sock.close()
+    assert indices == [0, 5] and images.shape == (2, 8, 8, 3)
+    assert [(s.path, s.reason) for s in skipped] == list(zip(paths, [
+        "not a regular file (FIFO)", "not a regular file (socket)", "is a folder, not an image file",
+        "not a regular file (character device)"]))
+
+
+def test_a_fifo_swapped_in_while_files_are_read_never_blocks(tmp_path):
+    """The race between the check and the open: a path that alternates between a regular image and a
+    FIFO (``os.replace``) is read some hundred times; every read gives the image or refuses the FIFO, none waits."""
+    (image,) = write_images(tmp_path / "img", 1, seed=4, size=(8, 8))
+    data = Path(image).read_bytes()
+    expected = np.asarray(Image.open(image).convert("RGB"))
+    target = tmp_path / "swap.png"
+    target.write_bytes(data)
+    stop = threading.Event()
+
+    def swap():
+        k = 0
+        while not stop.is_set():
+            tmp = tmp_path / f"next-{k}"
+            if k % 2:
+                tmp.write_bytes(data)
+            else:
+                os.mkfifo(tmp)
+            os.replace(tmp, target)
+            k += 1
+
+    outcomes = []
+
+    def read():
+        import time
+
+        end = time.monotonic() + 10
+        while time.monotonic() < end and (len(outcomes) < 300 or outcomes.count(True) < 20 or outcomes.count(True) > len(outcomes) - 20):
+            try:
+                outcomes.append(bool((load_image(target, (8, 8)) == expected).all()))
+            except ImageDecodeError as error:
+                outcomes.append(error.reason)
+
+    swapper, reader = threading.Thread(target=swap), threading.Thread(target=read, daemon=True)
+    swapper.start()
+    reader.start()
+    reader.join(timeout=40)
+    stop.set()
+    swapper.join()
+    assert not reader.is_alive(), f"a read blocked on the FIFO after {len(outcomes)} reads"
+    assert set(outcomes) == {True, "not a regular file (FIFO)"}, set(outcomes)
+
+
+def test_a_file_larger_than_any_image_is_skipped_unread(tmp_path):
+    """A sparse 1 GB file named ``.png`` is larger than any image Pillow would decode (8 bytes per pixel
+    of ``PIL.Image.MAX_IMAGE_PIXELS`` plus 64 MiB): skipped from its size, before a byte is read."""
+    import resource
+
+    assert 8 * Image.MAX_IMAGE_PIXELS + 64 * 2**20 < 2**30  # Pillow's default: 783 MB
+    big = tmp_path / "huge.png"
+    with open(big, "wb") as f:
+        f.truncate(2**30)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageDecodeError, match=r"huge\.png': 1\.07 GB, larger than any image file \(783 MB at most\); "
+                                               r"raise PIL\.Image\.MAX_IMAGE_PIXELS"):
+        load_image(big)
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 100_000, f"reading grew the peak memory by {grown_kb} KB"
+
+
+def test_a_set_or_list_file_that_is_a_fifo_or_device_is_refused_in_one_line(tmp_path):
+    os.mkfifo(tmp_path / "photos")
+    with pytest.raises(ImageSetError, match=r"'.*photos' is a FIFO, not a folder, glob pattern or list file"):
+        resolve_image_set(tmp_path / "photos")
+    with pytest.raises(ImageSetError, match=r"'/dev/zero' is a character device, not a folder"):
+        resolve_image_set("/dev/zero")
+    os.mkfifo(tmp_path / "list.txt")
+    os.symlink(tmp_path / "list.txt", tmp_path / "linked.txt")
+    with pytest.raises(ImageSetError, match=r"linked\.txt' is a FIFO"):
+        resolve_image_set(tmp_path / "linked.txt")
+    huge = tmp_path / "huge.txt"
+    with open(huge, "wb") as f:
+        f.truncate(2**30)
+    with pytest.raises(ImageSetError, match=r"cannot read list file '.*huge\.txt': 1\.07 GB, larger than any list file "
+                                            r"\(67\.1 MB at most\)"):
+        resolve_image_set(huge)
