@@ -163,3 +163,115 @@ def test_a_set_or_list_file_that_is_a_fifo_or_device_is_refused_in_one_line(tmp_
     with pytest.raises(ImageSetError, match=r"cannot read list file '.*huge\.txt': 1\.07 GB, larger than any list file "
                                             r"\(67\.1 MB at most\)"):
         resolve_image_set(huge)
+
+
+# --- item 9: a .npy movie is bounded from its header ---------------------------------------------
+
+
+def _npy_header_only(path, shape, *, data_bytes=None, descr="|u1"):
+    """A ``.npy`` file whose header says ``shape``; its data is a hole (sparse) of the full size, or
+    ``data_bytes`` long (truncated)."""
+    from numpy.lib import format as npy
+
+    with open(path, "wb") as f:
+        npy.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+        f.truncate(f.tell() + (int(np.prod(shape)) if data_bytes is None else data_bytes))
+    return path
+
+
+def _movie_spec(tmp_path, tiny_model_path, clip: dict, **overrides):
+    write_images(tmp_path / "still", 3, seed=5)
+    spec = tiny_spec(tiny_model_path, {"clip": clip, "still": str(tmp_path / "still")}, tmp_path / "out", **overrides)
+    return _job_file(tmp_path, spec)
+
+
+@pytest.mark.timeout(120)
+def test_a_4_gb_npy_movie_is_counted_from_its_header_in_a_dry_run(tmp_path, tiny_model_path):
+    """A sparse ``.npy`` whose header says 4000 frames of 1000 x 1000 RGB (12 GB) is counted as 4000
+    images in the estimate, from its header, and the dry run reads none of its frames."""
+    clip = _npy_header_only(tmp_path / "clip.npy", (4000, 1000, 1000, 3))
+    job = _movie_spec(tmp_path, tiny_model_path, {"path": str(clip), "fps": 30})
+    out = _daskdiff("run", job, "--dry-run", cwd=tmp_path, timeout=100)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "image set 'clip': not generated in a dry run; a run generates 4000 image(s)" in out.stdout
+    assert "estimate: 4003 image(s)" in out.stdout
+    assert "image set 'clip': 4000 image(s) (a movie at 30 fps)" in out.stdout
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_truncated_npy_movie_is_refused_before_anything_runs(tmp_path, tiny_model_path):
+    clip = _npy_header_only(tmp_path / "clip.npy", (4000, 1000, 1000, 3), data_bytes=1000)
+    job = _movie_spec(tmp_path, tiny_model_path, {"path": str(clip), "fps": 30})
+    out = _daskdiff("run", job, cwd=tmp_path, timeout=100)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert (f"daskdiff run: error: movie array '{clip}' is truncated: its header says 4000 frame(s) of shape "
+            f"(1000, 1000, 3) uint8 (12000000128 bytes with the header), but the file holds 1128 bytes") in out.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_writing_a_large_npy_movie_holds_one_frame_at_a_time(tmp_path):
+    """The frames of a 200-frame 1000 x 1000 movie (600 MB as RGB) are written as PNGs, in a process
+    whose peak memory grows by far less than the movie (it used to hold every frame, twice)."""
+    clip = _npy_header_only(tmp_path / "clip.npy", (200, 1000, 1000))
+    script = (
+        "import resource, sys\n"
+        "from daskdiff.stimuli.registry import generate\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "paths = generate('movie', sys.argv[2], movie=sys.argv[1], fps=30)\n"
+        "print(len(paths), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(clip), str(tmp_path / "frames")], capture_output=True,
+                         text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    n, grown_kb = map(int, out.stdout.split())
+    assert n == 200 and grown_kb < 150_000, f"writing the movie grew the peak memory by {grown_kb} KB"
+    assert np.asarray(Image.open(tmp_path / "frames" / "frame-000199.png")).shape == (1000, 1000, 3)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_a_small_npy_movie_gives_its_frames(tmp_path, order):
+    """Frame by frame (C order) or through a memory map (Fortran order), the frames written are the array's."""
+    from daskdiff.stimuli.registry import generate
+
+    rng = np.random.default_rng(7)
+    movie = np.asarray(rng.integers(0, 256, (5, 6, 7, 3), dtype=np.uint8), order=order)
+    np.save(tmp_path / "clip.npy", movie)
+    paths = generate("movie", tmp_path / "frames", movie=str(tmp_path / "clip.npy"), fps=12, n_frames=4)
+    written = np.stack([np.asarray(Image.open(p)) for p in paths])
+    np.testing.assert_array_equal(written, movie[:4])
+    grey = rng.integers(0, 65536, (3, 4, 5), dtype=np.uint16)
+    np.save(tmp_path / "grey.npy", grey.astype(">u2"))  # big-endian 16-bit: the header's dtype is used
+    paths = generate("movie", tmp_path / "grey", movie=str(tmp_path / "grey.npy"), fps=12)
+    expected = np.repeat(np.rint(grey * (255 / 65535)).astype(np.uint8)[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(np.stack([np.asarray(Image.open(p)) for p in paths]), expected)
+
+
+# --- item 13: a file that is not an image or movie at all -----------------------------------------
+
+HTML = "<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>\n"
+
+
+@pytest.mark.timeout(120)
+def test_an_html_page_named_gif_as_a_movie_is_refused_in_one_line(tmp_path, tiny_model_path):
+    (tmp_path / "clip.gif").write_text(HTML)
+    job = _movie_spec(tmp_path, tiny_model_path, {"path": str(tmp_path / "clip.gif")})
+    out = _daskdiff("run", job, cwd=tmp_path, timeout=100)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "ffmpeg" not in out.stderr + out.stdout, out.stderr[-3000:]
+    assert (f"daskdiff run: error: '{tmp_path / 'clip.gif'}' is not a movie file: it seems to be an HTML page; give "
+            "an animated GIF, APNG or WebP, a video file, a .npy array or a folder of frames") in out.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_html_page_named_gif_among_images_is_skipped_as_an_html_page(tmp_path):
+    good = write_images(tmp_path / "img", 2, seed=6)
+    (tmp_path / "img" / "page.gif").write_text(HTML)
+    (tmp_path / "img" / "notes.png").write_text("remember to crop these\n")
+    paths = resolve_image_set(tmp_path / "img")
+    _, indices, skipped = load_images(paths, size=(8, 8))
+    assert [paths[i] for i in indices] == good
+    assert {Path(s.path).name: s.reason for s in skipped} == {
+        "page.gif": "not an image file (Pillow cannot identify its format): it seems to be an HTML page",
+        "notes.png": "not an image file (Pillow cannot identify its format): it seems to be a text file",
+    }

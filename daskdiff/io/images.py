@@ -37,6 +37,7 @@ __all__ = [
     "ImageSetError",
     "Skipped",
     "check_min_images",
+    "image_size",
     "load_image",
     "load_images",
     "resolve_image_set",
@@ -408,6 +409,20 @@ def load_image(
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), resample)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(rows, cols)`` of an image file, from its header (the file is read as :func:`load_image`
+    reads it: a regular file of bounded size); :class:`ImageDecodeError` if it is not an image."""
+    path = os.fspath(path)
+    data = _read_bytes(path)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size[1], image.size[0]
+    except UnidentifiedImageError:
+        raise ImageDecodeError(path, _unidentified(data)) from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageDecodeError(path, f"truncated or corrupt image: {error}") from None
 
 
 def _decode_or_error(path: Any, *, size: tuple[int, int], resize: Any, background: tuple[int, int, int],

@@ -163,8 +163,8 @@ def read_regular(path: str | os.PathLike, *, limit: int | None = None, what: str
         os.close(fd)
 
 
-VIDEO_CONTAINERS = ("an MP4/QuickTime video", "an AVI video", "a Matroska/WebM video", "an MPEG video", "a Flash video",
-                    "an Ogg video")
+VIDEO_CONTAINERS = ("an MP4/QuickTime video", "an AVI video", "a Matroska/WebM video", "an MPEG video", "an MPEG-TS video",
+                    "a Flash video", "an Ogg video", "a Windows Media (ASF) video")
 """What :func:`seems_to_be` calls a video that only a video plugin (``imageio-ffmpeg`` or ``av``) reads."""
 
 _MAGIC: tuple[tuple[int, bytes, str], ...] = (
@@ -175,6 +175,10 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"II*\x00", "a TIFF image"),
     (0, b"MM\x00*", "a TIFF image"),
     (4, b"ftyp", "an MP4/QuickTime video"),
+    (4, b"moov", "an MP4/QuickTime video"),
+    (4, b"mdat", "an MP4/QuickTime video"),
+    (4, b"wide", "an MP4/QuickTime video"),
+    (0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "a Windows Media (ASF) video"),
     (0, b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
     (0, b"\x00\x00\x01\xba", "an MPEG video"),
     (0, b"\x00\x00\x01\xb3", "an MPEG video"),
@@ -202,6 +206,8 @@ def seems_to_be(head: bytes) -> str:
         return "an empty file"
     if head[:4] == b"RIFF" and len(head) >= 12:
         return _RIFF.get(head[8:12], "a RIFF file")
+    if head[:1] == b"\x47" and head[188:189] == b"\x47":  # two 188-byte transport packets
+        return "an MPEG-TS video"
     for offset, magic, name in _MAGIC:
         if head[offset:offset + len(magic)] == magic:
             return name
