@@ -275,3 +275,63 @@ def test_an_html_page_named_gif_among_images_is_skipped_as_an_html_page(tmp_path
         "page.gif": "not an image file (Pillow cannot identify its format): it seems to be an HTML page",
         "notes.png": "not an image file (Pillow cannot identify its format): it seems to be a text file",
     }
+
+
+# --- the same class elsewhere: every file daskdiff reads is a regular file of bounded size ------------
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(560)
+def test_a_fifo_in_place_of_a_shard_or_partial_result_is_recomputed_on_resume(tmp_path, tiny_model_path):
+    """A FIFO left where a shard or a partial result was (a tool, a careless colleague) used to block the
+    worker that opened it; now the shard is extracted again and the partial recomputed, with the same
+    results as the first run."""
+    write_images(tmp_path / "a", 4, seed=1)
+    write_images(tmp_path / "b", 4, seed=2)
+    spec = tiny_spec(tiny_model_path, {"a": str(tmp_path / "a"), "b": str(tmp_path / "b")}, tmp_path / "out",
+                     cluster={"n_workers": 1, "threads_per_worker": 1, "memory_limit": "3GB"})
+    job = _job_file(tmp_path, spec)
+    first = _daskdiff("run", job, "--no-progress", cwd=tmp_path, timeout=250)
+    assert first.returncode == 0, first.stderr[-3000:]
+    with xr.open_dataset(tmp_path / "out" / "differentiation.nc") as ds:
+        before = ds["differentiation"].load()
+    shard = sorted((tmp_path / "out" / "activations" / "a").glob("shard-*.nc"))[-1]
+    partial = sorted((tmp_path / "out" / "partial").glob("b--*.npz"))[0]
+    for path in (shard, partial):
+        path.unlink()
+        os.mkfifo(path)
+    again = _daskdiff("run", job, "--no-progress", cwd=tmp_path, timeout=250)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"set 'a': shard {int(shard.stem.split('-')[1])} was extracted again because it is a FIFO, not a shard file" in again.stdout
+    assert shard.is_file() and partial.is_file()
+    with xr.open_dataset(tmp_path / "out" / "differentiation.nc") as ds:
+        xr.testing.assert_identical(ds["differentiation"].load(), before)
+
+
+def test_a_partial_result_whose_zip_claims_more_than_it_holds_is_recomputed(tmp_path):
+    """A partial result is an uncompressed .npz: a compressed one whose arrays claim more bytes than
+    the file (a zip bomb) is refused before it is inflated, and removed to be recomputed."""
+    from daskdiff.io.partials import reuse_partial, write_partial
+
+    path = tmp_path / "p.npz"
+    write_partial(path, {"d": np.arange(6.0).reshape(2, 3)})
+    assert reuse_partial(path, {"d": (2, 3)})["d"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    np.savez_compressed(path, d=np.zeros((2, 50_000_000)))  # 800 MB of zeros in under 1 MB
+    assert path.stat().st_size < 2**20
+    assert reuse_partial(path, {"d": (2, None)}) is None and not path.exists()
+
+
+def test_a_fifo_movie_record_or_scheduler_file_is_refused_without_waiting(tmp_path):
+    from daskdiff.errors import InputError
+    from daskdiff.pipeline.cluster import connect
+    from daskdiff.pipeline.spec import ClusterSection
+    from daskdiff.stimuli.movie import load_movie
+
+    write_images(tmp_path / "movie", 3, seed=8)
+    os.mkfifo(tmp_path / "movie" / "movie.json")
+    with pytest.raises(InputError, match=r"cannot read .*movie\.json: not a regular file \(FIFO\)"):
+        load_movie(tmp_path / "movie")
+    os.mkfifo(tmp_path / "scheduler.json")
+    with pytest.raises(InputError, match=r"--scheduler-file .*scheduler\.json: cannot read it \(not a regular file \(FIFO\)\)"):
+        with connect(ClusterSection(), scheduler_file=str(tmp_path / "scheduler.json"), echo=lambda *a: None):
+            pass

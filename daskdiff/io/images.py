@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from ..errors import InputError
-from .reading import NotReadableError, not_regular_kind, read_regular, seems_to_be
+from .reading import TEXT_FILE_MAX_BYTES, NotReadableError, read_regular, seems_to_be, special_kind
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -50,10 +50,6 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 
 LIST_SUFFIXES: frozenset[str] = frozenset({".txt", ".lst"})
 """Suffixes of a list file: one image path per line."""
-
-LIST_FILE_MAX_BYTES = 64 * 2**20
-"""The largest list file read (64 MiB): some 300,000 paths of 200 characters, more images than one
-set's differentiation can hold (its ``n x n`` distances)."""
 
 ResizeName = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 
@@ -144,8 +140,10 @@ def resolve_image_set(
     Raises
     ------
     ImageSetError
-        The source does not exist; a folder holds no image file; a glob matches no file; a list
-        file cannot be read, lists no path, or lists only paths that do not exist.
+        The source does not exist, or is a FIFO, device or socket; a folder holds no image file; a
+        glob matches no file; a list file is not a regular file, is larger than
+        :data:`daskdiff.io.reading.TEXT_FILE_MAX_BYTES`, cannot be read, lists no path, or lists
+        only paths that do not exist.
     TypeError
         `source` is not a string or path-like.
 
@@ -175,7 +173,7 @@ def resolve_image_set(
         files = _list_file_paths(path, name)
     elif os.path.exists(path) and not _GLOB_CHARACTERS & set(text):
         raise ImageSetError(
-            f"image set {name!r}: '{path}' is {not_regular_kind(path)}, not a folder, glob pattern or list file; "
+            f"image set {name!r}: '{path}' is {special_kind(path)}, not a folder, glob pattern or list file; "
             "give a folder of images, a glob pattern such as 'photos/*.jpg', or a list file (.txt/.lst)"
         )
     elif _GLOB_CHARACTERS & set(text):
@@ -272,7 +270,7 @@ def _list_file_paths(list_file: str, name: str) -> list[str]:
             "give its folder, a glob pattern, or a .txt file listing the images"
         )
     try:
-        lines = read_regular(list_file, limit=LIST_FILE_MAX_BYTES, what="list file").decode("utf-8-sig").splitlines()
+        lines = read_regular(list_file, limit=TEXT_FILE_MAX_BYTES, what="list file").decode("utf-8-sig").splitlines()
     except (NotReadableError, UnicodeDecodeError) as error:
         raise ImageSetError(
             f"image set {name!r}: cannot read list file '{list_file}': {getattr(error, 'reason', error)}; it must "
@@ -352,7 +350,10 @@ def load_image(
     Notes
     -----
     The file is read into memory and opened with Pillow, which decodes it completely here, so a
-    truncated file fails here rather than later. ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is
+    truncated file fails here rather than later. Only a regular file is read: a FIFO, a device
+    (``/dev/zero``), a socket or a folder named like an image is never opened for a blocking read
+    (:func:`daskdiff.io.reading.open_regular`) and fails with ``'not a regular file (FIFO)'``; a
+    file larger than :func:`max_image_file_bytes` fails from its size, unread. ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is
     never set by this module (if other code sets it, Pillow pads truncated files instead).
 
     Conventions, applied in this order:

@@ -18,7 +18,7 @@ import stat
 
 from ..errors import InputError
 
-__all__ = ["NotReadableError", "VIDEO_CONTAINERS", "not_regular_kind", "open_regular", "read_head", "read_regular", "seems_to_be"]
+__all__ = ["TEXT_FILE_MAX_BYTES", "NotReadableError", "VIDEO_CONTAINERS", "open_regular", "read_head", "read_regular", "seems_to_be", "special_kind"]
 
 _KINDS = {
     stat.S_IFIFO: "FIFO",
@@ -27,6 +27,11 @@ _KINDS = {
     stat.S_IFSOCK: "socket",
     stat.S_IFDIR: "folder",
 }
+
+TEXT_FILE_MAX_BYTES = 64 * 2**20
+"""The largest list file or JSON record read (64 MiB): a list file of some 300,000 image paths of 200
+characters, more images than one set's differentiation can hold (its ``n x n`` distances); a
+``movie.json`` naming as many frames."""
 
 _CHUNK = 1 << 24
 """Bytes asked of one ``read`` call (16 MiB): a file is read in chunks, never with one allocation of its
@@ -70,15 +75,12 @@ def _check_mode(path: str, mode: int) -> None:
         raise NotReadableError(path, f"not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'special file')})")
 
 
-def not_regular_kind(path: str | os.PathLike) -> str:
-    """What an existing path that is not a regular file is, for messages: ``'a FIFO'``, ``'a character
-    device'``, ``'a socket'``, ``'a block device'``, ``'a folder'``, ``'a special file'`` (``'a regular file'``
-    if it is one)."""
+def special_kind(path: str | os.PathLike) -> str | None:
+    """What a path is when it is not a regular file (links followed), for messages: ``'a FIFO'``,
+    ``'a character device'``, ``'a socket'``, ``'a block device'``, ``'a folder'``, ``'a special
+    file'``; None for a regular file. ``os.stat`` only: nothing is opened."""
     mode = os.stat(path).st_mode
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    kind = _KINDS.get(stat.S_IFMT(mode), "special file")
-    return f"a {kind}"
+    return None if stat.S_ISREG(mode) else f"a {_KINDS.get(stat.S_IFMT(mode), 'special file')}"
 
 
 def _check_size(path: str, size: int, limit: int | None, what: str) -> None:

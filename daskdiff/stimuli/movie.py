@@ -31,7 +31,7 @@ from .common import _check_int, _check_prefix
 from ..errors import InputError
 from ..io.atomic import atomic_write
 from ..io.images import ImageDecodeError, _write_images, as_rgb_uint8, image_size, load_image, resolve_image_set
-from ..io.reading import NotReadableError, open_regular
+from ..io.reading import TEXT_FILE_MAX_BYTES, NotReadableError, open_regular, read_regular
 
 MOVIE_RECORD = "movie.json"
 """Name of the JSON record of a movie's frame rate, beside its frames."""
@@ -158,11 +158,13 @@ def write_movie(
 def read_movie_record(folder: str | os.PathLike) -> dict[str, Any]:
     """The :data:`MOVIE_RECORD` of a movie folder, checked to have a positive ``fps`` and ``frames``."""
     path = Path(folder) / MOVIE_RECORD
+    if not os.path.lexists(path):
+        raise InputError(f"{path} does not exist: {folder} is not a folder written by a movie generator")
     try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path} does not exist: {folder} is not a folder written by a movie generator") from None
-    except (OSError, ValueError) as error:
+        record = json.loads(read_regular(path, limit=TEXT_FILE_MAX_BYTES, what="movie record"))
+    except NotReadableError as error:
+        raise InputError(f"cannot read {path}: {error.reason}") from None
+    except ValueError as error:
         raise InputError(f"cannot read {path}: {error}") from None
     if not isinstance(record, dict) or not isinstance(record.get("frames"), list):
         raise InputError(f"{path} is not a movie record (no 'frames' list)")
