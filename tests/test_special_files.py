@@ -335,3 +335,14 @@ def test_a_fifo_movie_record_or_scheduler_file_is_refused_without_waiting(tmp_pa
     with pytest.raises(InputError, match=r"--scheduler-file .*scheduler\.json: cannot read it \(not a regular file \(FIFO\)\)"):
         with connect(ClusterSection(), scheduler_file=str(tmp_path / "scheduler.json"), echo=lambda *a: None):
             pass
+
+
+def test_an_html_page_as_an_augment_source_is_named_not_a_traceback(tmp_path):
+    from daskdiff.errors import InputError
+    from daskdiff.stimuli.registry import generate
+
+    (tmp_path / "photo.jpg").write_text(HTML)
+    with pytest.raises(InputError, match=r"source '.*photo\.jpg' is not an image imageio can read: it seems to be an HTML page") as caught:
+        generate("augment", tmp_path / "out", source=str(tmp_path / "photo.jpg"), count=2)
+    assert caught.value.__cause__ is None and "ffmpeg" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
