@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from conftest import write_images
-from daskdiff.io.images import ImageDecodeError, ImageSetError, load_image, load_images, resolve_image_set
+from daskdiff.io.images import ImageDecodeError, ImageSetError, Skipped, load_image, load_images, resolve_image_set
 from jobtools import tiny_spec
 
 BIN = Path(sys.executable).parent
@@ -88,46 +88,70 @@ def test_special_files_are_skipped_with_their_kind_and_never_opened_for_a_blocki
 
 
 def test_a_fifo_swapped_in_while_files_are_read_never_blocks(tmp_path):
-    """The race between the check and the open: a path that alternates between a regular image and a
-    FIFO (``os.replace``) is read some hundred times; every read gives the image or refuses the FIFO, none waits."""
+    """The race between the check and the open: while another process keeps replacing a path by a
+    regular image and by a FIFO (``os.replace``), the path is read 2000 times; every read gives the
+    image or refuses the FIFO, none waits."""
     (image,) = write_images(tmp_path / "img", 1, seed=4, size=(8, 8))
-    data = Path(image).read_bytes()
     expected = np.asarray(Image.open(image).convert("RGB"))
     target = tmp_path / "swap.png"
-    target.write_bytes(data)
-    stop = threading.Event()
-
-    def swap():
-        k = 0
-        while not stop.is_set():
-            tmp = tmp_path / f"next-{k}"
-            if k % 2:
-                tmp.write_bytes(data)
-            else:
-                os.mkfifo(tmp)
-            os.replace(tmp, target)
-            k += 1
-
+    swapper = subprocess.Popen([sys.executable, "-c", (
+        "import os, shutil, sys\n"
+        "image, target = sys.argv[1:]\n"
+        "k = 0\n"
+        "while True:\n"
+        "    tmp = f'{target}.{k}'\n"
+        "    shutil.copyfile(image, tmp) if k % 2 else os.mkfifo(tmp)\n"
+        "    os.replace(tmp, target)\n"
+        "    k += 1\n"), image, str(target)])
     outcomes = []
 
     def read():
-        import time
-
-        end = time.monotonic() + 10
-        while time.monotonic() < end and (len(outcomes) < 300 or outcomes.count(True) < 20 or outcomes.count(True) > len(outcomes) - 20):
+        while len(outcomes) < 2000:
             try:
                 outcomes.append(bool((load_image(target, (8, 8)) == expected).all()))
             except ImageDecodeError as error:
                 outcomes.append(error.reason)
 
-    swapper, reader = threading.Thread(target=swap), threading.Thread(target=read, daemon=True)
-    swapper.start()
-    reader.start()
-    reader.join(timeout=40)
-    stop.set()
-    swapper.join()
+    reader = threading.Thread(target=read, daemon=True)  # a read blocked on a FIFO never returns
+    try:
+        while not target.exists():
+            pass
+        reader.start()
+        reader.join(timeout=60)
+    finally:
+        swapper.kill()
+        swapper.wait()
     assert not reader.is_alive(), f"a read blocked on the FIFO after {len(outcomes)} reads"
     assert set(outcomes) == {True, "not a regular file (FIFO)"}, set(outcomes)
+
+
+def test_a_file_replaced_by_a_fifo_right_after_its_check_is_refused_not_waited_on(tmp_path, monkeypatch):
+    """The race made certain: the image is replaced by a FIFO just after ``os.stat`` has seen a regular
+    file, before it is opened. The open must not wait for a writer (``O_NONBLOCK``), and the opened
+    descriptor is checked again (``os.fstat``)."""
+    (image,) = write_images(tmp_path / "img", 1, seed=4, size=(8, 8))
+    target = tmp_path / "swap.png"
+    target.write_bytes(Path(image).read_bytes())
+    real_stat, swapped = os.stat, []
+
+    def stat_then_swap(path, *args, **kwargs):
+        result = real_stat(path, *args, **kwargs)
+        if os.fspath(path) == str(target) and not swapped:
+            swapped.append(True)
+            os.unlink(target)
+            os.mkfifo(target)
+        return result
+
+    outcome = []
+    monkeypatch.setattr(os, "stat", stat_then_swap)
+    reader = threading.Thread(target=lambda: outcome.append(load_images([target], size=(8, 8))[2]), daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    monkeypatch.undo()
+    if reader.is_alive():  # blocked in open(): give it a writer, then fail
+        os.close(os.open(target, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the read blocked on the FIFO that replaced the image after its check")
+    assert swapped and outcome == [[Skipped(str(target), "not a regular file (FIFO)")]]
 
 
 def test_a_file_larger_than_any_image_is_skipped_unread(tmp_path):
