@@ -34,8 +34,8 @@ characters, more images than one set's differentiation can hold (its ``n x n`` d
 ``movie.json`` naming as many frames."""
 
 _CHUNK = 1 << 24
-"""Bytes asked of one ``read`` call (16 MiB): a file is read in chunks, never with one allocation of its
-claimed size."""
+"""Bytes asked of each ``read`` call after the first (16 MiB), which asks for the file's size: a file
+that grows while it is read, or reports no size (``/proc``), is read in chunks up to its limit."""
 
 
 class NotReadableError(InputError):
@@ -140,8 +140,9 @@ def open_regular(path: str | os.PathLike, *, limit: int | None = None, what: str
 def read_regular(path: str | os.PathLike, *, limit: int | None = None, what: str = "file") -> bytes:
     """The bytes of ``path``, a regular file of at most ``limit`` bytes (:func:`open_regular`).
 
-    The file is read in chunks and the read stops one byte past `limit`, so a file that grows while
-    it is read (or reports a false size) never costs more than `limit` bytes of memory.
+    The file's size (``os.fstat``) is read in one call, into one buffer; what a file that grows
+    meanwhile (or reports no size) holds beyond is read in chunks, and the read stops one byte
+    past `limit`, so it never costs more than `limit` bytes of memory.
 
     Raises
     ------
@@ -149,20 +150,23 @@ def read_regular(path: str | os.PathLike, *, limit: int | None = None, what: str
         As :func:`open_regular`, or the file grew past `limit`, or a read failed.
     """
     fd = open_regular(path, limit=limit, what=what)
-    data = bytearray()
     cap = float("inf") if limit is None else limit
+    chunks: list[bytes] = []
+    total = 0
     try:
-        while True:
-            chunk = os.read(fd, int(min(_CHUNK, cap + 1 - len(data))))
-            if not chunk:
-                return bytes(data)
-            data += chunk
-            if len(data) > cap:
+        size = os.fstat(fd).st_size
+        want = size + 1 if size else _CHUNK  # the whole file in one read, and one byte to see its end
+        while chunk := os.read(fd, int(min(want, cap + 1 - total))):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > cap:
                 raise NotReadableError(path, f"grew past {_size_words(limit)} while it was read, more than any {what}")
+            want = _CHUNK
     except OSError as error:
         raise NotReadableError(path, f"cannot read: {error.strerror or error}") from None
     finally:
         os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 VIDEO_CONTAINERS = ("an MP4/QuickTime video", "an AVI video", "a Matroska/WebM video", "an MPEG video", "an MPEG-TS video",
