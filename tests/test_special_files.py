@@ -361,6 +361,7 @@ def test_a_fifo_movie_record_or_scheduler_file_is_refused_without_waiting(tmp_pa
             pass
 
 
+@pytest.mark.filterwarnings("ignore:The legacy `DICOM` plugin is deprecated:DeprecationWarning")
 def test_an_html_page_as_an_augment_source_is_named_not_a_traceback(tmp_path):
     from daskdiff.errors import InputError
     from daskdiff.stimuli.registry import generate
