@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from ..errors import InputError
+from .reading import TEXT_FILE_MAX_BYTES, NotReadableError, read_regular, seems_to_be, special_kind
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -36,6 +37,7 @@ __all__ = [
     "ImageSetError",
     "Skipped",
     "check_min_images",
+    "image_size",
     "load_image",
     "load_images",
     "resolve_image_set",
@@ -71,7 +73,7 @@ class DuplicateImagesWarning(UserWarning):
     file naming it twice); only the first path, in sorted order, was kept."""
 
 
-class ImageDecodeError(InputError):
+class ImageDecodeError(NotReadableError):
     """One file that cannot be decoded into an image.
 
     Attributes
@@ -82,15 +84,7 @@ class ImageDecodeError(InputError):
         A short human reason, e.g. ``'empty file (0 bytes)'``.
     """
 
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = os.fspath(path)
-        self.reason = reason
-        super().__init__(f"cannot decode image '{self.path}': {reason}")
-
-    def __reduce__(self):
-        # Rebuild from (path, reason), not from the formatted message, so the error survives
-        # pickling (Dask sends a task's exception from the worker to the client).
-        return type(self), (self.path, self.reason)
+    verb = "cannot decode image"
 
 
 @dataclass(frozen=True)
@@ -146,8 +140,10 @@ def resolve_image_set(
     Raises
     ------
     ImageSetError
-        The source does not exist; a folder holds no image file; a glob matches no file; a list
-        file cannot be read, lists no path, or lists only paths that do not exist.
+        The source does not exist, or is a FIFO, device or socket; a folder holds no image file; a
+        glob matches no file; a list file is not a regular file, is larger than
+        :data:`daskdiff.io.reading.TEXT_FILE_MAX_BYTES`, cannot be read, lists no path, or lists
+        only paths that do not exist.
     TypeError
         `source` is not a string or path-like.
 
@@ -175,6 +171,11 @@ def resolve_image_set(
         files = _folder_files(path, name)
     elif os.path.isfile(path):
         files = _list_file_paths(path, name)
+    elif os.path.exists(path) and not _GLOB_CHARACTERS & set(text):
+        raise ImageSetError(
+            f"image set {name!r}: '{path}' is {special_kind(path)}, not a folder, glob pattern or list file; "
+            "give a folder of images, a glob pattern such as 'photos/*.jpg', or a list file (.txt/.lst)"
+        )
     elif _GLOB_CHARACTERS & set(text):
         pattern = os.path.expanduser(text)
         if not os.path.isabs(pattern):  # the base folder's own name is not a pattern
@@ -269,13 +270,12 @@ def _list_file_paths(list_file: str, name: str) -> list[str]:
             "give its folder, a glob pattern, or a .txt file listing the images"
         )
     try:
-        with open(list_file, encoding="utf-8-sig") as handle:
-            lines = handle.read().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
+        lines = read_regular(list_file, limit=TEXT_FILE_MAX_BYTES, what="list file").decode("utf-8-sig").splitlines()
+    except (NotReadableError, UnicodeDecodeError) as error:
         raise ImageSetError(
-            f"image set {name!r}: cannot read list file '{list_file}': {error}; it must be a "
-            "readable UTF-8 text file with one image path per line"
-        ) from error
+            f"image set {name!r}: cannot read list file '{list_file}': {getattr(error, 'reason', error)}; it must "
+            "be a readable UTF-8 text file with one image path per line"
+        ) from None
     folder = os.path.dirname(list_file)
     entries = [line.strip() for line in lines]
     files = [
@@ -350,7 +350,10 @@ def load_image(
     Notes
     -----
     The file is read into memory and opened with Pillow, which decodes it completely here, so a
-    truncated file fails here rather than later. ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is
+    truncated file fails here rather than later. Only a regular file is read: a FIFO, a device
+    (``/dev/zero``), a socket or a folder named like an image is never opened for a blocking read
+    (:func:`daskdiff.io.reading.open_regular`) and fails with ``'not a regular file (FIFO)'``; a
+    file larger than :func:`max_image_file_bytes` fails from its size, unread. ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is
     never set by this module (if other code sets it, Pillow pads truncated files instead).
 
     Conventions, applied in this order:
@@ -407,6 +410,20 @@ def load_image(
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), resample)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(rows, cols)`` of an image file, from its header (the file is read as :func:`load_image`
+    reads it: a regular file of bounded size); :class:`ImageDecodeError` if it is not an image."""
+    path = os.fspath(path)
+    data = _read_bytes(path)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size[1], image.size[0]
+    except UnidentifiedImageError:
+        raise ImageDecodeError(path, _unidentified(data)) from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageDecodeError(path, f"truncated or corrupt image: {error}") from None
 
 
 def _decode_or_error(path: Any, *, size: tuple[int, int], resize: Any, background: tuple[int, int, int],
@@ -541,22 +558,38 @@ def _check_background(background) -> tuple[int, int, int]:
 # --- decoding ----------------------------------------------------------------------------------
 
 
+BYTES_PER_PIXEL = 8
+"""The widest pixel Pillow decodes (16-bit RGBA): with :data:`METADATA_BYTES`, what bounds an image file's size."""
+
+METADATA_BYTES = 64 * 2**20
+"""Bytes an image file may hold besides its pixels (EXIF, ICC profiles, thumbnails, text chunks):
+64 MiB, Pillow's own cap on a PNG's text chunks (``PIL.PngImagePlugin.MAX_TEXT_MEMORY``)."""
+
+
+def max_image_file_bytes() -> int | None:
+    """The largest image file :func:`load_image` reads: ``BYTES_PER_PIXEL x PIL.Image.MAX_IMAGE_PIXELS +
+    METADATA_BYTES`` (783 MB with Pillow's default), or None when ``MAX_IMAGE_PIXELS`` is None.
+
+    An image of more than ``MAX_IMAGE_PIXELS`` pixels is refused as a decompression bomb whatever its
+    size, so a file larger than this uncompressed worst case is not one image daskdiff would decode;
+    it is skipped before a byte of it is read.
+    """
+    pixels = Image.MAX_IMAGE_PIXELS
+    return None if pixels is None else BYTES_PER_PIXEL * int(pixels) + METADATA_BYTES
+
+
 def _read_bytes(path: str) -> bytes:
+    """The bytes of an image file: a regular file of at most :func:`max_image_file_bytes`, never
+    a FIFO or device (:func:`daskdiff.io.reading.read_regular`)."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        if os.path.islink(path):
-            reason = f"broken symlink (its target '{os.readlink(path)}' does not exist)"
-        else:
-            reason = "file not found"
+        data = read_regular(path, limit=max_image_file_bytes(), what="image file")
+    except NotReadableError as error:
+        reason = error.reason
+        if reason.endswith("(folder)"):
+            reason = "is a folder, not an image file"
+        elif "larger than" in reason:
+            reason += "; raise PIL.Image.MAX_IMAGE_PIXELS if the file is one image you trust"
         raise ImageDecodeError(path, reason) from None
-    except IsADirectoryError:
-        raise ImageDecodeError(path, "is a folder, not an image file") from None
-    except PermissionError:
-        raise ImageDecodeError(path, "permission denied (check the file's permissions)") from None
-    except OSError as error:
-        raise ImageDecodeError(path, f"cannot read file: {error.strerror or error}") from None
     if not data:
         raise ImageDecodeError(path, "empty file (0 bytes)")
     return data
@@ -576,15 +609,21 @@ def _open_loaded(path: str, data: bytes) -> Image.Image:
                 f"{Image.MAX_IMAGE_PIXELS}, if you trust the file)",
             ) from None
         except UnidentifiedImageError:
-            raise ImageDecodeError(
-                path, "not an image file (Pillow cannot identify its format)"
-            ) from None
+            raise ImageDecodeError(path, _unidentified(data)) from None
         except MemoryError:
             raise
         except Exception as error:  # Pillow's decoders raise many types on corrupt data
             message = str(error) or type(error).__name__
             raise ImageDecodeError(path, f"truncated or corrupt image: {message}") from None
     return image
+
+
+def _unidentified(data: bytes) -> str:
+    """Why Pillow cannot open ``data``: what the file seems to be instead (:func:`daskdiff.io.reading.seems_to_be`)."""
+    kind = seems_to_be(data[:512])
+    if kind.endswith("image"):
+        return f"not an image file (Pillow cannot identify its format): a damaged or unsupported {kind[kind.index(' ') + 1:]}"
+    return f"not an image file (Pillow cannot identify its format): it seems to be {kind}"
 
 
 def _decode_rgb(path: str, background: tuple[int, int, int], exif_orientation: bool = False) -> Image.Image:

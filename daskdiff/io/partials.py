@@ -12,13 +12,20 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 
 from .atomic import atomic_write
+from .reading import open_regular
 
 log = logging.getLogger(__name__)
 
 
 def load_partial(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a partial result (never with pickle)."""
-    with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:  # f: closed even if not a zip
+    """Read a partial result (never with pickle): a regular file (a FIFO or device is refused
+    unread, :func:`daskdiff.io.reading.open_regular`) whose arrays hold no more bytes than the
+    file, as an uncompressed ``.npz`` (:func:`write_partial`) does: a zip whose members claim
+    more is refused before any is read."""
+    with os.fdopen(open_regular(path), "rb") as f, np.load(f, allow_pickle=False) as data:  # f: closed even if not a zip
+        claimed = sum(info.file_size for info in data.zip.infolist())
+        if claimed > os.fstat(f.fileno()).st_size:
+            raise ValueError(f"its arrays claim {claimed} bytes, more than the file holds: not an uncompressed partial result")
         return {k: data[k] for k in data.files}
 
 

@@ -58,6 +58,7 @@ import xarray as xr
 from ..errors import DaskdiffError
 from .atomic import flush_and_drop
 from .hdf5 import HDF5_LOCK
+from .reading import special_kind
 from .layout import ACTIVATIONS_DIR, SHARD_GLOB, feature_dim, variable_name
 
 from ..core.units import LayerPlan
@@ -447,6 +448,8 @@ def shard_status(path: str | os.PathLike, plan: dict[str, LayerPlan], digest: st
     if not os.path.exists(path):
         return None, None
     try:
+        if (kind := special_kind(path)) is not None:  # netCDF4 would block on a FIFO
+            return None, f"it is {kind}, not a shard file"
         meta = shard_metadata(path)
         attrs = meta["attrs"]
         if attrs.get("plan_digest") != digest:
@@ -475,6 +478,8 @@ def _open_for_reading(path: str | os.PathLike, name: str) -> Iterator[Any]:
     # The lock is taken per file, so that other threads' calls can go between two files.
     with HDF5_LOCK:
         try:
+            if (kind := special_kind(path)) is not None:  # netCDF4 would block on a FIFO
+                raise CorruptShardError(path, f"it is {kind}, not a shard file")
             ds = netCDF4.Dataset(path, "r")
         except (FileNotFoundError, PermissionError):
             raise

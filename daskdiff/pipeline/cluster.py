@@ -37,6 +37,7 @@ import dask
 from distributed import Client, LocalCluster, Nanny, WorkerPlugin
 from distributed.security import Security
 from ..errors import DeviceError, InputError, JobError
+from ..io.reading import TEXT_FILE_MAX_BYTES, NotReadableError, read_regular
 from ..logs import reporter
 from .spec import shorten
 
@@ -450,17 +451,18 @@ def _address_from_file(path: str, source: str, timeout: float, echo: Callable) -
     while True:
         problem = None
         try:
-            with open(path) as f:
-                address = json.load(f)["address"]
+            address = json.loads(read_regular(path, limit=TEXT_FILE_MAX_BYTES, what="scheduler file"))["address"]
             if isinstance(address, str) and address:
                 return address
             problem = "its 'address' is empty"
-        except FileNotFoundError:
-            problem = "it does not exist"
+        except NotReadableError as err:
+            if not os.path.lexists(path) or err.reason.startswith("broken symlink"):
+                problem = "it does not exist"
+            else:  # a FIFO, a device, a folder, too large, permission denied: waiting will not help
+                raise InputError(f"{source} {path}: cannot read it ({err.reason}); give the JSON file that "
+                                 "'dask scheduler --scheduler-file' writes") from None
         except (ValueError, KeyError, TypeError):  # being written, or not a scheduler file
             problem = "it is not a JSON scheduler file with an 'address'"
-        except OSError as err:
-            raise InputError(f"{source} {path}: cannot read it ({err.strerror}); check the path and its permissions") from None
         if time.monotonic() > deadline:
             raise InputError(
                 f"{source} {path}: {problem} after {timeout:g} s (cluster.start_timeout); check the path, and that "

@@ -11,6 +11,7 @@ from .common import _check_int, _check_prefix, _center_square, _resize, _rng
 from ..io.images import _write_images, as_rgb_uint8
 from .photos import _PHOTO_LOADERS, SAMPLE_PHOTOS, load_photo
 from ..errors import InputError
+from ..io.reading import read_head, seems_to_be
 
 
 CROP_SCALE = (0.6, 1.0)
@@ -33,7 +34,12 @@ def _load_source(source: str | os.PathLike) -> np.ndarray:
         )
     import imageio.v3 as iio
 
-    return as_rgb_uint8(iio.imread(path, index=0), what=f"source {path!r}")
+    try:
+        image = iio.imread(path, index=0)
+    except (OSError, SyntaxError, EOFError) as error:
+        raise InputError(f"source {path!r} is not an image imageio can read: it seems to be {seems_to_be(read_head(path))} "
+                         f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+    return as_rgb_uint8(image, what=f"source {path!r}")
 
 
 def _random_crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 from .common import _check_int, _check_prefix
 from ..io.images import _write_images
 from ..errors import InputError
+from ..io.reading import VIDEO_CONTAINERS, NotReadableError, read_head, seems_to_be
 
 
 def _frame_durations(reader: object, path: str) -> Iterable[Fraction]:
@@ -37,17 +38,35 @@ def _frame_durations(reader: object, path: str) -> Iterable[Fraction]:
     )
 
 
-def _open_movie(path: str) -> object:
-    """An imageio v3 reader of a movie file (a context manager); InputError if no plugin reads it."""
+def open_movie(path: str) -> object:
+    """An imageio v3 reader of a movie file (a context manager).
+
+    Raises
+    ------
+    InputError
+        ``path`` is not a regular file (:func:`daskdiff.io.reading.open_regular`), or no installed
+        imageio plugin reads it: the message says what the file seems to be from its first bytes
+        (:func:`daskdiff.io.reading.seems_to_be`: an HTML page, a text file, ...) and suggests
+        ``imageio-ffmpeg`` only for a video that needs it (MP4, AVI, MKV/WebM, MPEG, ...).
+    """
+    try:
+        kind = seems_to_be(read_head(path))
+    except NotReadableError as error:
+        raise InputError(f"cannot read movie file {path!r}: {error.reason}") from None
     try:
         import imageio.v3 as iio
 
         return iio.imopen(path, "r")
     except OSError as error:
-        raise InputError(
-            f"no installed imageio plugin can read {path!r}; for video files (mp4, avi, mov, "
-            f"...) run 'pip install imageio-ffmpeg'. imageio said: {error}"
-        ) from error
+        said = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if kind.endswith("image"):
+        raise InputError(f"cannot read movie file {path!r}: a damaged or unsupported {kind.split(' ', 1)[1]} ({said})")
+    if kind in VIDEO_CONTAINERS:
+        raise InputError(f"{path!r} is {kind}, which no installed imageio plugin reads: run 'pip install imageio-ffmpeg'")
+    raise InputError(
+        f"{path!r} is not a movie file: it seems to be {kind}; give an animated GIF, APNG or WebP, a video file, "
+        f"a .npy array or a folder of frames"
+    )
 
 
 def _with_last_flag(items: Iterable) -> Iterator[tuple[object, bool]]:
@@ -151,7 +170,7 @@ def movie_frames(
     if not os.path.isfile(path):
         raise InputError(f"movie file not found: {path!r} (from movie={str(movie)!r})")
 
-    with _open_movie(path) as reader:
+    with open_movie(path) as reader:
         frames = reader.iter()
         if every is not None:
             kept = ((k, frame) for k, frame in enumerate(frames) if k % every == 0)

@@ -17,6 +17,7 @@ so a ``movie.json`` always describes frames that are all complete. One folder ho
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -29,7 +30,8 @@ import numpy as np
 from .common import _check_int, _check_prefix
 from ..errors import InputError
 from ..io.atomic import atomic_write
-from ..io.images import _write_images, as_rgb_uint8, load_image, resolve_image_set
+from ..io.images import ImageDecodeError, _write_images, as_rgb_uint8, image_size, load_image, resolve_image_set
+from ..io.reading import TEXT_FILE_MAX_BYTES, NotReadableError, open_regular, read_regular
 
 MOVIE_RECORD = "movie.json"
 """Name of the JSON record of a movie's frame rate, beside its frames."""
@@ -156,11 +158,13 @@ def write_movie(
 def read_movie_record(folder: str | os.PathLike) -> dict[str, Any]:
     """The :data:`MOVIE_RECORD` of a movie folder, checked to have a positive ``fps`` and ``frames``."""
     path = Path(folder) / MOVIE_RECORD
+    if not os.path.lexists(path):
+        raise InputError(f"{path} does not exist: {folder} is not a folder written by a movie generator")
     try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path} does not exist: {folder} is not a folder written by a movie generator") from None
-    except (OSError, ValueError) as error:
+        record = json.loads(read_regular(path, limit=TEXT_FILE_MAX_BYTES, what="movie record"))
+    except NotReadableError as error:
+        raise InputError(f"cannot read {path}: {error.reason}") from None
+    except ValueError as error:
         raise InputError(f"cannot read {path}: {error}") from None
     if not isinstance(record, dict) or not isinstance(record.get("frames"), list):
         raise InputError(f"{path} is not a movie record (no 'frames' list)")
@@ -172,6 +176,15 @@ class Movie(NamedTuple):
     """Frames read by :func:`load_movie`: ``(n_frames, rows, cols, 3)`` ``uint8``, their rate and origin."""
 
     frames: np.ndarray
+    fps: float
+    source: dict[str, Any]
+
+
+class MovieFrames(NamedTuple):
+    """A movie being read by :func:`read_movie`: its rate and origin, known before any frame is read,
+    and its frames, ``(rows, cols, 3)`` ``uint8`` each, read one at a time as ``frames`` is iterated."""
+
+    frames: Iterator[np.ndarray]
     fps: float
     source: dict[str, Any]
 
@@ -218,8 +231,8 @@ def _file_rate(reader: Any, path: str) -> float | None:
     return float(1 / Fraction(next(iter(durations))))
 
 
-def load_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames: int | None = None) -> Movie:
-    """The frames of a movie folder, a folder of frames or a movie file, with their frame rate.
+def read_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames: int | None = None) -> MovieFrames:
+    """The frames of a movie folder, a folder of frames or a movie file, one at a time, with their rate.
 
     Parameters
     ----------
@@ -237,10 +250,19 @@ def load_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames:
 
     Returns
     -------
-    Movie
-        ``frames`` ``(n, rows, cols, 3)`` ``uint8`` RGB (grey repeated, alpha composited over
-        white for image files, dropped for movie files, as the readers do), ``fps``, and
-        ``source``, a JSON-able description of where they came from.
+    MovieFrames
+        ``fps`` and ``source`` (a JSON-able description of where the frames come from), checked
+        before any frame is read; ``frames``, an iterator of ``(rows, cols, 3)`` ``uint8`` RGB
+        frames (grey repeated, alpha composited over white for image files, dropped for movie
+        files, as the readers do), each read when it is reached: a movie of any length costs one
+        frame of memory. A frame of another size than the first raises :class:`InputError` when it
+        is reached.
+
+    Notes
+    -----
+    Every file is read only if it is a regular file (:func:`daskdiff.io.reading.open_regular`); a
+    ``.npy`` array's shape and dtype come from its header (:func:`npy_movie_header`) and are
+    checked before any frame is read.
     """
     if fps is not None:
         fps = _check_fps(fps)
@@ -257,65 +279,193 @@ def load_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames:
         else:
             rate = _same_rate(None, fps, f"folder {path!r} (no {MOVIE_RECORD})")
             files = resolve_image_set(path, name="source")
-        frames = []
-        for file in files[:n_frames]:
-            size = _image_size(file)
-            if frames and size != frames[0].shape[:2]:
-                raise InputError(
-                    f"frame {file!r} is {size[0]} x {size[1]} but {files[0]!r} is "
-                    f"{frames[0].shape[0]} x {frames[0].shape[1]}; a movie's frames must all have one size"
-                )
-            frames.append(load_image(file, size))
-        frames = _stack(frames, path)
-        return Movie(frames, rate, {"kind": "folder", "path": path, "fps": rate})
+        return MovieFrames(_folder_frames(files[:n_frames]), rate, {"kind": "folder", "path": path, "fps": rate})
     if not os.path.isfile(path):
         raise InputError(f"movie source not found: {path!r} (from source={os.fspath(source)!r})")
     if path.lower().endswith(NPY_MOVIE):
         return _npy_movie(path, fps, n_frames)
-    from .frames import _open_movie
+    from .frames import open_movie
 
-    with _open_movie(path) as reader:
+    reader = open_movie(path)
+    try:
         rate = _same_rate(_file_rate(reader, path), fps, f"movie file {path!r}")
-        frames = []
-        for k, frame in enumerate(reader.iter()):
+    except BaseException as error:
+        reader.close()
+        if isinstance(error, _DECODE_ERRORS) and not isinstance(error, InputError):
+            raise InputError(f"cannot read movie file {path!r}: {error}") from None
+        raise
+    return MovieFrames(_file_frames(reader, path, n_frames), rate, {"kind": "file", "path": path, "fps": rate})
+
+
+_DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError)
+"""What imageio's plugins raise on a damaged file (``InputError``, a ``ValueError``, is re-raised as it is)."""
+
+
+def _folder_frames(files: list[str]) -> Iterator[np.ndarray]:
+    """Each frame file decoded at the first one's size, which every frame must have."""
+    first = None
+    for file in files:
+        try:
+            size = image_size(file)
+        except ImageDecodeError as error:
+            raise InputError(f"cannot read frame '{file}': {error.reason}") from None
+        if first is not None and size != first[1]:
+            raise InputError(
+                f"frame {file!r} is {size[0]} x {size[1]} but {first[0]!r} is "
+                f"{first[1][0]} x {first[1][1]}; a movie's frames must all have one size"
+            )
+        first = first or (file, size)
+        yield load_image(file, size)
+
+
+def _file_frames(reader: Any, path: str, n_frames: int | None) -> Iterator[np.ndarray]:
+    """The frames of an open imageio reader (closed at the end), as RGB ``uint8``."""
+    with reader:
+        frames = reader.iter()
+        for k in itertools.count():
             if n_frames is not None and k >= n_frames:
-                break
-            frames.append(as_rgb_uint8(frame, what=f"frame {k} of {path!r}"))
-    return Movie(_stack(frames, path), rate, {"kind": "file", "path": path, "fps": rate})
+                return
+            try:
+                frame = next(frames)
+            except StopIteration:
+                return
+            except _DECODE_ERRORS as error:
+                raise InputError(f"cannot read frame {k} of movie file {path!r}: {error}") from None
+            yield as_rgb_uint8(frame, what=f"frame {k} of {path!r}")
+
+
+def load_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames: int | None = None) -> Movie:
+    """The frames of a movie folder, a folder of frames or a movie file, with their frame rate.
+
+    As :func:`read_movie`, with every frame read into one array.
+
+    Returns
+    -------
+    Movie
+        ``frames`` ``(n, rows, cols, 3)`` ``uint8`` RGB, ``fps``, and ``source``, a JSON-able
+        description of where they came from.
+    """
+    movie = read_movie(source, fps=fps, n_frames=n_frames)
+    return Movie(_stack(movie.frames, movie.source["path"]), movie.fps, movie.source)
 
 
 NPY_MOVIE = ".npy"
 """A movie stored as one numpy array (the OpenScope stimuli, ``data/stim/stimuli/*.npy``)."""
 
 
-def _npy_movie(path: str, fps: float | None, n_frames: int | None) -> Movie:
-    """A ``.npy`` movie: ``(frames, rows, cols)`` grey or ``(frames, rows, cols, 3)`` RGB, uint8
-    0-255 (or values :func:`~daskdiff.io.images.as_rgb_uint8` maps: other unsigned integers,
-    floats in [0, 1]); it records no frame rate, so ``fps`` must be given."""
-    rate = _same_rate(None, fps, f"movie array {path!r} (.npy)")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read movie array {path!r}: {error}") from None
-    if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (1, 3)):
-        raise InputError(f"movie array {path!r} has shape {array.shape}; a movie is (frames, rows, cols) grey "
-                         "or (frames, rows, cols, 3) RGB, time first")
-    if array.dtype.kind not in "biuf":
-        raise InputError(f"movie array {path!r} holds {array.dtype} values; save it as uint8 0-255")
-    frames = [as_rgb_uint8(np.asarray(frame), what=f"frame {k} of {path!r}") for k, frame in enumerate(array[:n_frames])]
-    return Movie(_stack(frames, path), rate, {"kind": "array", "path": path, "fps": rate})
+class NpyHeader(NamedTuple):
+    """What a ``.npy`` movie's header says: ``shape`` (time first), ``dtype``, whether the values are
+    in Fortran order, and the offset of the first value in the file."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+    offset: int
+
+    @property
+    def frame_bytes(self) -> int:
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
 
 
-def _image_size(path: str) -> tuple[int, int]:
-    """``(rows, cols)`` of an image file, from its header."""
+def npy_movie_header(path: str | os.PathLike) -> NpyHeader:
+    """The header of a ``.npy`` movie, checked, without reading its values.
+
+    Raises
+    ------
+    InputError
+        The file is not a regular file, not a ``.npy`` file, or its header does not describe a movie:
+        ``(frames, rows, cols)`` grey or ``(frames, rows, cols, 1 or 3)`` RGB, time first, at least one
+        frame, a plain number dtype (no objects, which would need unpickling, nor records); a frame of
+        more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (the decompression-bomb limit of images); or a
+        file shorter than its header says (truncated).
+    """
+    from numpy.lib import format as npy
+
     from PIL import Image
 
+    path = os.fspath(path)
+    where = f"movie array {path!r}"
     try:
-        with Image.open(path) as image:
-            return image.size[1], image.size[0]
-    except OSError as error:
-        raise InputError(f"cannot read frame {path!r}: {error}") from None
+        fd = open_regular(path)
+    except NotReadableError as error:
+        raise InputError(f"cannot read {where}: {error.reason}") from None
+    with os.fdopen(fd, "rb") as file:
+        try:
+            version = npy.read_magic(file)
+            read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+            if read is None:
+                raise ValueError(f".npy format version {version[0]}.{version[1]}, which holds text field names")
+            shape, fortran_order, dtype = read(file)
+        except (OSError, ValueError, SyntaxError) as error:
+            raise InputError(f"cannot read {where}: not a .npy array file ({error}); save the movie with numpy.save") from None
+        header = NpyHeader(tuple(int(n) for n in shape), dtype, bool(fortran_order), file.tell())
+        size = os.fstat(fd).st_size
+    if len(header.shape) not in (3, 4) or (len(header.shape) == 4 and header.shape[-1] not in (1, 3)):
+        raise InputError(f"{where} has shape {header.shape}; a movie is (frames, rows, cols) grey "
+                         "or (frames, rows, cols, 3) RGB, time first")
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biuf":
+        raise InputError(f"{where} holds {dtype} values; save it as uint8 0-255")
+    if min(header.shape) < 1:
+        raise InputError(f"{where} has shape {header.shape}: no frames or empty frames")
+    pixels = header.shape[1] * header.shape[2]
+    if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
+        raise InputError(f"{where} has frames of {header.shape[1]} x {header.shape[2]} = {pixels} pixels, more than "
+                         f"PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS}), the limit on any image; resize the movie")
+    expected = header.offset + header.shape[0] * header.frame_bytes
+    if size < expected:
+        raise InputError(f"{where} is truncated: its header says {header.shape[0]} frame(s) of shape {header.shape[1:]} "
+                         f"{dtype} ({expected} bytes with the header), but the file holds {size} bytes; save it again")
+    return header
 
+
+def _npy_movie(path: str, fps: float | None, n_frames: int | None) -> MovieFrames:
+    """A ``.npy`` movie: ``(frames, rows, cols)`` grey or ``(frames, rows, cols, 3)`` RGB, uint8
+    0-255 (or values :func:`~daskdiff.io.images.as_rgb_uint8` maps: other unsigned integers,
+    floats in [0, 1]); it records no frame rate, so ``fps`` must be given. Its header is checked
+    (:func:`npy_movie_header`) before any frame is read; frames are then read one at a time."""
+    rate = _same_rate(None, fps, f"movie array {path!r} (.npy)")
+    header = npy_movie_header(path)
+    count = header.shape[0] if n_frames is None else min(n_frames, header.shape[0])
+    return MovieFrames(_npy_frames(path, header, count), rate, {"kind": "array", "path": path, "fps": rate})
+
+
+def _npy_frames(path: str, header: NpyHeader, count: int) -> Iterator[np.ndarray]:
+    """Frames ``0..count-1`` of a checked ``.npy`` movie: read with ``os.pread`` one frame at a time (C
+    order), or through a read-only memory map (Fortran order, whose frames are not contiguous)."""
+    fd = open_regular(path)
+    try:
+        if header.fortran_order:
+            array = np.memmap(path, dtype=header.dtype, mode="r", shape=header.shape, order="F", offset=header.offset)
+            frames = (np.array(array[k]) for k in range(count))
+        else:
+            frames = (np.frombuffer(os.pread(fd, header.frame_bytes, header.offset + k * header.frame_bytes),
+                                    dtype=header.dtype).reshape(header.shape[1:]) for k in range(count))
+        for k, frame in enumerate(frames):
+            if frame.size * frame.itemsize != header.frame_bytes:
+                raise InputError(f"movie array {path!r} ended at frame {k} of {header.shape[0]}: it was truncated while read")
+            yield as_rgb_uint8(frame, what=f"frame {k} of {path!r}")
+    finally:
+        os.close(fd)
+
+
+def planned_frames(path: str | os.PathLike, n_frames: int | None = None) -> int | None:
+    """How many frames :func:`movie_copy` will write from a movie file, checked without reading a frame:
+    a ``.npy`` array's from its header (:func:`npy_movie_header`), at most ``n_frames``; None for other
+    files, whose reader is opened (a file that is no movie is refused here) but whose frames are not counted.
+
+    Raises
+    ------
+    InputError
+        The file cannot be read as a movie (:func:`npy_movie_header`, :func:`daskdiff.stimuli.frames.open_movie`).
+    """
+    path = os.fspath(path)
+    if path.lower().endswith(NPY_MOVIE):
+        frames = npy_movie_header(path).shape[0]
+        return frames if n_frames is None else min(frames, n_frames)
+    from .frames import open_movie
+
+    open_movie(path).close()
+    return None
 
 
 def movie_copy(
@@ -350,7 +500,7 @@ def movie_copy(
     list of str
         The frames' absolute paths, in time order.
     """
-    loaded = load_movie(movie, fps=fps, n_frames=n_frames)
+    loaded = read_movie(movie, fps=fps, n_frames=n_frames)  # one frame in memory at a time
     return write_movie(out_dir, loaded.frames, fps=loaded.fps, prefix=prefix, generator="movie",
                        parameters={"movie": os.fspath(movie), "fps": fps, "n_frames": n_frames},
                        extra={"source": loaded.source})

@@ -129,7 +129,10 @@ def planned_count(kind: str, params: dict) -> tuple[int | None, str]:
     ``how`` is ``'exact'`` (``noise``, ``augment``, ``photos``: their ``count``, ``names`` or
     default; ``adversarial`` when it keeps failed attacks, the default), ``'at most'`` (``select``:
     the images of its ``source``; ``adversarial`` with ``keep_failures: false``) or ``'unknown'``
-    (``frames``: the movie decides; count None). Path parameters must already be resolved.
+    (``frames``: the movie decides; count None). A ``movie`` file is opened and checked here
+    (:func:`daskdiff.stimuli.movie.planned_frames`: a file that is no movie raises
+    :class:`InputError`); a ``.npy`` movie's count is exact, from its header. Path parameters must
+    already be resolved.
     """
     function = check_generator_params(kind, params)
     if kind in ("noise", "augment", "photos"):
@@ -155,6 +158,11 @@ def planned_count(kind: str, params: dict) -> tuple[int | None, str]:
 
         fps = _check_fps(params.get("fps", inspect.signature(function).parameters["fps"].default))
         return _check_length(fps, params.get("duration"), params.get("n_frames"), default_duration=2.0), "exact"
+    if kind == "movie" and isinstance(params.get("movie"), (str, os.PathLike)) and os.path.isfile(params["movie"]):
+        from .movie import planned_frames
+
+        n = planned_frames(params["movie"], params.get("n_frames"))
+        return (n, "exact") if n is not None else ((int(params["n_frames"]), "at most") if params.get("n_frames") else (None, "unknown"))
     if kind in ("scrambled", "movie"):
         source = params.get("source", params.get("movie"))
         n, how = (planned_count(source["generate"], {k: v for k, v in source.items() if k != "generate"})
