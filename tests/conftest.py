@@ -1,8 +1,12 @@
-"""Shared fixtures: a tiny Keras model saved to a file, small generated image folders."""
+"""Shared fixtures (a tiny Keras model saved to a file, small generated image folders) and the
+markers that say what a test costs, with the guard of ``pytest --fast`` (``python3 dev.py fast``)."""
 
 from __future__ import annotations
 
+import importlib.abc
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
@@ -12,6 +16,158 @@ import logging
 import numpy as np
 import pytest
 from PIL import Image
+
+# ---------------------------------------------------------------- what a test costs
+#
+# Three markers (registered in pyproject.toml) say what a test needs beyond this Python process:
+# ``keras`` (a Keras model, so TensorFlow or another backend is imported), ``cluster`` (a Dask
+# cluster, with its worker processes) and ``subprocess`` (a child process, e.g. ``daskdiff run``).
+# ``pytest --fast`` (``python3 dev.py fast``) runs the tests that have none of them, between edits.
+#
+# A test gets its marker from the fixtures it uses, followed through the fixtures those use: the
+# names in COSTLY_FIXTURES below and in its module's own ``COSTLY_FIXTURES`` dict (for a fixture
+# whose name means something else elsewhere). A test that builds a model, starts a cluster or runs
+# a process by itself is marked in its file. Under ``--fast`` and ``--check-markers`` a test that
+# does any of these without its marker fails, naming the marker, so the markers cannot fall behind.
+
+COSTLY = ("keras", "cluster", "subprocess")
+
+#: Fixtures that cost, and the marker each gives every test that uses it.
+COSTLY_FIXTURES = {
+    "tiny_model_path": "keras",
+    "client": "cluster",
+    "client2": "cluster",
+    "two_clusters": "cluster",
+    "threaded_cluster": "cluster",
+    "small_fs": "subprocess",
+}
+
+#: Top-level packages whose import means a Keras model or one of its backends.
+KERAS_MODULES = ("keras", "tensorflow", "torch", "jax")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="run only the tests marked neither keras, cluster nor subprocess (python3 dev.py fast), "
+        "with --check-markers",
+    )
+    parser.addoption(
+        "--check-markers",
+        action="store_true",
+        help="fail a test that imports Keras/TensorFlow/torch/jax, starts a Dask cluster or a child "
+        "process without the marker keras, cluster or subprocess that says so",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("fast") or config.getoption("check_markers"):
+        config.pluginmanager.register(MarkerGuard(), "daskdiff-marker-guard")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection, so that -m "not keras" sees these
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = {**COSTLY_FIXTURES, **getattr(item.module, "COSTLY_FIXTURES", {})}
+        markers = {fixtures[name] for name in item.fixturenames if name in fixtures}
+        if item.get_closest_marker("vgg16"):
+            markers.add("keras")
+        for name in sorted(markers - {m.name for m in item.iter_markers()}):
+            item.add_marker(name)
+    if config.getoption("fast"):
+        costly = [item for item in items if any(item.get_closest_marker(name) for name in COSTLY)]
+        config.hook.pytest_deselected(items=costly)
+        items[:] = [item for item in items if item not in costly]
+
+
+class CostlyCall(RuntimeError):
+    """Raised by MarkerGuard where a test does something costly that its markers do not declare."""
+
+
+class MarkerGuard:
+    """Refuse, record and fail what a running test does that its markers do not declare.
+
+    Child processes are watched where every way of starting one passes (``subprocess.Popen``,
+    multiprocessing's spawn and forkserver through ``_posixsubprocess.fork_exec``, ``os.fork``,
+    ``os.posix_spawn``, ``os.system``): a test marked ``subprocess`` or ``cluster`` (whose workers
+    are processes) may start them. Dask clusters are watched where every one is made
+    (``distributed.deploy.spec.SpecCluster``, which ``LocalCluster`` and ``Client()`` use), and
+    Keras, TensorFlow, torch and jax at their first import, so that one is seen only if no earlier
+    test imported it: in a ``--fast`` run, where no test may, every time. Refused calls raise
+    CostlyCall and are recorded, so that a test that catches the error still fails, its report
+    naming what it did and the marker to add. Between tests (collection) nothing is refused;
+    ``--fast`` fails instead if collecting imported a Keras backend.
+    """
+
+    def __init__(self):
+        import _posixsubprocess
+
+        import distributed.deploy.spec
+
+        self.allowed: set[str] | None = None  # the running test's markers; None between tests
+        self.seen: list[str] = []
+        self._guard(subprocess.Popen, "_execute_child", "subprocess", "starts a child process")
+        self._guard(_posixsubprocess, "fork_exec", "subprocess", "starts a child process")
+        for name in ("fork", "posix_spawn", "posix_spawnp", "system"):
+            self._guard(os, name, "subprocess", f"starts a child process (os.{name})")
+        self._guard(distributed.deploy.spec.SpecCluster, "__init__", "cluster", "starts a Dask cluster")
+        sys.meta_path.insert(0, _KerasImportGuard(self))
+
+    def check(self, marker: str, what: str) -> None:
+        if self.allowed is None or marker in self.allowed or (marker == "subprocess" and "cluster" in self.allowed):
+            return
+        message = (f"this test {what} but is not marked {marker}: mark it @pytest.mark.{marker}, or add its "
+                   f"fixture to COSTLY_FIXTURES (tests/conftest.py, or its module's own)")
+        self.seen.append(message)
+        raise CostlyCall(message)
+
+    def _guard(self, owner, name: str, marker: str, what: str) -> None:
+        original = getattr(owner, name)
+
+        def guarded(*args, **kwargs):
+            self.check(marker, what)
+            return original(*args, **kwargs)
+
+        setattr(owner, name, guarded)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item):
+        self.allowed = {m.name for m in item.iter_markers()}
+        try:
+            return (yield)
+        finally:
+            self.allowed = None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        report = yield
+        if self.seen:
+            report.outcome = "failed"
+            earlier = f"\n\n{report.longrepr}" if report.longrepr else ""
+            report.longrepr = "\n".join(dict.fromkeys(self.seen)) + earlier
+            self.seen.clear()
+        return report
+
+    def pytest_collection_finish(self, session):
+        imported = [name for name in KERAS_MODULES if name in sys.modules]
+        if session.config.getoption("fast") and imported:
+            raise pytest.UsageError(
+                f"--fast: collecting the tests imported {', '.join(imported)}; a test module imports it at its "
+                "top (or through a helper): import it inside the tests or fixtures that need it instead"
+            )
+
+
+class _KerasImportGuard(importlib.abc.MetaPathFinder):
+    """A finder that only looks: a Keras backend's first import asks MarkerGuard."""
+
+    def __init__(self, guard: MarkerGuard):
+        self.guard = guard
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in KERAS_MODULES:
+            self.guard.check("keras", f"imports {fullname}")
+        return None
 
 
 @pytest.fixture(autouse=True)
