@@ -83,9 +83,9 @@ def _jax_oom():
 
 
 @pytest.mark.parametrize("make, why", [
-    (_torch_oom, "out of memory"),
-    (_tensorflow_oom, "out of memory"),
-    (_jax_oom, "out of memory"),
+    pytest.param(_torch_oom, "out of memory", marks=pytest.mark.keras),
+    pytest.param(_tensorflow_oom, "out of memory", marks=pytest.mark.keras),
+    pytest.param(_jax_oom, "out of memory", marks=pytest.mark.keras),
     (lambda: RuntimeError("CUDA error: an illegal memory access was encountered"), "device failure"),
     (lambda: RuntimeError("CUDA error: unspecified launch failure"), "device failure"),
     (lambda: ValueError("Input 0 of layer conv1 is incompatible with the layer"), None),

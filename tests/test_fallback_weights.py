@@ -27,6 +27,8 @@ from conftest import write_images
 WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
 LAYERS = ["block_16_project_BN", "out_relu"]
 
+pytestmark = pytest.mark.keras  # MobileNetV2, built offline
+
 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
