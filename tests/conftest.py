@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.abc
 import os
+import platform
 import subprocess
 import sys
 
@@ -105,6 +106,9 @@ class MarkerGuard:
 
         import distributed.deploy.spec
 
+        # the standard library runs `uname -p` once per interpreter, when someone (TensorFlow at its
+        # import) first asks for the processor's name: asked here, before anything is watched
+        platform.processor()
         self.allowed: set[str] | None = None  # the running test's markers; None between tests
         self.seen: list[str] = []
         self._guard(subprocess.Popen, "_execute_child", "subprocess", "starts a child process")
