@@ -8,6 +8,8 @@ import os
 import platform
 import subprocess
 import sys
+import threading
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
@@ -121,8 +123,8 @@ class MarkerGuard:
     def check(self, marker: str, what: str) -> None:
         if self.allowed is None or marker in self.allowed or (marker == "subprocess" and "cluster" in self.allowed):
             return
-        message = (f"this test {what} but is not marked {marker}: mark it @pytest.mark.{marker}, or add its "
-                   f"fixture to COSTLY_FIXTURES (tests/conftest.py, or its module's own)")
+        message = (f"this test {what} ({_where()}) but is not marked {marker}: mark it @pytest.mark.{marker}, "
+                   f"or add its fixture to COSTLY_FIXTURES (tests/conftest.py, or its module's own)")
         self.seen.append(message)
         raise CostlyCall(message)
 
@@ -160,6 +162,15 @@ class MarkerGuard:
                 f"--fast: collecting the tests imported {', '.join(imported)}; a test module imports it at its "
                 "top (or through a helper): import it inside the tests or fixtures that need it instead"
             )
+
+
+def _where() -> str:
+    """The innermost line of this project's code (daskdiff or a test) on the stack, and its thread."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours = [f for f in traceback.extract_stack() if f.filename.startswith(root) and f.filename != __file__]
+    line = f"{os.path.relpath(ours[-1].filename, root)}:{ours[-1].lineno} in {ours[-1].name}" if ours else "outside this project"
+    thread = threading.current_thread()
+    return line if thread is threading.main_thread() else f"{line}, thread {thread.name!r}"
 
 
 class _KerasImportGuard(importlib.abc.MetaPathFinder):

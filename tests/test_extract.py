@@ -105,6 +105,7 @@ def test_mixed_precision_shard_equals_a_model_built_in_that_policy(tmp_path, ima
             assert 1e-4 < gap < spread, (layer, gap)  # 16-bit rounding: 8 (bfloat16) or 11 (float16) bits of mantissa
 
 
+@pytest.mark.subprocess
 def test_decoder_processes_give_the_same_shard(tmp_path, image_folders, tiny_plan):
     """extraction.decoders: 3 decoding processes and batches prefetched give the one-process shard, bit for bit."""
     spec, info, plan = tiny_plan
