@@ -79,9 +79,11 @@ def pytest_collection_modifyitems(config, items):
         for name in sorted(markers - {m.name for m in item.iter_markers()}):
             item.add_marker(name)
     if config.getoption("fast"):
-        costly = [item for item in items if any(item.get_closest_marker(name) for name in COSTLY)]
+        keep, costly = [], []
+        for item in items:
+            (costly if any(item.get_closest_marker(name) for name in COSTLY) else keep).append(item)
         config.hook.pytest_deselected(items=costly)
-        items[:] = [item for item in items if item not in costly]
+        items[:] = keep
 
 
 class CostlyCall(RuntimeError):
@@ -167,14 +169,16 @@ class MarkerGuard:
 def _where() -> str:
     """The innermost line of this project's code (daskdiff or a test) on the stack, and its thread."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ours = [f for f in traceback.extract_stack() if f.filename.startswith(root) and f.filename != __file__]
+    mine = tuple(os.path.join(root, folder) + os.sep for folder in ("daskdiff", "tests"))
+    ours = [f for f in traceback.extract_stack() if f.filename.startswith(mine) and f.filename != __file__]
     line = f"{os.path.relpath(ours[-1].filename, root)}:{ours[-1].lineno} in {ours[-1].name}" if ours else "outside this project"
     thread = threading.current_thread()
     return line if thread is threading.main_thread() else f"{line}, thread {thread.name!r}"
 
 
 class _KerasImportGuard(importlib.abc.MetaPathFinder):
-    """A finder that only looks: a Keras backend's first import asks MarkerGuard."""
+    """The first finder asked for a module: a Keras backend's import asks MarkerGuard first, which
+    refuses it for a test not marked keras; every import is then left to the usual finders."""
 
     def __init__(self, guard: MarkerGuard):
         self.guard = guard

@@ -41,6 +41,7 @@ def test_a_name_without_an_index_gets_gpu_0_and_the_fix():
     assert choice == "0" and "CUDA_VISIBLE_DEVICES or cluster.kind: local_cuda" in why
 
 
+@pytest.mark.keras
 @pytest.mark.cluster
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_worker_processes_keep_one_of_the_gpus_dask_cuda_gives_them(backend):
