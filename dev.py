@@ -3,10 +3,16 @@
 
     python3 dev.py demo    # create/reuse .venv, install daskdiff, run jobs/demo.yaml offline
     python3 dev.py test    # create/reuse .venv, install daskdiff[test], run the whole test suite (2 processes)
+    python3 dev.py fast    # only the tests that need no Keras model, cluster or subprocess, in one
+                           # process: what to run between edits (~45 s on 2 cores)
 
-Both are idempotent: the virtual environment is created once and re-installed only when
+All are idempotent: the virtual environment is created once and re-installed only when
 pyproject.toml changes. Extra arguments go to the command (pytest or ``daskdiff run``).
 Set DASKDIFF_VENV to use another virtual-environment folder.
+
+``fast`` is ``pytest --fast`` (tests/conftest.py): it leaves out the tests marked keras, cluster or
+subprocess (markers set from the fixtures a test uses), and fails a test that imports Keras,
+starts a Dask cluster or a child process without its marker, so that it stays fast.
 """
 
 from __future__ import annotations
@@ -52,15 +58,17 @@ def _parallel(args: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test"):
+    if not argv or argv[0] not in ("demo", "test", "fast"):
         print(__doc__)
         return 2
     ensure_environment()
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     if argv[0] == "demo":
         cmd = [str(BIN / "daskdiff"), "run", str(ROOT / "jobs" / "demo.yaml"), *argv[1:]]
-    else:
+    elif argv[0] == "test":
         cmd = [str(PYTHON), "-m", "pytest", *_parallel(argv[1:]), *argv[1:]]
+    else:  # one process: two would each import and collect again, for more CPU than they save
+        cmd = [str(PYTHON), "-m", "pytest", "--fast", *argv[1:]]
     print("[dev] " + " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 

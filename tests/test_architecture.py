@@ -59,6 +59,7 @@ def import_blocked(names: list[str], blocked: list[str], absent: list[str] = ())
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("layer", LAYERS)
 def test_each_layer_imports_without_the_layers_above_it(layer):
     above = [f"daskdiff.{higher}" for higher in LAYERS[LAYERS.index(layer) + 1 :]] + TOP
@@ -66,12 +67,14 @@ def test_each_layer_imports_without_the_layers_above_it(layer):
     assert out.returncode == 0, out.stderr[-3000:]
 
 
+@pytest.mark.subprocess
 def test_core_needs_only_numpy_and_scipy():
     """The acceptance check of the layout: ``daskdiff.core`` with keras, xarray, dask and tensorflow gone."""
     out = import_blocked(["daskdiff", *modules("core")], [], ["keras", "tensorflow", "xarray", "dask", "distributed"])
     assert out.returncode == 0, out.stderr[-3000:]
 
 
+@pytest.mark.subprocess
 def test_the_checks_can_fail():
     """An upward import and a heavy library are both caught (else every test here would pass blindly)."""
     out = import_blocked(["daskdiff.pipeline.job"], ["daskdiff.io"])
@@ -85,6 +88,7 @@ def test_every_module_is_in_a_layer_or_on_top():
     assert top == set(LAYERS) | {"errors", "logs", "stats", "plot", "info", "cli"}, top
 
 
+@pytest.mark.subprocess
 def test_public_api_keeps_its_names_and_loads_jobs_lazily():
     out = subprocess.run(
         [sys.executable, "-c", "import sys, daskdiff; assert 'xarray' not in sys.modules; "

@@ -15,7 +15,7 @@ from daskdiff.core.differentiation import distances_stack
 from daskdiff.errors import InputError
 from daskdiff.model.device import arrays_for
 
-LIBRARIES = ("numpy", "torch", "jax")
+LIBRARIES = ("numpy", pytest.param("torch", marks=pytest.mark.keras), pytest.param("jax", marks=pytest.mark.keras))
 
 
 def on(library: str, a: np.ndarray):
@@ -111,6 +111,7 @@ def test_host_and_tensorflow_choose_host_numpy():
         arrays_for("gpu", "torch")
 
 
+@pytest.mark.keras
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_auto_takes_the_backend_only_on_a_gpu(backend):
     """On this CPU-only machine ``auto`` stays on host numpy; ``backend`` puts the values on the

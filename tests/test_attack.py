@@ -52,6 +52,9 @@ def read_png(path) -> np.ndarray:
         return np.asarray(image)
 
 
+COSTLY_FIXTURES = {"case": "keras"}  # its tests get the marker keras (tests/conftest.py)
+
+
 @pytest.fixture(params=["none", "caffe"])
 def case(request, tmp_path):
     """Source PNGs, a saved colour model (with the given preprocessing) and its ModelSpec."""
@@ -66,6 +69,7 @@ def case(request, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.keras
 @pytest.mark.parametrize(
     "spec",
     [ModelSpec(name=name) for name in APPLICATIONS]
@@ -90,6 +94,7 @@ def test_preprocess_tensor_equals_preprocess_and_is_differentiable(spec):
     assert gradient.shape == pixels.shape and np.all(np.isfinite(gradient)) and np.any(gradient != 0)
 
 
+@pytest.mark.keras
 def test_caffe_preprocessing_is_bgr_minus_mean_with_permuted_gradient():
     """VGG16's mode written out independently: BGR order, ImageNet mean subtracted, no scaling."""
     from keras import ops
@@ -193,6 +198,7 @@ def test_uint8_rounding_with_fractional_step_stays_within_eps(case):
     assert np.abs(adversarial.astype(int) - clean.astype(int)).max() <= 3
 
 
+@pytest.mark.cluster
 def test_sharded_on_a_dask_cluster_equals_local(tmp_path, case, capsys):
     from distributed import Client, LocalCluster
 
@@ -239,6 +245,7 @@ def test_attack_refuses_to_overwrite_its_sources(tmp_path, case):
         attack_images(str(tmp_path / "src"), tmp_path / "src", spec, avoid="0-1")
 
 
+@pytest.mark.keras
 def test_other_backends_get_a_clear_error(monkeypatch):
     import keras
 

@@ -47,6 +47,8 @@ from daskdiff.model.preprocess import preprocess
 import test_attack
 import test_select
 
+pytestmark = [pytest.mark.keras, pytest.mark.subprocess]  # each backend runs backend_checks.py in its own process
+
 HERE = Path(__file__).resolve().parent
 BACKENDS = ("tensorflow", "torch", "jax")
 EXTRA = {"tensorflow": "tensorflow (a dependency of daskdiff)", "torch": "pip install -e '.[torch]'", "jax": "pip install -e '.[jax]'"}

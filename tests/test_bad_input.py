@@ -243,6 +243,7 @@ def test_a_one_file_set_is_refused_before_any_cluster(tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "activations").exists()
 
 
+@pytest.mark.keras
 def test_the_job_says_which_link_duplicates_it_dropped(tmp_path):
     from daskdiff.pipeline.job import plan_job
     from daskdiff.pipeline.spec import parse_spec

@@ -41,6 +41,7 @@ def test_a_name_without_an_index_gets_gpu_0_and_the_fix():
     assert choice == "0" and "CUDA_VISIBLE_DEVICES or cluster.kind: local_cuda" in why
 
 
+@pytest.mark.keras
 @pytest.mark.cluster
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_worker_processes_keep_one_of_the_gpus_dask_cuda_gives_them(backend):
@@ -83,9 +84,9 @@ def _jax_oom():
 
 
 @pytest.mark.parametrize("make, why", [
-    (_torch_oom, "out of memory"),
-    (_tensorflow_oom, "out of memory"),
-    (_jax_oom, "out of memory"),
+    pytest.param(_torch_oom, "out of memory", marks=pytest.mark.keras),
+    pytest.param(_tensorflow_oom, "out of memory", marks=pytest.mark.keras),
+    pytest.param(_jax_oom, "out of memory", marks=pytest.mark.keras),
     (lambda: RuntimeError("CUDA error: an illegal memory access was encountered"), "device failure"),
     (lambda: RuntimeError("CUDA error: unspecified launch failure"), "device failure"),
     (lambda: ValueError("Input 0 of layer conv1 is incompatible with the layer"), None),

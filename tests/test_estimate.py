@@ -239,6 +239,7 @@ def _job_yaml(tmp_path: Path, model: str, **analysis) -> Path:
     return path
 
 
+@pytest.mark.subprocess
 def test_a_billion_repeats_is_refused_fast_with_bounded_memory(tmp_path, tiny_model_path):
     job = tmp_path / "job.yaml"
     _job_yaml(tmp_path, tiny_model_path)
@@ -289,6 +290,7 @@ def test_force_runs_past_a_bound(tmp_path, tiny_model_path, monkeypatch):
 
 # 3. --dry-run ---------------------------------------------------------------------------------
 
+@pytest.mark.subprocess
 def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path, tiny_model_path):
     job = _job_yaml(tmp_path, tiny_model_path)
     before = _listing(tmp_path)
@@ -326,6 +328,7 @@ def test_a_library_call_logs_its_lines_and_prints_nothing(tmp_path, tiny_model_p
     assert [r.levelname for r in caplog.records if r.name.startswith("daskdiff")] == ["WARNING"]
 
 
+@pytest.mark.subprocess
 def test_the_command_line_shows_the_lines_unless_dask_config_says_otherwise(tmp_path, tiny_model_path):
     job = _job_yaml(tmp_path, tiny_model_path)
 
@@ -344,6 +347,7 @@ def test_the_command_line_shows_the_lines_unless_dask_config_says_otherwise(tmp_
     assert " - daskdiff.pipeline.job - INFO - dry run: nothing is written and no cluster starts" in dask_format.stderr
 
 
+@pytest.mark.cluster
 def test_every_run_prints_the_estimate_before_any_cluster(tmp_path, tiny_model_path, monkeypatch):
     import daskdiff.pipeline.cluster
     from daskdiff.pipeline.job import run_job

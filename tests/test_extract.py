@@ -105,6 +105,7 @@ def test_mixed_precision_shard_equals_a_model_built_in_that_policy(tmp_path, ima
             assert 1e-4 < gap < spread, (layer, gap)  # 16-bit rounding: 8 (bfloat16) or 11 (float16) bits of mantissa
 
 
+@pytest.mark.subprocess
 def test_decoder_processes_give_the_same_shard(tmp_path, image_folders, tiny_plan):
     """extraction.decoders: 3 decoding processes and batches prefetched give the one-process shard, bit for bit."""
     spec, info, plan = tiny_plan
@@ -194,6 +195,7 @@ def test_open_activations_concatenates_shards(tmp_path, image_folders, tiny_plan
     ds.close()
 
 
+@pytest.mark.keras
 def test_random_weights_reproducible():
     a = build_model(ModelSpec("VGG16", weights="random", seed=3))
     w_a = a.get_layer("block3_conv1").get_weights()[0]
@@ -205,6 +207,7 @@ def test_random_weights_reproducible():
     assert np.std(w_a) == pytest.approx(np.sqrt(2 / (3 * 3 * 128)), rel=0.02)
 
 
+@pytest.mark.keras
 def test_imagenet_offline_error_names_file_cache_and_options(monkeypatch, tmp_path):
     import keras.src.utils.file_utils as file_utils
 
@@ -258,6 +261,7 @@ def test_vgg16_random_weights_end_to_end(tmp_path, image_folders):
         assert "vgg16.preprocess_input" in ds.attrs["preprocessing"]
 
 
+@pytest.mark.keras
 @pytest.mark.parametrize("shape", [(7, 5), (5,), (4, 6, 3)])
 def test_in_graph_reductions_match_numpy_for_any_layer_shape(shape):
     """1-D conv, dense and 2-D conv outputs: in-graph gathers and means equal numpy's."""
@@ -278,6 +282,7 @@ def test_in_graph_reductions_match_numpy_for_any_layer_shape(shape):
     np.testing.assert_allclose(out["location_mean__L"], reduce(x, "location_mean"), atol=1e-6)
 
 
+@pytest.mark.keras
 def test_dense_gather_path_equals_plain_take():
     """Above DENSE_GATHER of a layer's units the gather goes through a transpose: same values."""
     import keras

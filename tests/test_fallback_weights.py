@@ -27,6 +27,8 @@ from conftest import write_images
 WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
 LAYERS = ["block_16_project_BN", "out_relu"]
 
+pytestmark = pytest.mark.keras  # MobileNetV2, built offline
+
 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
@@ -61,6 +63,7 @@ def _no_cluster(*args, **kwargs):
     raise AssertionError("a cluster was started for a job that cannot run")
 
 
+@pytest.mark.cluster
 def test_without_fallback_fails_before_any_cluster_saying_how_to_get_weights(offline, tmp_path, monkeypatch):
     monkeypatch.setattr(daskdiff.pipeline.cluster, "connect", _no_cluster)
     spec, _ = _spec(tmp_path)
@@ -87,6 +90,7 @@ def _he_normal_mobilenet(seed: int):
     return model
 
 
+@pytest.mark.cluster
 def test_fallback_runs_on_seeded_random_weights_and_says_so(offline, tmp_path, monkeypatch):
     import keras
 

@@ -91,6 +91,7 @@ def test_second_run_on_a_busy_folder_is_refused_naming_the_first(tmp_path, tiny_
                 proc.wait(timeout=60)
 
 
+@pytest.mark.subprocess
 def test_temporaries_are_removed_only_when_their_writer_is_dead(tmp_path, tiny_model_path):
     write_images(tmp_path / "a", 3, seed=1)
     write_images(tmp_path / "b", 3, seed=2)

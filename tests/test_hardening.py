@@ -264,6 +264,7 @@ def test_client_killed_then_resumed(tmp_path, tiny_model_path, sets):
 
 # ---------------------------------------------------------------- security
 
+@pytest.mark.cluster
 def test_local_cluster_listens_on_localhost_only(tmp_path):
     from daskdiff.pipeline.cluster import connect
     from daskdiff.pipeline.spec import ClusterSection

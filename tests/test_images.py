@@ -176,6 +176,7 @@ def test_path_with_spaces_and_non_ascii(tmp_path):
     assert resolve_image_set(path.parent) == [str(path)]
 
 
+@pytest.mark.keras
 @pytest.mark.parametrize("kind", ["rgb-jpeg", "rgb-png", "grey-png", "palette-gif", "cmyk-jpeg"])
 def test_default_equals_keras_load_img(tmp_path, kind):
     from keras.utils import load_img
@@ -359,6 +360,7 @@ def _sideways_photo(path, orientation):
     return stored
 
 
+@pytest.mark.keras
 @pytest.mark.parametrize("orientation, upright", [
     (6, lambda a: np.rot90(a, k=-1)),  # "rotate 90 CW to display"
     (8, lambda a: np.rot90(a, k=1)),   # "rotate 90 CCW to display"
@@ -381,6 +383,7 @@ def test_exif_orientation_applied_only_when_asked(tmp_path, orientation, upright
     assert ok == [0, 1] and np.array_equal(images[1], want)
 
 
+@pytest.mark.subprocess
 def test_decoding_on_a_process_pool_gives_the_same_batch(tmp_path):
     """load_images(pool=...): every image, skipped file and index as one process gives, in input
     order; with strict, the first bad file in input order is the error."""

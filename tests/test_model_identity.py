@@ -52,6 +52,7 @@ def _shard_mtimes(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("*/**/*")) if p.suffix in (".nc", ".npz")}
 
 
+@pytest.mark.keras
 def test_model_file_rewritten_in_place_is_extracted_again(tmp_path, client):
     model = tmp_path / "model.keras"
     build_tiny_model(seed=5).save(model)
@@ -97,6 +98,7 @@ def test_weights_override_is_extracted_again_and_then_reused(tmp_path, tiny_mode
     assert_same_results(again, fresh)
 
 
+@pytest.mark.keras
 def test_model_file_changed_during_the_run_is_refused(tmp_path, client):
     model = tmp_path / "model.keras"
     build_tiny_model(seed=9).save(model)
@@ -113,6 +115,7 @@ def test_model_file_changed_during_the_run_is_refused(tmp_path, client):
     assert not list((tmp_path / "out" / "activations" / "a").glob("shard-*.nc"))  # nothing extracted with the wrong model
 
 
+@pytest.mark.keras
 def test_a_long_lived_process_builds_a_rewritten_model_again(tmp_path):
     """A notebook (or a worker) asks for the same spec before and after the file is rewritten."""
     import keras

@@ -108,6 +108,7 @@ def test_output_folder_holding_an_input_set_is_refused_before_anything_is_writte
     assert sorted(p.name for p in project.iterdir()) == ["images", "job.yaml"]
 
 
+@pytest.mark.keras
 def test_roots_and_home_are_refused(tmp_path, monkeypatch):
     with pytest.raises(OutputFolderError, match="is a filesystem root"):
         check_output_folder(Path("/"), [])
@@ -130,6 +131,7 @@ def test_a_link_into_the_output_folder_counts_as_inside(tmp_path):
     check_output_folder(tmp_path / "elsewhere", [str(tmp_path / "link" / "a.png")])
 
 
+@pytest.mark.keras
 def test_overwrite_of_a_folder_without_manifest_deletes_nothing(tmp_path):
     out = tmp_path / "out"
     (out / "activations" / "a").mkdir(parents=True)
@@ -143,6 +145,7 @@ def test_overwrite_of_a_folder_without_manifest_deletes_nothing(tmp_path):
     assert _fingerprints(out) == before
 
 
+@pytest.mark.keras
 def test_generated_set_never_writes_into_a_folder_daskdiff_did_not_create(tmp_path):
     out = tmp_path / "out"
     mine = write_images(out / "images" / "noise", 2, seed=1)

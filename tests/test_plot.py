@@ -137,7 +137,7 @@ def job(tmp_path_factory, tiny_model_path):
         a.close()
 
 
-@pytest.fixture(params=["synthetic", pytest.param("job", marks=pytest.mark.cluster)])
+@pytest.fixture(params=["synthetic", pytest.param("job", marks=[pytest.mark.cluster, pytest.mark.keras])])
 def data(request):
     return request.getfixturevalue(request.param)
 

@@ -26,6 +26,7 @@ def test_independent_of_call_order():
         np.testing.assert_array_equal(forward[k], backward[k])
 
 
+@pytest.mark.subprocess
 def test_same_in_another_process():
     code = (
         "from daskdiff import sample_units;"

@@ -101,6 +101,9 @@ COLOURS = {
 }
 
 
+COSTLY_FIXTURES = {"selection_case": "keras"}  # its tests get the marker keras (tests/conftest.py)
+
+
 @pytest.fixture
 def selection_case(tmp_path):
     images = {name: textured(colour, seed) for seed, (name, colour) in enumerate(COLOURS.items())}

@@ -13,6 +13,7 @@ import sys
 import threading
 
 import numpy as np
+import pytest
 
 from daskdiff.io.hdf5 import HDF5_LOCK
 
@@ -64,6 +65,7 @@ print(errors or "ok")
 """
 
 
+@pytest.mark.subprocess
 def test_netcdf_calls_from_many_threads_of_one_process():
     """Shards written, checked and read, results written and opened, by 4 threads at once."""
     run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", MANY_THREADS, "4", "12"], capture_output=True, text=True, timeout=300)
