@@ -147,6 +147,7 @@ def test_temporaries_are_never_looked_for_outside_the_output_folder(tmp_path, ti
     assert _tree(project) == before
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("planted", ["symlink", "hardlink", "fifo"])
 def test_lock_file_is_never_followed_nor_rewritten(tmp_path, planted):
     """Item 5: a link planted as <output>/.daskdiff-lock made daskdiff truncate and rewrite the
