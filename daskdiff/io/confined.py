@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 from ..errors import InputError
+from .reading import file_kind, TEXT_FILE_MAX_BYTES
 
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -64,20 +65,12 @@ def resolve_inside(output: str | os.PathLike, path: str | os.PathLike) -> Path:
     return real
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def regular_problem(info: os.stat_result, rewritten: bool = True) -> str | None:
     """Why a file of daskdiff's own is not one it may use: None for a regular file (with one name
     if it is ``rewritten`` in place: rewriting a hard link would rewrite its other names too;
     a file replaced by a rename, as the atomic writer does, may have several)."""
     if not stat.S_ISREG(info.st_mode):
-        return f"is {_kind(info.st_mode)}"
+        return f"is {file_kind(info.st_mode)}"
     if rewritten and info.st_nlink > 1:
         return f"is a hard link ({info.st_nlink} names share its contents, some perhaps outside the folder)"
     return None
@@ -115,7 +108,7 @@ def _own_file_message(path: str | os.PathLike, problem: str) -> str:
             "remove it (nothing it points to is touched), or choose another --output")
 
 
-def read_regular(path: str | os.PathLike, limit: int = 64 * 2**20) -> bytes:
+def read_own_file(path: str | os.PathLike, limit: int = TEXT_FILE_MAX_BYTES) -> bytes:
     """The bytes of one of daskdiff's own records (manifest, ``job.json``): read through
     :func:`open_own_file` (no link, no FIFO), at most ``limit`` bytes."""
     fd = open_own_file(path, os.O_RDONLY)

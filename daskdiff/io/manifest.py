@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_write, owner_alive, temporary_target
-from .confined import entry_problem, files_inside, OutputFolderError, read_regular, remove_inside, resolve_inside
+from .confined import entry_problem, files_inside, OutputFolderError, read_own_file, remove_inside, resolve_inside
 from .layout import LOCK_FILE, MANIFEST_FILE
 
 __all__ = ["check_output_folder", "Manifest", "OutputFolderError", "Writes"]
@@ -92,7 +92,7 @@ class Manifest:
         """Whether the folder had a manifest (a folder an older daskdiff wrote has none)."""
         if self.found:
             try:
-                data = json.loads(read_regular(self.path))
+                data = json.loads(read_own_file(self.path))
                 self.files, self.dirs = set(data["files"]), set(data["dirs"])
             except (OSError, ValueError, KeyError, TypeError) as err:
                 if isinstance(err, OutputFolderError):

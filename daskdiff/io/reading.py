@@ -18,7 +18,7 @@ import stat
 
 from ..errors import InputError
 
-__all__ = ["TEXT_FILE_MAX_BYTES", "NotReadableError", "VIDEO_CONTAINERS", "open_regular", "read_head", "read_regular", "seems_to_be", "special_kind"]
+__all__ = ["TEXT_FILE_MAX_BYTES", "NotReadableError", "VIDEO_CONTAINERS", "file_kind", "open_regular", "read_head", "read_regular", "seems_to_be", "special_kind"]
 
 _KINDS = {
     stat.S_IFIFO: "FIFO",
@@ -26,6 +26,7 @@ _KINDS = {
     stat.S_IFBLK: "block device",
     stat.S_IFSOCK: "socket",
     stat.S_IFDIR: "folder",
+    stat.S_IFLNK: "symbolic link",
 }
 
 TEXT_FILE_MAX_BYTES = 64 * 2**20
@@ -75,12 +76,19 @@ def _check_mode(path: str, mode: int) -> None:
         raise NotReadableError(path, f"not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'special file')})")
 
 
+def file_kind(mode: int) -> str:
+    """What a file of ``mode`` (``st_mode``) is when it is not a regular file, for messages: ``'a FIFO'``,
+    ``'a character device'``, ``'a socket'``, ``'a block device'``, ``'a folder'``, ``'a symbolic link'``
+    (from ``os.lstat``), else ``'a special file'``."""
+    return f"a {_KINDS.get(stat.S_IFMT(mode), 'special file')}"
+
+
 def special_kind(path: str | os.PathLike) -> str | None:
     """What a path is when it is not a regular file (links followed), for messages: ``'a FIFO'``,
     ``'a character device'``, ``'a socket'``, ``'a block device'``, ``'a folder'``, ``'a special
     file'``; None for a regular file. ``os.stat`` only: nothing is opened."""
     mode = os.stat(path).st_mode
-    return None if stat.S_ISREG(mode) else f"a {_KINDS.get(stat.S_IFMT(mode), 'special file')}"
+    return None if stat.S_ISREG(mode) else file_kind(mode)
 
 
 def _check_size(path: str, size: int, limit: int | None, what: str) -> None:

@@ -49,7 +49,7 @@ import numpy as np
 
 from ..errors import InputError, JobError
 from ..logs import reporter
-from ..io.confined import check_own_file, read_regular, remove_inside
+from ..io.confined import check_own_file, read_own_file, remove_inside
 from ..io.layout import (ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, LOCK_FILE, MANIFEST_FILE, PARTIAL_DIR, partial_key, partial_path, PLOT_FILE,
                          RESULTS_FILE, SHARD_GLOB, shard_path, variable_name)
 from .tasks import DiffTask, run_diff_task, SpectralOptions
@@ -211,7 +211,7 @@ def _job_record(path: Path, manifest: Manifest) -> dict | None:
     if not os.path.lexists(path):
         return None
     try:
-        old = json.loads(read_regular(path))
+        old = json.loads(read_own_file(path))
         why = "" if isinstance(old, dict) and "result_digest" in old else "it is not a record of daskdiff's"
     except ValueError as err:
         if isinstance(err, OutputFolderError):
@@ -413,7 +413,7 @@ def _reusable_generated(folder: Path, key: dict) -> list[str] | None:
     if not os.path.lexists(record):
         return None
     try:
-        saved = json.loads(read_regular(record))  # never through a link, never a FIFO
+        saved = json.loads(read_own_file(record))  # never through a link, never a FIFO
     except OutputFolderError as err:
         raise JobError(str(err)) from None
     except ValueError:  # damaged: generate the set again
