@@ -46,7 +46,7 @@ from .pans import photo_movie
 from .photos import sample_photos
 from .scramble import phase_scrambled
 from .select import selected_images
-from ..errors import InputError
+from ..errors import InputError, shorten
 
 GeneratorKind = Literal[
     "noise", "photos", "augment", "frames", "select", "adversarial",
@@ -116,7 +116,7 @@ def check_generator_params(kind: str, params: dict, out_dir: object = ".") -> Ca
         signature.bind(out_dir=out_dir, **params)
     except TypeError as error:
         unknown = sorted(set(params) - set(valid))
-        problem = f"unknown parameter(s) {unknown}" if unknown else str(error)
+        problem = f"unknown parameter(s) {shorten(str(unknown))}" if unknown else str(error)
         raise InputError(
             f"generator {kind!r} ({function.__name__}): {problem}; its parameters are {valid}"
         ) from None
@@ -163,3 +163,39 @@ def planned_count(kind: str, params: dict) -> tuple[int | None, str]:
             return (int(params["n_frames"]), "at most") if n is None else (min(n, int(params["n_frames"])), how)
         return n, how
     return None, "unknown"
+
+
+GENERATION_BYTES_PER_PIXEL = 80
+"""Peak bytes the generating process holds per pixel of the image it draws: Gaussian noise's
+float64 draws and their two float64 temporaries (measured 74 B per pixel at 3000 x 3000), a
+grating's float64 phases (43), a crop's resize (16), uniform noise (7), with Pillow's PNG buffers."""
+
+WHOLE_MOVIE_BYTES_PER_PIXEL = {"scrambled": 82, "skimage_gif": 4}
+"""Generators that hold every frame of their movie at once, and the peak bytes per pixel of each
+frame (measured at 2000-3000 pixels a side): ``scrambled`` Fourier-transforms the whole movie
+(complex128, with its phases), ``skimage_gif`` keeps the GIF's resized frames."""
+
+
+def planned_pixels(kind: str, params: dict) -> int | None:
+    """Pixels (rows x cols) of each image a generator will write, when its parameters decide them.
+
+    The generators that take ``size`` draw ``size`` x ``size`` images (the given ``size``, else
+    their default); None where the source decides (``size: null`` of ``photos``, ``scrambled``
+    and ``skimage_gif``; ``frames``, ``movie``, ``select`` and ``adversarial``) or where ``size``
+    is not a positive integer (the generator refuses it).
+    """
+    parameter = inspect.signature(check_generator_params(kind, params)).parameters.get("size")
+    if parameter is None:
+        return None
+    size = params.get("size", parameter.default)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return None
+    return size * size
+
+
+def generation_peak_bytes(kind: str, pixels: int, count: int) -> int:
+    """Peak bytes of the process that generates ``count`` images of ``pixels`` pixels of ``kind``
+    (:data:`GENERATION_BYTES_PER_PIXEL`, and :data:`WHOLE_MOVIE_BYTES_PER_PIXEL` per frame for
+    the generators that hold their whole movie); not counted: the process's own baseline and,
+    for ``augment``/``photo_movie``, the source photo."""
+    return int(pixels * (GENERATION_BYTES_PER_PIXEL + count * WHOLE_MOVIE_BYTES_PER_PIXEL.get(kind, 0)))
