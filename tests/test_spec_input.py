@@ -15,8 +15,8 @@ import yaml
 from distributed import Client, LocalCluster
 
 from daskdiff import cli
-from daskdiff.pipeline.budget import machine_memory, usable_cores
-from daskdiff.pipeline.job import dry_run, run_job
+from daskdiff.pipeline.budget import BudgetError, Limits, machine_memory, usable_cores
+from daskdiff.pipeline.job import dry_run, plan_job, run_job
 from daskdiff.pipeline.spec import MAX_SPEC_BYTES, load_spec, parse_spec
 from daskdiff.stimuli.registry import generate
 
@@ -179,6 +179,9 @@ STRICT = [
     ({"analysis": {"spectral": {"state_length": "1"}}}, "analysis.spectral.state_length: Input should be a valid number (got '1')"),
     ({"image_sets": {"a": {"path": "imgs", "fps": "30"}}}, "image_sets.a.path.fps: Input should be a valid number (got '30')"),
     ({"cluster": {"n_workers": "1"}}, "cluster.n_workers: Input should be a valid integer (got '1')"),
+    ({"image_sets": {"g": {"generate": "noise", "count": "5"}}}, "generator 'noise': count: Input should be a valid integer; got '5'"),
+    ({"image_sets": {"g": {"generate": "adversarial", "source": "imgs", "keep_failures": "yes"}}},
+     "generator 'adversarial': keep_failures: Input should be a valid boolean; got 'yes'"),
 ]
 
 
@@ -279,3 +282,42 @@ def test_a_worker_starts_no_more_decoders_than_its_cores(tmp_path, tiny_model_pa
     (decoders,) = children.values()
     pool = [c for c in decoders if any("spawn_main" in part for part in c)]  # the spawned decoding processes
     assert 1 <= len(pool) <= usable_cores()
+
+
+HUGE = [  # every number a spec can make huge: refused by validation (one line) or by the estimate (before anything runs)
+    ({"analysis": {"repeats": 10**30}}, "lower bound"),
+    ({"image_sets": {"g": {"generate": "noise", "count": 10**30}}}, "tasks"),
+    ({"image_sets": {"g": {"generate": "gratings", "n_frames": 10**12}}}, "tasks"),
+    ({"image_sets": {"g": {"generate": "gratings", "duration": 1.0e308, "fps": 1000}}}, "duration=1e+308 s at fps=1000 is more frames than can be counted"),
+    ({"image_sets": {"g": {"generate": "skimage_gif", "loops": 10**9}}}, "tasks"),
+    ({"extraction": {"retries": 10**9}}, "extraction.retries: Input should be less than or equal to 10"),
+    ({"cluster": {"start_timeout": 10**9}}, "cluster.start_timeout: Input should be less than or equal to 86400"),
+    ({"cluster": {"kind": "slurm", "jobs": 10**6, "slurm": {"cores": 1, "memory": "1GB"}}}, "cluster.jobs: Input should be less than or equal to 1000"),
+    ({"image_sets": {"g": {"generate": "adversarial", "source": "imgs", "iters": 10**9}}}, "generator 'adversarial': iters: Input should be less than or equal to 1000"),
+]
+
+
+@pytest.mark.parametrize("sections, message", HUGE)
+def test_a_huge_number_is_refused_by_the_dry_run_never_an_internal_error(tmp_path, capsys, tiny_model_path, sections, message):
+    text = yaml.safe_dump(_spec(tmp_path, tiny_model_path, **sections))
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    before = sorted(tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert cli.main(["run", str(path), "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "internal error" not in captured.err
+    assert message in captured.out + captured.err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_extraction_batches_over_a_workers_memory_are_refused(tmp_path, tiny_model_path):
+    spec = parse_spec(_spec(tmp_path, tiny_model_path, image_sets={"g": {"generate": "noise", "count": 600, "size": 8}},
+                            extraction={"batch_size": 600, "shard_size": 600}, analysis={"repeats": 1, "n_units": [1]}))
+    limits = Limits(None, tmp_path, 0, None, 40 * 10**6, "a test's 40 MB", 1)
+    with pytest.raises(BudgetError, match=r"one extraction task's batches need ~\S+ MB at least .* lower extraction.batch_size") as err:
+        plan_job(spec, Path("."), dry_run=True, limits=limits, echo=lambda *a: None)
+    assert "one differentiation task (" not in str(err.value)  # the batches, not the differentiation, are over
+    small = parse_spec(_spec(tmp_path, tiny_model_path, image_sets={"g": {"generate": "noise", "count": 600, "size": 8}},
+                             extraction={"batch_size": 16, "shard_size": 600}, analysis={"repeats": 1, "n_units": [1]}))
+    assert plan_job(small, Path("."), dry_run=True, limits=limits, echo=lambda *a: None).estimate.extraction_memory < 40 * 10**6

@@ -24,6 +24,10 @@ What is counted, and how well
   holds at its peak (see :func:`diff_task_memory`), not the worker's baseline (Python, the
   cached Keras model: ~2 GB for VGG16) nor allocator slack. Checked against ``tracemalloc``
   peaks in the tests, within a factor of 1.5.
+- **Memory of one extraction batch** (a lower bound): the ``batch_size`` images decoded as
+  float32 input, for the batch being run and :data:`PREFETCH_BATCHES` decoded ahead, and the
+  requested layers' outputs (float32, and their gathered copies); not the network's other
+  intermediate activations nor the worker's baseline.
 - **Memory of the client**: the storage plan while it is built, the generating of image sets
   (their generators' peak, :attr:`JobSize.generated`), then the gathered partial results and the
   results arrays; not the client's own baseline (Python, TensorFlow: ~2 GB).
@@ -94,6 +98,10 @@ PNG_BYTES_PER_PIXEL = 3
 PNG_FILE_BYTES = 1_000
 """A generated PNG: its 8-bit RGB pixels (noise does not compress; smooth images take less), plus
 its header and the set's records, per file."""
+
+PREFETCH_BATCHES = 2
+"""As :data:`daskdiff.model.extract.PREFETCH_BATCHES` (the core cannot import it): batches
+decoded ahead of the forward pass."""
 
 WHOLE_JOB_FACTOR = 2.0
 """Wall time of a whole job over its CPU-seconds per worker at the rates above: measured 1.2x
@@ -210,6 +218,8 @@ class JobSize:
     """Whether the image measure (median distance between images) is computed (``analysis.measures``)."""
     spectral: Mapping[str, int] = field(default_factory=dict)
     """Set -> samples per window, for each set whose spectral differentiation is computed (movies)."""
+    input_values: int = 0
+    """Values of one image as the model takes it (height x width x 3), 0 when not known."""
     generated: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """Set -> (pixels of each image, peak bytes of generating the set), for each set a generator
     will write on the client before the job's tasks (not written yet, its image size known)."""
@@ -240,6 +250,8 @@ class WorkEstimate:
     """Bytes of the images generators will write (:attr:`JobSize.generated`)."""
     generation_seconds: float = 0.0
     """CPU-seconds of generating them, on the client."""
+    extraction_memory: int = 0
+    """Bytes one extraction task holds for its batches at least (see the module docstring)."""
 
     @property
     def tasks(self) -> int:
@@ -427,9 +439,21 @@ def shard_bytes(m: int, layers: Sequence[LayerSize], *, batch_size: int, path_ch
     return int(total)
 
 
-def _shard_sizes(n_images: int, shard_size: int) -> list[int]:
+def _shard_sizes(n_images: int, shard_size: int) -> list[tuple[int, int]]:
+    """``(images, number of shards of that many images)``: the full shards, then the rest (if
+    any); a count of shards, never a list of them, so that any number of images costs the same."""
     full, rest = divmod(n_images, shard_size)
-    return [shard_size] * full + ([rest] if rest else [])
+    return [(shard_size, full)] * bool(full) + [(rest, 1)] * bool(rest)
+
+
+def extraction_batch_bytes(size: JobSize) -> int:
+    """Bytes an extraction task holds for its batches, at least: ``batch_size`` images (no more than
+    the largest set has) decoded as float32 input for the batch being run and the
+    :data:`PREFETCH_BATCHES` decoded ahead, and the requested layers' whole outputs, float32, with
+    their gathered copies. The network's other intermediate activations are not counted."""
+    batch = min(size.batch_size, max(size.images.values(), default=0))
+    outputs = sum(math.prod(layer.shape) for layer in size.layers)
+    return int(batch * (4 * size.input_values * (1 + PREFETCH_BATCHES) + 8 * outputs))
 
 
 def _plan_cost(size: JobSize) -> tuple[float, int]:
@@ -467,9 +491,9 @@ def estimate_work(size: JobSize) -> WorkEstimate:
     shards = 0
     shard_total = 0
     for name, n in size.images.items():
-        for m in _shard_sizes(n, size.shard_size):
-            shards += 1
-            shard_total += shard_bytes(m, layers, batch_size=size.batch_size, path_chars=size.path_chars.get(name, 60.0))
+        for m, times in _shard_sizes(n, size.shard_size):
+            shards += times
+            shard_total += times * shard_bytes(m, layers, batch_size=size.batch_size, path_chars=size.path_chars.get(name, 60.0))
     diff_tasks = n_sets * n_sub * n_layers
     width = max(size.images.values(), default=0)
 
@@ -531,5 +555,6 @@ def estimate_work(size: JobSize) -> WorkEstimate:
         differentiation_seconds=diff_seconds,
         longest_task_seconds=longest,
         generated_bytes=int(PNG_BYTES_PER_PIXEL * generated_pixels + PNG_FILE_BYTES * generated_files),
+        extraction_memory=extraction_batch_bytes(size),
         generation_seconds=GENERATE_CPU_S_PER_PIXEL * generated_pixels,
     )

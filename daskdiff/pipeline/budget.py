@@ -231,13 +231,14 @@ def mean_chars(paths) -> float:
 def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], stored: Mapping[str, Mapping[str, int]], *,
              forward_flops: float, path_chars: Mapping[str, float], plan_built: bool, task_memory: int | None = None,
              fps: Mapping[str, float] | None = None, written: Mapping[str, Mapping[str, int]] | None = None,
-             generated: Mapping[str, tuple[int, int]] | None = None) -> JobSize:
+             generated: Mapping[str, tuple[int, int]] | None = None, input_values: int = 0) -> JobSize:
     """The :class:`JobSize` of a job: its spec, image counts, layer shapes and stored values, the
     memory budget of one differentiation task (:func:`daskdiff.pipeline.job.task_memory_budget`),
     and the movies' frame rates ``fps`` (set -> frames/s; their spectral differentiation is counted
     when ``analysis.measures`` holds ``spectral``); ``written``: the values the shard files store,
     where they are not ``stored`` (the values extracted); ``generated``: the sets still to be
-    generated, as :attr:`daskdiff.core.estimate.JobSize.generated`."""
+    generated, as :attr:`daskdiff.core.estimate.JobSize.generated`; ``input_values``: the values
+    of one image as the model takes it."""
     from .job import shard_size
 
     a, e = spec.analysis, spec.extraction
@@ -263,6 +264,7 @@ def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], store
         images_measure="images" in a.measures,
         spectral=spectral,
         generated=dict(generated or {}),
+        input_values=input_values,
     )
 
 
@@ -312,7 +314,8 @@ def describe(est: WorkEstimate, limits: Limits, *, what: str = "estimate") -> li
         f"{what}: {est.images} image(s); {est.extraction_tasks} extraction + {est.differentiation_tasks} differentiation task(s)",
         f"  disk: {gb(est.disk_bytes)} ({generated}shards {gb(est.shard_bytes)}, {gb(per_image)} per image; partial results "
         f"{gb(est.partial_bytes)}; results {gb(est.results_bytes)}); {free}",
-        f"  memory: largest differentiation task {gb(est.task_memory)} ({est.largest_task}), {worker}; "
+        f"  memory: largest differentiation task {gb(est.task_memory)} ({est.largest_task}), extraction batches "
+        f"{gb(est.extraction_memory)} at least, {worker}; "
         f"client {gb(est.client_memory)} beyond its ~2 GB of Python and TensorFlow",
         f"  time: ~{duration(est.cpu_seconds)} of CPU ({planning}extraction {duration(est.extraction_seconds)}, "
         f"differentiation {duration(est.differentiation_seconds)}){wall} (an order of magnitude: costs measured on 2 CPU cores)",
@@ -333,6 +336,12 @@ def problems(est: WorkEstimate, limits: Limits) -> list[str]:
             f"a worker may use ({limits.worker_memory_source}): lower analysis.repeats_per_task, analysis.repeats or "
             "analysis.n_units (an 'all' or a large n_units holds the layer in float64), split the image set, or give "
             "workers more memory (cluster.memory_limit, fewer cluster.n_workers)"
+        )
+    if limits.worker_memory and est.extraction_memory > limits.worker_memory:
+        out.append(
+            f"one extraction task's batches need ~{gb(est.extraction_memory)} at least (extraction.batch_size images, decoded "
+            f"and ahead, and the model.layers outputs), more than the {gb(limits.worker_memory)} a worker may use "
+            f"({limits.worker_memory_source}): lower extraction.batch_size, or give workers more memory"
         )
     if limits.client_memory and est.client_memory > limits.client_memory:
         generating = ("; the generated image_sets: one image, or a scrambled movie, at a time: a smaller size or n_frames"

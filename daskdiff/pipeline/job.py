@@ -34,6 +34,7 @@ import datetime as _dt
 import functools
 import hashlib
 import json
+import math
 import re
 import sys
 import time
@@ -593,7 +594,7 @@ def plan_job(
     def estimate(stored: dict, written: dict, counts: dict, built: bool) -> WorkEstimate:
         size = job_size(spec, counts, shapes, stored, forward_flops=info["forward_flops"], path_chars=chars, plan_built=built,
                         task_memory=task_memory_budget(spec, [(limits.worker_memory or 0, spec.cluster.threads_per_worker)]), fps=fps,
-                        written=written, generated=generated)
+                        written=written, generated=generated, input_values=math.prod(info["input_size"]) * 3)
         return estimate_work(size)
 
     expected = expected_stored(shapes, a.substrates, sampling, store=store, full_layers=full)

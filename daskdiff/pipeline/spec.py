@@ -100,10 +100,10 @@ class GeneratedSet(_Strict):
     def _params(self) -> "GeneratedSet":
         from PIL import Image
 
-        from ..stimuli.registry import check_generator_params, planned_pixels
+        from ..stimuli.registry import check_generator_types, planned_pixels
 
         params = self.params()
-        check_generator_params(self.generate, params)
+        check_generator_types(self.generate, params)
         count = params.get("count")
         if isinstance(count, int) and not isinstance(count, bool) and count < 2:
             raise ValueError(f"count: {count} image(s); differentiation needs at least 2 images per set, e.g. count: 8")
@@ -236,7 +236,8 @@ class ExtractionSection(_Strict):
     strict: bool = False
     exif_orientation: Literal["ignore", "apply"] = "ignore"
     """``ignore`` (Keras' ``load_img`` does) or ``apply``: turn photos upright as their EXIF tag says."""
-    retries: Whole = Field(2, ge=0)
+    retries: Whole = Field(2, ge=0, le=10)
+    """Times Dask re-runs a failed extraction task (0 to 10: a task that fails 11 times will not pass)."""
     require_gpu: bool = False
     decoders: Union[Literal["auto"], Whole] = "auto"
     """Processes per worker that decode and resize images while the model runs (1: the worker's
@@ -427,10 +428,12 @@ class ClusterSection(_Strict):
     ``4e9``) or a fraction up to 1 of this machine's memory (``0.25``)."""
     address: str | None = None
     scheduler_file: str | None = None
-    jobs: PositiveWhole = 1
+    jobs: PositiveWhole = Field(1, le=1000)
+    """SLURM jobs to start (``kind: slurm``), at most 1,000: give each job more ``cores`` and ``processes`` instead."""
     slurm: SlurmSection = SlurmSection()
     security: SecuritySection | None = None
-    start_timeout: PositiveWhole = 120
+    start_timeout: PositiveWhole = Field(120, le=86400)
+    """Seconds to wait for the first workers (at most a day: SLURM jobs may queue for hours)."""
 
     @field_validator("memory_limit")
     @classmethod

@@ -123,6 +123,35 @@ def check_generator_params(kind: str, params: dict, out_dir: object = ".") -> Ca
     return function
 
 
+def check_generator_types(kind: str, params: dict) -> None:
+    """Refuse, as a job spec must, a parameter of the wrong type for ``kind``'s generator.
+
+    Each value is validated strictly against the generator's annotation (pydantic strict mode):
+    ``count: "5"``, ``count: true`` or ``keep_failures: "yes"`` are refused, not coerced, here
+    rather than when the images are drawn; an int is still a valid float. :func:`generate`
+    itself does not check this (API callers may pass numpy integers).
+
+    Raises
+    ------
+    InputError
+        Naming the generator, the parameter, what it should be and the value given.
+    """
+    import typing
+
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    function = check_generator_params(kind, params)
+    hints = typing.get_type_hints(function, include_extras=True)  # with their bounds (Annotated)
+    for name, value in params.items():
+        if name not in hints:
+            continue
+        try:
+            TypeAdapter(hints[name], config=ConfigDict(strict=True, arbitrary_types_allowed=True)).validate_python(value)
+        except ValidationError as err:
+            problem = err.errors()[0]["msg"]
+            raise InputError(f"generator {kind!r}: {name}: {problem}; got {shorten(repr(value))}") from None
+
+
 def planned_count(kind: str, params: dict) -> tuple[int | None, str]:
     """How many images a generator will write, without writing any: ``(count, how)``.
 
@@ -155,6 +184,11 @@ def planned_count(kind: str, params: dict) -> tuple[int | None, str]:
 
         fps = _check_fps(params.get("fps", inspect.signature(function).parameters["fps"].default))
         return _check_length(fps, params.get("duration"), params.get("n_frames"), default_duration=2.0), "exact"
+    if kind == "skimage_gif":
+        from .gif import SKIMAGE_GIF_FRAMES
+
+        loops = params.get("loops", inspect.signature(function).parameters["loops"].default)
+        return (SKIMAGE_GIF_FRAMES * loops, "exact") if isinstance(loops, int) and not isinstance(loops, bool) else (None, "unknown")
     if kind in ("scrambled", "movie"):
         source = params.get("source", params.get("movie"))
         n, how = (planned_count(source["generate"], {k: v for k, v in source.items() if k != "generate"})
@@ -170,10 +204,11 @@ GENERATION_BYTES_PER_PIXEL = 80
 float64 draws and their two float64 temporaries (measured 74 B per pixel at 3000 x 3000), a
 grating's float64 phases (43), a crop's resize (16), uniform noise (7), with Pillow's PNG buffers."""
 
-WHOLE_MOVIE_BYTES_PER_PIXEL = {"scrambled": 82, "skimage_gif": 4}
+WHOLE_MOVIE_BYTES_PER_PIXEL = {"scrambled": 82}
 """Generators that hold every frame of their movie at once, and the peak bytes per pixel of each
-frame (measured at 2000-3000 pixels a side): ``scrambled`` Fourier-transforms the whole movie
-(complex128, with its phases), ``skimage_gif`` keeps the GIF's resized frames."""
+frame (measured at 2000 pixels a side): ``scrambled`` Fourier-transforms the whole movie
+(complex128, with its phases). (``skimage_gif`` keeps its 24 resized frames, whatever its
+``loops``: 77 bytes per pixel in all at 3000 x 3000, within :data:`GENERATION_BYTES_PER_PIXEL`.)"""
 
 
 def planned_pixels(kind: str, params: dict) -> int | None:
