@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Sequence
 
+import annotated_types
 import numpy as np
-from pydantic import Field
 
 from ..core.batches import batch_slices
 from ..core.ranking import class_mass, softmax
@@ -48,7 +48,7 @@ MAX_ITERS = 1000
 """Most PGD iterations: each is a forward and a backward pass of every image; 1,000 steps of a
 tenth of a grey level cross the widest ball of 8 grey levels more than ten times over."""
 
-Iterations = Annotated[int, Field(ge=0, le=MAX_ITERS)]
+Iterations = Annotated[int, annotated_types.Interval(ge=0, le=MAX_ITERS)]
 """The type of ``iters``: job specs check it (:func:`daskdiff.stimuli.registry.check_generator_types`)."""
 
 CAT_CLASSES: tuple[int, ...] = (281, 282, 283, 284, 285)
