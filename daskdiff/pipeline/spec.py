@@ -690,7 +690,10 @@ def read_spec_text(path: Path) -> str:
             raise SpecError(f"job spec {path} is a folder, not a YAML file; give the spec file itself, e.g. {path / 'job.yaml'}")
         if not stat.S_ISREG(mode):
             raise SpecError(f"job spec {path} is not a regular file (a FIFO, socket or device); give a YAML file")
-        data = os.read(fd, MAX_SPEC_BYTES + 1)
+        chunks: list[bytes] = []
+        while (got := sum(map(len, chunks))) <= MAX_SPEC_BYTES and (chunk := os.read(fd, MAX_SPEC_BYTES + 1 - got)):
+            chunks.append(chunk)
+        data = b"".join(chunks)
     finally:
         if fd is not None:
             os.close(fd)
