@@ -123,6 +123,17 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", help="address of a running Dask scheduler whose workers see the files (default: work here)")
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (argparse prints the message as one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, e.g. --workers 2; got {text[:200]!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="daskdiff", description="Differentiation of neural network representations on a Dask cluster.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = run.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else a new LocalCluster)")
     where.add_argument("--scheduler-file", help="scheduler file written by 'dask scheduler --scheduler-file'")
-    run.add_argument("--workers", type=int, help="number of LocalCluster worker processes (one thread each)")
+    run.add_argument("--workers", type=_positive_int, help="number of LocalCluster worker processes (one thread each)")
     run.add_argument("--output", help="output folder (overrides the spec's output:)")
     run.add_argument("--weights", help="'imagenet', 'random' or a weights file (overrides model.weights)")
     run.add_argument("--overwrite", action="store_true", help="replace results in an output folder written by a different spec")

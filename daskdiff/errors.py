@@ -21,3 +21,12 @@ class JobError(DaskdiffError, RuntimeError):
 class DeviceError(JobError):
     """A worker's accelerator failed a task (out of memory, device lost); the message names the
     worker, the device and the batch size, and what to change."""
+
+
+MAX_QUOTED = 200
+"""Error messages quote at most this many characters of a value taken from the user's input."""
+
+
+def shorten(text: str, limit: int = MAX_QUOTED) -> str:
+    """``text``, cut to ``limit`` characters with a note of the full length when longer."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

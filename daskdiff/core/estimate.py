@@ -17,13 +17,20 @@ What is counted, and how well
   results and the results file are their arrays plus a small fixed overhead per array. The
   values stored per image are exact once the storage plan is built, an expectation before
   (:func:`daskdiff.core.units.expected_stored`, within 1 % for layers of more than a few thousand
-  units). Generated images (PNGs in ``<output>/images``) are not counted.
+  units). Images a generator will write (PNGs in ``<output>/images``) are counted at 3 bytes per
+  pixel (8-bit RGB, which PNG stores in about that for noise, less for smooth images) where their
+  size is known before they are drawn (:attr:`JobSize.generated`).
 - **Memory of one differentiation task**: the arrays :func:`daskdiff.pipeline.tasks.run_diff_task`
   holds at its peak (see :func:`diff_task_memory`), not the worker's baseline (Python, the
   cached Keras model: ~2 GB for VGG16) nor allocator slack. Checked against ``tracemalloc``
   peaks in the tests, within a factor of 1.5.
-- **Memory of the client**: the storage plan while it is built, then the gathered partial
-  results and the results arrays; not the client's own baseline (Python, TensorFlow: ~2 GB).
+- **Memory of one extraction batch** (a lower bound): the ``batch_size`` images decoded as
+  float32 input, for the batch being run and :data:`PREFETCH_BATCHES` decoded ahead, and the
+  requested layers' outputs (float32, and their gathered copies); not the network's other
+  intermediate activations nor the worker's baseline.
+- **Memory of the client**: the storage plan while it is built, the generating of image sets
+  (their generators' peak, :attr:`JobSize.generated`), then the gathered partial results and the
+  results arrays; not the client's own baseline (Python, TensorFlow: ~2 GB).
 - **Time**: CPU-seconds from the per-unit costs below, measured once on this project's 2-core
   x86_64 VM (README, *Performance*), and a wall time on a number of workers that allows for what
   whole jobs measured beyond those sums (:data:`WHOLE_JOB_FACTOR`). An order of magnitude, not a
@@ -82,6 +89,19 @@ SAMPLE_DRAW_S = 4e-5
 SAMPLE_UNIT_S = 8e-8
 """:func:`daskdiff.sample_units`: seconds per draw, plus per unit drawn (k = 200: 48 us,
 k = 10,000: 0.8 ms)."""
+
+GENERATE_CPU_S_PER_PIXEL = 0.35e-6
+"""CPU-seconds per pixel of a generated image, mostly its PNG compression: white noise 0.32 us,
+gratings 0.12 us, augmented crops 0.5 us (3000 x 3000 images)."""
+
+PNG_BYTES_PER_PIXEL = 3
+PNG_FILE_BYTES = 1_000
+"""A generated PNG: its 8-bit RGB pixels (noise does not compress; smooth images take less), plus
+its header and the set's records, per file."""
+
+PREFETCH_BATCHES = 2
+"""As :data:`daskdiff.model.extract.PREFETCH_BATCHES` (the core cannot import it): batches
+decoded ahead of the forward pass."""
 
 WHOLE_JOB_FACTOR = 2.0
 """Wall time of a whole job over its CPU-seconds per worker at the rates above: measured 1.2x
@@ -198,6 +218,11 @@ class JobSize:
     """Whether the image measure (median distance between images) is computed (``analysis.measures``)."""
     spectral: Mapping[str, int] = field(default_factory=dict)
     """Set -> samples per window, for each set whose spectral differentiation is computed (movies)."""
+    input_values: int = 0
+    """Values of one image as the model takes it (height x width x 3), 0 when not known."""
+    generated: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """Set -> (pixels of each image, peak bytes of generating the set), for each set a generator
+    will write on the client before the job's tasks (not written yet, its image size known)."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +246,12 @@ class WorkEstimate:
     extraction_seconds: float
     differentiation_seconds: float
     longest_task_seconds: float
+    generated_bytes: int = 0
+    """Bytes of the images generators will write (:attr:`JobSize.generated`)."""
+    generation_seconds: float = 0.0
+    """CPU-seconds of generating them, on the client."""
+    extraction_memory: int = 0
+    """Bytes one extraction task holds for its batches at least (see the module docstring)."""
 
     @property
     def tasks(self) -> int:
@@ -228,19 +259,19 @@ class WorkEstimate:
 
     @property
     def disk_bytes(self) -> int:
-        """Everything the job writes in its output folder (shards, partial results, results)."""
-        return self.shard_bytes + self.partial_bytes + self.results_bytes
+        """Everything the job writes in its output folder (generated images, shards, partial results, results)."""
+        return self.generated_bytes + self.shard_bytes + self.partial_bytes + self.results_bytes
 
     @property
     def cpu_seconds(self) -> float:
-        return self.plan_seconds + self.extraction_seconds + self.differentiation_seconds
+        return self.plan_seconds + self.generation_seconds + self.extraction_seconds + self.differentiation_seconds
 
     def wall_seconds(self, workers: int) -> float:
         """Expected wall time on ``workers`` one-thread workers: the CPU-seconds shared among them
-        (but never less than the longest task) times :data:`WHOLE_JOB_FACTOR`, plus the planning
-        and :data:`JOB_START_S`."""
+        (but never less than the longest task) times :data:`WHOLE_JOB_FACTOR`, plus the planning,
+        the generating of image sets (on the client, before the tasks) and :data:`JOB_START_S`."""
         work = (self.extraction_seconds + self.differentiation_seconds) / max(1, workers)
-        return self.plan_seconds + JOB_START_S + WHOLE_JOB_FACTOR * max(work, self.longest_task_seconds)
+        return self.plan_seconds + self.generation_seconds + JOB_START_S + WHOLE_JOB_FACTOR * max(work, self.longest_task_seconds)
 
 
 def _n_features(shape: Sequence[int], substrate: str) -> int:
@@ -408,9 +439,21 @@ def shard_bytes(m: int, layers: Sequence[LayerSize], *, batch_size: int, path_ch
     return int(total)
 
 
-def _shard_sizes(n_images: int, shard_size: int) -> list[int]:
+def _shard_sizes(n_images: int, shard_size: int) -> list[tuple[int, int]]:
+    """``(images, number of shards of that many images)``: the full shards, then the rest (if
+    any); a count of shards, never a list of them, so that any number of images costs the same."""
     full, rest = divmod(n_images, shard_size)
-    return [shard_size] * full + ([rest] if rest else [])
+    return [(shard_size, full)] * bool(full) + [(rest, 1)] * bool(rest)
+
+
+def extraction_batch_bytes(size: JobSize) -> int:
+    """Bytes an extraction task holds for its batches, at least: ``batch_size`` images (no more than
+    the largest set has) decoded as float32 input for the batch being run and the
+    :data:`PREFETCH_BATCHES` decoded ahead, and the requested layers' whole outputs, float32, with
+    their gathered copies. The network's other intermediate activations are not counted."""
+    batch = min(size.batch_size, max(size.images.values(), default=0))
+    outputs = sum(math.prod(layer.shape) for layer in size.layers)
+    return int(batch * (4 * size.input_values * (1 + PREFETCH_BATCHES) + 8 * outputs))
 
 
 def _plan_cost(size: JobSize) -> tuple[float, int]:
@@ -448,9 +491,9 @@ def estimate_work(size: JobSize) -> WorkEstimate:
     shards = 0
     shard_total = 0
     for name, n in size.images.items():
-        for m in _shard_sizes(n, size.shard_size):
-            shards += 1
-            shard_total += shard_bytes(m, layers, batch_size=size.batch_size, path_chars=size.path_chars.get(name, 60.0))
+        for m, times in _shard_sizes(n, size.shard_size):
+            shards += times
+            shard_total += times * shard_bytes(m, layers, batch_size=size.batch_size, path_chars=size.path_chars.get(name, 60.0))
     diff_tasks = n_sets * n_sub * n_layers
     width = max(size.images.values(), default=0)
 
@@ -487,7 +530,10 @@ def estimate_work(size: JobSize) -> WorkEstimate:
     stored_units = 8 * sum(layer.stored.get("units", 0) for layer in layers)
     gathered = sum(n_sub * n_layers * partial_arrays(n) for n in size.images.values())
     assembled = 8 * grid * size.repeats + (2 * 8 * grid * width * width if size.keep_rdm else 0)
-    client = 2 * stored_units + max(plan_memory, gathered + assembled + labels)
+    generating = max((peak for _, peak in size.generated.values()), default=0)
+    client = 2 * stored_units + max(plan_memory, generating, gathered + assembled + labels)
+    generated_pixels = sum(size.images.get(name, 0) * pixels for name, (pixels, _) in size.generated.items())
+    generated_files = sum(size.images.get(name, 0) for name in size.generated)
 
     shard_bytes_total = shard_total
     extraction = (
@@ -508,4 +554,7 @@ def estimate_work(size: JobSize) -> WorkEstimate:
         extraction_seconds=extraction,
         differentiation_seconds=diff_seconds,
         longest_task_seconds=longest,
+        generated_bytes=int(PNG_BYTES_PER_PIXEL * generated_pixels + PNG_FILE_BYTES * generated_files),
+        extraction_memory=extraction_batch_bytes(size),
+        generation_seconds=GENERATE_CPU_S_PER_PIXEL * generated_pixels,
     )

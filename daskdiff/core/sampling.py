@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import shorten
+
 ALL = "all"
 """The ``n_units`` value meaning every unit of the layer, exact (no sampling)."""
 
@@ -137,7 +139,7 @@ def sample_units(
                 f"mode {mode!r}: layer {layer!r} has channels 0..{n_channels - 1}"
             )
         return np.sort(_choose(rng, n_positions, k) * n_channels + channel)
-    raise ValueError(f"unknown sampling mode {mode!r}; valid modes are 'random', 'equal', 'channel=K'")
+    raise ValueError(f"unknown sampling mode {shorten(repr(mode))}; valid modes are 'random', 'equal', 'channel=K'")
 
 
 def sample_size(n_total: int | Sequence[int], n_units: int | str, mode: str = "random") -> int:
@@ -214,6 +216,6 @@ def check_mode(mode: str) -> str:
         if tail.isdigit():
             return mode
     raise ValueError(
-        f"unknown sampling mode {mode!r}; valid modes are 'random', 'equal', 'channel=K' "
+        f"unknown sampling mode {shorten(repr(mode))}; valid modes are 'random', 'equal', 'channel=K' "
         "(K a channel index, e.g. 'channel=0')"
     )

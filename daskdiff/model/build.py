@@ -31,12 +31,13 @@ import logging
 import os
 import re
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ..errors import DaskdiffError, InputError
+from ..errors import MAX_QUOTED, DaskdiffError, InputError, shorten
 from ..io.fingerprints import file_sha256
 from .preprocess import PREPROCESS_MODES, preprocess  # noqa: F401  (re-exported: spec and callers import them from here)
 
@@ -164,7 +165,7 @@ def check_model_name(name: str) -> str:
     if name in APPLICATIONS or name.endswith(".keras"):
         return name
     raise InputError(
-        f"unknown model {name!r}; use one of {sorted(APPLICATIONS)} or the path of a saved "
+        f"unknown model {shorten(repr(name))}; use one of {sorted(APPLICATIONS)} or the path of a saved "
         "'.keras' model file"
     )
 
@@ -417,9 +418,11 @@ def select_layers(model: Any, wanted: tuple[str, ...] | list[str] | None) -> lis
         return names
     unknown = [w for w in wanted if w not in names and w not in PSEUDO_LAYERS]
     if unknown:
-        raise InputError(f"unknown layer(s) {unknown} for model {model.name!r}; valid layers are {list(PSEUDO_LAYERS) + names}")
+        raise InputError(f"unknown layer(s) {shorten(str(unknown))} for model {model.name!r}; "
+                         f"valid layers are {shorten(str(list(PSEUDO_LAYERS) + names), 4 * MAX_QUOTED)}")
     if len(set(wanted)) != len(wanted):
-        raise InputError(f"layers lists a layer twice: {list(wanted)}")
+        twice = sorted(name for name, n in Counter(wanted).items() if n > 1)
+        raise InputError(f"layers lists a layer twice: {shorten(str(twice))}")
     first = [p for p in PSEUDO_LAYERS if p in wanted and p not in names]
     return first + [n for n in names if n in set(wanted)]
 

@@ -101,6 +101,51 @@ def machine_memory() -> int:
     return total
 
 
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity (SLURM, dask-cuda and containers restrict
+    it), else the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_local_cluster(cluster, n_workers: int | None = None) -> None:
+    """Refuse a ``local`` cluster that cannot fit this machine: more worker threads than its cores
+    (:func:`usable_cores`), or memory limits that add up to more than its memory.
+
+    Parameters
+    ----------
+    cluster : ClusterSection
+        The spec's ``cluster`` section (``kind: local``).
+    n_workers : int, optional
+        ``--workers``, which overrides ``cluster.n_workers``.
+
+    Raises
+    ------
+    InputError
+        Naming the key (``cluster.n_workers``, ``--workers``, ``cluster.threads_per_worker`` or
+        ``cluster.memory_limit``) and a value that fits. Each worker is a process that holds the
+        model and runs its forward pass on its threads: more threads than cores only add memory
+        and contention, and a limit the workers cannot all have makes the estimate's memory
+        checks meaningless.
+    """
+    cores, threads = usable_cores(), cluster.threads_per_worker
+    if threads > cores:
+        raise InputError(f"cluster.threads_per_worker {threads} is more than the {cores} core(s) this machine gives daskdiff; "
+                         f"give cluster.threads_per_worker: {cores} or fewer")
+    n = n_workers or cluster.n_workers
+    if n is None:
+        return
+    key = "--workers" if n_workers else "cluster.n_workers"
+    if n * threads > cores:
+        raise InputError(f"{key} {n} with {threads} thread(s) each is {n * threads} threads, more than the {cores} core(s) this "
+                         f"machine gives daskdiff (each worker is a process running the model); give {key} {cores // threads} or fewer")
+    total = machine_memory()
+    each = worker_memory_limit(cluster.memory_limit, threads, cores)
+    if n * each > total * 1.001:
+        raise InputError(f"{key} {n} workers with cluster.memory_limit {cluster.memory_limit} ({gb(each)} each) need {gb(n * each)}, "
+                         f"more than this machine's {gb(total)}; give fewer workers ({max(1, total // each)} at most), "
+                         "a smaller cluster.memory_limit, or memory_limit: auto (the memory shared by the cores)")
+
+
 def worker_memory_limit(memory_limit: str | float | None, threads: int, cores: int | None = None) -> int:
     """A LocalCluster worker's memory limit in bytes for ``cluster.memory_limit``, as Dask's
     ``parse_memory_limit`` computes it: ``auto`` is this machine's memory x threads / cores, a
@@ -151,6 +196,8 @@ def limits_for(cluster, output: Path, *, external: bool = False, n_workers: int 
     except OSError:
         free = None
     workers = None if external else n_workers or cluster.n_workers
+    if not external and cluster.kind == "local":
+        check_local_cluster(cluster, n_workers)
     if external:
         memory, source = None, "external cluster"
     elif cluster.kind == "slurm":
@@ -183,12 +230,15 @@ def mean_chars(paths) -> float:
 
 def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], stored: Mapping[str, Mapping[str, int]], *,
              forward_flops: float, path_chars: Mapping[str, float], plan_built: bool, task_memory: int | None = None,
-             fps: Mapping[str, float] | None = None, written: Mapping[str, Mapping[str, int]] | None = None) -> JobSize:
+             fps: Mapping[str, float] | None = None, written: Mapping[str, Mapping[str, int]] | None = None,
+             generated: Mapping[str, tuple[int, int]] | None = None, input_values: int = 0) -> JobSize:
     """The :class:`JobSize` of a job: its spec, image counts, layer shapes and stored values, the
     memory budget of one differentiation task (:func:`daskdiff.pipeline.job.task_memory_budget`),
     and the movies' frame rates ``fps`` (set -> frames/s; their spectral differentiation is counted
     when ``analysis.measures`` holds ``spectral``); ``written``: the values the shard files store,
-    where they are not ``stored`` (the values extracted)."""
+    where they are not ``stored`` (the values extracted); ``generated``: the sets still to be
+    generated, as :attr:`daskdiff.core.estimate.JobSize.generated`; ``input_values``: the values
+    of one image as the model takes it."""
     from .job import shard_size
 
     a, e = spec.analysis, spec.extraction
@@ -213,20 +263,23 @@ def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], store
         task_memory=task_memory,
         images_measure="images" in a.measures,
         spectral=spectral,
+        generated=dict(generated or {}),
+        input_values=input_values,
     )
 
 
-def lower_bound_size(spec, counts: Mapping[str, int]) -> JobSize:
+def lower_bound_size(spec, counts: Mapping[str, int], generated: Mapping[str, tuple[int, int]] | None = None) -> JobSize:
     """A :class:`JobSize` no larger than the job's, from the spec and image counts alone.
 
     Every layer is taken as one unit (the spec's ``model.layers``, else one layer), the model as
     free: what remains are the costs that grow with the number of images and with ``repeats``
-    (each task's ``n_units x repeats`` results, the results file's, the mean RDMs).
+    (each task's ``n_units x repeats`` results, the results file's, the mean RDMs), and those of
+    the images still to be ``generated`` (:func:`job_size`).
     """
     names = list(spec.model.layers or ["<any layer>"])
     shapes = {name: (1,) for name in names}
     stored = {name: {s: 1 for s in spec.analysis.substrates} for name in names}
-    return job_size(spec, counts, shapes, stored, forward_flops=0.0, path_chars={}, plan_built=True)
+    return job_size(spec, counts, shapes, stored, forward_flops=0.0, path_chars={}, plan_built=True, generated=generated)
 
 
 def gb(n: float) -> str:
@@ -252,14 +305,17 @@ def describe(est: WorkEstimate, limits: Limits, *, what: str = "estimate") -> li
     worker = (f"a worker may use {gb(limits.worker_memory)} ({limits.worker_memory_source})"
               if limits.worker_memory else f"worker memory unknown ({limits.worker_memory_source}): not checked")
     planning = f"planning {duration(est.plan_seconds)}, " if est.plan_seconds else ""
+    planning += f"generating images {duration(est.generation_seconds)}, " if est.generated_bytes else ""
+    generated = f"generated images {gb(est.generated_bytes)}; " if est.generated_bytes else ""
     wall = ""
     if limits.workers:
         wall = f"; ~{duration(est.wall_seconds(limits.workers))} of wall time on {limits.workers} worker(s)"
     return [
         f"{what}: {est.images} image(s); {est.extraction_tasks} extraction + {est.differentiation_tasks} differentiation task(s)",
-        f"  disk: {gb(est.disk_bytes)} (shards {gb(est.shard_bytes)}, {gb(per_image)} per image; partial results "
+        f"  disk: {gb(est.disk_bytes)} ({generated}shards {gb(est.shard_bytes)}, {gb(per_image)} per image; partial results "
         f"{gb(est.partial_bytes)}; results {gb(est.results_bytes)}); {free}",
-        f"  memory: largest differentiation task {gb(est.task_memory)} ({est.largest_task}), {worker}; "
+        f"  memory: largest differentiation task {gb(est.task_memory)} ({est.largest_task}), extraction batches "
+        f"{gb(est.extraction_memory)} at least, {worker}; "
         f"client {gb(est.client_memory)} beyond its ~2 GB of Python and TensorFlow",
         f"  time: ~{duration(est.cpu_seconds)} of CPU ({planning}extraction {duration(est.extraction_seconds)}, "
         f"differentiation {duration(est.differentiation_seconds)}){wall} (an order of magnitude: costs measured on 2 CPU cores)",
@@ -281,23 +337,33 @@ def problems(est: WorkEstimate, limits: Limits) -> list[str]:
             "analysis.n_units (an 'all' or a large n_units holds the layer in float64), split the image set, or give "
             "workers more memory (cluster.memory_limit, fewer cluster.n_workers)"
         )
+    if limits.worker_memory and est.extraction_memory > limits.worker_memory:
+        out.append(
+            f"one extraction task's batches need ~{gb(est.extraction_memory)} at least (extraction.batch_size images, decoded "
+            f"and ahead, and the model.layers outputs), more than the {gb(limits.worker_memory)} a worker may use "
+            f"({limits.worker_memory_source}): lower extraction.batch_size, or give workers more memory"
+        )
     if limits.client_memory and est.client_memory > limits.client_memory:
+        generating = ("; the generated image_sets: one image, or a scrambled movie, at a time: a smaller size or n_frames"
+                      if est.generated_bytes else "")
         out.append(
             f"the client (this process) would hold ~{gb(est.client_memory)} (the storage plan: analysis.repeats draws of "
-            f"analysis.n_units per layer; the results: analysis.repeats values per set, substrate, n_units and layer), "
+            f"analysis.n_units per layer; the results: analysis.repeats values per set, substrate, n_units and layer{generating}), "
             f"more than the {gb(limits.client_memory)} available here: lower analysis.repeats or analysis.n_units, "
             "or fewer model.layers"
         )
     if limits.disk_free is not None and est.disk_bytes > limits.disk_free + limits.reusable:
         out.append(
-            f"the job writes ~{gb(est.disk_bytes)} (shards {gb(est.shard_bytes)}), more than the {gb(limits.disk_free)} free "
+            f"the job writes ~{gb(est.disk_bytes)} (shards {gb(est.shard_bytes)}"
+            + (f", generated images {gb(est.generated_bytes)}: a smaller size or count of the generated image_sets" if est.generated_bytes else "")
+            + f"), more than the {gb(limits.disk_free)} free "
             f"under {limits.disk_path}: lower analysis.n_units or analysis.repeats (a shard stores the union of every "
             "repeat's units), fewer model.layers, extraction.store: needed, or another --output / output:"
         )
     if est.cpu_seconds > MAX_CPU_HOURS * 3600:
         out.append(
             f"~{duration(est.cpu_seconds)} of CPU, more than {MAX_CPU_HOURS:,} CPU-hours: lower analysis.repeats or "
-            "analysis.n_units, or use fewer or smaller image_sets"
+            "analysis.n_units, or use fewer or smaller image_sets (a generated set's count, size or n_frames)"
         )
     return out
 

@@ -39,7 +39,7 @@ from distributed.security import Security
 from ..errors import DeviceError, InputError, JobError
 from ..io.reading import TEXT_FILE_MAX_BYTES, NotReadableError, read_regular
 from ..logs import reporter
-from .spec import shorten
+from .spec import MAX_DECODERS, shorten
 
 log = logging.getLogger(__name__)
 _echo = reporter(__name__)  # the default echo: this module's logger (see daskdiff.logs)
@@ -303,18 +303,22 @@ def device_error(err: BaseException, batch_size: int, where: str) -> DeviceError
                        f"batches of {batch_size} image(s) ({type(err).__name__}: {shorten(str(err), 300)}); {fix}")
 
 
-MAX_DECODERS = 16
+def decoders(requested: int | None = None) -> int:
+    """The image-decoding processes of this worker for ``extraction.decoders``.
 
+    A number (``requested``) is capped by the cores this process may use
+    (:func:`daskdiff.pipeline.budget.usable_cores`): more decoders than cores only take memory.
+    ``auto`` (None): 1 without a GPU (the cores run the forward pass); with one (as
+    :class:`WorkerSetup` found), those cores over the node's GPUs (one worker each), at most
+    :data:`daskdiff.pipeline.spec.MAX_DECODERS`.
+    """
+    from .budget import usable_cores
 
-def decoders() -> int:
-    """``extraction.decoders: auto`` on this worker: 1 without a GPU (the cores run the forward
-    pass); with one (as :class:`WorkerSetup` found), the cores this process may use
-    (``os.sched_getaffinity``: dask-cuda and SLURM restrict it) over the node's GPUs (one worker
-    each), at most :data:`MAX_DECODERS`."""
+    if requested is not None:
+        return max(1, min(requested, usable_cores()))
     if not _this_worker()[1].get("gpu"):
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(MAX_DECODERS, cores // max(1, node_gpus())))
+    return max(1, min(MAX_DECODERS, usable_cores() // max(1, node_gpus())))
 
 
 DEVICE_ATTRIBUTE = "daskdiff_device"

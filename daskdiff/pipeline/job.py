@@ -34,6 +34,7 @@ import datetime as _dt
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -423,17 +424,21 @@ def _reusable_generated(folder: Path, key: dict) -> list[str] | None:
     return None
 
 
-def _planned_sets(spec: JobSpec, base: Path, output: Path, path_sets: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, int], dict[str, str]]:
-    """Every set's known paths, image count and how the count is known, before anything is generated.
+def _planned_sets(spec: JobSpec, base: Path, output: Path, path_sets: dict[str, list[str]]
+                  ) -> tuple[dict[str, list[str]], dict[str, int], dict[str, str], dict[str, tuple[int, int]]]:
+    """Every set's known paths, image count and how the count is known, before anything is
+    generated, and the sets still to generate whose image size is known.
 
     A set read from disk, and a generated set a previous run left complete in the output folder,
     have their paths (``'exact'``). Any other generated set has no paths yet and the count its
     generator will write (:func:`daskdiff.stimuli.registry.planned_count`: ``'exact'``, ``'at
-    most'``, or ``'unknown'``, then counted as 2, the fewest a set may have).
+    most'``, or ``'unknown'``, then counted as 2, the fewest a set may have); where its parameters
+    decide its images' size (:func:`daskdiff.stimuli.registry.planned_pixels`), it is in the last
+    dict, set -> (pixels per image, peak bytes of generating it: :func:`daskdiff.stimuli.registry.generation_peak_bytes`).
     """
-    from ..stimuli.registry import planned_count
+    from ..stimuli.registry import generation_peak_bytes, planned_count, planned_pixels
 
-    paths, counts, how = {}, {}, {}
+    paths, counts, how, generated = {}, {}, {}, {}
     for name, entry in set_entries(spec, base).items():
         if name in path_sets:
             paths[name], counts[name], how[name] = path_sets[name], len(path_sets[name]), "exact"
@@ -445,7 +450,9 @@ def _planned_sets(spec: JobSpec, base: Path, output: Path, path_sets: dict[str, 
             continue
         n, how[name] = planned_count(entry.generate, key["params"])
         paths[name], counts[name] = [], max(2, n or 2)
-    return paths, counts, how
+        if (pixels := planned_pixels(entry.generate, key["params"])) is not None:
+            generated[name] = (pixels, generation_peak_bytes(entry.generate, pixels, counts[name]))
+    return paths, counts, how, generated
 
 
 LIST_FILE_SUFFIXES = (".txt", ".lst")
@@ -683,12 +690,12 @@ def plan_job(
     out = _output_folder(spec, base, output)
     fps: dict[str, float] = {}
     path_sets = _path_sets(spec, base, echo, fps)
-    known, counts, how = _planned_sets(spec, base, out, path_sets)
+    known, counts, how, generated = _planned_sets(spec, base, out, path_sets)
     _generated_fps(spec, base, out, known, fps)
     check_spectral(spec, counts, fps, exact={name for name, kind in how.items() if kind == "exact"})
     limits = limits or limits_for(spec.cluster, out)
     quiet = lambda *_: None  # noqa: E731  (only the exact check says that --force ran over a bound)
-    check_budget(estimate_work(lower_bound_size(spec, counts)), limits, force=force, what="lower bound", echo=quiet)
+    check_budget(estimate_work(lower_bound_size(spec, counts, generated)), limits, force=force, what="lower bound", echo=quiet)
     model = _model_spec(spec, base, weights)
     info = model_layers(model)
     a = spec.analysis
@@ -701,7 +708,7 @@ def plan_job(
     def estimate(stored: dict, written: dict, counts: dict, built: bool) -> WorkEstimate:
         size = job_size(spec, counts, shapes, stored, forward_flops=info["forward_flops"], path_chars=chars, plan_built=built,
                         task_memory=task_memory_budget(spec, [(limits.worker_memory or 0, spec.cluster.threads_per_worker)]), fps=fps,
-                        written=written)
+                        written=written, generated=generated, input_values=math.prod(info["input_size"]) * 3)
         return estimate_work(size)
 
     expected = expected_stored(shapes, a.substrates, sampling, store=store, full_layers=full)
@@ -731,6 +738,7 @@ def plan_job(
             if (n := _clean_temporaries(manifest)):
                 echo(f"removed {n} temporary file(s) left by an interrupted run")
             sets = _image_sets(spec, base, manifest, path_sets, echo)
+            generated = {}  # written now: on the disk, and no longer on the client
             counts = {name: len(paths) for name, paths in sets.items()}
             chars = {name: mean_chars(paths) for name, paths in sets.items()}
             model = with_fingerprint(_resolve_weights(model, spec, echo, notes))  # the files' content, once per run
@@ -880,8 +888,8 @@ def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSp
     """
     from .cluster import decoders, device_error
 
-    if task.decoders == 0:  # extraction.decoders: auto, decided on the worker
-        task = dataclasses.replace(task, decoders=decoders())
+    # extraction.decoders, decided on the worker: auto (0), or the number given, capped by its cores
+    task = dataclasses.replace(task, decoders=decoders(task.decoders or None))
     try:
         return extract_shard(task, cached_storage_plan(recipe, digest), model, keep=keep)
     except Exception as err:

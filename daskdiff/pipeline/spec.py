@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PositiveInt, Tag, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from ..core.differentiation import MEDIAN_OVER, NORMALIZATIONS
 from ..core.distances import METRICS
 from ..core.sampling import check_mode
 from ..core.substrates import SUBSTRATES
 from ..core.units import STORE_MODES
-from ..errors import InputError
+from ..errors import MAX_QUOTED, InputError, shorten
 from ..io.images import RESIZE_FILTERS
 from ..model.build import PREDICTIONS, PREPROCESS_MODES
 
@@ -34,14 +37,29 @@ class SpecError(InputError):
     """A job spec that cannot be run; the message names the file, the key and the fix."""
 
 
+def _whole_number(value: Any) -> Any:
+    """A float that is a whole number (``1.0e+9``, as YAML reads it) as the int it is; any other
+    value as given, for strict validation to refuse (``"5"``, ``true``, ``2.5``)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Whole = Annotated[int, BeforeValidator(_whole_number)]
+"""An integer of the spec: an int, or a float that is a whole number; never a string or a bool."""
+PositiveWhole = Annotated[Whole, Field(gt=0)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A spec section: unknown keys refused, values frozen, and types strict: ``repeats: "5"``,
+    ``repeats: true`` or ``per_unit: "yes"`` are refused, not coerced (an integer is still a
+    valid float: ``state_length: 1``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ModelSection(_Strict):
     name: str = "VGG16"
     weights: str = "imagenet"
-    seed: int = Field(0, ge=0)
+    seed: Whole = Field(0, ge=0)
     fallback_weights: Literal["random"] | None = None
     layers: list[str] | None = None
     predictions: _one_of(PREDICTIONS) = "softmax"
@@ -80,13 +98,22 @@ class GeneratedSet(_Strict):
 
     @model_validator(mode="after")
     def _params(self) -> "GeneratedSet":
-        from ..stimuli.registry import check_generator_params
+        from PIL import Image
+
+        from ..stimuli.registry import check_generator_types, planned_pixels
 
         params = self.params()
-        check_generator_params(self.generate, params)
+        check_generator_types(self.generate, params)
         count = params.get("count")
         if isinstance(count, int) and not isinstance(count, bool) and count < 2:
             raise ValueError(f"count: {count} image(s); differentiation needs at least 2 images per set, e.g. count: 8")
+        pixels, limit = planned_pixels(self.generate, params), Image.MAX_IMAGE_PIXELS
+        if pixels is not None and limit is not None and pixels > limit:
+            raise ValueError(
+                f"size: {params['size']} makes images of {pixels:,} pixels, more than the {limit:,} daskdiff reads (Pillow's "
+                f"decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS), so every image would be skipped; the network sees "
+                f"its input size (224 x 224 for VGG16) anyway: give size: 224 (at most {math.isqrt(limit)})"
+            )
         return self
 
     def params(self) -> dict[str, Any]:
@@ -129,15 +156,15 @@ class AnalysisSection(_Strict):
     spectral: SpectralSection = SpectralSection()
     substrates: list[_one_of(SUBSTRATES)] = ["units", "filter_mean"]
     n_units: list[Union[int, str]] = [200, 10000]
-    repeats: PositiveInt = 100
+    repeats: PositiveWhole = 100
     sampling: str = "random"
     normalize: _one_of(NORMALIZATIONS) = "zscore"
     metric: _one_of(METRICS) = "euclidean"
     per_unit: bool = True
     median_over: _one_of(MEDIAN_OVER) = "condensed"
-    seed: int = Field(0, ge=0)
-    repeats_per_task: PositiveInt = 25
-    rdm_max_images: int = Field(200, ge=0)
+    seed: Whole = Field(0, ge=0)
+    repeats_per_task: PositiveWhole = 25
+    rdm_max_images: Whole = Field(200, ge=0)
     task_memory: str = "auto"
     """Peak memory of one differentiation task: ``auto`` (a share of a worker thread's memory
     limit) or a size such as ``4GB``; stacks of repeats, then blocks of images, are made to fit."""
@@ -161,7 +188,7 @@ class AnalysisSection(_Strict):
                 if parse_bytes(v) <= 0:
                     raise ValueError
             except (ValueError, TypeError):
-                raise ValueError(f"must be 'auto' or a positive size such as '4GB' or '500MiB'; got {v!r}") from None
+                raise ValueError(f"must be 'auto' or a positive size such as '4GB' or '500MiB'; got {shorten(repr(v))}") from None
         return v
 
     @field_validator("n_units", mode="before")
@@ -171,7 +198,7 @@ class AnalysisSection(_Strict):
         for item in values:
             ok_int = isinstance(item, int) and not isinstance(item, bool) and item > 0
             if not (ok_int or item == "all"):
-                raise ValueError(f"each value must be a positive integer or 'all', e.g. [200, 10000, all]; got {item!r}")
+                raise ValueError(f"each value must be a positive integer or 'all', e.g. [200, 10000, all]; got {shorten(repr(item))}")
         return values
 
     @field_validator("substrates", "n_units", "measures")
@@ -180,13 +207,18 @@ class AnalysisSection(_Strict):
         if not v:
             raise ValueError("must list at least one value")
         if len(set(map(str, v))) != len(v):
-            raise ValueError(f"lists a value twice: {v}")
+            raise ValueError(f"lists a value twice: {shorten(str(v))}")
         return v
 
 
+MAX_DECODERS = 16
+"""Most image-decoding processes per worker (``extraction.decoders``): 16 keep a GPU's forward
+pass of VGG16 fed (``benchmarks/decode.py``); more only take memory and cores."""
+
+
 class ExtractionSection(_Strict):
-    batch_size: PositiveInt = 16
-    shard_size: PositiveInt = 128
+    batch_size: PositiveWhole = 16
+    shard_size: PositiveWhole = 128
     resize: _one_of(RESIZE_FILTERS) = "nearest"
     store: _one_of(STORE_MODES) = "needed"
     """What shard files store: ``needed`` (the units the analysis samples: every unit with
@@ -204,13 +236,25 @@ class ExtractionSection(_Strict):
     strict: bool = False
     exif_orientation: Literal["ignore", "apply"] = "ignore"
     """``ignore`` (Keras' ``load_img`` does) or ``apply``: turn photos upright as their EXIF tag says."""
-    retries: int = Field(2, ge=0)
+    retries: Whole = Field(2, ge=0, le=10)
+    """Times Dask re-runs a failed extraction task (0 to 10: a task that fails 11 times will not pass)."""
     require_gpu: bool = False
-    decoders: Union[Literal["auto"], PositiveInt] = "auto"
+    decoders: Union[Literal["auto"], Whole] = "auto"
     """Processes per worker that decode and resize images while the model runs (1: the worker's
     own prefetch thread): ``auto`` is 1 on a worker without a GPU (its cores run the forward
     pass) and, on a GPU worker, its share of the node's cores (the cores it may use over the GPUs
-    on the node, at most 16)."""
+    on the node, at most :data:`MAX_DECODERS`). A number is at most :data:`MAX_DECODERS`, and a
+    worker starts no more of them than the cores it may use
+    (:func:`daskdiff.pipeline.cluster.decoders`)."""
+
+    @field_validator("decoders", mode="before")
+    @classmethod
+    def _decoders(cls, v: Any) -> Any:
+        v = _whole_number(v)
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DECODERS):
+            return v
+        raise ValueError(f"must be 'auto' or a whole number from 1 to {MAX_DECODERS} (image-decoding processes per worker; "
+                         "a worker starts no more than the cores it may use)")
 
     @model_validator(mode="after")
     def _handoff_with_store(self) -> "ExtractionSection":
@@ -283,11 +327,11 @@ class SlurmSection(_Strict):
     so only the keys set here are passed on, on top of that configuration.
     """
 
-    cores: PositiveInt | None = None
+    cores: PositiveWhole | None = None
     """Cores per SLURM job (``--cpus-per-task``); shared by its ``processes`` as worker threads."""
     memory: str | None = None
     """Memory per SLURM job, e.g. ``16GB`` (``--mem``); shared by its ``processes``."""
-    processes: PositiveInt | None = None
+    processes: PositiveWhole | None = None
     """Dask worker processes per SLURM job (dask-jobqueue default: about sqrt(cores))."""
     queue: str | None = None
     """SLURM partition (``-p``)."""
@@ -295,7 +339,7 @@ class SlurmSection(_Strict):
     """SLURM account (``-A``)."""
     walltime: str | None = None
     """Time limit of each SLURM job (``-t``), a quoted string such as ``'04:00:00'`` or ``'1-00:00:00'``."""
-    job_cpu: PositiveInt | None = None
+    job_cpu: PositiveWhole | None = None
     job_mem: str | None = None
     job_name: str | None = None
     job_extra_directives: list[str] | None = None
@@ -312,7 +356,7 @@ class SlurmSection(_Strict):
     interface: str | None = None
     python: str | None = None
     shebang: str | None = None
-    death_timeout: PositiveInt | None = None
+    death_timeout: PositiveWhole | None = None
     nanny: bool | None = None
     scheduler_options: dict[str, Any] | None = None
     """Options of the scheduler daskdiff starts, e.g. ``{host: 0.0.0.0, dashboard_address: ':8787'}``."""
@@ -341,7 +385,7 @@ class SlurmSection(_Strict):
                 f"would take as {v} minutes; quote it: walltime: '{hours:02d}:{rest // 60:02d}:{rest % 60:02d}'"
             )
         if isinstance(v, str) and not _WALLTIME.match(v):
-            raise ValueError(f"{v!r} is not a SLURM time: give a quoted 'HH:MM:SS', 'MM', 'D-HH' or 'D-HH:MM:SS', e.g. '04:00:00'")
+            raise ValueError(f"{shorten(repr(v))} is not a SLURM time: give a quoted 'HH:MM:SS', 'MM', 'D-HH' or 'D-HH:MM:SS', e.g. '04:00:00'")
         return v
 
     @field_validator("memory", "job_mem")
@@ -354,7 +398,7 @@ class SlurmSection(_Strict):
                 if parse_bytes(v) <= 0:
                     raise ValueError
             except (ValueError, TypeError):
-                raise ValueError(f"{v!r} is not a size: give one such as '16GB' or '64GiB'") from None
+                raise ValueError(f"{shorten(repr(v))} is not a size: give one such as '16GB' or '64GiB'") from None
         return v
 
     def kwargs(self) -> dict[str, Any]:
@@ -374,15 +418,36 @@ class SlurmSection(_Strict):
 
 class ClusterSection(_Strict):
     kind: Literal["local", "address", "slurm", "local_cuda"] = "local"
-    n_workers: PositiveInt | None = None
-    threads_per_worker: PositiveInt = 1
-    memory_limit: str = "auto"
+    n_workers: PositiveWhole | None = None
+    """Worker processes of a ``local`` cluster (default: the cores, at most 4); their threads
+    must fit this machine's cores (:func:`daskdiff.pipeline.budget.check_local_cluster`)."""
+    threads_per_worker: PositiveWhole = 1
+    memory_limit: Union[str, Annotated[float, Field(gt=0)]] = "auto"
+    """Memory limit of each ``local`` worker, as Dask's ``LocalCluster(memory_limit=...)`` takes
+    it: ``auto`` (this machine's memory shared by the cores), a size (``4GB``, ``500MiB``,
+    ``4e9``) or a fraction up to 1 of this machine's memory (``0.25``)."""
     address: str | None = None
     scheduler_file: str | None = None
-    jobs: PositiveInt = 1
+    jobs: PositiveWhole = Field(1, le=1000)
+    """SLURM jobs to start (``kind: slurm``), at most 1,000: give each job more ``cores`` and ``processes`` instead."""
     slurm: SlurmSection = SlurmSection()
     security: SecuritySection | None = None
-    start_timeout: PositiveInt = 120
+    start_timeout: PositiveWhole = Field(120, le=86400)
+    """Seconds to wait for the first workers (at most a day: SLURM jobs may queue for hours)."""
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_limit(cls, v: str | float) -> str | float:
+        if isinstance(v, str) and v != "auto":
+            from dask.utils import parse_bytes
+
+            try:
+                if (float(v) if _is_number(v) else parse_bytes(v)) <= 0:
+                    raise ValueError
+            except (ValueError, TypeError):
+                raise ValueError("must be 'auto', a positive size such as '4GB' or '500MiB', or a fraction of this machine's "
+                                 "memory such as 0.25") from None
+        return v
 
     @model_validator(mode="after")
     def _role_certificates_need_a_started_cluster(self) -> "ClusterSection":
@@ -424,6 +489,15 @@ class ClusterSection(_Strict):
         if _depth(v) > MAX_SLURM_DEPTH:
             raise ValueError(f"is nested deeper than {MAX_SLURM_DEPTH} levels; give SLURMCluster keyword arguments (strings, numbers, lists of strings)")
         return v
+
+
+def _is_number(text: str) -> bool:
+    """Whether ``text`` reads as a number (Dask takes ``'0.5'`` as a fraction, not a size)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 MAX_SLURM_CHARS = 65536
@@ -490,7 +564,7 @@ class JobSpec(_Strict):
             raise ValueError("must name at least one image set, e.g. image_sets: {photos: path/to/folder}")
         for name in v:
             if not _SET_NAME.match(name):
-                raise ValueError(f"image set name {name!r} must start with a letter and hold only letters, digits, '_' and '-'")
+                raise ValueError(f"image set name {shorten(repr(name))} must start with a letter and hold only letters, digits, '_' and '-'")
         return v
 
     def result_digest(self) -> str:
@@ -514,18 +588,15 @@ class JobSpec(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-MAX_QUOTED = 200
-"""Error messages quote at most this many characters of a value taken from the spec."""
-
-
-def shorten(text: str, limit: int = MAX_QUOTED) -> str:
-    """``text``, cut to ``limit`` characters with a note of the full length when longer."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+MAX_PROBLEMS = 20
+"""Most problems a refused spec lists (a spec of thousands of wrong values says how many more)."""
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
+    """The problems of a spec: one line for one problem, else a line naming the file and one per
+    problem (at most :data:`MAX_PROBLEMS`), each ``key: what is wrong (got value)``."""
     lines = [f"{source}: the job spec is not valid ({err.error_count()} problem(s)); nothing was run:"]
-    for e in err.errors():
+    for e in err.errors()[:MAX_PROBLEMS]:
         loc = shorten(".".join(str(p) for p in e["loc"] if not str(p).startswith("function-")))
         msg = shorten(e["msg"].removeprefix("Value error, "), 4 * MAX_QUOTED)
         if e["type"] == "extra_forbidden":
@@ -533,6 +604,10 @@ def _format_errors(err: ValidationError, source: str) -> str:
         got = e.get("input")
         shown = "" if e["type"] == "missing" or isinstance(got, dict) else f" (got {shorten(repr(got))})"
         lines.append(f"  - {loc}: {msg}{shown}")
+    if err.error_count() > MAX_PROBLEMS:
+        lines.append(f"  ... and {err.error_count() - MAX_PROBLEMS} more")
+    if len(lines) == 2:
+        return f"{source}: the job spec is not valid, nothing was run: {lines[1].removeprefix('  - ')}"
     return "\n".join(lines)
 
 
@@ -550,8 +625,36 @@ MAX_YAML_DEPTH = 32
 """Deepest nesting of mappings/lists a job spec may have (a real spec needs 4)."""
 
 
+MAX_SPEC_BYTES = 256 * 1024
+"""Largest job spec file read: a spec naming every layer of a 1,000-layer model and a
+thousand image sets takes ~100 KB, and ``cluster.slurm`` is bounded to 64 KiB; the pure-Python
+YAML parser takes ~0.3 s and ~50 MB per 256 KiB (1.5 s per MiB, and ~1 GB for 5 MB)."""
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of the spec gives a key twice (YAML would keep the last value without a word)."""
+
+
 class _SpecLoader(yaml.SafeLoader):
-    """The safe loader without anchors/aliases (no "billion laughs") and with bounded nesting."""
+    """The safe loader without anchors/aliases (no "billion laughs"), with bounded nesting, and
+    refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # '<<: {...}' merged first, as the base class does
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    line = first.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: the base class says so
+                    continue
+                if line != key_node.start_mark.line + 1:
+                    raise DuplicateKeyError(
+                        f"key {shorten(repr(key))} is given twice in one mapping (lines {line} and "
+                        f"{key_node.start_mark.line + 1}); YAML would keep only the second: remove one, or merge them"
+                    )
+        return super().construct_mapping(node, deep=deep)
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
@@ -566,17 +669,59 @@ class _SpecLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+def read_spec_text(path: Path) -> str:
+    """The text of the job spec file ``path``: a regular file of at most :data:`MAX_SPEC_BYTES`,
+    UTF-8 (a byte-order mark is dropped); SpecError naming the file and the fix otherwise.
+
+    The file is opened without blocking and checked to be regular before a byte is read, so a
+    FIFO or device named as the spec cannot hang or flood the reader.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise SpecError(f"job spec {path} does not exist; see jobs/demo.yaml for an example") from None
+    except IsADirectoryError:
+        fd = None
+    except OSError as err:
+        raise SpecError(f"job spec {path} cannot be opened ({err.strerror}); check its permissions") from None
+    try:
+        mode = os.stat(path).st_mode if fd is None else os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise SpecError(f"job spec {path} is a folder, not a YAML file; give the spec file itself, e.g. {path / 'job.yaml'}")
+        if not stat.S_ISREG(mode):
+            raise SpecError(f"job spec {path} is not a regular file (a FIFO, socket or device); give a YAML file")
+        chunks: list[bytes] = []
+        while (got := sum(map(len, chunks))) <= MAX_SPEC_BYTES and (chunk := os.read(fd, MAX_SPEC_BYTES + 1 - got)):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"job spec {path} is larger than {MAX_SPEC_BYTES // 1024} KiB, far more than a job needs; "
+                        "list many images in a list file (image_sets: {name: images.txt}), not in the spec")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise SpecError(f"job spec {path} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
+                        "save it as UTF-8 (most editors: Save As, encoding UTF-8)") from None
+
+
 def load_spec(path: str | Path) -> tuple[JobSpec, Path]:
     """Read and validate a YAML job spec (safe loader). Returns (spec, folder of the file).
 
+    The file must be a regular UTF-8 file of at most :data:`MAX_SPEC_BYTES` (:func:`read_spec_text`).
     Anchors and aliases (``&a``, ``*a``, ``<<: *a``) are refused: a few hundred bytes of nested
-    aliases would otherwise expand to gigabytes. Nesting is bounded by :data:`MAX_YAML_DEPTH`.
+    aliases would otherwise expand to gigabytes. Nesting is bounded by :data:`MAX_YAML_DEPTH`. A
+    key given twice in one mapping is refused, naming both lines.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"job spec {path} does not exist; see jobs/demo.yaml for an example")
+    text = read_spec_text(path)
     try:
-        data = yaml.load(path.read_text(), Loader=_SpecLoader)
+        data = yaml.load(text, Loader=_SpecLoader)
+    except DuplicateKeyError as err:
+        raise SpecError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {shorten(str(err), 4 * MAX_QUOTED)}") from None
     return parse_spec(data, str(path)), path.resolve().parent

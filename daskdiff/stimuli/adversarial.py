@@ -27,13 +27,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Annotated, Any, Callable, Sequence
 
+import annotated_types
 import numpy as np
 
 from ..core.batches import batch_slices
 from ..core.ranking import class_mass, softmax
-from ..errors import InputError
+from ..errors import InputError, shorten
 from ..io.images import _write_images, load_images
 from ..model.build import cached_model, forward_lock, input_size, ModelSpec
 from ..model.preprocess import preprocess_tensor
@@ -42,6 +43,13 @@ from .select import check_batch_size, class_indices, class_ranges, ClassesLike, 
 
 ADVERSARIAL_TABLE = "adversarial.csv"
 """Name of the table :func:`attack_images` writes beside the images."""
+
+MAX_ITERS = 1000
+"""Most PGD iterations: each is a forward and a backward pass of every image; 1,000 steps of a
+tenth of a grey level cross the widest ball of 8 grey levels more than ten times over."""
+
+Iterations = Annotated[int, annotated_types.Interval(ge=0, le=MAX_ITERS)]
+"""The type of ``iters``: job specs check it (:func:`daskdiff.stimuli.registry.check_generator_types`)."""
 
 CAT_CLASSES: tuple[int, ...] = (281, 282, 283, 284, 285)
 """ImageNet's domestic cats: tabby, tiger cat, Persian cat, Siamese cat, Egyptian cat."""
@@ -91,8 +99,8 @@ class PGD:
             raise InputError(f"eps must be a whole number of grey levels >= 0, e.g. eps=8; got {self.eps!r}")
         if isinstance(self.step, bool) or not isinstance(self.step, (int, float, np.integer, np.floating)) or not 0 < self.step < np.inf:
             raise InputError(f"step must be a positive number of grey levels, e.g. step=1; got {self.step!r}")
-        if isinstance(self.iters, bool) or not isinstance(self.iters, (int, np.integer)) or self.iters < 0:
-            raise InputError(f"iters must be an integer >= 0, e.g. iters=10; got {self.iters!r}")
+        if isinstance(self.iters, bool) or not isinstance(self.iters, (int, np.integer)) or not 0 <= self.iters <= MAX_ITERS:
+            raise InputError(f"iters must be an integer from 0 to {MAX_ITERS}, e.g. iters=10; got {shorten(repr(self.iters))}")
         if (self.avoid is None) == (self.target is None):
             raise InputError(
                 f"give exactly one of avoid (untargeted) and target (targeted), got avoid={self.avoid!r} "
@@ -377,7 +385,7 @@ def attack_images(
     *,
     eps: int = 8,
     step: float = 1,
-    iters: int = 10,
+    iters: Iterations = 10,
     avoid: ClassesLike | None = None,
     target: str | int | None = None,
     keep_failures: bool = True,
@@ -504,7 +512,7 @@ def adversarial_images(
     *,
     eps: int = 8,
     step: float = 1,
-    iters: int = 10,
+    iters: Iterations = 10,
     avoid: str | int | list | None = None,
     target: str | int | None = None,
     keep_failures: bool = True,

@@ -8,7 +8,7 @@ from typing import Iterable
 
 import numpy as np
 from PIL import Image
-from ..errors import InputError
+from ..errors import InputError, shorten
 
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -16,7 +16,7 @@ _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 def _check_int(name: str, value: object, minimum: int, example: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(
-            f"{name} must be an integer >= {minimum}, got {value!r}; for example {example}"
+            f"{name} must be an integer >= {minimum}, got {shorten(repr(value))}; for example {example}"
         )
     return int(value)
 
@@ -25,7 +25,7 @@ def _check_prefix(prefix: object) -> str:
     if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
         raise InputError(
             f"prefix must be a file-name stem of letters, digits, '.', '_' or '-' that starts "
-            f"with a letter or digit, got {prefix!r}; for example prefix='noise'"
+            f"with a letter or digit, got {shorten(repr(prefix))}; for example prefix='noise'"
         )
     return prefix
 
@@ -33,7 +33,7 @@ def _check_prefix(prefix: object) -> str:
 def _check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     choices = list(choices)
     if value not in choices:
-        raise InputError(f"{name} must be one of {choices}, got {value!r}")
+        raise InputError(f"{name} must be one of {choices}, got {shorten(repr(value))}")
     return value  # type: ignore[return-value]
 
 

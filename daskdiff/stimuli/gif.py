@@ -13,6 +13,9 @@ from ..errors import InputError
 SKIMAGE_GIF = "no_time_for_that_tiny.gif"
 """File name of the animated GIF in ``skimage.data.data_dir`` (24 frames of 25 x 14 pixels, 70 ms each)."""
 
+SKIMAGE_GIF_FRAMES = 24
+"""Frames of :data:`SKIMAGE_GIF`: :func:`skimage_gif` writes ``SKIMAGE_GIF_FRAMES * loops``."""
+
 
 def skimage_gif_path() -> str:
     """Absolute path of :data:`SKIMAGE_GIF` inside the installed scikit-image (no download)."""

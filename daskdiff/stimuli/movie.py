@@ -84,6 +84,8 @@ def _check_length(fps: float, duration: object, n_frames: object, default_durati
         return _check_int("n_frames", n_frames, 1, "n_frames=60")
     seconds = default_duration if duration is None else _check_number("duration", duration, "duration=2", positive=True)
     exact = seconds * fps
+    if not math.isfinite(exact):
+        raise InputError(f"duration={seconds:g} s at fps={fps:g} is more frames than can be counted; give n_frames= (e.g. n_frames=60)")
     count = round(exact)
     if count < 1 or abs(exact - count) > _FRAMES_PER_SECOND_TOLERANCE:
         raise InputError(

@@ -46,7 +46,7 @@ from .pans import photo_movie
 from .photos import sample_photos
 from .scramble import phase_scrambled
 from .select import selected_images
-from ..errors import InputError
+from ..errors import InputError, shorten
 
 GeneratorKind = Literal[
     "noise", "photos", "augment", "frames", "select", "adversarial",
@@ -116,11 +116,40 @@ def check_generator_params(kind: str, params: dict, out_dir: object = ".") -> Ca
         signature.bind(out_dir=out_dir, **params)
     except TypeError as error:
         unknown = sorted(set(params) - set(valid))
-        problem = f"unknown parameter(s) {unknown}" if unknown else str(error)
+        problem = f"unknown parameter(s) {shorten(str(unknown))}" if unknown else str(error)
         raise InputError(
             f"generator {kind!r} ({function.__name__}): {problem}; its parameters are {valid}"
         ) from None
     return function
+
+
+def check_generator_types(kind: str, params: dict) -> None:
+    """Refuse, as a job spec must, a parameter of the wrong type for ``kind``'s generator.
+
+    Each value is validated strictly against the generator's annotation (pydantic strict mode):
+    ``count: "5"``, ``count: true`` or ``keep_failures: "yes"`` are refused, not coerced, here
+    rather than when the images are drawn; an int is still a valid float. :func:`generate`
+    itself does not check this (API callers may pass numpy integers).
+
+    Raises
+    ------
+    InputError
+        Naming the generator, the parameter, what it should be and the value given.
+    """
+    import typing
+
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    function = check_generator_params(kind, params)
+    hints = typing.get_type_hints(function, include_extras=True)  # with their bounds (Annotated)
+    for name, value in params.items():
+        if name not in hints:
+            continue
+        try:
+            TypeAdapter(hints[name], config=ConfigDict(strict=True, arbitrary_types_allowed=True)).validate_python(value)
+        except ValidationError as err:
+            problem = err.errors()[0]["msg"]
+            raise InputError(f"generator {kind!r}: {name}: {problem}; got {shorten(repr(value))}") from None
 
 
 def planned_count(kind: str, params: dict) -> tuple[int | None, str]:
@@ -163,6 +192,11 @@ def planned_count(kind: str, params: dict) -> tuple[int | None, str]:
 
         n = planned_frames(params["movie"], params.get("n_frames"))
         return (n, "exact") if n is not None else ((int(params["n_frames"]), "at most") if params.get("n_frames") else (None, "unknown"))
+    if kind == "skimage_gif":
+        from .gif import SKIMAGE_GIF_FRAMES
+
+        loops = params.get("loops", inspect.signature(function).parameters["loops"].default)
+        return (SKIMAGE_GIF_FRAMES * loops, "exact") if isinstance(loops, int) and not isinstance(loops, bool) else (None, "unknown")
     if kind in ("scrambled", "movie"):
         source = params.get("source", params.get("movie"))
         n, how = (planned_count(source["generate"], {k: v for k, v in source.items() if k != "generate"})
@@ -171,3 +205,40 @@ def planned_count(kind: str, params: dict) -> tuple[int | None, str]:
             return (int(params["n_frames"]), "at most") if n is None else (min(n, int(params["n_frames"])), how)
         return n, how
     return None, "unknown"
+
+
+GENERATION_BYTES_PER_PIXEL = 80
+"""Peak bytes the generating process holds per pixel of the image it draws: Gaussian noise's
+float64 draws and their two float64 temporaries (measured 74 B per pixel at 3000 x 3000), a
+grating's float64 phases (43), a crop's resize (16), uniform noise (7), with Pillow's PNG buffers."""
+
+WHOLE_MOVIE_BYTES_PER_PIXEL = {"scrambled": 82}
+"""Generators that hold every frame of their movie at once, and the peak bytes per pixel of each
+frame (measured at 2000 pixels a side): ``scrambled`` Fourier-transforms the whole movie
+(complex128, with its phases). (``skimage_gif`` keeps its 24 resized frames, whatever its
+``loops``: 77 bytes per pixel in all at 3000 x 3000, within :data:`GENERATION_BYTES_PER_PIXEL`.)"""
+
+
+def planned_pixels(kind: str, params: dict) -> int | None:
+    """Pixels (rows x cols) of each image a generator will write, when its parameters decide them.
+
+    The generators that take ``size`` draw ``size`` x ``size`` images (the given ``size``, else
+    their default); None where the source decides (``size: null`` of ``photos``, ``scrambled``
+    and ``skimage_gif``; ``frames``, ``movie``, ``select`` and ``adversarial``) or where ``size``
+    is not a positive integer (the generator refuses it).
+    """
+    parameter = inspect.signature(check_generator_params(kind, params)).parameters.get("size")
+    if parameter is None:
+        return None
+    size = params.get("size", parameter.default)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return None
+    return size * size
+
+
+def generation_peak_bytes(kind: str, pixels: int, count: int) -> int:
+    """Peak bytes of the process that generates ``count`` images of ``pixels`` pixels of ``kind``
+    (:data:`GENERATION_BYTES_PER_PIXEL`, and :data:`WHOLE_MOVIE_BYTES_PER_PIXEL` per frame for
+    the generators that hold their whole movie); not counted: the process's own baseline and,
+    for ``augment``/``photo_movie``, the source photo."""
+    return int(pixels * (GENERATION_BYTES_PER_PIXEL + count * WHOLE_MOVIE_BYTES_PER_PIXEL.get(kind, 0)))
