@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import ipaddress
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import ssl
 import sys
 import tempfile
@@ -506,6 +508,34 @@ def open_client(address: str, source: str, security: Security | None = None, tim
         raise JobError(f"{named}: {why}; {_connect_hint(security)}{stale}") from None
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an IP address) resolves only to loopback addresses of this machine."""
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):  # a name that does not resolve here
+        return False
+    try:
+        return bool(found) and all(ipaddress.ip_address(ip.split("%")[0]).is_loopback for ip in found)
+    except ValueError:
+        return False
+
+
+def plain_tcp_warning(address: str, source: str) -> str | None:
+    """The warning for a scheduler at ``address`` (named by ``source``) reached over plain TCP
+    beyond this machine's loopback interface, or None (``tls://``, ``inproc://``, 127.0.0.1, ``localhost``)."""
+    from distributed.comm import get_address_host, parse_address
+
+    try:
+        if parse_address(address)[0] != "tcp" or _is_loopback(get_address_host(address)):
+            return None
+    except ValueError:
+        return None
+    return (f"warning: {source} {address} is a plain tcp:// connection beyond this machine: the job's code and data cross the "
+            "network unencrypted, and whoever can reach that port can run code on the workers; use TLS: start the scheduler "
+            "and workers with --protocol tls and --tls-ca-file/--tls-cert/--tls-key, and give its tls:// address and "
+            "cluster.security (tls_ca_file, tls_client_cert, tls_client_key) in the spec")
+
+
 NO_DASHBOARD = "no dashboard (the scheduler runs without one: start it without --no-dashboard, with bokeh installed)"
 
 
@@ -696,6 +726,8 @@ def connect(
         client = open_client(address, source, security, section.start_timeout, sfile)
         try:
             echo(f"connected to scheduler {client.scheduler.address}; {_dashboard(client)}")
+            if (warning := plain_tcp_warning(address, source)) is not None:
+                echo(warning)
             with _watching(client, needs, echo) as watch:
                 _wait_for_workers(client, 1, section.start_timeout, f"the scheduler at {address}",
                                   f"start one with 'dask worker {address} --nthreads 1'", watch)
