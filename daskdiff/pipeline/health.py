@@ -331,6 +331,8 @@ class WorkerWatch:
             seen = seen.__cause__ or seen.__context__
         if self.finished or not any(name in _COMM_ERRORS or name.endswith("ConnectionError") for name in chain):
             return None
+        if self.client.status not in ("running", "newly-created"):  # the scheduler is gone: not the workers' memory
+            return None
         deadline = time.monotonic() + wait
         while True:
             try:
