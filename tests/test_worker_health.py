@@ -117,6 +117,20 @@ def test_a_memory_limit_below_a_workers_baseline_is_refused_before_any_cluster(t
     assert not (tmp_path / "out").exists()
 
 
+def test_a_slurm_job_too_small_for_its_worker_processes_is_refused(tmp_path, tiny_model_path, sets, baseline, capsys):
+    """On SLURM a worker's memory is the job's ``memory`` over its ``processes``: too little per
+    process is refused in one line naming cluster.slurm.memory and cluster.slurm.processes."""
+    per_process = int(baseline / PAUSE / 1.15)
+    job = _job(tmp_path, tiny_model_path, sets, {"kind": "slurm", "slurm": {"cores": 2, "processes": 2, "memory": str(2 * per_process)}})
+    assert main(["run", str(job), "--dry-run"]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith("daskdiff run: error: cluster.slurm memory / processes gives each worker ")
+    assert _gb(line, "gives each worker ") * 1e9 == pytest.approx(per_process, rel=0.01)
+    total = _gb(line, "set cluster.slurm.memory to at least ")
+    assert total * 1e9 / 2 * PAUSE >= baseline and "for each of its 2 worker processes), or fewer cluster.slurm.processes" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_advised_memory_limit_runs(tmp_path, tiny_model_path, sets, baseline, capsys):
     """The limit a refusal advises is enough: the job runs with it."""
     job = _job(tmp_path, tiny_model_path, sets, {"memory_limit": str(int(baseline / PAUSE / 1.15)), "n_workers": 1})
