@@ -6,7 +6,9 @@ same spec on a one-thread LocalCluster:
 - a 2-thread and a 4-thread worker (the tasks of each share one process's netCDF/HDF5 library);
 - two jobs with the same set names, other images and seeds, run at once on one scheduler;
 - the only worker SIGKILLed (under its nanny, which starts a new one) when the first shard
-  appears on disk, and the new one again when the first partial result appears.
+  appears on disk, and the new one again when the first partial result appears;
+- a scheduler listening on every interface, reached at this machine's own non-loopback address
+  (one warning that plain TCP is unencrypted, and how to use TLS) and at 127.0.0.1 (none).
 
 """
 
@@ -15,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import xarray as xr
 import yaml
@@ -208,3 +212,46 @@ def test_only_worker_killed_mid_extraction_and_again_mid_differentiation(jobs, t
     text = log.read_text()
     assert f"Worker process {first} was killed by signal 9" in text and f"Worker process {second} was killed by signal 9" in text
     assert_same_results(out / "differentiation.nc", reference["a"])
+
+
+def _own_address() -> str:
+    """A non-loopback IPv4 address of one of this machine's own interfaces (never another host's)."""
+    found = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+             if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    assert found, "this machine has no non-loopback IPv4 address"
+    return found[0]
+
+
+def test_plain_tcp_beyond_loopback_gets_one_tls_warning_and_loopback_none(jobs, tmp_path):
+    """``dask scheduler --host 0.0.0.0``: ``daskdiff run --scheduler tcp://<this machine's own
+    address>`` says, in one line, that the connection is unencrypted and how to use TLS; the same
+    scheduler at ``tcp://127.0.0.1`` gets no such line. Both jobs give the reference results."""
+    root, specs, reference = jobs
+    sfile, log = tmp_path / "scheduler.json", tmp_path / "worker.log"
+    with open(tmp_path / "scheduler.log", "ab") as out:
+        proc = subprocess.Popen([*DASK, "scheduler", "--host", "0.0.0.0", "--port", "0", "--no-dashboard", "--scheduler-file", str(sfile)],
+                                env=ENV, stdout=out, stderr=out)
+    outputs = {}
+    try:
+        deadline = time.monotonic() + 60
+        while not (sfile.exists() and sfile.stat().st_size):
+            assert proc.poll() is None and time.monotonic() < deadline, "dask scheduler did not start"
+            time.sleep(0.1)
+        port = int(yaml.safe_load(sfile.read_text())["address"].rsplit(":", 1)[1])
+        with worker(sfile, 1, log):
+            for host in (_own_address(), "127.0.0.1"):
+                run = subprocess.Popen([DASKDIFF, "run", str(specs["a"]), "--scheduler", f"tcp://{host}:{port}", "--output",
+                                        str(tmp_path / host), "--no-progress"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                outputs[host] = finished(run, log)
+                assert_same_results(tmp_path / host / "differentiation.nc", reference["a"])
+    finally:
+        stop(proc)
+
+    def about_tls(out):
+        return [line for line in out.splitlines() if "unencrypted" in line or "TLS" in line]
+
+    warned = about_tls(outputs[_own_address()])
+    assert len(warned) == 1, outputs[_own_address()]
+    assert warned[0].startswith(f"warning: --scheduler tcp://{_own_address()}:{port} is a plain tcp:// connection beyond this machine")
+    assert "unencrypted" in warned[0] and "--protocol tls" in warned[0] and "tls:// address and cluster.security" in warned[0]
+    assert about_tls(outputs["127.0.0.1"]) == []

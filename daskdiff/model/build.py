@@ -503,7 +503,17 @@ def model_layers(spec: ModelSpec) -> dict[str, Any]:
         "input_size": input_size(model),
         "last_layer": layer_names(model)[-1],
         "forward_flops": forward_flops(model),
+        "weight_bytes": weight_bytes(model),
     }
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes of ``model``'s weights, each at its own dtype's size (``float32``: 4, ``bfloat16``: 2)."""
+    total = 0
+    for w in model.weights:
+        bits = re.search(r"(\d+)$", str(w.dtype))
+        total += int(np.prod(w.shape)) * (int(bits.group(1)) // 8 if bits else 1)
+    return total
 
 
 _CLASS_INDEX_FILE = "imagenet_class_index.json"

@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import ipaddress
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import ssl
 import sys
 import tempfile
@@ -39,6 +41,8 @@ from distributed.security import Security
 from ..errors import DeviceError, InputError, JobError
 from ..io.reading import TEXT_FILE_MAX_BYTES, NotReadableError, read_regular
 from ..logs import reporter
+from . import config  # noqa: F401  (daskdiff's defaults in dask.config: daskdiff.worker-ttl)
+from .health import MemoryNeeds, WorkerWatch
 from .spec import MAX_DECODERS, shorten
 
 log = logging.getLogger(__name__)
@@ -510,6 +514,34 @@ def open_client(address: str, source: str, security: Security | None = None, tim
         raise JobError(f"{named}: {why}; {_connect_hint(security)}{stale}") from None
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an IP address) resolves only to loopback addresses of this machine."""
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):  # a name that does not resolve here
+        return False
+    try:
+        return bool(found) and all(ipaddress.ip_address(ip.split("%")[0]).is_loopback for ip in found)
+    except ValueError:
+        return False
+
+
+def plain_tcp_warning(address: str, source: str) -> str | None:
+    """The warning for a scheduler at ``address`` (named by ``source``) reached over plain TCP
+    beyond this machine's loopback interface, or None (``tls://``, ``inproc://``, 127.0.0.1, ``localhost``)."""
+    from distributed.comm import get_address_host, parse_address
+
+    try:
+        if parse_address(address)[0] != "tcp" or _is_loopback(get_address_host(address)):
+            return None
+    except ValueError:
+        return None
+    return (f"warning: {source} {address} is a plain tcp:// connection beyond this machine: the job's code and data cross the "
+            "network unencrypted, and whoever can reach that port can run code on the workers; use TLS: start the scheduler "
+            "and workers with --protocol tls and --tls-ca-file/--tls-cert/--tls-key, and give its tls:// address and "
+            "cluster.security (tls_ca_file, tls_client_cert, tls_client_key) in the spec")
+
+
 NO_DASHBOARD = "no dashboard (the scheduler runs without one: start it without --no-dashboard, with bokeh installed)"
 
 
@@ -540,12 +572,17 @@ def _dashboard(client: Client) -> str:
     return f"dashboard {link}"
 
 
-def _wait_for_workers(client: Client, n: int, timeout: float, what: str, hint: str) -> None:
-    try:
-        client.wait_for_workers(n, timeout=timeout)
-    except (TimeoutError, asyncio.TimeoutError):
-        have = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        raise JobError(f"{what} has {have} worker(s) after {timeout:g} s (cluster.start_timeout), {n} needed; {hint}") from None
+def _wait_for_workers(client: Client, n: int, timeout: float, what: str, hint: str, watch: WorkerWatch | None = None) -> None:
+    """Wait until the scheduler lists ``n`` workers, running or paused (a paused worker has
+    started: ``watch`` judges whether it can work); ``watch`` (:meth:`WorkerWatch.poll`) raises
+    meanwhile for workers killed for memory as they start."""
+    deadline = time.monotonic() + timeout
+    while (have := len(client.scheduler_info(n_workers=-1).get("workers", {}))) < n:
+        if time.monotonic() > deadline:
+            raise JobError(f"{what} has {have} worker(s) after {timeout:g} s (cluster.start_timeout), {n} needed; {hint}")
+        if watch is not None:
+            watch.poll(0)
+        time.sleep(0.1)
 
 
 def _scheduler_lost(client: Client, err: BaseException, *, wait: float = 5.0) -> bool:
@@ -655,11 +692,14 @@ def connect(
     n_workers: int | None = None,
     echo: Callable = _echo,
     early: EarlyCluster | None = None,
+    needs: MemoryNeeds | None = None,
 ) -> Iterator[Client]:
     """A client for the job; a cluster started here is closed on exit.
 
     ``early``: the local cluster :class:`EarlyCluster` started while the job was planned (what
-    this call would start otherwise; :func:`starts_locally`).
+    this call would start otherwise; :func:`starts_locally`). ``needs``: what a worker of the
+    job needs; with it, workers that its nannies kill for memory as they start end the wait for
+    them at once (:class:`~daskdiff.pipeline.health.WorkerWatch`), not at ``start_timeout``.
 
     Precedence: ``scheduler`` / ``scheduler_file`` arguments (the CLI), then the spec's
     ``cluster.kind`` (``address`` with ``cluster.address``/``cluster.scheduler_file``, ``slurm``,
@@ -692,8 +732,11 @@ def connect(
         client = open_client(address, source, security, section.start_timeout, sfile)
         try:
             echo(f"connected to scheduler {client.scheduler.address}; {_dashboard(client)}")
-            _wait_for_workers(client, 1, section.start_timeout, f"the scheduler at {address}",
-                              f"start one with 'dask worker {address} --nthreads 1'")
+            if (warning := plain_tcp_warning(address, source)) is not None:
+                echo(warning)
+            with _watching(client, needs, echo) as watch:
+                _wait_for_workers(client, 1, section.start_timeout, f"the scheduler at {address}",
+                                  f"start one with 'dask worker {address} --nthreads 1'", watch)
             with _lost_scheduler_is_one_line(client, address):
                 yield client
         finally:
@@ -708,12 +751,19 @@ def connect(
                 _wait_for_slurm(client, cluster, section)
             else:
                 hint = "the worker processes did not start: check memory (cluster.memory_limit) and the messages above"
-                _wait_for_workers(client, max(1, len(cluster.workers)), section.start_timeout, f"the {type(cluster).__name__} at {address}", hint)
+                with _watching(client, needs, echo) as watch:
+                    _wait_for_workers(client, max(1, len(cluster.workers)), section.start_timeout, f"the {type(cluster).__name__} at {address}",
+                                      hint, watch)
             echo(f"started {type(cluster).__name__} with {len(client.scheduler_info()['workers'])} worker(s) at {address}; {_dashboard(client)}")
             with _lost_scheduler_is_one_line(client, address):
                 yield client
     finally:
         _close_cluster(cluster)
+
+
+def _watching(client: Client, needs: MemoryNeeds | None, echo: Callable) -> contextlib.AbstractContextManager:
+    """A :class:`~daskdiff.pipeline.health.WorkerWatch` of ``client``'s workers (a null context without ``needs``)."""
+    return WorkerWatch(client, needs, echo) if needs is not None else contextlib.nullcontext()
 
 
 def _import_keeping_sigint(module: str) -> Any:
@@ -868,9 +918,17 @@ def _start_checked(section: Any, n_workers: int | None, security: Security | Non
     return _start_cluster(section, n_workers, security)
 
 
+def worker_ttl() -> str | float | None:
+    """How long a worker of a cluster daskdiff starts may send no heartbeat before its scheduler
+    restarts it: Dask config ``daskdiff.worker-ttl`` (see ``daskdiff/daskdiff.yaml``); None keeps
+    Dask's own ``distributed.scheduler.worker-ttl``."""
+    return dask.config.get("daskdiff.worker-ttl", None)
+
+
 def _start_cluster(section: Any, n_workers: int | None, security: Security | None) -> Any:
     n = n_workers or section.n_workers
     tls = {"security": security, "protocol": "tls://"} if security is not None else {}
+    ttl = {"worker_ttl": worker_ttl()} if worker_ttl() is not None else {}
     if section.kind == "slurm":
         try:
             SLURMCluster = _import_keeping_sigint("dask_jobqueue").SLURMCluster
@@ -878,7 +936,8 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
             raise InputError("cluster.kind 'slurm' needs dask-jobqueue: pip install 'daskdiff[slurm]'") from None
         failures: list[str] = []
         try:  # workers get --protocol tls:// --tls-ca-file/--tls-cert/--tls-key
-            cluster = SLURMCluster(job_cls=_recording_job_class(failures), **{**section.slurm.kwargs(), **tls})
+            options = {**ttl, **(section.slurm.resolved("scheduler_options")[0] or {})}  # the spec's or config's worker_ttl wins
+            cluster = SLURMCluster(job_cls=_recording_job_class(failures), **{**section.slurm.kwargs(), "scheduler_options": options, **tls})
         except (ValueError, TypeError) as err:  # a value from Dask config jobqueue.slurm.* that dask-jobqueue refuses
             raise InputError(f"cluster.slurm: dask-jobqueue refused the SLURMCluster options (with Dask config jobqueue.slurm.* "
                              f"under them): {' '.join(str(err).split())}") from None
@@ -892,7 +951,7 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
             raise InputError(f"cluster.kind 'local_cuda': no NVIDIA GPU/driver found ({problem}); use cluster.kind: local on CPU machines")
         kwargs = {"n_workers": n} if n else {}
         try:
-            return LocalCUDACluster(threads_per_worker=1, host="127.0.0.1", resources={"GPU": 1}, **tls, **kwargs)
+            return LocalCUDACluster(threads_per_worker=1, host="127.0.0.1", resources={"GPU": 1}, scheduler_kwargs=ttl, **tls, **kwargs)
         except Exception as err:  # one line, not dask-cuda's traceback
             why = " ".join(f"{type(err).__name__}: {err}".split())
             if "nvml" in why.lower():
@@ -907,6 +966,7 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
         dashboard_address="127.0.0.1:0",
         memory_limit=section.memory_limit,
         preload=["daskdiff.pipeline.warm"],  # Keras imported as each worker starts
+        scheduler_kwargs=ttl,
         **tls,
     )
 

@@ -44,11 +44,11 @@ import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import InputError, JobError
+from ..errors import DaskdiffError, InputError, JobError
 from ..logs import reporter
 from ..io.confined import check_own_file, read_own_file, remove_inside
 from ..io.layout import (ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, LOCK_FILE, MANIFEST_FILE, PARTIAL_DIR, partial_key, partial_path, PLOT_FILE,
@@ -63,6 +63,7 @@ from ..model.build import WEIGHTS_KEYWORDS, build_model, model_layers, ModelSpec
 from ..core.units import bytes_per_image, cached_storage_plan, expected_stored, n_units_label, plan_digest, Sampling, StorageRecipe
 from ..core.estimate import estimate_work, WorkEstimate
 from .budget import check_budget, describe, is_external, job_size, Limits, limits_for, lower_bound_size, mean_chars
+from .health import check_worker_memory, memory_needs, MemoryNeeds, WorkerWatch
 from ..io.partials import PartialResult
 from ..io.results import assemble, set_metadata
 from ..io.shards import CorruptShardError
@@ -133,6 +134,8 @@ class JobPlan:
     fps: dict[str, float] = field(default_factory=dict)
     """Frame rate (Hz) of each set that is a movie (from its ``movie.json``, its file or the
     spec's ``fps:``; in a dry run, the rate a generator will record, when known)."""
+    memory: MemoryNeeds | None = None
+    """What a worker needs before its first task, and the setting that gives it memory."""
 
     @functools.cached_property
     def digest(self) -> str:
@@ -713,7 +716,10 @@ def plan_job(
 
     expected = expected_stored(shapes, a.substrates, sampling, store=store, full_layers=full)
     written = expected_stored(shapes, a.substrates, sampling, store=store, full_layers=full, written=True)
-    check_budget(estimate(expected, written, counts, False), limits, force=force, what="estimate before the storage plan", echo=quiet)
+    before = estimate(expected, written, counts, False)
+    check_budget(before, limits, force=force, what="estimate before the storage plan", echo=quiet)
+    needs = memory_needs(spec.cluster, limits, info["weight_bytes"], before.task_memory)
+    check_worker_memory(needs, force=force, echo=echo)  # a worker that could never run a task: before any cluster starts
     if checked is not None and not dry_run:
         checked()
     notes: list[str] = []
@@ -758,7 +764,7 @@ def plan_job(
             lock.release()
         raise
     return JobPlan(spec, out, model, sets, info["layers"], info["shapes"], storage, recipe, sampling, notes, manifest,
-                   estimate=final, limits=limits, counts=counts, dry_run=dry_run, lock=lock, fps=fps)
+                   estimate=final, limits=limits, counts=counts, dry_run=dry_run, lock=lock, fps=fps, memory=needs)
 
 
 def shard_size(requested: int, batch_size: int) -> int:
@@ -1075,7 +1081,19 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
         state.pending.add(new)
 
 
-def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, clock: Callable[[str], None], echo: Callable = _echo) -> tuple[dict[str, dict], list[PartialResult]]:
+def _as_they_finish(pending: Any, check: Callable[[], None], every: float = 0.05) -> Iterator[Any]:
+    """The futures of ``pending`` (a ``distributed.as_completed``) as they finish; ``check()`` is
+    called between them, and every ``every`` seconds while none finishes."""
+    while not pending.is_empty():
+        check()
+        batch = pending.next_batch(block=False)
+        if not batch:
+            time.sleep(every)
+        yield from batch
+
+
+def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, clock: Callable[[str], None], echo: Callable = _echo,
+            watch: WorkerWatch | None = None) -> tuple[dict[str, dict], list[PartialResult]]:
     """Wait for every task, with a progress bar per stage; the sets' metadata and the partials.
 
     A failed task cancels the job with a JobError naming it. A set whose shards hold fewer than 2
@@ -1084,7 +1102,9 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
     task that finds a corrupt shard (checksum mismatch) makes the job delete and recompute that
     shard and the set's unfinished tasks (:func:`_recompute_shard`), once per shard. What a task
     found on its worker is said here: a shard extracted again, and why; a corrupt partial result
-    that was recomputed (a ``warning:`` line naming the file).
+    that was recomputed (a ``warning:`` line naming the file). ``watch`` checks the workers
+    meanwhile (:meth:`WorkerWatch.poll`): workers that cannot run a task
+    (paused, or restarted for memory) cancel the job with its JobError.
     """
     from distributed import as_completed
     from tqdm.auto import tqdm
@@ -1102,8 +1122,18 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
     partials: dict[Any, PartialResult] = {}
     pending = as_completed(list(what))
     state = _Recompute(what, pending, bars)
+
+    def check() -> None:
+        if watch is None:
+            return
+        try:
+            watch.poll(sum(done.values()))
+        except JobError:
+            client.cancel(list(what))
+            raise
+
     try:
-        for future in pending:
+        for future in _as_they_finish(pending, check):
             if future in state.superseded:
                 continue
             stage, task = what[future]
@@ -1119,6 +1149,8 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
             if future.status == "error" and not (stage == "differentiation" and task.image_set in too_small):
                 exc = future.exception()
                 client.cancel(list(what))
+                if watch is not None and (why := watch.explain(exc)) is not None:  # a worker killed for memory
+                    raise why from None
                 if isinstance(exc, DiskFullError):
                     total = bytes_per_image(plan.storage) * sum(map(len, plan.sets.values()))
                     raise JobError(f"{exc}; this job's shards need about {total / 2**30:.2f} GiB in all") from exc
@@ -1215,9 +1247,15 @@ def run_job(
         atomic_write(plan.output / JOB_FILE, lambda tmp: Path(tmp).write_text(job_record))
 
         def on(c: Any) -> JobResult:
-            c.register_plugin(WorkerSetup())
             keep_rdm = "images" in spec.analysis.measures and max(map(len, plan.sets.values())) <= spec.analysis.rdm_max_images
-            metadata, partials = _gather(c, plan, _submit(c, plan, attrs, keep_rdm, echo), progress, clock, echo)
+            with WorkerWatch(c, plan.memory, echo) as watch:
+                try:
+                    c.register_plugin(WorkerSetup())
+                    metadata, partials = _gather(c, plan, _submit(c, plan, attrs, keep_rdm, echo), progress, clock, echo, watch)
+                except Exception as err:  # e.g. a closed connection to a worker its nanny killed for memory
+                    if isinstance(err, DaskdiffError) or (why := watch.explain(err)) is None:
+                        raise
+                    raise why from None
             n_images = {name: len(m["paths"]) for name, m in metadata.items()}
             path, skipped, notes = write_results(plan, metadata, partials, keep_rdm, command, echo)
             clock("written")
@@ -1229,7 +1267,7 @@ def run_job(
         if client is not None:
             return on(client)
         with connect(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers, echo=echo,
-                     early=early[0] if early else None) as c:
+                     early=early[0] if early else None, needs=plan.memory) as c:
             return on(c)
 
 
