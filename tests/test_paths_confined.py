@@ -357,3 +357,21 @@ def test_overwrite_removes_a_listed_link_never_what_it_points_to(tmp_path, tiny_
     assert not os.path.lexists(out / "differentiation.nc") and not (out / "activations" / "a" / "shard-00000.nc").exists()
     assert (out / "activations" / "a" / "notes.txt").read_text() == "the user's notes"
     assert "--overwrite kept folder(s) that hold files daskdiff did not write: activations/a, activations" in lines
+
+
+def test_a_generated_sets_record_naming_files_elsewhere_is_not_reused(tmp_path, tiny_model_path, data, capsys):
+    """A ``.generated.json`` edited to list images outside its set's folder (a received or shared
+    results folder) is not reused: those files are never read as the set's images."""
+    project = tmp_path / "project"
+    job = _job(project, tiny_model_path, data, noise={"generate": "noise", "count": 3, "seed": 2})
+    main(["run", str(job), "--scheduler", NOWHERE, "--no-progress"])  # plans, generates the set, finds no scheduler
+    record = project / "results" / "images" / "noise" / ".generated.json"
+    saved = json.loads(record.read_text())
+    capsys.readouterr()
+    assert main(["run", str(job), "--dry-run", "--no-progress"]) == 0
+    assert "'noise': not generated in a dry run" not in capsys.readouterr().out  # its own record: reused
+    elsewhere = write_images(tmp_path / "elsewhere", 3, seed=9)
+    record.write_text(json.dumps({**saved, "paths": elsewhere}))
+    assert main(["run", str(job), "--dry-run", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "'noise': not generated in a dry run" in out, out

@@ -412,7 +412,8 @@ def _generated_set(name: str, entry: Any, base: Path, manifest: Manifest, echo: 
 
 
 def _reusable_generated(folder: Path, key: dict) -> list[str] | None:
-    """The sorted paths a previous run generated in ``folder`` for ``key``, if all still exist."""
+    """The sorted paths a previous run generated in ``folder`` for ``key``, if all still exist
+    (regular files in ``folder``: a record that names anything else is not reused)."""
     record = folder / ".generated.json"
     if not os.path.lexists(record):
         return None
@@ -422,8 +423,11 @@ def _reusable_generated(folder: Path, key: dict) -> list[str] | None:
         raise JobError(str(err)) from None
     except ValueError:  # damaged: generate the set again
         return None
-    if isinstance(saved, dict) and saved.get("key") == key and all(Path(p).exists() for p in saved.get("paths", [])):
-        return sorted(saved["paths"])
+    paths = saved.get("paths") if isinstance(saved, dict) else None
+    inside = folder.resolve()
+    if (isinstance(paths, list) and saved.get("key") == key
+            and all(isinstance(p, str) and Path(p).is_file() and Path(p).resolve().parent == inside for p in paths)):
+        return sorted(paths)
     return None
 
 
