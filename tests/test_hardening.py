@@ -85,7 +85,8 @@ def test_bad_spec_cli_exit_code(tmp_path, capsys):
 def test_unknown_layer_fails_before_cluster(tmp_path, tiny_model_path, sets, monkeypatch):
     import daskdiff.pipeline.cluster
 
-    monkeypatch.setattr(daskdiff.pipeline.cluster, "connect", lambda *a, **k: pytest.fail("a cluster was started"))
+    # _start_cluster: what connect and the early cluster both start through
+    monkeypatch.setattr(daskdiff.pipeline.cluster, "_start_cluster", lambda *a, **k: pytest.fail("a cluster was started"))
     spec = tiny_spec(tiny_model_path, sets, tmp_path / "out", model={"name": tiny_model_path, "weights": "file", "layers": ["conv1", "conv7"]})
     with pytest.raises(ValueError, match=r"unknown layer\(s\) \['conv7'\].*valid layers are"):
         run_job(spec, Path("."), progress=False, echo=_quiet)
@@ -95,7 +96,8 @@ def test_unknown_layer_fails_before_cluster(tmp_path, tiny_model_path, sets, mon
 def test_empty_or_missing_set_fails_before_cluster(tmp_path, tiny_model_path, sets, monkeypatch, kind):
     import daskdiff.pipeline.cluster
 
-    monkeypatch.setattr(daskdiff.pipeline.cluster, "connect", lambda *a, **k: pytest.fail("a cluster was started"))
+    # _start_cluster: what connect and the early cluster both start through
+    monkeypatch.setattr(daskdiff.pipeline.cluster, "_start_cluster", lambda *a, **k: pytest.fail("a cluster was started"))
     folder = tmp_path / "nothing here"
     if kind == "empty":
         folder.mkdir()
