@@ -20,6 +20,7 @@ nanny kills and restarts it above ``distributed.worker.memory.terminate`` (0.95)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -213,10 +214,8 @@ class WorkerWatch:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        try:
+        with contextlib.suppress(Exception):  # a client whose scheduler is gone: nothing to unsubscribe from
             self.client.unsubscribe_topic("scheduler")
-        except Exception:  # a client whose scheduler is gone: nothing to unsubscribe from
-            pass
 
     # -- what Dask reports
 
