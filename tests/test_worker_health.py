@@ -87,8 +87,12 @@ def _finish(proc, timeout):
 
 
 def _error_line(err: str) -> str:
+    """The one error line; no traceback through daskdiff's code (Dask's own loggers may log one of
+    theirs while nannies kill workers in a loop: tornado's "exception never retrieved" of a
+    scheduler's send to a removed worker, outside daskdiff's hands)."""
     lines = [line for line in err.splitlines() if line.startswith("daskdiff run: error: ")]
-    assert "Traceback" not in err and len(lines) == 1, err[-4000:]
+    ours = [line for line in err.splitlines() if line.strip().startswith("File ") and f"{os.sep}daskdiff{os.sep}" in line]
+    assert not ours and len(lines) == 1, err[-4000:]
     return lines[0]
 
 
@@ -161,8 +165,10 @@ def test_a_run_with_too_little_worker_memory_ends_in_one_line_not_a_hang(tmp_pat
         assert _gb(line, "holds ") * 1e9 >= PAUSE * limit
         assert "is paused: it holds" in out  # each worker, said as it was found
     else:
-        assert line.startswith("daskdiff run: error: workers were killed and restarted 3 times for exceeding their memory limit")
-        assert out.count("its nanny killed and restarted it") >= 3
+        assert line.startswith("daskdiff run: error: workers were killed and restarted for exceeding their memory limit"), line
+        said = re.search(r"\((\d+) restarts? reported, up to ", line)
+        assert said, line
+        assert int(said[1]) == out.count("its nanny killed and restarted it") >= 1  # the count said is the restarts reported
     assert _gb(line, "set cluster.memory_limit to at least ") * 1e9 * PAUSE >= baseline
     assert time.monotonic() - started < 100, "the job waited out cluster.start_timeout instead of noticing"
     assert "--force: running although cluster.memory_limit" in out

@@ -177,6 +177,10 @@ STUCK_SECONDS = 15.0
 POLL_SECONDS = 1.0
 """How often :meth:`WorkerWatch.poll` asks the scheduler about the workers."""
 
+def _restarts(count: int) -> str:
+    return "1 restart" if count == 1 else f"{count} restarts"
+
+
 _COMM_ERRORS = ("CommClosedError", "StreamClosedError", "KilledWorker")
 
 
@@ -279,8 +283,8 @@ class WorkerWatch:
         limit = self.needs.limit or max(self._limits.values(), default=0)
         of = f" ({gb(limit)}, {self.needs.source})" if limit else ""
         return JobError(
-            f"workers were killed and restarted {len(self._restarts)} times for exceeding their memory limit{of} before any "
-            f"task of the job finished (up to {gb(largest)} each; a worker holds ~{gb(self.needs.baseline)} before its first "
+            f"workers were killed and restarted for exceeding their memory limit{of} before any task of the job finished "
+            f"({_restarts(len(self._restarts))} reported, up to {gb(largest)} each; a worker holds ~{gb(self.needs.baseline)} before its first "
             f"task: {self.needs.what()}); {self.needs.fix(largest)}"
         )
 
@@ -332,6 +336,9 @@ class WorkerWatch:
             return None
         if self.client.status not in ("running", "newly-created"):  # the scheduler is gone: not the workers' memory
             return None
+        # A KilledWorker follows allowed-failures restarts, whose events can reach the scheduler
+        # after it: wait for them all, so the count said is the count that happened.
+        enough = RESTARTS_BEFORE_WORK if "KilledWorker" in chain else 1
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -339,8 +346,8 @@ class WorkerWatch:
             except JobError as found:
                 return found
             except Exception:  # the scheduler is gone too: nothing more to learn
-                return None
-            if self._restarts:
+                return self._restart_error() if self._restarts else None
+            if len(self._restarts) >= enough or (self._restarts and time.monotonic() > deadline):
                 return self._restart_error()
             if time.monotonic() > deadline:
                 return None
