@@ -19,7 +19,8 @@ from PIL import Image
 
 from daskdiff import cli
 from daskdiff.io.images import ImageSetError
-from daskdiff.pipeline.job import JobError, plan_job, run_job
+from daskdiff.errors import JobError
+from daskdiff.pipeline.job import plan_job, run_job
 from daskdiff.pipeline.spec import load_spec, SpecError
 
 import jobtools

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daskdiff.pipeline.job import JobError, plan_job
+from daskdiff.errors import JobError
+from daskdiff.pipeline.job import plan_job
 from daskdiff.io.layout import LOCK_FILE, MANIFEST_FILE
 from daskdiff.io.manifest import check_output_folder, Manifest, OutputFolderError
 from daskdiff.pipeline.spec import parse_spec
