@@ -20,7 +20,7 @@ import daskdiff.pipeline.cluster
 from daskdiff.io.layout import shard_path
 from daskdiff.model.build import keras_cache_dir
 from daskdiff.pipeline.job import JobError, run_job
-from daskdiff.pipeline.spec import parse_spec
+from daskdiff.pipeline.spec_file import parse_spec
 
 from conftest import write_images
 
