@@ -252,7 +252,7 @@ def test_cli_against_separately_started_scheduler(tmp_path, tiny_model_path, set
 
 def test_generated_sets_reused_and_paths_relative_to_spec(tmp_path, tiny_model_path):
     from daskdiff.pipeline.job import plan_job
-    from daskdiff.pipeline.spec import load_spec
+    from daskdiff.pipeline.spec_file import load_spec
 
     (tmp_path / "jobs").mkdir()
     from conftest import write_images

@@ -20,7 +20,7 @@ from daskdiff.errors import JobError
 from daskdiff.pipeline.job import plan_job
 from daskdiff.io.layout import LOCK_FILE, MANIFEST_FILE
 from daskdiff.io.manifest import check_output_folder, Manifest, OutputFolderError
-from daskdiff.pipeline.spec import parse_spec
+from daskdiff.pipeline.spec_file import parse_spec
 
 from conftest import write_images
 

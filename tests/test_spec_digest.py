@@ -13,7 +13,7 @@ import copy
 
 import pytest
 
-from daskdiff.pipeline.spec import parse_spec
+from daskdiff.pipeline.spec_file import parse_spec
 
 BASE = {
     "name": "digest",
