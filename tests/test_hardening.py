@@ -18,7 +18,7 @@ from distributed import Client, LocalCluster, WorkerPlugin
 from PIL import Image
 
 from daskdiff import cli
-from daskdiff.io.images import ImageSetError
+from daskdiff.io.image_sets import ImageSetError
 from daskdiff.pipeline.job import JobError, plan_job, run_job
 from daskdiff.pipeline.spec import load_spec, SpecError
 

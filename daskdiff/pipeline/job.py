@@ -55,7 +55,7 @@ from ..io.layout import (ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, LOCK_FILE, MANIF
                          RESULTS_FILE, SHARD_GLOB, shard_path, variable_name)
 from .tasks import DiffTask, run_diff_task, SpectralOptions
 from ..model.extract import extract_shard, ShardTask
-from ..io.images import DuplicateImagesWarning, check_min_images, resolve_image_set
+from ..io.image_sets import DuplicateImagesWarning, check_min_images, resolve_image_set
 from ..io.manifest import check_output_folder, Manifest, OutputFolderError, Writes
 from ..io.lock import OutputLock
 from ..io.atomic import DiskFullError, remove_dead_temporaries
@@ -342,7 +342,7 @@ def _generator_inputs(kind: str, params: dict, prefix: str = "") -> dict[str, An
     under ``source.<name>``. A path that cannot be read is None (the generator then names it).
     """
     from ..io.fingerprints import file_sha256, file_stat
-    from ..io.images import resolve_image_set
+    from ..io.image_sets import resolve_image_set
     from ..io.shards import input_record
 
     out: dict[str, Any] = {}

@@ -36,7 +36,7 @@ from typing import Callable, Literal
 
 from .adversarial import adversarial_images
 from .augment import augmented_copies
-from .common import _check_choice
+from .common import check_choice
 from .frames import movie_frames
 from .gif import skimage_gif
 from .gratings import drifting_gratings
@@ -109,7 +109,7 @@ def check_generator_params(kind: str, params: dict, out_dir: object = ".") -> Ca
 
     Used by :func:`generate` and by job-spec validation (nothing is written).
     """
-    function = GENERATORS[_check_choice("kind", kind, GENERATORS)]
+    function = GENERATORS[check_choice("kind", kind, GENERATORS)]
     signature = inspect.signature(function)
     valid = [name for name in signature.parameters if name != "out_dir"]
     try:
@@ -174,7 +174,7 @@ def planned_count(kind: str, params: dict) -> tuple[int | None, str]:
             default = DEFAULT_PHOTO_COUNT
         return int(params.get("count", default) or default), "exact"
     if kind in ("select", "adversarial"):
-        from ..io.images import resolve_image_set
+        from ..io.image_sets import resolve_image_set
 
         try:
             n = len(resolve_image_set(str(params["source"])))
@@ -183,10 +183,10 @@ def planned_count(kind: str, params: dict) -> tuple[int | None, str]:
         exact = kind == "adversarial" and params.get("keep_failures", True)
         return n, "exact" if exact else "at most"
     if kind in ("gratings", "photo_movie"):
-        from .movie import _check_fps, _check_length
+        from .movie import check_fps, check_length
 
-        fps = _check_fps(params.get("fps", inspect.signature(function).parameters["fps"].default))
-        return _check_length(fps, params.get("duration"), params.get("n_frames"), default_duration=2.0), "exact"
+        fps = check_fps(params.get("fps", inspect.signature(function).parameters["fps"].default))
+        return check_length(fps, params.get("duration"), params.get("n_frames"), default_duration=2.0), "exact"
     if kind == "movie" and isinstance(params.get("movie"), (str, os.PathLike)) and os.path.isfile(params["movie"]):
         from .movie import planned_frames
 

@@ -8,8 +8,8 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from .common import _center_square, _check_choice, _check_int, _check_prefix, _resize, _rng
-from .movie import Movie, _check_fps, load_movie, write_movie
+from .common import center_square, check_choice, check_int, check_prefix, resize_square, image_rng
+from .movie import Movie, check_fps, load_movie, write_movie
 from ..errors import InputError
 
 ScrambleMode = Literal["spatiotemporal", "frame", "fixed"]
@@ -101,9 +101,9 @@ def phase_scramble(
     x = np.asarray(movie, dtype=np.float64)
     if x.ndim != 4:
         raise InputError(f"movie must be (n_frames, rows, cols, n_channels), got shape {x.shape}")
-    seed = _check_int("seed", seed, 0, "seed=0")
-    mode = _check_choice("mode", mode, SCRAMBLE_MODES)
-    channels = _check_choice("channels", channels, CHANNEL_PHASES)
+    seed = check_int("seed", seed, 0, "seed=0")
+    mode = check_choice("mode", mode, SCRAMBLE_MODES)
+    channels = check_choice("channels", channels, CHANNEL_PHASES)
     n_frames, rows, cols, n_channels = x.shape
     extra = (n_channels,) if channels == "independent" else ()
     out = np.empty_like(x)
@@ -112,15 +112,15 @@ def phase_scramble(
         return phasors[..., None] if channels == "shared" else phasors
 
     if mode == "spatiotemporal":
-        phasors = random_phasors(_rng(seed, 0).standard_normal((n_frames, rows, cols) + extra), (0, 1, 2))
+        phasors = random_phasors(image_rng(seed, 0).standard_normal((n_frames, rows, cols) + extra), (0, 1, 2))
         for c in range(n_channels):
             spectrum = np.fft.rfftn(x[..., c], axes=(0, 1, 2))
             spectrum *= phasors if channels == "shared" else phasors[..., c]
             out[..., c] = np.fft.irfftn(spectrum, s=(n_frames, rows, cols), axes=(0, 1, 2))
         return out
-    fixed = per_channel(random_phasors(_rng(seed, 0).standard_normal((rows, cols) + extra), (0, 1))) if mode == "fixed" else None
+    fixed = per_channel(random_phasors(image_rng(seed, 0).standard_normal((rows, cols) + extra), (0, 1))) if mode == "fixed" else None
     for t in range(n_frames):
-        phasors = fixed if fixed is not None else per_channel(random_phasors(_rng(seed, t).standard_normal((rows, cols) + extra), (0, 1)))
+        phasors = fixed if fixed is not None else per_channel(random_phasors(image_rng(seed, t).standard_normal((rows, cols) + extra), (0, 1)))
         spectrum = np.fft.rfft2(x[t], axes=(0, 1))
         out[t] = np.fft.irfft2(spectrum * phasors, s=(rows, cols), axes=(0, 1))
     return out
@@ -215,18 +215,18 @@ def phase_scrambled(
     share clipped, with ``fit='clip'``) and the ``scale``. The same arguments rewrite
     byte-identical files; another seed gives other phases.
     """
-    seed = _check_int("seed", seed, 0, "seed=0")
-    mode = _check_choice("mode", mode, SCRAMBLE_MODES)
-    channels = _check_choice("channels", channels, CHANNEL_PHASES)
-    fps = None if fps is None else _check_fps(fps)
-    n_frames = None if n_frames is None else _check_int("n_frames", n_frames, 1, "n_frames=250")
-    size = None if size is None else _check_int("size", size, 1, "size=224 or size=None (the source's size)")
-    fit = _check_choice("fit", fit, FITS)
-    prefix = _check_prefix(prefix)
+    seed = check_int("seed", seed, 0, "seed=0")
+    mode = check_choice("mode", mode, SCRAMBLE_MODES)
+    channels = check_choice("channels", channels, CHANNEL_PHASES)
+    fps = None if fps is None else check_fps(fps)
+    n_frames = None if n_frames is None else check_int("n_frames", n_frames, 1, "n_frames=250")
+    size = None if size is None else check_int("size", size, 1, "size=224 or size=None (the source's size)")
+    fit = check_choice("fit", fit, FITS)
+    prefix = check_prefix(prefix)
     movie, given = _source_movie(source, fps, n_frames)
     frames = movie.frames
     if size is not None:
-        frames = np.stack([_resize(np.ascontiguousarray(_center_square(f)), size) for f in frames])
+        frames = np.stack([resize_square(np.ascontiguousarray(center_square(f)), size) for f in frames])
     values = phase_scramble(frames, seed=seed, mode=mode, channels=channels)
     outside = float(np.mean((values < 0) | (values > 255)))
     scale = _fitting_scale(values) if fit == "scale" else 1.0
