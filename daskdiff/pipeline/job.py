@@ -545,8 +545,8 @@ def _path_sets(spec: JobSpec, base: Path, echo: Callable, fps: dict[str, float] 
 def _generated_fps(spec: JobSpec, base: Path, output: Path, sets: dict[str, list[str]], fps: dict[str, float]) -> None:
     """Add the frame rate of every generated movie set to ``fps``: from the ``movie.json`` its
     generator wrote, or (not generated yet: a dry run) the rate it will record, when known."""
-    from ..stimuli.movie import MOVIE_RECORD, planned_fps, read_movie_record
-    from ..stimuli.registry import MOVIE_KINDS
+    from ..stimuli.movie import MOVIE_RECORD, read_movie_record
+    from ..stimuli.registry import MOVIE_KINDS, planned_fps
 
     for name, entry in set_entries(spec, base).items():
         if not hasattr(entry, "generate") or entry.generate not in MOVIE_KINDS:

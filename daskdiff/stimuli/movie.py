@@ -23,11 +23,12 @@ import math
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
 from .common import check_int, check_prefix
+from .frames import frame_durations, open_movie
 from ..errors import InputError
 from ..io.atomic import atomic_write
 from ..io.image_sets import resolve_image_set
@@ -177,6 +178,15 @@ def read_movie_record(folder: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
+class MovieSource(NamedTuple):
+    """A source movie given as a movie generator's spec, ``{generate: KIND, ...}``, to be made when
+    it is read: ``spec`` as given, and ``write(folder)``, which writes that movie into ``folder``
+    (:func:`daskdiff.stimuli.registry.generate` hands a generator this for such a source)."""
+
+    spec: Mapping[str, Any]
+    write: Callable[[str], list[str]]
+
+
 class Movie(NamedTuple):
     """Frames read by :func:`load_movie`: ``(n_frames, rows, cols, 3)`` ``uint8``, their rate and origin."""
 
@@ -220,8 +230,6 @@ def _stack(frames: Iterable[np.ndarray], where: str) -> np.ndarray:
 
 def _file_rate(reader: Any, path: str) -> float | None:
     """Frames per second of a movie file, or None if it has none or an uneven one (InputError)."""
-    from .frames import frame_durations
-
     try:
         durations = frame_durations(reader, path)
     except InputError:
@@ -289,8 +297,6 @@ def read_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames:
         raise InputError(f"movie source not found: {path!r} (from source={os.fspath(source)!r})")
     if path.lower().endswith(NPY_MOVIE):
         return _npy_movie(path, fps, n_frames)
-    from .frames import open_movie
-
     reader = open_movie(path)
     try:
         rate = _same_rate(_file_rate(reader, path), fps, f"movie file {path!r}")
@@ -467,8 +473,6 @@ def planned_frames(path: str | os.PathLike, n_frames: int | None = None) -> int 
     if path.lower().endswith(NPY_MOVIE):
         frames = npy_movie_header(path).shape[0]
         return frames if n_frames is None else min(frames, n_frames)
-    from .frames import open_movie
-
     open_movie(path).close()
     return None
 
@@ -509,26 +513,3 @@ def movie_copy(
     return write_movie(out_dir, loaded.frames, fps=loaded.fps, prefix=prefix, generator="movie",
                        parameters={"movie": os.fspath(movie), "fps": fps, "n_frames": n_frames},
                        extra={"source": loaded.source})
-
-
-def planned_fps(kind: str, params: dict[str, Any]) -> float | None:
-    """The frame rate a movie generator will record, without writing anything (None: not known
-    before it runs, e.g. a movie file's own rate or scikit-image's GIF)."""
-    import inspect
-
-    from .registry import GENERATORS
-
-    if params.get("fps") is not None:
-        return float(params["fps"])
-    source = params.get("source", params.get("movie"))
-    if kind in ("scrambled", "movie"):
-        if isinstance(source, dict) and "generate" in source:
-            return planned_fps(source["generate"], {k: v for k, v in source.items() if k != "generate"})
-        if isinstance(source, (str, os.PathLike)) and os.path.isfile(os.path.join(source, MOVIE_RECORD)):
-            try:
-                return float(read_movie_record(source)["fps"])
-            except (InputError, KeyError, TypeError, ValueError):
-                return None
-        return None
-    default = inspect.signature(GENERATORS[kind]).parameters.get("fps")
-    return float(default.default) if default is not None and isinstance(default.default, (int, float)) else None

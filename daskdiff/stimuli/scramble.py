@@ -9,7 +9,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 
 from .common import center_square, check_choice, check_int, check_prefix, resize_square, image_rng
-from .movie import Movie, check_fps, load_movie, write_movie
+from .movie import Movie, MovieSource, check_fps, load_movie, write_movie
 from ..errors import InputError
 
 ScrambleMode = Literal["spatiotemporal", "frame", "fixed"]
@@ -127,21 +127,19 @@ def phase_scramble(
 
 
 def _source_movie(source: object, fps: float | None, n_frames: int | None) -> tuple[Movie, Any]:
-    """The movie to scramble and ``source`` as JSON: a path is read, a ``{generate: ...}`` made."""
-    if isinstance(source, Mapping):
-        from .registry import MOVIE_KINDS, generate
-
-        params = dict(source)
-        kind = params.pop("generate", None)
-        if kind not in MOVIE_KINDS:
-            raise InputError(
-                f"source as a mapping must be {{generate: KIND, ...}} with KIND one of {sorted(MOVIE_KINDS)}, "
-                f"got {dict(source)!r}; or give a folder of frames or a movie file"
-            )
+    """The movie to scramble and ``source`` as JSON: a path is read, a :class:`MovieSource` made."""
+    if isinstance(source, MovieSource):
         with tempfile.TemporaryDirectory(prefix="daskdiff-scramble-") as folder:
-            generate(kind, folder, **params)
+            source.write(folder)
             movie = load_movie(folder, fps=fps, n_frames=n_frames)
-        return movie._replace(source={"kind": "generate", "generate": kind, "parameters": params, "fps": movie.fps}), dict(source)
+        params = dict(source.spec)
+        kind = params.pop("generate")
+        return movie._replace(source={"kind": "generate", "generate": kind, "parameters": params, "fps": movie.fps}), dict(source.spec)
+    if isinstance(source, Mapping):
+        raise InputError(
+            f"source {dict(source)!r} is a movie generator's spec, which daskdiff.stimuli.registry.generate makes: "
+            f"call generate('scrambled', out_dir, source={{'generate': KIND, ...}}), or give a folder of frames or a movie file"
+        )
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(
             f"source must be a folder of frames, a movie file or {{generate: KIND, ...}}, got {source!r}"
@@ -150,7 +148,7 @@ def _source_movie(source: object, fps: float | None, n_frames: int | None) -> tu
 
 
 def phase_scrambled(
-    source: str | os.PathLike | Mapping[str, Any],
+    source: str | os.PathLike | Mapping[str, Any] | MovieSource,
     out_dir: str | os.PathLike,
     *,
     seed: int = 0,
@@ -166,12 +164,15 @@ def phase_scrambled(
 
     Parameters
     ----------
-    source : str, os.PathLike or mapping
+    source : str, os.PathLike, mapping or MovieSource
         The movie: a folder written by a movie generator (its ``movie.json`` gives the frames
         and the rate), any folder of frames (sorted by name; give ``fps``), a movie file
         (GIF/APNG/WebP, or a video with ``imageio-ffmpeg``; constant frame rate), or a mapping
         ``{generate: KIND, ...}`` naming a movie generator (``gratings``, ``photo_movie``,
-        ``skimage_gif``, ``scrambled``) and its parameters, made in a temporary folder.
+        ``skimage_gif``, ``scrambled``, ``movie``) and its parameters, made in a temporary
+        folder: through :func:`daskdiff.stimuli.registry.generate`, which hands this function
+        such a mapping as a :class:`~daskdiff.stimuli.movie.MovieSource` (called directly,
+        this function refuses a bare mapping).
     out_dir : str or os.PathLike
         Folder to write to; created (with parents) if missing. One movie per folder.
     seed : int, default 0
