@@ -17,7 +17,7 @@ import xarray as xr
 import yaml
 from distributed import Client, LocalCluster
 
-from daskdiff.io.images import DuplicateImagesWarning, ImageSetError, check_min_images, resolve_image_set
+from daskdiff.io.image_sets import DuplicateImagesWarning, ImageSetError, check_min_images, resolve_image_set
 from daskdiff.io.layout import PARTIAL_DIR, RESULTS_FILE
 from daskdiff.io.partials import load_partial, reuse_partial, write_partial
 from daskdiff.pipeline.job import run_job

@@ -18,7 +18,7 @@ from distributed import Client, LocalCluster, WorkerPlugin
 from PIL import Image
 
 from daskdiff import cli
-from daskdiff.io.images import ImageSetError
+from daskdiff.io.image_sets import ImageSetError
 from daskdiff.errors import JobError
 from daskdiff.pipeline.job import plan_job, run_job
 from daskdiff.pipeline.spec import SpecError

@@ -18,7 +18,8 @@ import yaml
 from PIL import Image
 
 from conftest import write_images
-from daskdiff.io.images import ImageDecodeError, ImageSetError, Skipped, load_image, load_images, resolve_image_set
+from daskdiff.io.image_sets import ImageSetError, resolve_image_set
+from daskdiff.io.images import ImageDecodeError, Skipped, load_image, load_images
 from jobtools import tiny_spec
 
 BIN = Path(sys.executable).parent

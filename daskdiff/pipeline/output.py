@@ -238,7 +238,7 @@ def _generated_set(s: ImageSet, manifest: Manifest, echo: Callable) -> list[str]
     that happens to stand there is never written into (:func:`_check_output_readonly` refuses it).
     """
     from ..stimuli.movie import MOVIE_RECORD
-    from ..stimuli.registry import generate, MOVIE_KINDS
+    from ..stimuli.registry import generate, GENERATORS
 
     folder = manifest.output / IMAGES_DIR / s.name  # checked with the job's writes (_check_output): daskdiff's own, or absent
     manifest.make_dirs(folder)
@@ -248,7 +248,7 @@ def _generated_set(s: ImageSet, manifest: Manifest, echo: Callable) -> list[str]
     if reused is not None:
         echo(f"image set {s.name!r}: reusing {len(reused)} generated image(s) in {folder}")
         return reused
-    movie_record = [folder / MOVIE_RECORD] if s.generate in MOVIE_KINDS else []  # a movie's frame rate: daskdiff's too
+    movie_record = [folder / MOVIE_RECORD] if GENERATORS[s.generate].movie else []  # a movie's frame rate: daskdiff's too
     manifest.add_files([*movie_record, record])  # before it is written, so --overwrite may remove it
     paths = generate(s.generate, folder, **key["params"])
     manifest.add_files([*paths, record])

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..errors import InputError, JobError
+from ..errors import JobError
 from ..io.confined import read_own_file
-from ..io.images import DuplicateImagesWarning, check_min_images, resolve_image_set
+from ..io.image_sets import DuplicateImagesWarning, check_min_images, resolve_image_set
 from ..io.layout import IMAGES_DIR
 from ..io.manifest import OutputFolderError
 from ..logs import reporter
@@ -238,87 +238,26 @@ def generated_fps(kind: str, params: dict, folder: Path, written: bool) -> float
     """The frame rate of a generated set (None: not a movie, or not known before it is written):
     the one its ``movie.json`` in ``folder`` records once ``written``, else the one its generator
     will record (:func:`daskdiff.stimuli.movie.planned_fps`; ``params`` resolved)."""
-    from ..stimuli.movie import MOVIE_RECORD, planned_fps, read_movie_record
-    from ..stimuli.registry import MOVIE_KINDS
+    from ..stimuli.movie import MOVIE_RECORD, read_movie_record
+    from ..stimuli.registry import GENERATORS, planned_fps
 
-    if kind not in MOVIE_KINDS:
+    if not GENERATORS[kind].movie:
         return None
     if written and (folder / MOVIE_RECORD).is_file():
         return float(read_movie_record(folder)["fps"])
     return planned_fps(kind, params)
 
 
-def _is_path_param(key: str, value: Any) -> bool:
-    """Whether generator parameter ``key`` holds a path: ``source``/``movie`` unless they name a
-    bundled photo (``source: chelsea``); ``model`` when it ends in ``.keras``; ``weights`` unless
-    imagenet/random/file."""
-    from ..stimuli.photos import SAMPLE_PHOTOS
-
-    return isinstance(value, str) and (
-        (key in ("source", "movie") and value not in SAMPLE_PHOTOS)
-        or (key == "model" and value.endswith(".keras"))
-        or (key == "weights" and value not in WEIGHTS_KEYWORDS)
-    )
-
-
-def _generator_params(params: dict, base: Path) -> dict:
-    """Resolve a generated set's path parameters (:func:`_is_path_param`) against the spec's
-    folder, also inside a nested ``{generate: ...}`` source (``scrambled``)."""
-    out = dict(params)
-    for key, value in params.items():
-        if isinstance(value, dict) and "generate" in value:
-            out[key] = _generator_params(value, base)
-        elif _is_path_param(key, value):
-            out[key] = str(resolve_path(value, base))
-    return out
-
-
-def _generator_inputs(kind: str, params: dict, prefix: str = "") -> dict[str, Any]:
-    """What each input file of a generator is now, by its (dotted) parameter name; ``params``
-    resolved (:func:`_generator_params`).
-
-    A model or weights file: its SHA-256 (memoised per process, as the job's model is). The
-    ``source`` of ``select``/``adversarial`` (a folder, glob or list file of images): the input
-    record of its images (:func:`~daskdiff.io.shards.input_record`: path, size, mtime). Any other
-    path (a movie file, an image, a folder of frames): ``(size, mtime_ns, inode)`` of the file,
-    or the input record of a folder's files. A nested ``{generate: ...}`` source's inputs come
-    under ``source.<name>``. A path that cannot be read is None (the generator then names it).
-    """
-    from ..io.fingerprints import file_sha256, file_stat
-    from ..io.images import resolve_image_set
-    from ..io.shards import input_record
-
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        name = prefix + key
-        if isinstance(value, dict) and "generate" in value:
-            out.update(_generator_inputs(str(value["generate"]), value, name + "."))
-        elif not _is_path_param(key, value):
-            continue
-        elif key in ("model", "weights"):
-            out[name] = {"sha256": file_sha256(value, f"{key} file")} if Path(value).is_file() else None
-        elif key == "source" and kind in ("select", "adversarial"):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DuplicateImagesWarning)
-                    out[name] = input_record(resolve_image_set(value))
-            except (InputError, OSError):  # the generator names the problem
-                out[name] = None
-        elif Path(value).is_dir():
-            out[name] = input_record(sorted(str(f) for f in Path(value).iterdir() if f.is_file()))
-        else:
-            out[name] = file_stat(value)
-    return out
-
-
 def generated_key(entry: Any, base: Path) -> dict:
     """What a generated set's ``.generated.json`` must record for the set to be reused: the
     generator, its resolved parameters and, when it reads files, what they are now
-    (:func:`_generator_inputs`), so that a movie or source replaced under the same name is
+    (:func:`daskdiff.stimuli.registry.generator_inputs`), so that a movie or source replaced under the same name is
     noticed. In its JSON form, as it is read back."""
-    params = _generator_params(entry.params(), base)
+    from ..stimuli.registry import absolute_params, generator_inputs
+
+    params = absolute_params(entry.generate, entry.params(), base)
     key = {"generate": entry.generate, "params": params}
-    if inputs := _generator_inputs(entry.generate, params):
+    if inputs := generator_inputs(entry.generate, params):
         key["inputs"] = inputs  # only when there are some: other sets' records stay valid
     return json.loads(json.dumps(key))
 

@@ -121,7 +121,7 @@ class SpectralSection(Strict):
     @field_validator("window")
     @classmethod
     def _window(cls, v: Any) -> Any:
-        from ..core.spectral import _window_values
+        from ..core.spectral import window_values as _window_values
 
         _window_values(tuple(v) if isinstance(v, list) else v, 16)  # InputError -> ValueError below
         return v
