@@ -2,7 +2,7 @@
 
 :class:`JobSpec` and its sections (the ``cluster`` section is :mod:`~daskdiff.pipeline.spec_cluster`'s);
 reading and validating a spec file is :mod:`~daskdiff.pipeline.spec_file`'s (:func:`~daskdiff.pipeline.spec_file.load_spec`).
-Every key is documented in the README and shown in ``jobs/*.yaml``. Relative paths in a spec
+Every key is documented in ``docs/spec.md`` and shown in ``jobs/*.yaml``. Relative paths in a spec
 (image sets, output, weights files) are relative to the folder of the spec file (:func:`resolve_path`).
 """
 
@@ -49,8 +49,8 @@ class ModelSection(Strict):
     preprocess: _one_of(PREPROCESS_MODES) | None = None
     precision: Literal["float32", "bfloat16", "float16"] = "float32"
     """The forward pass's compute dtype: ``float32`` (default), or Keras mixed precision in
-    ``bfloat16``/``float16`` (weights in float32; activations stored as float32). See the README's
-    measured effect on differentiation."""
+    ``bfloat16``/``float16`` (weights in float32; activations stored as float32). See ``docs/backends.md``
+    (*Precision*) for its measured effect on differentiation."""
 
     @field_validator("layers")
     @classmethod

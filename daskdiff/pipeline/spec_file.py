@@ -31,7 +31,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
         loc = shorten(".".join(str(p) for p in e["loc"] if not str(p).startswith("function-")))
         msg = shorten(e["msg"].removeprefix("Value error, "), 4 * MAX_QUOTED)
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling against the README's spec reference)"
+            msg = "unknown key (check its spelling against the spec reference, docs/spec.md)"
         got = e.get("input")
         shown = "" if e["type"] == "missing" or isinstance(got, dict) else f" (got {shorten(repr(got))})"
         lines.append(f"  - {loc}: {msg}{shown}")
