@@ -232,10 +232,10 @@ def _option_type(hint: typing.Any) -> dict[str, typing.Any]:
 def _generator_command(kinds: argparse._SubParsersAction, kind: str) -> None:
     """``daskdiff images KIND``, its arguments read from the generator's signature and docstring:
     required parameters before ``out_dir``, the others as ``--name VALUE`` (the generator's
-    default when not given)."""
-    from .stimuli.registry import generator_function
+    default when not given). ``kind`` is a key of :data:`daskdiff.stimuli.registry.GENERATORS`."""
+    from .stimuli.registry import GENERATORS
 
-    function = generator_function(kind)
+    function = GENERATORS[kind].function
     parser = _command(kinds, kind, _first_line(function.__doc__))
     hints = typing.get_type_hints(function, include_extras=True)
     parameters = [p for p in inspect.signature(function).parameters.values() if p.name != "out_dir"]

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from daskdiff.cli import main
-from daskdiff.pipeline.spec import JobSpec, load_spec, parse_spec
+from daskdiff.pipeline.spec import JobSpec
+from daskdiff.pipeline.spec_file import load_spec, parse_spec
 
 from conftest import write_images
 

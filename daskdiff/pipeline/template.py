@@ -17,7 +17,9 @@ import yaml
 from pydantic import BaseModel
 
 from ..errors import InputError, shorten
-from .spec import AnalysisSection, ClusterSection, JobSpec, ModelSection, parse_spec
+from .spec import AnalysisSection, JobSpec, ModelSection
+from .spec_cluster import ClusterSection
+from .spec_file import parse_spec
 
 SPEC_REFERENCE = "docs/spec.md"
 """Where every key of a job spec is described, with its default and its choices."""

@@ -508,10 +508,3 @@ def generation_peak_bytes(kind: str, pixels: int, count: int) -> int:
     the generators that hold their whole movie); not counted: the process's own baseline and,
     for ``augment``/``photo_movie``, the source photo."""
     return int(pixels * (GENERATION_BYTES_PER_PIXEL + count * WHOLE_MOVIE_BYTES_PER_PIXEL.get(kind, 0)))
-
-
-def generator_function(kind: str) -> Callable[..., list[str]]:
-    """The function that writes image sets of ``kind`` (a key of :data:`GENERATORS`): its
-    signature, annotations and numpydoc docstring describe the generator's parameters
-    (``daskdiff images KIND --help`` is built from them)."""
-    return GENERATORS[kind]
