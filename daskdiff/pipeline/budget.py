@@ -28,7 +28,7 @@ from typing import Mapping
 
 from ..core.estimate import JobSize, LayerSize, WorkEstimate
 from ..errors import InputError
-from ..logs import reporter
+from ..logs import reporter, warn
 from ..io.layout import ACTIVATIONS_DIR, PARTIAL_DIR, RESULTS_FILE
 
 _echo = reporter(__name__)  # the default echo: this module's logger (see daskdiff.logs)
@@ -394,7 +394,7 @@ def check_budget(est: WorkEstimate, limits: Limits, *, force: bool, what: str = 
     if not found:
         return
     if force:
-        echo("--force: running although " + "; ".join(found))
+        warn(echo, "--force: running although " + "; ".join(found))
         return
     lines = "\n".join(f"  - {p}" for p in found)
     raise BudgetError(
