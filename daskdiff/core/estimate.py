@@ -45,6 +45,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from .partial_layout import PartialLayout
 from .sampling import ALL, sample_size
 from .substrates import feature_shape
 
@@ -296,6 +297,17 @@ def _per_n(layer: LayerSize, substrate: str, size: JobSize) -> list[tuple[int, i
     return out
 
 
+def partial_layout(size: JobSize, n: int, *, spectral: bool = False) -> PartialLayout:
+    """The arrays of one differentiation task's partial result, for a set of ``n`` images (with
+    its spectral differentiation when ``spectral``), as a job names its shards' digest in it."""
+    return PartialLayout(len(size.n_units), size.repeats, n, keep_rdm=size.keep_rdm, spectral=spectral, source=True)
+
+
+def partial_file_bytes(layout: PartialLayout) -> int:
+    """Bytes of a partial result's ``.npz`` file: its arrays' data, and :data:`NPZ_ARRAY_BYTES` per array."""
+    return layout.nbytes() + NPZ_ARRAY_BYTES * len(layout.fields)
+
+
 def stack_bytes(c: int, n: int, k: int, metric: str, *, images: bool = True, spectral: bool = False) -> int:
     """Peak bytes of evaluating one stack of ``c`` repeats (n images x k units each).
 
@@ -335,12 +347,12 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
     - reading: the values (float32, n x stored, allocated once) and the chunks being copied in
       (two of ``batch_size`` images: what netCDF4 reads and its copy), plus the feature index
       (int32 read, int64 copy);
-    - computing: the concatenated values and the index; the result arrays
-      (``differentiation`` float64 and ``undefined`` bool, n_units x repeats; ``rdm_sum``
-      n_units x n x n float64 when the mean RDM is kept); and for the largest ``n_units`` the
-      working set of one stack of ``repeats_per_task`` repeats (:func:`stack_bytes`), the
-      per-repeat medians and flags (two copies at their concatenation), the running RDM sum,
-      and for an exact ``n_units`` the one evaluation kept plus its copy per repeat.
+    - computing: the concatenated values and the index; the partial result's arrays
+      (:func:`partial_layout`: ``differentiation`` float64 and ``undefined`` bool, n_units x
+      repeats; ``rdm_sum`` n_units x n x n float64 when the mean RDM is kept; ...); and for
+      the largest ``n_units`` the working set of one stack of ``repeats_per_task`` repeats
+      (:func:`stack_bytes`), the per-repeat medians and flags (two copies at their
+      concatenation), the running RDM sum, and for an exact ``n_units`` the one evaluation kept plus its copy per repeat.
 
     Parameters
     ----------
@@ -365,12 +377,9 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
     stored = layer.stored.get(substrate, 0)
     values = 4 * n * stored
     read = values + 8 * min(n, size.batch_size) * stored + 12 * stored
-    n_n = len(size.n_units)
-    results = n_n * (9 * size.repeats + 16)
-    if size.keep_rdm:
-        results += n_n * 8 * n * n
-    work, floor = 0, 0
     spectral = spectral_window is not None
+    results = partial_layout(size, n, spectral=spectral).nbytes()
+    work, floor = 0, 0
     for k, repeats, _, exact in _per_n(layer, substrate, size):
         c = 1 if exact else min(size.repeats_per_task, repeats)
         one = stack_bytes(c, n, k, size.metric, images=size.images_measure, spectral=spectral) + 18 * repeats
@@ -497,15 +506,8 @@ def estimate_work(size: JobSize) -> WorkEstimate:
     diff_tasks = n_sets * n_sub * n_layers
     width = max(size.images.values(), default=0)
 
-    def partial_arrays(n: int) -> int:
-        data = n_n * (9 * size.repeats + 8) + 4 * 32  # ... and the 'source' digest, 32 characters of UCS-4
-        arrays = 4
-        if size.keep_rdm:
-            data += n_n * (8 * n * n + 8)
-            arrays += 2
-        return data + arrays * NPZ_ARRAY_BYTES
-
-    partial_total = sum(n_sub * n_layers * partial_arrays(n) for n in size.images.values())
+    partial_total = sum(n_sub * n_layers * partial_file_bytes(partial_layout(size, n, spectral=name in size.spectral))
+                        for name, n in size.images.items())
     grid = n_sets * n_sub * n_n * n_layers
     results_arrays = 8 * grid * size.repeats + 8 * grid + 8 * n_sub * n_n * n_layers + 8 * n_sets
     if size.keep_rdm:
@@ -528,7 +530,7 @@ def estimate_work(size: JobSize) -> WorkEstimate:
 
     plan_seconds, plan_memory = _plan_cost(size)
     stored_units = 8 * sum(layer.stored.get("units", 0) for layer in layers)
-    gathered = sum(n_sub * n_layers * partial_arrays(n) for n in size.images.values())
+    gathered = partial_total  # the partial results, as the client gathers them
     assembled = 8 * grid * size.repeats + (2 * 8 * grid * width * width if size.keep_rdm else 0)
     generating = max((peak for _, peak in size.generated.values()), default=0)
     client = 2 * stored_units + max(plan_memory, generating, gathered + assembled + labels)
