@@ -67,6 +67,14 @@ def test_the_layout_is_what_a_task_writes(movie_task):
     assert np.isnan(on_disk["differentiation"][1, 1:]).all() and not np.isnan(on_disk["differentiation"][0]).any()  # 'all': one repeat
 
 
+def test_dask_counts_a_partials_arrays(movie_task):
+    """Dask accounts a worker's memory by ``dask.sizeof``: a partial held there weighs its arrays."""
+    from dask.sizeof import sizeof
+
+    partial = run_diff_task(*movie_task[:1], *movie_task[1])
+    assert sizeof(partial) >= sum(a.nbytes for a in partial.arrays.values()) > 0.9 * sizeof(partial)
+
+
 def test_a_partial_file_of_the_previous_format_is_reused(movie_task):
     """A file written as daskdiff 29151c4 wrote it (its arrays by name, in its order) is read back, not recomputed."""
     task, shards = movie_task

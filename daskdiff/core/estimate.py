@@ -14,12 +14,13 @@ What is counted, and how well
   of whole images, unit coordinates, per-image labels, per-file and per-variable overheads
   fitted on files written by :class:`daskdiff.io.shards.ShardWriter`: within 3 % of the real
   files in that fit, and within 1 % once the stored values dominate, as for VGG16). Partial
-  results and the results file are their arrays plus a small fixed overhead per array. The
-  values stored per image are exact once the storage plan is built, an expectation before
-  (:func:`daskdiff.core.units.expected_stored`, within 1 % for layers of more than a few thousand
-  units). Images a generator will write (PNGs in ``<output>/images``) are counted at 3 bytes per
-  pixel (8-bit RGB, which PNG stores in about that for noise, less for smooth images) where their
-  size is known before they are drawn (:attr:`JobSize.generated`).
+  results (their arrays as :class:`daskdiff.core.partial_layout.PartialLayout` states them) and
+  the results file are their arrays plus a small fixed overhead per array. The values stored
+  per image are exact once the storage plan is built, an expectation before
+  (:func:`daskdiff.core.units.expected_stored`, within 1 % for layers of more than a few
+  thousand units). Images a generator will write (PNGs in ``<output>/images``) are counted at
+  3 bytes per pixel (8-bit RGB, which PNG stores in about that for noise, less for smooth
+  images) where their size is known before they are drawn (:attr:`JobSize.generated`).
 - **Memory of one differentiation task**: the arrays :func:`daskdiff.pipeline.tasks.run_diff_task`
   holds at its peak (see :func:`diff_task_memory`), not the worker's baseline (Python, the
   cached Keras model: ~2 GB for VGG16) nor allocator slack. Checked against ``tracemalloc``

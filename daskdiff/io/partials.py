@@ -106,6 +106,11 @@ class Partial:
     def layout(self) -> PartialLayout:
         return PartialLayout.of(self.arrays)
 
+    def __sizeof__(self) -> int:
+        """Bytes held, its arrays' included: what ``sys.getsizeof`` and so Dask's ``sizeof``
+        count for a task's result on a worker (for its memory and spilling)."""
+        return object.__sizeof__(self) + sum(a.nbytes for a in self.arrays.values())
+
     def to_dataset(self, n_units: Sequence[str]) -> xr.Dataset:
         """The arrays labelled, for :func:`xarray.combine_nested` over sets, substrates and layers.
 
