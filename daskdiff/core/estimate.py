@@ -14,12 +14,13 @@ What is counted, and how well
   of whole images, unit coordinates, per-image labels, per-file and per-variable overheads
   fitted on files written by :class:`daskdiff.io.shards.ShardWriter`: within 3 % of the real
   files in that fit, and within 1 % once the stored values dominate, as for VGG16). Partial
-  results and the results file are their arrays plus a small fixed overhead per array. The
-  values stored per image are exact once the storage plan is built, an expectation before
-  (:func:`daskdiff.core.units.expected_stored`, within 1 % for layers of more than a few thousand
-  units). Images a generator will write (PNGs in ``<output>/images``) are counted at 3 bytes per
-  pixel (8-bit RGB, which PNG stores in about that for noise, less for smooth images) where their
-  size is known before they are drawn (:attr:`JobSize.generated`).
+  results (their arrays as :class:`daskdiff.core.partial_layout.PartialLayout` states them) and
+  the results file are their arrays plus a small fixed overhead per array. The values stored
+  per image are exact once the storage plan is built, an expectation before
+  (:func:`daskdiff.core.units.expected_stored`, within 1 % for layers of more than a few
+  thousand units). Images a generator will write (PNGs in ``<output>/images``) are counted at
+  3 bytes per pixel (8-bit RGB, which PNG stores in about that for noise, less for smooth
+  images) where their size is known before they are drawn (:attr:`JobSize.generated`).
 - **Memory of one differentiation task**: the arrays :func:`daskdiff.pipeline.tasks.run_diff_task`
   holds at its peak (see :func:`diff_task_memory`), not the worker's baseline (Python, the
   cached Keras model: ~2 GB for VGG16) nor allocator slack. Checked against ``tracemalloc``
@@ -45,6 +46,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from .partial_layout import PartialLayout
 from .sampling import ALL, sample_size
 from .substrates import feature_shape
 
@@ -296,6 +298,17 @@ def _per_n(layer: LayerSize, substrate: str, size: JobSize) -> list[tuple[int, i
     return out
 
 
+def partial_layout(size: JobSize, n: int, *, spectral: bool = False) -> PartialLayout:
+    """The arrays of one differentiation task's partial result, for a set of ``n`` images (with
+    its spectral differentiation when ``spectral``), as a job names its shards' digest in it."""
+    return PartialLayout(len(size.n_units), size.repeats, n, keep_rdm=size.keep_rdm, spectral=spectral, source=True)
+
+
+def partial_file_bytes(layout: PartialLayout) -> int:
+    """Bytes of a partial result's ``.npz`` file: its arrays' data, and :data:`NPZ_ARRAY_BYTES` per array."""
+    return layout.nbytes() + NPZ_ARRAY_BYTES * len(layout.fields)
+
+
 def stack_bytes(c: int, n: int, k: int, metric: str, *, images: bool = True, spectral: bool = False) -> int:
     """Peak bytes of evaluating one stack of ``c`` repeats (n images x k units each).
 
@@ -335,12 +348,12 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
     - reading: the values (float32, n x stored, allocated once) and the chunks being copied in
       (two of ``batch_size`` images: what netCDF4 reads and its copy), plus the feature index
       (int32 read, int64 copy);
-    - computing: the concatenated values and the index; the result arrays
-      (``differentiation`` float64 and ``undefined`` bool, n_units x repeats; ``rdm_sum``
-      n_units x n x n float64 when the mean RDM is kept); and for the largest ``n_units`` the
-      working set of one stack of ``repeats_per_task`` repeats (:func:`stack_bytes`), the
-      per-repeat medians and flags (two copies at their concatenation), the running RDM sum,
-      and for an exact ``n_units`` the one evaluation kept plus its copy per repeat.
+    - computing: the concatenated values and the index; the partial result's arrays
+      (:func:`partial_layout`: ``differentiation`` float64 and ``undefined`` bool, n_units x
+      repeats; ``rdm_sum`` n_units x n x n float64 when the mean RDM is kept; ...); and for
+      the largest ``n_units`` the working set of one stack of ``repeats_per_task`` repeats
+      (:func:`stack_bytes`), the per-repeat medians and flags (two copies at their
+      concatenation), the running RDM sum, and for an exact ``n_units`` the one evaluation kept plus its copy per repeat.
 
     Parameters
     ----------
@@ -365,12 +378,9 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
     stored = layer.stored.get(substrate, 0)
     values = 4 * n * stored
     read = values + 8 * min(n, size.batch_size) * stored + 12 * stored
-    n_n = len(size.n_units)
-    results = n_n * (9 * size.repeats + 16)
-    if size.keep_rdm:
-        results += n_n * 8 * n * n
-    work, floor = 0, 0
     spectral = spectral_window is not None
+    results = partial_layout(size, n, spectral=spectral).nbytes()
+    work, floor = 0, 0
     for k, repeats, _, exact in _per_n(layer, substrate, size):
         c = 1 if exact else min(size.repeats_per_task, repeats)
         one = stack_bytes(c, n, k, size.metric, images=size.images_measure, spectral=spectral) + 18 * repeats
@@ -497,15 +507,8 @@ def estimate_work(size: JobSize) -> WorkEstimate:
     diff_tasks = n_sets * n_sub * n_layers
     width = max(size.images.values(), default=0)
 
-    def partial_arrays(n: int) -> int:
-        data = n_n * (9 * size.repeats + 8) + 4 * 32  # ... and the 'source' digest, 32 characters of UCS-4
-        arrays = 4
-        if size.keep_rdm:
-            data += n_n * (8 * n * n + 8)
-            arrays += 2
-        return data + arrays * NPZ_ARRAY_BYTES
-
-    partial_total = sum(n_sub * n_layers * partial_arrays(n) for n in size.images.values())
+    partial_total = sum(n_sub * n_layers * partial_file_bytes(partial_layout(size, n, spectral=name in size.spectral))
+                        for name, n in size.images.items())
     grid = n_sets * n_sub * n_n * n_layers
     results_arrays = 8 * grid * size.repeats + 8 * grid + 8 * n_sub * n_n * n_layers + 8 * n_sets
     if size.keep_rdm:
@@ -528,7 +531,7 @@ def estimate_work(size: JobSize) -> WorkEstimate:
 
     plan_seconds, plan_memory = _plan_cost(size)
     stored_units = 8 * sum(layer.stored.get("units", 0) for layer in layers)
-    gathered = sum(n_sub * n_layers * partial_arrays(n) for n in size.images.values())
+    gathered = partial_total  # the partial results, as the client gathers them
     assembled = 8 * grid * size.repeats + (2 * 8 * grid * width * width if size.keep_rdm else 0)
     generating = max((peak for _, peak in size.generated.values()), default=0)
     client = 2 * stored_units + max(plan_memory, generating, gathered + assembled + labels)

@@ -1,4 +1,8 @@
-"""Storage layer: partial results of differentiation tasks (small ``.npz`` files, never pickled)."""
+"""Storage layer: partial results of differentiation tasks (:class:`Partial`), as small ``.npz``
+files (never pickled) and as labelled Datasets.
+
+Their arrays are those of :class:`daskdiff.core.partial_layout.PartialLayout`, which states their
+dimensions, dtypes and bytes."""
 
 from __future__ import annotations
 
@@ -7,10 +11,13 @@ import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Mapping, NamedTuple, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
+import xarray as xr
 
+from ..core.partial_layout import DIGEST_CHARS, SOURCE, PartialLayout
 from .atomic import atomic_write
 from .reading import open_regular
 
@@ -40,13 +47,10 @@ def _shape_problem(arrays: dict[str, np.ndarray], expected: Mapping[str, tuple])
     return None
 
 
-SOURCE = "source"
-"""The array of a partial result naming what it was computed from (:func:`sources_digest`)."""
-
-
 def sources_digest(digests: Sequence[str]) -> str:
-    """One digest (32 hex digits) of the ``inputs_digest`` of every shard a task read, in order."""
-    return hashlib.sha256("\n".join(digests).encode()).hexdigest()[:32]
+    """One digest (:data:`~daskdiff.core.partial_layout.DIGEST_CHARS` hex digits) of the
+    ``inputs_digest`` of every shard a task read, in order: a partial's :data:`SOURCE`."""
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()[:DIGEST_CHARS]
 
 
 def reuse_partial(path: str | os.PathLike, expected: Mapping[str, tuple],
@@ -84,10 +88,11 @@ def reuse_partial(path: str | os.PathLike, expected: Mapping[str, tuple],
     return None, line if kind == "corrupt" else None
 
 
-class PartialResult(NamedTuple):
+@dataclass(frozen=True)
+class Partial:
     """The result of one differentiation task: one (image set, substrate, layer), every
-    ``n_units`` (axis 0 of each array) and repeat (axis 1); see
-    :func:`daskdiff.pipeline.tasks.run_diff_task` for the arrays."""
+    ``n_units`` and repeat, its arrays as :class:`~daskdiff.core.partial_layout.PartialLayout`
+    lays them out (:func:`daskdiff.pipeline.tasks.run_diff_task` computes them)."""
 
     image_set: str
     substrate: str
@@ -96,6 +101,39 @@ class PartialResult(NamedTuple):
     warning: str | None = None
     """A corrupt partial result found on disk and recomputed (:func:`reuse_partial`'s line), for
     the client to show; None otherwise."""
+
+    @property
+    def layout(self) -> PartialLayout:
+        return PartialLayout.of(self.arrays)
+
+    def __sizeof__(self) -> int:
+        """Bytes held, its arrays' included: what ``sys.getsizeof`` and so Dask's ``sizeof``
+        count for a task's result on a worker (for its memory and spilling)."""
+        return object.__sizeof__(self) + sum(a.nbytes for a in self.arrays.values())
+
+    def to_dataset(self, n_units: Sequence[str]) -> xr.Dataset:
+        """The arrays labelled, for :func:`xarray.combine_nested` over sets, substrates and layers.
+
+        Each array has dims ``(image_set, substrate, layer)`` (length 1) followed by its own
+        (:attr:`~daskdiff.core.partial_layout.PartialField.dims`); coordinates: those three
+        names, ``n_units`` (the labels given, in the plan's order), ``repeat`` (0, 1, ...) and,
+        with the RDM sum, ``image_i`` and ``image_j`` (0 .. images - 1, so that sets of other
+        sizes align, padded with NaN). ``source`` is an attribute. The arrays are views, not
+        copies.
+        """
+        layout = self.layout
+        keys = ("image_set", "substrate", "layer")
+        data_vars = {f.name: (keys + f.dims, self.arrays[f.name][None, None, None]) for f in layout.fields if f.name != SOURCE}
+        coords = {"image_set": [self.image_set], "substrate": [self.substrate], "layer": [self.layer],
+                  "n_units": list(n_units), "repeat": np.arange(layout.repeats)}
+        if layout.keep_rdm:
+            coords |= {"image_i": np.arange(layout.n_images), "image_j": np.arange(layout.n_images)}
+        attrs = {SOURCE: str(self.arrays[SOURCE])} if layout.source else {}
+        return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+PartialResult = Partial
+"""The former name of :class:`Partial`."""
 
 
 def write_partial(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:

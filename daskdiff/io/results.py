@@ -37,7 +37,7 @@ import xarray as xr
 
 from ..errors import InputError
 from .hdf5 import HDF5_LOCK
-from .partials import PartialResult
+from .partials import Partial
 
 
 def set_metadata(shards: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -84,6 +84,35 @@ def _image_variables(sets: Sequence[str], metadata: dict[str, dict[str, Any]], w
     }
 
 
+RESULT_DIMS = ("image_set", "substrate", "n_units", "layer", "repeat", "image_i", "image_j")
+"""The order of the results' dimensions (those of the per-image variables excepted)."""
+
+
+def combine_partials(partials: Sequence[Partial], *, sets: Sequence[str], substrates: Sequence[str],
+                     layers: Sequence[str], n_units: Sequence[str]) -> xr.Dataset:
+    """The partial results as one Dataset over sets, substrates and layers, in the orders given.
+
+    Each partial's :meth:`~daskdiff.io.partials.Partial.to_dataset` is placed in a nested grid
+    and combined by :func:`xarray.combine_nested`; the RDM sums of sets with fewer images than
+    the largest are padded with NaN (an outer join on ``image_i`` and ``image_j``). Dimensions
+    are in the order of :data:`RESULT_DIMS`.
+
+    Raises
+    ------
+    ValueError
+        A (set, substrate, layer) without its partial result, naming the first missing.
+    """
+    by_key = {(p.image_set, p.substrate, p.layer): p for p in partials}
+    missing = [key for key in ((s, b, layer) for s in sets for b in substrates for layer in layers) if key not in by_key]
+    if missing:
+        raise ValueError(f"no partial result for {len(missing)} (set, substrate, layer), e.g. {missing[0]}: "
+                         "give one per differentiation task of the plan")
+    grid = [[[by_key[s, b, layer].to_dataset(n_units) for layer in layers] for b in substrates] for s in sets]
+    combined = xr.combine_nested(grid, concat_dim=["image_set", "substrate", "layer"], data_vars="all", coords="different",
+                                 compat="equals", join="outer", combine_attrs="drop")
+    return combined.transpose(*RESULT_DIMS, missing_dims="ignore")
+
+
 def assemble(
     *,
     sets: Sequence[str],
@@ -92,7 +121,7 @@ def assemble(
     n_units: Sequence[str],
     layers: Sequence[str],
     repeats: int,
-    partials: Sequence[PartialResult],
+    partials: Sequence[Partial],
     keep_rdm: bool,
     attrs: dict[str, Any],
     fps: dict[str, float] | None = None,
@@ -101,63 +130,48 @@ def assemble(
 ) -> xr.Dataset:
     """Build the results Dataset (see the module docstring) from the tasks' partial results.
 
-    ``n_units`` are the labels in the order the tasks' arrays hold them (axis 0). ``fps``: frame
-    rate of each set that is a movie; ``spectral``: the ``analysis.spectral`` options (with
-    ``normalize``) when spectral differentiation was computed, else None; ``images``: whether
-    the image measure was.
+    ``n_units`` are the labels in the order the tasks' arrays hold them (axis 0); ``repeats``
+    the job's (the partials' ``repeat`` axis). ``fps``: frame rate of each set that is a movie;
+    ``spectral``: the ``analysis.spectral`` options (with ``normalize``) when spectral
+    differentiation was computed, else None; ``images``: whether the image measure was.
+
+    The partials are combined by :func:`combine_partials`; from them, ``n_undefined`` counts the
+    undefined repeats, ``units_used`` is taken from the first set (units are drawn alike for
+    every set) and ``rdm`` is ``rdm_sum / rdm_count`` (NaN where no repeat was defined, and in
+    the padding of smaller sets).
     """
-    S, B, N, L = len(sets), len(substrates), len(n_units), len(layers)
-    si = {s: i for i, s in enumerate(sets)}
-    bi = {b: i for i, b in enumerate(substrates)}
-    li = {name: i for i, name in enumerate(layers)}
+    parts = combine_partials(partials, sets=sets, substrates=substrates, layers=layers, n_units=n_units)
     n_img = [len(metadata[s]["paths"]) for s in sets]
     width = max(n_img + [0])
-    diff = np.full((S, B, N, L, repeats), np.nan)
-    undefined = np.zeros((S, B, N, L), dtype=np.int64)
-    used = np.zeros((B, N, L), dtype=np.int64)
-    rdm = np.zeros((S, B, N, L, width, width)) if keep_rdm else None
-    rdm_count = np.zeros((S, B, N, L), dtype=np.int64)
-    sd = np.full((S, B, N, L, repeats), np.nan) if spectral is not None else None
-    for t in partials:
-        part = t.arrays
-        s, b, layer = si[t.image_set], bi[t.substrate], li[t.layer]
-        diff[s, b, :, layer] = part["differentiation"]
-        if sd is not None:
-            sd[s, b, :, layer] = part["spectral_differentiation"]
-        undefined[s, b, :, layer] = part["undefined"].sum(axis=1)
-        used[b, :, layer] = part["units_used"]
-        if keep_rdm and "rdm_sum" in part:
-            n = part["rdm_sum"].shape[-1]
-            rdm[s, b, :, layer, :n, :n] += part["rdm_sum"]
-            rdm_count[s, b, :, layer] += part["rdm_count"]
+    used = parts["units_used"].isel(image_set=0, drop=True)
+
+    def labelled(array: xr.DataArray) -> tuple[tuple[str, ...], np.ndarray]:
+        return array.dims, array.data
 
     data_vars: dict[str, Any] = {
-        "differentiation": (("image_set", "substrate", "n_units", "layer", "repeat"), diff),
-        "n_undefined": (("image_set", "substrate", "n_units", "layer"), undefined),
-        "units_used": (("substrate", "n_units", "layer"), used),
+        "differentiation": labelled(parts["differentiation"]),
+        "n_undefined": labelled(parts["undefined"].sum("repeat")),
+        "units_used": labelled(used),
         "n_images": (("image_set",), np.asarray(n_img, dtype=np.int64)),
     }
     if keep_rdm:
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = rdm / rdm_count[..., None, None]
-        for s, n in enumerate(n_img):  # padding of smaller sets is NaN, not 0
-            mean[s, ..., n:, :] = np.nan
-            mean[s, ..., :, n:] = np.nan
-        data_vars["rdm"] = (("image_set", "substrate", "n_units", "layer", "image_i", "image_j"), mean)
+            data_vars["rdm"] = labelled(parts["rdm_sum"] / parts["rdm_count"])
 
     data_vars.update(_image_variables(sets, metadata, width))
     spectral_attrs = None
     if fps:
         data_vars["fps"] = (("image_set",), np.asarray([fps.get(name, np.nan) for name in sets], dtype=np.float64))
-    if sd is not None:
+    if spectral is not None:
         from ..core.spectral import spectral_windows
 
         geometry = [spectral_windows(n, fs=fps[name], state_length=spectral["state_length"], overlap=spectral["overlap"])
                     for name, n in zip(sets, n_img)]
+        sd = parts["spectral_differentiation"]
         with np.errstate(invalid="ignore", divide="ignore"):
-            normalized = sd / np.sqrt(used)[None, :, :, :, None]
-        data_vars["spectral_differentiation"] = (("image_set", "substrate", "n_units", "layer", "repeat"), sd)
-        data_vars["normalized_spectral_differentiation"] = (("image_set", "substrate", "n_units", "layer", "repeat"), normalized)
+            normalized = sd / np.sqrt(used)
+        data_vars["spectral_differentiation"] = labelled(sd)
+        data_vars["normalized_spectral_differentiation"] = labelled(normalized)
         data_vars["spectral_windows"] = (("image_set",), np.asarray([g.n_windows for g in geometry], dtype=np.int64))
         data_vars["spectral_dropped"] = (("image_set",), np.asarray([g.dropped for g in geometry], dtype=np.int64))
         spectral_attrs = {
@@ -177,7 +191,7 @@ def assemble(
         "substrate": list(substrates),
         "n_units": list(n_units),
         "layer": list(layers),
-        "layer_index": ("layer", np.arange(L)),
+        "layer_index": ("layer", np.arange(len(layers))),
         "repeat": np.arange(repeats),
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)

@@ -19,6 +19,7 @@ that repeat is undefined (NaN, counted), not rounding noise blown up to distance
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +29,14 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.layout import partial_key, partial_path
-from ..io.partials import PartialResult, reuse_partial, SOURCE, sources_digest, write_partial
+from ..io.partials import Partial, reuse_partial, sources_digest, write_partial
 
 from ..core.arrays import GRAM_METRICS, distances_on_arrays
 from ..core.blocked import differentiation_blocked
 from ..core.differentiation import distances_stack, normalize_stack, rdm_median
 from ..core.spectral import spectral_differentiation_stack
 from ..core.estimate import stack_bytes
+from ..core.partial_layout import SOURCE, PartialLayout
 from ..core.units import NUnits, Sampling, units_for
 from ..core.sampling import ALL
 from ..core.substrates import feature_shape
@@ -215,7 +217,9 @@ def _blocked_median(values: np.ndarray, index: np.ndarray, task: DiffTask, n_uni
 
 def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, min_scale: float,
                     budget: int | None = None, on_device: Any = None) -> dict[str, np.ndarray]:
-    """Medians, undefined flags, units used and (if kept) the RDM sum of one ``n_units``.
+    """One ``n_units``' row of the partial result (:meth:`PartialLayout.set_row`): medians,
+    undefined flags, units used, (if kept) the RDM sum and its count of defined repeats, and (if
+    computed) the spectral differentiation.
 
     Repeats are evaluated ``repeats_per_stack`` at a time, or fewer (down to one at a time over
     blocks of images) to stay within ``budget`` bytes (:func:`stack_repeats`); an exact
@@ -274,23 +278,18 @@ def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_uni
     out = {"differentiation": np.concatenate(medians), "undefined": np.concatenate(undefined), "units_used": np.int64(k)}
     if task.keep_rdm:
         out["rdm_sum"] = rdm_sum
+        out["rdm_count"] = int((~out["undefined"]).sum())
     if task.spectral is not None:
         out["spectral_differentiation"] = np.concatenate(spectral)
     return out
 
 
-def _partial_shapes(task: DiffTask, shards: tuple) -> dict[str, tuple]:
-    """The arrays of the task's partial result and their shapes (``None``: not known here)."""
-    n_n, repeats = len(task.sampling.n_units), task.sampling.repeats
-    shapes = {"differentiation": (n_n, repeats), "undefined": (n_n, repeats), "units_used": (n_n,)}
-    if shards:
-        shapes[SOURCE] = ()
-    if task.spectral is not None:
-        shapes["spectral_differentiation"] = (n_n, repeats)
-    if task.keep_rdm:
-        n_images = sum(m["n_images"] for m in shards) if shards else None
-        shapes |= {"rdm_sum": (n_n, n_images, n_images), "rdm_count": (n_n,)}
-    return shapes
+def partial_layout(task: DiffTask, shards: tuple = ()) -> PartialLayout:
+    """The layout of the task's partial result; its number of images is that of ``shards``
+    (None, not known, without them)."""
+    n_images = sum(m["n_images"] for m in shards) if shards else None
+    return PartialLayout(len(task.sampling.n_units), task.sampling.repeats, n_images, keep_rdm=task.keep_rdm,
+                         spectral=task.spectral is not None, source=bool(shards))
 
 
 def _task_values(task: DiffTask, kept: list | None, shards: tuple = ()) -> tuple[np.ndarray, np.ndarray]:
@@ -310,7 +309,7 @@ def _task_values(task: DiffTask, kept: list | None, shards: tuple = ()) -> tuple
     return values, np.arange(values.shape[1], dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
 
 
-def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> PartialResult:
+def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> Partial:
     """Compute one task, write its partial result and return it.
 
     ``shards``: the set's extraction results, :func:`daskdiff.io.shards.shard_metadata` (Dask
@@ -324,21 +323,20 @@ def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> P
     (:func:`daskdiff.io.partials.reuse_partial`); a corrupt one's warning line travels back in the
     result's ``warning``, for the client's console.
 
-    The partial holds, for the ``n_units`` of the plan in order (axis 0) and the job's repeats
-    (axis 1, NaN past ``repeats_for(n_units)``): ``differentiation`` float64, ``undefined``
-    bool, ``units_used`` int64 (per ``n_units``) and, when ``keep_rdm``, ``rdm_sum``
-    (n_units, n_images, n_images): the sum over defined repeats, for the mean RDM, with
-    ``rdm_count`` (n_units,) the number of repeats summed; and, when ``shards`` are given,
-    ``source``: :func:`~daskdiff.io.partials.sources_digest` of the shards read; and, when
-    ``task.spectral``, ``spectral_differentiation`` (n_units, repeats) float64 from the same
-    sampled matrices (:func:`spectral_stack`; not divided by ``sqrt(n_units)``). Without
-    ``task.images`` the image measure's ``differentiation`` is NaN and ``undefined`` comes from
-    the spectral path (one normaliser, so the same flags).
+    The partial holds the arrays of :func:`partial_layout` (see
+    :mod:`daskdiff.core.partial_layout`), for the ``n_units`` of the plan in order (axis 0) and
+    the job's repeats (NaN past ``repeats_for(n_units)``): ``rdm_sum`` is the sum over defined
+    repeats, for the mean RDM, ``rdm_count`` the number of repeats summed; ``source`` is
+    :func:`~daskdiff.io.partials.sources_digest` of the shards read; ``spectral_differentiation``
+    comes from the same sampled matrices (:func:`spectral_stack`; not divided by
+    ``sqrt(n_units)``). Without ``task.images`` the image measure's ``differentiation`` is NaN
+    and ``undefined`` comes from the spectral path (one normaliser, so the same flags).
     """
     source = sources_digest([m["attrs"]["inputs_digest"] for m in shards]) if shards else None
-    reused, warning = reuse_partial(task.path, _partial_shapes(task, shards), source)
+    layout = partial_layout(task, shards)
+    reused, warning = reuse_partial(task.path, layout.shapes(), source)
     if reused is not None:
-        return PartialResult(task.image_set, task.substrate, task.layer, reused)
+        return Partial(task.image_set, task.substrate, task.layer, reused)
     if shards and (n := sum(m["n_images"] for m in shards)) < 2:
         raise InputError(f"image set {task.image_set!r} has {n} decodable image(s); differentiation needs at least 2")
     if task.spectral is not None and (lost := [s for m in shards for s in m["skipped"]]):
@@ -346,36 +344,16 @@ def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> P
                          "spectral differentiation needs every frame, in time order: repair or re-export the movie")
     values, index = _task_values(task, values, shards)
     peak = max(float(values.max()), -float(values.min())) if values.size else 0.0
-    repeats = task.sampling.repeats
-    n_n = len(task.sampling.n_units)
-    arrays = {
-        "differentiation": np.full((n_n, repeats), np.nan),
-        "undefined": np.zeros((n_n, repeats), dtype=bool),
-        "units_used": np.zeros(n_n, dtype=np.int64),
-    }
-    if task.spectral is not None:
-        arrays["spectral_differentiation"] = np.full((n_n, repeats), np.nan)
-    if task.keep_rdm:
-        arrays["rdm_sum"] = np.zeros((n_n, len(values), len(values)))
-        arrays["rdm_count"] = np.zeros(n_n, dtype=np.int64)
+    layout = dataclasses.replace(layout, n_images=len(values))
+    arrays = layout.empty()
     if source is not None:
-        arrays[SOURCE] = np.asarray(source)
+        arrays[SOURCE][...] = source
     budget = None if task.memory_budget is None else max(MIN_STACK_BUDGET, task.memory_budget - values.nbytes - index.nbytes)
     arrays_on = arrays_for(task.device) if task.images and task.metric in GRAM_METRICS else None
     with arrays_on.context() if arrays_on is not None else contextlib.nullcontext():
         on_device = arrays_on.put(values) if arrays_on is not None else None  # once per task
-        results = [_n_units_result(values, index, task, n_units, FLOAT32_FLOOR * peak, budget, on_device)
-                   for n_units in task.sampling.n_units]
+        for i, n_units in enumerate(task.sampling.n_units):
+            layout.set_row(arrays, i, _n_units_result(values, index, task, n_units, FLOAT32_FLOOR * peak, budget, on_device))
         del on_device
-    for i, one in enumerate(results):
-        stop = len(one["differentiation"])
-        arrays["differentiation"][i, :stop] = one["differentiation"]
-        arrays["undefined"][i, :stop] = one["undefined"]
-        arrays["units_used"][i] = one["units_used"]
-        if task.spectral is not None:
-            arrays["spectral_differentiation"][i, :stop] = one["spectral_differentiation"]
-        if task.keep_rdm:
-            arrays["rdm_sum"][i] = one["rdm_sum"]
-            arrays["rdm_count"][i] = int((~one["undefined"]).sum())
     write_partial(task.path, arrays)
-    return PartialResult(task.image_set, task.substrate, task.layer, arrays, warning)
+    return Partial(task.image_set, task.substrate, task.layer, arrays, warning)
