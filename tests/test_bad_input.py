@@ -139,7 +139,7 @@ BOMB = "\n".join(["name: bomb", 'a0: &a0 ["lol","lol","lol","lol","lol","lol","l
 def test_alias_bomb_refused_before_anything_is_built(tmp_path, monkeypatch):
     """Refused at its first anchor, while the YAML is composed: not one value is constructed and the
     spec never reaches validation, so nothing expands (work counted, not timed)."""
-    import daskdiff.pipeline.spec
+    import daskdiff.pipeline.spec_file
 
     path = tmp_path / "bomb.yaml"
     path.write_text(BOMB)
@@ -152,7 +152,7 @@ def test_alias_bomb_refused_before_anything_is_built(tmp_path, monkeypatch):
         return construct(self, node, deep)
 
     monkeypatch.setattr(yaml.SafeLoader, "construct_object", counted)
-    monkeypatch.setattr(daskdiff.pipeline.spec, "parse_spec", lambda *a, **k: pytest.fail("the bomb was loaded and reached validation"))
+    monkeypatch.setattr(daskdiff.pipeline.spec_file, "parse_spec", lambda *a, **k: pytest.fail("the bomb was loaded and reached validation"))
     with pytest.raises(SpecError, match=r"bomb\.yaml.*YAML anchors/aliases \(&, \*\) are not allowed in job specs.*line 2"):
         load_spec(path)
     assert constructed == []

@@ -132,9 +132,6 @@ class Partial:
         return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
-PartialResult = Partial
-"""The former name of :class:`Partial`."""
-
 
 def write_partial(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
     """Write a partial result atomically as an uncompressed ``.npz`` (no object arrays)."""

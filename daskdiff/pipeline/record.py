@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ..core.units import bytes_per_image, n_units_label
 from ..io.atomic import write_netcdf
 from ..io.layout import PLOT_FILE, RESULTS_FILE
-from ..io.partials import PartialResult
+from ..io.partials import Partial
 from ..io.results import assemble
 from ..logs import reporter, warn
 from .plan import JobPlan
@@ -74,7 +74,7 @@ def _results_attrs(plan: JobPlan, command: str | None, metadata: dict | None = N
     return attrs
 
 
-def record(plan: JobPlan, metadata: dict, partials: list[PartialResult], *, keep_rdm: bool, command: str | None = None, echo: Callable = _echo) -> tuple[Path, list[tuple[str, str, str]], list[str]]:
+def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: bool, command: str | None = None, echo: Callable = _echo) -> tuple[Path, list[tuple[str, str, str]], list[str]]:
     """Assemble the partial results into ``differentiation.nc`` (written atomically).
 
     Returns the file's path, the skipped files as ``(set, path, reason)`` and the job's notes

@@ -33,7 +33,7 @@ from ..errors import DaskdiffError, JobError
 from ..io.atomic import DiskFullError
 from ..io.confined import remove_inside
 from ..io.layout import ACTIVATIONS_DIR, PARTIAL_DIR, shard_path, variable_name
-from ..io.partials import PartialResult
+from ..io.partials import Partial
 from ..io.results import set_metadata
 from ..io.shards import CorruptShardError
 from ..logs import reporter, warn
@@ -48,7 +48,7 @@ _echo = reporter(__name__)
 
 
 def run(plan: JobPlan, client: Any, *, attrs: dict, keep_rdm: bool, progress: bool = True,
-        clock: Callable[[str], None] = lambda stage: None, echo: Callable = _echo) -> tuple[dict[str, dict], list[PartialResult]]:
+        clock: Callable[[str], None] = lambda stage: None, echo: Callable = _echo) -> tuple[dict[str, dict], list[Partial]]:
     """Run ``plan`` on ``client``'s cluster; the sets' metadata and the partial results (results order).
 
     ``attrs``: what every shard file records (the model's identity, daskdiff's version);
@@ -177,7 +177,7 @@ def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSp
         raise device from err
 
 
-def _diff_or_corrupt(task: DiffTask, *shards: Any, values: list | None = None) -> PartialResult | CorruptShardError:
+def _diff_or_corrupt(task: DiffTask, *shards: Any, values: list | None = None) -> Partial | CorruptShardError:
     """:func:`run_diff_task`, but a corrupt shard is returned, not raised.
 
     Dask's ``retries`` would run a failed task again on the same damaged file; returned, the
@@ -366,7 +366,7 @@ def _as_they_finish(pending: Any, check: Callable[[], None], every: float = 0.05
 
 
 def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, clock: Callable[[str], None], echo: Callable = _echo,
-            watch: WorkerWatch | None = None) -> tuple[dict[str, dict], list[PartialResult]]:
+            watch: WorkerWatch | None = None) -> tuple[dict[str, dict], list[Partial]]:
     """Wait for every task, with a progress bar per stage; the sets' metadata and the partials.
 
     A failed task cancels the job with a JobError naming it. A set whose shards hold fewer than 2
@@ -392,7 +392,7 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
         for stage, n, unit in (("extract", len(what) - len(submitted.diffs), "shard"), ("differentiation", len(submitted.diffs), "task"))
     }
     done = {"extract": 0, "differentiation": 0}  # a stage ends when done reaches its bar's total (recomputes add to it)
-    partials: dict[Any, PartialResult] = {}
+    partials: dict[Any, Partial] = {}
     pending = as_completed(list(what))
     state = _Recompute(what, pending, bars)
 
