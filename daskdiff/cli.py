@@ -25,7 +25,7 @@ from .errors import DaskdiffError
 
 def _run(args: argparse.Namespace) -> int:
     from .pipeline.cluster import import_tensorflow_quietly
-    from .pipeline.spec import load_spec
+    from .pipeline.spec_file import load_spec
 
     spec, base = load_spec(args.job)
     import_tensorflow_quietly()  # here, not at the model's first use, so that its start-up lines can be filtered

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from distributed import WorkerPlugin
 
-from daskdiff.pipeline.spec import parse_spec
+from daskdiff.pipeline.spec_file import parse_spec
 
 
 def tiny_spec(model_path, sets, output, **overrides):

@@ -96,6 +96,6 @@ def test_public_api_keeps_its_names_and_loads_jobs_lazily():
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["daskdiff.pipeline.job", "daskdiff.io.shards", "daskdiff.pipeline.spec"]
+    assert out.stdout.split() == ["daskdiff.pipeline.job", "daskdiff.io.shards", "daskdiff.pipeline.spec_file"]
     for name in daskdiff.__all__:
         assert getattr(daskdiff, name) is not None

@@ -21,7 +21,8 @@ from daskdiff.cli import main
 from daskdiff.io.images import load_image
 from daskdiff.model.build import APPLICATIONS, ModelSpec
 from daskdiff.model.preprocess import preprocess, preprocess_tensor
-from daskdiff.pipeline.spec import load_spec, parse_spec, SpecError
+from daskdiff.pipeline.spec import SpecError
+from daskdiff.pipeline.spec_file import load_spec, parse_spec
 
 from test_select import SIZE, colour_model, reference_probabilities, textured, write_pngs
 

@@ -17,12 +17,13 @@ import xarray as xr
 import yaml
 from distributed import Client, LocalCluster
 
-from daskdiff.io.images import DuplicateImagesWarning, ImageSetError, check_min_images, resolve_image_set
+from daskdiff.io.image_sets import DuplicateImagesWarning, ImageSetError, check_min_images, resolve_image_set
 from daskdiff.io.layout import PARTIAL_DIR, RESULTS_FILE
 from daskdiff.io.partials import load_partial, reuse_partial, write_partial
 from daskdiff.pipeline.job import run_job
 from daskdiff.errors import JobError
-from daskdiff.pipeline.spec import SpecError, load_spec, parse_spec
+from daskdiff.pipeline.spec import SpecError
+from daskdiff.pipeline.spec_file import load_spec, parse_spec
 
 from conftest import write_images
 from jobtools import tiny_spec
@@ -231,7 +232,7 @@ def test_sigterm_then_resume(tmp_path, tiny_model_path):
 def test_a_one_file_set_is_refused_before_any_cluster(tmp_path, monkeypatch):
     import daskdiff.pipeline.cluster
     from daskdiff.pipeline.job import run_job
-    from daskdiff.pipeline.spec import parse_spec
+    from daskdiff.pipeline.spec_file import parse_spec
 
     monkeypatch.setattr(daskdiff.pipeline.cluster, "connect", lambda *a, **k: pytest.fail("a cluster was started"))
     write_images(tmp_path / "one", 1, seed=0)
@@ -246,7 +247,7 @@ def test_a_one_file_set_is_refused_before_any_cluster(tmp_path, monkeypatch):
 @pytest.mark.keras
 def test_the_job_says_which_link_duplicates_it_dropped(tmp_path):
     from daskdiff.pipeline.job import plan_job
-    from daskdiff.pipeline.spec import parse_spec
+    from daskdiff.pipeline.spec_file import parse_spec
 
     folder = tmp_path / "imgs"
     write_images(folder, 3, seed=0)

@@ -35,7 +35,7 @@ from daskdiff.core.estimate import Calibration, JobSize, LayerSize, estimate_wor
 from daskdiff.core.units import Sampling, storage_plan
 from daskdiff.errors import JobError
 from daskdiff.pipeline import budget, config, health
-from daskdiff.pipeline.spec import parse_spec
+from daskdiff.pipeline.spec_file import parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "configuration.md"
@@ -210,7 +210,7 @@ def _task_peak(shards) -> int:
 
 
 def _task_budget() -> int | None:
-    from daskdiff.pipeline.job import task_memory_budget
+    from daskdiff.pipeline.plan import task_memory_budget
 
     return task_memory_budget(parse_spec({"name": "m", "image_sets": {"a": "x"}, "output": "o"}, "test"), [(8 * 2**30, 2)])
 
@@ -218,7 +218,7 @@ def _task_budget() -> int | None:
 def _handoff_in_memory() -> bool:
     """Whether a job's shards go to differentiation in memory: 4 x 100 x 1000 bytes of values,
     0.4 of the one worker's 1 MB limit."""
-    from daskdiff.pipeline.job import _handoff
+    from daskdiff.pipeline.run import _handoff
 
     layer = SimpleNamespace(extracted=lambda: {"units": 100}, stored=lambda: {"units": 100})
     plan = SimpleNamespace(spec=SimpleNamespace(extraction=SimpleNamespace(store="needed", handoff="auto")),
@@ -261,7 +261,7 @@ def _worker_ttl():
     return worker_ttl()
 
 
-NOT_WIRED = pytest.mark.xfail(reason="read in job.py / cluster.py, which the lead and the 'cluster' helper are splitting: "
+NOT_WIRED = pytest.mark.xfail(reason="read in plan.py, run.py and cluster.py (the lead's and the 'cluster' helper's): "
                                      "they read the constant until wired to this key", strict=True)
 
 #: key -> (a value other than the default, what the key changes, observed: a function of the

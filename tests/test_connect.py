@@ -19,7 +19,7 @@ from distributed.security import Security
 
 from daskdiff.errors import InputError
 from daskdiff.pipeline.cluster import connect, security_from, WorkerSetup
-from daskdiff.pipeline.spec import ClusterSection, SecuritySection
+from daskdiff.pipeline.spec_cluster import ClusterSection, SecuritySection
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # functions sent to worker processes
 

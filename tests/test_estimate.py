@@ -250,7 +250,7 @@ def test_a_billion_repeats_is_refused_fast_with_bounded_memory(tmp_path, tiny_mo
     # in a fresh process: planning timed (once its modules are imported), then its memory traced
     code = (
         "import time, tracemalloc, sys\n"
-        "from daskdiff.pipeline.spec import load_spec\n"
+        "from daskdiff.pipeline.spec_file import load_spec\n"
         "from daskdiff.pipeline.job import plan_job\n"
         "from daskdiff.pipeline.budget import BudgetError\n"
         "def plan():\n"
@@ -278,7 +278,7 @@ def test_a_billion_repeats_is_refused_fast_with_bounded_memory(tmp_path, tiny_mo
 
 def test_force_runs_past_a_bound(tmp_path, tiny_model_path):
     from daskdiff.pipeline.job import plan_job
-    from daskdiff.pipeline.spec import load_spec
+    from daskdiff.pipeline.spec_file import load_spec
 
     spec, base = load_spec(_job_yaml(tmp_path, tiny_model_path))
     with dask.config.set({"daskdiff.budget.max-tasks": 2}):
@@ -313,7 +313,7 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path, tiny_model_pat
 def test_a_library_call_logs_its_lines_and_prints_nothing(tmp_path, tiny_model_path, caplog, capsys):
     """Issue 13: progress is INFO and warnings WARNING, on loggers named after the module; no print."""
     from daskdiff.pipeline.job import plan_job
-    from daskdiff.pipeline.spec import load_spec
+    from daskdiff.pipeline.spec_file import load_spec
 
     spec, base = load_spec(_job_yaml(tmp_path, tiny_model_path))
     with dask.config.set({"daskdiff.budget.max-tasks": 2}):  # over the bound: --force warns
@@ -352,7 +352,7 @@ def test_the_command_line_shows_the_lines_unless_dask_config_says_otherwise(tmp_
 def test_every_run_prints_the_estimate_before_any_cluster(tmp_path, tiny_model_path, monkeypatch):
     import daskdiff.pipeline.cluster
     from daskdiff.pipeline.job import run_job
-    from daskdiff.pipeline.spec import load_spec
+    from daskdiff.pipeline.spec_file import load_spec
 
     said = []
 

@@ -19,8 +19,9 @@ from PIL import Image
 import daskdiff.pipeline.cluster
 from daskdiff.io.layout import shard_path
 from daskdiff.model.build import keras_cache_dir
-from daskdiff.pipeline.job import JobError, run_job
-from daskdiff.pipeline.spec import parse_spec
+from daskdiff.errors import JobError
+from daskdiff.pipeline.job import run_job
+from daskdiff.pipeline.spec_file import parse_spec
 
 from conftest import write_images
 

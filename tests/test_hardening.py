@@ -18,9 +18,11 @@ from distributed import Client, LocalCluster, WorkerPlugin
 from PIL import Image
 
 from daskdiff import cli
-from daskdiff.io.images import ImageSetError
-from daskdiff.pipeline.job import JobError, plan_job, run_job
-from daskdiff.pipeline.spec import load_spec, SpecError
+from daskdiff.io.image_sets import ImageSetError
+from daskdiff.errors import JobError
+from daskdiff.pipeline.job import plan_job, run_job
+from daskdiff.pipeline.spec import SpecError
+from daskdiff.pipeline.spec_file import load_spec
 
 import jobtools
 from jobtools import tiny_spec
@@ -269,7 +271,7 @@ def test_client_killed_then_resumed(tmp_path, tiny_model_path, sets):
 @pytest.mark.cluster
 def test_local_cluster_listens_on_localhost_only(tmp_path):
     from daskdiff.pipeline.cluster import connect
-    from daskdiff.pipeline.spec import ClusterSection
+    from daskdiff.pipeline.spec_cluster import ClusterSection
 
     with connect(ClusterSection(n_workers=1), echo=_quiet) as client:
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")

@@ -26,7 +26,7 @@ import yaml
 from daskdiff.errors import InputError, JobError
 from daskdiff.io.layout import RESULTS_FILE
 from daskdiff.pipeline.cluster import NO_DASHBOARD, _scheduler_lost, connect
-from daskdiff.pipeline.spec import ClusterSection, SecuritySection
+from daskdiff.pipeline.spec_cluster import ClusterSection, SecuritySection
 from jobtools import make_certificates, tiny_spec
 
 pytestmark = pytest.mark.cluster
@@ -153,7 +153,8 @@ def test_certificate_the_ca_did_not_sign_is_refused_before_any_cluster_starts(ce
 
 
 def test_role_key_without_its_certificate_is_a_spec_error(certs):
-    from daskdiff.pipeline.spec import SpecError, parse_spec
+    from daskdiff.pipeline.spec import SpecError
+    from daskdiff.pipeline.spec_file import parse_spec
 
     data = {"name": "x", "image_sets": {"a": "a"}, "cluster": {"security": {**_security(certs, roles=False), "tls_worker_key": certs["worker"][1]}}}
     with pytest.raises(SpecError, match=r"cluster\.security: tls_worker_key is given without tls_worker_cert"):
@@ -429,7 +430,8 @@ def test_slurm_size_from_dask_config_as_dask_jobqueue_users_set_it(tmp_path):
     spec; the spec's values go on top, and only they are passed to SLURMCluster."""
     import dask
 
-    from daskdiff.pipeline.spec import SpecError, parse_spec
+    from daskdiff.pipeline.spec import SpecError
+    from daskdiff.pipeline.spec_file import parse_spec
 
     data = {"name": "x", "image_sets": {"a": "a"}, "cluster": {"kind": "slurm", "slurm": {"queue": "gpu", "memory": "4GB"}}}
     with pytest.raises(SpecError, match=r"cluster\.slurm\.cores missing.*jobqueue\.slurm\.cores"):
@@ -439,7 +441,7 @@ def test_slurm_size_from_dask_config_as_dask_jobqueue_users_set_it(tmp_path):
         assert slurm.kwargs() == {"queue": "gpu", "memory": "4GB"}
         assert slurm.resolved("cores") == (8, "Dask config jobqueue.slurm.cores")
         assert slurm.resolved("memory") == ("4GB", "cluster.slurm.memory")
-    code = ("from daskdiff.pipeline.spec import parse_spec; import sys, json; "
+    code = ("from daskdiff.pipeline.spec_file import parse_spec; import sys, json; "
             "print(parse_spec(json.loads(sys.argv[1])).cluster.slurm.resolved('cores'))")
     done = subprocess.run([sys.executable, "-c", code, json.dumps(data)], env=dict(ENV, DASK_JOBQUEUE__SLURM__CORES="6"),
                           capture_output=True, text=True, timeout=60)

@@ -13,7 +13,7 @@ import copy
 
 import pytest
 
-from daskdiff.pipeline.spec import parse_spec
+from daskdiff.pipeline.spec_file import parse_spec
 
 BASE = {
     "name": "digest",
@@ -61,7 +61,7 @@ CHANGES_RESULTS = [
     ("analysis.median_over", "square"),
     ("analysis.seed", 1),
     ("analysis.rdm_max_images", 0),  # whether the results hold an `rdm` variable
-    ("extraction.batch_size", 8),  # float32 rounding of the forward pass (see job.shard_size)
+    ("extraction.batch_size", 8),  # float32 rounding of the forward pass (see plan.shard_size)
     ("extraction.resize", "bilinear"),
     ("extraction.store", "all"),
     ("extraction.store", "none"),

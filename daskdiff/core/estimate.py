@@ -32,11 +32,11 @@ What is counted, and how well
   (their generators' peak, :attr:`JobSize.generated`), then the gathered partial results and the
   results arrays; not the client's own baseline (Python, TensorFlow: ~2 GB).
 - **Time**: CPU-seconds from the per-unit costs of :class:`Calibration`, measured once on this
-  project's 2-core x86_64 VM (README, *Performance*), and a wall time on a number of workers that
+  project's 2-core x86_64 VM (docs/performance.md), and a wall time on a number of workers that
   allows for what whole jobs measured beyond those sums (:attr:`Calibration.whole_job_factor`).
-  An order of magnitude, not a promise: the model of one differentiation task is within a factor of 2-3 of its measured CPU
-  time, a GPU does the forward pass ~50x faster, and other CPUs and BLAS builds differ by
-  factors of several.
+  An order of magnitude, not a promise: the model of one differentiation task is within a factor
+  of 2-3 of its measured CPU time, a GPU does the forward pass ~50x faster, and other CPUs and
+  BLAS builds differ by factors of several.
 """
 
 from __future__ import annotations

@@ -243,7 +243,7 @@ def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], store
     values the shard files store, where they are not ``stored`` (the values extracted); ``generated``: the sets still to be
     generated, as :attr:`daskdiff.core.estimate.JobSize.generated`; ``input_values``: the values
     of one image as the model takes it."""
-    from .job import shard_size
+    from .plan import shard_size
 
     a, e = spec.analysis, spec.extraction
     spectral = {name: max(1, round(rate * a.spectral.state_length)) for name, rate in (fps or {}).items()
