@@ -347,6 +347,27 @@ def test_a_library_call_logs_its_lines_and_prints_nothing(tmp_path, tiny_model_p
         assert [r.levelname for r in caplog.records if r.name.startswith("daskdiff")] == ["WARNING"]
 
 
+def test_a_warning_is_logged_at_its_level_whatever_its_words(tmp_path, tiny_model_path, caplog):
+    """The level of a line is chosen where it is said (:func:`daskdiff.logs.warn`), not guessed from
+    its first words: a set that names one image twice (a symlink) is warned about in a line that
+    starts with the set, not with ``warning:``; it is still a WARNING, and an ``echo`` given by the
+    caller still receives it as a line."""
+    from daskdiff.pipeline.job import plan_job
+    from daskdiff.pipeline.spec_file import load_spec
+
+    spec, base = load_spec(_job_yaml(tmp_path, tiny_model_path))
+    first = sorted((tmp_path / "a").iterdir())[0]
+    os.symlink(first, tmp_path / "a" / "zz-the-same.png")
+    with caplog.at_level(logging.INFO, logger="daskdiff"):
+        plan_job(spec, base, dry_run=True)
+    duplicates = [r for r in caplog.records if "duplicate path" in r.getMessage()]
+    assert [r.levelname for r in duplicates] == ["WARNING"], [(r.levelname, r.getMessage()) for r in duplicates]
+    assert not duplicates[0].getMessage().startswith("warning")
+    lines = []
+    plan_job(spec, base, dry_run=True, echo=lines.append)
+    assert sum("dropped 1 duplicate path(s)" in line for line in lines) == 1
+
+
 @pytest.mark.subprocess
 def test_the_command_line_shows_the_lines_unless_dask_config_says_otherwise(tmp_path, tiny_model_path):
     job = _job_yaml(tmp_path, tiny_model_path)

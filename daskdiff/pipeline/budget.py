@@ -28,7 +28,7 @@ from typing import Mapping
 
 from ..core.estimate import Calibration, JobSize, LayerSize, WorkEstimate
 from ..errors import InputError
-from ..logs import reporter
+from ..logs import reporter, warn
 from ..io.layout import ACTIVATIONS_DIR, PARTIAL_DIR, RESULTS_FILE
 from . import config
 
@@ -405,7 +405,7 @@ def check_budget(est: WorkEstimate, limits: Limits, *, force: bool, what: str = 
     if not found:
         return
     if force:
-        echo("--force: running although " + "; ".join(found))
+        warn(echo, "--force: running although " + "; ".join(found))
         return
     lines = "\n".join(f"  - {p}" for p in found)
     raise BudgetError(

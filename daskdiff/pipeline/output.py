@@ -29,7 +29,7 @@ from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, LOCK_FILE, MANIFE
     RESULTS_FILE, SHARD_GLOB, shard_path
 from ..io.lock import OutputLock
 from ..io.manifest import check_output_folder, Manifest, OutputFolderError, Writes
-from ..logs import reporter
+from ..logs import reporter, warn
 from ..model.build import build_model, ModelSpec, WeightsUnavailableError, with_fingerprint
 from .movies import check_spectral
 from .plan import JobPlan, plan_estimate, shard_size
@@ -271,6 +271,6 @@ def _resolve_weights(model: ModelSpec, spec: JobSpec, echo: Callable, notes: lis
             f"IMAGENET WEIGHTS UNAVAILABLE, USING RANDOM WEIGHTS (seed={spec.model.seed}) as the spec's "
             "model.fallback_weights says: results describe an untrained network"
         )
-        echo("!" * 78 + f"\n!! {note}\n" + "!" * 78)
+        warn(echo, "!" * 78 + f"\n!! {note}\n" + "!" * 78)
         notes.append(note)
         return ModelSpec(**{**model.__dict__, "weights": "random"})

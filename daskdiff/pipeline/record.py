@@ -18,7 +18,7 @@ from ..io.atomic import write_netcdf
 from ..io.layout import PLOT_FILE, RESULTS_FILE
 from ..io.partials import PartialResult
 from ..io.results import assemble
-from ..logs import reporter
+from ..logs import reporter, warn
 from .plan import JobPlan
 from .spec import spec_yaml
 
@@ -96,10 +96,10 @@ def record(plan: JobPlan, metadata: dict, partials: list[PartialResult], *, keep
             f"{undefined} repeat(s) had a normaliser of zero or below float32 resolution of the layer "
             "(e.g. only dead units or ~0 softmax tails sampled): NaN, counted in n_undefined"
         )
-        echo("warning: " + note)
+        warn(echo, "warning: " + note)
         notes.append(note)
     skipped = [(str(s), str(p), str(r)) for s, p, r in zip(ds["skipped_set"].values, ds["skipped_path"].values, ds["skipped_reason"].values)]
     for s, p, r in skipped:
-        echo(f"skipped ({s}): {p}: {r}")
+        warn(echo, f"skipped ({s}): {p}: {r}")
     ds.close()
     return path, skipped, notes

@@ -31,7 +31,7 @@ from ..io.confined import read_own_file
 from ..io.image_sets import DuplicateImagesWarning, check_min_images, resolve_image_set
 from ..io.layout import IMAGES_DIR
 from ..io.manifest import OutputFolderError
-from ..logs import reporter
+from ..logs import reporter, warn
 from ..model.build import WEIGHTS_KEYWORDS, ModelSpec
 from .movies import check_spectral
 from .spec import GeneratedSet, JobSpec, resolve_path
@@ -173,7 +173,7 @@ def _path_set(name: str, entry: Any, base: Path, echo: Callable) -> ImageSet:
         paths = resolve_image_set(entry.path, name=name, base_dir=base)
     for w in caught:
         if issubclass(w.category, DuplicateImagesWarning):
-            echo(str(w.message))
+            warn(echo, str(w.message))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     check_min_images(paths, name)

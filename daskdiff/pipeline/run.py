@@ -36,7 +36,7 @@ from ..io.layout import ACTIVATIONS_DIR, PARTIAL_DIR, shard_path, variable_name
 from ..io.partials import PartialResult
 from ..io.results import set_metadata
 from ..io.shards import CorruptShardError
-from ..logs import reporter
+from ..logs import reporter, warn
 from ..model.build import ModelSpec
 from ..model.extract import extract_shard, ShardTask
 from .health import WorkerWatch
@@ -140,7 +140,7 @@ def _gpu_resources(client: Any, spec: JobSpec, echo: Callable = _echo) -> dict |
         )
     rest = "extraction tasks still go to it, on CPU" if len(wrong) < labeled else "extraction tasks go to every worker"
     for address, found in wrong.items():
-        echo(f"warning: worker {address} offers a 'GPU' resource but has no GPU ({found}); {rest}")
+        warn(echo, f"warning: worker {address} offers a 'GPU' resource but has no GPU ({found}); {rest}")
     return {"GPU": 1} if len(wrong) < labeled else None
 
 
@@ -436,7 +436,7 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
             if stage == "differentiation" and future.status == "finished":
                 partials[future] = future.result()  # gathered once, as it finishes
                 if partials[future].warning:  # found by the task on its worker: said here, on the console
-                    echo("warning: " + partials[future].warning)
+                    warn(echo, "warning: " + partials[future].warning)
             bars[stage].update(1)
             done[stage] += 1
             if done[stage] == bars[stage].total:
