@@ -18,6 +18,7 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+import dask.config
 import numpy as np
 import pytest
 import yaml
@@ -228,14 +229,14 @@ def test_each_bound_names_its_keys_and_force(limits, names):
     assert said and said[0].startswith("--force: running although")
 
 
-def test_too_many_tasks_and_cpu_hours(monkeypatch):
-    monkeypatch.setattr(budget, "MAX_TASKS", 2)  # 1 shard + 2 differentiation tasks
-    with pytest.raises(BudgetError, match=r"3 tasks .*more than 2: fewer image_sets, analysis.substrates or model.layers"):
-        check_budget(_estimate(), _limits(), force=False)
-    monkeypatch.setattr(budget, "MAX_TASKS", 10**6)
-    monkeypatch.setattr(budget, "MAX_CPU_HOURS", 1e-6)
-    with pytest.raises(BudgetError, match=r"CPU-hours: lower analysis.repeats"):
-        check_budget(_estimate(), _limits(), force=False)
+def test_too_many_tasks_and_cpu_hours():
+    with dask.config.set({"daskdiff.budget.max-tasks": 2}):  # 1 shard + 2 differentiation tasks
+        with pytest.raises(BudgetError, match=r"3 tasks .*more than 2 \(daskdiff.budget.max-tasks\): fewer image_sets, "
+                                              r"analysis.substrates or model.layers"):
+            check_budget(_estimate(), _limits(), force=False)
+    with dask.config.set({"daskdiff.budget.max-tasks": 10**6, "daskdiff.budget.max-cpu-hours": 1e-6}):
+        with pytest.raises(BudgetError, match=r"CPU-hours \(daskdiff.budget.max-cpu-hours\): lower analysis.repeats"):
+            check_budget(_estimate(), _limits(), force=False)
 
 
 def _job_yaml(tmp_path: Path, model: str, **analysis) -> Path:
@@ -293,16 +294,16 @@ def test_a_billion_repeats_is_refused_before_work_that_grows_with_repeats(tmp_pa
     assert _listing(tmp_path) == before
 
 
-def test_force_runs_past_a_bound(tmp_path, tiny_model_path, monkeypatch):
+def test_force_runs_past_a_bound(tmp_path, tiny_model_path):
     from daskdiff.pipeline.job import plan_job
     from daskdiff.pipeline.spec_file import load_spec
 
     spec, base = load_spec(_job_yaml(tmp_path, tiny_model_path))
-    monkeypatch.setattr(budget, "MAX_TASKS", 2)
-    with pytest.raises(BudgetError, match="more than 2"):
-        plan_job(spec, base, echo=lambda *a: None, dry_run=True)
-    said = []
-    plan = plan_job(spec, base, echo=said.append, dry_run=True, force=True)
+    with dask.config.set({"daskdiff.budget.max-tasks": 2}):
+        with pytest.raises(BudgetError, match="more than 2"):
+            plan_job(spec, base, echo=lambda *a: None, dry_run=True)
+        said = []
+        plan = plan_job(spec, base, echo=said.append, dry_run=True, force=True)
     assert plan.estimate.tasks > 2 and any(line.startswith("--force: running although") for line in said)
 
 
@@ -327,23 +328,23 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path, tiny_model_pat
     assert _listing(tmp_path) == before  # no output folder, no generated images, nothing
 
 
-def test_a_library_call_logs_its_lines_and_prints_nothing(tmp_path, tiny_model_path, monkeypatch, caplog, capsys):
+def test_a_library_call_logs_its_lines_and_prints_nothing(tmp_path, tiny_model_path, caplog, capsys):
     """Issue 13: progress is INFO and warnings WARNING, on loggers named after the module; no print."""
     from daskdiff.pipeline.job import plan_job
     from daskdiff.pipeline.spec_file import load_spec
 
     spec, base = load_spec(_job_yaml(tmp_path, tiny_model_path))
-    monkeypatch.setattr(budget, "MAX_TASKS", 2)
-    with caplog.at_level(logging.INFO, logger="daskdiff"):
-        plan_job(spec, base, dry_run=True, force=True)
-    records = [(r.name, r.levelname, r.getMessage().split(" ", 1)[0]) for r in caplog.records if r.name.startswith("daskdiff")]
-    assert ("daskdiff.pipeline.job", "INFO", "estimate:") in records
-    assert ("daskdiff.pipeline.job", "WARNING", "--force:") in records
-    assert capsys.readouterr().out == ""
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="daskdiff"):  # a user's level is obeyed
-        plan_job(spec, base, dry_run=True, force=True)
-    assert [r.levelname for r in caplog.records if r.name.startswith("daskdiff")] == ["WARNING"]
+    with dask.config.set({"daskdiff.budget.max-tasks": 2}):  # over the bound: --force warns
+        with caplog.at_level(logging.INFO, logger="daskdiff"):
+            plan_job(spec, base, dry_run=True, force=True)
+        records = [(r.name, r.levelname, r.getMessage().split(" ", 1)[0]) for r in caplog.records if r.name.startswith("daskdiff")]
+        assert ("daskdiff.pipeline.job", "INFO", "estimate:") in records
+        assert ("daskdiff.pipeline.job", "WARNING", "--force:") in records
+        assert capsys.readouterr().out == ""
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="daskdiff"):  # a user's level is obeyed
+            plan_job(spec, base, dry_run=True, force=True)
+        assert [r.levelname for r in caplog.records if r.name.startswith("daskdiff")] == ["WARNING"]
 
 
 def test_a_warning_is_logged_at_its_level_whatever_its_words(tmp_path, tiny_model_path, caplog):

@@ -16,7 +16,7 @@ from scipy.spatial.distance import pdist
 from daskdiff.core.estimate import stack_bytes
 from daskdiff.core.units import Sampling, storage_plan, units_for
 from daskdiff.io.shards import ShardWriter, activation_variables, shard_labels
-from daskdiff.pipeline.plan import TASK_MEMORY_SHARE, task_memory_budget
+from daskdiff.pipeline.plan import task_memory_budget
 from daskdiff.pipeline.spec_file import parse_spec
 from daskdiff.pipeline.tasks import DiffTask, run_diff_task, stack_repeats
 
@@ -107,7 +107,7 @@ def test_blocked_task_stays_near_its_budget(big_set):
 def test_budget_from_the_spec_or_the_workers():
     base = {"name": "m", "image_sets": {"a": "x"}, "output": "o"}
     auto = parse_spec(base, "test")
-    assert task_memory_budget(auto, [(8 * 2**30, 2), (4 * 2**30, 1)]) == int(TASK_MEMORY_SHARE * 4 * 2**30)
+    assert task_memory_budget(auto, [(8 * 2**30, 2), (4 * 2**30, 1)]) == int(0.5 * 4 * 2**30)  # daskdiff.task.memory-share's default
     assert task_memory_budget(auto, [(0, 1)]) is None  # workers without a memory limit
     fixed = parse_spec({**base, "analysis": {"task_memory": "3GiB"}}, "test")
     assert task_memory_budget(fixed, [(2**30, 1)]) == 3 * 2**30

@@ -32,12 +32,12 @@ What is counted, and how well
 - **Memory of the client**: the storage plan while it is built, the generating of image sets
   (their generators' peak, :attr:`JobSize.generated`), then the gathered partial results and the
   results arrays; not the client's own baseline (Python, TensorFlow: ~2 GB).
-- **Time**: CPU-seconds from the per-unit costs below, measured once on this project's 2-core
-  x86_64 VM (docs/performance.md), and a wall time on a number of workers that allows for what
-  whole jobs measured beyond those sums (:data:`WHOLE_JOB_FACTOR`). An order of magnitude, not a
-  promise: the model of one differentiation task is within a factor of 2-3 of its measured CPU
-  time, a GPU does the forward pass ~50x faster, and other CPUs and BLAS builds differ by
-  factors of several.
+- **Time**: CPU-seconds from the per-unit costs of :class:`Calibration`, measured once on this
+  project's 2-core x86_64 VM (docs/performance.md), and a wall time on a number of workers that
+  allows for what whole jobs measured beyond those sums (:attr:`Calibration.whole_job_factor`).
+  An order of magnitude, not a promise: the model of one differentiation task is within a factor
+  of 2-3 of its measured CPU time, a GPU does the forward pass ~50x faster, and other CPUs and
+  BLAS builds differ by factors of several.
 """
 
 from __future__ import annotations
@@ -50,73 +50,90 @@ from .partial_layout import PartialLayout
 from .sampling import ALL, sample_size
 from .substrates import feature_shape
 
-# -- per-unit costs, measured on the project's 2-core x86_64 VM (24 GiB, no GPU) ----------------
-
-FORWARD_FLOPS_PER_CPU_S = 160e9
-"""Forward-pass floating-point operations per CPU-second: VGG16 (30.9 GFLOP per image by
-:func:`daskdiff.model.build.forward_flops`) took 0.193 CPU-s per image in a
-``predict_on_batch`` loop, batch 16, TensorFlow 2.21 CPU (``benchmarks/extract.py``: 10.3
-images/s on 2 cores). Other models are scaled by their FLOP count."""
-
-IMAGE_CPU_S = 0.009
-"""CPU-seconds per image besides the forward pass and the writes: decoding, resizing,
-preprocessing and the in-graph gathers (``extract_shard`` at n_units [200], 0.208 CPU-s per
-image, less the forward pass and 1.65 MB of writes)."""
-
-WRITE_BYTES_PER_CPU_S = 280e6
-"""Shard bytes written per CPU-second (NetCDF chunks, flushed and dropped from the page cache):
-``extract_shard`` cost 0.112 CPU-s more per image to store 31.7 MB than 1.65 MB."""
-
-SHARD_CPU_S = 0.1
-"""Fixed cost of one shard file: labels, ``fsync``, rename (``docs/scaling.md``)."""
-
-DIFF_TASK_CPU_S = 0.015
-"""Fixed cost of one differentiation task: opening its shards, writing its partial result."""
-
-READ_BYTES_PER_S = 1e9
-"""Stored values a differentiation task reads per second from its shards (checksummed NetCDF)."""
-
-MATMUL_FLOPS_PER_S = 80e9
-"""float64 matrix-product operations per second on one core (OpenBLAS, numpy 2.4; Dask's worker
-processes run BLAS with one thread): measured with a 1000 x 4000 Gram matrix."""
-
-ELEMENTS_PER_S = 5e8
-"""float64 elements per second of one elementwise numpy pass (subtract, divide, compare) over
-arrays larger than the caches, one core."""
-
-MEDIAN_ELEMENTS_PER_S = 1e8
-"""Elements per second of ``numpy.median`` (a partition of a copy), one core."""
-
-SAMPLE_DRAW_S = 4e-5
-SAMPLE_UNIT_S = 8e-8
-""":func:`daskdiff.sample_units`: seconds per draw, plus per unit drawn (k = 200: 48 us,
-k = 10,000: 0.8 ms)."""
-
-GENERATE_CPU_S_PER_PIXEL = 0.35e-6
-"""CPU-seconds per pixel of a generated image, mostly its PNG compression: white noise 0.32 us,
-gratings 0.12 us, augmented crops 0.5 us (3000 x 3000 images)."""
-
-PNG_BYTES_PER_PIXEL = 3
-PNG_FILE_BYTES = 1_000
-"""A generated PNG: its 8-bit RGB pixels (noise does not compress; smooth images take less), plus
-its header and the set's records, per file."""
-
 PREFETCH_BATCHES = 2
 """As :data:`daskdiff.model.extract.PREFETCH_BATCHES` (the core cannot import it): batches
 decoded ahead of the forward pass."""
 
-WHOLE_JOB_FACTOR = 2.0
-"""Wall time of a whole job over its CPU-seconds per worker at the rates above: measured 1.2x
-(extraction) and 2.4x (differentiation) for ``benchmarks/scale.py`` (1,000 images, n_units
-[200]), 2.8x and 2.3x for ``benchmarks/job.py`` (2 x 43 images, [200, 10000, all]: 6 GB of
-shards written with ``fsync``). Two workers on two cores share the memory bandwidth that the
-elementwise passes are bound by; Dask, model builds and disk waits add the rest."""
 
-JOB_START_S = 30.0
-"""Wall seconds of a job's fixed start: the cluster's workers start, build their model and trace
-its extraction graph (in parallel). With it and :data:`WHOLE_JOB_FACTOR`, the wall times of
-``benchmarks/job.py`` and ``benchmarks/scale.py`` (148 s and 324 s measured) come out at 139 s
-and 400 s; the demo job, on a machine with a load of 5 on 2 cores, took 104 s for 43 s."""
+@dataclass(frozen=True)
+class Calibration:
+    """What the estimate's figures are calibrated on: per-unit costs measured on the project's
+    2-core x86_64 VM (24 GiB, no GPU) and file overheads fitted on files daskdiff wrote.
+
+    The defaults are those measurements. The pipeline builds one from Dask config
+    ``daskdiff.estimate.*`` (each field's name with ``-`` for ``_``; ``docs/configuration.md``),
+    so a machine whose forward pass, BLAS or disk differ can be described without editing code.
+    Seconds are CPU-seconds of one core unless a field says wall seconds.
+    """
+
+    forward_flops_per_cpu_s: float = 160e9
+    """Forward-pass floating-point operations per CPU-second: VGG16 (30.9 GFLOP per image by
+    :func:`daskdiff.model.build.forward_flops`) took 0.193 CPU-s per image in a
+    ``predict_on_batch`` loop, batch 16, TensorFlow 2.21 CPU (``benchmarks/extract.py``: 10.3
+    images/s on 2 cores). Other models are scaled by their FLOP count."""
+    image_cpu_s: float = 0.009
+    """CPU-seconds per image besides the forward pass and the writes: decoding, resizing,
+    preprocessing and the in-graph gathers (``extract_shard`` at n_units [200], 0.208 CPU-s per
+    image, less the forward pass and 1.65 MB of writes)."""
+    write_bytes_per_cpu_s: float = 280e6
+    """Shard bytes written per CPU-second (NetCDF chunks, flushed and dropped from the page cache):
+    ``extract_shard`` cost 0.112 CPU-s more per image to store 31.7 MB than 1.65 MB."""
+    shard_cpu_s: float = 0.1
+    """Fixed cost of one shard file: labels, ``fsync``, rename (``docs/scaling.md``)."""
+    diff_task_cpu_s: float = 0.015
+    """Fixed cost of one differentiation task: opening its shards, writing its partial result."""
+    read_bytes_per_s: float = 1e9
+    """Stored values a differentiation task reads per second from its shards (checksummed NetCDF)."""
+    matmul_flops_per_s: float = 80e9
+    """float64 matrix-product operations per second on one core (OpenBLAS, numpy 2.4; Dask's worker
+    processes run BLAS with one thread): measured with a 1000 x 4000 Gram matrix."""
+    elements_per_s: float = 5e8
+    """float64 elements per second of one elementwise numpy pass (subtract, divide, compare) over
+    arrays larger than the caches, one core."""
+    median_elements_per_s: float = 1e8
+    """Elements per second of ``numpy.median`` (a partition of a copy), one core."""
+    sample_draw_s: float = 4e-5
+    """:func:`daskdiff.sample_units`: seconds per draw (k = 200: 48 us, k = 10,000: 0.8 ms with
+    :attr:`sample_unit_s`)."""
+    sample_unit_s: float = 8e-8
+    """:func:`daskdiff.sample_units`: seconds per unit drawn."""
+    generate_cpu_s_per_pixel: float = 0.35e-6
+    """CPU-seconds per pixel of a generated image, mostly its PNG compression: white noise 0.32 us,
+    gratings 0.12 us, augmented crops 0.5 us (3000 x 3000 images)."""
+    whole_job_factor: float = 2.0
+    """Wall time of a whole job over its CPU-seconds per worker at the rates above: measured 1.2x
+    (extraction) and 2.4x (differentiation) for ``benchmarks/scale.py`` (1,000 images, n_units
+    [200]), 2.8x and 2.3x for ``benchmarks/job.py`` (2 x 43 images, [200, 10000, all]: 6 GB of
+    shards written with ``fsync``). Two workers on two cores share the memory bandwidth that the
+    elementwise passes are bound by; Dask, model builds and disk waits add the rest."""
+    job_start_s: float = 30.0
+    """Wall seconds of a job's fixed start: the cluster's workers start, build their model and trace
+    its extraction graph (in parallel). With it and :attr:`whole_job_factor`, the wall times of
+    ``benchmarks/job.py`` and ``benchmarks/scale.py`` (148 s and 324 s measured) come out at 139 s
+    and 400 s; the demo job, on a machine with a load of 5 on 2 cores, took 104 s for 43 s."""
+    png_bytes_per_pixel: int = 3
+    """A generated PNG's bytes per pixel: 8-bit RGB (noise does not compress; smooth images take less)."""
+    png_file_bytes: int = 1_000
+    """A generated PNG's header and the set's records, per file."""
+    shard_file_bytes: int = 27_500
+    """A shard file's HDF5 overheads, per file. This and the four ``shard_*`` fields below (per
+    activation variable, per coordinate variable: a conv layer's ``units`` has four, unit, channel,
+    y, x; per chunk; per image: its labels, path, set, index, top-1 and top-5 classes,
+    probabilities and names, plus one byte per character of its path) were fitted by least
+    squares on 60 shards of 1-128 images, 2-20 layers, within 3 %."""
+    shard_variable_bytes: int = 3_400
+    shard_coordinate_bytes: int = 2_600
+    shard_chunk_bytes: int = 9
+    shard_image_bytes: int = 815
+    npz_array_bytes: int = 256
+    """Per array of an ``.npz`` partial result: the ``.npy`` header and the zip entries."""
+    netcdf_file_bytes: int = 11_000
+    """The results file's overheads: per file (with the job spec and versions in its attributes);
+    then per variable (17 with their dimensions) and per variable-length string (paths, labels)
+    plus its characters. Fitted on the results of the tests' tiny jobs (28 KB of overhead)."""
+    netcdf_variable_bytes: int = 1_000
+    netcdf_string_bytes: int = 40
+
 
 # -- passes a differentiation repeat makes (read off daskdiff.core.distances / differentiation)
 
@@ -142,29 +159,6 @@ EXTRA_PASSES = {"cosine": 6, "correlation": 10}
 
 ROW_LOOP_METRICS = ("cityblock", "chebyshev")
 """Metrics without a Gram form: n^2 k / 2 differences, absolute values and reductions."""
-
-# -- bytes of files (fitted on files daskdiff wrote; see the module docstring) ----------------
-
-SHARD_FILE_BYTES = 27_500
-SHARD_VARIABLE_BYTES = 3_400
-SHARD_COORDINATE_BYTES = 2_600
-SHARD_CHUNK_BYTES = 9
-SHARD_IMAGE_BYTES = 815
-"""A shard file's HDF5 overheads: per file, per activation variable, per coordinate variable
-(a conv layer's ``units`` has four: unit, channel, y, x), per chunk, and per image (its labels:
-path, set, index, top-1 and top-5 classes, probabilities and names; plus one byte per character
-of the image's path). Fitted by least squares on 60 shards of 1-128 images, 2-20 layers, within
-3 %."""
-
-NPZ_ARRAY_BYTES = 256
-"""Per array of an ``.npz`` partial result: the ``.npy`` header and the zip entries."""
-
-NETCDF_FILE_BYTES = 11_000
-NETCDF_VARIABLE_BYTES = 1_000
-NETCDF_STRING_BYTES = 40
-"""The results file's overheads: per file (with the job spec and versions in its attributes),
-per variable (17 with their dimensions), per variable-length string (paths, labels) plus its
-characters. Fitted on the results of the tests' tiny jobs (28 KB of overhead)."""
 
 CHUNK_BYTES = 64 * 2**20
 """As :data:`daskdiff.io.shards.CHUNK_BYTES` (the core cannot import it): the largest chunk."""
@@ -225,6 +219,9 @@ class JobSize:
     generated: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """Set -> (pixels of each image, peak bytes of generating the set), for each set a generator
     will write on the client before the job's tasks (not written yet, its image size known)."""
+    calibration: Calibration = field(default_factory=Calibration)
+    """The rates and overheads to cost the sizes at (the pipeline's come from Dask config
+    ``daskdiff.estimate.*``: :func:`daskdiff.pipeline.budget.job_size`)."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +251,8 @@ class WorkEstimate:
     """CPU-seconds of generating them, on the client."""
     extraction_memory: int = 0
     """Bytes one extraction task holds for its batches at least (see the module docstring)."""
+    calibration: Calibration = field(default_factory=Calibration)
+    """What the figures were costed at (:attr:`JobSize.calibration`); :meth:`wall_seconds` uses it too."""
 
     @property
     def tasks(self) -> int:
@@ -270,10 +269,12 @@ class WorkEstimate:
 
     def wall_seconds(self, workers: int) -> float:
         """Expected wall time on ``workers`` one-thread workers: the CPU-seconds shared among them
-        (but never less than the longest task) times :data:`WHOLE_JOB_FACTOR`, plus the planning,
-        the generating of image sets (on the client, before the tasks) and :data:`JOB_START_S`."""
+        (but never less than the longest task) times :attr:`Calibration.whole_job_factor`, plus the
+        planning, the generating of image sets (on the client, before the tasks) and
+        :attr:`Calibration.job_start_s`, of the estimate's :attr:`calibration`."""
         work = (self.extraction_seconds + self.differentiation_seconds) / max(1, workers)
-        return self.plan_seconds + self.generation_seconds + JOB_START_S + WHOLE_JOB_FACTOR * max(work, self.longest_task_seconds)
+        cal = self.calibration
+        return self.plan_seconds + self.generation_seconds + cal.job_start_s + cal.whole_job_factor * max(work, self.longest_task_seconds)
 
 
 def _n_features(shape: Sequence[int], substrate: str) -> int:
@@ -304,9 +305,9 @@ def partial_layout(size: JobSize, n: int, *, spectral: bool = False) -> PartialL
     return PartialLayout(len(size.n_units), size.repeats, n, keep_rdm=size.keep_rdm, spectral=spectral, source=True)
 
 
-def partial_file_bytes(layout: PartialLayout) -> int:
-    """Bytes of a partial result's ``.npz`` file: its arrays' data, and :data:`NPZ_ARRAY_BYTES` per array."""
-    return layout.nbytes() + NPZ_ARRAY_BYTES * len(layout.fields)
+def partial_file_bytes(layout: PartialLayout, calibration: Calibration | None = None) -> int:
+    """Bytes of a partial result's ``.npz`` file: its arrays' data, and ``calibration.npz_array_bytes`` per array."""
+    return layout.nbytes() + (calibration or Calibration()).npz_array_bytes * len(layout.fields)
 
 
 def stack_bytes(c: int, n: int, k: int, metric: str, *, images: bool = True, spectral: bool = False) -> int:
@@ -396,56 +397,59 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
     return max(read, values + 8 * stored + results + work)
 
 
-def _repeat_seconds(n: int, k: int, metric: str) -> float:
+def _repeat_seconds(n: int, k: int, metric: str, cal: Calibration) -> float:
     """CPU-seconds of one repeat: its draw, its passes over n x k values and n x n distances,
     its Gram product (or row loop) and its median."""
-    seconds = SAMPLE_DRAW_S + k * SAMPLE_UNIT_S
-    seconds += (PASSES_PER_SAMPLED_VALUE + EXTRA_PASSES.get(metric, 0)) * n * k / ELEMENTS_PER_S
-    seconds += PASSES_PER_DISTANCE * n * n / ELEMENTS_PER_S
+    seconds = cal.sample_draw_s + k * cal.sample_unit_s
+    seconds += (PASSES_PER_SAMPLED_VALUE + EXTRA_PASSES.get(metric, 0)) * n * k / cal.elements_per_s
+    seconds += PASSES_PER_DISTANCE * n * n / cal.elements_per_s
     if metric in ROW_LOOP_METRICS:
-        seconds += 3 * n * n * k / 2 / ELEMENTS_PER_S
+        seconds += 3 * n * n * k / 2 / cal.elements_per_s
     else:
-        seconds += 2 * n * n * k / MATMUL_FLOPS_PER_S
-    return seconds + n * (n - 1) / 2 / MEDIAN_ELEMENTS_PER_S
+        seconds += 2 * n * n * k / cal.matmul_flops_per_s
+    return seconds + n * (n - 1) / 2 / cal.median_elements_per_s
 
 
-def _spectral_seconds(n: int, k: int, samples: int, metric: str) -> float:
+def _spectral_seconds(n: int, k: int, samples: int, metric: str, cal: Calibration) -> float:
     """CPU-seconds of one repeat's spectral differentiation: normalising and copying its n x k
     matrix, the real FFT of its windows, their power, and the distances between the states."""
     windows, freqs = max(1, n // samples), samples // 2 + 1
-    seconds = (SPECTRAL_PASSES + 2.5 * math.log2(max(2, samples))) * n * k / ELEMENTS_PER_S
+    seconds = (SPECTRAL_PASSES + 2.5 * math.log2(max(2, samples))) * n * k / cal.elements_per_s
     dims = k * freqs
     if metric in ROW_LOOP_METRICS:
-        return seconds + 3 * windows * windows * dims / 2 / ELEMENTS_PER_S
-    return seconds + 2 * windows * windows * dims / MATMUL_FLOPS_PER_S
+        return seconds + 3 * windows * windows * dims / 2 / cal.elements_per_s
+    return seconds + 2 * windows * windows * dims / cal.matmul_flops_per_s
 
 
 def diff_task_seconds(n: int, layer: LayerSize, substrate: str, size: JobSize, *, spectral_window: int | None = None) -> float:
     """CPU-seconds of one differentiation task: its read, then every evaluation of every ``n_units``
     (an exact ``n_units`` once) of the image measure (``size.images_measure``) and of the
     spectral one (a movie's, ``spectral_window`` samples per window)."""
-    seconds = DIFF_TASK_CPU_S + 4 * n * layer.stored.get(substrate, 0) / READ_BYTES_PER_S
+    cal = size.calibration
+    seconds = cal.diff_task_cpu_s + 4 * n * layer.stored.get(substrate, 0) / cal.read_bytes_per_s
     for k, _, evaluations, _ in _per_n(layer, substrate, size):
         if size.images_measure:
-            seconds += evaluations * _repeat_seconds(n, k, size.metric)
+            seconds += evaluations * _repeat_seconds(n, k, size.metric, cal)
         if spectral_window is not None:
-            seconds += evaluations * _spectral_seconds(n, k, spectral_window, size.metric)
+            seconds += evaluations * _spectral_seconds(n, k, spectral_window, size.metric, cal)
     return seconds
 
 
-def shard_bytes(m: int, layers: Sequence[LayerSize], *, batch_size: int, path_chars: float) -> int:
-    """Bytes of one shard file of ``m`` images (the module docstring says how they are fitted)."""
-    total = SHARD_FILE_BYTES + m * (SHARD_IMAGE_BYTES + path_chars)
+def shard_bytes(m: int, layers: Sequence[LayerSize], *, batch_size: int, path_chars: float, calibration: Calibration) -> int:
+    """Bytes of one shard file of ``m`` images, with ``calibration``'s ``shard_*`` overheads (the
+    module docstring says how they are fitted)."""
+    cal = calibration
+    total = cal.shard_file_bytes + m * (cal.shard_image_bytes + path_chars)
     for layer in layers:
         conv = len(layer.shape) == 3
         for substrate, values in layer.on_disk.items():
             rows = max(1, min(batch_size, CHUNK_BYTES // max(1, 4 * values)))
             chunks = -(-m // rows)
-            total += chunks * (rows * values * 4 + SHARD_CHUNK_BYTES) + SHARD_VARIABLE_BYTES
+            total += chunks * (rows * values * 4 + cal.shard_chunk_bytes) + cal.shard_variable_bytes
             if substrate == "units" and conv:
-                total += values * (4 + 3 * 2) + 4 * SHARD_COORDINATE_BYTES  # int32 unit + int16 channel, y, x
+                total += values * (4 + 3 * 2) + 4 * cal.shard_coordinate_bytes  # int32 unit + int16 channel, y, x
             else:
-                total += values * 4 + SHARD_COORDINATE_BYTES
+                total += values * 4 + cal.shard_coordinate_bytes
     return int(total)
 
 
@@ -471,11 +475,11 @@ def _plan_cost(size: JobSize) -> tuple[float, int]:
     every sampled layer, concatenated and made unique (a sort: ~5 copies of the draws' int64s)."""
     if size.plan_built or "units" not in size.substrates or ALL in size.n_units:
         return 0.0, 0
-    seconds, peak = 0.0, 0
+    seconds, peak, cal = 0.0, 0, size.calibration
     for layer in size.layers:
         draws = [(sample_size(layer.shape, n, size.sampling), size.repeats) for n in size.n_units]
         values = sum(k * r for k, r in draws)
-        seconds += sum(r * (SAMPLE_DRAW_S + k * SAMPLE_UNIT_S) for k, r in draws) + 4 * values / ELEMENTS_PER_S
+        seconds += sum(r * (cal.sample_draw_s + k * cal.sample_unit_s) for k, r in draws) + 4 * values / cal.elements_per_s
         peak = max(peak, 5 * 8 * values)
     return seconds, peak
 
@@ -494,6 +498,7 @@ def estimate_work(size: JobSize) -> WorkEstimate:
         linear in ``repeats`` are multiplied out, never looped over, so any ``repeats`` costs
         the same to estimate.
     """
+    cal = size.calibration
     layers = list(size.layers)
     n_sets, n_sub, n_n, n_layers = len(size.images), len(size.substrates), len(size.n_units), len(layers)
     total_images = sum(size.images.values())
@@ -503,19 +508,19 @@ def estimate_work(size: JobSize) -> WorkEstimate:
     for name, n in size.images.items():
         for m, times in _shard_sizes(n, size.shard_size):
             shards += times
-            shard_total += times * shard_bytes(m, layers, batch_size=size.batch_size, path_chars=size.path_chars.get(name, 60.0))
+            shard_total += times * shard_bytes(m, layers, batch_size=size.batch_size, path_chars=size.path_chars.get(name, 60.0), calibration=cal)
     diff_tasks = n_sets * n_sub * n_layers
     width = max(size.images.values(), default=0)
 
-    partial_total = sum(n_sub * n_layers * partial_file_bytes(partial_layout(size, n, spectral=name in size.spectral))
+    partial_total = sum(n_sub * n_layers * partial_file_bytes(partial_layout(size, n, spectral=name in size.spectral), cal)
                         for name, n in size.images.items())
     grid = n_sets * n_sub * n_n * n_layers
     results_arrays = 8 * grid * size.repeats + 8 * grid + 8 * n_sub * n_n * n_layers + 8 * n_sets
     if size.keep_rdm:
         results_arrays += 8 * grid * width * width
-    labels = n_sets * width * (8 + 8 + 40 + 40) + total_images * (7 * NETCDF_STRING_BYTES + 40)
+    labels = n_sets * width * (8 + 8 + 40 + 40) + total_images * (7 * cal.netcdf_string_bytes + 40)
     chars = sum(size.images[s] * size.path_chars.get(s, 60.0) for s in size.images)
-    results_total = NETCDF_FILE_BYTES + 17 * NETCDF_VARIABLE_BYTES + results_arrays + labels + int(chars)
+    results_total = cal.netcdf_file_bytes + 17 * cal.netcdf_variable_bytes + results_arrays + labels + int(chars)
 
     task_memory, largest, longest, diff_seconds = 0, "", 0.0, 0.0
     for name, n in size.images.items():
@@ -540,8 +545,8 @@ def estimate_work(size: JobSize) -> WorkEstimate:
 
     shard_bytes_total = shard_total
     extraction = (
-        total_images * (size.forward_flops / FORWARD_FLOPS_PER_CPU_S + IMAGE_CPU_S + 4 * per_image_values / WRITE_BYTES_PER_CPU_S)
-        + shards * SHARD_CPU_S
+        total_images * (size.forward_flops / cal.forward_flops_per_cpu_s + cal.image_cpu_s + 4 * per_image_values / cal.write_bytes_per_cpu_s)
+        + shards * cal.shard_cpu_s
     )
     return WorkEstimate(
         images=total_images,
@@ -557,7 +562,8 @@ def estimate_work(size: JobSize) -> WorkEstimate:
         extraction_seconds=extraction,
         differentiation_seconds=diff_seconds,
         longest_task_seconds=longest,
-        generated_bytes=int(PNG_BYTES_PER_PIXEL * generated_pixels + PNG_FILE_BYTES * generated_files),
+        generated_bytes=int(cal.png_bytes_per_pixel * generated_pixels + cal.png_file_bytes * generated_files),
         extraction_memory=extraction_batch_bytes(size),
-        generation_seconds=GENERATE_CPU_S_PER_PIXEL * generated_pixels,
+        generation_seconds=cal.generate_cpu_s_per_pixel * generated_pixels,
+        calibration=cal,
     )

@@ -22,24 +22,17 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
-from ..core.estimate import JobSize, LayerSize, WorkEstimate
+from ..core.estimate import Calibration, JobSize, LayerSize, WorkEstimate
 from ..errors import InputError
 from ..logs import reporter, warn
 from ..io.layout import ACTIVATIONS_DIR, PARTIAL_DIR, RESULTS_FILE
+from . import config
 
 _echo = reporter(__name__)  # the default echo: this module's logger (see daskdiff.logs)
-
-
-MAX_TASKS = 200_000
-"""Most tasks a job may submit: each costs the client ~1 ms to submit and the scheduler a few KB;
-the largest planned use (1,000 movie clips x 2 substrates x 22 layers) is 44,000."""
-
-MAX_CPU_HOURS = 10_000
-"""Most estimated CPU-hours: about 1,000 times the extraction of 100,000 VGG16 images."""
 
 
 class BudgetError(InputError):
@@ -224,6 +217,17 @@ def _slurm_memory(options: Mapping) -> int | None:
     return total // max(1, int(options.get("processes", 1) or 1))
 
 
+def calibration() -> Calibration:
+    """The estimate's :class:`~daskdiff.core.estimate.Calibration` from Dask config
+    ``daskdiff.estimate.*`` (a field's name with ``-`` for ``_``), whose defaults in
+    ``daskdiff.yaml`` are the measured ones. A rate per second (``*-per-s``, ``*-per-cpu-s``: it
+    divides) must be above 0, any other value at least 0."""
+    def value(name: str, kind: type) -> int | float:
+        return config.number(f"daskdiff.estimate.{name.replace('_', '-')}", kind, positive=name.endswith(("_per_s", "_per_cpu_s")))
+
+    return Calibration(**{f.name: value(f.name, type(f.default)) for f in fields(Calibration)})
+
+
 def mean_chars(paths) -> float:
     return sum(map(len, paths)) / len(paths) if paths else 60.0
 
@@ -235,8 +239,8 @@ def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], store
     """The :class:`JobSize` of a job: its spec, image counts, layer shapes and stored values, the
     memory budget of one differentiation task (:func:`daskdiff.pipeline.job.task_memory_budget`),
     and the movies' frame rates ``fps`` (set -> frames/s; their spectral differentiation is counted
-    when ``analysis.measures`` holds ``spectral``); ``written``: the values the shard files store,
-    where they are not ``stored`` (the values extracted); ``generated``: the sets still to be
+    when ``analysis.measures`` holds ``spectral``), costed at :func:`calibration`; ``written``: the
+    values the shard files store, where they are not ``stored`` (the values extracted); ``generated``: the sets still to be
     generated, as :attr:`daskdiff.core.estimate.JobSize.generated`; ``input_values``: the values
     of one image as the model takes it."""
     from .plan import shard_size
@@ -265,6 +269,7 @@ def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], store
         spectral=spectral,
         generated=dict(generated or {}),
         input_values=input_values,
+        calibration=calibration(),
     )
 
 
@@ -323,12 +328,17 @@ def describe(est: WorkEstimate, limits: Limits, *, what: str = "estimate") -> li
 
 
 def problems(est: WorkEstimate, limits: Limits) -> list[str]:
-    """Each bound ``est`` exceeds, with the spec keys that drive it and what to change."""
+    """Each bound ``est`` exceeds, with the spec keys that drive it and what to change.
+
+    The bounds on tasks and CPU-hours are Dask config ``daskdiff.budget.max-tasks`` and
+    ``daskdiff.budget.max-cpu-hours`` (``docs/configuration.md``).
+    """
     out = []
-    if est.tasks > MAX_TASKS:
+    max_tasks = config.number("daskdiff.budget.max-tasks", int)
+    if est.tasks > max_tasks:
         out.append(
             f"{est.tasks:,} tasks ({est.extraction_tasks:,} extraction, {est.differentiation_tasks:,} differentiation), "
-            f"more than {MAX_TASKS:,}: fewer image_sets, analysis.substrates or model.layers, or a larger extraction.shard_size"
+            f"more than {max_tasks:,} (daskdiff.budget.max-tasks): fewer image_sets, analysis.substrates or model.layers, or a larger extraction.shard_size"
         )
     if limits.worker_memory and est.task_memory > limits.worker_memory:
         out.append(
@@ -360,9 +370,10 @@ def problems(est: WorkEstimate, limits: Limits) -> list[str]:
             f"under {limits.disk_path}: lower analysis.n_units or analysis.repeats (a shard stores the union of every "
             "repeat's units), fewer model.layers, extraction.store: needed, or another --output / output:"
         )
-    if est.cpu_seconds > MAX_CPU_HOURS * 3600:
+    max_cpu_hours = config.number("daskdiff.budget.max-cpu-hours")
+    if est.cpu_seconds > max_cpu_hours * 3600:
         out.append(
-            f"~{duration(est.cpu_seconds)} of CPU, more than {MAX_CPU_HOURS:,} CPU-hours: lower analysis.repeats or "
+            f"~{duration(est.cpu_seconds)} of CPU, more than {max_cpu_hours:,g} CPU-hours (daskdiff.budget.max-cpu-hours): lower analysis.repeats or "
             "analysis.n_units, or use fewer or smaller image_sets (a generated set's count, size or n_frames)"
         )
     return out

@@ -30,6 +30,7 @@ import dask
 
 from ..errors import JobError
 from ..logs import reporter, warn
+from . import config
 from .budget import BudgetError, gb, Limits
 
 _echo = reporter(__name__)  # the default echo: this module's logger (see daskdiff.logs)
@@ -166,16 +167,12 @@ def check_worker_memory(needs: MemoryNeeds, *, force: bool = False, echo: Callab
 
 # ---------------------------------------------------------------- while the job runs
 
-RESTARTS_BEFORE_WORK = 3
-"""Restarts of workers for memory, before any task of the job finished, that end the job: Dask
-gives up on a task whose workers died this many times (``distributed.scheduler.allowed-failures``)."""
+def _restarts_before_work() -> int:
+    """Dask config ``daskdiff.health.restarts-before-work``: restarts of workers for memory, before
+    any task of the job finished, that end the job (Dask gives up on a task whose workers died
+    ``distributed.scheduler.allowed-failures`` times)."""
+    return config.number("daskdiff.health.restarts-before-work", int, positive=True)
 
-STUCK_SECONDS = 15.0
-"""How long every worker must stay paused, holding more than the pause fraction outside any task
-(spilling cannot help), before the job ends."""
-
-POLL_SECONDS = 1.0
-"""How often :meth:`WorkerWatch.poll` asks the scheduler about the workers."""
 
 def _restarts(count: int) -> str:
     return "1 restart" if count == 1 else f"{count} restarts"
@@ -188,9 +185,9 @@ class WorkerWatch:
     """Watches a job's workers from the client (a context manager around the job's work).
 
     :meth:`poll` (from the loop that waits for the job's tasks) asks the scheduler, at most every
-    :data:`POLL_SECONDS`, for the workers' state and for restarts by their nannies' memory
-    monitors (events ``worker-restart-memory``); a worker the scheduler restarts for silence (a
-    ``worker-ttl-timed-out`` event) is reported as it happens.
+    ``daskdiff.health.poll-interval`` (Dask config, 1 s), for the workers' state and for restarts
+    by their nannies' memory monitors (events ``worker-restart-memory``); a worker the scheduler
+    restarts for silence (a ``worker-ttl-timed-out`` event) is reported as it happens.
 
     Parameters
     ----------
@@ -246,20 +243,21 @@ class WorkerWatch:
     # -- the checks
 
     def poll(self, finished: int) -> None:
-        """Check the workers (at most every :data:`POLL_SECONDS`); ``finished``: tasks of the job finished so far.
+        """Check the workers (at most every ``daskdiff.health.poll-interval``); ``finished``: tasks of the job finished so far.
 
         Raises
         ------
         JobError
-            Workers were restarted for memory :data:`RESTARTS_BEFORE_WORK` times before any task
-            finished, or every worker has been paused by memory held outside any task for
-            :data:`STUCK_SECONDS`.
+            Workers were restarted for memory ``daskdiff.health.restarts-before-work`` times (3)
+            before any task finished, or every worker has been paused by memory held outside any
+            task for ``daskdiff.health.stuck-after`` (15 s). Both are Dask config keys
+            (``docs/configuration.md``).
         """
         self.finished = finished
         now = time.monotonic()
         if now < self._next_poll:
             return
-        self._next_poll = now + POLL_SECONDS
+        self._next_poll = now + config.seconds("daskdiff.health.poll-interval")
         self._check_restarts()
         self._check_paused(now)
 
@@ -275,7 +273,7 @@ class WorkerWatch:
             of = f"{terminate:.0%} of its {gb(limit)} memory limit ({self.needs.source})" if limit else "its memory limit"
             warn(self.echo, f"warning: worker {msg.get('worker')} (pid {msg.get('pid')}) held {gb(msg.get('rss', 0))}, over {of}: "
                       "its nanny killed and restarted it")
-        if self.finished == 0 and len(self._restarts) >= RESTARTS_BEFORE_WORK:
+        if self.finished == 0 and len(self._restarts) >= _restarts_before_work():
             raise self._restart_error()
 
     def _restart_error(self) -> JobError:
@@ -310,7 +308,7 @@ class WorkerWatch:
             self._stuck_since = None
             return
         self._stuck_since = self._stuck_since or now
-        if now - self._stuck_since < STUCK_SECONDS:
+        if now - self._stuck_since < config.seconds("daskdiff.health.stuck-after"):
             return
         address, (held, limit) = max(stuck.items(), key=lambda item: item[1][0])
         where = "before its first task" if self.finished == 0 else "outside any task"
@@ -338,7 +336,7 @@ class WorkerWatch:
             return None
         # A KilledWorker follows allowed-failures restarts, whose events can reach the scheduler
         # after it: wait for them all, so the count said is the count that happened.
-        enough = RESTARTS_BEFORE_WORK if "KilledWorker" in chain else 1
+        enough = _restarts_before_work() if "KilledWorker" in chain else 1
         deadline = time.monotonic() + wait
         while True:
             try:

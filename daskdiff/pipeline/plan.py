@@ -27,6 +27,7 @@ from ..io.manifest import Manifest
 from ..logs import reporter
 from ..model.build import model_layers, ModelSpec
 from ..model.extract import ShardTask
+from . import config
 from .budget import check_budget, describe, job_size, Limits, lower_bound_size, mean_chars
 from .health import check_worker_memory, memory_needs, MemoryNeeds
 from .movies import spectral_lines
@@ -193,15 +194,10 @@ def shard_size(requested: int, batch_size: int) -> int:
     return -(-requested // batch_size) * batch_size
 
 
-TASK_MEMORY_SHARE = 0.5
-"""Share of a worker thread's memory limit one differentiation task may use by default
-(``analysis.task_memory: auto``). Dask spills at 60 % and pauses a worker at 80 % of its limit
-(``distributed.worker.memory.target``/``pause``); the model, Python and buffers need the rest."""
-
-
 def task_memory_budget(spec: JobSpec, worker_limits: Sequence[tuple[int, int]]) -> int | None:
     """Bytes one differentiation task may hold: ``analysis.task_memory``, or for ``auto``
-    :data:`TASK_MEMORY_SHARE` of the smallest ``memory_limit / nthreads`` of ``worker_limits``
+    ``daskdiff.task.memory-share`` (Dask config; 0.5: Dask spills at 60 % and pauses a worker at
+    80 % of its limit, and the model, Python and buffers need the rest) of the smallest ``memory_limit / nthreads`` of ``worker_limits``
     (``(memory_limit, nthreads)`` per worker; a limit of 0 means none); None when no worker
     has a limit."""
     if spec.analysis.task_memory != "auto":
@@ -209,4 +205,4 @@ def task_memory_budget(spec: JobSpec, worker_limits: Sequence[tuple[int, int]]) 
 
         return int(parse_bytes(spec.analysis.task_memory))
     per_thread = [limit / max(1, threads) for limit, threads in worker_limits if limit]
-    return int(TASK_MEMORY_SHARE * min(per_thread)) if per_thread else None
+    return int(config.number("daskdiff.task.memory-share") * min(per_thread)) if per_thread else None

@@ -39,6 +39,7 @@ from ..io.shards import CorruptShardError
 from ..logs import reporter, warn
 from ..model.build import ModelSpec
 from ..model.extract import extract_shard, ShardTask
+from . import config
 from .health import WorkerWatch
 from .plan import JobPlan, shard_size, task_memory_budget
 from .spec import JobSpec
@@ -199,15 +200,12 @@ def _shard_variable(extracted: dict[str, Any], name: str) -> tuple[np.ndarray, n
     return None if extracted["values"] is None else extracted["values"][name]
 
 
-HANDOFF_SHARE = 0.3
-"""With ``extraction.handoff: auto``, shards' values go from extraction to differentiation in the
-workers' memory when all of them take at most this share of the cluster's memory limits (Dask
-spills at 60 % of a worker's limit; differentiation's working memory needs the rest)."""
-
-
 def _handoff(plan: JobPlan, client: Any) -> bool:
     """Whether differentiation takes the shards' values from the workers' memory (see
-    ``extraction.handoff``; ``store: none`` always does: its files hold no units)."""
+    ``extraction.handoff``; ``store: none`` always does: its files hold no units). Under ``auto``,
+    when all shards' values take at most ``daskdiff.handoff.memory-share`` (Dask config; 0.3) of
+    the cluster's memory limits: Dask spills at 60 % of a worker's limit, and differentiation's
+    working memory needs the rest."""
     e = plan.spec.extraction
     if e.store == "none" or e.handoff != "auto":
         return e.store == "none" or e.handoff == "memory"
@@ -215,7 +213,7 @@ def _handoff(plan: JobPlan, client: Any) -> bool:
 
     total = sum(limit or machine_memory() for limit, _ in _worker_limits(client))
     need = bytes_per_image(plan.storage, extracted=True) * sum(map(len, plan.sets.values()))
-    return need <= HANDOFF_SHARE * total
+    return need <= config.number("daskdiff.handoff.memory-share") * total
 
 
 def _submit_shard(client: Any, plan: JobPlan, t: ShardTask, keep: bool, resources: dict | None,

@@ -42,6 +42,7 @@ from ..core.sampling import ALL
 from ..core.substrates import feature_shape
 from ..io.shards import read_features
 from ..model.device import arrays_for
+from . import config
 
 FLOAT32_FLOOR = 1e-6
 """Normalisers at most this fraction of the layer's largest |value| are treated as zero."""
@@ -119,10 +120,6 @@ class DiffTask:
         return partial_path(self.output, self.key)
 
 
-MIN_STACK_BUDGET = 8 * 2**20
-"""The least working memory a task is given beyond its loaded values, whatever its budget."""
-
-
 def positions(index: np.ndarray, task: DiffTask, n_units: NUnits, repeat: int) -> np.ndarray:
     """Where one repeat's sampled units are among the stored features ``index`` (sorted).
 
@@ -166,9 +163,6 @@ def stack_repeats(n_images: int, k: int, metric: str, wanted: int, budget: int |
     return c
 
 
-SCRATCH_MAX = 2 * 2**30
-"""Largest stack, in bytes, built on a thread's reused buffer (:func:`scratch`); larger ones are allocated."""
-
 _SCRATCH = threading.local()
 
 
@@ -178,11 +172,12 @@ def scratch(shape: tuple[int, ...]) -> np.ndarray:
     A task builds stack after stack of the same size, and each layer's exact ``n_units`` copies
     the whole layer to float64: memory allocated afresh for each would be paged in again each
     time (on virtual machines that hand freed memory back to their host, several times the cost
-    of filling it). The buffer grows to the largest stack a thread has built, up to
-    :data:`SCRATCH_MAX`, and is kept. The array is valid until this thread's next call.
+    of filling it). The buffer grows to the largest stack a thread has built, up to Dask config
+    ``daskdiff.task.scratch-max`` (2 GiB, read on the worker), and is kept; a larger stack is
+    allocated afresh. The array is valid until this thread's next call.
     """
     n = int(np.prod(shape, dtype=np.int64))
-    if 8 * n > SCRATCH_MAX:
+    if 8 * n > config.nbytes("daskdiff.task.scratch-max"):
         return np.empty(shape)
     buf = getattr(_SCRATCH, "buf", None)
     if buf is None or buf.size < n:
@@ -348,7 +343,8 @@ def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> P
     arrays = layout.empty()
     if source is not None:
         arrays[SOURCE][...] = source
-    budget = None if task.memory_budget is None else max(MIN_STACK_BUDGET, task.memory_budget - values.nbytes - index.nbytes)
+    least = config.nbytes("daskdiff.task.min-stack-budget")  # whatever the budget (Dask config, read on the worker)
+    budget = None if task.memory_budget is None else max(least, task.memory_budget - values.nbytes - index.nbytes)
     arrays_on = arrays_for(task.device) if task.images and task.metric in GRAM_METRICS else None
     with arrays_on.context() if arrays_on is not None else contextlib.nullcontext():
         on_device = arrays_on.put(values) if arrays_on is not None else None  # once per task
