@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from ..core.batches import shard_size
 from ..core.estimate import JobSize, LayerSize, WorkEstimate
 from ..errors import InputError
 from ..logs import reporter
@@ -239,8 +240,6 @@ def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], store
     where they are not ``stored`` (the values extracted); ``generated``: the sets still to be
     generated, as :attr:`daskdiff.core.estimate.JobSize.generated`; ``input_values``: the values
     of one image as the model takes it."""
-    from .job import shard_size
-
     a, e = spec.analysis, spec.extraction
     spectral = {name: max(1, round(rate * a.spectral.state_length)) for name, rate in (fps or {}).items()
                 if name in counts and "spectral" in a.measures}

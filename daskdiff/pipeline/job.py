@@ -61,6 +61,7 @@ from ..io.lock import OutputLock
 from ..io.atomic import DiskFullError, remove_dead_temporaries
 from ..model.build import WEIGHTS_KEYWORDS, build_model, model_layers, ModelSpec, WeightsUnavailableError, with_fingerprint
 from ..core.units import bytes_per_image, cached_storage_plan, expected_stored, n_units_label, plan_digest, Sampling, StorageRecipe
+from ..core.batches import shard_size
 from ..core.estimate import estimate_work, WorkEstimate
 from .budget import check_budget, describe, is_external, job_size, Limits, limits_for, lower_bound_size, mean_chars
 from .health import check_worker_memory, memory_needs, MemoryNeeds, WorkerWatch
@@ -769,16 +770,6 @@ def plan_job(
         raise
     return JobPlan(spec, out, model, sets, info["layers"], info["shapes"], storage, recipe, sampling, notes, manifest,
                    estimate=final, limits=limits, counts=counts, dry_run=dry_run, lock=lock, fps=fps, memory=needs)
-
-
-def shard_size(requested: int, batch_size: int) -> int:
-    """Shard size rounded up to a multiple of the batch size.
-
-    Batches then hold the same images (same global positions) whatever the shard size, so
-    float32 activations, and so results, are bit-identical for any shard size. (The batch
-    size itself changes float32 rounding, ~1e-7 relative: it is part of the spec digest.)
-    """
-    return -(-requested // batch_size) * batch_size
 
 
 def _shard_tasks(plan: JobPlan, attrs: dict) -> list[ShardTask]:
