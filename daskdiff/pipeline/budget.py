@@ -31,6 +31,8 @@ from ..core.estimate import JobSize, LayerSize, WorkEstimate
 from ..errors import InputError
 from ..logs import reporter
 from ..io.layout import ACTIVATIONS_DIR, PARTIAL_DIR, RESULTS_FILE
+from .machine import default_workers, machine_memory, usable_cores
+from .target import Target
 
 _echo = reporter(__name__)  # the default echo: this module's logger (see daskdiff.logs)
 
@@ -79,33 +81,10 @@ def _bytes_in(output: Path) -> int:
 
 
 def is_external(cluster, *, scheduler: str | None = None, scheduler_file: str | None = None, n_workers: int | None = None) -> bool:
-    """Whether the job will use workers started elsewhere (as :func:`daskdiff.pipeline.cluster.connect`
-    decides): their memory is then not known here."""
-    import dask
-
-    if scheduler or scheduler_file or cluster.kind == "address":
-        return True
-    return cluster.kind == "local" and bool(dask.config.get("scheduler-address", None)) and not n_workers
-
-
-def machine_memory() -> int:
-    """This machine's memory as Dask's ``distributed.system.MEMORY_LIMIT`` computes it: the
-    physical memory, or a lower cgroup (v2 or v1) limit (without importing distributed: 0.7 s)."""
-    import psutil
-
-    total = psutil.virtual_memory().total
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            total = min(total, int(Path(path).read_text().strip()))
-        except (OSError, ValueError):  # absent, or 'max'
-            continue
-    return total
-
-
-def usable_cores() -> int:
-    """The cores this process may use: its CPU affinity (SLURM, dask-cuda and containers restrict
-    it), else the machine's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """:attr:`Target.external <daskdiff.pipeline.target.Target.external>` of :meth:`Target.of
+    <daskdiff.pipeline.target.Target.of>` these arguments (kept for :mod:`daskdiff.pipeline.job`,
+    until it builds its :class:`~daskdiff.pipeline.target.Target` once)."""
+    return Target.of(cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers).external
 
 
 def check_local_cluster(cluster, n_workers: int | None = None) -> None:
@@ -168,40 +147,43 @@ def worker_memory_limit(memory_limit: str | float | None, threads: int, cores: i
     return int(min(value, total)) if value > 0 else total
 
 
-def limits_for(cluster, output: Path, *, external: bool = False, n_workers: int | None = None) -> Limits:
+def limits_at(target: Target, output: Path) -> Limits:
     """The disk under ``output``, this machine's available memory, and a worker's memory limit.
 
     Parameters
     ----------
-    cluster : ClusterSection
-        The spec's ``cluster`` section.
+    target : Target
+        Where the job runs (its ``cluster`` section and ``--workers``).
     output : Path
         The output folder (it need not exist: the free space of its nearest existing parent).
-    external : bool
-        The job connects to workers started elsewhere (:func:`is_external`).
-    n_workers : int, optional
-        ``--workers``.
 
     Returns
     -------
     Limits
         A worker's limit is :func:`worker_memory_limit` of ``cluster.memory_limit`` on a
         LocalCluster, the ``memory`` of a SLURM job over its ``processes``, and unknown (None)
-        on an external cluster, whose workers are not known before connecting.
+        on an external cluster (:attr:`Target.external`), whose workers are not known before
+        connecting.
+
+    Raises
+    ------
+    InputError
+        A ``local`` cluster that cannot fit this machine (:func:`check_local_cluster`).
     """
     import psutil
 
+    cluster = target.section
     where = _existing_parent(Path(output))
     try:
         free = shutil.disk_usage(where).free
     except OSError:
         free = None
-    workers = None if external else n_workers or cluster.n_workers
-    if not external and cluster.kind == "local":
-        check_local_cluster(cluster, n_workers)
-    if external:
+    workers = None if target.external else target.n_workers or cluster.n_workers
+    if target.kind == "local":
+        check_local_cluster(cluster, target.n_workers)
+    if target.external:
         memory, source = None, "external cluster"
-    elif cluster.kind == "slurm":
+    elif target.kind == "slurm":
         memory, source = _slurm_memory({k: cluster.slurm.resolved(k)[0] for k in ("memory", "processes")}), "cluster.slurm memory / processes"
         workers = None
     else:
@@ -210,9 +192,16 @@ def limits_for(cluster, output: Path, *, external: bool = False, n_workers: int 
         except (ValueError, TypeError):
             memory = None
         source = f"cluster.memory_limit {cluster.memory_limit}"
-        if workers is None and cluster.kind == "local":
-            workers = max(1, min(os.cpu_count() or 1, 4))
+        if workers is None and target.kind == "local":
+            workers = default_workers()
     return Limits(free, where, _bytes_in(Path(output)), int(psutil.virtual_memory().available), memory, source, workers)
+
+
+def limits_for(cluster, output: Path, *, external: bool = False, n_workers: int | None = None) -> Limits:
+    """:func:`limits_at` the :class:`~daskdiff.pipeline.target.Target` of the ``cluster`` section,
+    ``--workers`` and, with ``external``, a client given (kept for :mod:`daskdiff.pipeline.job`,
+    until it builds its Target once)."""
+    return limits_at(Target.of(cluster, n_workers=n_workers, client=external), output)
 
 
 def _slurm_memory(options: Mapping) -> int | None:

@@ -933,7 +933,7 @@ def _handoff(plan: JobPlan, client: Any) -> bool:
     e = plan.spec.extraction
     if e.store == "none" or e.handoff != "auto":
         return e.store == "none" or e.handoff == "memory"
-    from .budget import machine_memory
+    from .machine import machine_memory
 
     total = sum(limit or machine_memory() for limit, _ in _worker_limits(client))
     need = bytes_per_image(plan.storage, extracted=True) * sum(map(len, plan.sets.values()))
