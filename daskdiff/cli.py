@@ -24,7 +24,7 @@ from .errors import DaskdiffError
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .pipeline.cluster import import_tensorflow_quietly
+    from .model.quiet import import_tensorflow_quietly
     from .pipeline.spec import load_spec
 
     spec, base = load_spec(args.job)
@@ -82,7 +82,7 @@ def _client(address: str | None):
 
 
 def _select(args: argparse.Namespace) -> int:
-    from .pipeline.cluster import import_tensorflow_quietly
+    from .model.quiet import import_tensorflow_quietly
     from .stimuli.select import model_spec, select_images
 
     import_tensorflow_quietly()
@@ -96,7 +96,7 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _adversarial(args: argparse.Namespace) -> int:
-    from .pipeline.cluster import import_tensorflow_quietly
+    from .model.quiet import import_tensorflow_quietly
     from .stimuli.adversarial import attack_images
     from .stimuli.select import model_spec
 

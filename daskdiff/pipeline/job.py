@@ -837,7 +837,7 @@ def _gpu_resources(client: Any, spec: JobSpec, echo: Callable = _echo) -> dict |
     a CPU node) is named in one line each. With ``require_gpu`` that is a :class:`JobError`;
     without, extraction is restricted to GPU workers only where one really has a GPU.
     """
-    from .cluster import gpu_resource_offered, mislabeled_gpu_workers
+    from .workers import gpu_resource_offered, mislabeled_gpu_workers
 
     gpu = gpu_resource_offered(client)
     deadline = time.monotonic() + spec.cluster.start_timeout
@@ -887,7 +887,7 @@ def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSp
     accelerator that fails (out of memory, device lost) raises
     :class:`~daskdiff.errors.DeviceError`, naming the worker, the device and the batch size.
     """
-    from .cluster import decoders, device_error
+    from .workers import decoders, device_error
 
     # extraction.decoders, decided on the worker: auto (0), or the number given, capped by its cores
     task = dataclasses.replace(task, decoders=decoders(task.decoders or None))
@@ -1214,7 +1214,8 @@ def run_job(
     have passed (``plan_job``'s ``checked``): its workers import Keras meanwhile; the whole
     estimate is still printed, and checked, before any task is submitted.
     """
-    from .cluster import EarlyCluster, WorkerSetup, connect, starts_locally
+    from .cluster import EarlyCluster, connect, starts_locally
+    from .workers import WorkerSetup
 
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
