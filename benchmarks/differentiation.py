@@ -524,7 +524,7 @@ def bench_large_matrix(config: Config) -> list[Row]:
 
 
 def print_summary(rows: Sequence[Row], load_at_start: float) -> None:
-    print("## Summary (paste into the README)\n")
+    print("## Summary (paste into docs/performance.md)\n")
     print(
         f"Machine: {os.cpu_count()} cores ({platform.machine()}), numpy {np.__version__}, "
         f"BLAS: {blas_description()}. Times: median of k runs, `time.perf_counter`; "

@@ -58,7 +58,7 @@ stays flat as it extracts shard after shard.
    pickled, as a Dask worker does, build the model, and extract 32 images, or 256, with the
    default plan, shard after shard (1 vs 8 shards of 32: the number of images, not the shard
    size, is what must not matter; worker memory with the job's default shards of 128 levels
-   off after the first shard, see the README). Peak resident memory is
+   off after the first shard, see docs/performance.md). Peak resident memory is
    ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` in the child, which also reports its peak after
    the model build and after each shard, its RSS after each shard (a leak shows there even
    when the model build sets the peak), and Linux's ``VmHWM`` as a cross-check. Linux carries
@@ -606,7 +606,7 @@ def print_memory(config: Config, results: dict[str, dict]) -> float:
 def print_summary(config, rates, written, plans, floors, memory, memory_ratio) -> None:
     predict, on_batch = rates[PREDICT], rates[PREDICT_ON_BATCH]
     small_n, large_n = config.memory_images
-    print("\n## Summary (paste into the README)\n")
+    print("\n## Summary (paste into docs/performance.md)\n")
     print(
         f"{machine_line()}; images/s are the best of {config.rounds} alternating rounds of "
         f"{config.n_images} images, shards of {config.shard_size}, batch {BATCH_SIZE}.\n"

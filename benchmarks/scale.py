@@ -44,7 +44,7 @@ def main() -> None:
 
     from daskdiff.stimuli.noise import white_noise
     from daskdiff.pipeline.job import run_job
-    from daskdiff.pipeline.spec import parse_spec
+    from daskdiff.pipeline.spec_file import parse_spec
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="daskdiff-scale-"))
     images = root / "images"

@@ -46,7 +46,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 _LAZY = {
-    "load_spec": "daskdiff.pipeline.spec",
+    "load_spec": "daskdiff.pipeline.spec_file",
     "run_job": "daskdiff.pipeline.job",
     "open_activations": "daskdiff.io.shards",
     "open_results": "daskdiff.io.results",

@@ -2,30 +2,40 @@
 
     daskdiff run JOB.yaml [--scheduler ADDRESS | --scheduler-file FILE] [--workers N]
                  [--output DIR] [--weights W] [--overwrite] [--no-progress] [--dry-run] [--force]
-    daskdiff info RESULTS.nc
-    daskdiff plot RESULTS.nc -o FIGURE.png
+    daskdiff init [FOLDER ...] [-o JOB.yaml] [--model M] [--weights W]
+    daskdiff info RESULTS.nc|OUTPUT_DIR
+    daskdiff plot RESULTS.nc|OUTPUT_DIR -o FIGURE.png|.pdf|.svg
     daskdiff images noise|photos|augment|frames OUT_DIR ...
+    daskdiff images gratings|photo_movie|skimage_gif|scrambled|movie ... OUT_DIR [--PARAMETER VALUE ...]
     daskdiff images select SRC OUT_DIR --class CLASS [--min-prob P] [--model M --weights W]
     daskdiff images adversarial SRC OUT_DIR [--eps 8 --step 1 --iters 10]
                  [--avoid 281-285 | --target CLASS] [--model M --weights W]
+    daskdiff --version
 """
 
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import contextlib
+import inspect
 import os
+import re
 import signal
 import sys
 import threading
 import traceback
+import types
+import typing
+from pathlib import Path
 
-from .errors import DaskdiffError
+from . import __version__
+from .errors import DaskdiffError, InputError, shorten
 
 
 def _run(args: argparse.Namespace) -> int:
     from .model.quiet import import_tensorflow_quietly
-    from .pipeline.spec import load_spec
+    from .pipeline.spec_file import load_spec
 
     spec, base = load_spec(args.job)
     import_tensorflow_quietly()  # here, not at the model's first use, so that its start-up lines can be filtered
@@ -49,17 +59,54 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _info(args: argparse.Namespace) -> int:
-    from .info import describe_results
+def _init(args: argparse.Namespace) -> int:
+    from .pipeline.template import write_spec_template
 
-    print(describe_results(args.results))
+    path = write_spec_template(args.output, args.folders, model=args.model, weights=args.weights)
+    sets = f"{len(args.folders)} image set(s)" if args.folders else "an example image set to replace"
+    print(f"wrote {path} ({sets}); edit it, then: daskdiff run {path} --dry-run")
     return 0
 
 
+def _results_file(path: str) -> Path:
+    """A results file given as itself or as the output folder that holds it."""
+    from .io.layout import RESULTS_FILE
+
+    given = Path(path)
+    if not given.is_dir():
+        return given
+    if not (given / RESULTS_FILE).is_file():
+        raise InputError(f"folder {shorten(str(given))} holds no {RESULTS_FILE}; give the output folder of a finished job or its {RESULTS_FILE}")
+    return given / RESULTS_FILE
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .info import describe_results
+
+    print(describe_results(_results_file(args.results)))
+    return 0
+
+
+FIGURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+"""File-name extension -> the format ``daskdiff plot -o`` writes (matplotlib's ``savefig(format=...)``)."""
+
+
+def figure_format(path: str | os.PathLike) -> str:
+    """The figure format of a file name, from its extension (any case); InputError for another."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FIGURE_FORMATS:
+        raise InputError(f"cannot tell the figure format of {shorten(str(path))} from its extension; name a "
+                         f"{', '.join(FIGURE_FORMATS)} file, e.g. -o differentiation.pdf")
+    return FIGURE_FORMATS[suffix]
+
+
 def _plot(args: argparse.Namespace) -> int:
+    from .io.atomic import atomic_write
     from .plot import plot_results
 
-    print(plot_results(args.results, args.output))
+    form = figure_format(args.output)
+    figure = plot_results(_results_file(args.results))
+    print(atomic_write(args.output, lambda tmp: figure.savefig(tmp, dpi=120, format=form, bbox_inches="tight")))
     return 0
 
 
@@ -114,13 +161,93 @@ def _adversarial(args: argparse.Namespace) -> int:
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="image set: folder, glob pattern (quoted) or list file")
-    parser.add_argument("out_dir")
-    parser.add_argument("--model", default="VGG16", help="keras.applications name or a .keras file (default VGG16)")
+    parser.add_argument("out_dir", help="folder to write the images to")
+    parser.add_argument("--model", default="VGG16", help="keras.applications name or a .keras file")
     parser.add_argument("--weights", help="'imagenet' (default for applications), 'random', 'file' or a weights file")
     parser.add_argument("--seed", type=int, default=0, help="seed of --weights random")
     parser.add_argument("--preprocess", choices=["caffe", "tf", "torch", "none"], help="override the model's preprocessing")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--scheduler", help="address of a running Dask scheduler whose workers see the files (default: work here)")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default, where it has one (not None, not a flag's False)
+    and the help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _command(sub: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` opens with ``text`` and gives the defaults of its options."""
+    return sub.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
+
+
+def _plain(text: str) -> str:
+    """Docstring text without its reST markup (roles, double back-quotes), on one line."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", " ".join(text.split()))
+    return text.replace("``", "")
+
+
+def _first_line(text: str | None) -> str:
+    return _plain((text or "").strip().split("\n\n")[0])
+
+
+def _parameter_help(function: typing.Callable, name: str) -> str:
+    """The first sentence of ``name``'s entry in ``function``'s numpydoc Parameters, or ''."""
+    lines = (inspect.getdoc(function) or "").splitlines()
+    for i, line in enumerate(lines):
+        if " : " in line and not line.startswith(" ") and name in [n.strip() for n in line.split(" : ")[0].split(",")]:
+            entry = []
+            for following in lines[i + 1:]:
+                if not following.startswith(" "):
+                    break
+                entry.append(following)
+            first = _plain(" ".join(entry)).split(". ")[0]
+            return first if first.endswith(".") else f"{first}."
+    return ""
+
+
+def _option_type(hint: typing.Any) -> dict[str, typing.Any]:
+    """argparse keywords (type, choices, nargs) for a generator parameter's annotation."""
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        kinds = [h for h in typing.get_args(hint) if h is not type(None)]
+        hint = kinds[0] if len(kinds) == 1 else str  # a path or a mapping: a path on the command line
+    if typing.get_origin(hint) is typing.Literal:
+        choices = typing.get_args(hint)
+        return {"type": type(choices[0]), "choices": choices}
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if hint in (int, float, str):
+        return {"type": hint}
+    if typing.get_origin(hint) in (list, tuple, collections.abc.Sequence):
+        return {"type": (typing.get_args(hint) or (str,))[0], "nargs": "+"}
+    return {"type": str}
+
+
+def _generator_command(kinds: argparse._SubParsersAction, kind: str) -> None:
+    """``daskdiff images KIND``, its arguments read from the generator's signature and docstring:
+    required parameters before ``out_dir``, the others as ``--name VALUE`` (the generator's
+    default when not given). ``kind`` is a key of :data:`daskdiff.stimuli.registry.GENERATORS`."""
+    from .stimuli.registry import GENERATORS
+
+    function = GENERATORS[kind].function
+    parser = _command(kinds, kind, _first_line(function.__doc__))
+    hints = typing.get_type_hints(function, include_extras=True)
+    parameters = [p for p in inspect.signature(function).parameters.values() if p.name != "out_dir"]
+    for p in parameters:
+        if p.default is inspect.Parameter.empty:
+            parser.add_argument(p.name, help=_parameter_help(function, p.name), **{k: v for k, v in _option_type(hints.get(p.name)).items() if k != "nargs"})
+    parser.add_argument("out_dir", help="folder to write the images to")
+    for p in parameters:
+        if p.default is not inspect.Parameter.empty:
+            default = "" if p.default is None else f" (default: {p.default})"
+            parser.add_argument(f"--{p.name.replace('_', '-')}", dest=p.name, help=_parameter_help(function, p.name) + default,
+                                **_option_type(hints.get(p.name)))
 
 
 def _positive_int(text: str) -> int:
@@ -136,9 +263,10 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="daskdiff", description="Differentiation of neural network representations on a Dask cluster.")
+    parser.add_argument("--version", action="version", version=f"daskdiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a job spec (YAML) on a Dask cluster (a LocalCluster by default)")
+    run = _command(sub, "run", "run a job spec (YAML) on a Dask cluster (a LocalCluster by default)")
     run.add_argument("job", help="job spec YAML file, e.g. jobs/demo.yaml")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else a new LocalCluster)")
@@ -152,55 +280,67 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="run even if the estimate exceeds a bound (tasks, memory, disk, CPU time)")
     run.set_defaults(func=_run)
 
-    info = sub.add_parser("info", help="what a results file holds")
-    info.add_argument("results")
+    init = _command(sub, "init", "write a commented job spec for your image folders (one image set per folder), to edit and run")
+    init.add_argument("folders", nargs="*", metavar="FOLDER", help="folders of images, one image set each, named after the folder")
+    init.add_argument("-o", "--output", default="job.yaml", help="the spec file to write (never overwritten)")
+    init.add_argument("--model", help="model.name: a keras.applications name or a .keras file (default: the spec's)")
+    init.add_argument("--weights", help="model.weights: 'imagenet', 'random', 'file' (a .keras file's own) or a weights file (default: the spec's)")
+    init.set_defaults(func=_init)
+
+    info = _command(sub, "info", "what a results file holds: sets, layers, n_units, repeats, skipped images, provenance")
+    info.add_argument("results", help="a results file (differentiation.nc) or the output folder holding it")
     info.set_defaults(func=_info)
 
-    plot = sub.add_parser("plot", help="differentiation by layer, one line per image set")
-    plot.add_argument("results")
-    plot.add_argument("-o", "--output", required=True, help="PNG file to write")
+    plot = _command(sub, "plot", "differentiation by layer, one line per image set")
+    plot.add_argument("results", help="a results file (differentiation.nc) or the output folder holding it")
+    plot.add_argument("-o", "--output", required=True, help=f"figure file to write; its extension gives the format: {', '.join(FIGURE_FORMATS)}")
     plot.set_defaults(func=_plot)
 
-    images = sub.add_parser("images", help="generate an image set")
+    images = _command(sub, "images", "generate an image set (or a movie) into a folder")
     kinds = images.add_subparsers(dest="generator", required=True)
-    noise = kinds.add_parser("noise", help="lossless white-noise PNGs")
-    noise.add_argument("out_dir")
-    noise.add_argument("--count", type=int, default=43)
-    noise.add_argument("--size", type=int, default=224)
-    noise.add_argument("--seed", type=int, default=0)
-    noise.add_argument("--kind", choices=["uniform", "gaussian"], default="uniform")
-    photos = kinds.add_parser("photos", help="natural photographs bundled with scikit-image")
-    photos.add_argument("out_dir")
-    photos.add_argument("--count", type=int)
-    photos.add_argument("--size", type=int)
-    augment = kinds.add_parser("augment", help="random crops/flips of one image (a low-diversity set)")
+    noise = _command(kinds, "noise", "lossless white-noise PNGs")
+    noise.add_argument("out_dir", help="folder to write the images to")
+    noise.add_argument("--count", type=int, default=43, help="how many images")
+    noise.add_argument("--size", type=int, default=224, help="pixels per side")
+    noise.add_argument("--seed", type=int, default=0, help="seed of the draws (image i is the same whatever --count)")
+    noise.add_argument("--kind", choices=["uniform", "gaussian"], default="uniform", help="distribution of the grey levels")
+    photos = _command(kinds, "photos", "natural photographs bundled with scikit-image")
+    photos.add_argument("out_dir", help="folder to write the images to")
+    photos.add_argument("--count", type=int, help="how many photographs (default: all of them)")
+    photos.add_argument("--size", type=int, help="crop and resize to a square of this many pixels per side (default: as they are)")
+    augment = _command(kinds, "augment", "random crops/flips of one image (a low-diversity set)")
     augment.add_argument("source", help="image file, or a bundled photo name such as 'chelsea'")
-    augment.add_argument("out_dir")
-    augment.add_argument("--count", type=int, default=8)
-    augment.add_argument("--size", type=int, default=224)
-    augment.add_argument("--seed", type=int, default=0)
-    frames = kinds.add_parser("frames", help="frames of a movie as PNGs")
-    frames.add_argument("movie")
-    frames.add_argument("out_dir")
+    augment.add_argument("out_dir", help="folder to write the images to")
+    augment.add_argument("--count", type=int, default=8, help="how many images")
+    augment.add_argument("--size", type=int, default=224, help="pixels per side")
+    augment.add_argument("--seed", type=int, default=0, help="seed of the crops and flips")
+    frames = _command(kinds, "frames", "frames of a movie as PNGs")
+    frames.add_argument("movie", help="a movie file (GIF, MP4, ...)")
+    frames.add_argument("out_dir", help="folder to write the frames to")
     step = frames.add_mutually_exclusive_group(required=True)
-    step.add_argument("--every", type=int)
-    step.add_argument("--fps", type=float)
+    step.add_argument("--every", type=int, help="keep every N-th frame")
+    step.add_argument("--fps", type=float, help="keep frames at this rate (Hz)")
     images.set_defaults(func=_images)
-    select = kinds.add_parser("select", help="copy the images a model puts in a class (and write selection.csv)")
+    select = _command(kinds, "select", "copy the images a model puts in a class (and write selection.csv)")
     _model_options(select)
     select.add_argument("--class", dest="classes", required=True, help="class name, index or range, e.g. tabby, 281 or 281-285")
-    select.add_argument("--min-prob", type=float, default=0.5, help="keep images with p(class) >= this (default 0.5)")
+    select.add_argument("--min-prob", type=float, default=0.5, help="keep images with p(class) >= this")
     select.set_defaults(func=_select)
-    adversarial = kinds.add_parser("adversarial", help="PGD adversarial PNGs, checked after saving (and adversarial.csv)")
+    adversarial = _command(kinds, "adversarial", "PGD adversarial PNGs, checked after saving (and adversarial.csv)")
     _model_options(adversarial)
-    adversarial.add_argument("--eps", type=int, default=8, help="L-inf radius in grey levels (default 8)")
-    adversarial.add_argument("--step", type=float, default=1.0, help="grey levels per iteration (default 1)")
-    adversarial.add_argument("--iters", type=int, default=10, help="iterations (default 10)")
+    adversarial.add_argument("--eps", type=int, default=8, help="L-inf radius in grey levels")
+    adversarial.add_argument("--step", type=float, default=1.0, help="grey levels per iteration")
+    adversarial.add_argument("--iters", type=int, default=10, help="iterations")
     goal = adversarial.add_mutually_exclusive_group()
     goal.add_argument("--avoid", help="untargeted: classes to leave (default 281-285, the ImageNet cats)")
     goal.add_argument("--target", help="targeted: class to reach, by name or index")
     adversarial.add_argument("--drop-failures", action="store_true", help="delete the PNGs of failed attacks (default: keep them, marked in the table)")
     adversarial.set_defaults(func=_adversarial)
+    from .stimuli.registry import GENERATORS
+
+    for kind in GENERATORS:  # the movie generators, and any other kind without a command of its own above
+        if kind not in kinds.choices:
+            _generator_command(kinds, kind)
     return parser
 
 

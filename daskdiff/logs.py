@@ -5,8 +5,10 @@ Conventions
 Every line a job reports (what it connected to, the plan, resumed and skipped work, warnings,
 stage times) is a record of a logger under ``daskdiff``, named after the module that reports it
 (``daskdiff.pipeline.job``, ``daskdiff.pipeline.cluster``, ``daskdiff.pipeline.budget``).
-Progress is ``INFO``; a line that warns (it starts with ``warning:``, ``!!``, ``--force:`` or
-``skipped (``) is ``WARNING``. The message is the whole line, with no prefix of its own.
+Progress is ``INFO`` (``echo(line)``); a line that warns is ``WARNING``, said with
+:func:`warn` (``warn(echo, line)``), which the code calls where it warns: the level is chosen
+there, never guessed from the text. The message is the whole line as the console shows it (a
+warning's starts with ``warning:``, ``--force:`` or ``skipped (``), with no prefix of its own.
 
 So the usual controls apply:
 
@@ -18,8 +20,8 @@ So the usual controls apply:
   Dask config file, ``logging: {daskdiff: warning}`` keeps only the warnings.
 
 Functions that report take ``echo``: a callable that receives each line instead of the logger
-(tests and callers that want the lines as strings); the default is :func:`reporter` of the
-function's module.
+(tests and callers that want the lines as strings, warnings included); the default is
+:func:`reporter` of the function's module.
 """
 
 from __future__ import annotations
@@ -29,19 +31,32 @@ import sys
 from typing import Callable, TextIO
 
 ROOT = "daskdiff"
-WARNING_PREFIXES = ("warning: ", "!!", "--force: ", "skipped (")
 
 logging.getLogger(ROOT).addHandler(logging.NullHandler())  # a library's logger: silent until configured
 
 
-def reporter(name: str) -> Callable[[str], None]:
-    """An ``echo`` callable that logs each line to logger ``name`` (INFO, or WARNING for a warning)."""
-    log = logging.getLogger(name)
+class Reporter:
+    """An ``echo`` that logs to logger ``name``: a call logs at INFO, :meth:`warning` at WARNING."""
 
-    def echo(message: str) -> None:
-        log.log(logging.WARNING if message.startswith(WARNING_PREFIXES) else logging.INFO, message, stacklevel=2)
+    def __init__(self, name: str) -> None:
+        self.log = logging.getLogger(name)
 
-    return echo
+    def __call__(self, message: str) -> None:
+        self.log.info(message, stacklevel=2)
+
+    def warning(self, message: str) -> None:
+        self.log.warning(message, stacklevel=3)
+
+
+def reporter(name: str) -> Reporter:
+    """The default ``echo`` of module ``name``: its lines are records of logger ``name``."""
+    return Reporter(name)
+
+
+def warn(echo: Callable[[str], None], message: str) -> None:
+    """Say ``message``, a warning: at WARNING through a :class:`Reporter`; any other ``echo``
+    (a list's ``append``, ``print``) receives the line as it receives every other."""
+    (echo.warning if isinstance(echo, Reporter) else echo)(message)
 
 
 def log_to_terminal(level: int | str = logging.INFO, stream: TextIO | None = None) -> logging.Handler | None:

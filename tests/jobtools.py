@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from distributed import WorkerPlugin
 
-from daskdiff.pipeline.spec import parse_spec
+from daskdiff.pipeline.spec_file import parse_spec
 
 
 def tiny_spec(model_path, sets, output, **overrides):
@@ -49,6 +49,47 @@ def assert_same_results(got, want) -> None:
         if name == "image_path":
             a, b = name_of(a), name_of(b)
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+class ClusterStarts:
+    """Stands in for ``daskdiff.pipeline.cluster._start_cluster``, the one function every cluster
+    daskdiff starts goes through (:func:`~daskdiff.pipeline.cluster.connect`'s and the local
+    cluster started early while a job is planned): records each start and returns a stand-in
+    cluster that records its close. No process starts.
+
+    A test checks :attr:`started` rather than raising from the stand-in: the early cluster starts
+    in a thread that keeps its error for whoever takes the cluster, so a raise there is lost when a
+    job fails before taking it. Use :func:`record_cluster_starts`.
+    """
+
+    def __init__(self) -> None:
+        self.started: list[ClusterStarts.Cluster] = []
+
+    class Cluster:
+        def __init__(self) -> None:
+            self.workers: dict = {}
+            self.closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    def __call__(self, section, n_workers, security) -> "ClusterStarts.Cluster":
+        cluster = ClusterStarts.Cluster()
+        self.started.append(cluster)
+        return cluster
+
+    @property
+    def all_closed(self) -> bool:
+        return all(c.closed for c in self.started)
+
+
+def record_cluster_starts(monkeypatch) -> ClusterStarts:
+    """Patch ``_start_cluster`` with a :class:`ClusterStarts` (with pytest's ``monkeypatch``); returns it."""
+    import daskdiff.pipeline.cluster
+
+    starts = ClusterStarts()
+    monkeypatch.setattr(daskdiff.pipeline.cluster, "_start_cluster", starts)
+    return starts
 
 
 class KillOnce(WorkerPlugin):

@@ -19,9 +19,9 @@ from distributed.security import Security
 
 from daskdiff.errors import InputError
 from daskdiff.pipeline.cluster import connect
+from daskdiff.pipeline.spec_cluster import ClusterSection, SecuritySection
 from daskdiff.pipeline.tls import security_from
 from daskdiff.pipeline.workers import WorkerSetup
-from daskdiff.pipeline.spec import ClusterSection, SecuritySection
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # functions sent to worker processes
 

@@ -15,8 +15,9 @@ from daskdiff.io import shards as storage
 from daskdiff.io.shards import (
     CorruptShardError, ShardWriter, activation_variables, inputs_digest, read_features, shard_labels, shard_status,
 )
-from daskdiff.pipeline import job
-from daskdiff.pipeline.job import JobError, run_job
+from daskdiff.pipeline import run as job_run
+from daskdiff.errors import JobError
+from daskdiff.pipeline.job import run_job
 
 from conftest import write_images
 from jobtools import tiny_spec
@@ -185,13 +186,13 @@ def _corrupt_after_writing(task, *args, **kwargs):
     return meta
 
 
-_extract_shard = job.extract_shard
+_extract_shard = job_run.extract_shard
 
 
 @pytest.mark.cluster
 def test_shard_corrupt_again_fails_the_job(tiny_job, tiny_model_path, monkeypatch):
     root, sets = tiny_job
-    monkeypatch.setattr(job, "extract_shard", _corrupt_after_writing)  # in-process workers see the patch
+    monkeypatch.setattr(job_run, "extract_shard", _corrupt_after_writing)  # in-process workers see the patch
     spec = tiny_spec(tiny_model_path, sets, root / "again")
     shard = root / "again" / "activations" / "noisy" / "shard-00000.nc"
     lines = []

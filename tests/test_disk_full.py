@@ -2,7 +2,8 @@
 
 The filesystem is real: a small tmpfs mounted for the test in a private mount namespace
 (``unshare --mount``, as root or, where the kernel allows it, in a user namespace), seen only by
-the command run there and gone with it. netCDF reports a full disk at file creation as EACCES
+the command run there and gone with it. In CI (``CI=true``, root) a failed mount fails the test;
+only elsewhere is it a skip. netCDF reports a full disk at file creation as EACCES
 and later as "NetCDF: HDF error"; the user must see neither.
 """
 
@@ -27,26 +28,37 @@ from jobtools import tiny_spec
 BIN = Path(sys.executable).parent
 
 
-def _mount_command(folder: Path, size: str) -> list[str] | None:
-    """A command prefix that runs its argument with a tmpfs of ``size`` at ``folder``, or None."""
+def _mount_command(folder: Path, size: str) -> tuple[list[str] | None, str]:
+    """(a command prefix that runs its argument with a tmpfs of ``size`` at ``folder``, or None;
+    why not, when None: each way tried and what it said)."""
     folder.mkdir(parents=True, exist_ok=True)
     script = f'mount -t tmpfs -o size={size} tmpfs "{folder}" && exec "$@"'
     if shutil.which("unshare") is None:
-        return None
+        return None, "no unshare command (util-linux) on PATH"
+    tried = []
     for prefix in (["unshare", "--mount", "sh", "-c"], ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c"]):
-        probe = subprocess.run([*prefix, script, "sh", "true"], capture_output=True)
+        probe = subprocess.run([*prefix, script, "sh", "true"], capture_output=True, text=True)
         if probe.returncode == 0:
-            return [*prefix, script, "sh"]
-    return None
+            return [*prefix, script, "sh"], ""
+        tried.append(f"{' '.join(prefix[:-2])}: {' '.join(probe.stderr.split()) or f'exit status {probe.returncode}'}")
+    return None, "; ".join(tried)
 
 
 @pytest.fixture
 def small_fs(tmp_path):
-    """(folder, run): ``run(cmd)`` runs ``cmd`` with a 1 MiB tmpfs mounted at ``folder``."""
+    """(folder, run): ``run(cmd)`` runs ``cmd`` with a 1 MiB tmpfs mounted at ``folder``.
+
+    CI runs as root on Linux, where the mount works: there (``CI=true``) a failure to mount fails
+    the test, so that these tests cannot go quietly unrun. Elsewhere (a developer's machine with
+    neither root nor unprivileged user namespaces) they are skipped, saying why.
+    """
     folder = tmp_path / "small"
-    prefix = _mount_command(folder, "1m")
+    prefix, why = _mount_command(folder, "1m")
     if prefix is None:
-        pytest.skip("cannot mount a tmpfs here (needs root or unprivileged user namespaces)")
+        message = f"cannot mount a tmpfs here (needs root or unprivileged user namespaces): {why}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; CI must run the full-disk tests (run it as root, or allow unshare --mount)")
+        pytest.skip(message)
 
     def run(cmd, **kw):
         return subprocess.run([*prefix, *cmd], capture_output=True, text=True, **kw)

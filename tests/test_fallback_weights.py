@@ -19,10 +19,12 @@ from PIL import Image
 import daskdiff.pipeline.cluster
 from daskdiff.io.layout import shard_path
 from daskdiff.model.build import keras_cache_dir
-from daskdiff.pipeline.job import JobError, run_job
-from daskdiff.pipeline.spec import parse_spec
+from daskdiff.errors import JobError
+from daskdiff.pipeline.job import run_job
+from daskdiff.pipeline.spec_file import parse_spec
 
 from conftest import write_images
+from jobtools import record_cluster_starts
 
 WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
 LAYERS = ["block_16_project_BN", "out_relu"]
@@ -59,16 +61,19 @@ def _spec(tmp_path, **model):
     }), images
 
 
-def _no_cluster(*args, **kwargs):
-    raise AssertionError("a cluster was started for a job that cannot run")
+def _no_task(*args, **kwargs):
+    raise AssertionError("the job went on to submit tasks")
 
 
-@pytest.mark.cluster
-def test_without_fallback_fails_before_any_cluster_saying_how_to_get_weights(offline, tmp_path, monkeypatch):
-    monkeypatch.setattr(daskdiff.pipeline.cluster, "connect", _no_cluster)
+def test_without_fallback_fails_before_any_task_saying_how_to_get_weights(offline, tmp_path, monkeypatch):
+    """The weights are resolved while the job is planned; every cluster that started meanwhile (the
+    early local one) is closed, and no task is submitted."""
+    starts = record_cluster_starts(monkeypatch)
+    monkeypatch.setattr(daskdiff.pipeline.cluster, "connect", _no_task)
     spec, _ = _spec(tmp_path)
     with pytest.raises(JobError) as err:
         run_job(spec, tmp_path, progress=False, echo=lambda *a: None)
+    assert len(starts.started) <= 1 and starts.all_closed  # at most the early local cluster, closed again
     msg = str(err.value)
     assert WEIGHTS_FILE in msg and f"https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/{WEIGHTS_FILE}" in msg
     assert str(offline / "models") in msg and "KERAS_HOME" in msg

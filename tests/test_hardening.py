@@ -18,12 +18,14 @@ from distributed import Client, LocalCluster, WorkerPlugin
 from PIL import Image
 
 from daskdiff import cli
-from daskdiff.io.images import ImageSetError
-from daskdiff.pipeline.job import JobError, plan_job, run_job
-from daskdiff.pipeline.spec import load_spec, SpecError
+from daskdiff.io.image_sets import ImageSetError
+from daskdiff.errors import JobError
+from daskdiff.pipeline.job import plan_job, run_job
+from daskdiff.pipeline.spec import SpecError
+from daskdiff.pipeline.spec_file import load_spec
 
 import jobtools
-from jobtools import tiny_spec
+from jobtools import record_cluster_starts, tiny_spec
 
 cloudpickle.register_pickle_by_value(jobtools)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -83,27 +85,23 @@ def test_bad_spec_cli_exit_code(tmp_path, capsys):
 
 
 def test_unknown_layer_fails_before_cluster(tmp_path, tiny_model_path, sets, monkeypatch):
-    import daskdiff.pipeline.cluster
-
-    # _start_cluster: what connect and the early cluster both start through
-    monkeypatch.setattr(daskdiff.pipeline.cluster, "_start_cluster", lambda *a, **k: pytest.fail("a cluster was started"))
+    starts = record_cluster_starts(monkeypatch)  # connect's cluster and the early one both start through it
     spec = tiny_spec(tiny_model_path, sets, tmp_path / "out", model={"name": tiny_model_path, "weights": "file", "layers": ["conv1", "conv7"]})
     with pytest.raises(ValueError, match=r"unknown layer\(s\) \['conv7'\].*valid layers are"):
         run_job(spec, Path("."), progress=False, echo=_quiet)
+    assert starts.started == []
 
 
 @pytest.mark.parametrize("kind", ["empty", "missing"])
 def test_empty_or_missing_set_fails_before_cluster(tmp_path, tiny_model_path, sets, monkeypatch, kind):
-    import daskdiff.pipeline.cluster
-
-    # _start_cluster: what connect and the early cluster both start through
-    monkeypatch.setattr(daskdiff.pipeline.cluster, "_start_cluster", lambda *a, **k: pytest.fail("a cluster was started"))
+    starts = record_cluster_starts(monkeypatch)
     folder = tmp_path / "nothing here"
     if kind == "empty":
         folder.mkdir()
     spec = tiny_spec(tiny_model_path, {**sets, "broken": str(folder)}, tmp_path / "out")
     with pytest.raises(ImageSetError, match="broken"):
         run_job(spec, Path("."), progress=False, echo=_quiet)
+    assert starts.started == []
 
 
 def test_output_not_writable(tmp_path, tiny_model_path, sets):
@@ -269,7 +267,7 @@ def test_client_killed_then_resumed(tmp_path, tiny_model_path, sets):
 @pytest.mark.cluster
 def test_local_cluster_listens_on_localhost_only(tmp_path):
     from daskdiff.pipeline.cluster import connect
-    from daskdiff.pipeline.spec import ClusterSection
+    from daskdiff.pipeline.spec_cluster import ClusterSection
 
     with connect(ClusterSection(n_workers=1), echo=_quiet) as client:
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from daskdiff.io.images import IMAGE_SUFFIXES, ImageDecodeError, ImageSetError, load_image, load_images, resolve_image_set, Skipped
+from daskdiff.io.image_sets import IMAGE_SUFFIXES, ImageSetError, resolve_image_set
+from daskdiff.io.images import ImageDecodeError, load_image, load_images, Skipped
 
 
 def _pattern(height, width, seed=0):

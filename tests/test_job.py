@@ -15,7 +15,8 @@ from distributed import Client, LocalCluster
 from scipy.spatial.distance import pdist
 
 import daskdiff
-from daskdiff.pipeline.job import JobError, run_job
+from daskdiff.errors import JobError
+from daskdiff.pipeline.job import run_job
 from daskdiff.io.shards import open_activations
 
 import jobtools
@@ -251,7 +252,7 @@ def test_cli_against_separately_started_scheduler(tmp_path, tiny_model_path, set
 
 def test_generated_sets_reused_and_paths_relative_to_spec(tmp_path, tiny_model_path):
     from daskdiff.pipeline.job import plan_job
-    from daskdiff.pipeline.spec import load_spec
+    from daskdiff.pipeline.spec_file import load_spec
 
     (tmp_path / "jobs").mkdir()
     from conftest import write_images
@@ -293,10 +294,10 @@ def test_local_workers_start_while_the_job_is_planned(tmp_path, tiny_model_path,
 
     import daskdiff.pipeline.cluster as cluster_module
 
-    import daskdiff.pipeline.job as job_module
+    import daskdiff.pipeline.output as output_module
 
     started, early_at_check = [], []
-    real_start, real_check = cluster_module._start_cluster, job_module._check_output
+    real_start, real_check = cluster_module._start_cluster, output_module._check_output
 
     def recording_check(*args, **kwargs):  # the output folder is locked (and made) here: has the start begun?
         early_at_check.append(any(t.name == "daskdiff-early-cluster" for t in threading.enumerate()) or bool(entered))
@@ -314,7 +315,7 @@ def test_local_workers_start_while_the_job_is_planned(tmp_path, tiny_model_path,
         return cluster
 
     monkeypatch.setattr(cluster_module, "_start_cluster", recording_start)
-    monkeypatch.setattr(job_module, "_check_output", recording_check)
+    monkeypatch.setattr(output_module, "_check_output", recording_check)
     own = tiny_spec(tiny_model_path, sets, tmp_path / "own", cluster={"kind": "local", "n_workers": 1})
     lines = []
     result = run_job(own, Path("."), progress=False, echo=lines.append)

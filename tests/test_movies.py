@@ -386,15 +386,20 @@ def test_scrambled_is_reproducible_from_its_seed(tmp_path, photo_clip):
 
 def test_scrambled_from_a_generator_mapping_equals_from_its_folder(tmp_path, photo_clip):
     spec = {"generate": "photo_movie", "photo": "coffee", "n_frames": 5, "fps": 10, "size": 24}
-    scramble.phase_scrambled(spec, tmp_path / "m", seed=3)
+    registry.generate("scrambled", tmp_path / "m", source=spec, seed=3)  # the registry makes the source movie
     scramble.phase_scrambled(photo_clip, tmp_path / "f", seed=3)
     m, f = folder_bytes(tmp_path / "m"), folder_bytes(tmp_path / "f")
     assert {k: v for k, v in m.items() if k.endswith(".png")} == {k: v for k, v in f.items() if k.endswith(".png")}
-    assert record(tmp_path / "m")["source_movie"]["generate"] == "photo_movie"
+    assert record(tmp_path / "m")["source_movie"] == {"kind": "generate", "generate": "photo_movie", "fps": 10.0,
+                                                      "parameters": {k: v for k, v in spec.items() if k != "generate"}}
+    assert record(tmp_path / "m")["parameters"]["source"] == spec
     with pytest.raises(InputError, match=r"KIND one of \['gratings', 'movie', 'photo_movie', 'scrambled', 'skimage_gif'\]"):
-        scramble.phase_scrambled({"generate": "noise"}, tmp_path / "x")
+        registry.generate("scrambled", tmp_path / "x", source={"generate": "noise"})
     with pytest.raises(InputError, match=r"generator 'gratings' \(drifting_gratings\): unknown parameter\(s\) \['speed'\]"):
-        scramble.phase_scrambled({"generate": "gratings", "speed": 3}, tmp_path / "x")
+        registry.generate("scrambled", tmp_path / "x", source={"generate": "gratings", "speed": 3})
+    with pytest.raises(InputError, match=r"which daskdiff.stimuli.registry.generate makes"):
+        scramble.phase_scrambled(spec, tmp_path / "x")  # scramble does not import the registry
+    assert not (tmp_path / "x").exists()
 
 
 def test_scrambled_from_a_plain_folder_and_from_a_gif(tmp_path, photo_clip):

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daskdiff.pipeline.job import JobError, plan_job
+from daskdiff.errors import JobError
+from daskdiff.pipeline.job import plan_job
 from daskdiff.io.layout import LOCK_FILE, MANIFEST_FILE
 from daskdiff.io.manifest import check_output_folder, Manifest, OutputFolderError
-from daskdiff.pipeline.spec import parse_spec
+from daskdiff.pipeline.spec_file import parse_spec
 
 from conftest import write_images
 

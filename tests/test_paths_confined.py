@@ -318,7 +318,7 @@ def test_manifest_entries_are_checked_when_it_is_read(tmp_path):
 
 
 def _tiny(model: str, data: Path, output: Path):
-    from daskdiff.pipeline.spec import parse_spec
+    from daskdiff.pipeline.spec_file import parse_spec
 
     return parse_spec({"name": "mine", "model": {"name": model, "weights": "file"}, "image_sets": {"a": str(data / "a")},
                        "analysis": {"substrates": ["filter_mean"], "n_units": ["all"], "repeats": 2, "seed": 1},

@@ -26,8 +26,8 @@ import yaml
 from daskdiff.errors import InputError, JobError
 from daskdiff.io.layout import RESULTS_FILE
 from daskdiff.pipeline.cluster import NO_DASHBOARD, _scheduler_lost, connect
-from daskdiff.pipeline.spec import ClusterSection, SecuritySection
-from jobtools import make_certificates, tiny_spec
+from daskdiff.pipeline.spec_cluster import ClusterSection, SecuritySection
+from jobtools import make_certificates, record_cluster_starts, tiny_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -139,21 +139,22 @@ def test_tls_local_cluster_with_role_certificates(tmp_path, tiny_model_path, set
 
 
 @pytest.mark.parametrize("key", ["tls_worker_cert", "tls_scheduler_cert", "tls_client_cert"])
-def test_certificate_the_ca_did_not_sign_is_refused_before_any_cluster_starts(certs, key):
+def test_certificate_the_ca_did_not_sign_is_refused_before_any_cluster_starts(certs, key, monkeypatch):
     role = key.split("_")[1]
     section = SecuritySection(**_security(certs, **{key: certs["stranger"][0], key.replace("cert", "key"): certs["stranger"][1]}))
-    started = time.monotonic()
+    starts = record_cluster_starts(monkeypatch)
     with pytest.raises(InputError) as err:
         with connect(ClusterSection(kind="local", n_workers=1, security=section), echo=print):
             pytest.fail(f"a cluster started with a {role} certificate from another CA")
-    assert time.monotonic() - started < 10
+    assert starts.started == []
     message = str(err.value)
     assert f"cluster.security.{key}" in message and certs["stranger"][0] in message and certs["ca"] in message
     assert "unable to get local issuer certificate" in message and "\n" not in message
 
 
 def test_role_key_without_its_certificate_is_a_spec_error(certs):
-    from daskdiff.pipeline.spec import SpecError, parse_spec
+    from daskdiff.pipeline.spec import SpecError
+    from daskdiff.pipeline.spec_file import parse_spec
 
     data = {"name": "x", "image_sets": {"a": "a"}, "cluster": {"security": {**_security(certs, roles=False), "tls_worker_key": certs["worker"][1]}}}
     with pytest.raises(SpecError, match=r"cluster\.security: tls_worker_key is given without tls_worker_cert"):
@@ -167,15 +168,16 @@ def test_role_key_without_its_certificate_is_a_spec_error(certs):
 
 def test_tls_handshake_refused_by_an_external_scheduler(tmp_path, certs):
     """A CLI scheduler of CA 'ca'; daskdiff's client from CA 'other' (self-consistent, so only the
-    scheduler can refuse it): one line naming the address, the keys to check, quickly."""
+    scheduler can refuse it): one line naming the address, the keys to check, at the refusal, not
+    after waiting out ``start_timeout`` (120 s; the bound, 60 s, only tells the two apart)."""
     cli = _CliCluster(tmp_path, tls=(certs["ca"], *certs["scheduler"]), workers=0, dashboard=False)
     try:
         security = SecuritySection(tls_ca_file=certs["other"], tls_client_cert=certs["stranger"][0], tls_client_key=certs["stranger"][1])
         started = time.monotonic()
         with pytest.raises(JobError) as err:
-            with connect(ClusterSection(kind="address", address=cli.address, security=security, start_timeout=20), echo=print):
+            with connect(ClusterSection(kind="address", address=cli.address, security=security, start_timeout=120), echo=print):
                 pytest.fail("connected with a certificate of another CA")
-        assert time.monotonic() - started < 15
+        assert time.monotonic() - started < 60
         message = str(err.value)
         assert message.startswith(f"cluster.address {cli.address}: the TLS handshake with the scheduler failed")
         assert "cluster.security.tls_ca_file" in message and "\n" not in message
@@ -429,7 +431,8 @@ def test_slurm_size_from_dask_config_as_dask_jobqueue_users_set_it(tmp_path):
     spec; the spec's values go on top, and only they are passed to SLURMCluster."""
     import dask
 
-    from daskdiff.pipeline.spec import SpecError, parse_spec
+    from daskdiff.pipeline.spec import SpecError
+    from daskdiff.pipeline.spec_file import parse_spec
 
     data = {"name": "x", "image_sets": {"a": "a"}, "cluster": {"kind": "slurm", "slurm": {"queue": "gpu", "memory": "4GB"}}}
     with pytest.raises(SpecError, match=r"cluster\.slurm\.cores missing.*jobqueue\.slurm\.cores"):
@@ -439,7 +442,7 @@ def test_slurm_size_from_dask_config_as_dask_jobqueue_users_set_it(tmp_path):
         assert slurm.kwargs() == {"queue": "gpu", "memory": "4GB"}
         assert slurm.resolved("cores") == (8, "Dask config jobqueue.slurm.cores")
         assert slurm.resolved("memory") == ("4GB", "cluster.slurm.memory")
-    code = ("from daskdiff.pipeline.spec import parse_spec; import sys, json; "
+    code = ("from daskdiff.pipeline.spec_file import parse_spec; import sys, json; "
             "print(parse_spec(json.loads(sys.argv[1])).cluster.slurm.resolved('cores'))")
     done = subprocess.run([sys.executable, "-c", code, json.dumps(data)], env=dict(ENV, DASK_JOBQUEUE__SLURM__CORES="6"),
                           capture_output=True, text=True, timeout=60)

@@ -250,7 +250,7 @@ def test_select_cli(tmp_path, selection_case, capsys):
 
 def test_select_generator_in_a_job_spec(tmp_path, selection_case):
     from daskdiff.stimuli.registry import generate
-    from daskdiff.pipeline.spec import parse_spec
+    from daskdiff.pipeline.spec_file import parse_spec
 
     paths, model, expected = selection_case
     spec = parse_spec({"name": "t", "image_sets": {"reds": {"generate": "select", "source": "src", "classes": 0, "min_prob": 0.5, "model": model}}})

@@ -1,19 +1,38 @@
 """Which spec keys change ``JobSpec.result_digest()``: the key that guards an output folder.
 
 A folder whose ``job.json`` holds another digest is refused without ``--overwrite``; a folder
-with the same digest is resumed. So every key that can change what the folder holds must change
-the digest, and keys about *where* and *how robustly* a job runs must not (a job moved to another
-cluster, or given more retries, resumes). The expected lists are the intended contract (the
-docstring of ``result_digest`` and the README's spec reference), written out here by hand.
+with the same digest is resumed. The rule, restated here from the README's spec reference and
+docs/promises.md, not from the implementation:
+
+- every key that can change what the folder holds changes the digest (the model and its
+  weights, preprocessing, predictions and precision; each image set; every analysis choice,
+  ``repeats_per_task`` included, since the mean RDM sums stacks in that grouping; the extraction
+  options that change values or files: ``batch_size``, ``resize``, ``store``, ``strict``,
+  ``exif_orientation``, ``shard_size``);
+- keys about *where* and *how robustly* a job runs do not (``name``, ``output``, the whole
+  ``cluster`` section, ``retries``, ``require_gpu``, ``decoders``, ``handoff``, ``task_memory``,
+  ``device``): a job moved to another cluster, or given more retries, resumes;
+- keys added after folders were written count only when set to a value that changes results
+  (``exif_orientation: apply``, ``precision`` other than float32, the spectral measure and its
+  options, a path set's ``fps``): a folder written by an older daskdiff keeps its digest. That is
+  checked against digests daskdiff wrote before those keys existed (:data:`WRITTEN_BY_90051FE`),
+  not against a recomputation.
+
+Each rule is checked by behaviour (change a key, compare digests), and
+:func:`test_every_spec_key_is_classified` holds the lists to the spec model's fields, so a new
+key must be placed in one of them.
 """
 
 from __future__ import annotations
 
 import copy
+import typing
 
+import pydantic
 import pytest
 
-from daskdiff.pipeline.spec import parse_spec
+from daskdiff.pipeline.spec import JobSpec
+from daskdiff.pipeline.spec_file import parse_spec
 
 BASE = {
     "name": "digest",
@@ -61,7 +80,8 @@ CHANGES_RESULTS = [
     ("analysis.median_over", "square"),
     ("analysis.seed", 1),
     ("analysis.rdm_max_images", 0),  # whether the results hold an `rdm` variable
-    ("extraction.batch_size", 8),  # float32 rounding of the forward pass (see job.shard_size)
+    ("analysis.repeats_per_task", 5),  # the mean RDM sums the repeats' stacks in this grouping
+    ("extraction.batch_size", 8),  # float32 rounding of the forward pass (see core.batches.shard_size)
     ("extraction.resize", "bilinear"),
     ("extraction.store", "all"),
     ("extraction.store", "none"),
@@ -78,6 +98,7 @@ KEEPS_RESULTS = [
     ("extraction.require_gpu", True),
     ("extraction.handoff", "auto"),
     ("extraction.handoff", "memory"),
+    ("extraction.decoders", 4),  # how images are decoded, not what
     ("cluster.kind", "address"),
     ("cluster.address", "tcp://10.0.0.1:8786"),
     ("cluster.scheduler_file", "scheduler.json"),
@@ -92,6 +113,25 @@ KEEPS_RESULTS = [
     ("cluster.start_timeout", 30),
     ("cluster.security", {"tls_ca_file": "ca.pem", "tls_client_cert": "c.pem", "tls_client_key": "k.pem"}),
 ]
+
+COUNTS_WHEN_SET = [  # (key, its default: the digest of a folder written before the key, a value that changes results)
+    ("extraction.exif_orientation", "ignore", "apply"),
+    ("model.precision", "float32", "bfloat16"),
+    ("model.precision", "float32", "float16"),
+    ("analysis.measures", ["images"], ["images", "spectral"]),
+]
+
+SPECTRAL_OPTIONS = [("state_length", 2.0), ("metric", "cityblock"), ("window", "hann"), ("overlap", 0.5), ("log_frequency", True)]
+"""``analysis.spectral``'s keys: they change results only when ``analysis.measures`` holds spectral."""
+
+WRITTEN_BY_90051FE = {
+    "base": "0d88456f1394017ee44f1493fec3c0e0e63ca932f501c47b6611909359ee4695",
+    "strict": "0adb0289f2e3e8cd8e26d27f0f53395dba1a5856a71ae0ffb5954d8b2cbebded",
+}
+"""``result_digest()`` of ``BASE`` and of ``BASE`` with ``extraction.strict: true``, as daskdiff at
+commit 90051fe computed them (``git archive 90051fe daskdiff``, run on these specs), before
+``exif_orientation``, ``decoders``, ``handoff``, ``device``, ``measures``, ``spectral``, a path
+set's ``fps`` and ``precision`` existed: what that version wrote into its folders' ``job.json``."""
 
 
 @pytest.mark.parametrize("path, value", CHANGES_RESULTS, ids=[p for p, _ in CHANGES_RESULTS])
@@ -113,30 +153,51 @@ def test_digest_depends_on_values_not_spelling():
     assert _digest(dict(reversed(list(explicit.items())))) == _digest(BASE)
 
 
-def test_exif_orientation_counts_only_when_applied():
-    """``apply`` changes the results' digest; the default hashes as a spec from before the key
-    existed (its dump without it), so folders written then stay valid."""
-    import hashlib
-    import json
-
-    spec = parse_spec(_with("extraction.strict", False), "test-spec")
-    old = spec.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True,
-                                                 "extraction": {"retries", "require_gpu", "exif_orientation", "decoders",
-                                                                "handoff"},  # added later still (issue 12)
-                                                 "analysis": {"task_memory", "measures", "spectral", "device"},  # keys added later still (issues 15, 12)
-                                                 "image_sets": {"__all__": {"fps"}}, "model": {"precision"}})  # (issue 16)
-    assert spec.result_digest() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
-    assert _digest(_with("extraction.exif_orientation", "apply")) != _digest(BASE)
-    assert _digest(_with("model.precision", "bfloat16")) != _digest(BASE) != _digest(_with("model.precision", "float16"))
-    assert _digest(_with("extraction.decoders", 4)) == _digest(BASE)  # how images are decoded, not what
+def test_a_folder_written_before_the_newer_keys_keeps_its_digest():
+    """Today's digest of the specs that daskdiff 90051fe hashed is the one it wrote: those folders resume."""
+    assert _digest(BASE) == WRITTEN_BY_90051FE["base"]
+    assert _digest(_with("extraction.strict", True)) == WRITTEN_BY_90051FE["strict"]
 
 
-def test_movie_keys_count_only_when_used():
-    """``analysis.measures``, ``analysis.spectral`` and a path set's ``fps`` (issue 15) leave the
-    digest of a spec without them as it was; spectral options count only when spectral is measured."""
-    assert _digest(_with("analysis.measures", ["images"])) == _digest(BASE)
-    assert _digest(_with("analysis.spectral", {"state_length": 2.0})) == _digest(BASE)
-    assert _digest(_with("analysis.measures", ["images", "spectral"])) != _digest(BASE)
-    both = _with("analysis.measures", ["images", "spectral"])
-    assert _digest({**both, "analysis": {**both["analysis"], "spectral": {"state_length": 2.0}}}) != _digest(both)
-    assert _digest(_with("image_sets.photos", {"path": "data/photos", "fps": 30})) != _digest(BASE)
+@pytest.mark.parametrize("path, default, value", COUNTS_WHEN_SET, ids=[f"{p}={v}" for p, _, v in COUNTS_WHEN_SET])
+def test_a_newer_key_counts_only_when_set(path, default, value):
+    """Written out at its default, the key keeps the digest older folders hold; set, it changes it."""
+    assert _digest(_with(path, default)) == WRITTEN_BY_90051FE["base"]
+    assert _digest(_with(path, value)) != WRITTEN_BY_90051FE["base"]
+
+
+@pytest.mark.parametrize("key, value", SPECTRAL_OPTIONS, ids=[k for k, _ in SPECTRAL_OPTIONS])
+def test_spectral_options_count_only_when_spectral_is_measured(key, value):
+    images = _with("analysis.measures", ["images"])
+    spectral = _with("analysis.measures", ["images", "spectral"])
+    set_in = lambda data: {**data, "analysis": {**data["analysis"], "spectral": {key: value}}}  # noqa: E731
+    assert _digest(set_in(images)) == _digest(images) == WRITTEN_BY_90051FE["base"]
+    assert _digest(set_in(spectral)) != _digest(spectral)
+
+
+def test_a_path_sets_fps_counts_only_when_given():
+    assert _digest(_with("image_sets.photos", {"path": "data/photos", "fps": None})) == WRITTEN_BY_90051FE["base"]
+    assert _digest(_with("image_sets.photos", {"path": "data/photos", "fps": 30})) != WRITTEN_BY_90051FE["base"]
+
+
+def _fields(model: type[pydantic.BaseModel], prefix: str = "") -> list[str]:
+    """The dotted names of ``model``'s fields, nested sections walked (a dict of image sets is one field)."""
+    names = []
+    for name, field in model.model_fields.items():
+        sections = [t for t in (typing.get_args(field.annotation) or (field.annotation,))
+                    if isinstance(t, type) and issubclass(t, pydantic.BaseModel)]
+        names.append(prefix + name)
+        for section in sections:
+            names += _fields(section, f"{prefix}{name}.")
+    return names
+
+
+def test_every_spec_key_is_classified():
+    """Each field of the spec model is named by one of the lists above (or lies inside a section
+    named whole, like ``cluster.slurm``), so that a new key is placed in the rule, not forgotten."""
+    named = ({p for p, _ in CHANGES_RESULTS + KEEPS_RESULTS} | {p for p, _, _ in COUNTS_WHEN_SET}
+             | {f"analysis.spectral.{k}" for k, _ in SPECTRAL_OPTIONS})
+    fields = _fields(JobSpec)
+    assert len(fields) > 60 and "cluster.slurm.queue" in fields and "analysis.spectral.window" in fields
+    unnamed = [f for f in fields if not any(f == n or f.startswith(n + ".") or n.startswith(f + ".") for n in named)]
+    assert not unnamed, f"spec keys in no list of tests/test_spec_digest.py: {unnamed}; add each where the digest rule puts it"

@@ -18,7 +18,8 @@ import yaml
 from PIL import Image
 
 from conftest import write_images
-from daskdiff.io.images import ImageDecodeError, ImageSetError, Skipped, load_image, load_images, resolve_image_set
+from daskdiff.io.image_sets import ImageSetError, resolve_image_set
+from daskdiff.io.images import ImageDecodeError, Skipped, load_image, load_images
 from jobtools import tiny_spec
 
 BIN = Path(sys.executable).parent
@@ -355,7 +356,7 @@ def test_a_partial_result_whose_zip_claims_more_than_it_holds_is_recomputed(tmp_
 def test_a_fifo_movie_record_or_scheduler_file_is_refused_without_waiting(tmp_path):
     from daskdiff.errors import InputError
     from daskdiff.pipeline.cluster import connect
-    from daskdiff.pipeline.spec import ClusterSection
+    from daskdiff.pipeline.spec_cluster import ClusterSection
     from daskdiff.stimuli.movie import load_movie
 
     write_images(tmp_path / "movie", 3, seed=8)

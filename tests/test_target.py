@@ -11,7 +11,7 @@ import pytest
 
 from daskdiff.pipeline.budget import limits_at
 from daskdiff.pipeline.machine import default_workers
-from daskdiff.pipeline.spec import ClusterSection
+from daskdiff.pipeline.spec_cluster import ClusterSection
 from daskdiff.pipeline.target import ENV_SOURCE, Target
 
 ADDRESS = "tcp://10.0.0.1:8786"

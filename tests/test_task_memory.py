@@ -16,8 +16,8 @@ from scipy.spatial.distance import pdist
 from daskdiff.core.estimate import stack_bytes
 from daskdiff.core.units import Sampling, storage_plan, units_for
 from daskdiff.io.shards import ShardWriter, activation_variables, shard_labels
-from daskdiff.pipeline.job import TASK_MEMORY_SHARE, task_memory_budget
-from daskdiff.pipeline.spec import parse_spec
+from daskdiff.pipeline.plan import TASK_MEMORY_SHARE, task_memory_budget
+from daskdiff.pipeline.spec_file import parse_spec
 from daskdiff.pipeline.tasks import DiffTask, run_diff_task, stack_repeats
 
 SHAPE = (6, 6, 8)  # 288 units

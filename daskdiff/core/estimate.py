@@ -32,7 +32,7 @@ What is counted, and how well
   (their generators' peak, :attr:`JobSize.generated`), then the gathered partial results and the
   results arrays; not the client's own baseline (Python, TensorFlow: ~2 GB).
 - **Time**: CPU-seconds from the per-unit costs below, measured once on this project's 2-core
-  x86_64 VM (README, *Performance*), and a wall time on a number of workers that allows for what
+  x86_64 VM (docs/performance.md), and a wall time on a number of workers that allows for what
   whole jobs measured beyond those sums (:data:`WHOLE_JOB_FACTOR`). An order of magnitude, not a
   promise: the model of one differentiation task is within a factor of 2-3 of its measured CPU
   time, a GPU does the forward pass ~50x faster, and other CPUs and BLAS builds differ by

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import shorten
+from ..errors import InputError, shorten
 
 ALL = "all"
 """The ``n_units`` value meaning every unit of the layer, exact (no sampling)."""
@@ -114,32 +114,65 @@ def sample_units(
         raise ValueError(f"n_units must be a positive integer or 'all', got {n_units!r}")
     else:
         k = int(n_units)
+    check_sampling(n_total, k, mode, layer=layer)
     rng = _rng(seed, layer, repeat)
-
     if mode == "random" or (mode == "equal" and n_positions == 1):
         return np.sort(_choose(rng, size, k))
     if mode == "equal":
-        per_channel = k // n_channels
-        if per_channel == 0:
-            raise ValueError(
-                f"mode='equal' takes the same number of units from each of the {n_channels} "
-                f"channels of layer {layer!r}, so n_units must be at least {n_channels} "
-                f"(got {k}); ask for n_units >= {n_channels} or use mode='random'"
-            )
-        positions = [_choose(rng, n_positions, per_channel) for _ in range(n_channels)]
+        positions = [_choose(rng, n_positions, k // n_channels) for _ in range(n_channels)]
         idx = np.concatenate([p * n_channels + c for c, p in enumerate(positions)])
         return np.sort(idx)
-    if mode.startswith("channel="):
-        try:
-            channel = int(mode.split("=", 1)[1])
-        except ValueError:
-            raise ValueError(f"mode {mode!r}: the channel must be an integer, e.g. 'channel=3'") from None
-        if not 0 <= channel < n_channels:
-            raise ValueError(
-                f"mode {mode!r}: layer {layer!r} has channels 0..{n_channels - 1}"
+    return np.sort(_choose(rng, n_positions, k) * n_channels + _channel(mode))
+
+
+def _channel(mode: str) -> int:
+    """K of a ``'channel=K'`` mode."""
+    try:
+        return int(mode.split("=", 1)[1])
+    except ValueError:
+        raise InputError(f"sampling mode {shorten(repr(mode))}: the channel must be an integer, e.g. 'channel=3'") from None
+
+
+def check_sampling(n_total: int | Sequence[int], n_units: int | str, mode: str = "random", *, layer: str | int = "") -> None:
+    """Refuse, without drawing, a request that :func:`sample_units` cannot meet for this layer.
+
+    Parameters
+    ----------
+    n_total, n_units, mode
+        As for :func:`sample_units` (``n_units`` already checked to be a positive int or ``'all'``).
+    layer : str or int
+        The layer's name, only to name it in the message.
+
+    Raises
+    ------
+    InputError
+        A ``ValueError``, for ``mode='equal'`` with fewer units than the layer has channels (it
+        takes the same number from each), for ``'channel=K'`` with no channel ``K`` in the
+        layer, and for an unknown mode. The message names the job spec's keys too
+        (``analysis.n_units``, ``analysis.sampling``), whose values reach here unchanged.
+    """
+    n_positions, n_channels, size = _unit_shape(n_total)
+    k = size if n_units == ALL else int(n_units)
+    if mode == "random" or (mode == "equal" and n_positions == 1):
+        return
+    if mode == "equal":
+        if k < n_channels:
+            raise InputError(
+                f"sampling 'equal' takes the same number of units from each of the {n_channels} channels of layer "
+                f"{layer!r}, so n_units must be at least {n_channels}, got {k}: give analysis.n_units of at least "
+                f"{n_channels} (or all), or analysis.sampling: random (n_units >= {n_channels} or mode='random' "
+                "in daskdiff.sample_units)"
             )
-        return np.sort(_choose(rng, n_positions, k) * n_channels + channel)
-    raise ValueError(f"unknown sampling mode {shorten(repr(mode))}; valid modes are 'random', 'equal', 'channel=K'")
+        return
+    if mode.startswith("channel="):
+        channel = _channel(mode)
+        if not 0 <= channel < n_channels:
+            raise InputError(
+                f"sampling {shorten(repr(mode))}: layer {layer!r} has channels 0..{n_channels - 1}: give "
+                f"analysis.sampling 'channel=K' with K from 0 to {n_channels - 1}, or analysis.sampling: random"
+            )
+        return
+    raise InputError(f"unknown sampling mode {shorten(repr(mode))}; valid modes are 'random', 'equal', 'channel=K'")
 
 
 def sample_size(n_total: int | Sequence[int], n_units: int | str, mode: str = "random") -> int:

@@ -201,8 +201,15 @@ def spectral_frequencies(*, fs: float, state_length: float, log_frequency: bool 
     return _log_grid(frequencies) if log_frequency else frequencies
 
 
-def _window_values(window, nperseg: int) -> np.ndarray | None:
-    """The taper for a ``scipy.signal.get_window`` spec (None: rectangular, not applied)."""
+def window_values(window, nperseg: int) -> np.ndarray | None:
+    """The taper of ``nperseg`` values for a ``scipy.signal.get_window`` spec (None: rectangular, not applied).
+
+    Raises
+    ------
+    InputError
+        ``window`` is not a spec ``get_window`` takes, or does not give ``nperseg`` finite values
+        (job-spec validation calls this to refuse a bad window before any work).
+    """
     if window is None:
         return None
     from scipy.signal import get_window  # only here: the plain path needs no scipy.signal
@@ -267,7 +274,7 @@ def spectral_states_stack(
             f"(state_length={state_length!r} s * fs={fs!r} Hz, overlap={overlap!r}); at least "
             f"{min_windows} needed, i.e. at least {(min_windows - 1) * step + nperseg} samples"
         )
-    taper = _window_values(window, nperseg)
+    taper = window_values(window, nperseg)
     # (..., n - nperseg + 1, n_units, nperseg): every start; keep every step-th
     segments = np.lib.stride_tricks.sliding_window_view(arr, nperseg, axis=-2)
     # a C-ordered copy, so the FFT runs over contiguous samples (several times faster)

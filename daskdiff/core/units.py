@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import JobError
-from .sampling import ALL, expected_union, sample_units
+from .sampling import ALL, check_sampling, expected_union, sample_units
 from .substrates import check_substrate, feature_shape
 
 NUnits = int | str
@@ -126,10 +126,11 @@ def storage_plan(
 
     Raises
     ------
-    ValueError
+    InputError
         A sampling request that cannot hold for some layer (e.g. ``mode='equal'`` with fewer
-        units than channels), naming the layer.
+        units than channels), naming the layer (:func:`check_plan_sampling`).
     """
+    check_plan_sampling(shapes, substrates, sampling)
     plan = {}
     full_layers = set(full_layers)
     for name, shape, kind, subs in _layer_kinds(shapes, substrates, sampling, store, full_layers):
@@ -143,10 +144,6 @@ def storage_plan(
                 for r in range(sampling.repeats_for(n))
             ]
             units = np.unique(np.concatenate(chunks))
-        for sub in ("filter_mean", "location_mean"):
-            if sub in subs:  # validates sampling for these substrates too (e.g. 'equal')
-                for n in sampling.n_units:
-                    units_for(shape, sub, n, sampling, name, 0)
         plan[name] = LayerPlan(
             name=name,
             shape=tuple(shape),
@@ -157,6 +154,30 @@ def storage_plan(
             write_units=store != "none" or name in full_layers,
         )
     return plan
+
+
+def check_plan_sampling(shapes: dict[str, tuple[int, ...]], substrates: Iterable[str], sampling: Sampling) -> None:
+    """Refuse, without drawing, a sampling that some analysed layer cannot meet.
+
+    Every (layer, substrate, n_units) a job's differentiation tasks will sample is checked with
+    :func:`daskdiff.core.sampling.check_sampling`, on the substrate's features
+    (:func:`daskdiff.core.substrates.feature_shape`), whatever the shards store. Both
+    :func:`storage_plan` and :func:`expected_stored` call it, so a job refuses such a spec while
+    it plans, before any cluster starts, and its dry run too.
+
+    Raises
+    ------
+    InputError
+        Naming the first layer that cannot meet it, ``analysis.n_units`` or ``analysis.sampling``
+        and the fix (``sampling: equal`` with fewer units than a layer's channels,
+        ``sampling: 'channel=K'`` with K beyond a layer's channels).
+    """
+    subs = [check_substrate(s) for s in substrates]
+    for name, shape in shapes.items():
+        for sub in subs:
+            label = name if sub == "units" else f"{name}, substrate {sub}"
+            for n in sampling.n_units:
+                check_sampling(feature_shape(shape, sub), n, sampling.mode, layer=label)
 
 
 def _layer_kinds(shapes: dict[str, tuple[int, ...]], substrates: Iterable[str], sampling: Sampling, store: str,
@@ -192,6 +213,7 @@ def expected_stored(
     so its cost does not grow with ``sampling.repeats``: the job checks the estimate of a plan
     before it builds the plan, whose cost does (``repeats`` draws per layer and ``n_units``).
     """
+    check_plan_sampling(shapes, substrates, sampling)
     out = {}
     full_layers = set(full_layers)
     draws = {n: sampling.repeats_for(n) for n in sampling.n_units}

@@ -9,26 +9,36 @@ used by the adversarial attack) both call what it returns.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from ..errors import InputError
 
-if TYPE_CHECKING:
-    from .build import ModelSpec
-
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
 """Input preprocessing modes of ``keras.applications.imagenet_utils.preprocess_input`` (and none)."""
 
 
-def preprocess_function(spec: ModelSpec) -> Callable[[Any], Any] | None:
+class Preprocessing(Protocol):
+    """What preprocessing needs to know of a model: its ``preprocess`` override and its
+    keras.applications ``application`` (None for a ``.keras`` file).
+    :class:`daskdiff.model.build.ModelSpec` is one; this module does not import it."""
+
+    @property
+    def preprocess(self) -> str | None: ...
+
+    @property
+    def application(self) -> str | None: ...
+
+
+def preprocess_function(spec: Preprocessing) -> Callable[[Any], Any] | None:
     """The Keras function that preprocesses ``spec``'s input; None when there is no preprocessing.
 
     Parameters
     ----------
-    spec : ModelSpec
-        ``spec.preprocess`` (one of :data:`PREPROCESS_MODES`) overrides the model's own
+    spec : Preprocessing
+        E.g. a :class:`~daskdiff.model.build.ModelSpec`. ``spec.preprocess`` (one of
+        :data:`PREPROCESS_MODES`) overrides the model's own
         preprocessing; when it is None, a keras.applications model uses its application's
         ``preprocess_input`` and a ``.keras`` file none.
 
@@ -62,7 +72,7 @@ def preprocess_function(spec: ModelSpec) -> Callable[[Any], Any] | None:
     return functools.partial(keras.applications.imagenet_utils.preprocess_input, mode=mode)
 
 
-def preprocess(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
+def preprocess(images: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """float32 model input from uint8 RGB images ``(n, h, w, 3)`` (see :func:`preprocess_function`).
 
     Keras's function is given a copy (it may work in place), so ``images`` is never modified.
@@ -74,7 +84,7 @@ def preprocess(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return np.asarray(function(x.copy()), dtype=np.float32)
 
 
-def preprocess_tensor(pixels: Any, spec: ModelSpec) -> Any:
+def preprocess_tensor(pixels: Any, spec: Preprocessing) -> Any:
     """:func:`preprocess` on a float tensor of 0-255 RGB pixels, differentiably.
 
     The same Keras function as :func:`preprocess` (:func:`preprocess_function`), applied to a

@@ -29,7 +29,7 @@ from typing import Mapping
 from ..core.batches import shard_size
 from ..core.estimate import JobSize, LayerSize, WorkEstimate
 from ..errors import InputError
-from ..logs import reporter
+from ..logs import reporter, warn
 from ..io.layout import ACTIVATIONS_DIR, PARTIAL_DIR, RESULTS_FILE
 from .machine import default_workers, machine_memory, usable_cores
 from .target import Target
@@ -382,7 +382,7 @@ def check_budget(est: WorkEstimate, limits: Limits, *, force: bool, what: str = 
     if not found:
         return
     if force:
-        echo("--force: running although " + "; ".join(found))
+        warn(echo, "--force: running although " + "; ".join(found))
         return
     lines = "\n".join(f"  - {p}" for p in found)
     raise BudgetError(

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import dask
 
 from ..errors import JobError
-from ..logs import reporter
+from ..logs import reporter, warn
 from .budget import BudgetError, gb, Limits
 
 _echo = reporter(__name__)  # the default echo: this module's logger (see daskdiff.logs)
@@ -159,7 +159,7 @@ def check_worker_memory(needs: MemoryNeeds, *, force: bool = False, echo: Callab
     line = (f"{needs.source} gives each worker {gb(needs.limit)}, but a worker holds ~{gb(needs.baseline)} before its first "
             f"task ({needs.what()}), over the {gb(fraction * needs.limit)} ({fraction:.0%}) {happens}; {needs.fix()}")
     if force:
-        echo(f"--force: running although {line}")
+        warn(echo, f"--force: running although {line}")
         return
     raise BudgetError(f"{line}, or re-run with --force to run it anyway")
 
@@ -239,7 +239,7 @@ class WorkerWatch:
         for address in msg.get("workers", ()):
             seen = self._last_seen.get(address)
             silent = f"{stamp - seen:.0f} s" if seen is not None and stamp > seen else f"over {msg.get('ttl', 0):g} s"
-            self.echo(f"warning: worker {address} stopped answering: no heartbeat for {silent} (the scheduler's worker TTL is "
+            warn(self.echo, f"warning: worker {address} stopped answering: no heartbeat for {silent} (the scheduler's worker TTL is "
                       f"{msg.get('ttl', 0):g} s; daskdiff.worker-ttl on clusters daskdiff starts); it is restarted, and its tasks "
                       "run on the other workers")
 
@@ -273,7 +273,7 @@ class WorkerWatch:
             limit = self._limits.get(msg.get("worker"), self.needs.limit)
             terminate = memory_fractions()[1] or 1.0
             of = f"{terminate:.0%} of its {gb(limit)} memory limit ({self.needs.source})" if limit else "its memory limit"
-            self.echo(f"warning: worker {msg.get('worker')} (pid {msg.get('pid')}) held {gb(msg.get('rss', 0))}, over {of}: "
+            warn(self.echo, f"warning: worker {msg.get('worker')} (pid {msg.get('pid')}) held {gb(msg.get('rss', 0))}, over {of}: "
                       "its nanny killed and restarted it")
         if self.finished == 0 and len(self._restarts) >= RESTARTS_BEFORE_WORK:
             raise self._restart_error()
@@ -304,7 +304,7 @@ class WorkerWatch:
         for address, (held, limit) in stuck.items():
             if address not in self._paused:
                 self._paused.add(address)
-                self.echo(f"warning: worker {address} is paused: it holds {gb(held)} outside any task, over {pause:.0%} of its "
+                warn(self.echo, f"warning: worker {address} is paused: it holds {gb(held)} outside any task, over {pause:.0%} of its "
                           f"{gb(limit)} memory limit (distributed.worker.memory.pause), so Dask gives it no task")
         if not stuck or len(stuck) < len(workers):
             self._stuck_since = None

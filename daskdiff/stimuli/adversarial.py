@@ -35,10 +35,11 @@ import numpy as np
 from ..core.batches import batch_slices
 from ..core.ranking import class_mass, softmax
 from ..errors import InputError, shorten
-from ..io.images import _write_images, load_images
+from ..io.images import load_images
+from ..io.png import write_images
 from ..model.build import cached_model, forward_lock, input_size, ModelSpec
 from ..model.preprocess import preprocess_tensor
-from .common import _repeated
+from .common import repeated_names
 from .select import check_batch_size, class_indices, class_ranges, ClassesLike, image_paths, model_labels, predict_logits, run_tasks, shards, write_table
 
 ADVERSARIAL_TABLE = "adversarial.csv"
@@ -280,7 +281,7 @@ def _attack_batch(task: AttackTask, clean: np.ndarray, paths: list[str], size: t
     spec, pgd, labels = task.spec, task.pgd, task.labels
     before = predict_logits(clean, spec, batch_size=task.batch_size)
     adversarial = projected_gradient_descent(clean, spec, pgd)
-    written = _write_images(task.out_dir, zip(map(output_name, paths), adversarial))
+    written = write_images(task.out_dir, zip(map(output_name, paths), adversarial))
     reloaded, _, _ = load_images(written, size, resize=task.resize, strict=True)
     after = predict_logits(reloaded, spec, batch_size=task.batch_size)
     linf = np.abs(reloaded.astype(np.int16) - clean.astype(np.int16)).reshape(len(clean), -1).max(axis=1)
@@ -495,7 +496,7 @@ def _pgd_from_keywords(
 def _check_outputs(paths: Sequence[str], folder: Path) -> None:
     """InputError if two sources share an output name, or an output would overwrite a source."""
     names = [output_name(p) for p in paths]
-    repeated = _repeated(names)
+    repeated = repeated_names(names)
     if repeated:
         raise InputError(
             f"sources share the output name(s) {repeated} (outputs are '<stem>.png'); rename them "

@@ -7,9 +7,10 @@ from typing import Iterator
 
 import numpy as np
 
-from .common import _check_int, _check_prefix, _center_square, _resize, _rng
-from ..io.images import _write_images, as_rgb_uint8
-from .photos import _PHOTO_LOADERS, SAMPLE_PHOTOS, load_photo
+from .common import check_int, check_prefix, center_square, resize_square, image_rng
+from ..io.images import as_rgb_uint8
+from ..io.png import write_images
+from .photos import SAMPLE_PHOTOS, load_photo
 from ..errors import InputError
 from ..io.reading import read_head, seems_to_be
 
@@ -20,7 +21,7 @@ CROP_SCALE = (0.6, 1.0)
 
 def _load_source(source: str | os.PathLike) -> np.ndarray:
     """A SAMPLE_PHOTOS name (a str) or an image file path, as RGB ``uint8``."""
-    if isinstance(source, str) and source in _PHOTO_LOADERS:
+    if isinstance(source, str) and source in SAMPLE_PHOTOS:
         return load_photo(source)
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(
@@ -97,15 +98,15 @@ def augmented_copies(
     filter. Image ``i`` does not depend on ``count``; the same arguments rewrite
     byte-identical files.
     """
-    count = _check_int("count", count, 1, "count=8")
-    size = _check_int("size", size, 1, "size=224")
-    seed = _check_int("seed", seed, 0, "seed=0")
-    prefix = _check_prefix(prefix)
+    count = check_int("count", count, 1, "count=8")
+    size = check_int("size", size, 1, "size=224")
+    seed = check_int("seed", seed, 0, "seed=0")
+    prefix = check_prefix(prefix)
     image = _load_source(source)
 
     def copies() -> Iterator[tuple[str, np.ndarray]]:
         for i in range(count):
-            crop = _center_square(image) if i == 0 else _random_crop(image, _rng(seed, i))
-            yield f"{prefix}-{i:04d}.png", _resize(np.ascontiguousarray(crop), size)
+            crop = center_square(image) if i == 0 else _random_crop(image, image_rng(seed, i))
+            yield f"{prefix}-{i:04d}.png", resize_square(np.ascontiguousarray(crop), size)
 
-    return _write_images(out_dir, copies())
+    return write_images(out_dir, copies())

@@ -13,7 +13,9 @@ from ..errors import InputError, shorten
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def _check_int(name: str, value: object, minimum: int, example: str) -> int:
+def check_int(name: str, value: object, minimum: int, example: str) -> int:
+    """``value`` as an int if it is an integer (not bool) ``>= minimum``; InputError naming ``name``
+    and showing ``example`` (e.g. ``'count=8'``) otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(
             f"{name} must be an integer >= {minimum}, got {shorten(repr(value))}; for example {example}"
@@ -21,7 +23,9 @@ def _check_int(name: str, value: object, minimum: int, example: str) -> int:
     return int(value)
 
 
-def _check_prefix(prefix: object) -> str:
+def check_prefix(prefix: object) -> str:
+    """``prefix`` if it is a file-name stem (letters, digits, '.', '_', '-'; starting with a letter
+    or digit), else InputError: generators name their files ``<prefix>-NNNN.png``."""
     if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
         raise InputError(
             f"prefix must be a file-name stem of letters, digits, '.', '_' or '-' that starts "
@@ -30,19 +34,20 @@ def _check_prefix(prefix: object) -> str:
     return prefix
 
 
-def _check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+    """``value`` if it is one of ``choices``, else InputError listing them."""
     choices = list(choices)
     if value not in choices:
         raise InputError(f"{name} must be one of {choices}, got {shorten(repr(value))}")
     return value  # type: ignore[return-value]
 
 
-def _repeated(names: Iterable[str]) -> list[str]:
+def repeated_names(names: Iterable[str]) -> list[str]:
     """The names that occur more than once, sorted, each once (e.g. output file names that clash)."""
     return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
-def _center_square(image: np.ndarray) -> np.ndarray:
+def center_square(image: np.ndarray) -> np.ndarray:
     """The largest centred square of an image (the extra row/column, if odd, is cut at the end)."""
     rows, cols = image.shape[:2]
     side = min(rows, cols)
@@ -50,12 +55,12 @@ def _center_square(image: np.ndarray) -> np.ndarray:
     return image[top : top + side, left : left + side]
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """``size`` x ``size`` resize of a ``uint8`` RGB image with Pillow's bicubic filter."""
     resized = Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(resized)
 
 
-def _rng(seed: int, index: int) -> np.random.Generator:
+def image_rng(seed: int, index: int) -> np.random.Generator:
     """The generator of image ``index``: child ``index`` of ``SeedSequence(seed)``."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))

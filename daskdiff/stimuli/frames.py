@@ -9,13 +9,13 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .common import _check_int, _check_prefix
-from ..io.images import _write_images
+from .common import check_int, check_prefix
+from ..io.png import write_images
 from ..errors import InputError
 from ..io.reading import VIDEO_CONTAINERS, NotReadableError, read_head, seems_to_be
 
 
-def _frame_durations(reader: object, path: str) -> Iterable[Fraction]:
+def frame_durations(reader: object, path: str) -> Iterable[Fraction]:
     """Seconds each frame is shown, in order, from the file's metadata (exact fractions).
 
     Pillow (GIF, APNG, WebP) gives every frame's duration in milliseconds; other plugins
@@ -156,14 +156,14 @@ def movie_frames(
             f"for example every=30 (keep every 30th frame) or fps=1 (one frame per second)"
         )
     if every is not None:
-        every = _check_int("every", every, 1, "every=30")
+        every = check_int("every", every, 1, "every=30")
     elif (
         isinstance(fps, bool)
         or not isinstance(fps, (int, float, np.integer, np.floating))
         or not 0 < fps < float("inf")
     ):
         raise InputError(f"fps must be a positive finite number, got {fps!r}; for example fps=1")
-    prefix = _check_prefix(prefix)
+    prefix = check_prefix(prefix)
     if not isinstance(movie, (str, os.PathLike)):
         raise InputError(f"movie must be a file path, got {movie!r}")
     path = os.path.abspath(movie)
@@ -175,6 +175,6 @@ def movie_frames(
         if every is not None:
             kept = ((k, frame) for k, frame in enumerate(frames) if k % every == 0)
         else:
-            kept = _nearest_to_times(frames, _frame_durations(reader, path), Fraction(fps))
+            kept = _nearest_to_times(frames, frame_durations(reader, path), Fraction(fps))
         images = ((f"{prefix}-{k:06d}.png", frame) for k, frame in kept)
-        return _write_images(out_dir, images)
+        return write_images(out_dir, images)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .common import _center_square, _check_int, _check_prefix, _resize
+from .common import center_square, check_int, check_prefix, resize_square
 from .movie import load_movie, write_movie
 from ..errors import InputError
 
@@ -68,12 +68,12 @@ def skimage_gif(
     ``movie.json`` records. Nothing is random.
     """
     if size is not None:
-        size = _check_int("size", size, 1, "size=224 or size=None (native 25 x 14)")
-    loops = _check_int("loops", loops, 1, "loops=3")
-    prefix = _check_prefix(prefix)
+        size = check_int("size", size, 1, "size=224 or size=None (native 25 x 14)")
+    loops = check_int("loops", loops, 1, "loops=3")
+    prefix = check_prefix(prefix)
     path = skimage_gif_path()
     movie = load_movie(path)
-    frames = [f if size is None else _resize(np.ascontiguousarray(_center_square(f)), size) for f in movie.frames]
+    frames = [f if size is None else resize_square(np.ascontiguousarray(center_square(f)), size) for f in movie.frames]
     parameters = dict(size=size, loops=loops)
     return write_movie(out_dir, frames * loops, fps=movie.fps, prefix=prefix, generator="skimage_gif",
                        parameters=parameters, extra={"source": {**movie.source, "file": SKIMAGE_GIF}})

@@ -9,8 +9,8 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from .common import _check_choice, _check_int, _check_prefix
-from .movie import _check_fps, _check_length, _check_number, write_movie
+from .common import check_choice, check_int, check_prefix
+from .movie import check_fps, check_length, check_number, write_movie
 
 Waveform = Literal["sine", "square"]
 
@@ -44,22 +44,22 @@ def _levels(cycles: np.ndarray, contrast: float, phase: float, waveform: str) ->
 
 
 def _check_grating(size, fps, orientation, spatial_frequency, temporal_frequency, contrast, phase, waveform):
-    size = _check_int("size", size, 2, "size=224")
-    fps = _check_fps(fps)
-    orientation = _check_number("orientation", orientation, "orientation=45 (degrees)")
-    spatial_frequency = _check_number(
+    size = check_int("size", size, 2, "size=224")
+    fps = check_fps(fps)
+    orientation = check_number("orientation", orientation, "orientation=45 (degrees)")
+    spatial_frequency = check_number(
         "spatial_frequency", spatial_frequency,
         f"spatial_frequency={min(4, size / 4):g} (cycles per image width; below size / 2 = {size / 2:g}, the pixel Nyquist limit)",
         minimum=0, below=size / 2,
     )
-    temporal_frequency = _check_number(
+    temporal_frequency = check_number(
         "temporal_frequency", temporal_frequency,
         f"temporal_frequency={min(2, fps / 4):g} (Hz; below fps / 2 = {fps / 2:g}, else the drift aliases)",
         minimum=0, below=fps / 2,
     )
-    contrast = _check_number("contrast", contrast, "contrast=1 (Michelson, 0 to 1)", minimum=0, maximum=1)
-    phase = _check_number("phase", phase, "phase=90 (degrees)")
-    waveform = _check_choice("waveform", waveform, WAVEFORMS)
+    contrast = check_number("contrast", contrast, "contrast=1 (Michelson, 0 to 1)", minimum=0, maximum=1)
+    phase = check_number("phase", phase, "phase=90 (degrees)")
+    waveform = check_choice("waveform", waveform, WAVEFORMS)
     return size, fps, orientation, spatial_frequency, temporal_frequency, contrast, phase, waveform
 
 
@@ -80,7 +80,7 @@ def grating(
     Returns a ``(size, size)`` array; see :func:`drifting_gratings` for the formula. The
     written frames are ``numpy.rint`` of this, clipped to 0..255, in all three channels.
     """
-    k = _check_int("k", k, 0, "k=0")
+    k = check_int("k", k, 0, "k=0")
     size, fps, orientation, sf, tf, contrast, phase, waveform = _check_grating(
         size, fps, orientation, spatial_frequency, temporal_frequency, contrast, phase, waveform
     )
@@ -159,8 +159,8 @@ def drifting_gratings(
     size, fps, orientation, sf, tf, contrast, phase, waveform = _check_grating(
         size, fps, orientation, spatial_frequency, temporal_frequency, contrast, phase, waveform
     )
-    count = _check_length(fps, duration, n_frames, default_duration=2.0)
-    prefix = _check_prefix(prefix)
+    count = check_length(fps, duration, n_frames, default_duration=2.0)
+    prefix = check_prefix(prefix)
     spatial = _spatial_cycles(size, orientation, sf)
 
     def frames() -> Iterator[np.ndarray]:

@@ -23,14 +23,17 @@ import math
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
-from .common import _check_int, _check_prefix
+from .common import check_int, check_prefix
+from .frames import frame_durations, open_movie
 from ..errors import InputError
 from ..io.atomic import atomic_write
-from ..io.images import ImageDecodeError, _write_images, as_rgb_uint8, image_size, load_image, resolve_image_set
+from ..io.image_sets import resolve_image_set
+from ..io.images import ImageDecodeError, as_rgb_uint8, image_size, load_image
+from ..io.png import write_images
 from ..io.reading import TEXT_FILE_MAX_BYTES, NotReadableError, open_regular, read_regular
 
 MOVIE_RECORD = "movie.json"
@@ -45,7 +48,7 @@ def frame_name(prefix: str, k: int) -> str:
     return f"{prefix}-{k:06d}.png"
 
 
-def _check_number(name: str, value: object, example: str, *, minimum: float | None = None,
+def check_number(name: str, value: object, example: str, *, minimum: float | None = None,
                   positive: bool = False, maximum: float | None = None, below: float | None = None) -> float:
     """A finite real number (not bool) within the given bounds, as float; InputError otherwise."""
     ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
@@ -69,11 +72,12 @@ def _check_number(name: str, value: object, example: str, *, minimum: float | No
     return float(value)
 
 
-def _check_fps(fps: object, name: str = "fps") -> float:
-    return _check_number(name, fps, f"{name}=30", positive=True)
+def check_fps(fps: object, name: str = "fps") -> float:
+    """A frame rate: a finite number > 0, as float (:func:`check_number`); ``name`` names it in the error."""
+    return check_number(name, fps, f"{name}=30", positive=True)
 
 
-def _check_length(fps: float, duration: object, n_frames: object, default_duration: float) -> int:
+def check_length(fps: float, duration: object, n_frames: object, default_duration: float) -> int:
     """Number of frames from ``n_frames`` or ``duration`` (seconds) at ``fps``; at most one is given."""
     if duration is not None and n_frames is not None:
         raise InputError(
@@ -81,8 +85,8 @@ def _check_length(fps: float, duration: object, n_frames: object, default_durati
             f"n_frames={n_frames!r}; for example duration=2 (seconds) or n_frames=60"
         )
     if n_frames is not None:
-        return _check_int("n_frames", n_frames, 1, "n_frames=60")
-    seconds = default_duration if duration is None else _check_number("duration", duration, "duration=2", positive=True)
+        return check_int("n_frames", n_frames, 1, "n_frames=60")
+    seconds = default_duration if duration is None else check_number("duration", duration, "duration=2", positive=True)
     exact = seconds * fps
     if not math.isfinite(exact):
         raise InputError(f"duration={seconds:g} s at fps={fps:g} is more frames than can be counted; give n_frames= (e.g. n_frames=60)")
@@ -124,7 +128,7 @@ def write_movie(
     ``extra`` is merged into the record after the frames are written (so a generator may put
     values there that it computes while yielding frames).
     """
-    prefix = _check_prefix(prefix)
+    prefix = check_prefix(prefix)
     folder = Path(os.path.abspath(out_dir))
     (folder / MOVIE_RECORD).unlink(missing_ok=True)  # never a record of frames being rewritten
     shapes: list[tuple[int, ...]] = []
@@ -138,7 +142,7 @@ def write_movie(
                 )
             yield frame_name(prefix, k), frame
 
-    paths = _write_images(folder, named())
+    paths = write_images(folder, named())
     if not paths:
         raise InputError(f"movie {generator!r} has no frames")
     record = {
@@ -170,8 +174,17 @@ def read_movie_record(folder: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"cannot read {path}: {error}") from None
     if not isinstance(record, dict) or not isinstance(record.get("frames"), list):
         raise InputError(f"{path} is not a movie record (no 'frames' list)")
-    _check_fps(record.get("fps"), name=f"'fps' in {path}")
+    check_fps(record.get("fps"), name=f"'fps' in {path}")
     return record
+
+
+class MovieSource(NamedTuple):
+    """A source movie given as a movie generator's spec, ``{generate: KIND, ...}``, to be made when
+    it is read: ``spec`` as given, and ``write(folder)``, which writes that movie into ``folder``
+    (:func:`daskdiff.stimuli.registry.generate` hands a generator this for such a source)."""
+
+    spec: Mapping[str, Any]
+    write: Callable[[str], list[str]]
 
 
 class Movie(NamedTuple):
@@ -217,10 +230,8 @@ def _stack(frames: Iterable[np.ndarray], where: str) -> np.ndarray:
 
 def _file_rate(reader: Any, path: str) -> float | None:
     """Frames per second of a movie file, or None if it has none or an uneven one (InputError)."""
-    from .frames import _frame_durations
-
     try:
-        durations = _frame_durations(reader, path)
+        durations = frame_durations(reader, path)
     except InputError:
         return None
     if isinstance(durations, list):
@@ -241,7 +252,7 @@ def read_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames:
     source : str or os.PathLike
         - a folder with a :data:`MOVIE_RECORD`: its ``frames``, in order, at its ``fps``;
         - another folder: its image files in sorted order (as
-          :func:`~daskdiff.io.images.resolve_image_set` lists them), at ``fps``;
+          :func:`~daskdiff.io.image_sets.resolve_image_set` lists them), at ``fps``;
         - a movie file imageio can read (GIF, APNG, WebP; MP4 and others with
           ``imageio-ffmpeg``), at the constant rate of its metadata;
         - a ``.npy`` array, time first (:data:`NPY_MOVIE`), at ``fps``.
@@ -267,9 +278,9 @@ def read_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames:
     checked before any frame is read.
     """
     if fps is not None:
-        fps = _check_fps(fps)
+        fps = check_fps(fps)
     if n_frames is not None:
-        n_frames = _check_int("n_frames", n_frames, 1, "n_frames=250")
+        n_frames = check_int("n_frames", n_frames, 1, "n_frames=250")
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"source must be a folder of frames or a movie file, got {source!r}")
     path = os.path.abspath(source)
@@ -286,8 +297,6 @@ def read_movie(source: str | os.PathLike, *, fps: float | None = None, n_frames:
         raise InputError(f"movie source not found: {path!r} (from source={os.fspath(source)!r})")
     if path.lower().endswith(NPY_MOVIE):
         return _npy_movie(path, fps, n_frames)
-    from .frames import open_movie
-
     reader = open_movie(path)
     try:
         rate = _same_rate(_file_rate(reader, path), fps, f"movie file {path!r}")
@@ -464,8 +473,6 @@ def planned_frames(path: str | os.PathLike, n_frames: int | None = None) -> int 
     if path.lower().endswith(NPY_MOVIE):
         frames = npy_movie_header(path).shape[0]
         return frames if n_frames is None else min(frames, n_frames)
-    from .frames import open_movie
-
     open_movie(path).close()
     return None
 
@@ -506,26 +513,3 @@ def movie_copy(
     return write_movie(out_dir, loaded.frames, fps=loaded.fps, prefix=prefix, generator="movie",
                        parameters={"movie": os.fspath(movie), "fps": fps, "n_frames": n_frames},
                        extra={"source": loaded.source})
-
-
-def planned_fps(kind: str, params: dict[str, Any]) -> float | None:
-    """The frame rate a movie generator will record, without writing anything (None: not known
-    before it runs, e.g. a movie file's own rate or scikit-image's GIF)."""
-    import inspect
-
-    from .registry import GENERATORS
-
-    if params.get("fps") is not None:
-        return float(params["fps"])
-    source = params.get("source", params.get("movie"))
-    if kind in ("scrambled", "movie"):
-        if isinstance(source, dict) and "generate" in source:
-            return planned_fps(source["generate"], {k: v for k, v in source.items() if k != "generate"})
-        if isinstance(source, (str, os.PathLike)) and os.path.isfile(os.path.join(source, MOVIE_RECORD)):
-            try:
-                return float(read_movie_record(source)["fps"])
-            except (InputError, KeyError, TypeError, ValueError):
-                return None
-        return None
-    default = inspect.signature(GENERATORS[kind]).parameters.get("fps")
-    return float(default.default) if default is not None and isinstance(default.default, (int, float)) else None

@@ -7,8 +7,8 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from .common import _check_choice, _check_int, _check_prefix, _rng
-from ..io.images import _write_images
+from .common import check_choice, check_int, check_prefix, image_rng
+from ..io.png import write_images
 
 
 NoiseKind = Literal["uniform", "gaussian"]
@@ -90,11 +90,11 @@ def white_noise(
     --------
     >>> paths = white_noise("stimuli/noise", count=3, size=8, seed=1)  # doctest: +SKIP
     """
-    count = _check_int("count", count, 1, "count=43")
-    size = _check_int("size", size, 1, "size=224")
-    seed = _check_int("seed", seed, 0, "seed=0")
-    draw = NOISE_KINDS[_check_choice("kind", kind, NOISE_KINDS)]
-    prefix = _check_prefix(prefix)
+    count = check_int("count", count, 1, "count=43")
+    size = check_int("size", size, 1, "size=224")
+    seed = check_int("seed", seed, 0, "seed=0")
+    draw = NOISE_KINDS[check_choice("kind", kind, NOISE_KINDS)]
+    prefix = check_prefix(prefix)
     shape = (size, size, 3)
-    images = ((f"{prefix}-{i:04d}.png", draw(_rng(seed, i), shape)) for i in range(count))
-    return _write_images(out_dir, images)
+    images = ((f"{prefix}-{i:04d}.png", draw(image_rng(seed, i), shape)) for i in range(count))
+    return write_images(out_dir, images)

@@ -9,9 +9,9 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 from PIL import Image
 
-from .common import _check_choice, _check_int, _check_prefix
-from .movie import _check_fps, _check_length, write_movie
-from .photos import _PHOTO_LOADERS, SAMPLE_PHOTOS, load_photo
+from .common import check_choice, check_int, check_prefix
+from .movie import check_fps, check_length, write_movie
+from .photos import SAMPLE_PHOTOS, load_photo
 from ..errors import InputError
 
 Easing = Literal["cosine", "linear"]
@@ -123,14 +123,14 @@ def photo_movie(
     takes sub-pixel boxes and antialiases when shrinking, so the motion is smooth, not in
     whole-pixel steps. A box of exactly ``size`` whole pixels is an exact crop. Nothing is random.
     """
-    if photo not in _PHOTO_LOADERS:
+    if photo not in SAMPLE_PHOTOS:
         raise InputError(f"photo must be a name from SAMPLE_PHOTOS, got {photo!r}; valid names are {list(SAMPLE_PHOTOS)}")
     start, end = _check_window("start", start), _check_window("end", end)
-    fps = _check_fps(fps)
-    count = _check_length(fps, duration, n_frames, default_duration=2.0)
-    size = _check_int("size", size, 1, "size=224")
-    easing = _check_choice("easing", easing, EASINGS)
-    prefix = _check_prefix(prefix)
+    fps = check_fps(fps)
+    count = check_length(fps, duration, n_frames, default_duration=2.0)
+    size = check_int("size", size, 1, "size=224")
+    easing = check_choice("easing", easing, EASINGS)
+    prefix = check_prefix(prefix)
     image = load_photo(photo)
     rows, cols = image.shape[:2]
     _inside("start", start, rows, cols, photo)

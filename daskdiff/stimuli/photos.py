@@ -7,8 +7,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .common import _check_int, _check_prefix, _center_square, _repeated, _resize
-from ..io.images import _write_images, as_rgb_uint8
+from .common import check_int, check_prefix, center_square, repeated_names, resize_square
+from ..io.images import as_rgb_uint8
+from ..io.png import write_images
 from ..errors import InputError
 
 
@@ -126,7 +127,7 @@ def sample_photos(
     """
     if names is None:
         count = DEFAULT_PHOTO_COUNT if count is None else count
-        count = _check_int("count", count, 1, f"count={DEFAULT_PHOTO_COUNT}")
+        count = check_int("count", count, 1, f"count={DEFAULT_PHOTO_COUNT}")
         if count > len(SAMPLE_PHOTOS):
             raise InputError(
                 f"count must be at most {len(SAMPLE_PHOTOS)} (the number of SAMPLE_PHOTOS), "
@@ -142,7 +143,7 @@ def sample_photos(
                 f"names must be a non-empty list of names from SAMPLE_PHOTOS, got unknown "
                 f"{unknown or chosen!r}; valid names are {list(SAMPLE_PHOTOS)}"
             )
-        repeated = _repeated(chosen)
+        repeated = repeated_names(chosen)
         if repeated:
             raise InputError(f"names must be distinct, got {repeated} more than once")
         if count is not None and count != len(chosen):
@@ -151,14 +152,14 @@ def sample_photos(
                 f"leave count out when passing names"
             )
     if size is not None:
-        size = _check_int("size", size, 1, "size=224 or size=None (native size)")
-    prefix = _check_prefix(prefix)
+        size = check_int("size", size, 1, "size=224 or size=None (native size)")
+    prefix = check_prefix(prefix)
 
     def photos() -> Iterator[tuple[str, np.ndarray]]:
         for i, name in enumerate(chosen):
             image = load_photo(name)
             if size is not None:
-                image = _resize(_center_square(image), size)
+                image = resize_square(center_square(image), size)
             yield f"{prefix}-{i:04d}.png", image
 
-    return _write_images(out_dir, photos())
+    return write_images(out_dir, photos())

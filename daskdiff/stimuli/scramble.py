@@ -8,8 +8,8 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from .common import _center_square, _check_choice, _check_int, _check_prefix, _resize, _rng
-from .movie import Movie, _check_fps, load_movie, write_movie
+from .common import center_square, check_choice, check_int, check_prefix, resize_square, image_rng
+from .movie import Movie, MovieSource, check_fps, load_movie, write_movie
 from ..errors import InputError
 
 ScrambleMode = Literal["spatiotemporal", "frame", "fixed"]
@@ -101,9 +101,9 @@ def phase_scramble(
     x = np.asarray(movie, dtype=np.float64)
     if x.ndim != 4:
         raise InputError(f"movie must be (n_frames, rows, cols, n_channels), got shape {x.shape}")
-    seed = _check_int("seed", seed, 0, "seed=0")
-    mode = _check_choice("mode", mode, SCRAMBLE_MODES)
-    channels = _check_choice("channels", channels, CHANNEL_PHASES)
+    seed = check_int("seed", seed, 0, "seed=0")
+    mode = check_choice("mode", mode, SCRAMBLE_MODES)
+    channels = check_choice("channels", channels, CHANNEL_PHASES)
     n_frames, rows, cols, n_channels = x.shape
     extra = (n_channels,) if channels == "independent" else ()
     out = np.empty_like(x)
@@ -112,36 +112,34 @@ def phase_scramble(
         return phasors[..., None] if channels == "shared" else phasors
 
     if mode == "spatiotemporal":
-        phasors = random_phasors(_rng(seed, 0).standard_normal((n_frames, rows, cols) + extra), (0, 1, 2))
+        phasors = random_phasors(image_rng(seed, 0).standard_normal((n_frames, rows, cols) + extra), (0, 1, 2))
         for c in range(n_channels):
             spectrum = np.fft.rfftn(x[..., c], axes=(0, 1, 2))
             spectrum *= phasors if channels == "shared" else phasors[..., c]
             out[..., c] = np.fft.irfftn(spectrum, s=(n_frames, rows, cols), axes=(0, 1, 2))
         return out
-    fixed = per_channel(random_phasors(_rng(seed, 0).standard_normal((rows, cols) + extra), (0, 1))) if mode == "fixed" else None
+    fixed = per_channel(random_phasors(image_rng(seed, 0).standard_normal((rows, cols) + extra), (0, 1))) if mode == "fixed" else None
     for t in range(n_frames):
-        phasors = fixed if fixed is not None else per_channel(random_phasors(_rng(seed, t).standard_normal((rows, cols) + extra), (0, 1)))
+        phasors = fixed if fixed is not None else per_channel(random_phasors(image_rng(seed, t).standard_normal((rows, cols) + extra), (0, 1)))
         spectrum = np.fft.rfft2(x[t], axes=(0, 1))
         out[t] = np.fft.irfft2(spectrum * phasors, s=(rows, cols), axes=(0, 1))
     return out
 
 
 def _source_movie(source: object, fps: float | None, n_frames: int | None) -> tuple[Movie, Any]:
-    """The movie to scramble and ``source`` as JSON: a path is read, a ``{generate: ...}`` made."""
-    if isinstance(source, Mapping):
-        from .registry import MOVIE_KINDS, generate
-
-        params = dict(source)
-        kind = params.pop("generate", None)
-        if kind not in MOVIE_KINDS:
-            raise InputError(
-                f"source as a mapping must be {{generate: KIND, ...}} with KIND one of {sorted(MOVIE_KINDS)}, "
-                f"got {dict(source)!r}; or give a folder of frames or a movie file"
-            )
+    """The movie to scramble and ``source`` as JSON: a path is read, a :class:`MovieSource` made."""
+    if isinstance(source, MovieSource):
         with tempfile.TemporaryDirectory(prefix="daskdiff-scramble-") as folder:
-            generate(kind, folder, **params)
+            source.write(folder)
             movie = load_movie(folder, fps=fps, n_frames=n_frames)
-        return movie._replace(source={"kind": "generate", "generate": kind, "parameters": params, "fps": movie.fps}), dict(source)
+        params = dict(source.spec)
+        kind = params.pop("generate")
+        return movie._replace(source={"kind": "generate", "generate": kind, "parameters": params, "fps": movie.fps}), dict(source.spec)
+    if isinstance(source, Mapping):
+        raise InputError(
+            f"source {dict(source)!r} is a movie generator's spec, which daskdiff.stimuli.registry.generate makes: "
+            f"call generate('scrambled', out_dir, source={{'generate': KIND, ...}}), or give a folder of frames or a movie file"
+        )
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(
             f"source must be a folder of frames, a movie file or {{generate: KIND, ...}}, got {source!r}"
@@ -150,7 +148,7 @@ def _source_movie(source: object, fps: float | None, n_frames: int | None) -> tu
 
 
 def phase_scrambled(
-    source: str | os.PathLike | Mapping[str, Any],
+    source: str | os.PathLike | Mapping[str, Any] | MovieSource,
     out_dir: str | os.PathLike,
     *,
     seed: int = 0,
@@ -166,12 +164,15 @@ def phase_scrambled(
 
     Parameters
     ----------
-    source : str, os.PathLike or mapping
+    source : str, os.PathLike, mapping or MovieSource
         The movie: a folder written by a movie generator (its ``movie.json`` gives the frames
         and the rate), any folder of frames (sorted by name; give ``fps``), a movie file
         (GIF/APNG/WebP, or a video with ``imageio-ffmpeg``; constant frame rate), or a mapping
         ``{generate: KIND, ...}`` naming a movie generator (``gratings``, ``photo_movie``,
-        ``skimage_gif``, ``scrambled``) and its parameters, made in a temporary folder.
+        ``skimage_gif``, ``scrambled``, ``movie``) and its parameters, made in a temporary
+        folder: through :func:`daskdiff.stimuli.registry.generate`, which hands this function
+        such a mapping as a :class:`~daskdiff.stimuli.movie.MovieSource` (called directly,
+        this function refuses a bare mapping).
     out_dir : str or os.PathLike
         Folder to write to; created (with parents) if missing. One movie per folder.
     seed : int, default 0
@@ -215,18 +216,18 @@ def phase_scrambled(
     share clipped, with ``fit='clip'``) and the ``scale``. The same arguments rewrite
     byte-identical files; another seed gives other phases.
     """
-    seed = _check_int("seed", seed, 0, "seed=0")
-    mode = _check_choice("mode", mode, SCRAMBLE_MODES)
-    channels = _check_choice("channels", channels, CHANNEL_PHASES)
-    fps = None if fps is None else _check_fps(fps)
-    n_frames = None if n_frames is None else _check_int("n_frames", n_frames, 1, "n_frames=250")
-    size = None if size is None else _check_int("size", size, 1, "size=224 or size=None (the source's size)")
-    fit = _check_choice("fit", fit, FITS)
-    prefix = _check_prefix(prefix)
+    seed = check_int("seed", seed, 0, "seed=0")
+    mode = check_choice("mode", mode, SCRAMBLE_MODES)
+    channels = check_choice("channels", channels, CHANNEL_PHASES)
+    fps = None if fps is None else check_fps(fps)
+    n_frames = None if n_frames is None else check_int("n_frames", n_frames, 1, "n_frames=250")
+    size = None if size is None else check_int("size", size, 1, "size=224 or size=None (the source's size)")
+    fit = check_choice("fit", fit, FITS)
+    prefix = check_prefix(prefix)
     movie, given = _source_movie(source, fps, n_frames)
     frames = movie.frames
     if size is not None:
-        frames = np.stack([_resize(np.ascontiguousarray(_center_square(f)), size) for f in frames])
+        frames = np.stack([resize_square(np.ascontiguousarray(center_square(f)), size) for f in frames])
     values = phase_scramble(frames, seed=seed, mode=mode, channels=channels)
     outside = float(np.mean((values < 0) | (values > 255)))
     scale = _fitting_scale(values) if fit == "scale" else 1.0

@@ -37,10 +37,11 @@ from ..core.batches import batch_slices
 from ..core.ranking import class_mass, softmax, top_k
 from ..errors import InputError
 from ..io.atomic import atomic_write
-from ..io.images import load_images, resolve_image_set
+from ..io.image_sets import resolve_image_set
+from ..io.images import load_images
 from ..model.build import cached_model, class_index, class_labels, forward_lock, input_size, ModelSpec
 from ..model.preprocess import preprocess
-from .common import _repeated
+from .common import repeated_names
 
 SELECTION_TABLE = "selection.csv"
 """Name of the table :func:`select_images` writes beside the kept images."""
@@ -254,7 +255,7 @@ def select_images(
     ----------
     source : str, path-like or sequence of them
         An image set (folder, glob pattern or list file, see
-        :func:`daskdiff.io.images.resolve_image_set`) or a list of image paths.
+        :func:`daskdiff.io.image_sets.resolve_image_set`) or a list of image paths.
     out_dir : str or path-like
         Folder the kept files are copied into (created if missing), keeping their names and
         bytes, and where the table ``selection.csv`` is written.
@@ -305,7 +306,7 @@ def select_images(
     rows = [row for task, result in zip(tasks, results) for row in _selection_rows(task, result, chosen, min_prob, labels)]
     n_skipped = sum(len(dict(result.skipped)) for result in results)
     kept_sources = [str(row["path"]) for row in rows if row["status"] == "kept"]
-    repeated = _repeated(os.path.basename(p) for p in kept_sources)
+    repeated = repeated_names(os.path.basename(p) for p in kept_sources)
     if repeated:
         raise InputError(
             f"kept images from different folders share the file name(s) {repeated}; the selection "

@@ -1,0 +1,105 @@
+"""Pipeline layer, step 4 of a job: record its results in one NetCDF file, with their provenance.
+
+:func:`record` combines the partial results of a job's run into ``differentiation.nc``
+(:func:`daskdiff.io.results.assemble`), with CF global attributes saying what made it: the spec,
+the model's identity, package versions, the Keras backend the workers used, and the command.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable
+
+from ..core.units import bytes_per_image, n_units_label
+from ..io.atomic import write_netcdf
+from ..io.layout import PLOT_FILE, RESULTS_FILE
+from ..io.partials import PartialResult
+from ..io.results import assemble
+from ..logs import reporter, warn
+from .plan import JobPlan
+from .spec import spec_yaml
+
+_echo = reporter(__name__)
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("daskdiff", "dask", "distributed", "xarray", "numpy", "scipy", "tensorflow", "keras", "netCDF4"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _results_attrs(plan: JobPlan, command: str | None, metadata: dict | None = None) -> dict[str, Any]:
+    """The results file's global attributes: CF provenance, the spec, the analysis conventions.
+
+    ``keras_backend`` (and ``keras_backend_version``) are those the shards were extracted with
+    (``metadata``'s ``backends``; several, comma-separated, when workers or resumed runs differed),
+    ``client_keras_backend`` this process's."""
+    spec = plan.spec
+    a = spec.analysis
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    attrs = {
+        "Conventions": "CF-1.8",
+        "title": f"daskdiff differentiation results of job {spec.name!r}",
+        "source": f"daskdiff {versions()['daskdiff']}",
+        "history": f"{now}: {command or 'daskdiff.run_job'}",
+        "job_spec": spec_yaml(spec),
+        "package_versions": json.dumps(versions()),
+        "seed": a.seed,
+        "metric": a.metric,
+        "normalize": a.normalize,
+        "normalize_scope": "per image set, layer, substrate, n_units and repeat (all entries of the sampled matrix)",
+        "per_unit": int(a.per_unit),
+        "median_over": a.median_over,
+        "sampling_mode": a.sampling,
+        "repeats": a.repeats,
+        "plan_digest": plan.digest,
+        "bytes_per_image": bytes_per_image(plan.storage),
+        **plan.model.identity(),
+    }
+    # the backend that computed the activations is the workers' (their shards say which), not this client's
+    attrs["client_keras_backend"] = attrs["keras_backend"]
+    found = list(dict.fromkeys(b for meta in (metadata or {}).values() for b in meta.get("backends", []) if b[0]))
+    if found:
+        attrs["keras_backend"] = ", ".join(dict.fromkeys(b for b, _ in found))
+        attrs["keras_backend_version"] = ", ".join(dict.fromkeys(str(v) for _, v in found))
+    if plan.notes:
+        attrs["warning"] = " | ".join(plan.notes)
+    return attrs
+
+
+def record(plan: JobPlan, metadata: dict, partials: list[PartialResult], *, keep_rdm: bool, command: str | None = None, echo: Callable = _echo) -> tuple[Path, list[tuple[str, str, str]], list[str]]:
+    """Assemble the partial results into ``differentiation.nc`` (written atomically).
+
+    Returns the file's path, the skipped files as ``(set, path, reason)`` and the job's notes
+    (the plan's, plus a count of undefined repeats), each also echoed.
+    """
+    a = plan.spec.analysis
+    ds = assemble(
+        sets=list(plan.sets), metadata=metadata, substrates=list(a.substrates), n_units=[n_units_label(n) for n in a.n_units],
+        layers=plan.layers, repeats=a.repeats, partials=partials, keep_rdm=keep_rdm,
+        attrs=_results_attrs(plan, command, metadata), fps=plan.fps,
+        spectral={**a.spectral.model_dump(mode="json"), "normalize": a.normalize} if "spectral" in a.measures else None,
+        images="images" in a.measures,
+    )
+    plan.manifest.add_files([plan.output / RESULTS_FILE, plan.output / PLOT_FILE])
+    path = write_netcdf(ds, plan.output / RESULTS_FILE)
+    notes = list(plan.notes)
+    if undefined := int(ds["n_undefined"].sum()):
+        note = (
+            f"{undefined} repeat(s) had a normaliser of zero or below float32 resolution of the layer "
+            "(e.g. only dead units or ~0 softmax tails sampled): NaN, counted in n_undefined"
+        )
+        warn(echo, "warning: " + note)
+        notes.append(note)
+    skipped = [(str(s), str(p), str(r)) for s, p, r in zip(ds["skipped_set"].values, ds["skipped_path"].values, ds["skipped_reason"].values)]
+    for s, p, r in skipped:
+        warn(echo, f"skipped ({s}): {p}: {r}")
+    ds.close()
+    return path, skipped, notes
