@@ -34,7 +34,7 @@ from .errors import DaskdiffError, InputError, shorten
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .pipeline.cluster import import_tensorflow_quietly
+    from .model.quiet import import_tensorflow_quietly
     from .pipeline.spec_file import load_spec
 
     spec, base = load_spec(args.job)
@@ -129,7 +129,7 @@ def _client(address: str | None):
 
 
 def _select(args: argparse.Namespace) -> int:
-    from .pipeline.cluster import import_tensorflow_quietly
+    from .model.quiet import import_tensorflow_quietly
     from .stimuli.select import model_spec, select_images
 
     import_tensorflow_quietly()
@@ -143,7 +143,7 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _adversarial(args: argparse.Namespace) -> int:
-    from .pipeline.cluster import import_tensorflow_quietly
+    from .model.quiet import import_tensorflow_quietly
     from .stimuli.adversarial import attack_images
     from .stimuli.select import model_spec
 

@@ -261,9 +261,6 @@ def _worker_ttl():
     return worker_ttl()
 
 
-NOT_WIRED = pytest.mark.xfail(reason="read in plan.py, run.py and cluster.py (the lead's and the 'cluster' helper's): "
-                                     "they read the constant until wired to this key", strict=True)
-
 #: key -> (a value other than the default, what the key changes, observed: a function of the
 #: ``shards`` fixture). Every key of daskdiff.yaml.
 PROBES = {
@@ -280,10 +277,9 @@ PROBES = {
     "daskdiff.cluster.close-timeout": ("3s", lambda _: _close_timeout()),
     **{f"daskdiff.estimate.{f.name.replace('_', '-')}": (f.default * 2, lambda _: _estimate_figures()) for f in fields(Calibration)},
 }
-WIRED_LATER = {"daskdiff.cluster.close-timeout"}
 
 
-@pytest.mark.parametrize("key", [pytest.param(key, marks=NOT_WIRED) if key in WIRED_LATER else key for key in sorted(PROBES)])
+@pytest.mark.parametrize("key", sorted(PROBES))
 def test_each_key_changes_what_it_controls(key, shards):
     other, probe = PROBES[key]
     default = probe(shards)

@@ -18,8 +18,10 @@ from distributed import Client, LocalCluster
 from distributed.security import Security
 
 from daskdiff.errors import InputError
-from daskdiff.pipeline.cluster import connect, security_from, WorkerSetup
+from daskdiff.pipeline.cluster import connect
 from daskdiff.pipeline.spec_cluster import ClusterSection, SecuritySection
+from daskdiff.pipeline.tls import security_from
+from daskdiff.pipeline.workers import WorkerSetup
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # functions sent to worker processes
 

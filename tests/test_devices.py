@@ -1,6 +1,6 @@
 """One accelerator per worker, and what a failing one says (issue 16, item 2), without a GPU.
 
-The one-device rule is checked where it acts: what :class:`daskdiff.pipeline.cluster.WorkerSetup`
+The one-device rule is checked where it acts: what :class:`daskdiff.pipeline.workers.WorkerSetup`
 sets in real worker processes before any backend op, given the ``CUDA_VISIBLE_DEVICES`` that
 dask-cuda gives its workers (a fake multi-GPU environment: the variable is all the backends read).
 A GPU that runs out of memory is the real exception class of each backend, raised from the
@@ -16,7 +16,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from daskdiff.errors import DeviceError, JobError
-from daskdiff.pipeline.cluster import DEVICE_ATTRIBUTE, WorkerSetup, device_failure, one_device
+from daskdiff.pipeline.workers import DEVICE_ATTRIBUTE, WorkerSetup, device_failure, one_device
 from jobtools import tiny_spec
 
 

@@ -31,6 +31,7 @@ from daskdiff.core.sampling import expected_union, sample_size, sample_units
 from daskdiff.core.units import Sampling, expected_stored, storage_plan
 from daskdiff.pipeline import budget
 from daskdiff.pipeline.budget import BudgetError, Limits, check_budget, worker_memory_limit
+from daskdiff.pipeline.machine import machine_memory
 
 DASKDIFF = str(Path(sys.executable).parent / "daskdiff")
 
@@ -195,7 +196,7 @@ def test_worker_memory_limit_is_dasks(value):
     from distributed.worker_memory import parse_memory_limit
 
     dask_says = parse_memory_limit(value, 1, logger=logging.getLogger("test"))
-    assert worker_memory_limit(value, 1) == (dask_says or budget.machine_memory())
+    assert worker_memory_limit(value, 1) == (dask_says or machine_memory())
 
 
 # 2. bounds and --force -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import urllib.error
 from pathlib import Path
 
@@ -119,18 +120,19 @@ def test_decoder_processes_give_the_same_shard(tmp_path, image_folders, tiny_pla
 def test_decoders_auto_is_one_without_a_gpu_and_a_share_of_the_cores_with_one(monkeypatch):
     import distributed
 
-    from daskdiff.pipeline import cluster
+    from daskdiff.pipeline import workers
+    from daskdiff.pipeline.spec import MAX_DECODERS
 
-    assert cluster.decoders() == 1  # not in a worker: the forward pass needs the cores
-    worker = type("FakeWorker", (), {cluster.DEVICE_ATTRIBUTE: {"gpu": True}})()
+    assert workers.decoders() == 1  # not in a worker: the forward pass needs the cores
+    worker = type("FakeWorker", (), {workers.DEVICE_ATTRIBUTE: {"gpu": True}})()
     monkeypatch.setattr(distributed, "get_worker", lambda: worker)
-    monkeypatch.setattr(cluster, "node_gpus", lambda: 8)
-    monkeypatch.setattr(cluster.os, "sched_getaffinity", lambda pid: set(range(64)))
-    assert cluster.decoders() == 8  # 64 cores over 8 GPUs
-    monkeypatch.setattr(cluster, "node_gpus", lambda: 1)
-    assert cluster.decoders() == cluster.MAX_DECODERS
-    setattr(worker, cluster.DEVICE_ATTRIBUTE, {"gpu": False})
-    assert cluster.decoders() == 1
+    monkeypatch.setattr(workers, "node_gpus", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert workers.decoders() == 8  # 64 cores over 8 GPUs
+    monkeypatch.setattr(workers, "node_gpus", lambda: 1)
+    assert workers.decoders() == MAX_DECODERS
+    setattr(worker, workers.DEVICE_ATTRIBUTE, {"gpu": False})
+    assert workers.decoders() == 1
 
 
 def test_conv_unit_coordinates(tmp_path, image_folders, tiny_plan):

@@ -81,7 +81,7 @@ CHANGES_RESULTS = [
     ("analysis.seed", 1),
     ("analysis.rdm_max_images", 0),  # whether the results hold an `rdm` variable
     ("analysis.repeats_per_task", 5),  # the mean RDM sums the repeats' stacks in this grouping
-    ("extraction.batch_size", 8),  # float32 rounding of the forward pass (see plan.shard_size)
+    ("extraction.batch_size", 8),  # float32 rounding of the forward pass (see core.batches.shard_size)
     ("extraction.resize", "bilinear"),
     ("extraction.store", "all"),
     ("extraction.store", "none"),

@@ -15,7 +15,8 @@ import yaml
 from distributed import Client, LocalCluster
 
 from daskdiff import cli
-from daskdiff.pipeline.budget import BudgetError, Limits, machine_memory, usable_cores
+from daskdiff.pipeline.budget import BudgetError, Limits
+from daskdiff.pipeline.machine import machine_memory, usable_cores
 from daskdiff.pipeline.job import dry_run, plan_job, run_job
 from daskdiff.pipeline.spec_file import MAX_SPEC_BYTES, load_spec, parse_spec
 from daskdiff.stimuli.registry import generate

@@ -1,7 +1,7 @@
 """Pipeline layer: a job's work estimated and bounded before anything runs.
 
 :func:`daskdiff.core.estimate.estimate_work` does the arithmetic; this module feeds it a job's
-sizes (:func:`job_size`), finds what the job may use here (:func:`limits_for`: free disk under
+sizes (:func:`job_size`), finds what the job may use here (:func:`limits_at`: free disk under
 the output folder, this machine's memory, a worker's memory limit), refuses a job over a bound
 (:func:`check_budget`) and words the estimate (:func:`describe`).
 
@@ -26,11 +26,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
+from ..core.batches import shard_size
 from ..core.estimate import Calibration, JobSize, LayerSize, WorkEstimate
 from ..errors import InputError
 from ..logs import reporter, warn
 from ..io.layout import ACTIVATIONS_DIR, PARTIAL_DIR, RESULTS_FILE
 from . import config
+from .machine import default_workers, machine_memory, usable_cores
+from .target import Target
 
 _echo = reporter(__name__)  # the default echo: this module's logger (see daskdiff.logs)
 
@@ -68,36 +71,6 @@ def _bytes_in(output: Path) -> int:
             total += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     results = output / RESULTS_FILE
     return total + (results.stat().st_size if results.is_file() else 0)
-
-
-def is_external(cluster, *, scheduler: str | None = None, scheduler_file: str | None = None, n_workers: int | None = None) -> bool:
-    """Whether the job will use workers started elsewhere (as :func:`daskdiff.pipeline.cluster.connect`
-    decides): their memory is then not known here."""
-    import dask
-
-    if scheduler or scheduler_file or cluster.kind == "address":
-        return True
-    return cluster.kind == "local" and bool(dask.config.get("scheduler-address", None)) and not n_workers
-
-
-def machine_memory() -> int:
-    """This machine's memory as Dask's ``distributed.system.MEMORY_LIMIT`` computes it: the
-    physical memory, or a lower cgroup (v2 or v1) limit (without importing distributed: 0.7 s)."""
-    import psutil
-
-    total = psutil.virtual_memory().total
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            total = min(total, int(Path(path).read_text().strip()))
-        except (OSError, ValueError):  # absent, or 'max'
-            continue
-    return total
-
-
-def usable_cores() -> int:
-    """The cores this process may use: its CPU affinity (SLURM, dask-cuda and containers restrict
-    it), else the machine's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def check_local_cluster(cluster, n_workers: int | None = None) -> None:
@@ -160,40 +133,43 @@ def worker_memory_limit(memory_limit: str | float | None, threads: int, cores: i
     return int(min(value, total)) if value > 0 else total
 
 
-def limits_for(cluster, output: Path, *, external: bool = False, n_workers: int | None = None) -> Limits:
+def limits_at(target: Target, output: Path) -> Limits:
     """The disk under ``output``, this machine's available memory, and a worker's memory limit.
 
     Parameters
     ----------
-    cluster : ClusterSection
-        The spec's ``cluster`` section.
+    target : Target
+        Where the job runs (its ``cluster`` section and ``--workers``).
     output : Path
         The output folder (it need not exist: the free space of its nearest existing parent).
-    external : bool
-        The job connects to workers started elsewhere (:func:`is_external`).
-    n_workers : int, optional
-        ``--workers``.
 
     Returns
     -------
     Limits
         A worker's limit is :func:`worker_memory_limit` of ``cluster.memory_limit`` on a
         LocalCluster, the ``memory`` of a SLURM job over its ``processes``, and unknown (None)
-        on an external cluster, whose workers are not known before connecting.
+        on an external cluster (:attr:`Target.external`), whose workers are not known before
+        connecting.
+
+    Raises
+    ------
+    InputError
+        A ``local`` cluster that cannot fit this machine (:func:`check_local_cluster`).
     """
     import psutil
 
+    cluster = target.section
     where = _existing_parent(Path(output))
     try:
         free = shutil.disk_usage(where).free
     except OSError:
         free = None
-    workers = None if external else n_workers or cluster.n_workers
-    if not external and cluster.kind == "local":
-        check_local_cluster(cluster, n_workers)
-    if external:
+    workers = None if target.external else target.n_workers or cluster.n_workers
+    if target.kind == "local":
+        check_local_cluster(cluster, target.n_workers)
+    if target.external:
         memory, source = None, "external cluster"
-    elif cluster.kind == "slurm":
+    elif target.kind == "slurm":
         memory, source = _slurm_memory({k: cluster.slurm.resolved(k)[0] for k in ("memory", "processes")}), "cluster.slurm memory / processes"
         workers = None
     else:
@@ -202,8 +178,8 @@ def limits_for(cluster, output: Path, *, external: bool = False, n_workers: int 
         except (ValueError, TypeError):
             memory = None
         source = f"cluster.memory_limit {cluster.memory_limit}"
-        if workers is None and cluster.kind == "local":
-            workers = max(1, min(os.cpu_count() or 1, 4))
+        if workers is None and target.kind == "local":
+            workers = default_workers()
     return Limits(free, where, _bytes_in(Path(output)), int(psutil.virtual_memory().available), memory, source, workers)
 
 
@@ -243,8 +219,6 @@ def job_size(spec, counts: Mapping[str, int], shapes: Mapping[str, tuple], store
     values the shard files store, where they are not ``stored`` (the values extracted); ``generated``: the sets still to be
     generated, as :attr:`daskdiff.core.estimate.JobSize.generated`; ``input_values``: the values
     of one image as the model takes it."""
-    from .plan import shard_size
-
     a, e = spec.analysis, spec.extraction
     spectral = {name: max(1, round(rate * a.spectral.state_length)) for name, rate in (fps or {}).items()
                 if name in counts and "spectral" in a.measures}

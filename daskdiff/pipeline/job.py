@@ -32,13 +32,14 @@ from typing import Any, Callable
 from ..io.atomic import atomic_write
 from ..io.layout import JOB_FILE
 from ..logs import reporter
-from .budget import is_external, Limits, limits_for
+from .budget import Limits, limits_at
 from .output import clean_temporaries, prepare, preview
 from .plan import check, JobPlan, plan
 from .record import record, versions
 from .resolve import JobInputs, resolve
 from .run import run
 from .spec import JobSpec
+from .target import Target
 
 _echo = reporter(__name__)
 
@@ -88,7 +89,7 @@ def plan_job(
 
     ``dry_run``: write nothing (no output folder, no generated images, no temporaries removed,
     weights not loaded); the plan returned only describes the job. ``limits``: what the job may
-    use (default: :func:`daskdiff.pipeline.budget.limits_for` the spec's cluster). ``checked``:
+    use (default: :func:`daskdiff.pipeline.budget.limits_at` the spec's cluster). ``checked``:
     called (not in a dry run) once the plan has passed, before the output folder is locked and
     image sets are generated: :func:`run_job` starts a local cluster's workers there.
 
@@ -97,7 +98,7 @@ def plan_job(
     ends.
     """
     inputs = resolve(spec, base, output=output, weights=weights, echo=echo)
-    return _plan(inputs, limits or limits_for(spec.cluster, inputs.output), overwrite=overwrite, echo=echo, force=force,
+    return _plan(inputs, limits or limits_at(Target.of(spec.cluster), inputs.output), overwrite=overwrite, echo=echo, force=force,
                  dry_run=dry_run, checked=checked)
 
 
@@ -149,7 +150,7 @@ def run_job(
     have passed (``plan_job``'s ``checked``): its workers import Keras meanwhile; the whole
     estimate is still printed, and checked, before any task is submitted.
     """
-    from .cluster import EarlyCluster, connect, starts_locally
+    from .cluster import EarlyCluster, connect
 
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
@@ -157,17 +158,17 @@ def run_job(
     def clock(stage: str) -> None:
         stages[stage] = round(time.perf_counter() - t0, 3)
 
+    target = Target.of(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers, client=client is not None)
     early: list[EarlyCluster] = []
 
     def start_workers() -> None:  # a LocalCluster's workers start (and import Keras) while the plan is finished
-        if client is None and starts_locally(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers):
+        if target.starts_locally:
             early.append(EarlyCluster(spec.cluster, n_workers))
 
     with contextlib.ExitStack() as cleanup:  # however the job ends:
         cleanup.callback(lambda: [cluster.close() for cluster in early])  # an early cluster connect did not take
         inputs = resolve(spec, base, output=output, weights=weights, echo=echo)
-        limits = _limits(inputs, client, scheduler, scheduler_file, n_workers)
-        plan = _plan(inputs, limits, overwrite=overwrite, echo=echo, force=force, checked=start_workers)
+        plan = _plan(inputs, limits_at(target, inputs.output), overwrite=overwrite, echo=echo, force=force, checked=start_workers)
         cleanup.callback(plan.release)  # the plan holds the output folder's lock until the job ends
         echo(plan.summary())
         clock("planned")
@@ -190,15 +191,8 @@ def run_job(
         if client is not None:
             return on(client)
         with connect(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers, echo=echo,
-                     early=early[0] if early else None, needs=plan.memory) as c:
+                     early=early[0] if early else None, needs=plan.memory, target=target) as c:
             return on(c)
-
-
-def _limits(inputs: JobInputs, client: Any, scheduler: str | None, scheduler_file: str | None, n_workers: int | None) -> Limits:
-    """What the job may use, for the cluster it will run on (a given client counts as external)."""
-    cluster = inputs.spec.cluster
-    external = client is not None or is_external(cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers)
-    return limits_for(cluster, inputs.output, external=external, n_workers=n_workers)
 
 
 def dry_run(
@@ -222,7 +216,8 @@ def dry_run(
     """
     echo("dry run: nothing is written and no cluster starts")
     inputs = resolve(spec, base, output=output, weights=weights, echo=echo)
-    plan = _plan(inputs, _limits(inputs, None, scheduler, scheduler_file, n_workers), overwrite=overwrite, echo=echo, force=force,
+    target = Target.of(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers)
+    plan = _plan(inputs, limits_at(target, inputs.output), overwrite=overwrite, echo=echo, force=force,
                  dry_run=True)
     echo(plan.summary())
     for name, n in plan.counts.items():

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..core.batches import shard_size
 from ..errors import JobError
 from ..io.atomic import atomic_write, remove_dead_temporaries
 from ..io.confined import check_own_file, read_own_file
@@ -32,7 +33,7 @@ from ..io.manifest import check_output_folder, Manifest, OutputFolderError, Writ
 from ..logs import reporter, warn
 from ..model.build import build_model, ModelSpec, WeightsUnavailableError, with_fingerprint
 from .movies import check_spectral
-from .plan import JobPlan, plan_estimate, shard_size
+from .plan import JobPlan, plan_estimate
 from .resolve import generated_fps, ImageSet, reusable_generated
 from .spec import JobSpec
 

@@ -184,14 +184,6 @@ def check(plan: JobPlan, *, force: bool = False, echo: Callable = _echo) -> None
     check_budget(plan.estimate, plan.limits, force=force, echo=echo, quote=False)
 
 
-def shard_size(requested: int, batch_size: int) -> int:
-    """Shard size rounded up to a multiple of the batch size.
-
-    Batches then hold the same images (same global positions) whatever the shard size, so
-    float32 activations, and so results, are bit-identical for any shard size. (The batch
-    size itself changes float32 rounding, ~1e-7 relative: it is part of the spec digest.)
-    """
-    return -(-requested // batch_size) * batch_size
 
 
 def task_memory_budget(spec: JobSpec, worker_limits: Sequence[tuple[int, int]]) -> int | None:

@@ -226,7 +226,7 @@ class ExtractionSection(Strict):
     pass) and, on a GPU worker, its share of the node's cores (the cores it may use over the GPUs
     on the node, at most :data:`MAX_DECODERS`). A number is at most :data:`MAX_DECODERS`, and a
     worker starts no more of them than the cores it may use
-    (:func:`daskdiff.pipeline.cluster.decoders`)."""
+    (:func:`daskdiff.pipeline.workers.decoders`)."""
 
     @field_validator("decoders", mode="before")
     @classmethod

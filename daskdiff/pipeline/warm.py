@@ -1,7 +1,7 @@
 """Pipeline layer: a worker preload that sets the worker up and imports Keras as it starts.
 
 The ``LocalCluster`` daskdiff starts passes it to each worker (``preload``), so that the set-up
-(:class:`daskdiff.pipeline.cluster.WorkerSetup`: the environment, the one GPU the worker may
+(:class:`daskdiff.pipeline.workers.WorkerSetup`: the environment, the one GPU the worker may
 use, chosen before any framework touches CUDA) and importing TensorFlow, torch or jax (seconds)
 happen while the client is still planning the job (:class:`daskdiff.pipeline.cluster.EarlyCluster`),
 not in the first extraction task. The plugin the client registers later finds the set-up done.
@@ -16,7 +16,7 @@ from typing import Any
 
 def dask_setup(worker: Any) -> None:
     """Set the worker up, then import Keras (Dask calls this once, as the worker starts)."""
-    from .cluster import WorkerSetup
+    from .workers import WorkerSetup
 
     WorkerSetup().setup(worker)
     with contextlib.suppress(Exception):  # a failed import: the first task that needs Keras raises it, naming the task

@@ -1,0 +1,95 @@
+"""Model layer: importing TensorFlow without the native lines it prints as it loads.
+
+TensorFlow >= 2.17 writes ~5 lines to the native stderr (file descriptor 2) while it loads,
+through absl, before ``absl::InitializeLog()``, so ``TF_CPP_MIN_LOG_LEVEL`` does not reach them.
+:func:`import_tensorflow_quietly` imports it with file descriptor 2 sent to a temporary file,
+and writes back what that level keeps (:func:`_drop_tf_noise`): nothing another thread wrote
+meanwhile is lost, only delayed. The CLI imports TensorFlow this way before a model is used,
+and every Dask worker daskdiff sets up does (:class:`daskdiff.pipeline.workers.WorkerSetup`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from typing import Any, Iterator
+
+_GLOG_LINE = re.compile(r"^([IWEF])\d{4} \d+:\d+:[\d.]+\s+\d+ \S+:\d+\] ")
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_SEVERITY = "IWEF"
+
+
+def _tf_min_log_level() -> int:
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        return 0
+
+
+def _drop_tf_noise(lines: list[str], level: int) -> list[str]:
+    """``lines`` written to the native stderr while TensorFlow loaded, less what ``level`` hides.
+
+    TensorFlow >= 2.17 logs through absl before ``absl::InitializeLog()``, which ignores
+    ``TF_CPP_MIN_LOG_LEVEL``; this applies it: severities I(0), W(1), E(2) below ``level`` and absl's
+    preamble are dropped. The ``failed call to cuInit`` error that follows cudart's "Could not find
+    cuda drivers" (a machine without a GPU driver) says nothing more, and goes too at level 2.
+    """
+    if level <= 0:
+        return lines
+    no_driver = any("Could not find cuda drivers" in line for line in lines)
+    kept = []
+    for line in lines:
+        if line.rstrip("\n") == _ABSL_PREAMBLE:
+            continue
+        match = _GLOG_LINE.match(line)
+        if match:
+            severity = _SEVERITY.index(match.group(1))
+            if severity < level or (no_driver and severity < 3 and level >= 2 and "failed call to cuInit" in line):
+                continue
+        kept.append(line)
+    return kept
+
+
+@contextlib.contextmanager
+def _filtered_native_stderr(level: int) -> Iterator[None]:
+    """Within the block, file descriptor 2 goes to a temporary file; on exit what
+    :func:`_drop_tf_noise` keeps of it is written to the real stderr (so nothing else that another
+    thread wrote meanwhile is lost, only delayed)."""
+    if level <= 0:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2 (or a stderr without flush)
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = _drop_tf_noise(tmp.read().decode(errors="replace").splitlines(keepends=True), level)
+            if kept:
+                os.write(2, "".join(kept).encode())
+
+
+def import_tensorflow_quietly() -> Any:
+    """Import TensorFlow and list its GPUs, without the ~5 native lines it prints despite
+    ``TF_CPP_MIN_LOG_LEVEL`` (see :func:`_drop_tf_noise`). Returns the module, or None where
+    ``KERAS_BACKEND`` is not ``tensorflow`` (then TensorFlow is not imported)."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return None
+    with _filtered_native_stderr(_tf_min_log_level()):
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    return tf
