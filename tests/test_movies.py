@@ -407,7 +407,7 @@ def test_scrambled_from_a_plain_folder_and_from_a_gif(tmp_path, photo_clip):
     plain.mkdir()
     for p in sorted(photo_clip.glob("*.png")):
         (plain / p.name).write_bytes(p.read_bytes())
-    with pytest.raises(InputError, match=r"records no frame rate; give it as fps="):
+    with pytest.raises(InputError, match=r"records no frame rate; give it one: fps: 30 under the image set"):
         scramble.phase_scrambled(plain, tmp_path / "x")
     scramble.phase_scrambled(plain, tmp_path / "p", fps=10, seed=3)
     scramble.phase_scrambled(photo_clip, tmp_path / "f", seed=3)
@@ -520,7 +520,7 @@ def test_npy_movie_grey_or_rgb_at_the_given_rate(tmp_path):
     rgb = rng.integers(0, 256, (3, 5, 6, 3), dtype=np.uint8)
     np.save(tmp_path / "rgb.npy", rgb)
     np.testing.assert_array_equal(load_movie(tmp_path / "rgb.npy", fps=12.5).frames, rgb)
-    with pytest.raises(InputError, match=r"movie array .*grey\.npy' \(\.npy\) records no frame rate; give it as fps="):
+    with pytest.raises(InputError, match=r"movie array .*grey\.npy' \(\.npy\) records no frame rate; give it one: fps: 30 under the image set"):
         load_movie(tmp_path / "grey.npy")
     np.save(tmp_path / "flat.npy", grey[0])
     with pytest.raises(InputError, match=r"flat\.npy' has shape \(5, 6\); a movie is \(frames, rows, cols\) grey"):

@@ -33,6 +33,7 @@ __all__ = [
     "ImageDecodeError",
     "Skipped",
     "as_rgb_uint8",
+    "image_frames",
     "image_size",
     "load_image",
     "load_images",
@@ -200,6 +201,22 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         raise ImageDecodeError(path, _unidentified(data)) from None
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageDecodeError(path, f"truncated or corrupt image: {error}") from None
+
+
+def image_frames(path: str | os.PathLike) -> int | None:
+    """Frames in an image file, from its header: 1 for a still image, more for an animated one
+    (GIF, APNG, WebP); None if it is not an image Pillow reads (it may be a movie of another
+    kind). Read as :func:`load_image` reads: a regular file of bounded size."""
+    path = os.fspath(path)
+    try:
+        data = _read_bytes(path)
+    except ImageDecodeError:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return int(getattr(image, "n_frames", 1))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
 
 
 def _decode_or_error(path: Any, *, size: tuple[int, int], resize: Any, background: tuple[int, int, int],

@@ -7,7 +7,7 @@ Both take the sets' image counts and frame rates (:class:`~daskdiff.pipeline.res
 
 from __future__ import annotations
 
-from ..core.spectral import spectral_windows
+from ..core.spectral import samples_per_window, spectral_windows
 from ..errors import InputError
 from .spec import JobSpec, SpecError
 
@@ -18,7 +18,8 @@ def check_spectral(spec: JobSpec, counts: dict[str, int], fps: dict[str, float],
     With ``spectral`` in ``analysis.measures`` every set must be a movie (have a frame rate),
     ``analysis.spectral.state_length * fps`` must be a whole number of frames, and each movie
     must hold at least 2 whole windows. ``exact``: the sets whose counts and rates are known
-    (a dry run or the check before generation skips the others); None: all of them.
+    (before generation, as in a dry run: of the others, a movie whose frame rate is known already
+    has that rate checked against ``state_length``); None: all of them.
 
     Raises
     ------
@@ -31,6 +32,11 @@ def check_spectral(spec: JobSpec, counts: dict[str, int], fps: dict[str, float],
     o = a.spectral
     for name, n in counts.items():
         if exact is not None and name not in exact:
+            if name in fps:  # its rate is known, its frames not yet: the window must be whole at that rate
+                try:
+                    samples_per_window(fps[name], o.state_length)
+                except InputError as err:
+                    raise SpecError(f"analysis.spectral.state_length: movie {name!r} at {fps[name]:g} fps: {err}") from None
             continue
         if name not in fps:
             if exact is not None:

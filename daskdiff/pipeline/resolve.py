@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..errors import JobError
+from ..errors import InputError, JobError
 from ..io.confined import read_own_file
 from ..io.image_sets import DuplicateImagesWarning, check_min_images, resolve_image_set
+from ..io.images import image_frames
 from ..io.layout import IMAGES_DIR
 from ..io.manifest import OutputFolderError
 from ..logs import reporter, warn
@@ -146,11 +147,19 @@ LIST_FILE_SUFFIXES = (".txt", ".lst")
 def set_entries(spec: JobSpec, base: Path) -> dict[str, Any]:
     """The spec's image sets, with a set given as a movie *file* (``{path: clip.gif}``) turned
     into the generated set ``{generate: movie, movie: clip.gif}``: its frames are written, in
-    order, into the output folder (:func:`daskdiff.stimuli.movie.movie_copy`), where the network reads them."""
+    order, into the output folder (:func:`daskdiff.stimuli.movie.movie_copy`), where the network reads them.
+    A file that is one still image is refused (:class:`~daskdiff.errors.InputError` naming the set):
+    a set needs at least 2 images."""
     out = {}
     for name, entry in spec.image_sets.items():
         path = getattr(entry, "path", None)
         if path is not None and resolve_path(path, base).is_file() and Path(path).suffix.lower() not in LIST_FILE_SUFFIXES:
+            if image_frames(resolve_path(path, base)) == 1:
+                raise InputError(
+                    f"image_sets.{name}: {path} is one still image, and a set needs at least 2 images: give a folder "
+                    f"({Path(path).parent.as_posix() or '.'}/), a glob ({Path(path).parent.as_posix() or '.'}/*{Path(path).suffix}) "
+                    "or a list file (.txt, .lst); a movie file (GIF, APNG, WebP, MP4, .npy) is a set of its frames"
+                )
             extra = {"fps": entry.fps} if entry.fps is not None else {}
             entry = GeneratedSet(generate="movie", movie=path, **extra)
         out[name] = entry

@@ -207,7 +207,8 @@ class MovieFrames(NamedTuple):
 def _same_rate(found: float | None, fps: float | None, where: str) -> float:
     """The frame rate of a source: its own (``found``) or the ``fps`` argument, which must agree."""
     if found is None and fps is None:
-        raise InputError(f"{where} records no frame rate; give it as fps=, e.g. fps=30")
+        raise InputError(f"{where} records no frame rate; give it one: fps: 30 under the image set in a job spec, "
+                         "--fps 30 on the command line, fps=30 in Python")
     if found is not None and fps is not None and not math.isclose(found, fps, rel_tol=1e-9):
         raise InputError(
             f"fps={fps:g} disagrees with the frame rate {found:g} that {where} records; leave fps out"

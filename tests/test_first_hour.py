@@ -1,0 +1,67 @@
+"""Issue 22, a newcomer's first hour: mistakes a new user makes in a spec are refused by the dry run
+as by the run, in one line naming the key and the fix, before anything is written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from daskdiff import cli
+
+pytestmark = pytest.mark.keras  # `daskdiff run` imports TensorFlow as it starts (its log lines are filtered)
+
+
+def _spec(tmp_path, image_sets, **analysis):
+    data = {"name": "first-hour", "image_sets": image_sets, "output": "out"}
+    if analysis:
+        data["analysis"] = analysis
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _gif(path, frames=8, ms=100):
+    images = [Image.fromarray(np.full((16, 16, 3), 20 * k, np.uint8)) for k in range(frames)]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=ms, loop=0)
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("daskdiff run: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("dry", [True, False], ids=["dry-run", "run"])
+def test_a_single_still_image_as_a_set_is_refused_naming_the_set(tmp_path, capsys, dry):
+    """Item 7: ``image_sets: {a: one.png}`` was taken for a movie file and failed, after the model
+    was loaded, asking for ``fps=`` (not the spec's syntax). It is one image: the set is refused at
+    once, by the dry run as by the run, with what to give instead; nothing is written."""
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "one.png")
+    job = _spec(tmp_path, {"a": "one.png", "b": {"generate": "noise", "count": 3, "size": 16}})
+    assert cli.main(["run", str(job), *(["--dry-run"] if dry else []), "--no-progress"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "image_sets.a: one.png is one still image, and a set needs at least 2 images" in line
+    assert "a glob (./*.png)" in line and "fps" not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_animated_image_file_is_still_a_movie(tmp_path, capsys):
+    """The check above looks at the file's frames, not its suffix: an animated GIF is a set of its frames."""
+    _gif(tmp_path / "clip.gif")
+    job = _spec(tmp_path, {"clip": "clip.gif", "b": {"generate": "noise", "count": 3, "size": 16}})
+    assert cli.main(["run", str(job), "--dry-run"]) == 0, capsys.readouterr().err
+    assert "image set 'clip': not generated in a dry run" in capsys.readouterr().out
+
+
+def test_a_window_that_is_no_whole_number_of_frames_is_refused_by_the_dry_run(tmp_path, capsys):
+    """Item 3: a movie whose frame rate is known (``fps: 10``) but not yet its frames: 0.15 s is 1.5
+    frames at 10 fps; the dry run passed it and the run refused it minutes later. Now the dry run
+    refuses it, naming the key and a state_length that fits."""
+    _gif(tmp_path / "clip.gif")
+    job = _spec(tmp_path, {"clip": {"path": "clip.gif", "fps": 10}}, measures=["spectral"], spectral={"state_length": 0.15})
+    assert cli.main(["run", str(job), "--dry-run"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("daskdiff run: error: analysis.spectral.state_length: movie 'clip' at 10 fps:")
+    assert "state_length=0.2" in line
