@@ -10,7 +10,7 @@ from PIL import Image
 
 from daskdiff import cli
 
-pytestmark = pytest.mark.keras  # `daskdiff run` imports TensorFlow as it starts (its log lines are filtered)
+RUNS = pytest.mark.keras  # `daskdiff run` imports TensorFlow as it starts (its log lines are filtered)
 
 
 def _spec(tmp_path, image_sets, **analysis):
@@ -33,6 +33,7 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
+@RUNS
 @pytest.mark.parametrize("dry", [True, False], ids=["dry-run", "run"])
 def test_a_single_still_image_as_a_set_is_refused_naming_the_set(tmp_path, capsys, dry):
     """Item 7: ``image_sets: {a: one.png}`` was taken for a movie file and failed, after the model
@@ -47,6 +48,7 @@ def test_a_single_still_image_as_a_set_is_refused_naming_the_set(tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+@RUNS
 def test_an_animated_image_file_is_still_a_movie(tmp_path, capsys):
     """The check above looks at the file's frames, not its suffix: an animated GIF is a set of its frames."""
     _gif(tmp_path / "clip.gif")
@@ -55,6 +57,7 @@ def test_an_animated_image_file_is_still_a_movie(tmp_path, capsys):
     assert "image set 'clip': not generated in a dry run" in capsys.readouterr().out
 
 
+@RUNS
 def test_a_window_that_is_no_whole_number_of_frames_is_refused_by_the_dry_run(tmp_path, capsys):
     """Item 3: a movie whose frame rate is known (``fps: 10``) but not yet its frames: 0.15 s is 1.5
     frames at 10 fps; the dry run passed it and the run refused it minutes later. Now the dry run
@@ -65,3 +68,22 @@ def test_a_window_that_is_no_whole_number_of_frames_is_refused_by_the_dry_run(tm
     line = _one_error_line(capsys.readouterr().err)
     assert line.startswith("daskdiff run: error: analysis.spectral.state_length: movie 'clip' at 10 fps:")
     assert "state_length=0.2" in line
+
+
+def test_undefined_repeats_are_named_by_set_layer_and_n_units():
+    """Item 6: '174 repeat(s) had a normaliser of zero' did not say where. The line names the cells,
+    most first (a hand-made n_undefined: 81 at noise/predictions, 3 at photos/fc2), and counts the rest."""
+    import xarray as xr
+
+    from daskdiff.pipeline.record import undefined_note
+
+    counts = np.zeros((2, 1, 2, 3), int)
+    counts[1, 0, 0, 2], counts[0, 0, 1, 1] = 81, 3
+    coords = {"image_set": ["photos", "noise"], "substrate": ["units"], "n_units": ["200", "all"],
+              "layer": ["block1_conv1", "fc2", "predictions"]}
+    n_undefined = xr.DataArray(counts, dims=tuple(coords), coords=coords)
+    note = undefined_note(n_undefined, 100)
+    assert note.startswith("84 repeat(s) had a normaliser of zero")
+    assert note.endswith("(noise/units/predictions at n_units 200: 81 of 100; photos/units/fc2 at n_units all: 3 of 100)")
+    assert undefined_note(n_undefined, 100, most=1).endswith("81 of 100; and 1 more cell(s))")
+    assert undefined_note(n_undefined * 0, 100) is None

@@ -91,11 +91,7 @@ def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: 
     plan.manifest.add_files([plan.output / RESULTS_FILE, plan.output / PLOT_FILE])
     path = write_netcdf(ds, plan.output / RESULTS_FILE)
     notes = list(plan.notes)
-    if undefined := int(ds["n_undefined"].sum()):
-        note = (
-            f"{undefined} repeat(s) had a normaliser of zero or below float32 resolution of the layer "
-            "(e.g. only dead units or ~0 softmax tails sampled): NaN, counted in n_undefined"
-        )
+    if (note := undefined_note(ds["n_undefined"], a.repeats)) is not None:
         warn(echo, "warning: " + note)
         notes.append(note)
     skipped = [(str(s), str(p), str(r)) for s, p, r in zip(ds["skipped_set"].values, ds["skipped_path"].values, ds["skipped_reason"].values)]
@@ -103,3 +99,27 @@ def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: 
         warn(echo, f"skipped ({s}): {p}: {r}")
     ds.close()
     return path, skipped, notes
+
+
+def undefined_note(n_undefined: Any, repeats: int, most: int = 5) -> str | None:
+    """The line that says which repeats came out undefined (NaN), or None if none did.
+
+    ``n_undefined``: the results file's variable of that name (an xarray DataArray on
+    ``image_set``, ``substrate``, ``n_units``, ``layer``: repeats whose normaliser was zero or
+    below float32 resolution); the ``most`` cells with the most undefined repeats are named, as
+    ``set/substrate/layer at n_units: k of repeats``.
+    """
+    total = int(n_undefined.sum())
+    if not total:
+        return None
+    cells = n_undefined.stack(cell=n_undefined.dims)
+    cells = cells[cells > 0]
+    order = sorted(range(cells.sizes["cell"]), key=lambda i: (-int(cells[i]), i))
+    named = []
+    for i in order[:most]:
+        cell = cells.isel(cell=i)
+        named.append(f"{cell['image_set'].item()}/{cell['substrate'].item()}/{cell['layer'].item()} at n_units "
+                     f"{cell['n_units'].item()}: {int(cell)} of {repeats}")
+    more = f"; and {len(order) - most} more cell(s)" if len(order) > most else ""
+    return (f"{total} repeat(s) had a normaliser of zero or below float32 resolution of the layer (e.g. only dead "
+            f"units or ~0 softmax tails sampled): NaN, counted in n_undefined ({'; '.join(named)}{more})")
