@@ -81,6 +81,18 @@ def test_without_fallback_fails_before_any_task_saying_how_to_get_weights(offlin
     assert not (tmp_path / "out" / "differentiation.nc").exists()
 
 
+
+def test_without_weights_no_set_is_generated_first(offline, tmp_path, monkeypatch):
+    """Issue 22 item 3: the weights are settled before the job generates its sets (adversarial ones
+    cost minutes): a run that cannot have them writes no generated image."""
+    monkeypatch.setattr(daskdiff.pipeline.cluster, "connect", _no_task)
+    spec, _ = _spec(tmp_path)
+    spec = spec.model_copy(update={"image_sets": {**spec.image_sets, **parse_spec({
+        "name": "x", "image_sets": {"noise": {"generate": "noise", "count": 3, "size": 16}}, "output": "o"}).image_sets}})
+    with pytest.raises(JobError, match="KERAS_HOME"):
+        run_job(spec, tmp_path, progress=False, echo=lambda *a: None)
+    assert not list((tmp_path / "out").rglob("*.png")), "images were generated before the weights were checked"
+
 def _he_normal_mobilenet(seed: int):
     """MobileNetV2 with the random weights daskdiff's model docstring defines, drawn here:
     every weight with 2+ axes from N(0, 2 / fan_in), rng SeedSequence(seed, spawn_key=(i,))."""

@@ -4,8 +4,8 @@ Between planning and running a job (:mod:`daskdiff.pipeline.job`), :func:`prepar
 output folder: it refuses a folder that is not daskdiff's to write (files in the way, links out of
 it, another job's results without ``--overwrite``), locks it (:class:`~daskdiff.io.lock.OutputLock`),
 clears it under ``--overwrite`` (only what its manifest lists), removes temporaries of dead writers,
-generates the generated image sets into it (or reuses an earlier run's), and settles the model's
-weights and fingerprint. :func:`preview` makes the same checks for a dry run, writing nothing.
+settles the model's weights and fingerprint, and generates the generated image sets into it (or
+reuses an earlier run's). :func:`preview` makes the same checks for a dry run, writing nothing.
 
 Conventions
 -----------
@@ -46,17 +46,18 @@ def prepare(plan: JobPlan, *, overwrite: bool = False, echo: Callable = _echo) -
     The returned plan holds the folder's lock (a second run on the folder is refused) until
     ``plan.release()``, and every set's paths: generated sets are generated (or reused) here, and
     the counts, frame rates and estimate are those of the files written. ``overwrite``: replace the
-    results of a different spec (``--overwrite``). The weights are checked (ImageNet's downloaded
-    if missing, or the spec's ``fallback_weights``) and the model's files fingerprinted, once per run.
+    results of a different spec (``--overwrite``). The weights are checked first (ImageNet's
+    downloaded if missing, or the spec's ``fallback_weights``), so a run that cannot have them
+    generates nothing, and the model's files are fingerprinted, once per run.
     """
     spec, out = plan.spec, plan.output
     manifest, lock = _check_output(out, spec, overwrite, plan.inputs.user_files, planned_writes(plan), echo)
     try:
         if (n := clean_temporaries(manifest)):
             echo(f"removed {n} temporary file(s) left by an interrupted run")
-        sets = {name: list(s.paths) if s.generate is None else _generated_set(s, manifest, echo) for name, s in plan.inputs.sets.items()}
-        notes: list[str] = []
+        notes: list[str] = []  # the weights first: a run that cannot have them generates nothing (adversarial sets cost minutes)
         model = with_fingerprint(_resolve_weights(plan.model, spec, echo, notes))  # the files' content, once per run
+        sets = {name: list(s.paths) if s.generate is None else _generated_set(s, manifest, echo) for name, s in plan.inputs.sets.items()}
         fps = dict(plan.fps)
         for name, s in plan.inputs.sets.items():
             if s.generate is not None and (rate := generated_fps(s.generate, s.key["params"], out / IMAGES_DIR / name, bool(sets[name]))):
