@@ -87,3 +87,13 @@ def test_undefined_repeats_are_named_by_set_layer_and_n_units():
     assert note.endswith("(noise/units/predictions at n_units 200: 81 of 100; photos/units/fc2 at n_units all: 3 of 100)")
     assert undefined_note(n_undefined, 100, most=1).endswith("81 of 100; and 1 more cell(s))")
     assert undefined_note(n_undefined * 0, 100) is None
+
+
+def test_a_changed_spec_names_the_keys_not_the_section():
+    """Item 9: the refusal of another spec's folder said 'changed: [analysis]'; it names the keys."""
+    from daskdiff.pipeline.output import changed_keys
+
+    old = {"name": "j", "analysis": {"repeats": 100, "n_units": [200, "all"], "spectral": {"overlap": 0.0}}, "output": "o"}
+    new = {"name": "j", "analysis": {"repeats": 7, "n_units": [200], "spectral": {"overlap": 0.0}}, "output": "o", "extra": 1}
+    assert changed_keys(old, new) == ["analysis.n_units", "analysis.repeats", "extra"]
+    assert changed_keys(old, old) == []

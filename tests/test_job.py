@@ -133,7 +133,7 @@ def test_resume_and_changed_spec(tmp_path, tiny_model_path, sets, client2):
     assert len(untouched) == len(before)  # finished tasks were reused, not recomputed
     # a different spec against the same folder is refused, then allowed with overwrite
     changed = tiny_spec(tiny_model_path, sets, tmp_path / "out", analysis__repeats=7)
-    with pytest.raises(JobError, match="different job spec.*analysis.*--overwrite"):
+    with pytest.raises(JobError, match=r"different job spec \(changed: \[.analysis.repeats.\]\).*--overwrite"):
         _run(changed, client2)
     third = _run(changed, client2, overwrite=True)
     with xr.open_dataset(third.path) as ds:

@@ -136,8 +136,7 @@ def _check_output_readonly(output: Path, spec: JobSpec, overwrite: bool, inputs:
         raise JobError(str(err)) from None
     clear = old is not None and old.get("result_digest") != spec.result_digest()
     if clear and not overwrite:
-        new = spec.model_dump(mode="json")
-        changed = sorted(k for k in set(old.get("spec", {})) | set(new) if old.get("spec", {}).get(k) != new.get(k))
+        changed = changed_keys(old.get("spec", {}), spec.model_dump(mode="json"))
         raise JobError(
             f"output folder {output} holds results of a different job spec (changed: {changed}); "
             "re-run with --overwrite to replace them, or choose another --output"
@@ -153,6 +152,14 @@ def _check_output_readonly(output: Path, spec: JobSpec, overwrite: bool, inputs:
     except OutputFolderError as err:
         raise JobError(str(err)) from None
     return manifest, clear
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys (``analysis.repeats``) whose values differ between two specs as JSON
+    (``job.json``'s and this run's), sorted; a list is one value."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [prefix.rstrip(".")] if old != new else []
+    return sorted(k for key in set(old) | set(new) for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}."))
 
 
 def _job_record(path: Path, manifest: Manifest) -> dict | None:
