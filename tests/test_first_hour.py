@@ -97,3 +97,25 @@ def test_a_changed_spec_names_the_keys_not_the_section():
     new = {"name": "j", "analysis": {"repeats": 7, "n_units": [200], "spectral": {"overlap": 0.0}}, "output": "o", "extra": 1}
     assert changed_keys(old, new) == ["analysis.n_units", "analysis.repeats", "extra"]
     assert changed_keys(old, old) == []
+
+
+def test_a_window_for_movies_of_several_rates_fits_them_all():
+    """Item 4: with movies at 25 and 30 fps, 0.5 s is 12.5 frames at 25 fps; the fix suggested was
+    0.52 s for that movie, then another for the next. The window suggested fits both (a multiple of
+    0.2 s: 5 and 6 frames); for rates with no common period under 10 s it says none exists."""
+    from daskdiff.pipeline.movies import check_spectral
+    from daskdiff.pipeline.spec import SpecError
+    from daskdiff.pipeline.spec_file import parse_spec
+
+    def spec(state_length):
+        return parse_spec({"name": "m", "image_sets": {"a": "a", "b": "b"}, "output": "o",
+                           "analysis": {"measures": ["spectral"], "spectral": {"state_length": state_length}}})
+
+    counts = {"a": 300, "b": 300}
+    with pytest.raises(SpecError, match=r"for every movie of the job \(25, 30 fps\) choose a multiple of 0\.2 s, e\.g\. state_length=0\.4$"):
+        check_spectral(spec(0.5), counts, {"a": 30.0, "b": 25.0})
+    for fits in (0.2, 0.4, 1.0):  # the suggestion's rule, checked by frames: whole at both rates
+        assert abs(fits * 25 - round(fits * 25)) < 1e-9 and abs(fits * 30 - round(fits * 30)) < 1e-9
+        check_spectral(spec(fits), counts, {"a": 30.0, "b": 25.0})
+    with pytest.raises(SpecError, match=r"no state_length up to 10 s is a whole number of frames at all of them"):
+        check_spectral(spec(0.5), counts, {"a": 30.0, "b": 29.97})

@@ -7,6 +7,9 @@ Both take the sets' image counts and frame rates (:class:`~daskdiff.pipeline.res
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 from ..core.spectral import samples_per_window, spectral_windows
 from ..errors import InputError
 from .spec import JobSpec, SpecError
@@ -33,10 +36,7 @@ def check_spectral(spec: JobSpec, counts: dict[str, int], fps: dict[str, float],
     for name, n in counts.items():
         if exact is not None and name not in exact:
             if name in fps:  # its rate is known, its frames not yet: the window must be whole at that rate
-                try:
-                    samples_per_window(fps[name], o.state_length)
-                except InputError as err:
-                    raise SpecError(f"analysis.spectral.state_length: movie {name!r} at {fps[name]:g} fps: {err}") from None
+                _whole_window(name, fps, o.state_length)
             continue
         if name not in fps:
             if exact is not None:
@@ -46,10 +46,11 @@ def check_spectral(spec: JobSpec, counts: dict[str, int], fps: dict[str, float],
                 f"image_sets.{name}.fps (a folder of frames), use a movie folder (movie.json), a movie file or a movie "
                 "generator (gratings, photo_movie, skimage_gif, scrambled), or remove spectral from analysis.measures"
             )
+        _whole_window(name, fps, o.state_length)
         try:
             w = spectral_windows(n, fs=fps[name], state_length=o.state_length, overlap=o.overlap)
         except InputError as err:
-            raise SpecError(f"analysis.spectral.state_length: movie {name!r} at {fps[name]:g} fps: {err}") from None
+            raise SpecError(f"analysis.spectral: movie {name!r} at {fps[name]:g} fps: {err}") from None
         if w.n_windows < 2:
             need = w.step + w.samples_per_window
             raise SpecError(
@@ -58,6 +59,47 @@ def check_spectral(spec: JobSpec, counts: dict[str, int], fps: dict[str, float],
                 f"differentiation needs at least 2 windows ({need} frames): shorten state_length (at most "
                 f"{n / fps[name] / 2:g} s) or use a longer movie"
             )
+
+
+COMMON_WINDOW_MAX_S = 10.0
+"""The longest ``state_length`` (seconds) suggested as one that fits every movie of a job."""
+
+
+def _whole_window(name: str, fps: dict[str, float], state_length: float) -> None:
+    """Refuse a ``state_length`` that is no whole number of frames of movie ``name``, suggesting
+    one that fits every movie of the job (:func:`common_window`), or saying that none does."""
+    try:
+        samples_per_window(fps[name], state_length)
+    except InputError as err:
+        message = f"analysis.spectral.state_length: movie {name!r} at {fps[name]:g} fps: {err}"
+        rates = sorted(set(fps.values()))
+        if len(rates) > 1:
+            listed = ", ".join(f"{r:g}" for r in rates)
+            common = common_window(rates)
+            if common is None or common > COMMON_WINDOW_MAX_S:
+                message += (f"; but the job's movies have frame rates {listed} fps, and no state_length up to "
+                            f"{COMMON_WINDOW_MAX_S:g} s is a whole number of frames at all of them: run movies of "
+                            "unrelated rates in separate jobs")
+            else:
+                fit = max(1, round(state_length / common)) * common
+                message += (f"; for every movie of the job ({listed} fps) choose a multiple of {float(common):g} s, "
+                            f"e.g. state_length={float(fit):g}")
+        raise SpecError(message) from None
+
+
+def common_window(rates: list[float]) -> Fraction | None:
+    """The shortest window, in seconds, that is a whole number of frames at every rate (Hz), as an
+    exact fraction: the least common multiple of the frame periods ``1 / rate`` (each rate taken as
+    the nearest fraction with a denominator up to 1001, e.g. 30000/1001 for 29.97); None for a
+    rate that is not a positive number."""
+    period = None
+    for rate in rates:
+        if not rate > 0:
+            return None
+        step = 1 / Fraction(rate).limit_denominator(1001)
+        period = step if period is None else Fraction(math.lcm(period.numerator, step.numerator),
+                                                       math.gcd(period.denominator, step.denominator))
+    return period
 
 
 def spectral_lines(spec: JobSpec, counts: dict[str, int], fps: dict[str, float], exact: set[str] | None = None) -> list[str]:
