@@ -146,17 +146,17 @@ def test_the_advised_memory_limit_runs(tmp_path, tiny_model_path, sets, baseline
     assert "Pausing worker" not in err
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(500)
 @pytest.mark.parametrize("short", [1.15, 2.0], ids=["paused", "killed"])
 def test_a_run_with_too_little_worker_memory_ends_in_one_line_not_a_hang(tmp_path, tiny_model_path, sets, baseline, short):
     """Run anyway (``--force``): workers that Dask pauses from their start, or that their nannies
     kill and restart in a loop, end the job in one line naming cluster.memory_limit, what a worker
     held and what to set; no hang, no traceback."""
     limit = int(baseline / PAUSE / short) if short < 2 else int(baseline / short)
-    job = _job(tmp_path, tiny_model_path, sets, {"memory_limit": str(limit), "n_workers": 2, "start_timeout": 100})
+    job = _job(tmp_path, tiny_model_path, sets, {"memory_limit": str(limit), "n_workers": 2, "start_timeout": 400})
     started = time.monotonic()
     proc = _run("run", job, "--force", "--no-progress")
-    out, err = _finish(proc, 200)
+    out, err = _finish(proc, 300)  # a job that waited out start_timeout (400 s) fails here, as a hang
     line = _error_line(err)
     assert proc.returncode == 2
     assert f"cluster.memory_limit {limit}" in line
@@ -170,7 +170,7 @@ def test_a_run_with_too_little_worker_memory_ends_in_one_line_not_a_hang(tmp_pat
         assert said, line
         assert int(said[1]) == out.count("its nanny killed and restarted it") >= 1  # the count said is the restarts reported
     assert _gb(line, "set cluster.memory_limit to at least ") * 1e9 * PAUSE >= baseline
-    assert time.monotonic() - started < 100, "the job waited out cluster.start_timeout instead of noticing"
+    assert time.monotonic() - started < 300, "the job waited out cluster.start_timeout instead of noticing"
     assert "--force: running although cluster.memory_limit" in out
 
 
