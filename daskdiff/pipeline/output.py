@@ -88,7 +88,7 @@ def preview(plan: JobPlan, *, overwrite: bool = False, echo: Callable = _echo) -
             echo(f"image set {name!r}: not generated in a dry run; a run generates {will} image(s)")
     if plan.model.weights == "imagenet":
         echo("ImageNet weights are not loaded in a dry run (a run downloads them to Keras's cache if missing)")
-    return dataclasses.replace(plan, manifest=manifest, dry_run=True)
+    return dataclasses.replace(plan, manifest=manifest)
 
 
 def planned_writes(plan: JobPlan) -> Writes:

@@ -61,8 +61,6 @@ class JobPlan:
     counts: dict[str, int] = field(default_factory=dict)
     """Images per set; in a dry run, a generated set not yet on disk has the count its generator
     will write (:func:`daskdiff.stimuli.registry.planned_count`) and no paths in ``sets``."""
-    dry_run: bool = False
-    """Planned for a dry run (``plan_job(dry_run=True)``): such a plan is never run."""
     lock: OutputLock | None = None
     """The output folder's lock, held from planning until :meth:`release` (:func:`run_job` releases it)."""
     fps: dict[str, float] = field(default_factory=dict)

@@ -42,9 +42,11 @@ from ..model.build import ModelSpec
 from ..model.extract import extract_shard, ShardTask
 from . import config
 from .health import WorkerWatch
+from .machine import machine_memory
 from .plan import JobPlan, task_memory_budget
 from .spec import JobSpec
 from .tasks import DiffTask, run_diff_task, SpectralOptions
+from .workers import decoders, device_error, gpu_resource_offered, mislabeled_gpu_workers, WorkerSetup
 
 _echo = reporter(__name__)
 
@@ -59,8 +61,6 @@ def run(plan: JobPlan, client: Any, *, attrs: dict, keep_rdm: bool, progress: bo
     that cannot run a task (paused, or restarted for memory) end the job with a
     :class:`JobError` saying what to set (:class:`~daskdiff.pipeline.health.WorkerWatch`).
     """
-    from .workers import WorkerSetup
-
     with WorkerWatch(client, plan.memory, echo) as watch:
         try:
             client.register_plugin(WorkerSetup())
@@ -117,8 +117,6 @@ def _gpu_resources(client: Any, spec: JobSpec, echo: Callable = _echo) -> dict |
     a CPU node) is named in one line each. With ``require_gpu`` that is a :class:`JobError`;
     without, extraction is restricted to GPU workers only where one really has a GPU.
     """
-    from .workers import gpu_resource_offered, mislabeled_gpu_workers
-
     gpu = gpu_resource_offered(client)
     deadline = time.monotonic() + spec.cluster.start_timeout
     while spec.extraction.require_gpu and not gpu and time.monotonic() < deadline:
@@ -167,8 +165,6 @@ def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSp
     accelerator that fails (out of memory, device lost) raises
     :class:`~daskdiff.errors.DeviceError`, naming the worker, the device and the batch size.
     """
-    from .workers import decoders, device_error
-
     # extraction.decoders, decided on the worker: auto (0), or the number given, capped by its cores
     task = dataclasses.replace(task, decoders=decoders(task.decoders or None))
     try:
@@ -210,8 +206,6 @@ def _handoff(plan: JobPlan, client: Any) -> bool:
     e = plan.spec.extraction
     if e.store == "none" or e.handoff != "auto":
         return e.store == "none" or e.handoff == "memory"
-    from .machine import machine_memory
-
     total = sum(limit or machine_memory() for limit, _ in _worker_limits(client))
     need = bytes_per_image(plan.storage, extracted=True) * sum(map(len, plan.sets.values()))
     return need <= config.number("daskdiff.handoff.memory-share") * total
