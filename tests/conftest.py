@@ -19,6 +19,7 @@ import logging
 import numpy as np
 import pytest
 from PIL import Image
+from s3server import s3_bucket, s3_server, s3fs_fresh  # noqa: F401  (fixtures: a moto S3 endpoint)
 
 # ---------------------------------------------------------------- what a test costs
 #
