@@ -125,3 +125,38 @@ def test_bad_inputs_name_the_fix(movie, kw, match):
     with pytest.raises(InputError, match=match):
         daskdiff.stimulus_differentiation(movie, 30, **kw)
 
+
+def test_a_jobs_movie_task_decodes_frames_at_native_size(tmp_path):
+    """The job's task decodes the frame files at their own size (here 20 x 28, not a network's
+    input size) and equals the function on the frames read back independently with Pillow;
+    frames of different sizes, or too few windows, give NaN and the reason."""
+    from PIL import Image
+
+    from daskdiff.pipeline.stimulus import movie_stimulus
+
+    movie = np.random.default_rng(3).integers(0, 256, (40, 20, 28, 3), dtype=np.uint8)
+    paths = []
+    for k, frame in enumerate(movie):
+        paths.append(str(tmp_path / f"frame-{k:03d}.png"))
+        Image.fromarray(frame).save(paths[-1])
+    read_back = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    options = {"rf_area": 250.0, "field_of_view": (95.0, 120.0), "state_length": 1.0}
+    value, why = movie_stimulus(tuple(paths), 20.0, options)
+    assert why is None and value == pytest.approx(daskdiff.stimulus_differentiation(read_back, 20.0), rel=1e-12)
+    Image.fromarray(movie[0, :10]).save(paths[5])
+    value, why = movie_stimulus(tuple(paths), 20.0, options)
+    assert math.isnan(value) and "frame 5" in why and "10 x 28 px, frame 0 20 x 28" in why
+    Image.fromarray(movie[5]).save(paths[5])
+    value, why = movie_stimulus(tuple(paths[:30]), 20.0, options)
+    assert math.isnan(value) and "at least 2 windows" in why
+
+
+def test_results_variable_is_nan_for_sets_that_are_no_movie():
+    from daskdiff.pipeline.spec_types import StimulusSection
+    from daskdiff.pipeline.stimulus import stimulus_variable
+
+    section = StimulusSection(rf_area=100.0, field_of_view=[60.0, 90.0])
+    var = stimulus_variable(["photos", "clip", "control"], {"clip": 2.5e9, "control": 1.5e9}, section)
+    assert var.dims == ("image_set",) and np.isnan(var.values[0]) and list(var.values[1:]) == [2.5e9, 1.5e9]
+    assert var.attrs["units"] == "1" and var.attrs["rf_area"] == 100.0 and list(var.attrs["field_of_view"]) == [60.0, 90.0]
+    assert var.attrs["state_length"] == 1.0 and "stimulus differentiation" in var.attrs["long_name"]

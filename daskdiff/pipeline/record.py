@@ -21,6 +21,7 @@ from ..io.results import assemble
 from ..logs import reporter, warn
 from .plan import JobPlan
 from .spec import spec_yaml
+from .stimulus import stimulus_variable
 
 _echo = reporter(__name__)
 
@@ -74,8 +75,12 @@ def _results_attrs(plan: JobPlan, command: str | None, metadata: dict | None = N
     return attrs
 
 
-def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: bool, command: str | None = None, echo: Callable = _echo) -> tuple[Path, list[tuple[str, str, str]], list[str]]:
+def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: bool, command: str | None = None, echo: Callable = _echo,
+           stimulus: dict[str, float] | None = None) -> tuple[Path, list[tuple[str, str, str]], list[str]]:
     """Assemble the partial results into ``differentiation.nc`` (written atomically).
+
+    ``stimulus``: each movie's stimulus differentiation (:mod:`~daskdiff.pipeline.stimulus`),
+    recorded as ``stimulus_differentiation`` (image_set) when given and not empty.
 
     Returns the file's path, the skipped files as ``(set, path, reason)`` and the job's notes
     (the plan's, plus a count of undefined repeats), each also echoed.
@@ -88,6 +93,8 @@ def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: 
         spectral={**a.spectral.model_dump(mode="json"), "normalize": a.normalize} if "spectral" in a.measures else None,
         images="images" in a.measures,
     )
+    if stimulus:
+        ds["stimulus_differentiation"] = stimulus_variable(list(plan.sets), stimulus, a.stimulus)
     plan.manifest.add_files([plan.output / RESULTS_FILE, plan.output / PLOT_FILE])
     path = write_netcdf(ds, plan.output / RESULTS_FILE)
     notes = list(plan.notes)
