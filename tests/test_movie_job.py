@@ -115,6 +115,8 @@ def test_spectral_job_matches_independent_computation_and_resumes(tmp_path, tiny
     ds.close()
     summary = describe_results(result.path)  # daskdiff info
     assert "spectral differentiation: state_length 1 s" in summary and re.search(r"grating\s+10\s+4\s+3\s", summary), summary
+    stimulus = float(before["stimulus_differentiation"].sel(image_set="grating"))
+    assert f"stimulus differentiation of each movie's own frames (rf_area 250 deg^2, field of view 95 x 120 deg): grating {stimulus:.4g}, " in summary, summary
     fig = plot_results(before)  # daskdiff plot: image panels, then spectral ones
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["units, n_units=5", "units, n_units=all", "filter_mean, n_units=5", "filter_mean, n_units=all",
