@@ -273,6 +273,9 @@ def compare(
       (:func:`daskdiff.core.rank_correlation.bootstrap_interval`).
     """
     by = [by] if isinstance(by, str) else list(by)
+    if not by:
+        raise InputError("by names no column; give the table's columns that define a neural group, e.g. --by area,layer "
+                         "(by=('area', 'layer'))")
     if isinstance(results, (str, Path)):
         with open_results(results) as ds:
             return compare(ds.load(), neural, value=value, by=by, stimulus=stimulus, session=session, mapping=mapping,
@@ -301,7 +304,9 @@ def compare(
         key = tuple(str(k) for k in (key if isinstance(key, tuple) else (key,)))
         labels.append(key)
         matrix = series.droplevel(list(range(len(by)))).unstack(stimulus).reindex(columns=stimuli).to_numpy(dtype=np.float64)
-        neural_value[g] = np.nanmean(np.where(np.isfinite(matrix), matrix, np.nan), axis=0) if matrix.size else np.nan
+        seen = np.isfinite(matrix).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            neural_value[g] = np.where(seen > 0, np.nansum(matrix, axis=0) / seen, np.nan)  # NaN: no session saw it
         have = np.flatnonzero(np.isfinite(neural_value[g]))
         n_stimuli[g], n_sessions[g] = have.size, matrix.shape[0]
         if have.size < 2:

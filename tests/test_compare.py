@@ -230,6 +230,17 @@ def test_bad_tables_are_one_clear_error(change, message):
         compare(make_results(), change(table_frame()))
 
 
+def test_a_group_without_some_stimulus_is_compared_on_those_it_has():
+    table = table_frame()
+    table = table[~((table.area == "LM") & table.stimulus.isin(["dots", "snake"]))]
+    out = compare(make_results(), table, n_bootstrap=20, unmatched="warn", echo=lambda line: None)
+    assert out["n_stimuli"].values.tolist() == [6, 8]
+    assert np.isnan(out["neural_value"].sel(group="LM / L5", stimulus=["dots", "snake"])).all()
+    expected = st.spearmanr(out["network_value"].sel(substrate="units", n_units=200, layer="fc").drop_sel(stimulus=["dots", "snake"]),
+                            out["neural_value"].sel(group="LM / L5").dropna("stimulus")).statistic
+    assert float(out["spearman_rho"].sel(substrate="units", n_units=200, layer="fc", group="LM / L5")) == pytest.approx(expected)
+
+
 def test_one_stimulus_only_is_an_error():
     with pytest.raises(InputError, match=r"1 stimulus matched \(\['natural'\]\).*needs at least 2"):
         compare(make_results(["natural"]), table_frame().query("stimulus == 'natural'"))
