@@ -305,3 +305,25 @@ def test_cli_compare_and_plot_end_to_end(tmp_path):
     done = subprocess.run([daskdiff, "plot", str(out), "-o", str(figure)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_groups_draws_do_not_depend_on_the_other_groups(planted):
+    """Seeds come from the group's labels: V1 alone gets the interval it gets beside LM (and a
+    Monte Carlo p-value too, forced here by allowing fewer permutations than 8!)."""
+    alone = compare(make_results(), table_frame().query("area == 'V1'"), n_bootstrap=400)
+    xr.testing.assert_identical(alone[["ci_low", "ci_high", "p_value"]], planted[["ci_low", "ci_high", "p_value"]].sel(group=["V1 / L2/3"]))
+    few = dict(n_bootstrap=5, n_permutations=500)
+    results = make_results(STIMULI + ["extra"])
+    table = pd.concat([table_frame(), table_frame().query("stimulus == 'snake'").assign(stimulus="extra")])
+    both = compare(results, table, **few)
+    assert (both["permutations"] == 500).all()  # 9! orders > max(500, 8!): Monte Carlo
+    xr.testing.assert_identical(compare(results, table.query("area == 'V1'"), **few)["p_value"], both["p_value"].sel(group=["V1 / L2/3"]))
+
+
+def test_compare_help_gives_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("Spearman correlation across stimuli", "(default: normalized differentiation)", "(default: area,layer)",
+                   "--map MAP", "{auto,images,spectral}", "(default: compare.csv)"):
+        assert phrase in text, (phrase, text)

@@ -83,8 +83,8 @@ def comparison_scatter(ds: xr.Dataset, ax: Any, *, layer: str, group: str, subst
     for name, xi, yi in zip(ds["stimulus"].values, x, y):
         ax.annotate(str(name), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
     cell = ds.sel(pick).sel(group=group)
-    ax.set_xlabel(f"network: {ds.attrs.get('network_variable', 'value')} ({layer}, mean over repeats)")
-    ax.set_ylabel(f"{group}: {ds.attrs.get('value', 'value')}")
+    ax.set_xlabel(f"{layer}: {ds.attrs.get('network_variable', 'value')}\n(mean over repeats)", fontsize=8)
+    ax.set_ylabel(f"{group}: {ds.attrs.get('value', 'value')}", fontsize=8)
     ax.set_title(f"rho = {float(cell['spearman_rho']):.2f}, p = {float(cell['p_value']):.3g} "
                  f"({int(cell['n_stimuli'])} stimuli)", fontsize=9)
     return ax
@@ -94,7 +94,7 @@ def plot_comparison_scatter(ds: xr.Dataset, *, layer: str, groups: list[str] | N
                             n_units: int | None = None) -> Figure:
     """:func:`comparison_scatter` of one network layer against each neural group (default: all), side by side."""
     groups = list(ds["group"].values) if groups is None else groups
-    fig, axes = panel_figure(len(groups), 3, (3.6, 3.0))
+    fig, axes = panel_figure(len(groups), 3, (4.0, 3.2))
     for ax, group in zip(axes, groups):
         comparison_scatter(ds, ax, layer=layer, group=str(group), substrate=substrate, n_units=n_units)
     fig.suptitle(f"network layer {layer} against each neural group, one point per stimulus", fontsize=10)
