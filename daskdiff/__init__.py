@@ -12,7 +12,8 @@ The package's layers, each importing only those below it:
 - :mod:`daskdiff.model`: Keras models and weights, preprocessing, the extraction graph;
 - :mod:`daskdiff.stimuli`: image-set generators and their registry;
 - :mod:`daskdiff.pipeline`: job specs, clusters, tasks, planning and running a job on Dask;
-- on top: :mod:`daskdiff.stats`, :mod:`daskdiff.plot`, :mod:`daskdiff.info`, :mod:`daskdiff.cli`.
+- on top: :mod:`daskdiff.stats`, :mod:`daskdiff.comparison` (network versus recorded neurons),
+  :mod:`daskdiff.plot`, :mod:`daskdiff.info`, :mod:`daskdiff.cli`.
 
 The numeric core (pure numpy) is importable from the top level::
 
@@ -52,6 +53,7 @@ _LAZY = {
     "run_job": "daskdiff.pipeline.job",
     "open_activations": "daskdiff.io.shards",
     "open_results": "daskdiff.io.results",
+    "compare": "daskdiff.comparison",
 }
 
 
@@ -71,6 +73,7 @@ __all__ = [
     "SUBSTRATES",
     "UndefinedNormalizationError",
     "__version__",
+    "compare",
     "differentiation",
     "differentiation_stack",
     "distances_stack",

@@ -20,11 +20,13 @@ sits outside the data area, to the right.
 
 The figures live by what they show: :mod:`~daskdiff.plot.differentiation` (from the results
 file), :mod:`~daskdiff.plot.predictions` (the prediction layer and top-1 classes),
-:mod:`~daskdiff.plot.filters` (mean filter activations), on the shared pieces of
+:mod:`~daskdiff.plot.filters` (mean filter activations), :mod:`~daskdiff.plot.comparison`
+(network versus neural groups, from :func:`daskdiff.comparison.compare`), on the shared pieces of
 :mod:`~daskdiff.plot.common`. This package names them all: ``import daskdiff.plot as dp``.
 """
 
 from .common import Activations, save_figure, set_colors
+from .comparison import comparison_heatmap, comparison_scatter, plot_comparison, plot_comparison_scatter
 from .differentiation import (
     SPECTRAL_VARIABLE,
     differentiation_by_layer,
@@ -64,6 +66,8 @@ __all__ = [
     "SPECTRAL_VARIABLE",
     "Activations",
     "class_labels",
+    "comparison_heatmap",
+    "comparison_scatter",
     "default_histogram_layer",
     "differentiation_by_layer",
     "filter_heatmap",
@@ -71,6 +75,8 @@ __all__ = [
     "n_units_comparison",
     "noise_reference",
     "pair_distances",
+    "plot_comparison",
+    "plot_comparison_scatter",
     "plot_filter_heatmaps",
     "plot_filter_histograms",
     "plot_images",
