@@ -7,10 +7,11 @@ sufficient statistics (count, mean, sum of squared deviations, min, max per feat
 :func:`unit_pool` turns the merged statistics into the :class:`~daskdiff.core.sampling.UnitPool`
 of a mode of :data:`~daskdiff.core.sampling.DATA_MODES`.
 
-Determinism: a set's statistics are reduced over its images in fixed blocks of
-:data:`BLOCK_IMAGES` rows of the set's values in image order, so they do not depend on how the
-set was cut into shards or which worker read it; sets are merged in the job's set order. The
-pools, and so the draws, are the same for any shard size, worker count or task order.
+Determinism: a set's statistics are reduced over its images in blocks of :func:`block_images`
+rows (a number that depends on the layer's size alone) of the set's values in image order, so
+they do not depend on how the set was cut into shards or which worker read it; sets are merged
+in the job's set order. The pools, and so the draws, are the same for any shard size, worker
+count or task order.
 """
 
 from __future__ import annotations
@@ -23,8 +24,14 @@ import numpy as np
 from ..errors import InputError
 from .sampling import DATA_MODES, UnitPool
 
-BLOCK_IMAGES = 256
-"""Images reduced at once by :func:`unit_stats` (bounds its float64 working memory)."""
+BLOCK_VALUES = 1 << 23
+"""Values reduced at once by :func:`unit_stats` (64 MiB of float64 working memory per temporary)."""
+
+
+def block_images(n_features: int) -> int:
+    """Images per block of :func:`unit_stats`: at most 256, and at most :data:`BLOCK_VALUES`
+    values (at least one image)."""
+    return max(1, min(256, BLOCK_VALUES // max(1, int(n_features))))
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,25 +62,25 @@ class UnitStats:
 def unit_stats(values: np.ndarray) -> UnitStats:
     """Sufficient statistics of ``values`` ``(images, features)`` per feature (axis 0 reduced).
 
-    Two passes over blocks of :data:`BLOCK_IMAGES` images: the sum (float64) for the mean, then
+    Two passes over blocks of :func:`block_images` images: the sum (float64) for the mean, then
     the sum of squared deviations from it, so the variance of a unit with a large mean and a small
     spread keeps its digits (no ``E[x^2] - E[x]^2`` cancellation).
     """
     values = np.asarray(values)
     if values.ndim != 2 or len(values) == 0:
         raise ValueError(f"values must be (images, features) with at least one image, got shape {values.shape}")
-    n = len(values)
+    n, step = len(values), block_images(values.shape[1])
     total = np.zeros(values.shape[1])
     low, high = values[0].copy(), values[0].copy()
-    for start in range(0, n, BLOCK_IMAGES):
-        block = values[start : start + BLOCK_IMAGES]
+    for start in range(0, n, step):
+        block = values[start : start + step]
         total += block.sum(axis=0, dtype=np.float64)
         np.minimum(low, block.min(axis=0), out=low)
         np.maximum(high, block.max(axis=0), out=high)
     mean = total / n
     m2 = np.zeros(values.shape[1])
-    for start in range(0, n, BLOCK_IMAGES):
-        m2 += np.square(values[start : start + BLOCK_IMAGES] - mean).sum(axis=0)
+    for start in range(0, n, step):
+        m2 += np.square(values[start : start + step] - mean).sum(axis=0)
     return UnitStats(n, mean, m2, low, high)
 
 
