@@ -104,9 +104,14 @@ def _successive_inclusion(weights: np.ndarray, k: int) -> np.ndarray:
     return p
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_weighted_draws_follow_their_weights(k):
-    weights = np.array([1.0, 2.0, 3.0, 0.0, 4.0, 10.0])
+SMALL = np.array([1.0, 2.0, 3.0, 0.0, 4.0, 10.0])
+"""Few units: a draw is the exponential race alone."""
+SPREAD = np.r_[np.arange(1.0, 40.0), 0.0]
+"""40 units: a draw is mostly inverse-CDF draws with rejection of repeats."""
+
+
+@pytest.mark.parametrize(("weights", "k"), [(SMALL, 1), (SMALL, 3), (SPREAD, 3)], ids=["race-1", "race-3", "rejection-3"])
+def test_weighted_draws_follow_their_weights(weights, k):
     values = np.tile(weights, (2, 1)).astype(np.float32)  # the mean of each unit is its weight
     pool = unit_pool(unit_stats(values), "weighted=mean")
     repeats = 4000
@@ -118,7 +123,7 @@ def test_weighted_draws_follow_their_weights(k):
     p = _successive_inclusion(weights, k)
     if k == 1:
         np.testing.assert_allclose(p, weights / weights.sum())  # one draw: proportional to the weight
-    assert counts[3] == 0  # zero weight: never drawn
+    assert counts[weights == 0].sum() == 0  # zero weight: never drawn
     # binomial bound: each count within 5 standard deviations of repeats * p (a false alarm < 1e-5 per unit)
     bound = 5 * np.sqrt(repeats * p * (1 - p))
     assert np.all(np.abs(counts - repeats * p) <= bound + 1e-9), (counts, repeats * p, bound)
@@ -185,22 +190,24 @@ def cluster2():
 
 def test_job_pools_every_set_and_ignores_shards(tmp_path, tiny_model_path, image_folders, cluster2):
     """``active`` in a job: the same units for every set, drawn among the units that vary over
-    all the job's images (reopened shards, numpy, pdist), whatever the shard size."""
+    all the job's images (reopened shards, numpy, pdist), whatever the shard size, and with the
+    units handed over in memory (``store: none``) as read from the files."""
     import xarray as xr
     from jobtools import assert_same_results, tiny_spec
 
     from daskdiff.pipeline.job import run_job
 
     sets = {name: str(Path(paths[0]).parent) for name, paths in image_folders.items()}
-    kw = {"analysis__substrates": ["units"], "analysis__n_units": [3], "analysis__repeats": 2, "analysis__sampling": "active",
+    kw = {"analysis__substrates": ["units", "filter_mean"], "analysis__n_units": [3], "analysis__repeats": 2, "analysis__sampling": "active",
           "model__layers": ["conv2", "fc1"]}
     paths = {}
-    for size in (1, 8):
-        spec = tiny_spec(tiny_model_path, sets, tmp_path / f"s{size}", extraction__shard_size=size, extraction__batch_size=1, **kw)
+    for size, store in ((1, "needed"), (8, "none")):
+        spec = tiny_spec(tiny_model_path, sets, tmp_path / f"s{size}", extraction__shard_size=size, extraction__batch_size=1,
+                         extraction__store=store, **kw)
         paths[size] = run_job(spec, Path("."), client=cluster2, progress=False, echo=lambda *a: None).path
     with xr.open_dataset(paths[1]) as one, xr.open_dataset(paths[8]) as eight:
         assert_same_results(one.drop_attrs(), eight.drop_attrs())
-        acts = {s: daskdiff.open_activations(tmp_path / "s8", s) for s in sets}
+        acts = {s: daskdiff.open_activations(tmp_path / "s1", s) for s in sets}
         for layer in ("conv2", "fc1"):
             x = {s: a[f"units__{layer}"].values.astype(np.float64) for s, a in acts.items()}
             live = np.flatnonzero(np.ptp(np.concatenate(list(x.values())), axis=0) > 0)

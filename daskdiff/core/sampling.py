@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -70,22 +71,57 @@ class UnitPool:
             h.update(weights.tobytes())
         return cls(mode, units, weights, int(n_features), int(n_active), h.hexdigest())
 
+    @cached_property
+    def cdf(self) -> np.ndarray:
+        """Cumulative weights (computed once per pool, where it draws)."""
+        return np.cumsum(self.weights)
+
 
 def _draw_from_pool(rng: np.random.Generator, pool: UnitPool, k: int) -> np.ndarray:
     """k units of ``pool`` (all of them if it holds at most k), sorted.
 
-    Uniform: numpy's choice without replacement among the pool's positions. Weighted: the
-    exponential race (each unit's key ``E / w`` with ``E ~ Exp(1)``, the k smallest keys win),
-    which is successive sampling: each next unit is drawn among those left with probability
-    proportional to its weight (Efraimidis & Spirakis 2006).
+    Uniform: numpy's choice without replacement among the pool's positions. Weighted:
+    successive sampling, each next unit drawn among those left with probability proportional to
+    its weight. It is drawn as the first occurrences, in stream order, of i.i.d. draws with
+    replacement (inverse CDF over the pool's cumulative weights, :func:`_weighted_prefix`), in
+    rounds sized to the weight left; once a round would need more draws than the pool has units,
+    the rest is the exponential race among the units left (each key ``E / w``, ``E ~ Exp(1)``,
+    the smallest win; Efraimidis & Spirakis 2006), which continues successive sampling exactly.
     """
     m = len(pool.units)
     if k >= m:
         return pool.units.copy()
     if pool.weights is None:
         return np.sort(pool.units[_choose(rng, m, k)])
-    keys = rng.standard_exponential(m) / pool.weights
-    return np.sort(pool.units[np.argpartition(keys, k - 1)[:k]])
+    chosen = _weighted_prefix(rng, pool.weights, pool.cdf, k)
+    if (needed := k - len(chosen)) > 0:
+        keys = rng.standard_exponential(m) / pool.weights
+        keys[chosen] = np.inf
+        chosen = np.concatenate([chosen, np.argpartition(keys, needed - 1)[:needed]])
+    return np.sort(pool.units[chosen])
+
+
+def _weighted_prefix(rng: np.random.Generator, weights: np.ndarray, cdf: np.ndarray, k: int) -> np.ndarray:
+    """Up to k distinct positions of ``weights`` (``cdf`` their cumulative sum), successive
+    sampling (see :func:`_draw_from_pool`): rounds of ``1.25 * needed * total / left + 16`` draws
+    while that is below the number of weights."""
+    total = float(cdf[-1])
+    chosen = np.zeros(0, dtype=np.int64)
+    left = total
+    while (needed := k - len(chosen)) > 0:
+        draws = int(np.ceil(1.25 * needed * total / left)) + 16 if left > 0 else len(weights) + 1
+        if draws > len(weights):
+            break
+        u = rng.random(draws) * total
+        order = np.argsort(u)  # sorted queries search a large cdf faster; the stream order is kept
+        picks = np.empty(draws, dtype=np.int64)
+        picks[order] = np.minimum(np.searchsorted(cdf, u[order], side="right"), len(weights) - 1)
+        _, first = np.unique(picks, return_index=True)
+        picks = picks[np.sort(first)]  # first occurrences, in stream order
+        picks = picks[~np.isin(picks, chosen)][:needed]
+        chosen = np.concatenate([chosen, picks])
+        left = total - float(weights[chosen].sum())
+    return chosen
 
 
 def layer_key(layer: str | int) -> int:

@@ -243,9 +243,12 @@ def _submit_shard(client: Any, plan: JobPlan, t: ShardTask, keep: bool, resource
 def _needs_values(plan: JobPlan, diff_tasks: list[DiffTask]) -> set[str]:
     """Sets whose shards must be extracted again to keep their values in memory although their
     files are complete: under ``store: none`` (files without units), sets with a ``units`` task
-    whose partial result is not on disk."""
+    whose partial result is not on disk; every set under a data-dependent sampling mode, whose
+    unit statistics read every set's units (:mod:`~daskdiff.pipeline.activity`)."""
     if plan.spec.extraction.store != "none":
         return set()
+    if is_data_mode(plan.sampling.mode) and "units" in plan.spec.analysis.substrates:
+        return set(plan.sets)
     return {t.image_set for t in diff_tasks if t.substrate == "units" and not t.path.exists()}
 
 
