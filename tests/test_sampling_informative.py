@@ -8,6 +8,7 @@ the weighted draws, and the shard files reopened for the job test.
 from __future__ import annotations
 
 import itertools
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,9 @@ def test_draws_reproducible_by_seed_layer_repeat():
         draw = lambda p, seed=SEED, layer="l", repeat=0: daskdiff.sample_units(  # noqa: E731
             3000, 40, seed=seed, layer=layer, repeat=repeat, mode=mode, pool=p)
         np.testing.assert_array_equal(draw(pool), draw(again))
+        shipped = pickle.loads(pickle.dumps(pool))  # as a worker gets it (its cumulative weights left out)
+        assert "cdf" not in vars(shipped) and len(pickle.dumps(pool)) < 1.1 * len(pickle.dumps(shipped)) + 1000
+        np.testing.assert_array_equal(draw(pool), draw(shipped))
         assert pool.digest == again.digest
         assert not np.array_equal(draw(pool), draw(pool, repeat=1))
         assert not np.array_equal(draw(pool), draw(pool, seed=SEED + 1))

@@ -73,8 +73,11 @@ class UnitPool:
 
     @cached_property
     def cdf(self) -> np.ndarray:
-        """Cumulative weights (computed once per pool, where it draws)."""
+        """Cumulative weights (computed once per pool, where it draws; not pickled)."""
         return np.cumsum(self.weights)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "cdf"}
 
 
 def _draw_from_pool(rng: np.random.Generator, pool: UnitPool, k: int) -> np.ndarray:
