@@ -50,7 +50,26 @@ def job_output(tmp_path_factory, tiny_model_path):
     sets = {"noise": base / "noise", "smooth": base / "smooth"}
     write_images(sets["noise"], 7, seed=1)
     write_images(sets["smooth"], 6, seed=2, kind="smooth")
-    return run_tiny_job(tiny_model_path, {k: str(v) for k, v in sets.items()}, base / "out")
+    output = run_tiny_job(tiny_model_path, {k: str(v) for k, v in sets.items()}, base / "out")
+    write_sampling_sibling(output)
+    return output
+
+
+def write_sampling_sibling(output: Path) -> None:
+    """A stand-in for the same job run with ``analysis.sampling: active`` in ``<output>-active``
+    (differentiation.ipynb draws every sampling mode it finds there): the results relabelled,
+    with halved differentiation and the variables the unit-statistics pass adds."""
+    import numpy as np
+    import xarray as xr
+
+    with xr.open_dataset(output / "differentiation.nc") as ds:
+        sibling = ds.load()
+    sibling["differentiation"] = sibling["differentiation"] / 2
+    shape = (sibling.sizes["substrate"], sibling.sizes["layer"])
+    sibling["active_units"] = (("substrate", "layer"), np.ones(shape, dtype=np.int64))
+    sibling.attrs["sampling_mode"] = "active"
+    (output.parent / f"{output.name}-active").mkdir()
+    sibling.to_netcdf(output.parent / f"{output.name}-active" / "differentiation.nc")
 
 
 REFERENCE_JOBS = {
@@ -141,6 +160,8 @@ def test_notebook_runs(path, job_output, kernel_name):
     if path.name == "differentiation.ipynb":  # a folder of noise images, found by its name
         printed = "".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stdout")
         assert "reference set: 'noise' (its name contains 'noise')" in printed, printed
+        assert "sampling modes found: ['random', 'active']" in printed, printed
+        assert "active active units per layer: {'conv1': 1," in printed, printed
 
 
 def test_differentiation_notebook_finds_or_skips_its_reference(reference_job, kernel_name):

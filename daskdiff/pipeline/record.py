@@ -13,6 +13,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+import xarray as xr
+
 from ..core.units import bytes_per_image, n_units_label
 from ..io.atomic import write_netcdf
 from ..io.layout import PLOT_FILE, RESULTS_FILE
@@ -76,11 +79,15 @@ def _results_attrs(plan: JobPlan, command: str | None, metadata: dict | None = N
 
 
 def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: bool, command: str | None = None, echo: Callable = _echo,
-           stimulus: dict[str, float] | None = None) -> tuple[Path, list[tuple[str, str, str]], list[str]]:
+           stimulus: dict[str, float] | None = None, pools: dict | None = None,
+           ) -> tuple[Path, list[tuple[str, str, str]], list[str]]:
     """Assemble the partial results into ``differentiation.nc`` (written atomically).
 
     ``stimulus``: each movie's stimulus differentiation (:mod:`~daskdiff.pipeline.stimulus`),
     recorded as ``stimulus_differentiation`` (image_set) when given and not empty.
+    ``pools``: ``(substrate, layer)`` -> the summary of a data-dependent sampling mode's pool
+    (:func:`~daskdiff.pipeline.activity.pool_summary`), recorded as the variables
+    ``active_units`` and ``eligible_units`` (:func:`pool_variables`).
 
     Returns the file's path, the skipped files as ``(set, path, reason)`` and the job's notes
     (the plan's, plus a count of undefined repeats), each also echoed.
@@ -95,6 +102,7 @@ def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: 
     )
     if stimulus:
         ds["stimulus_differentiation"] = stimulus_variable(list(plan.sets), stimulus, a.stimulus)
+    ds = ds.assign(pool_variables(pools or {}, list(a.substrates), plan.layers, a.sampling))
     plan.manifest.add_files([plan.output / RESULTS_FILE, plan.output / PLOT_FILE])
     path = write_netcdf(ds, plan.output / RESULTS_FILE)
     notes = list(plan.notes)
@@ -106,6 +114,21 @@ def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: 
         warn(echo, f"skipped ({s}): {p}: {r}")
     ds.close()
     return path, skipped, notes
+
+
+def pool_variables(pools: dict, substrates: list[str], layers: list[str], mode: str) -> dict[str, xr.DataArray]:
+    """``active_units`` and ``eligible_units`` on ``(substrate, layer)`` (int64) from the pools'
+    summaries; none without pools (a sampling mode that does not look at the activations)."""
+    if not pools:
+        return {}
+    meaning = {
+        "active_units": "features not constant over all the job's images (every set), from the unit-statistics pass",
+        "eligible_units": f"features that sampling {mode!r} draws from (positive weight); n_units above it take them all",
+    }
+    return {name: xr.DataArray(np.array([[pools[(s, layer)][name] for layer in layers] for s in substrates], dtype=np.int64),
+                               dims=("substrate", "layer"), coords={"substrate": substrates, "layer": layers},
+                               attrs={"long_name": text, "sampling_mode": mode})
+            for name, text in meaning.items()}
 
 
 def undefined_note(n_undefined: Any, repeats: int, most: int = 5) -> str | None:

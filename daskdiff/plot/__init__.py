@@ -21,7 +21,8 @@ sits outside the data area, to the right.
 The figures live by what they show: :mod:`~daskdiff.plot.differentiation` (from the results
 file), :mod:`~daskdiff.plot.predictions` (the prediction layer and top-1 classes),
 :mod:`~daskdiff.plot.filters` (mean filter activations), :mod:`~daskdiff.plot.comparison`
-(network versus neural groups, from :func:`daskdiff.comparison.compare`), on the shared pieces of
+(network versus neural groups, from :func:`daskdiff.comparison.compare`), :mod:`~daskdiff.plot.sampling`
+(one job run with several sampling modes), on the shared pieces of
 :mod:`~daskdiff.plot.common`. This package names them all: ``import daskdiff.plot as dp``.
 """
 
@@ -51,6 +52,7 @@ from .filters import (
     plot_filter_histograms,
     zscore_stats,
 )
+from .sampling import MODE_STYLES, mode_means, plot_sampling_modes
 from .predictions import (
     class_labels,
     plot_images,
@@ -63,6 +65,7 @@ from .predictions import (
 )
 
 __all__ = [
+    "MODE_STYLES",
     "SPECTRAL_VARIABLE",
     "Activations",
     "class_labels",
@@ -72,6 +75,7 @@ __all__ = [
     "differentiation_by_layer",
     "filter_heatmap",
     "filter_histogram",
+    "mode_means",
     "n_units_comparison",
     "noise_reference",
     "pair_distances",
@@ -85,6 +89,7 @@ __all__ = [
     "plot_predictions",
     "plot_ratio",
     "plot_results",
+    "plot_sampling_modes",
     "plot_sampling_noise",
     "plot_set_differences",
     "plot_top1",
