@@ -95,6 +95,7 @@ CHANGES_RESULTS = [
 KEEPS_RESULTS = [
     ("name", "renamed"),
     ("output", "elsewhere"),
+    ("storage_options", {"endpoint_url": "http://127.0.0.1:9000", "secret": "s"}),  # where inputs are read, not what
     ("extraction.retries", 5),
     ("extraction.require_gpu", True),
     ("extraction.handoff", "auto"),

@@ -15,16 +15,24 @@ Conventions
   a file replaced by a rename (an editor, ``cp`` to a temporary then ``mv``) changes.
 - Only regular files are read: a FIFO, a device or a folder named like one is refused in one
   line, without blocking (the file is opened with ``O_NONBLOCK`` and checked on its descriptor).
+- An object on a store (an fsspec URL) is identified without reading it by what the store says of
+  it, one ``HEAD`` (:func:`object_identity`): its size and its change markers (S3's ``ETag``, the
+  MD5 of its bytes for a plain upload, ``LastModified`` and ``VersionId``; GCS's ``md5Hash``,
+  ``generation``). A new upload under the same key changes its ``ETag``/``LastModified`` even when
+  the size is kept, so a rewritten object is noticed as a rewritten file is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import threading
+from typing import Any
 
 from ..errors import InputError
+from .location import filesystem, is_remote, storage_error
 
 _HASHES: dict[str, tuple[tuple[int, ...], str]] = {}
 """Real path -> (stat key, SHA-256) of the last hash this process took of that path."""
@@ -85,3 +93,55 @@ def file_stat(path: str | os.PathLike) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)
+
+
+_MARKERS = ("ETag", "etag", "VersionId", "LastModified", "md5Hash", "crc32c", "generation", "updated", "mtime", "created")
+"""Fields of an fsspec ``info`` that change when an object is written anew (S3, GCS, Azure, local, memory)."""
+
+
+def object_identity(url: str, storage_options: Any = None, what: str = "file") -> dict[str, Any]:
+    """What identifies the object at ``url`` without reading it: ``{"size": ..., <markers>}`` from
+    one fresh ``info`` (a ``HEAD`` on S3; the listing cache is skipped), the markers in
+    :data:`_MARKERS` as strings. A store that gives none of them is hashed instead
+    (``{"size": ..., "sha256": ...}``, the object read once).
+
+    Raises
+    ------
+    InputError
+        The object does not exist, is a prefix, or the store cannot be reached (one line naming the
+        URL and what to check, :func:`daskdiff.io.location.storage_error`).
+    """
+    try:
+        fs, path = filesystem(url, storage_options)
+        fs.invalidate_cache(path)
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            raise InputError(f"{what} {url!r} is a prefix (a folder), not an object; give the URL of the file")
+        markers = {k: str(info[k]) for k in _MARKERS if info.get(k) is not None}
+        if not markers:
+            markers = {"sha256": hashlib.sha256(fs.cat_file(path)).hexdigest()}
+    except InputError:
+        raise
+    except Exception as error:
+        raise storage_error(url, error, f"{what}: ") from None
+    return {"size": int(info.get("size") or 0), **markers}
+
+
+def file_identity(path: str | os.PathLike, what: str, storage_options: Any = None, key: str = "sha256") -> dict[str, Any]:
+    """What identifies a model's or weights' file: ``{key: SHA-256 of its bytes}`` for a local file
+    (:func:`file_sha256`), ``{"object": object_identity(...)}`` for an fsspec URL."""
+    if is_remote(path):
+        return {"object": object_identity(os.fspath(path), storage_options, what)}
+    return {key: file_sha256(path, what)}
+
+
+def object_record(url: str, storage_options: Any = None) -> tuple[int, int]:
+    """``(size, marker)`` of an object as an input record holds it (:func:`daskdiff.io.shards.input_record`):
+    its size and a 60-bit digest of its :func:`object_identity` in place of a file's ``mtime_ns``;
+    ``(-1, -1)`` for an object that cannot be read (it is then skipped by extraction)."""
+    try:
+        identity = object_identity(url, storage_options)
+    except InputError:
+        return -1, -1
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return identity["size"], int(digest[:15], 16)

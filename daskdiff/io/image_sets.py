@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import glob
 import os
+import posixpath
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import InputError
-from .reading import TEXT_FILE_MAX_BYTES, NotReadableError, read_regular, special_kind
+from .location import bounded_options, filesystem, is_remote, local_path, storage_error
+from .reading import TEXT_FILE_MAX_BYTES, NotReadableError, read_object, read_regular, special_kind
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -49,8 +51,10 @@ def resolve_image_set(
     *,
     name: str = "images",
     base_dir: str | os.PathLike | None = None,
+    storage_options: Any = None,
+    timeout: float = 120,
 ) -> list[str]:
-    """The image files of a set, as sorted absolute paths.
+    """The image files of a set, as sorted absolute paths (or URLs, for a set on an object store).
 
     Parameters
     ----------
@@ -71,6 +75,11 @@ def resolve_image_set(
     base_dir : str or path-like, optional
         Folder a relative `source` is relative to. Default: the current working directory.
         A leading ``~`` in `source` or in a list file's lines is expanded to the home folder.
+    storage_options : mapping, optional
+        For a `source` that is an fsspec URL (``s3://bucket/a/``, ``s3://bucket/a/*.png``,
+        ``s3://bucket/a.txt``): the filesystem's options, on top of the environment's.
+    timeout : float, default 120
+        Seconds within which an object store that does not answer is named (``cluster.start_timeout``).
 
     Returns
     -------
@@ -93,6 +102,13 @@ def resolve_image_set(
 
     Notes
     -----
+    A `source` on an object store is listed with one request (``ls`` of a prefix, ``glob`` of a
+    pattern, one GET of a list file; a prefix of more than 1,000 objects takes one more request per
+    1,000) and its objects are returned as URLs, sorted, each once (an object has one key: nothing
+    is a link). A prefix is listed as a folder is: the image objects directly under it, not hidden.
+    A list file's relative lines are relative to its own prefix; the objects it names are not
+    checked here (one request each): a missing one is skipped when it is decoded.
+
     Nothing is decoded here. A listed file that does not exist (when some others do), a broken
     symlink, or a file that is not really an image is returned as given and becomes a
     :class:`~daskdiff.io.images.Skipped` entry in
@@ -103,12 +119,14 @@ def resolve_image_set(
             f"image set {name!r}: source must be a folder, glob pattern or list file path "
             f"(str or os.PathLike), got {type(source).__name__}: {source!r}"
         )
-    text = os.fspath(source)
+    text = local_path(os.fspath(source))
     if not text.strip():
         raise ImageSetError(
             f"image set {name!r}: source is an empty string; give a folder, a glob pattern such "
             "as 'photos/*.jpg', or a list file (.txt/.lst) with one image path per line"
         )
+    if is_remote(text):
+        return _remote_set(text, name, bounded_options(text, storage_options, timeout))
     base = os.path.abspath(os.getcwd() if base_dir is None else os.fspath(base_dir))
     path = os.path.abspath(os.path.join(base, os.path.expanduser(text)))
 
@@ -239,4 +257,55 @@ def _list_file_paths(list_file: str, name: str) -> list[str]:
             f"exists (first: '{files[0]}'); relative paths are relative to the list file's "
             f"folder '{folder}'"
         )
+    return files
+
+
+def _remote_set(url: str, name: str, options: dict) -> list[str]:
+    """:func:`resolve_image_set` for an fsspec URL: one listing (or one GET of a list file)."""
+    what = f"image set {name!r}: "
+    try:
+        fs, path = filesystem(url, options)
+        fs.invalidate_cache()  # a long-lived client (a notebook) lists what is there now
+        if _GLOB_CHARACTERS & set(path):
+            found = fs.glob(path, detail=True)
+            files = [p for p, info in found.items() if info.get("type") != "directory"]
+            if not files:
+                raise ImageSetError(f"{what}glob pattern '{url}' matches no object; check the prefix and the suffix "
+                                    "(the match is case-sensitive), or give the prefix itself ending in '/'")
+        elif os.path.splitext(path)[1].lower() in LIST_SUFFIXES:
+            files = _remote_list(url, fs, path, name, options)
+        else:
+            entries = fs.ls(path.rstrip("/"), detail=True)
+            if len(entries) == 1 and entries[0].get("type") != "directory" and entries[0]["name"] == path.rstrip("/"):
+                raise ImageSetError(f"{what}'{url}' is one object, not a prefix, glob pattern or list file; give its "
+                                    f"prefix ('{posixpath.dirname(url)}/'), a glob, or a list file (.txt/.lst); a movie "
+                                    "file on an object store is not read yet: copy it to a local disk")
+            files = [e["name"] for e in entries if e.get("type") != "directory"
+                     and not posixpath.basename(e["name"]).startswith(".")
+                     and os.path.splitext(e["name"])[1].lower() in IMAGE_SUFFIXES]
+            if not files:
+                raise ImageSetError(f"{what}prefix '{url}' holds no image object (accepted suffixes: "
+                                    f"{', '.join(sorted(IMAGE_SUFFIXES))}; deeper prefixes are not searched); give a "
+                                    f"glob such as '{url.rstrip('/')}/**/*.jpg'")
+    except ImageSetError:
+        raise
+    except Exception as error:
+        raise ImageSetError(str(storage_error(url, error, what))) from None
+    return sorted({f if "://" in f else fs.unstrip_protocol(f) for f in files})
+
+
+def _remote_list(url: str, fs: Any, path: str, name: str, options: dict) -> list[str]:
+    """The URLs a list file on an object store names: its lines, relative ones joined to its prefix."""
+    try:
+        text = read_object(url, limit=TEXT_FILE_MAX_BYTES, what="list file", storage_options=options).decode("utf-8-sig")
+    except (NotReadableError, UnicodeDecodeError) as error:
+        raise ImageSetError(f"image set {name!r}: cannot read list file '{url}': {getattr(error, 'reason', error)}; it must "
+                            "be a UTF-8 text object with one image path per line") from None
+    folder = posixpath.dirname(path)
+    entries = [line.strip() for line in text.splitlines()]
+    files = [e if "://" in e else fs.unstrip_protocol(posixpath.normpath(posixpath.join(folder, e)))
+             for e in entries if e and not e.startswith("#")]
+    if not files:
+        raise ImageSetError(f"image set {name!r}: list file '{url}' lists no path (only blank lines or '#' comments); "
+                            "write one image path per line")
     return files

@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from ..errors import InputError
-from .reading import NotReadableError, read_regular, seems_to_be
+from .reading import NotReadableError, read_input, seems_to_be
 
 __all__ = [
     "RESIZE_FILTERS",
@@ -91,13 +91,15 @@ def load_image(
     resize: ResizeName = "nearest",
     background: tuple[int, int, int] = (255, 255, 255),
     exif_orientation: bool = False,
+    storage_options: Any = None,
 ) -> np.ndarray:
     """Decode one image file into an 8-bit RGB array of a given size.
 
     Parameters
     ----------
     path : str or path-like
-        The image file.
+        The image file, or an fsspec URL of an image object (``s3://bucket/a/cat.png``), read with
+        ``storage_options`` (:func:`daskdiff.io.reading.read_input`).
     size : (int, int) or None, default (224, 224)
         ``(height, width)`` of the result, in that order, as Keras' ``target_size``; None: the
         file's own size, no resize (a movie's frames at their native resolution).
@@ -184,7 +186,7 @@ def load_image(
     target = None if size is None else _check_size(size)[::-1]  # Pillow's (width, height)
     resample = _check_resize(resize)
     fill = _check_background(background)
-    rgb = _decode_rgb(os.fspath(path), fill, exif_orientation)
+    rgb = _decode_rgb(os.fspath(path), fill, exif_orientation, storage_options)
     if target is not None and rgb.size != target:
         rgb = rgb.resize(target, resample)
     return np.asarray(rgb, dtype=np.uint8)
@@ -221,10 +223,11 @@ def image_frames(path: str | os.PathLike) -> int | None:
 
 
 def _decode_or_error(path: Any, *, size: tuple[int, int], resize: Any, background: tuple[int, int, int],
-                     exif_orientation: bool) -> np.ndarray | ImageDecodeError:
+                     exif_orientation: bool, storage_options: Any = None) -> np.ndarray | ImageDecodeError:
     """:func:`load_image`, its decode error returned rather than raised (for a process pool's map)."""
     try:
-        return load_image(path, size, resize=resize, background=background, exif_orientation=exif_orientation)
+        return load_image(path, size, resize=resize, background=background, exif_orientation=exif_orientation,
+                          storage_options=storage_options)
     except ImageDecodeError as error:
         return error
 
@@ -238,6 +241,7 @@ def load_images(
     strict: bool = False,
     exif_orientation: bool = False,
     pool: Any = None,
+    storage_options: Any = None,
 ) -> tuple[np.ndarray, list[int], list[Skipped]]:
     """Decode many image files, skipping (or, with `strict`, raising on) those that fail.
 
@@ -245,7 +249,7 @@ def load_images(
     ----------
     paths : sequence of str or path-like
         The files, e.g. from :func:`~daskdiff.io.image_sets.resolve_image_set`.
-    size, resize, background, exif_orientation
+    size, resize, background, exif_orientation, storage_options
         As in :func:`load_image`; all are checked before any file is read.
     strict : bool, default False
         Raise the first :class:`ImageDecodeError` instead of skipping the file.
@@ -291,7 +295,7 @@ def load_images(
     indices: list[int] = []
     skipped: list[Skipped] = []
     decode = functools.partial(_decode_or_error, size=(height, width), resize=resize, background=background,
-                               exif_orientation=exif_orientation)  # picklable, for a process pool
+                               exif_orientation=exif_orientation, storage_options=storage_options)  # picklable, for a process pool
     for index, image in enumerate((pool.map if pool is not None else map)(decode, paths)):
         if isinstance(image, ImageDecodeError):
             if strict:
@@ -372,11 +376,12 @@ def max_image_file_bytes() -> int | None:
     return None if pixels is None else BYTES_PER_PIXEL * int(pixels) + METADATA_BYTES
 
 
-def _read_bytes(path: str) -> bytes:
+def _read_bytes(path: str, storage_options: Any = None) -> bytes:
     """The bytes of an image file: a regular file of at most :func:`max_image_file_bytes`, never
-    a FIFO or device (:func:`daskdiff.io.reading.read_regular`)."""
+    a FIFO or device (:func:`daskdiff.io.reading.read_regular`), or an object of at most as many
+    bytes (:func:`daskdiff.io.reading.read_object`)."""
     try:
-        data = read_regular(path, limit=max_image_file_bytes(), what="image file")
+        data = read_input(path, limit=max_image_file_bytes(), what="image file", storage_options=storage_options)
     except NotReadableError as error:
         reason = error.reason
         if reason.endswith("(folder)"):
@@ -420,10 +425,11 @@ def _unidentified(data: bytes) -> str:
     return f"not an image file (Pillow cannot identify its format): it seems to be {kind}"
 
 
-def _decode_rgb(path: str, background: tuple[int, int, int], exif_orientation: bool = False) -> Image.Image:
+def _decode_rgb(path: str, background: tuple[int, int, int], exif_orientation: bool = False,
+                storage_options: Any = None) -> Image.Image:
     """The file's first frame as an 8-bit RGB image at its own size (upright, if asked, as its
     EXIF orientation says)."""
-    image = _open_loaded(path, _read_bytes(path))
+    image = _open_loaded(path, _read_bytes(path, storage_options))
     if exif_orientation:
         from PIL import ImageOps
 

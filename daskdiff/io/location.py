@@ -14,10 +14,14 @@ unredacted: :func:`redact` replaces every value whose key names a secret.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from ..errors import InputError, shorten
 
 #: ``scheme://`` at the start of a string: a URL (a Windows drive ``C:\\`` has no ``//``).
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -86,3 +90,93 @@ def redact(options: Any) -> Any:
     if isinstance(options, (list, tuple)):
         return type(options)(redact(v) for v in options)
     return options
+
+
+class StorageOptions(Mapping):
+    """A spec's ``storage_options`` as a frozen, hashable mapping whose ``repr`` hides its secrets.
+
+    It travels with the tasks that read inputs (a :class:`~daskdiff.model.build.ModelSpec`, a shard's
+    task), so a worker opens an object with the options the client resolved it with; a task's
+    ``repr`` in a log or an error shows it redacted (:func:`redact`). Its hash and Dask token are
+    those of its JSON form: two equal mappings are one key.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None):
+        self._data = dict(data or {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _json(self) -> str:
+        return json.dumps(self._data, sort_keys=True, default=repr)
+
+    def __hash__(self) -> int:
+        return hash(self._json())
+
+    def __dask_tokenize__(self) -> str:
+        return hashlib.sha256(self._json().encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"StorageOptions({redact(self._data)!r})"
+
+    def __reduce__(self):
+        return type(self), (self._data,)
+
+
+class StorageError(InputError):
+    """An object store that cannot be reached or read: one line naming the URL and what to check."""
+
+
+_S3 = frozenset({"s3", "s3a"})
+
+
+def bounded_options(url: str, options: Mapping[str, Any] | None, seconds: float) -> dict[str, Any]:
+    """``options`` for the client's own requests to ``url``: on S3, botocore's connect and read
+    timeouts and its retries bounded (unless ``config_kwargs`` sets them), so that an endpoint
+    that does not answer is named within ``seconds`` (``cluster.start_timeout``), not after
+    botocore's 60 s x 5 tries, each tried 5 more times by s3fs. One botocore attempt (s3fs retries
+    it 5 times) with connect and read timeouts of ``seconds / 24`` each (5 s for the default
+    120 s), plus s3fs's back-off (~2 s), for each of the two calls a failed listing makes, stays
+    within ``seconds``. Other protocols' options are returned as given."""
+    out = dict(options or {})
+    if protocol(url) in _S3:
+        config = dict(out.get("config_kwargs") or {})
+        each = max(1, int(seconds) // 24)
+        config.setdefault("connect_timeout", each)
+        config.setdefault("read_timeout", each)
+        config.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+        out["config_kwargs"] = config
+    return out
+
+
+def storage_error(url: str, error: BaseException, what: str = "") -> StorageError:
+    """One line for ``error``, raised reaching ``url``: which of a missing bucket or object, refused
+    credentials, an endpoint that does not answer or a missing fsspec plugin it is, and what to check.
+    ``what`` starts the line (``"image set 'a': "``)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the default endpoint"
+    name = type(error).__name__
+    text = str(error)
+    if isinstance(error, ImportError):
+        why = f"{error}; install the filesystem for {protocol(url)}:// (pip install 'daskdiff[s3]' for s3://)"
+    elif isinstance(error, FileNotFoundError) and "bucket" in text.lower():
+        why = (f"the bucket does not exist at {endpoint}; check the bucket's name in the URL and the endpoint "
+               "(AWS_ENDPOINT_URL or storage_options.endpoint_url)")
+    elif isinstance(error, PermissionError):
+        why = ("access denied; check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or "
+               "storage_options key/secret) and that they may read this bucket")
+    elif "Connect" in name or "Timeout" in name or isinstance(error, (ConnectionError, TimeoutError)):
+        why = (f"the endpoint does not answer ({shorten(text)}); check the endpoint (AWS_ENDPOINT_URL or "
+               "storage_options.endpoint_url) and the network")
+    elif isinstance(error, FileNotFoundError):
+        why = "no such object or prefix; check the URL (keys are case-sensitive)"
+    else:
+        why = f"{name}: {shorten(text)}"
+    return StorageError(f"{what}cannot read {url}: {why}")

@@ -13,12 +13,18 @@ bytes, for messages about a file that is not an image or movie at all (an HTML p
 
 from __future__ import annotations
 
+import contextlib
 import os
+import posixpath
 import stat
+import tempfile
+from typing import Any, Iterator
 
 from ..errors import InputError
+from .location import filesystem, is_remote, storage_error
 
-__all__ = ["TEXT_FILE_MAX_BYTES", "NotReadableError", "VIDEO_CONTAINERS", "file_kind", "open_regular", "read_head", "read_regular", "seems_to_be", "special_kind"]
+__all__ = ["TEXT_FILE_MAX_BYTES", "NotReadableError", "VIDEO_CONTAINERS", "file_kind", "open_regular", "read_head", "read_input",
+           "local_copy", "read_object", "read_regular", "seems_to_be", "special_kind"]
 
 _KINDS = {
     stat.S_IFIFO: "FIFO",
@@ -175,6 +181,68 @@ def read_regular(path: str | os.PathLike, *, limit: int | None = None, what: str
     finally:
         os.close(fd)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def read_object(url: str, *, limit: int | None = None, what: str = "file", storage_options=None) -> bytes:
+    """The bytes of the object at ``url`` (an fsspec URL), of at most ``limit`` bytes: the object
+    store's counterpart of :func:`read_regular`.
+
+    One request: a ranged GET of the first ``limit + 1`` bytes (the whole object when ``limit`` is
+    None), so an object over ``limit`` costs ``limit + 1`` bytes at most and is refused. An object
+    is never a FIFO or a device; a prefix (a "folder") is refused as one.
+
+    Raises
+    ------
+    NotReadableError
+        No such object, a prefix, larger than ``limit``, or the store refused or did not answer
+        (``reason`` says which, and what to check).
+    """
+    try:
+        fs, path = filesystem(url, storage_options)
+        try:
+            data = fs.cat_file(path) if limit is None else fs.cat_file(path, start=0, end=limit + 1)
+        except FileNotFoundError:
+            raise NotReadableError(url, "object not found") from None
+        except IsADirectoryError:
+            raise NotReadableError(url, "not a regular file (folder)") from None
+        except OSError:
+            if limit is None or fs.info(path).get("size") != 0:
+                raise
+            data = b""  # S3 refuses any byte range of an empty object
+    except NotReadableError:
+        raise
+    except Exception as error:  # botocore's and aiohttp's errors are no OSError
+        raise NotReadableError(url, str(storage_error(url, error)).split(": ", 1)[1]) from None
+    if limit is not None and len(data) > limit:
+        raise NotReadableError(url, f"more than {_size_words(limit)}, larger than any {what} ({_size_words(limit)} at most)")
+    return data
+
+
+def read_input(path: str | os.PathLike, *, limit: int | None = None, what: str = "file", storage_options=None) -> bytes:
+    """:func:`read_object` for an fsspec URL (``s3://...``), :func:`read_regular` for a local path."""
+    if is_remote(path):
+        return read_object(os.fspath(path), limit=limit, what=what, storage_options=storage_options)
+    return read_regular(path, limit=limit, what=what)
+
+
+@contextlib.contextmanager
+def local_copy(url: str, storage_options: Any, what: str) -> Iterator[str]:
+    """A temporary local copy of the object at ``url``, for readers that take only a file (Keras
+    loads models and weights from files), under the object's own name (Keras reads the format from
+    its suffix); removed on exit. A store that cannot be read raises a one-line
+    :class:`~daskdiff.io.location.StorageError` naming ``what`` and the URL. A local path is
+    given back as it is."""
+    if not is_remote(url):
+        yield os.fspath(url)
+        return
+    with tempfile.TemporaryDirectory(prefix="daskdiff-copy-") as folder:
+        local = os.path.join(folder, posixpath.basename(url.rstrip("/")) or "object")
+        try:
+            fs, path = filesystem(url, storage_options)
+            fs.get_file(path, local)
+        except Exception as error:
+            raise storage_error(url, error, f"{what}: ") from None
+        yield local
 
 
 VIDEO_CONTAINERS = ("an MP4/QuickTime video", "an AVI video", "a Matroska/WebM video", "an MPEG video", "an MPEG-TS video",

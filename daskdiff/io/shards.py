@@ -57,7 +57,9 @@ import xarray as xr
 
 from ..errors import DaskdiffError
 from .atomic import flush_and_drop
+from .fingerprints import object_record
 from .hdf5 import HDF5_LOCK
+from .location import is_remote
 from .reading import special_kind
 from .layout import ACTIVATIONS_DIR, SHARD_GLOB, feature_dim, variable_name
 
@@ -284,11 +286,23 @@ INPUTS_GROUP = "inputs"
 """The shard's group holding its input record (see the module docstring)."""
 
 
-def input_record(paths: Sequence[str]) -> list[tuple[str, int, int]]:
+def input_record(paths: Sequence[str], storage_options: Any = None) -> list[tuple[str, int, int]]:
     """``(path, size, mtime_ns)`` of each file as ``os.stat`` sees it now; ``(path, -1, -1)`` for
-    a file that cannot be stat'ed (it is then skipped by extraction, and recorded as such)."""
+    a file that cannot be stat'ed (it is then skipped by extraction, and recorded as such). An
+    object's (an fsspec URL's) is ``(url, size, marker)``, :func:`daskdiff.io.fingerprints.object_record`
+    (one ``HEAD`` each, 16 at a time, with ``storage_options``)."""
+    if any(is_remote(p) for p in paths):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16, thread_name_prefix="daskdiff-head") as pool:
+            heads = dict(zip(paths, pool.map(lambda p: object_record(p, storage_options) if is_remote(p) else None, paths)))
+    else:
+        heads = {}
     out = []
     for p in paths:
+        if heads.get(p) is not None:
+            out.append((str(p), *heads[p]))
+            continue
         try:
             st = os.stat(p)
         except OSError:

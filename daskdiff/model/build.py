@@ -32,13 +32,14 @@ import os
 import re
 import threading
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ..errors import MAX_QUOTED, DaskdiffError, InputError, shorten
-from ..io.fingerprints import file_sha256
+from ..io.fingerprints import file_identity
+from ..io.location import is_remote
+from ..io.reading import local_copy
 from .preprocess import PREPROCESS_MODES, preprocess  # noqa: F401  (re-exported: spec and callers import them from here)
 
 APPLICATIONS: dict[str, str] = {
@@ -64,7 +65,7 @@ PREDICTIONS = ("softmax", "logits")
 """What the class-score layer of a shard holds."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What model a job runs; small and picklable, sent to workers instead of a model.
 
@@ -97,6 +98,8 @@ class ModelSpec:
         of the spec's equality, hence of every task key and of each worker's model cache
         (:func:`cached_model`), recorded in every shard; a model built from files that no longer
         match it is refused (:func:`build_model`). None: not taken yet.
+    storage_options : mapping, optional
+        For model and weights files given as URLs (``s3://b/net.keras``); not in equality or ``repr``.
     """
 
     name: str = "VGG16"
@@ -107,6 +110,7 @@ class ModelSpec:
     preprocess: str | None = None
     precision: str = "float32"
     fingerprint: str | None = None
+    storage_options: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def is_application(self) -> bool:
@@ -174,7 +178,7 @@ RANDOM_INIT = "he_normal"
 """The scheme of ``weights='random'`` (see the module notes): part of the weights' identity."""
 
 
-def _weights_file(spec: ModelSpec) -> Path | None:
+def _weights_file(spec: ModelSpec) -> Path | str | None:
     """The file the weights of ``spec`` are read from (the ``.keras`` file itself for
     ``weights='file'``); None for 'imagenet' and 'random'. Raises a clear InputError for
     ``weights='file'`` with a keras.applications name, or a weights file that does not exist."""
@@ -186,9 +190,9 @@ def _weights_file(spec: ModelSpec) -> Path | None:
                 "weights='file' keeps the weights saved in a '.keras' model file; for "
                 f"{spec.name} use 'imagenet', 'random' or the path of a weights file"
             )
-        return Path(spec.name)
-    path = Path(spec.weights)
-    if not path.is_file():
+        return spec.name if is_remote(spec.name) else Path(spec.name)
+    path = spec.weights if is_remote(spec.weights) else Path(spec.weights)  # an object is checked by its HEAD
+    if not is_remote(path) and not path.is_file():
         raise InputError(
             f"weights file {spec.weights!r} does not exist; give weights='imagenet', "
             "weights='random' (with a seed) or the path of an existing weights file"
@@ -204,8 +208,8 @@ def weights_identity(spec: ModelSpec) -> str:
         return "imagenet"
     if spec.weights == "random":
         return f"random(seed={spec.seed}, {RANDOM_INIT})"
-    path = _weights_file(spec)
-    return f"{path.resolve()} (sha256 {file_sha256(path, 'weights file')[:16]})"
+    identity = file_identity(path := _weights_file(spec), "weights file", spec.storage_options)
+    return f"{path.resolve()} (sha256 {identity['sha256'][:16]})" if "sha256" in identity else f"{path} ({json.dumps(identity['object'])})"
 
 
 def model_fingerprint(spec: ModelSpec) -> str:
@@ -229,10 +233,10 @@ def model_fingerprint(spec: ModelSpec) -> str:
     check_model_name(spec.name)
     weights = _weights_file(spec)
     parts = {
-        "architecture": spec.name if spec.is_application else {"keras_sha256": file_sha256(spec.name, "model file")},
+        "architecture": spec.name if spec.is_application else file_identity(spec.name, "model file", spec.storage_options, "keras_sha256"),
         "weights": (f"imagenet {spec.name}" if spec.weights == "imagenet"
                     else f"random(seed={spec.seed}, {RANDOM_INIT})" if spec.weights == "random"
-                    else {"sha256": file_sha256(weights, "weights file")}),
+                    else file_identity(weights, "weights file", spec.storage_options)),
         "preprocessing": spec.preprocess_mode(),
         "predictions": spec.predictions,
         "precision": spec.precision,
@@ -359,10 +363,10 @@ def build_model(spec: ModelSpec) -> Any:
                 raise _imagenet_error(spec.name, exc) from exc
             raise
     else:
-        path = Path(spec.name)
-        if not path.is_file():
+        if not is_remote(spec.name) and not Path(spec.name).is_file():
             raise InputError(f"model file {spec.name!r} does not exist; give a keras.applications name or an existing '.keras' file")
-        model = keras.saving.load_model(path, compile=False)
+        with local_copy(spec.name, spec.storage_options, "model file") as path:  # an object: a temporary copy
+            model = keras.saving.load_model(path, compile=False)
         last = model.layers[-1]
         if getattr(last, "activation", None) is keras.activations.softmax:
             last.activation = keras.activations.linear  # logits; softmax is applied on demand
@@ -375,8 +379,8 @@ def build_model(spec: ModelSpec) -> Any:
     if spec.weights == "random":
         _randomize(model, spec.seed)
     elif spec.weights not in ("imagenet", "file"):
-        _weights_file(spec)  # raises a clear error if the file is missing
-        model.load_weights(spec.weights)
+        with local_copy(_weights_file(spec), spec.storage_options, "weights file") as path:  # raises if missing
+            model.load_weights(path)
     check_fingerprint(spec)  # again: a file rewritten while it was loaded
     return with_precision(model, spec.precision)
 
@@ -487,7 +491,7 @@ def architecture(spec: ModelSpec) -> Any:
     check_model_name(spec.name)
     if spec.is_application:
         return getattr(keras.applications, spec.name)(weights=None, include_top=True, classifier_activation=None)
-    return build_model(ModelSpec(name=spec.name, weights="file"))
+    return build_model(ModelSpec(name=spec.name, weights="file", storage_options=spec.storage_options))
 
 
 def model_layers(spec: ModelSpec) -> dict[str, Any]:

@@ -47,6 +47,9 @@ class ShardTask:
     decoders: int = 1
     """Processes decoding and resizing images while the model runs (:func:`decoder_pool`; 1: the
     worker's own prefetch thread). The shard's values do not depend on it."""
+    storage_options: Any = field(default=None, hash=False, compare=False, repr=False)
+    """The spec's ``storage_options`` (a :class:`~daskdiff.io.location.StorageOptions`) for images
+    that are objects on a store: the worker opens each with them."""
 
     @property
     def key(self) -> str:
@@ -215,6 +218,7 @@ def decoder_pool(n: int) -> Any:
 def run_extraction(
     images_paths: list[str], spec: ModelSpec, plan: dict[str, LayerPlan], *, batch_size: int = 16,
     resize: str = "nearest", strict: bool = False, exif_orientation: bool = False, decoders: int = 1,
+    storage_options: Any = None,
 ) -> Iterator[Batch]:
     """Decode and run images through the extraction model, yielding batch after batch.
 
@@ -229,7 +233,8 @@ def run_extraction(
     images = decoder_pool(decoders)
 
     def decode(sl: slice):
-        return sl, load_images(images_paths[sl], size, resize=resize, strict=strict, exif_orientation=exif_orientation, pool=images)
+        return sl, load_images(images_paths[sl], size, resize=resize, strict=strict, exif_orientation=exif_orientation, pool=images,
+                               storage_options=storage_options)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="daskdiff-prefetch") as pool:
         pending = [pool.submit(decode, c) for c in chunks[:PREFETCH_BATCHES]]
@@ -276,7 +281,7 @@ class _Kept:
 
 def _batches(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec) -> Iterator[Batch]:
     return run_extraction(list(task.paths), spec, plan, batch_size=task.batch_size, resize=task.resize, strict=task.strict,
-                          exif_orientation=task.exif_orientation, decoders=task.decoders)
+                          exif_orientation=task.exif_orientation, decoders=task.decoders, storage_options=task.storage_options)
 
 
 def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec, *, keep: bool = False) -> dict[str, Any]:
@@ -301,7 +306,7 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec, 
     """
     spec = with_fingerprint(spec)
     path = shard_path(task.output, task.image_set, task.shard)
-    record = input_record(task.paths)
+    record = input_record(task.paths, task.storage_options)
     done, why = shard_status(path, plan, _digest(plan), record, model=spec.fingerprint)
     unwritten = any(lp.units is not None and not lp.write_units for lp in plan.values())
     kept = _Kept(plan, len(task.paths)) if keep else None

@@ -31,7 +31,8 @@ from typing import Any, Callable
 
 from ..io.atomic import atomic_write
 from ..io.layout import JOB_FILE
-from ..logs import reporter
+from ..io.location import is_remote
+from ..logs import reporter, warn
 from .budget import Limits, limits_at
 from .output import clean_temporaries, prepare, preview
 from .plan import check, JobPlan, plan
@@ -169,6 +170,8 @@ def run_job(
     with contextlib.ExitStack() as cleanup:  # however the job ends:
         cleanup.callback(lambda: [cluster.close() for cluster in early])  # an early cluster connect did not take
         inputs = resolve(spec, base, output=output, weights=weights, echo=echo)
+        for line in local_sets_elsewhere(inputs, target):
+            warn(echo, line)
         plan = _plan(inputs, limits_at(target, inputs.output), overwrite=overwrite, echo=echo, force=force, checked=start_workers)
         cleanup.callback(plan.release)  # the plan holds the output folder's lock until the job ends
         echo(plan.summary())
@@ -198,6 +201,19 @@ def run_job(
             return on(c)
 
 
+def local_sets_elsewhere(inputs: JobInputs, target: Target) -> list[str]:
+    """One line per image set on this machine's disk when the job's scheduler was started
+    elsewhere (``--scheduler``, ``--scheduler-file``, ``cluster.kind: address``): its workers read
+    the set's paths on their own disks, which may not hold them (a shared file system does; a
+    Kubernetes pod's does not). Empty for a cluster daskdiff starts, and for sets on an object store."""
+    if target.kind not in ("address", "scheduler_file"):
+        return []
+    return [f"image set {name!r} is on this machine's disk ({inputs.spec.image_sets[name].path}) and the workers run "
+            f"elsewhere ({target.source} {target.address or target.scheduler_file}): unless they share that folder, copy "
+            f"it to the object store (aws s3 sync FOLDER s3://BUCKET/{name}/) and name the URL in image_sets.{name}"
+            for name, s in inputs.sets.items() if s.generate is None and s.paths and not is_remote(s.paths[0])]
+
+
 def dry_run(
     spec: JobSpec,
     base: Path,
@@ -220,6 +236,8 @@ def dry_run(
     echo("dry run: nothing is written and no cluster starts")
     inputs = resolve(spec, base, output=output, weights=weights, echo=echo)
     target = Target.of(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers)
+    for line in local_sets_elsewhere(inputs, target):
+        warn(echo, line)
     plan = _plan(inputs, limits_at(target, inputs.output), overwrite=overwrite, echo=echo, force=force,
                  dry_run=True)
     echo(plan.summary())

@@ -31,6 +31,7 @@ from ..io.confined import read_own_file
 from ..io.image_sets import DuplicateImagesWarning, check_min_images, resolve_image_set
 from ..io.images import image_frames
 from ..io.layout import IMAGES_DIR
+from ..io.location import StorageOptions, is_remote
 from ..io.manifest import OutputFolderError
 from ..logs import reporter, warn
 from ..model.build import WEIGHTS_KEYWORDS, ModelSpec
@@ -116,7 +117,7 @@ def resolve(spec: JobSpec, base: Path, *, output: str | Path | None = None, weig
     sets = {}
     for name, entry in set_entries(spec, base).items():
         if not hasattr(entry, "generate"):
-            sets[name] = _path_set(name, entry, base, echo)
+            sets[name] = _path_set(name, entry, base, echo, spec)
         else:
             sets[name] = _generated_set(name, entry, base, out)
     inputs = JobInputs(spec, base, out, model_spec(spec, base, weights), sets)
@@ -133,11 +134,16 @@ def model_spec(spec: JobSpec, base: Path, weights: str | None) -> ModelSpec:
     """The spec's model with its paths made absolute (``weights``: ``--weights``, over the spec's)."""
     m = spec.model
     w = weights or m.weights
-    if w not in WEIGHTS_KEYWORDS:
+    if w not in WEIGHTS_KEYWORDS and not is_remote(w):
         w = str(resolve_path(w, base))
-    name = str(resolve_path(m.name, base)) if m.name.endswith(".keras") else m.name
+    name = str(resolve_path(m.name, base)) if m.name.endswith(".keras") and not is_remote(m.name) else m.name
     return ModelSpec(name=name, weights=w, seed=m.seed, layers=tuple(m.layers) if m.layers else None, predictions=m.predictions, preprocess=m.preprocess,
-                     precision=m.precision)
+                     precision=m.precision, storage_options=storage_options(spec))
+
+
+def storage_options(spec: JobSpec) -> StorageOptions | None:
+    """The spec's ``storage_options`` as the tasks carry them (None: the environment's alone)."""
+    return None if spec.storage_options is None else StorageOptions(spec.storage_options)
 
 
 LIST_FILE_SUFFIXES = (".txt", ".lst")
@@ -153,7 +159,7 @@ def set_entries(spec: JobSpec, base: Path) -> dict[str, Any]:
     out = {}
     for name, entry in spec.image_sets.items():
         path = getattr(entry, "path", None)
-        if path is not None and resolve_path(path, base).is_file() and Path(path).suffix.lower() not in LIST_FILE_SUFFIXES:
+        if path is not None and not is_remote(path) and resolve_path(path, base).is_file() and Path(path).suffix.lower() not in LIST_FILE_SUFFIXES:
             if image_frames(resolve_path(path, base)) == 1:
                 raise InputError(
                     f"image_sets.{name}: {path} is one still image, and a set needs at least 2 images: give a folder "
@@ -166,20 +172,20 @@ def set_entries(spec: JobSpec, base: Path) -> dict[str, Any]:
     return out
 
 
-def _path_set(name: str, entry: Any, base: Path, echo: Callable) -> ImageSet:
+def _path_set(name: str, entry: Any, base: Path, echo: Callable, spec: JobSpec) -> ImageSet:
     """A set read from disk (folder, glob, list file), resolved to image paths.
 
     A set of fewer than 2 files is refused here, before any cluster starts; paths that reach the
     same file through links are dropped, and the job says so. A set that is a movie
     (:func:`_movie_folder`) keeps its frames in time order, with its frame rate.
     """
-    movie = _movie_folder(name, entry, base)
+    movie = _movie_folder(name, entry, base, spec)
     if movie is not None:
         check_min_images(movie[0], name)
         return ImageSet(name, tuple(movie[0]), len(movie[0]), "exact", fps=movie[1])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DuplicateImagesWarning)
-        paths = resolve_image_set(entry.path, name=name, base_dir=base)
+        paths = resolve_image_set(entry.path, name=name, base_dir=base, **_remote(spec))
     for w in caught:
         if issubclass(w.category, DuplicateImagesWarning):
             warn(echo, str(w.message))
@@ -189,11 +195,17 @@ def _path_set(name: str, entry: Any, base: Path, echo: Callable) -> ImageSet:
     return ImageSet(name, tuple(paths), len(paths), "exact")
 
 
+def _remote(spec: JobSpec) -> dict[str, Any]:
+    """How a set on an object store is listed: with the spec's ``storage_options``, an endpoint
+    that does not answer named within ``cluster.start_timeout``."""
+    return {"storage_options": spec.storage_options, "timeout": spec.cluster.start_timeout}
+
+
 def _natural_key(path: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", Path(path).name)]
 
 
-def _movie_folder(name: str, entry: Any, base: Path) -> tuple[list[str], float] | None:
+def _movie_folder(name: str, entry: Any, base: Path, spec: JobSpec) -> tuple[list[str], float] | None:
     """The frames (time order) and frame rate of a path set that is a movie, else None.
 
     A folder with ``movie.json`` is a movie at its recorded rate (a spec ``fps`` must agree), its
@@ -203,7 +215,7 @@ def _movie_folder(name: str, entry: Any, base: Path) -> tuple[list[str], float] 
     from ..stimuli.movie import MOVIE_RECORD, read_movie_record
 
     folder = resolve_path(entry.path, base)
-    if folder.is_dir() and (folder / MOVIE_RECORD).is_file():
+    if not is_remote(entry.path) and folder.is_dir() and (folder / MOVIE_RECORD).is_file():
         record = read_movie_record(folder)
         fps = float(record["fps"])
         if entry.fps is not None and abs(entry.fps - fps) > 1e-9 * fps:
@@ -212,7 +224,7 @@ def _movie_folder(name: str, entry: Any, base: Path) -> tuple[list[str], float] 
         return [str((folder / f).absolute()) for f in record["frames"]], fps
     if entry.fps is None:
         return None
-    paths = resolve_image_set(entry.path, name=name, base_dir=base)
+    paths = resolve_image_set(entry.path, name=name, base_dir=base, **_remote(spec))
     if sorted(paths, key=_natural_key) != paths:
         raise JobError(f"image_sets.{name}: the frames' names do not sort in time order (e.g. frame-2 after frame-10); "
                        "number them with leading zeros (frame-000002.png), as daskdiff's movie generators do")

@@ -46,6 +46,7 @@ from .activity import pool_summary, submit_pools
 from .health import WorkerWatch
 from .machine import machine_memory
 from .plan import JobPlan, task_memory_budget
+from .resolve import storage_options
 from .spec import JobSpec
 from .tasks import DiffTask, run_diff_task, SpectralOptions
 from .workers import decoders, device_error, gpu_resource_offered, mislabeled_gpu_workers, WorkerSetup
@@ -80,13 +81,14 @@ def run(plan: JobPlan, client: Any, *, attrs: dict, keep_rdm: bool, progress: bo
 def _shard_tasks(plan: JobPlan, attrs: dict) -> list[ShardTask]:
     e = plan.spec.extraction
     size = shard_size(e.shard_size, e.batch_size)
+    options = storage_options(plan.spec)
     tasks = []
     for name, paths in plan.sets.items():
         for shard, start in enumerate(range(0, len(paths), size)):
             chunk = tuple(paths[start : start + size])
             tasks.append(ShardTask(name, shard, chunk, start, str(plan.output), e.batch_size, e.resize, e.strict, attrs,
                                    exif_orientation=e.exif_orientation == "apply",
-                                   decoders=0 if e.decoders == "auto" else e.decoders))
+                                   decoders=0 if e.decoders == "auto" else e.decoders, storage_options=options))
     return tasks
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import ConfigDict, Discriminator, Field, Tag, field_serializer, field_validator, model_validator
 
 from ..core.differentiation import MEDIAN_OVER, NORMALIZATIONS
 from ..core.distances import METRICS
@@ -25,6 +25,7 @@ from ..core.substrates import SUBSTRATES
 from ..core.units import STORE_MODES
 from ..errors import InputError, shorten
 from ..io.images import RESIZE_FILTERS
+from ..io.location import redact
 from ..model.build import PREDICTIONS, PREPROCESS_MODES, check_model_name
 from .spec_cluster import ClusterSection
 from .spec_types import PositiveWhole, StimulusSection, Strict, Whole, whole_number
@@ -279,6 +280,13 @@ class JobSpec(Strict):
     extraction: ExtractionSection = ExtractionSection()
     output: str = "output"
     cluster: ClusterSection = ClusterSection()
+    storage_options: dict[str, Any] | None = None
+    """fsspec filesystem options for the spec's URLs (``s3://...``), on top of the environment's."""
+
+    @field_serializer("storage_options", when_used="json")
+    def _secrets_hidden(self, value: dict | None) -> dict | None:
+        """Every JSON form of the spec (``job.json``, the results' ``job_spec``) hides the secrets."""
+        return None if value is None else redact(value)
 
     @field_validator("name")
     @classmethod
@@ -305,10 +313,10 @@ class JobSpec(Strict):
         return v
 
     def result_digest(self) -> str:
-        """SHA-256 of everything results depend on (not cluster, output, name, retries, decoders,
+        """SHA-256 of everything results depend on (not cluster, output, name, storage_options, retries, decoders,
         handoff, or ``analysis.task_memory`` and ``analysis.device``, which move a repeat's median by
         ~1e-15 relative at most, nor ``analysis.stimulus``, which no cached file depends on)."""
-        data = self.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True,
+        data = self.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True, "storage_options": True,
                                                     "extraction": {"retries", "require_gpu", "decoders", "handoff"},
                                                     "analysis": {"task_memory", "device", "stimulus"}})
         if data["extraction"]["exif_orientation"] == "ignore":  # keys added later count only when set:
