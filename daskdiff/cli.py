@@ -344,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+KEPT = "re-run the same command to resume (what was written so far is kept)"
+"""The end of the line Ctrl-C and SIGTERM print: every file appears whole or not at all, and a re-run reuses them."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what SLURM sends at a time limit), raised in the main thread like Ctrl-C so that
     clusters and files are closed the same way."""
@@ -394,14 +398,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"daskdiff {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Terminated:
-        print("terminated (SIGTERM); re-run the same command to resume", file=sys.stderr)
-        return 143
+        return _stopped(f"daskdiff {args.command}: terminated (SIGTERM); {KEPT}", 143, at_once=argv is None)
     except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+        return _stopped(f"daskdiff {args.command}: interrupted; {KEPT}", 130, at_once=argv is None)
     except Exception as err:  # a bug in daskdiff, not in the user's input
         _report_bug(args.command, err)
         return 1
+
+
+def _stopped(line: str, code: int, *, at_once: bool) -> int:
+    """Print ``line`` (why the command stopped) and return ``code``, or, ``at_once`` (the command
+    run as a program), exit with it at once: the clusters are closed and the files written by
+    then, and the interpreter's own teardown of TensorFlow would keep the terminal waiting for
+    seconds more after Ctrl-C."""
+    print(line, file=sys.stderr)
+    if at_once:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    return code
 
 
 def _report_bug(command: str, err: BaseException) -> None:

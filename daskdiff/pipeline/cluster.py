@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import urllib.error
@@ -234,14 +235,15 @@ class EarlyCluster:
             raise self._error
         return self._cluster
 
-    def close(self) -> None:
-        """Close the cluster unless :func:`connect` took it."""
+    def close(self, *, interrupted: bool = False) -> None:
+        """Close the cluster unless :func:`connect` took it (``interrupted``: as
+        :func:`_close_cluster` after Ctrl-C)."""
         if self._taken:
             return
         self._thread.join()
         self._taken = True
         if self._cluster is not None:
-            _close_cluster(self._cluster)
+            _close_cluster(self._cluster, interrupted=interrupted)
 
 
 @contextlib.contextmanager
@@ -305,6 +307,7 @@ def connect(
         return
 
     cluster = early.take() if early is not None else _start_checked(section, n_workers, security)
+    interrupted = False
     try:
         with Client(cluster, security=security) as client:
             address = cluster.scheduler_address
@@ -318,8 +321,11 @@ def connect(
             echo(f"started {type(cluster).__name__} with {len(client.scheduler_info()['workers'])} worker(s) at {address}; {_dashboard(client)}")
             with _lost_scheduler_is_one_line(client, address):
                 yield client
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the workers are stopped within seconds
+        interrupted = True
+        raise
     finally:
-        _close_cluster(cluster)
+        _close_cluster(cluster, interrupted=interrupted)
 
 
 def _watching(client: Client, needs: MemoryNeeds | None, echo: Callable) -> contextlib.AbstractContextManager:
@@ -366,15 +372,42 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
     )
 
 
-def _close_cluster(cluster: Any) -> None:
+@contextlib.contextmanager
+def _interrupt_quietly() -> Iterator[None]:
+    """Within the block: distributed's nanny logs only errors (not its warning that it killed a
+    worker it was told to stop), and a second Ctrl-C is ignored (main thread only) so that the
+    bounded close it would cut short ends first."""
+    nanny = logging.getLogger("distributed.nanny")
+    level = nanny.level
+    nanny.setLevel(logging.ERROR)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+        nanny.setLevel(level)
+
+
+def _close_cluster(cluster: Any, *, interrupted: bool = False) -> None:
     """Close a cluster daskdiff started, giving each nanny's worker process
     ``daskdiff.cluster.close-timeout`` (Dask config; 30 s) to exit (rather than distributed's 4)
-    before it is killed."""
-    nannies = [w for w in getattr(cluster, "workers", {}).values() if isinstance(w, Nanny)]
-    if nannies:
-        async def close_all() -> None:
-            await asyncio.gather(*(w.close(timeout=config.seconds("daskdiff.cluster.close-timeout")) for w in nannies), return_exceptions=True)
+    before it is killed.
 
-        with contextlib.suppress(Exception):
-            cluster.sync(close_all)
-    cluster.close()
+    ``interrupted`` (Ctrl-C, SIGTERM: the job is abandoned, and its user waits):
+    ``daskdiff.cluster.interrupt-timeout`` (3 s) instead, quietly (:func:`_interrupt_quietly`).
+    A worker still in a task then is killed; every file a task writes is written under a
+    temporary name and renamed whole, so nothing half-written is left, and the next run removes
+    the temporary files (:func:`daskdiff.pipeline.output.prepare`).
+    """
+    timeout = config.seconds("daskdiff.cluster.interrupt-timeout" if interrupted else "daskdiff.cluster.close-timeout")
+    nannies = [w for w in getattr(cluster, "workers", {}).values() if isinstance(w, Nanny)]
+    with _interrupt_quietly() if interrupted else contextlib.nullcontext():
+        if nannies:
+            async def close_all() -> None:
+                await asyncio.gather(*(w.close(timeout=timeout) for w in nannies), return_exceptions=True)
+
+            with contextlib.suppress(Exception):
+                cluster.sync(close_all)
+        cluster.close()

@@ -166,7 +166,11 @@ def run_job(
             early.append(EarlyCluster(spec.cluster, n_workers))
 
     with contextlib.ExitStack() as cleanup:  # however the job ends:
-        cleanup.callback(lambda: [cluster.close() for cluster in early])  # an early cluster connect did not take
+        @cleanup.push
+        def close_early(kind: type[BaseException] | None, *_: Any) -> None:  # an early cluster connect did not take
+            for cluster in early:
+                cluster.close(interrupted=kind is not None and issubclass(kind, KeyboardInterrupt))
+
         inputs = resolve(spec, base, output=output, weights=weights, echo=echo)
         plan = _plan(inputs, limits_at(target, inputs.output), overwrite=overwrite, echo=echo, force=force, checked=start_workers)
         cleanup.callback(plan.release)  # the plan holds the output folder's lock until the job ends
