@@ -9,6 +9,8 @@
   (``cluster.security``, :mod:`daskdiff.pipeline.tls`) between machines. Clusters daskdiff
   starts itself (local, local_cuda, slurm) listen on ``tls://`` when the spec has a
   ``cluster.security`` section, with the scheduler and worker certificates it names.
+- :func:`refuse_unreachable` fails at once where nothing listens at a scheduler's address (a
+  wrong port), before a job writes anything; ``distributed.Client`` would retry for minutes.
 - Failures to reach a scheduler (a wrong address, a scheduler file that never appears, a TLS
   handshake refused) and a scheduler lost mid-job are raised as one-line
   :class:`~daskdiff.errors.InputError`/:class:`~daskdiff.errors.JobError`\\ s that name the
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -33,6 +36,7 @@ from typing import Any, Callable, Iterator
 
 import dask
 from distributed import Client, LocalCluster, Nanny
+from distributed.comm import get_address_host_port
 from distributed.comm.core import CommClosedError
 from distributed.security import Security
 
@@ -116,6 +120,59 @@ def open_client(address: str, source: str, security: Security | None = None, tim
             why = f"the connection failed ({type(err).__name__}: {text})"
         stale = "; a scheduler file left by a scheduler that has stopped names an address that is gone" if sfile else ""
         raise JobError(f"{named}: {why}; {_connect_hint(security)}{stale}") from None
+
+
+PROBE_SECONDS = 5.0
+"""How long :func:`refuse_unreachable` waits for a scheduler's port to accept a connection."""
+
+
+def _address_now(path: str) -> str | None:
+    """The address a scheduler file names now, or None (not there yet, or not readable: left to
+    :func:`_address_from_file`, which waits for it and says what is wrong)."""
+    try:
+        address = json.loads(read_regular(path, limit=TEXT_FILE_MAX_BYTES, what="scheduler file"))["address"]
+    except (NotReadableError, ValueError, KeyError, TypeError):
+        return None
+    return address if isinstance(address, str) and address else None
+
+
+def refuse_unreachable(target: Target) -> None:
+    """Fail at once where nothing listens at the address of a scheduler started elsewhere.
+
+    ``distributed.Client`` retries a refused connection until its timeout
+    (``cluster.start_timeout``, minutes); a refused connection means a host that answered with
+    no scheduler on that port, which waiting does not mend. So, before anything is written,
+    one TCP connection is tried (for up to :data:`PROBE_SECONDS`): refused, or a host name that
+    does not resolve, raises at once. Anything else (an answer, a timeout, a network that drops
+    it) is left to :func:`connect`. A scheduler file is read if it is there already (a stale
+    one names a port no longer served); one still to appear is waited for by :func:`connect`.
+
+    Raises
+    ------
+    JobError
+        Nothing listens at the address, or its host is unknown: names the address, where it
+        came from, and what to check.
+    """
+    if not target.external:
+        return
+    address = _address_now(target.scheduler_file) if target.scheduler_file else target.address
+    if not address:
+        return
+    try:
+        host, port = get_address_host_port(address)
+    except (ValueError, TypeError):  # not a host:port address: open_client says what is wrong with it
+        return
+    named = f"{target.source} {target.scheduler_file} names {address}" if target.scheduler_file else f"{target.source} {address}"
+    stale = "; a scheduler file left by a scheduler that has stopped names an address that is gone" if target.scheduler_file else ""
+    try:
+        socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+    except ConnectionRefusedError:
+        raise JobError(f"{named}: nothing listens on port {port} of {host} (connection refused); "
+                       f"{_connect_hint(target.section.security)}{stale}") from None
+    except socket.gaierror as err:
+        raise JobError(f"{named}: host {host!r} is not known here ({err.strerror}); check the host name{stale}") from None
+    except OSError:  # a timeout, an unreachable network: connect waits cluster.start_timeout and says so
+        return
 
 
 NO_DASHBOARD = "no dashboard (the scheduler runs without one: start it without --no-dashboard, with bokeh installed)"
