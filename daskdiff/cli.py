@@ -21,6 +21,7 @@ import contextlib
 import inspect
 import os
 import re
+import select
 import signal
 import sys
 import threading
@@ -390,7 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging()
     try:
         with _sigterm_as_interrupt():
-            return args.func(args)
+            code = args.func(args)
+            sys.stdout.flush()  # here, so that a reader gone (| head) is seen below, not at exit
+            return code
+    except BrokenPipeError as err:
+        if not _stdout_gone():
+            _report_bug(args.command, err)
+            return 1
+        _stdout_to_devnull()
+        return 128 + signal.SIGPIPE  # as a shell reports a command that SIGPIPE ended
     except DaskdiffError as err:
         cause = err.__cause__
         if cause is not None and not isinstance(cause, DaskdiffError):
@@ -404,6 +413,25 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a bug in daskdiff, not in the user's input
         _report_bug(args.command, err)
         return 1
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone (``daskdiff info OUT | head``):
+    ``poll`` reports an error on its write end."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor
+        return False
+
+
+def _stdout_to_devnull() -> None:
+    """Send what is left of standard output to ``os.devnull``, so that the interpreter's last
+    flush at exit does not raise again (Python's documented way of ending quietly on SIGPIPE;
+    ``SIGPIPE``'s default action would also end a run whose scheduler connection breaks)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _stopped(line: str, code: int, *, at_once: bool) -> int:
