@@ -54,6 +54,12 @@ _echo = reporter(__name__)  # the default echo: this module's logger (see daskdi
 
 # ---------------------------------------------------------------- reaching a scheduler
 
+def _read_address(path: str) -> Any:
+    """The ``address`` of a scheduler file as written (NotReadableError, or ValueError/KeyError/
+    TypeError for a file that is not, or not yet, a JSON scheduler file)."""
+    return json.loads(read_regular(path, limit=TEXT_FILE_MAX_BYTES, what="scheduler file"))["address"]
+
+
 def _address_from_file(path: str, source: str, timeout: float, echo: Callable) -> str:
     """The ``address`` of a scheduler file, waiting up to ``timeout`` s for it to appear.
 
@@ -67,7 +73,7 @@ def _address_from_file(path: str, source: str, timeout: float, echo: Callable) -
     while True:
         problem = None
         try:
-            address = json.loads(read_regular(path, limit=TEXT_FILE_MAX_BYTES, what="scheduler file"))["address"]
+            address = _read_address(path)
             if isinstance(address, str) and address:
                 return address
             problem = "its 'address' is empty"
@@ -90,6 +96,10 @@ def _address_from_file(path: str, source: str, timeout: float, echo: Callable) -
 def _connect_hint(security: Security | None) -> str:
     tls = "; it must use TLS, as cluster.security is set" if security else "; if it uses TLS, give its tls:// address and cluster.security"
     return f"check that the scheduler is running, that host and port are right (dask scheduler prints its address) and that this machine can reach it{tls}"
+
+
+def _no_answer(timeout: float) -> str:
+    return f"no Dask scheduler answered within {timeout:g} s (cluster.start_timeout)"
 
 
 def open_client(address: str, source: str, security: Security | None = None, timeout: float = 30, sfile: str | None = None) -> Client:
@@ -115,22 +125,18 @@ def open_client(address: str, source: str, security: Security | None = None, tim
                 "is the CA that signed the scheduler's certificate, and that the scheduler's --tls-ca-file signed tls_client_cert"
             ) from None
         if "Timed out" in text:
-            why = f"no Dask scheduler answered within {timeout:g} s (cluster.start_timeout)"
+            why = _no_answer(timeout)
         else:
             why = f"the connection failed ({type(err).__name__}: {text})"
         stale = "; a scheduler file left by a scheduler that has stopped names an address that is gone" if sfile else ""
         raise JobError(f"{named}: {why}; {_connect_hint(security)}{stale}") from None
 
 
-PROBE_SECONDS = 5.0
-"""How long :func:`refuse_unreachable` waits for a scheduler's port to accept a connection."""
-
-
 def _address_now(path: str) -> str | None:
     """The address a scheduler file names now, or None (not there yet, or not readable: left to
     :func:`_address_from_file`, which waits for it and says what is wrong)."""
     try:
-        address = json.loads(read_regular(path, limit=TEXT_FILE_MAX_BYTES, what="scheduler file"))["address"]
+        address = _read_address(path)
     except (NotReadableError, ValueError, KeyError, TypeError):
         return None
     return address if isinstance(address, str) and address else None
@@ -142,16 +148,17 @@ def refuse_unreachable(target: Target) -> None:
     ``distributed.Client`` retries a refused connection until its timeout
     (``cluster.start_timeout``, minutes); a refused connection means a host that answered with
     no scheduler on that port, which waiting does not mend. So, before anything is written,
-    one TCP connection is tried (for up to :data:`PROBE_SECONDS`): refused, or a host name that
-    does not resolve, raises at once. Anything else (an answer, a timeout, a network that drops
-    it) is left to :func:`connect`. A scheduler file is read if it is there already (a stale
-    one names a port no longer served); one still to appear is waited for by :func:`connect`.
+    one TCP connection is tried: refused, or a host name that does not resolve, raises at once;
+    no answer within ``cluster.start_timeout`` raises then, as :func:`open_client` would. Anything
+    else (an answer, an unreachable network) is left to :func:`connect`. A scheduler file is read
+    if it is there already (a stale one names a port no longer served); one still to appear is
+    waited for by :func:`connect`.
 
     Raises
     ------
     JobError
-        Nothing listens at the address, or its host is unknown: names the address, where it
-        came from, and what to check.
+        Nothing listens at the address, its host is unknown, or it does not answer: names the
+        address, where it came from, and what to check.
     """
     if not target.external:
         return
@@ -164,14 +171,16 @@ def refuse_unreachable(target: Target) -> None:
         return
     named = f"{target.source} {target.scheduler_file} names {address}" if target.scheduler_file else f"{target.source} {address}"
     stale = "; a scheduler file left by a scheduler that has stopped names an address that is gone" if target.scheduler_file else ""
+    hint = _connect_hint(target.section.security)
     try:
-        socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+        socket.create_connection((host, port), timeout=target.section.start_timeout).close()
     except ConnectionRefusedError:
-        raise JobError(f"{named}: nothing listens on port {port} of {host} (connection refused); "
-                       f"{_connect_hint(target.section.security)}{stale}") from None
+        raise JobError(f"{named}: nothing listens on port {port} of {host} (connection refused); {hint}{stale}") from None
     except socket.gaierror as err:
         raise JobError(f"{named}: host {host!r} is not known here ({err.strerror}); check the host name{stale}") from None
-    except OSError:  # a timeout, an unreachable network: connect waits cluster.start_timeout and says so
+    except TimeoutError:
+        raise JobError(f"{named}: {_no_answer(target.section.start_timeout)}; {hint}{stale}") from None
+    except OSError:  # an unreachable network: connect retries it for cluster.start_timeout, and says so
         return
 
 
