@@ -52,7 +52,7 @@ def ensure_environment(extra: str) -> None:
     if any(s.exists() and s.read_text().strip() == want for s in enough):
         return
     what = f"daskdiff[{extra}]" if extra else "daskdiff"
-    size = "several minutes: torch and jax too" if extra else "a few minutes: TensorFlow is ~0.6 GB"
+    size = "minutes: TensorFlow, torch and jax" if extra else "minutes: TensorFlow alone takes 1.9 GB"
     print(f"[dev] installing {what} into the virtual environment ({size})", flush=True)
     pip = [str(PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(pip + ["install", "--upgrade", "pip"], check=True)
