@@ -24,6 +24,7 @@ import contextlib
 import inspect
 import os
 import re
+import select
 import signal
 import sys
 import threading
@@ -391,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+KEPT = "re-run the same command to resume (what was written so far is kept)"
+"""The end of the line Ctrl-C and SIGTERM print: every file appears whole or not at all, and a re-run reuses them."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what SLURM sends at a time limit), raised in the main thread like Ctrl-C so that
     clusters and files are closed the same way."""
@@ -433,7 +438,15 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging()
     try:
         with _sigterm_as_interrupt():
-            return args.func(args)
+            code = args.func(args)
+            sys.stdout.flush()  # here, so that a reader gone (| head) is seen below, not at exit
+            return code
+    except BrokenPipeError as err:
+        if not _stdout_gone():
+            _report_bug(args.command, err)
+            return 1
+        _stdout_to_devnull()
+        return 128 + signal.SIGPIPE  # as a shell reports a command that SIGPIPE ended
     except DaskdiffError as err:
         cause = err.__cause__
         if cause is not None and not isinstance(cause, DaskdiffError):
@@ -441,14 +454,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"daskdiff {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Terminated:
-        print("terminated (SIGTERM); re-run the same command to resume", file=sys.stderr)
-        return 143
+        return _stopped(f"daskdiff {args.command}: terminated (SIGTERM); {KEPT}", 143, at_once=argv is None)
     except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+        return _stopped(f"daskdiff {args.command}: interrupted; {KEPT}", 130, at_once=argv is None)
     except Exception as err:  # a bug in daskdiff, not in the user's input
         _report_bug(args.command, err)
         return 1
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has gone (``daskdiff info OUT | head``):
+    ``poll`` reports an error on its write end."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor
+        return False
+
+
+def _stdout_to_devnull() -> None:
+    """Send what is left of standard output to ``os.devnull``, so that the interpreter's last
+    flush at exit does not raise again (Python's documented way of ending quietly on SIGPIPE;
+    ``SIGPIPE``'s default action would also end a run whose scheduler connection breaks)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _stopped(line: str, code: int, *, at_once: bool) -> int:
+    """Print ``line`` (why the command stopped) and return ``code``, or, ``at_once`` (the command
+    run as a program), exit with it at once: the clusters are closed and the files written by
+    then, and the interpreter's own teardown of TensorFlow would keep the terminal waiting for
+    seconds more after Ctrl-C."""
+    print(line, file=sys.stderr)
+    if at_once:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    return code
 
 
 def _report_bug(command: str, err: BaseException) -> None:

@@ -66,7 +66,7 @@ OLD_CONSTANTS = {  # the module constants these keys replace, with their values 
     "daskdiff.cluster.close-timeout": 30.0,  # pipeline/cluster.py CLOSE_TIMEOUT
 }
 READERS = {"max-tasks": lambda k: config.number(k, int), "stuck-after": config.seconds, "poll-interval": config.seconds,
-           "close-timeout": config.seconds, "min-stack-budget": config.nbytes, "scratch-max": config.nbytes}
+           "close-timeout": config.seconds, "interrupt-timeout": config.seconds, "min-stack-budget": config.nbytes, "scratch-max": config.nbytes}
 
 
 # ---------------------------------------------------------------- the file, the page, the defaults
@@ -227,8 +227,9 @@ def _handoff_in_memory() -> bool:
     return _handoff(plan, client)
 
 
-def _close_timeout() -> float:
-    """The timeout daskdiff gives its nannies' worker processes when it closes a cluster it started."""
+def _close_timeout(interrupted: bool = False) -> float:
+    """The timeout daskdiff gives its nannies' worker processes when it closes a cluster it started
+    (``interrupted``: after Ctrl-C)."""
     from distributed import Nanny
 
     from daskdiff.pipeline import cluster
@@ -251,7 +252,7 @@ def _close_timeout() -> float:
         def close(self):
             pass
 
-    cluster._close_cluster(Cluster())
+    cluster._close_cluster(Cluster(), interrupted=interrupted)
     return given[0]
 
 
@@ -275,6 +276,7 @@ PROBES = {
     "daskdiff.task.scratch-max": (0, lambda _: _scratch_reused()),
     "daskdiff.handoff.memory-share": (0.5, lambda _: _handoff_in_memory()),
     "daskdiff.cluster.close-timeout": ("3s", lambda _: _close_timeout()),
+    "daskdiff.cluster.interrupt-timeout": ("10s", lambda _: _close_timeout(interrupted=True)),
     **{f"daskdiff.estimate.{f.name.replace('_', '-')}": (f.default * 2, lambda _: _estimate_figures()) for f in fields(Calibration)},
 }
 

@@ -9,6 +9,8 @@
   (``cluster.security``, :mod:`daskdiff.pipeline.tls`) between machines. Clusters daskdiff
   starts itself (local, local_cuda, slurm) listen on ``tls://`` when the spec has a
   ``cluster.security`` section, with the scheduler and worker certificates it names.
+- :func:`refuse_unreachable` fails at once where nothing listens at a scheduler's address (a
+  wrong port), before a job writes anything; ``distributed.Client`` would retry for minutes.
 - Failures to reach a scheduler (a wrong address, a scheduler file that never appears, a TLS
   handshake refused) and a scheduler lost mid-job are raised as one-line
   :class:`~daskdiff.errors.InputError`/:class:`~daskdiff.errors.JobError`\\ s that name the
@@ -24,6 +26,8 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -32,6 +36,7 @@ from typing import Any, Callable, Iterator
 
 import dask
 from distributed import Client, LocalCluster, Nanny
+from distributed.comm import get_address_host_port
 from distributed.comm.core import CommClosedError
 from distributed.security import Security
 
@@ -49,6 +54,12 @@ _echo = reporter(__name__)  # the default echo: this module's logger (see daskdi
 
 # ---------------------------------------------------------------- reaching a scheduler
 
+def _read_address(path: str) -> Any:
+    """The ``address`` of a scheduler file as written (NotReadableError, or ValueError/KeyError/
+    TypeError for a file that is not, or not yet, a JSON scheduler file)."""
+    return json.loads(read_regular(path, limit=TEXT_FILE_MAX_BYTES, what="scheduler file"))["address"]
+
+
 def _address_from_file(path: str, source: str, timeout: float, echo: Callable) -> str:
     """The ``address`` of a scheduler file, waiting up to ``timeout`` s for it to appear.
 
@@ -62,7 +73,7 @@ def _address_from_file(path: str, source: str, timeout: float, echo: Callable) -
     while True:
         problem = None
         try:
-            address = json.loads(read_regular(path, limit=TEXT_FILE_MAX_BYTES, what="scheduler file"))["address"]
+            address = _read_address(path)
             if isinstance(address, str) and address:
                 return address
             problem = "its 'address' is empty"
@@ -85,6 +96,10 @@ def _address_from_file(path: str, source: str, timeout: float, echo: Callable) -
 def _connect_hint(security: Security | None) -> str:
     tls = "; it must use TLS, as cluster.security is set" if security else "; if it uses TLS, give its tls:// address and cluster.security"
     return f"check that the scheduler is running, that host and port are right (dask scheduler prints its address) and that this machine can reach it{tls}"
+
+
+def _no_answer(timeout: float) -> str:
+    return f"no Dask scheduler answered within {timeout:g} s (cluster.start_timeout)"
 
 
 def open_client(address: str, source: str, security: Security | None = None, timeout: float = 30, sfile: str | None = None) -> Client:
@@ -110,11 +125,63 @@ def open_client(address: str, source: str, security: Security | None = None, tim
                 "is the CA that signed the scheduler's certificate, and that the scheduler's --tls-ca-file signed tls_client_cert"
             ) from None
         if "Timed out" in text:
-            why = f"no Dask scheduler answered within {timeout:g} s (cluster.start_timeout)"
+            why = _no_answer(timeout)
         else:
             why = f"the connection failed ({type(err).__name__}: {text})"
         stale = "; a scheduler file left by a scheduler that has stopped names an address that is gone" if sfile else ""
         raise JobError(f"{named}: {why}; {_connect_hint(security)}{stale}") from None
+
+
+def _address_now(path: str) -> str | None:
+    """The address a scheduler file names now, or None (not there yet, or not readable: left to
+    :func:`_address_from_file`, which waits for it and says what is wrong)."""
+    try:
+        address = _read_address(path)
+    except (NotReadableError, ValueError, KeyError, TypeError):
+        return None
+    return address if isinstance(address, str) and address else None
+
+
+def refuse_unreachable(target: Target) -> None:
+    """Fail at once where nothing listens at the address of a scheduler started elsewhere.
+
+    ``distributed.Client`` retries a refused connection until its timeout
+    (``cluster.start_timeout``, minutes); a refused connection means a host that answered with
+    no scheduler on that port, which waiting does not mend. So, before anything is written,
+    one TCP connection is tried: refused, or a host name that does not resolve, raises at once;
+    no answer within ``cluster.start_timeout`` raises then, as :func:`open_client` would. Anything
+    else (an answer, an unreachable network) is left to :func:`connect`. A scheduler file is read
+    if it is there already (a stale one names a port no longer served); one still to appear is
+    waited for by :func:`connect`.
+
+    Raises
+    ------
+    JobError
+        Nothing listens at the address, its host is unknown, or it does not answer: names the
+        address, where it came from, and what to check.
+    """
+    if not target.external:
+        return
+    address = _address_now(target.scheduler_file) if target.scheduler_file else target.address
+    if not address:
+        return
+    try:
+        host, port = get_address_host_port(address)
+    except (ValueError, TypeError):  # not a host:port address: open_client says what is wrong with it
+        return
+    named = f"{target.source} {target.scheduler_file} names {address}" if target.scheduler_file else f"{target.source} {address}"
+    stale = "; a scheduler file left by a scheduler that has stopped names an address that is gone" if target.scheduler_file else ""
+    hint = _connect_hint(target.section.security)
+    try:
+        socket.create_connection((host, port), timeout=target.section.start_timeout).close()
+    except ConnectionRefusedError:
+        raise JobError(f"{named}: nothing listens on port {port} of {host} (connection refused); {hint}{stale}") from None
+    except socket.gaierror as err:
+        raise JobError(f"{named}: host {host!r} is not known here ({err.strerror}); check the host name{stale}") from None
+    except TimeoutError:
+        raise JobError(f"{named}: {_no_answer(target.section.start_timeout)}; {hint}{stale}") from None
+    except OSError:  # an unreachable network: connect retries it for cluster.start_timeout, and says so
+        return
 
 
 NO_DASHBOARD = "no dashboard (the scheduler runs without one: start it without --no-dashboard, with bokeh installed)"
@@ -234,14 +301,15 @@ class EarlyCluster:
             raise self._error
         return self._cluster
 
-    def close(self) -> None:
-        """Close the cluster unless :func:`connect` took it."""
+    def close(self, *, interrupted: bool = False) -> None:
+        """Close the cluster unless :func:`connect` took it (``interrupted``: as
+        :func:`_close_cluster` after Ctrl-C)."""
         if self._taken:
             return
         self._thread.join()
         self._taken = True
         if self._cluster is not None:
-            _close_cluster(self._cluster)
+            _close_cluster(self._cluster, interrupted=interrupted)
 
 
 @contextlib.contextmanager
@@ -305,6 +373,7 @@ def connect(
         return
 
     cluster = early.take() if early is not None else _start_checked(section, n_workers, security)
+    interrupted = False
     try:
         with Client(cluster, security=security) as client:
             address = cluster.scheduler_address
@@ -318,8 +387,11 @@ def connect(
             echo(f"started {type(cluster).__name__} with {len(client.scheduler_info()['workers'])} worker(s) at {address}; {_dashboard(client)}")
             with _lost_scheduler_is_one_line(client, address):
                 yield client
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the workers are stopped within seconds
+        interrupted = True
+        raise
     finally:
-        _close_cluster(cluster)
+        _close_cluster(cluster, interrupted=interrupted)
 
 
 def _watching(client: Client, needs: MemoryNeeds | None, echo: Callable) -> contextlib.AbstractContextManager:
@@ -366,15 +438,42 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
     )
 
 
-def _close_cluster(cluster: Any) -> None:
+@contextlib.contextmanager
+def _interrupt_quietly() -> Iterator[None]:
+    """Within the block: distributed's nanny logs only errors (not its warning that it killed a
+    worker it was told to stop), and a second Ctrl-C is ignored (main thread only) so that the
+    bounded close it would cut short ends first."""
+    nanny = logging.getLogger("distributed.nanny")
+    level = nanny.level
+    nanny.setLevel(logging.ERROR)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+        nanny.setLevel(level)
+
+
+def _close_cluster(cluster: Any, *, interrupted: bool = False) -> None:
     """Close a cluster daskdiff started, giving each nanny's worker process
     ``daskdiff.cluster.close-timeout`` (Dask config; 30 s) to exit (rather than distributed's 4)
-    before it is killed."""
-    nannies = [w for w in getattr(cluster, "workers", {}).values() if isinstance(w, Nanny)]
-    if nannies:
-        async def close_all() -> None:
-            await asyncio.gather(*(w.close(timeout=config.seconds("daskdiff.cluster.close-timeout")) for w in nannies), return_exceptions=True)
+    before it is killed.
 
-        with contextlib.suppress(Exception):
-            cluster.sync(close_all)
-    cluster.close()
+    ``interrupted`` (Ctrl-C, SIGTERM: the job is abandoned, and its user waits):
+    ``daskdiff.cluster.interrupt-timeout`` (3 s) instead, quietly (:func:`_interrupt_quietly`).
+    A worker still in a task then is killed; every file a task writes is written under a
+    temporary name and renamed whole, so nothing half-written is left, and the next run removes
+    the temporary files (:func:`daskdiff.pipeline.output.prepare`).
+    """
+    timeout = config.seconds("daskdiff.cluster.interrupt-timeout" if interrupted else "daskdiff.cluster.close-timeout")
+    nannies = [w for w in getattr(cluster, "workers", {}).values() if isinstance(w, Nanny)]
+    with _interrupt_quietly() if interrupted else contextlib.nullcontext():
+        if nannies:
+            async def close_all() -> None:
+                await asyncio.gather(*(w.close(timeout=timeout) for w in nannies), return_exceptions=True)
+
+            with contextlib.suppress(Exception):
+                cluster.sync(close_all)
+        cluster.close()

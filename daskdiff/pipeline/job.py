@@ -10,7 +10,9 @@
    shards and partial results written by the workers;
 4. :func:`daskdiff.pipeline.record.record`: the results file, ``differentiation.nc``.
 
-So a bad spec, a missing set or an unknown layer fails at once, before any cluster starts. A
+So a bad spec, a missing set or an unknown layer fails at once, before any cluster starts; and
+a scheduler started elsewhere whose port refuses connections, before anything is written
+(:func:`daskdiff.pipeline.cluster.refuse_unreachable`). A
 ``LocalCluster`` the job starts itself starts once the plan has passed, while the client prepares
 the output folder and generates image sets: its workers import Keras meanwhile.
 
@@ -152,7 +154,7 @@ def run_job(
     have passed (``plan_job``'s ``checked``): its workers import Keras meanwhile; the whole
     estimate is still printed, and checked, before any task is submitted.
     """
-    from .cluster import EarlyCluster, connect
+    from .cluster import connect, EarlyCluster, refuse_unreachable
 
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
@@ -161,6 +163,7 @@ def run_job(
         stages[stage] = round(time.perf_counter() - t0, 3)
 
     target = Target.of(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers, client=client is not None)
+    refuse_unreachable(target)  # a wrong port fails at once, before the output folder is touched
     early: list[EarlyCluster] = []
 
     def start_workers() -> None:  # a LocalCluster's workers start (and import Keras) while the plan is finished
@@ -168,7 +171,11 @@ def run_job(
             early.append(EarlyCluster(spec.cluster, n_workers))
 
     with contextlib.ExitStack() as cleanup:  # however the job ends:
-        cleanup.callback(lambda: [cluster.close() for cluster in early])  # an early cluster connect did not take
+        @cleanup.push
+        def close_early(kind: type[BaseException] | None, *_: Any) -> None:  # an early cluster connect did not take
+            for cluster in early:
+                cluster.close(interrupted=kind is not None and issubclass(kind, KeyboardInterrupt))
+
         inputs = resolve(spec, base, output=output, weights=weights, echo=echo)
         for line in local_sets_elsewhere(inputs, target):
             warn(echo, line)

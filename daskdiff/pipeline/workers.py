@@ -9,6 +9,8 @@
   device) into one :class:`~daskdiff.errors.DeviceError` naming the worker, its device, the batch
   size and the fix.
 - :func:`decoders` decides a worker's image-decoding processes (``extraction.decoders``).
+- :func:`leave_interrupts_to_the_client` makes the worker processes of a cluster daskdiff starts
+  on this machine deaf to the terminal's Ctrl-C: the client closes them.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from typing import Any
 
 from distributed import Client, WorkerPlugin
+from distributed.core import Status
 
 from ..errors import DeviceError, shorten
 from ..model.quiet import import_tensorflow_quietly
@@ -233,6 +238,42 @@ class WorkerSetup(WorkerPlugin):
         gpu, found = worker_device()
         setattr(worker, DEVICE_ATTRIBUTE, {"gpu": gpu, "found": found, "note": note, "device": device})
         log.info("daskdiff worker %s: %s; %s", getattr(worker, "address", "?"), device, note)
+
+
+class _CancelledAsClosing(logging.Filter):
+    """Drops distributed's ``Async instruction for <Task 'execute' ...> ended with CancelledError``
+    warning while ``worker`` is closing: a task cancelled because its worker closes, which the
+    client asked for, is no news."""
+
+    def __init__(self, worker: Any) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        closing = getattr(self.worker, "status", None) in (Status.closing, Status.closing_gracefully, Status.closed)
+        return not (closing and "ended with CancelledError" in record.getMessage())
+
+
+def leave_interrupts_to_the_client(worker: Any) -> bool:
+    """Make this worker process ignore SIGINT, and not warn of the tasks its closing cancels.
+
+    The worker processes of a ``LocalCluster`` share the terminal's process group with the
+    ``daskdiff`` client, so Ctrl-C (SIGINT to the whole group) reaches each of them too: their
+    event loops would end in ``KeyboardInterrupt`` tracebacks and ``CancelledError`` warnings
+    while the client is still closing them. Ignored here (the preload
+    :mod:`daskdiff.pipeline.warm`, as each worker starts), Ctrl-C interrupts only the client,
+    which closes the cluster (:func:`daskdiff.pipeline.cluster.connect`). Processes this worker
+    starts later (image decoders) inherit the setting. Returns whether SIGINT is now ignored
+    (not from another thread than the main one, where Python cannot set a handler).
+
+    Only for processes that daskdiff starts and closes itself: a worker started with ``dask
+    worker`` in a terminal keeps its own Ctrl-C.
+    """
+    logging.getLogger("distributed.worker.state_machine").addFilter(_CancelledAsClosing(worker))
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return True
 
 
 def gpu_resource_offered(client: Client) -> bool:
