@@ -39,6 +39,18 @@ def tiny_spec(model_path, sets, output, **overrides):
     return parse_spec(data, "test-spec")
 
 
+def run_quietly(spec, client, **kw):
+    """``run_job`` of ``spec`` on ``client``, without progress bars or echoed lines."""
+    from daskdiff.pipeline.job import run_job
+
+    return run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None, **kw)
+
+
+def set_folders(image_folders) -> dict[str, str]:
+    """The ``image_folders`` fixture's sets as a spec names them: set -> its folder."""
+    return {name: str(Path(paths[0]).parent) for name, paths in image_folders.items()}
+
+
 def assert_same_results(got, want) -> None:
     """Every array of two results files (xarray Datasets) equal, NaN where NaN; image paths
     compared by file name, so that sets generated into two output folders compare too."""

@@ -32,7 +32,6 @@ from ..core.batches import shard_size
 from ..core.units import bytes_per_image, cached_storage_plan, StorageRecipe
 from ..errors import DaskdiffError, JobError
 from ..io.atomic import DiskFullError
-from ..io.confined import remove_inside
 from ..io.layout import ACTIVATIONS_DIR, PARTIAL_DIR, shard_path, variable_name
 from ..io.partials import Partial
 from ..io.results import set_metadata
@@ -324,7 +323,7 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
     name, i = found[0]
     state.recomputed.add(path)
     echo(f"shard {path} is corrupt (checksum mismatch): removed, recomputing")
-    remove_inside(plan.output, plan.manifest.relative(path))
+    plan.manifest.remove_file(path)
     suffix = f"-recomputed{len(state.recomputed)}"  # keys of a new graph: never those of the old futures
     shard_task = submitted.shards[name][i][1]
     kept = submitted.values.get(name)
