@@ -7,6 +7,7 @@ import os
 import threading
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 from distributed import WorkerPlugin
 
@@ -61,6 +62,25 @@ def assert_same_results(got, want) -> None:
         if name == "image_path":
             a, b = name_of(a), name_of(b)
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def flip_chunk(path, name, rows=slice(0, 1)):
+    """Flip bits of 8 bytes in the middle of the stored bytes of ``name[rows]``, found by their
+    value in the file (at every place they occur: a flatten layer repeats the conv layer before it).
+
+    XOR 0x5A, not 0xFF: Fletcher-32 sums 16-bit words modulo 65535, so it cannot tell a 0x0000
+    word (a ReLU zero) from 0xFFFF."""
+    with netCDF4.Dataset(path) as nc:
+        nc.set_auto_mask(False)
+        needle = np.ascontiguousarray(nc[name][rows], dtype="<f4").tobytes()
+    data = bytearray(Path(path).read_bytes())
+    at = data.find(needle)
+    assert at >= 0, "the chunk's bytes are not in the file"
+    while at >= 0:
+        mid = at + len(needle) // 2
+        data[mid : mid + 8] = bytes(b ^ 0x5A for b in data[mid : mid + 8])
+        at = data.find(needle, at + 1)
+    Path(path).write_bytes(bytes(data))
 
 
 class ClusterStarts:

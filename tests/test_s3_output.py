@@ -20,19 +20,34 @@ import yaml
 
 from daskdiff.errors import JobError
 from daskdiff.io.atomic import atomic_write
-from daskdiff.io.location import ObjectPath
+from daskdiff.io.location import for_task, location, ObjectPath
 from daskdiff.io.lock import OutputFolderBusyError
 from daskdiff.io.manifest import OutputFolderError
 from daskdiff.io.object_output import ObjectLease, ObjectManifest
 from daskdiff.io.shards import open_activations
+from daskdiff.pipeline.job import run_job
 
 import jobtools
-from jobtools import assert_same_results, KillOnce, run_quietly, set_folders, tiny_spec
+from jobtools import assert_same_results, flip_chunk, KillOnce, run_quietly, set_folders, tiny_spec
 
 cloudpickle.register_pickle_by_value(jobtools)  # workers do not have the tests folder on sys.path
 
 
 # ---------------------------------------------------------------- the lease, the manifest, whole writes
+
+
+def test_object_path_names_like_a_path_and_is_never_opened_as_one():
+    out = ObjectPath("s3://bucket/run/", {"key": "AKIA", "secret": "s", "endpoint_url": "http://x"})
+    shard = out / "activations" / "a/shard-00000.nc"
+    assert str(shard) == "s3://bucket/run/activations/a/shard-00000.nc"
+    assert (shard.name, str(shard.parent)) == ("shard-00000.nc", "s3://bucket/run/activations/a")
+    assert shard.relative_to(out).as_posix() == "activations/a/shard-00000.nc"
+    assert shard.options == out.options and shard == ObjectPath("s3://bucket/run/activations/a/shard-00000.nc")
+    assert "AKIA" not in repr(shard) and "http://x" in repr(shard)
+    with pytest.raises(TypeError):
+        open(shard, "rb")  # no __fspath__: never a local file named s3:
+    assert location("s3://bucket/run") == ObjectPath("s3://bucket/run") and location("file:///tmp/x") == Path("/tmp/x")
+    assert for_task(Path("/tmp/x")) == "/tmp/x" and for_task(out).options == out.options
 
 
 def test_second_lease_is_refused_naming_the_first(s3_bucket, s3fs_fresh):
@@ -205,4 +220,25 @@ def test_s3_resume_after_killed_worker_and_killed_client(tmp_path, tiny_model_pa
     assert said and int(said[1]) >= 2 and int(said[2]) >= 1, again.stdout[-3000:]  # a set's 2 shards, then its partial
     s3fs_fresh.get(f"{s3_bucket}/out/differentiation.nc", str(tmp_path / "again.nc"))
     with xr.open_dataset(reference.path) as want, xr.open_dataset(tmp_path / "again.nc") as got:
+        assert_same_results(got, want)
+
+
+@pytest.mark.cluster
+def test_corrupt_shard_on_s3_is_recomputed(tmp_path, tiny_model_path, sets, s3client, s3_bucket, s3fs_fresh):
+    url = f"s3://{s3_bucket}/out"
+    spec = tiny_spec(tiny_model_path, sets, url)
+    first = _run(spec, s3client)
+    key = f"{s3_bucket}/out/activations/noisy/shard-00001.nc"
+    local = tmp_path / "shard.nc"
+    s3fs_fresh.get(key, str(local))
+    flip_chunk(local, "units__conv2", rows=slice(0, 2))
+    s3fs_fresh.put(str(local), key)
+    s3fs_fresh.get(str(first.path).removeprefix("s3://"), str(tmp_path / "first.nc"))
+    for partial in s3fs_fresh.glob(f"{s3_bucket}/out/partial/noisy--*"):
+        s3fs_fresh.rm(partial)
+    lines = []
+    second = run_job(spec, Path("."), client=s3client, progress=False, echo=lines.append)
+    assert lines.count(f"shard {url}/activations/noisy/shard-00001.nc is corrupt (checksum mismatch): removed, recomputing") == 1, lines
+    s3fs_fresh.get(str(second.path).removeprefix("s3://"), str(tmp_path / "second.nc"))
+    with xr.open_dataset(tmp_path / "first.nc") as want, xr.open_dataset(tmp_path / "second.nc") as got:
         assert_same_results(got, want)

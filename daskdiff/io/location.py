@@ -172,3 +172,9 @@ def location(path: str | os.PathLike | ObjectPath, storage_options: Mapping[str,
         return path
     text = os.fspath(path)
     return ObjectPath(text, storage_options) if is_remote(text) else Path(local_path(text))
+
+
+def for_task(path: "str | os.PathLike | ObjectPath") -> "str | ObjectPath":
+    """A location as a task carries it to a worker: a local path as a string (as always), an
+    :class:`ObjectPath` as itself, with its ``storage_options``."""
+    return path if isinstance(path, ObjectPath) else os.fspath(path)
