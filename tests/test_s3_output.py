@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import cloudpickle
 import numpy as np
 import pytest
 import xarray as xr
@@ -27,10 +26,7 @@ from daskdiff.io.object_output import ObjectLease, ObjectManifest
 from daskdiff.io.shards import open_activations
 from daskdiff.pipeline.job import run_job
 
-import jobtools
-from jobtools import assert_same_results, flip_chunk, KillOnce, run_quietly, set_folders, tiny_spec
-
-cloudpickle.register_pickle_by_value(jobtools)  # workers do not have the tests folder on sys.path
+from jobtools import assert_same_results, flip_chunk, run_quietly, set_folders, tiny_spec
 
 
 # ---------------------------------------------------------------- the lease, the manifest, whole writes
@@ -175,38 +171,40 @@ def test_s3_output_equals_local_output(tmp_path, tiny_model_path, sets, s3client
     assert not [k for k in keys if k.startswith("activations/smooth/shard-") or k.startswith("partial/smooth--")]
 
 
+def _wait_for(fs, bucket, proc, found, what):
+    deadline = time.monotonic() + 240
+    while not any(map(found, _keys(fs, bucket))):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, f"no {what} was stored in time"
+        time.sleep(0.05)
+
+
+def _worker_processes(pid):
+    import psutil
+
+    return [p for p in psutil.Process(pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+
+
 @pytest.mark.subprocess
 @pytest.mark.cluster
 def test_s3_resume_after_killed_worker_and_killed_client(tmp_path, tiny_model_path, sets, s3client, s3_bucket, s3fs_fresh):
-    """A worker SIGKILLed mid-extraction (Dask reruns its shard), then the client SIGKILLed once
-    a partial result is stored: the same command again takes over the dead run's lease, says
-    what it reused, and gives the results of an undisturbed run."""
-    from distributed import Client, LocalCluster
-
+    """``daskdiff run`` on a LocalCluster of 1 worker: the worker SIGKILLed once the first shard is
+    stored (its nanny starts a new one, extraction goes on), then the client and its cluster SIGKILLed once a partial result
+    is stored. The same command again takes over the dead run's lease, says what it reused, and
+    gives the results of an undisturbed run on disk."""
     reference = _run(tiny_spec(tiny_model_path, sets, tmp_path / "ref"), s3client)
-    marker = tmp_path / "killed"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
-            Client(cluster) as client:
-        client.register_plugin(KillOnce("extract-", str(marker), delay=0.01))
-        first = _run(tiny_spec(tiny_model_path, sets, f"s3://{s3_bucket}/killed-worker"), client)
-    assert marker.exists(), "no worker was killed: the test did not test anything"
-    s3fs_fresh.get(str(first.path).removeprefix("s3://"), str(tmp_path / "first.nc"))
-    with xr.open_dataset(reference.path) as want, xr.open_dataset(tmp_path / "first.nc") as got:
-        assert_same_results(got, want)
-
-    url = f"s3://{s3_bucket}/out"
-    spec = tiny_spec(tiny_model_path, sets, url, cluster={"kind": "local", "n_workers": 1, "threads_per_worker": 1})
+    spec = tiny_spec(tiny_model_path, sets, f"s3://{s3_bucket}/out", cluster={"kind": "local", "n_workers": 1, "threads_per_worker": 1})
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", DASK_DASKDIFF__LEASE__TTL="3s")
     cmd = [str(Path(sys.executable).parent / "daskdiff"), "run", str(job), "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while not any(k.startswith("partial/") and "--units--" in k for k in _keys(s3fs_fresh, s3_bucket)):
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "no partial result was stored in time"
-            time.sleep(0.05)
+        _wait_for(s3fs_fresh, s3_bucket, proc, lambda k: k.startswith("activations/"), "shard")
+        workers = _worker_processes(proc.pid)
+        assert len(workers) == 1, workers
+        workers[0].kill()
+        _wait_for(s3fs_fresh, s3_bucket, proc, lambda k: k.startswith("partial/") and "--units--" in k, "partial result")
         os.killpg(proc.pid, signal.SIGKILL)  # the client and the workers of its local cluster
     finally:
         proc.wait()
@@ -214,10 +212,11 @@ def test_s3_resume_after_killed_worker_and_killed_client(tmp_path, tiny_model_pa
     assert s3fs_fresh.exists(f"{s3_bucket}/out/.daskdiff-lock")  # the dead run's lease is left, to expire
     time.sleep(3.5)
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "took over the lease" in again.stdout + again.stderr
-    said = re.search(r"resuming: (\d+) of 4 shard file\(s\) and (\d+) of \d+ partial result", again.stdout + again.stderr)
-    assert said and int(said[1]) >= 2 and int(said[2]) >= 1, again.stdout[-3000:]  # a set's 2 shards, then its partial
+    said = again.stdout + again.stderr
+    assert again.returncode == 0, said[-3000:]
+    assert "took over the lease" in said
+    resumed = re.search(r"resuming: (\d+) of 4 shard file\(s\) and (\d+) of \d+ partial result", said)
+    assert resumed and int(resumed[1]) >= 2 and int(resumed[2]) >= 1, said[-3000:]  # a set's 2 shards, then its partial
     s3fs_fresh.get(f"{s3_bucket}/out/differentiation.nc", str(tmp_path / "again.nc"))
     with xr.open_dataset(reference.path) as want, xr.open_dataset(tmp_path / "again.nc") as got:
         assert_same_results(got, want)
@@ -242,3 +241,12 @@ def test_corrupt_shard_on_s3_is_recomputed(tmp_path, tiny_model_path, sets, s3cl
     s3fs_fresh.get(str(second.path).removeprefix("s3://"), str(tmp_path / "second.nc"))
     with xr.open_dataset(tmp_path / "first.nc") as want, xr.open_dataset(tmp_path / "second.nc") as got:
         assert_same_results(got, want)
+
+
+def test_an_output_bucket_that_does_not_exist_is_one_line(tiny_model_path, sets, s3_server):
+    from daskdiff.pipeline.job import dry_run
+
+    spec = tiny_spec(tiny_model_path, sets, "s3://no-such-bucket-daskdiff/out")
+    with pytest.raises(JobError, match=r"^output s3://no-such-bucket-daskdiff/out cannot be read or written \(FileNotFoundError: "
+                                       r".*check that its bucket exists[^\n]*$"):
+        dry_run(spec, Path("."), echo=lambda *a: None)

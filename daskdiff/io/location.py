@@ -156,9 +156,13 @@ class ObjectPath:
         return bool(fs.isfile(path))
 
     def glob(self, pattern: str) -> list["ObjectPath"]:
-        """The objects below this prefix whose names match ``pattern`` (one listing), sorted."""
+        """The objects below this prefix whose names match ``pattern`` (one listing), sorted;
+        none where the bucket does not exist (as ``Path.glob`` of a missing folder)."""
         fs, path = self.filesystem()
-        found = fs.glob(f"{path}/{pattern}")
+        try:
+            found = fs.glob(f"{path}/{pattern}")
+        except FileNotFoundError:
+            return []
         return sorted(self / str(p)[len(path) + 1:] for p in found if str(p).startswith(path + "/"))
 
     def __lt__(self, other: "ObjectPath") -> bool:

@@ -80,11 +80,17 @@ def listing(prefix: ObjectPath) -> dict[str, dict[str, Any]]:
 
     Raises
     ------
-    FileNotFoundError, PermissionError, OSError
-        The bucket does not exist, the credentials are refused, the endpoint does not answer.
+    OSError
+        The bucket does not exist (``FileNotFoundError``), the credentials are refused
+        (``PermissionError``), the endpoint does not answer (the client's error, as an ``OSError``).
     """
     fs, key = prefix.filesystem()
-    found = fs.find(key, detail=True)
+    try:
+        found = fs.find(key, detail=True)
+    except OSError:
+        raise
+    except Exception as err:  # botocore's EndpointConnectionError, NoCredentialsError, ...: not OSErrors
+        raise OSError(f"{type(err).__name__}: {err}") from err
     return {name[len(key) + 1:]: info for name, info in found.items() if name.startswith(key + "/")}
 
 

@@ -253,10 +253,7 @@ def _check_object_readonly(output: ObjectPath, spec: JobSpec, overwrite: bool, i
     except OutputFolderError as err:
         raise JobError(str(err)) from None
     except (OSError, ValueError) as err:
-        raise JobError(
-            f"output {output} cannot be read ({type(err).__name__}: {err}); check that its bucket exists, the credentials "
-            "(AWS_PROFILE, AWS_ACCESS_KEY_ID, ...) and the endpoint (AWS_ENDPOINT_URL) or the spec's storage_options"
-        ) from None
+        raise _unreachable(output, err) from None
     old = None
     if data is not None:
         if JOB_FILE not in manifest.files:
@@ -278,6 +275,13 @@ def _check_object_readonly(output: ObjectPath, spec: JobSpec, overwrite: bool, i
     return manifest, clear
 
 
+def _unreachable(output: ObjectPath, err: Exception) -> JobError:
+    return JobError(
+        f"output {output} cannot be read or written ({type(err).__name__}: {err}); check that its bucket exists, the "
+        "credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, ...) and the endpoint (AWS_ENDPOINT_URL) or the spec's storage_options"
+    )
+
+
 def output_lease(output: ObjectPath) -> ObjectLease:
     """The lease a run takes on output prefix ``output`` (not yet acquired), living Dask config
     ``daskdiff.lease.ttl`` seconds without a refresh."""
@@ -295,6 +299,8 @@ def _check_object_output(output: ObjectPath, spec: JobSpec, overwrite: bool, inp
         lease = output_lease(output).acquire()
     except OutputFolderError as err:
         raise JobError(str(err)) from None
+    except OSError as err:  # e.g. no permission to write there
+        raise _unreachable(output, err) from None
     try:
         if lease.took_over:
             echo(f"took over the lease of {output} from a run that stopped refreshing it ({lease.took_over})")
