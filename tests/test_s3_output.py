@@ -172,7 +172,7 @@ def test_s3_output_equals_local_output(tmp_path, tiny_model_path, sets, s3client
 
 
 def _wait_for(fs, bucket, proc, found, what):
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 300
     while not any(map(found, _keys(fs, bucket))):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.monotonic() < deadline, f"no {what} was stored in time"
@@ -188,12 +188,12 @@ def _worker_processes(pid):
 @pytest.mark.subprocess
 @pytest.mark.cluster
 def test_s3_resume_after_killed_worker_and_killed_client(tmp_path, tiny_model_path, sets, s3client, s3_bucket, s3fs_fresh):
-    """``daskdiff run`` on a LocalCluster of 1 worker: the worker SIGKILLed once the first shard is
-    stored (its nanny starts a new one, extraction goes on), then the client and its cluster SIGKILLed once a partial result
+    """``daskdiff run`` on a LocalCluster of 2 workers: one worker SIGKILLed once the first shard is
+    stored (extraction goes on), then the client and its cluster SIGKILLed once a partial result
     is stored. The same command again takes over the dead run's lease, says what it reused, and
     gives the results of an undisturbed run on disk."""
     reference = _run(tiny_spec(tiny_model_path, sets, tmp_path / "ref"), s3client)
-    spec = tiny_spec(tiny_model_path, sets, f"s3://{s3_bucket}/out", cluster={"kind": "local", "n_workers": 1, "threads_per_worker": 1})
+    spec = tiny_spec(tiny_model_path, sets, f"s3://{s3_bucket}/out", cluster={"kind": "local", "n_workers": 2, "threads_per_worker": 1})
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", DASK_DASKDIFF__LEASE__TTL="3s")
@@ -202,11 +202,11 @@ def test_s3_resume_after_killed_worker_and_killed_client(tmp_path, tiny_model_pa
     try:
         _wait_for(s3fs_fresh, s3_bucket, proc, lambda k: k.startswith("activations/"), "shard")
         workers = _worker_processes(proc.pid)
-        assert len(workers) == 1, workers
+        assert len(workers) == 2, workers
         workers[0].kill()
         _wait_for(s3fs_fresh, s3_bucket, proc, lambda k: k.startswith("partial/") and "--units--" in k, "partial result")
-        os.killpg(proc.pid, signal.SIGKILL)  # the client and the workers of its local cluster
     finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the client and the workers of its local cluster
         proc.wait()
     assert not s3fs_fresh.exists(f"{s3_bucket}/out/differentiation.nc")  # killed before the results: none, not a part
     assert s3fs_fresh.exists(f"{s3_bucket}/out/.daskdiff-lock")  # the dead run's lease is left, to expire
