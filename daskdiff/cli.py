@@ -54,9 +54,11 @@ def _run(args: argparse.Namespace) -> int:
 
     result = run_job(spec, base, **where, progress=not args.no_progress, command=" ".join(["daskdiff", *sys.argv[1:]]))
     from .io.layout import PLOT_FILE
+    from .io.store import local_copy
     from .plot import plot_results
 
-    print(f"figure: {plot_results(result.path, result.path.parent / PLOT_FILE)}")
+    with local_copy(result.path) as results:  # on an object store: downloaded, the figure uploaded
+        print(f"figure: {plot_results(results, result.path.parent / PLOT_FILE)}")
     for note in result.notes:
         print(f"note: {note}")
     print(result.summary())

@@ -7,6 +7,7 @@ import os
 import threading
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 from distributed import WorkerPlugin
 
@@ -39,6 +40,18 @@ def tiny_spec(model_path, sets, output, **overrides):
     return parse_spec(data, "test-spec")
 
 
+def run_quietly(spec, client, **kw):
+    """``run_job`` of ``spec`` on ``client``, without progress bars or echoed lines."""
+    from daskdiff.pipeline.job import run_job
+
+    return run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None, **kw)
+
+
+def set_folders(image_folders) -> dict[str, str]:
+    """The ``image_folders`` fixture's sets as a spec names them: set -> its folder."""
+    return {name: str(Path(paths[0]).parent) for name, paths in image_folders.items()}
+
+
 def assert_same_results(got, want) -> None:
     """Every array of two results files (xarray Datasets) equal, NaN where NaN; image paths
     compared by file name, so that sets generated into two output folders compare too."""
@@ -49,6 +62,25 @@ def assert_same_results(got, want) -> None:
         if name == "image_path":
             a, b = name_of(a), name_of(b)
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def flip_chunk(path, name, rows=slice(0, 1)):
+    """Flip bits of 8 bytes in the middle of the stored bytes of ``name[rows]``, found by their
+    value in the file (at every place they occur: a flatten layer repeats the conv layer before it).
+
+    XOR 0x5A, not 0xFF: Fletcher-32 sums 16-bit words modulo 65535, so it cannot tell a 0x0000
+    word (a ReLU zero) from 0xFFFF."""
+    with netCDF4.Dataset(path) as nc:
+        nc.set_auto_mask(False)
+        needle = np.ascontiguousarray(nc[name][rows], dtype="<f4").tobytes()
+    data = bytearray(Path(path).read_bytes())
+    at = data.find(needle)
+    assert at >= 0, "the chunk's bytes are not in the file"
+    while at >= 0:
+        mid = at + len(needle) // 2
+        data[mid : mid + 8] = bytes(b ^ 0x5A for b in data[mid : mid + 8])
+        at = data.find(needle, at + 1)
+    Path(path).write_bytes(bytes(data))
 
 
 class ClusterStarts:

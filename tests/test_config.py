@@ -34,6 +34,8 @@ from conftest import write_images
 from daskdiff.core.estimate import Calibration, JobSize, LayerSize, estimate_work, stack_bytes
 from daskdiff.core.units import Sampling, storage_plan
 from daskdiff.errors import JobError
+from daskdiff.io.location import ObjectPath
+from daskdiff.pipeline.output import output_lease
 from daskdiff.pipeline import budget, config, health
 from daskdiff.pipeline.spec_file import parse_spec
 
@@ -277,6 +279,7 @@ PROBES = {
     "daskdiff.handoff.memory-share": (0.5, lambda _: _handoff_in_memory()),
     "daskdiff.cluster.close-timeout": ("3s", lambda _: _close_timeout()),
     "daskdiff.cluster.interrupt-timeout": ("10s", lambda _: _close_timeout(interrupted=True)),
+    "daskdiff.lease.ttl": ("5s", lambda _: output_lease(ObjectPath("s3://bucket/prefix")).ttl),  # tests/test_s3_output.py: what ttl does
     **{f"daskdiff.estimate.{f.name.replace('_', '-')}": (f.default * 2, lambda _: _estimate_figures()) for f in fields(Calibration)},
 }
 

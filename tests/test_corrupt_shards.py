@@ -20,30 +20,11 @@ from daskdiff.errors import JobError
 from daskdiff.pipeline.job import run_job
 
 from conftest import write_images
-from jobtools import tiny_spec
+from jobtools import flip_chunk, tiny_spec
 
 SHAPES = {"conv": (6, 5, 4), "fc": (7,)}
 RECORD = [(f"/im/{i}.png", 100 + i, 10**18 + i) for i in range(8)]
 """A made-up input record (path, size, mtime_ns) for shards written by hand."""
-
-
-def _flip_chunk(path, name, rows=slice(0, 1)):
-    """Flip bits of 8 bytes in the middle of the stored bytes of ``name[rows]``, found by their
-    value in the file (at every place they occur: a flatten layer repeats the conv layer before it).
-
-    XOR 0x5A, not 0xFF: Fletcher-32 sums 16-bit words modulo 65535, so it cannot tell a 0x0000
-    word (a ReLU zero) from 0xFFFF."""
-    with netCDF4.Dataset(path) as nc:
-        nc.set_auto_mask(False)
-        needle = np.ascontiguousarray(nc[name][rows], dtype="<f4").tobytes()
-    data = bytearray(Path(path).read_bytes())
-    at = data.find(needle)
-    assert at >= 0, "the chunk's bytes are not in the file"
-    while at >= 0:
-        mid = at + len(needle) // 2
-        data[mid : mid + 8] = bytes(b ^ 0x5A for b in data[mid : mid + 8])
-        at = data.find(needle, at + 1)
-    Path(path).write_bytes(bytes(data))
 
 
 def _write_shard(path, n=5, seed=0):
@@ -101,7 +82,7 @@ def test_flipped_bytes_raise_corrupt_shard_error_naming_the_file(tmp_path):
     with netCDF4.Dataset(path) as nc:
         assert all(nc[name].filters()["fletcher32"] for name in features)
         assert nc["unit__conv"].filters()["fletcher32"] and nc["top1_prob"].filters()["fletcher32"]
-    _flip_chunk(path, "units__conv", rows=slice(2, 4))
+    flip_chunk(path, "units__conv", rows=slice(2, 4))
     with pytest.raises(CorruptShardError, match=f"shard {path} is corrupt") as info:
         read_features([path], "units", "conv")
     assert info.value.path == str(path)
@@ -114,7 +95,7 @@ def test_without_checksum_the_same_flip_is_read_silently(tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "CHECKSUM", {})
     path = tmp_path / "plain.nc"
     features = _write_shard(path)
-    _flip_chunk(path, "units__conv", rows=slice(2, 4))
+    flip_chunk(path, "units__conv", rows=slice(2, 4))
     values, _ = read_features([path], "units", "conv")
     assert not np.array_equal(values, features["units__conv"])
 
@@ -157,7 +138,7 @@ def test_corrupt_shard_recomputed_within_the_run(tiny_job, tiny_model_path):
         reference = xr.load_dataset(first.path)
         corrupt = out / "activations" / "noisy" / "shard-00001.nc"
         clean, _ = read_features([corrupt], "units", "conv2")
-        _flip_chunk(corrupt, "units__conv2", rows=slice(0, 3))
+        flip_chunk(corrupt, "units__conv2", rows=slice(0, 3))
         with pytest.raises(CorruptShardError):
             read_features([corrupt], "units", "conv2")
         truncated = out / "activations" / "smooth" / "shard-00000.nc"
@@ -182,7 +163,7 @@ def _corrupt_after_writing(task, *args, **kwargs):
     """extract_shard, then damage the fresh file of shard 0 of set 'noisy' (every time it is written)."""
     meta = _extract_shard(task, *args, **kwargs)
     if task.image_set == "noisy" and task.shard == 0 and not meta.get("resumed"):
-        _flip_chunk(meta["path"], "units__fc1")
+        flip_chunk(meta["path"], "units__fc1")
     return meta
 
 

@@ -1,4 +1,5 @@
-"""Storage layer: the one atomic writer (write, fsync, rename), used by everything that writes a file."""
+"""Storage layer: the one atomic writer (write, fsync, rename; on an object store, write, then
+upload whole), used by everything that writes a file."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import JobError
 from .confined import remove_inside
 from .hdf5 import HDF5_LOCK
+from .location import ObjectPath
+from .store import upload
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -118,7 +121,7 @@ def remove_dead_temporaries(output: str | os.PathLike, paths: list[str]) -> list
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike | ObjectPath, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success make it durable and rename it.
 
     The temporary name starts with '.' and contains '.tmp', so globs of finished files never
@@ -128,7 +131,21 @@ def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[
     atomic on POSIX); if the block raises, the temporary file is removed and ``path`` is left as
     it was. A write that fails on a full filesystem raises :class:`DiskFullError` instead (saying
     where, what is free and, given ``needed`` bytes, what the file needs).
+
+    ``path`` an :class:`~daskdiff.io.location.ObjectPath` (an object store has no rename): the
+    temporary is a local file, uploaded whole when the block finishes
+    (:func:`daskdiff.io.store.upload`: readers see the old object or the new one, never a part);
+    nothing is uploaded if the block raises, and no temporary is ever left in the store.
     """
+    if isinstance(path, ObjectPath):
+        folder = tempfile.mkdtemp(prefix="daskdiff-upload-")
+        try:
+            tmp = Path(folder) / (path.name or "object")
+            yield tmp
+            upload(tmp, path)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,14 +170,14 @@ def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[
         raise
 
 
-def atomic_write(path: str | os.PathLike, write: Any, needed: int | None = None) -> Path:
+def atomic_write(path: str | os.PathLike | ObjectPath, write: Any, needed: int | None = None) -> Path | ObjectPath:
     """Call ``write(tmp_path)`` inside :func:`atomic_path`; returns ``path``."""
     with atomic_path(path, needed) as tmp:
         write(str(tmp))
-    return Path(path)
+    return path if isinstance(path, ObjectPath) else Path(path)
 
 
-def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+def write_netcdf(ds: xr.Dataset, path: str | os.PathLike | ObjectPath) -> Path | ObjectPath:
     """Write ``ds`` to ``path`` atomically (NetCDF4/HDF5 via the netCDF4 library, under
     :data:`daskdiff.io.hdf5.HDF5_LOCK`)."""
     def write(tmp: str) -> None:

@@ -1,9 +1,16 @@
-"""Storage layer: the layout of an output folder, the one module that names its files and folders."""
+"""Storage layer: the layout of an output folder, the one module that names its files and folders.
+
+An output location is a local folder or a prefix in an object store (``s3://bucket/prefix``);
+both have the same layout, and a name built here is a :class:`pathlib.Path` or an
+:class:`~daskdiff.io.location.ObjectPath` accordingly (:func:`~daskdiff.io.location.location`).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from .location import location, ObjectPath
 
 
 
@@ -43,14 +50,14 @@ def feature_dim(substrate: str, layer: str) -> str:
     return f"{prefix}__{layer}"
 
 
-def shard_path(output: str | os.PathLike, image_set: str, shard: int) -> Path:
+def shard_path(output: str | os.PathLike | ObjectPath, image_set: str, shard: int) -> Path | ObjectPath:
     """Deterministic file name of shard ``shard`` of ``image_set``."""
-    return Path(output) / ACTIVATIONS_DIR / image_set / f"shard-{shard:05d}.nc"
+    return location(output) / ACTIVATIONS_DIR / image_set / f"shard-{shard:05d}.nc"
 
 
-def shard_files(output: str | os.PathLike, image_set: str) -> list[Path]:
+def shard_files(output: str | os.PathLike | ObjectPath, image_set: str) -> list[Path | ObjectPath]:
     """Finished shard files of a set, in shard order (temporaries are never matched)."""
-    return sorted((Path(output) / ACTIVATIONS_DIR / image_set).glob(SHARD_GLOB))
+    return sorted((location(output) / ACTIVATIONS_DIR / image_set).glob(SHARD_GLOB))
 
 
 def partial_key(image_set: str, substrate: str, layer: str) -> str:
@@ -59,6 +66,6 @@ def partial_key(image_set: str, substrate: str, layer: str) -> str:
     return f"{image_set}--{substrate}--{layer}"
 
 
-def partial_path(output: str | os.PathLike, key: str) -> Path:
+def partial_path(output: str | os.PathLike | ObjectPath, key: str) -> Path | ObjectPath:
     """Deterministic file name of the partial result of differentiation task ``key``."""
-    return Path(output) / PARTIAL_DIR / f"{key}.npz"
+    return location(output) / PARTIAL_DIR / f"{key}.npz"

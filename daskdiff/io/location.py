@@ -19,6 +19,8 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import InputError, shorten
@@ -180,3 +182,97 @@ def storage_error(url: str, error: BaseException, what: str = "") -> StorageErro
     else:
         why = f"{name}: {shorten(text)}"
     return StorageError(f"{what}cannot read {url}: {why}")
+
+
+@dataclass(frozen=True)
+class ObjectPath:
+    """An object (or a prefix) in an object store, addressed as :class:`pathlib.Path` addresses a
+    file: ``/`` joins, ``name``, ``parent``, ``exists()``, ``glob()``, ``str()`` (the URL).
+
+    An output location is a :class:`pathlib.Path` (a local folder) or an ``ObjectPath`` (an
+    ``s3://bucket/prefix``): code that builds names (``output / "activations"``) serves both,
+    and what reads or writes bytes chooses by type (:func:`daskdiff.io.atomic.atomic_path`
+    writes an object whole, then publishes it; :func:`daskdiff.io.store.local_copy` reads one).
+    It has no ``__fspath__`` on purpose: handing one to ``open`` or ``os.path`` fails loudly
+    instead of writing a local folder named ``s3:``.
+
+    ``options``: the filesystem's ``storage_options`` (endpoint, credentials) where the
+    environment does not say them; they travel with the path to Dask workers, never into its
+    ``repr`` (:func:`redact`) nor into equality.
+    """
+
+    url: str
+    options: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", os.fspath(self.url).rstrip("/"))
+
+    def __truediv__(self, part: str | os.PathLike) -> "ObjectPath":
+        return ObjectPath(f"{self.url}/{os.fspath(part).strip('/')}", self.options)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        options = f", options={redact(dict(self.options))!r}" if self.options else ""
+        return f"ObjectPath({self.url!r}{options})"
+
+    @property
+    def name(self) -> str:
+        return self.url.rpartition("/")[2]
+
+    @property
+    def parent(self) -> "ObjectPath":
+        head, _, _ = self.url.rpartition("/")
+        return ObjectPath(head if not head.endswith(":/") else self.url, self.options)
+
+    def relative_to(self, other: "ObjectPath") -> PurePosixPath:
+        """This path below ``other`` (raises ``ValueError`` if it is not below it)."""
+        if self.url == other.url:
+            return PurePosixPath(".")
+        if not self.url.startswith(other.url + "/"):
+            raise ValueError(f"{self.url} is not inside {other.url}")
+        return PurePosixPath(self.url[len(other.url) + 1:])
+
+    def filesystem(self) -> tuple[Any, str]:
+        """``(fs, path)`` of this location (:func:`filesystem`), listings not cached: another
+        process (a worker, another client) may have written since."""
+        fs, path = filesystem(self.url, self.options)
+        fs.invalidate_cache()
+        return fs, path
+
+    def exists(self) -> bool:
+        fs, path = self.filesystem()
+        return bool(fs.exists(path))
+
+    def is_file(self) -> bool:
+        fs, path = self.filesystem()
+        return bool(fs.isfile(path))
+
+    def glob(self, pattern: str) -> list["ObjectPath"]:
+        """The objects below this prefix whose names match ``pattern`` (one listing), sorted;
+        none where the bucket does not exist (as ``Path.glob`` of a missing folder)."""
+        fs, path = self.filesystem()
+        try:
+            found = fs.glob(f"{path}/{pattern}")
+        except FileNotFoundError:
+            return []
+        return sorted(self / str(p)[len(path) + 1:] for p in found if str(p).startswith(path + "/"))
+
+    def __lt__(self, other: "ObjectPath") -> bool:
+        return self.url < other.url
+
+
+def location(path: str | os.PathLike | ObjectPath, storage_options: Mapping[str, Any] | None = None) -> "Path | ObjectPath":
+    """A location as daskdiff addresses it: an :class:`ObjectPath` for a remote URL (with
+    ``storage_options``), else a local :class:`pathlib.Path` (``file://`` stripped)."""
+    if isinstance(path, (Path, ObjectPath)):
+        return path
+    text = os.fspath(path)
+    return ObjectPath(text, storage_options) if is_remote(text) else Path(local_path(text))
+
+
+def for_task(path: "str | os.PathLike | ObjectPath") -> "str | ObjectPath":
+    """A location as a task carries it to a worker: a local path as a string (as always), an
+    :class:`ObjectPath` as itself, with its ``storage_options``."""
+    return path if isinstance(path, ObjectPath) else os.fspath(path)

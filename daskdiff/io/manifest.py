@@ -199,6 +199,10 @@ class Manifest:
                 "choose another --output (e.g. output: results)"
             )
 
+    def remove_file(self, path: str | os.PathLike) -> bool:
+        """Delete one file daskdiff wrote (a corrupt shard to recompute), never through a link."""
+        return remove_inside(self.output, self.relative(path))
+
     def temporaries(self) -> list[Path]:
         """Temporaries of listed files that a killed writer left (``.<name>.*.tmp``; regular
         files only, found without following a link)."""

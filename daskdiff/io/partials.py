@@ -19,6 +19,8 @@ import xarray as xr
 
 from ..core.partial_layout import DIGEST_CHARS, SOURCE, PartialLayout
 from .atomic import atomic_write
+from .location import location, ObjectPath
+from .store import local_copy, remove
 from .reading import open_regular
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ def sources_digest(digests: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()[:DIGEST_CHARS]
 
 
-def reuse_partial(path: str | os.PathLike, expected: Mapping[str, tuple],
+def reuse_partial(path: str | os.PathLike | ObjectPath, expected: Mapping[str, tuple],
                   source: str | None = None) -> tuple[dict[str, np.ndarray] | None, str | None]:
     """``(arrays, warning)``: the partial result at ``path`` if it exists and is sound, else None
     (recompute it), and the warning line for a corrupt one (else None).
@@ -68,14 +70,15 @@ def reuse_partial(path: str | os.PathLike, expected: Mapping[str, tuple],
     caller computes it again, and a line is logged (logger ``daskdiff.io.partials``: WARNING for
     a corrupt file, INFO for a stale one).
     """
-    path = Path(path)
-    if not path.exists():
-        return None, None
-    try:
-        arrays = load_partial(path)
-        problem = _shape_problem(arrays, expected)
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        arrays, problem = None, f"cannot be read ({type(error).__name__}: {error})"
+    where = location(path)
+    with local_copy(where) as copy:  # a partial on an object store: downloaded
+        if not copy.exists():
+            return None, None
+        try:
+            arrays = load_partial(copy)
+            problem = _shape_problem(arrays, expected)
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            arrays, problem = None, f"cannot be read ({type(error).__name__}: {error})"
     if problem is None and source is not None and str(arrays[SOURCE]) != source:
         problem, kind = "it was computed from shards that have changed since", "stale"
     else:
@@ -84,7 +87,10 @@ def reuse_partial(path: str | os.PathLike, expected: Mapping[str, tuple],
         return arrays, None
     line = f"partial result {path} is {kind}: {problem}; removed it, recomputing"
     log.log(logging.WARNING if kind == "corrupt" else logging.INFO, line)
-    path.unlink(missing_ok=True)
+    if isinstance(where, ObjectPath):
+        remove(where)
+    else:
+        where.unlink(missing_ok=True)
     return None, line if kind == "corrupt" else None
 
 
@@ -133,7 +139,7 @@ class Partial:
 
 
 
-def write_partial(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+def write_partial(path: str | os.PathLike | ObjectPath, arrays: dict[str, np.ndarray]) -> Path | ObjectPath:
     """Write a partial result atomically as an uncompressed ``.npz`` (no object arrays)."""
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:

@@ -62,6 +62,8 @@ from .hdf5 import HDF5_LOCK
 from .location import is_remote
 from .reading import special_kind
 from .layout import ACTIVATIONS_DIR, SHARD_GLOB, feature_dim, variable_name
+from .location import location, ObjectPath
+from .store import local_copy
 
 from ..core.units import LayerPlan
 
@@ -370,7 +372,15 @@ def open_activations(path: str | os.PathLike, image_set: str | None = None) -> x
     xarray.Dataset
         Dask-backed; images in set order. Skipped files of all shards are in
         ``attrs['skipped_json']``.
+
+    Notes
+    -----
+    Shards on an object store (``path`` an ``s3://`` URL) are first downloaded whole to a new
+    local temporary folder (:func:`download_shards`), which is left for the Dataset to read
+    from; the values are then read lazily from there, as from a local folder.
     """
+    if isinstance(where := location(path), ObjectPath):
+        path, image_set = download_shards(where, image_set), None
     path = Path(path)
     if path.is_file():
         files = [path]
@@ -401,6 +411,25 @@ def open_activations(path: str | os.PathLike, image_set: str | None = None) -> x
                 skipped += json.loads(one.attrs.get("skipped_json", "[]"))
     ds.attrs["skipped_json"] = json.dumps(skipped)
     return ds
+
+
+def download_shards(where: ObjectPath, image_set: str | None = None) -> Path:
+    """Download one shard, or every shard of a set (a job's output prefix and ``image_set``, or
+    a set's prefix), to a new local temporary folder; the folder (or the one shard's file)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="daskdiff-shards-"))
+    if (one := where.is_file()):
+        files = [where]
+    else:
+        files = (where / ACTIVATIONS_DIR / image_set if image_set else where).glob(SHARD_GLOB)
+        if not files:
+            raise FileNotFoundError(f"no shard objects ({SHARD_GLOB}) under {where}; give a job's output prefix with "
+                                    "image_set=..., or a prefix of shards")
+    fs, _ = where.filesystem()
+    for f in files:
+        fs.get_file(f.filesystem()[1], str(folder / f.name))
+    return folder / files[0].name if one else folder
 
 
 def read_shard_header(path: str | os.PathLike, variables: Sequence[str] = ()) -> dict[str, Any]:
@@ -485,16 +514,18 @@ def shard_status(path: str | os.PathLike, plan: dict[str, LayerPlan], digest: st
 
 @contextlib.contextmanager
 def _open_for_reading(path: str | os.PathLike, name: str) -> Iterator[Any]:
-    """A shard opened with netCDF4 under :data:`HDF5_LOCK`, holding variable ``name``."""
+    """A shard opened with netCDF4 under :data:`HDF5_LOCK`, holding variable ``name`` (a shard
+    on an object store, a URL, is read from a local copy: :func:`daskdiff.io.store.local_copy`;
+    errors name the URL)."""
     import netCDF4
 
     # netCDF4 directly: xarray would build a pandas index over millions of unit labels.
     # The lock is taken per file, so that other threads' calls can go between two files.
-    with HDF5_LOCK:
+    with local_copy(location(path)) as copy, HDF5_LOCK:
         try:
-            if (kind := special_kind(path)) is not None:  # netCDF4 would block on a FIFO
+            if (kind := special_kind(copy)) is not None:  # netCDF4 would block on a FIFO
                 raise CorruptShardError(path, f"it is {kind}, not a shard file")
-            ds = netCDF4.Dataset(path, "r")
+            ds = netCDF4.Dataset(copy, "r")
         except (FileNotFoundError, PermissionError):
             raise
         except OSError as err:  # e.g. truncated: HDF5 cannot read the file's header

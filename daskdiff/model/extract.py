@@ -22,6 +22,7 @@ from .preprocess import preprocess
 from ..core.batches import batch_slices
 from ..core.units import bytes_per_image, LayerPlan, plan_digest
 from ..io.atomic import atomic_path
+from ..io.store import local_copy
 from ..io.layout import shard_path, variable_name
 from ..io.shards import input_record, inputs_digest, shard_labels, shard_metadata, shard_status, ShardWriter
 
@@ -307,7 +308,8 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec, 
     spec = with_fingerprint(spec)
     path = shard_path(task.output, task.image_set, task.shard)
     record = input_record(task.paths, task.storage_options)
-    done, why = shard_status(path, plan, _digest(plan), record, model=spec.fingerprint)
+    with local_copy(path) as copy:  # an object-store shard: downloaded to a local temporary
+        done, why = shard_status(copy, plan, _digest(plan), record, model=spec.fingerprint)
     unwritten = any(lp.units is not None and not lp.write_units for lp in plan.values())
     kept = _Kept(plan, len(task.paths)) if keep else None
     if done is not None and not (keep and unwritten):
@@ -362,5 +364,6 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec, 
                 skipped=skipped,
             )
             writer.write_labels(labels, record)
-    return {**shard_metadata(path), "path": str(path), "resumed": False, "replaced": why,
+        meta = shard_metadata(tmp)  # read back from the finished file before it is published (no download)
+    return {**meta, "path": str(path), "resumed": False, "replaced": why,
             "values": None if kept is None else kept.values()}

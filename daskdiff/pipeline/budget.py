@@ -31,6 +31,7 @@ from ..core.estimate import Calibration, JobSize, LayerSize, WorkEstimate
 from ..errors import InputError
 from ..logs import reporter, warn
 from ..io.layout import ACTIVATIONS_DIR, PARTIAL_DIR, RESULTS_FILE
+from ..io.location import ObjectPath
 from . import config
 from .machine import default_workers, machine_memory, usable_cores
 from .target import Target
@@ -140,8 +141,9 @@ def limits_at(target: Target, output: Path) -> Limits:
     ----------
     target : Target
         Where the job runs (its ``cluster`` section and ``--workers``).
-    output : Path
-        The output folder (it need not exist: the free space of its nearest existing parent).
+    output : Path or ObjectPath
+        The output folder (it need not exist: the free space of its nearest existing parent); an
+        output on an object store has no free space to check (``disk_free`` None).
 
     Returns
     -------
@@ -159,9 +161,10 @@ def limits_at(target: Target, output: Path) -> Limits:
     import psutil
 
     cluster = target.section
-    where = _existing_parent(Path(output))
+    remote = isinstance(output, ObjectPath)  # an object store: no free space to check, nothing counted as reusable
+    where = output if remote else _existing_parent(Path(output))
     try:
-        free = shutil.disk_usage(where).free
+        free = None if remote else shutil.disk_usage(where).free
     except OSError:
         free = None
     workers = None if target.external else target.n_workers or cluster.n_workers
@@ -180,7 +183,7 @@ def limits_at(target: Target, output: Path) -> Limits:
         source = f"cluster.memory_limit {cluster.memory_limit}"
         if workers is None and target.kind == "local":
             workers = default_workers()
-    return Limits(free, where, _bytes_in(Path(output)), int(psutil.virtual_memory().available), memory, source, workers)
+    return Limits(free, where, 0 if remote else _bytes_in(Path(output)), int(psutil.virtual_memory().available), memory, source, workers)
 
 
 def _slurm_memory(options: Mapping) -> int | None:

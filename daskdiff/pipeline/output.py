@@ -28,10 +28,15 @@ from ..io.atomic import atomic_write, remove_dead_temporaries
 from ..io.confined import check_own_file, read_own_file
 from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, LOCK_FILE, MANIFEST_FILE, PARTIAL_DIR, partial_key, partial_path, PLOT_FILE, \
     RESULTS_FILE, SHARD_GLOB, shard_path
+from ..io.location import ObjectPath
 from ..io.lock import OutputLock
 from ..io.manifest import check_output_folder, Manifest, OutputFolderError, Writes
+from ..io.object_output import ObjectLease, ObjectManifest
+from ..io.reading import TEXT_FILE_MAX_BYTES
+from ..io.store import listing, read_object
 from ..logs import reporter, warn
 from ..model.build import build_model, ModelSpec, WeightsUnavailableError, with_fingerprint
+from . import config
 from .movies import check_spectral
 from .plan import JobPlan, plan_estimate
 from .resolve import generated_fps, ImageSet, reusable_generated
@@ -51,7 +56,8 @@ def prepare(plan: JobPlan, *, overwrite: bool = False, echo: Callable = _echo) -
     generates nothing, and the model's files are fingerprinted, once per run.
     """
     spec, out = plan.spec, plan.output
-    manifest, lock = _check_output(out, spec, overwrite, plan.inputs.user_files, planned_writes(plan), echo)
+    check = _check_object_output if isinstance(out, ObjectPath) else _check_output
+    manifest, lock = check(out, spec, overwrite, plan.inputs.user_files, planned_writes(plan), echo)
     try:
         if (n := clean_temporaries(manifest)):
             echo(f"removed {n} temporary file(s) left by an interrupted run")
@@ -79,7 +85,8 @@ def preview(plan: JobPlan, *, overwrite: bool = False, echo: Callable = _echo) -
     ``echo`` says what a run would do that a dry run does not: remove another spec's results
     (``--overwrite``), generate sets, download ImageNet weights.
     """
-    manifest, clear = _check_output_readonly(plan.output, plan.spec, overwrite, plan.inputs.user_files, planned_writes(plan))
+    check = _check_object_readonly if isinstance(plan.output, ObjectPath) else _check_output_readonly
+    manifest, clear = check(plan.output, plan.spec, overwrite, plan.inputs.user_files, planned_writes(plan))
     if clear:
         echo(f"--overwrite would remove the {len(manifest.files)} file(s) daskdiff wrote in {plan.output} for another spec")
     for name, s in plan.inputs.sets.items():
@@ -134,13 +141,7 @@ def _check_output_readonly(output: Path, spec: JobSpec, overwrite: bool, inputs:
         old = _job_record(output / JOB_FILE, manifest)
     except OutputFolderError as err:
         raise JobError(str(err)) from None
-    clear = old is not None and old.get("result_digest") != spec.result_digest()
-    if clear and not overwrite:
-        changed = changed_keys(old.get("spec", {}), spec.model_dump(mode="json"))
-        raise JobError(
-            f"output folder {output} holds results of a different job spec (changed: {changed}); "
-            "re-run with --overwrite to replace them, or choose another --output"
-        )
+    clear = _other_spec(output, spec, old, overwrite)
     if clear and not manifest.found:
         raise JobError(
             f"output folder {output} was written by a daskdiff without a manifest ({manifest.path.name}), "
@@ -152,6 +153,19 @@ def _check_output_readonly(output: Path, spec: JobSpec, overwrite: bool, inputs:
     except OutputFolderError as err:
         raise JobError(str(err)) from None
     return manifest, clear
+
+
+def _other_spec(output: Path | ObjectPath, spec: JobSpec, old: dict | None, overwrite: bool) -> bool:
+    """Whether ``output`` holds results of another spec (``old``: its ``job.json``), which
+    ``--overwrite`` clears; without ``--overwrite`` that is a :class:`JobError` naming the changed keys."""
+    clear = old is not None and old.get("result_digest") != spec.result_digest()
+    if clear and not overwrite:
+        changed = changed_keys(old.get("spec", {}), spec.model_dump(mode="json"))
+        raise JobError(
+            f"output folder {output} holds results of a different job spec (changed: {changed}); "
+            "re-run with --overwrite to replace them, or choose another --output"
+        )
+    return clear
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -219,6 +233,83 @@ def _check_output(output: Path, spec: JobSpec, overwrite: bool, inputs: Sequence
         return manifest, lock
     except BaseException:
         lock.release()
+        raise
+
+
+def _check_object_readonly(output: ObjectPath, spec: JobSpec, overwrite: bool, inputs: Sequence[str], writes: Writes,
+                           lease: ObjectLease | None = None) -> tuple[ObjectManifest, bool]:
+    """:func:`_check_output_readonly` for an output prefix on an object store: one listing of the
+    prefix, its manifest and ``job.json``; ``(manifest, clear)``.
+
+    A ``job.json`` or a key the job writes that exists but is not listed in the manifest is the
+    user's and is refused, naming it; a prefix that cannot be listed (no such bucket, refused
+    credentials, an endpoint that does not answer) is a one-line :class:`JobError` naming it and
+    what to check. ``inputs``: unused (an input image below the output prefix is s3in's check).
+    """
+    try:
+        existing = listing(output)
+        manifest = ObjectManifest(output, lease)
+        data = read_object(output / JOB_FILE, TEXT_FILE_MAX_BYTES)
+    except OutputFolderError as err:
+        raise JobError(str(err)) from None
+    except (OSError, ValueError) as err:
+        raise _unreachable(output, err) from None
+    old = None
+    if data is not None:
+        if JOB_FILE not in manifest.files:
+            raise JobError(f"{output / JOB_FILE} is in the way: daskdiff keeps its job record there, but did not write this "
+                           f"object (its manifest {MANIFEST_FILE} does not list it), and never replaces an object of yours: "
+                           "move it, or choose another --output")
+        try:
+            old = json.loads(data)
+        except ValueError as err:
+            raise JobError(f"{output / JOB_FILE} is unreadable ({err}); delete it to start this output afresh, or choose "
+                           "another --output") from None
+    clear = _other_spec(output, spec, old, overwrite)
+    theirs = manifest.theirs(writes.files, existing)
+    if theirs:
+        more = f" (and {len(theirs) - 1} other object(s) daskdiff would write)" if len(theirs) > 1 else ""
+        raise JobError(f"{theirs[0]}{more} is in the way: daskdiff would write an object of that name, but did not write "
+                       f"this one (its manifest {MANIFEST_FILE} does not list it), and never replaces an object of yours: "
+                       "move it, or choose another --output")
+    return manifest, clear
+
+
+def _unreachable(output: ObjectPath, err: Exception) -> JobError:
+    return JobError(
+        f"output {output} cannot be read or written ({type(err).__name__}: {err}); check that its bucket exists, the "
+        "credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, ...) and the endpoint (AWS_ENDPOINT_URL) or the spec's storage_options"
+    )
+
+
+def output_lease(output: ObjectPath) -> ObjectLease:
+    """The lease a run takes on output prefix ``output`` (not yet acquired), living Dask config
+    ``daskdiff.lease.ttl`` seconds without a refresh."""
+    return ObjectLease(output, ttl=config.seconds("daskdiff.lease.ttl"))
+
+
+def _check_object_output(output: ObjectPath, spec: JobSpec, overwrite: bool, inputs: Sequence[str], writes: Writes,
+                         echo: Callable) -> tuple[ObjectManifest, ObjectLease]:
+    """:func:`_check_output` for an output prefix on an object store: the checks, then the
+    prefix's lease (:class:`~daskdiff.io.object_output.ObjectLease`: a second run is refused,
+    naming the first; a lease not refreshed for ``daskdiff.lease.ttl`` is taken over, and said),
+    the checks again under it, and ``--overwrite``'s deletes (only the keys the manifest lists)."""
+    _check_object_readonly(output, spec, overwrite, inputs, writes)  # refuse before anything is written
+    try:
+        lease = output_lease(output).acquire()
+    except OutputFolderError as err:
+        raise JobError(str(err)) from None
+    except OSError as err:  # e.g. no permission to write there
+        raise _unreachable(output, err) from None
+    try:
+        if lease.took_over:
+            echo(f"took over the lease of {output} from a run that stopped refreshing it ({lease.took_over})")
+        manifest, clear = _check_object_readonly(output, spec, overwrite, inputs, writes, lease)
+        if clear:
+            manifest.remove_all()
+        return manifest, lease
+    except BaseException:
+        lease.release()
         raise
 
 

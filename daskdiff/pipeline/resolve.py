@@ -31,7 +31,7 @@ from ..io.confined import read_own_file
 from ..io.image_sets import DuplicateImagesWarning, check_min_images, resolve_image_set
 from ..io.images import image_frames
 from ..io.layout import IMAGES_DIR
-from ..io.location import StorageOptions, is_remote
+from ..io.location import ObjectPath, StorageOptions, is_remote, local_path
 from ..io.manifest import OutputFolderError
 from ..logs import reporter, warn
 from ..model.build import WEIGHTS_KEYWORDS, ModelSpec
@@ -118,6 +118,10 @@ def resolve(spec: JobSpec, base: Path, *, output: str | Path | None = None, weig
     for name, entry in set_entries(spec, base).items():
         if not hasattr(entry, "generate"):
             sets[name] = _path_set(name, entry, base, echo, spec)
+        elif isinstance(out, ObjectPath):
+            raise InputError(f"image set {name!r} is generated, which needs a local output folder for now (output {out} is "
+                             "on an object store): generate it with a job whose output is local, then name that folder as "
+                             "the set, or choose a local --output")
         else:
             sets[name] = _generated_set(name, entry, base, out)
     inputs = JobInputs(spec, base, out, model_spec(spec, base, weights), sets)
@@ -125,9 +129,13 @@ def resolve(spec: JobSpec, base: Path, *, output: str | Path | None = None, weig
     return inputs
 
 
-def output_folder(spec: JobSpec, base: Path, output: str | Path | None) -> Path:
-    """The job's output folder, resolved: ``--output`` if given, else the spec's ``output`` (relative to the spec's folder)."""
-    return (Path(output) if output else resolve_path(spec.output, base)).resolve()
+def output_folder(spec: JobSpec, base: Path, output: str | Path | None) -> Path | ObjectPath:
+    """The job's output folder, resolved: ``--output`` if given, else the spec's ``output`` (relative to the spec's folder);
+    an fsspec URL (``s3://bucket/prefix/``) is an :class:`~daskdiff.io.location.ObjectPath`."""
+    given = str(output) if output else spec.output
+    if is_remote(given):
+        return ObjectPath(given, storage_options(spec))
+    return (Path(local_path(output)) if output else resolve_path(local_path(spec.output), base)).resolve()
 
 
 def model_spec(spec: JobSpec, base: Path, weights: str | None) -> ModelSpec:

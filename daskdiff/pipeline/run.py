@@ -33,7 +33,7 @@ from ..core.sampling import is_data_mode
 from ..core.units import bytes_per_image, cached_storage_plan, StorageRecipe
 from ..errors import DaskdiffError, JobError
 from ..io.atomic import DiskFullError
-from ..io.confined import remove_inside
+from ..io.location import for_task
 from ..io.layout import ACTIVATIONS_DIR, PARTIAL_DIR, shard_path, variable_name
 from ..io.partials import Partial
 from ..io.results import set_metadata
@@ -86,7 +86,7 @@ def _shard_tasks(plan: JobPlan, attrs: dict) -> list[ShardTask]:
     for name, paths in plan.sets.items():
         for shard, start in enumerate(range(0, len(paths), size)):
             chunk = tuple(paths[start : start + size])
-            tasks.append(ShardTask(name, shard, chunk, start, str(plan.output), e.batch_size, e.resize, e.strict, attrs,
+            tasks.append(ShardTask(name, shard, chunk, start, for_task(plan.output), e.batch_size, e.resize, e.strict, attrs,
                                    exif_orientation=e.exif_orientation == "apply",
                                    decoders=0 if e.decoders == "auto" else e.decoders, storage_options=options))
     return tasks
@@ -104,13 +104,13 @@ def _diff_tasks(plan: JobPlan, keep_rdm: bool, memory_budget: int | None = None)
     tasks = []
     o = a.spectral
     for name, paths in plan.sets.items():
-        files = tuple(str(shard_path(plan.output, name, i)) for i in range(-(-len(paths) // size)))
+        files = tuple(for_task(shard_path(plan.output, name, i)) for i in range(-(-len(paths) // size)))
         spectral = (SpectralOptions(plan.fps[name], o.state_length, o.metric, o.window_arg(), o.overlap, o.log_frequency)
                     if "spectral" in a.measures else None)
         for substrate in a.substrates:
             for layer in plan.layers:
                 tasks.append(
-                    DiffTask(name, substrate, layer, plan.shapes[layer], files, str(plan.output), plan.sampling,
+                    DiffTask(name, substrate, layer, plan.shapes[layer], files, for_task(plan.output), plan.sampling,
                              a.metric, a.normalize, a.per_unit, a.median_over, keep_rdm, a.repeats_per_task, memory_budget,
                              images="images" in a.measures, spectral=spectral,
                              written=substrate in plan.storage[layer].stored(), device=a.device)
@@ -343,7 +343,7 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
     name, i = found[0]
     state.recomputed.add(path)
     echo(f"shard {path} is corrupt (checksum mismatch): removed, recomputing")
-    remove_inside(plan.output, plan.manifest.relative(path))
+    plan.manifest.remove_file(path)
     suffix = f"-recomputed{len(state.recomputed)}"  # keys of a new graph: never those of the old futures
     shard_task = submitted.shards[name][i][1]
     kept = submitted.values.get(name)

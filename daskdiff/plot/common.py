@@ -76,5 +76,4 @@ def image_names(paths: Sequence[Any]) -> list[str]:
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 120) -> Path:
     """Render ``fig`` to a PNG at ``path`` (Agg, written atomically); returns the path."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight"))
-    return Path(path)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight"))
