@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import posixpath
 import stat
-import tempfile
 from typing import Any, Iterator
 
 from ..errors import InputError
-from .location import filesystem, is_remote, storage_error
+from .location import ObjectPath, filesystem, is_remote, storage_error
+from .store import local_copy as object_copy
 
 __all__ = ["TEXT_FILE_MAX_BYTES", "NotReadableError", "VIDEO_CONTAINERS", "file_kind", "open_regular", "read_head", "read_input",
            "local_copy", "read_object", "read_regular", "seems_to_be", "special_kind"]
@@ -235,14 +234,13 @@ def local_copy(url: str, storage_options: Any, what: str) -> Iterator[str]:
     if not is_remote(url):
         yield os.fspath(url)
         return
-    with tempfile.TemporaryDirectory(prefix="daskdiff-copy-") as folder:
-        local = os.path.join(folder, posixpath.basename(url.rstrip("/")) or "object")
-        try:
-            fs, path = filesystem(url, storage_options)
-            fs.get_file(path, local)
-        except Exception as error:
-            raise storage_error(url, error, f"{what}: ") from None
-        yield local
+    copy = contextlib.ExitStack()
+    try:
+        local = copy.enter_context(object_copy(ObjectPath(url, storage_options), missing_ok=False))
+    except Exception as error:
+        raise storage_error(url, error, f"{what}: ") from None
+    with copy:
+        yield os.fspath(local)
 
 
 VIDEO_CONTAINERS = ("an MP4/QuickTime video", "an AVI video", "a Matroska/WebM video", "an MPEG video", "an MPEG-TS video",

@@ -31,10 +31,11 @@ def upload(local: str | os.PathLike, path: ObjectPath) -> None:
 
 
 @contextlib.contextmanager
-def local_copy(path: str | os.PathLike | ObjectPath) -> Iterator[Path]:
+def local_copy(path: str | os.PathLike | ObjectPath, *, missing_ok: bool = True) -> Iterator[Path]:
     """A local path holding ``path``'s bytes for the block: a local path itself; an object
-    downloaded to a temporary file, removed afterwards. An object that does not exist yields a
-    path that does not exist either (the callers' own "not there" branch then runs)."""
+    downloaded to a temporary file under the object's own name, removed afterwards. An object
+    that does not exist yields a path that does not exist either (the callers' own "not there"
+    branch then runs), or raises ``FileNotFoundError`` where ``missing_ok`` is False."""
     if not isinstance(path, ObjectPath):
         yield Path(path)
         return
@@ -45,6 +46,8 @@ def local_copy(path: str | os.PathLike | ObjectPath) -> Iterator[Path]:
         try:
             fs.get_file(key, os.fspath(local))
         except FileNotFoundError:
+            if not missing_ok:
+                raise
             local.unlink(missing_ok=True)
         yield local
     finally:
