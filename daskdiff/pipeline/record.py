@@ -13,11 +13,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core.units import bytes_per_image, n_units_label
+from ..core.units import bytes_per_image
 from ..io.atomic import write_netcdf
 from ..io.layout import PLOT_FILE, RESULTS_FILE
 from ..io.partials import Partial
 from ..io.results import assemble
+from ..io.results_attrs import n_units_text, n_units_value
 from ..logs import reporter, warn
 from .plan import JobPlan
 from .spec import spec_yaml
@@ -82,7 +83,7 @@ def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: 
     """
     a = plan.spec.analysis
     ds = assemble(
-        sets=list(plan.sets), metadata=metadata, substrates=list(a.substrates), n_units=[n_units_label(n) for n in a.n_units],
+        sets=list(plan.sets), metadata=metadata, substrates=list(a.substrates), n_units=[n_units_value(n) for n in a.n_units],
         layers=plan.layers, repeats=a.repeats, partials=partials, keep_rdm=keep_rdm,
         attrs=_results_attrs(plan, command, metadata), fps=plan.fps,
         spectral={**a.spectral.model_dump(mode="json"), "normalize": a.normalize} if "spectral" in a.measures else None,
@@ -119,7 +120,7 @@ def undefined_note(n_undefined: Any, repeats: int, most: int = 5) -> str | None:
     for i in order[:most]:
         cell = cells.isel(cell=i)
         named.append(f"{cell['image_set'].item()}/{cell['substrate'].item()}/{cell['layer'].item()} at n_units "
-                     f"{cell['n_units'].item()}: {int(cell)} of {repeats}")
+                     f"{n_units_text(cell['n_units'].item())}: {int(cell)} of {repeats}")
     more = f"; and {len(order) - most} more cell(s)" if len(order) > most else ""
     return (f"{total} repeat(s) had a normaliser of zero or below float32 resolution of the layer (e.g. only dead "
             f"units or ~0 softmax tails sampled): NaN, counted in n_undefined ({'; '.join(named)}{more})")

@@ -40,6 +40,7 @@ from .differentiation import (
     ratio_to_reference,
     sampling_noise,
     set_differences,
+    units_used_text,
 )
 from .filters import (
     default_histogram_layer,
@@ -88,6 +89,7 @@ __all__ = [
     "save_figure",
     "set_colors",
     "set_differences",
+    "units_used_text",
     "top1_predictions",
     "top1_table",
     "top_classes",
