@@ -50,6 +50,7 @@ _LAZY = {
     "run_job": "daskdiff.pipeline.job",
     "open_activations": "daskdiff.io.shards",
     "open_results": "daskdiff.io.results",
+    "to_rsatoolbox": "daskdiff.rsa",
 }
 
 
@@ -87,4 +88,5 @@ __all__ = [
     "spectral_states",
     "spectral_states_stack",
     "spectral_windows",
+    "to_rsatoolbox",
 ]
