@@ -127,6 +127,22 @@ def _image_coords(sets: Sequence[str], metadata: dict[str, dict[str, Any]], widt
     return coords
 
 
+def _condition_coords(sets: Sequence[str], metadata: dict[str, dict[str, Any]], width: int,
+                      conditions: dict[str, dict[str, dict[str, str]]]) -> dict[str, Any]:
+    """``condition_<column>(image_set, image)``: each stimulus-table column's text per image,
+    matched by path (so skipped files shift nothing); empty where a set has no such column."""
+    columns = list(dict.fromkeys(c for s in sets for c in conditions.get(s, {})))
+    out = {}
+    for column in columns:
+        values = np.full((len(sets), width), "", dtype=object)
+        for k, name in enumerate(sets):
+            by_path = conditions.get(name, {}).get(column, {})
+            for i, path in enumerate(metadata[name]["paths"]):
+                values[k, i] = by_path.get(path, "")
+        out[f"condition_{column}"] = (("image_set", "image"), values)
+    return out
+
+
 RESULT_DIMS = ("image_set", "substrate", "n_units", "layer", "repeat", "image_i", "image_j")
 """The order of the results' dimensions (those of the per-image variables excepted)."""
 
@@ -170,6 +186,7 @@ def assemble(
     fps: dict[str, float] | None = None,
     spectral: dict[str, Any] | None = None,
     images: bool = True,
+    conditions: dict[str, dict[str, dict[str, str]]] | None = None,
 ) -> xr.Dataset:
     """Build the results Dataset (see the module docstring) from the tasks' partial results.
 
@@ -177,7 +194,10 @@ def assemble(
     -1 for all units) in the order the tasks' arrays hold them (axis 0); ``repeats``
     the job's (the partials' ``repeat`` axis). ``fps``: frame rate of each set that is a movie;
     ``spectral``: the ``analysis.spectral`` options (with ``normalize``) when spectral
-    differentiation was computed, else None; ``images``: whether the image measure was.
+    differentiation was computed, else None; ``images``: whether the image measure was;
+    ``conditions``: the stimulus tables' columns, set -> column -> {image path: text}, which
+    become the coordinates ``condition_<column>(image_set, image)`` (empty text for padding and
+    for the sets without that column).
 
     The partials are combined by :func:`combine_partials`; from them, ``n_undefined`` counts the
     undefined repeats, ``units_used`` is taken from the first set (units are drawn alike for
@@ -237,6 +257,7 @@ def assemble(
         "repeat": np.arange(repeats),
         "rank": np.arange(1, data_vars["top5_class"][1].shape[-1] + 1),
         **_image_coords(sets, metadata, width, keep_rdm),
+        **_condition_coords(sets, metadata, width, conditions or {}),
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     ds["differentiation"].attrs.update(

@@ -82,12 +82,25 @@ def describe(ds: xr.Dataset) -> xr.Dataset:
     KeyError
         A variable without a row in :data:`VARIABLE_ATTRS` (give it one there).
     """
-    missing = [str(name) for name in ds.variables if name not in VARIABLE_ATTRS]
+    missing = [str(name) for name in ds.variables if _attrs_of(str(name)) is None]
     if missing:
         raise KeyError(f"results variables {missing} have no row in daskdiff.io.results_attrs.VARIABLE_ATTRS: add one")
     for name, variable in ds.variables.items():
-        variable.attrs.update({k: v for k, v in VARIABLE_ATTRS[str(name)].items() if k not in variable.attrs})
+        variable.attrs.update({k: v for k, v in _attrs_of(str(name)).items() if k not in variable.attrs})
     return ds
+
+
+CONDITION_PREFIX = "condition_"
+"""Prefix of the coordinates a stimulus table's condition columns become (text, no units)."""
+
+
+def _attrs_of(name: str) -> dict[str, Any] | None:
+    if name in VARIABLE_ATTRS:
+        return VARIABLE_ATTRS[name]
+    if name.startswith(CONDITION_PREFIX):
+        return dict(long_name=f"condition {name[len(CONDITION_PREFIX):]!r} of the image, from the set's stimulus table "
+                              "(text as in the CSV; empty: padding, or a set without this column)")
+    return None
 
 
 def n_units_value(label: Any) -> int:

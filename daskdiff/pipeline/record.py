@@ -87,7 +87,7 @@ def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: 
         layers=plan.layers, repeats=a.repeats, partials=partials, keep_rdm=keep_rdm,
         attrs=_results_attrs(plan, command, metadata), fps=plan.fps,
         spectral={**a.spectral.model_dump(mode="json"), "normalize": a.normalize} if "spectral" in a.measures else None,
-        images="images" in a.measures,
+        images="images" in a.measures, conditions=_conditions(plan),
     )
     plan.manifest.add_files([plan.output / RESULTS_FILE, plan.output / PLOT_FILE])
     path = write_netcdf(ds, plan.output / RESULTS_FILE)
@@ -100,6 +100,12 @@ def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: 
         warn(echo, f"skipped ({s}): {p}: {r}")
     ds.close()
     return path, skipped, notes
+
+
+def _conditions(plan: JobPlan) -> dict[str, dict[str, dict[str, str]]]:
+    """The stimulus tables' conditions of the job's sets: set -> column -> {path: value}."""
+    sets = plan.inputs.sets.values() if plan.inputs is not None else ()
+    return {s.name: {column: dict(zip(s.paths, values)) for column, values in s.conditions.items()} for s in sets if s.conditions}
 
 
 def undefined_note(n_undefined: Any, repeats: int, most: int = 5) -> str | None:
