@@ -219,6 +219,42 @@ def test_plot_results_path_and_figure(data, tmp_path):
     assert path == tmp_path / "results.png" and path.stat().st_size > 10_000
 
 
+def test_by_layer_panels_fill_their_grid_spread_never_below_zero_nan_counted_units_said(synthetic):
+    """Issue 22, item 10: 4 panels sat on a 2 x 3 grid; SD bars went below 0; 81 undefined repeats
+    of 100 were drawn as a plain 0.0; 'n_units=200' was written over a layer of 64 channels."""
+    ds, _ = synthetic
+    four = ds.sel(n_units=[10, -1])  # 2 substrates x 2 n_units
+    fig = dp.plot_results(four)
+    assert len(fig.axes) == 4 and fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == (2, 2)
+    assert len(dp.plot_results(ds).axes) == 6
+    # one set's repeats: eleven 0s and one 1: mean - SD is below 0, its 10th percentile is 0
+    skewed = ds.copy(deep=True)
+    skewed["differentiation"].loc[dict(image_set="photos", substrate="units", n_units=10, layer="conv1")] = [0.0] * 11 + [1.0]
+    values = skewed["differentiation"].sel(image_set="photos", substrate="units", n_units=10, layer="conv1").values
+    assert values.mean() - values.std() < 0
+    fig, ax = _new_axes()
+    dp.differentiation_by_layer(skewed, ax, substrate="units", n_units=10)
+    for bars in ax.containers:
+        low = [seg[:, 1].min() for seg in bars.lines[2][0].get_segments()]
+        assert min(low) >= 0
+    # noise at predictions: 10 of 12 repeats undefined (NaN), counted in the set's colour
+    counts = [t for t in ax.texts if t.get_gid() == "nan-count"]
+    assert [t.get_text() for t in counts] == ["10 NaN"]
+    assert counts[0].get_color() == dp.set_colors(_sets(ds))["noise"] and counts[0].xy[0] == LAYERS.index("predictions")
+    # conv1 has 8 units, predictions 7: the title says what was used
+    assert ax.get_title() == "units, 10 units asked, 7-10 used per layer (capped at the layer's size)"
+    dp.differentiation_by_layer(ds, ax, substrate="units", n_units=-1)
+    assert ax.get_title() == "units, all units (7-900 per layer)"
+    assert not [t for t in ax.texts if t.get_gid() == "nan-count" and t.get_text() != "10 NaN"]
+
+
+def test_an_old_results_file_with_string_n_units_still_plots(tmp_path, synthetic):
+    ds, _ = synthetic
+    old = ds.assign_coords(n_units=np.array(["10", "100", "all"], dtype=object))
+    fig = dp.plot_results(old)
+    assert [ax.get_title() for ax in fig.axes][2] == "units, all units (7-900 per layer)"
+
+
 def test_plot_results_from_file(tmp_path, synthetic):
     ds, _ = synthetic
     ds.to_netcdf(tmp_path / "differentiation.nc")
@@ -475,3 +511,27 @@ def test_set_differences(data, tmp_path):
     fig = dp.plot_set_differences(ds, n_boot=100, pairs=[(_sets(ds)[0], _sets(ds)[-1])])
     assert len(fig.axes) == ds.sizes["substrate"] * ds.sizes["n_units"]
     _png_ok(fig, tmp_path / "differences.png")
+
+
+# --------------------------------------------------------------------------- 9. movies and their controls
+
+
+def test_each_movie_is_paired_with_the_control_made_from_it(tmp_path):
+    """Issue 22, item 10: movies.ipynb took the one scrambled control for every movie. The pairs
+    come from the source each control's movie.json records: a generator's spec (its defaults
+    filled in: 'b' differs from 'a' only by a default left out of the spec) or a folder."""
+    from daskdiff.stimuli.registry import generate
+
+    small = dict(fps=10, n_frames=4, size=12)
+    written = {
+        "a": generate("gratings", tmp_path / "a", **small),
+        "b": generate("gratings", tmp_path / "b", orientation=90, **small),
+        "c": generate("gratings", tmp_path / "c", temporal_frequency=3, **small),
+        "a_scrambled": generate("scrambled", tmp_path / "sa", source={"generate": "gratings", **small}, seed=0),
+        "b_scrambled": generate("scrambled", tmp_path / "sb", source=str(tmp_path / "b"), seed=0),
+    }
+    names = list(written) + ["photos"]
+    paths = np.array([written[n] for n in written] + [[str(tmp_path / "x.png")] * 4], dtype=object)
+    ds = xr.Dataset({"image_path": (("image_set", "image"), paths), "fps": (("image_set",), [10.0] * 5 + [np.nan])},
+                    coords={"image_set": names})
+    assert dp.movie_controls(ds) == {"a": "a_scrambled", "b": "b_scrambled", "c": None}

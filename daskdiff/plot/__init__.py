@@ -20,11 +20,13 @@ sits outside the data area, to the right.
 
 The figures live by what they show: :mod:`~daskdiff.plot.differentiation` (from the results
 file), :mod:`~daskdiff.plot.predictions` (the prediction layer and top-1 classes),
-:mod:`~daskdiff.plot.filters` (mean filter activations), on the shared pieces of
+:mod:`~daskdiff.plot.filters` (mean filter activations), :mod:`~daskdiff.plot.controls` (each
+movie's scrambled control), on the shared pieces of
 :mod:`~daskdiff.plot.common`. This package names them all: ``import daskdiff.plot as dp``.
 """
 
 from .common import Activations, save_figure, set_colors
+from .controls import movie_controls
 from .differentiation import (
     SPECTRAL_VARIABLE,
     differentiation_by_layer,
@@ -90,6 +92,7 @@ __all__ = [
     "set_colors",
     "set_differences",
     "units_used_text",
+    "movie_controls",
     "top1_predictions",
     "top1_table",
     "top_classes",
