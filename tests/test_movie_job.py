@@ -17,7 +17,7 @@ from scipy.spatial.distance import pdist
 from daskdiff import spectral_differentiation
 from daskdiff.core.units import Sampling, units_for
 from daskdiff.info import describe_results
-from daskdiff.plot import plot_results
+from daskdiff.plot import plot_results, units_used_text
 from daskdiff.pipeline.job import run_job
 from daskdiff.pipeline.spec import SpecError
 
@@ -118,9 +118,11 @@ def test_spectral_job_matches_independent_computation_and_resumes(tmp_path, tiny
     assert "spectral differentiation: state_length 1 s" in summary and re.search(r"grating\s+10\s+4\s+3\s", summary), summary
     fig = plot_results(before)  # daskdiff plot: image panels, then spectral ones
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["units, n_units=5", "units, n_units=all", "filter_mean, n_units=5", "filter_mean, n_units=all",
-                      "units, n_units=5 (spectral)", "units, n_units=all (spectral)", "filter_mean, n_units=5 (spectral)",
-                      "filter_mean, n_units=all (spectral)"], titles
+    units = [units_used_text(before, s, n) for s in ("units", "filter_mean") for n in (5, -1)]
+    substrates = ["units", "units", "filter_mean", "filter_mean"]
+    assert titles == [f"{s}, {u}" for s, u in zip(substrates, units)] + [f"{s}, {u} (spectral)" for s, u in zip(substrates, units)], titles
+    # the titles say how many units were used: the tiny model's conv1 has 4 channels, fewer than 5
+    assert units[0] == "5 units" and units[1].startswith("all units (") and units[2].startswith("5 units asked, 4-5 used per layer")
 
     lines = []
     again = _run(spec, client2, lines)  # resume: every shard and partial result is reused

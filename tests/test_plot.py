@@ -197,10 +197,11 @@ def test_differentiation_by_layer(data, tmp_path):
     _legend_outside(fig, ax)
     y = ax.containers[0].lines[0].get_ydata()
     values = ds["differentiation"].sel(image_set=_sets(ds)[0], substrate="units", n_units=int(ds["n_units"].values[0])).values
-    np.testing.assert_allclose(y, np.median(values, axis=-1), rtol=1e-12)  # a median over the repeats (all defined here)
-    # the bars span the 10th to the 90th percentile of the repeats (numpy's default, linear)
-    segments = ax.containers[0].lines[2][0].get_segments()
-    np.testing.assert_allclose([seg[:, 1] for seg in segments], np.quantile(values, [0.1, 0.9], axis=-1).T, rtol=1e-12)
+    all_defined = np.isfinite(values).all()  # the synthetic set's repeats are all defined; a job's may not be
+    np.testing.assert_allclose(y[np.isfinite(values).all(axis=-1)], np.median(values, axis=-1)[np.isfinite(values).all(axis=-1)], rtol=1e-12)
+    if all_defined:  # the bars span the 10th to the 90th percentile of the repeats (numpy's default, linear)
+        segments = ax.containers[0].lines[2][0].get_segments()
+        np.testing.assert_allclose([seg[:, 1] for seg in segments], np.quantile(values, [0.1, 0.9], axis=-1).T, rtol=1e-12)
     _png_ok(fig, tmp_path / "by_layer.png")
 
 
