@@ -5,14 +5,15 @@ The package's layers, each importing only those below it:
 - :mod:`daskdiff.errors`: error types (imports nothing);
 - :mod:`daskdiff.logs`: where progress and warning lines go (the ``daskdiff`` loggers);
 - :mod:`daskdiff.core`: the numeric core, numpy and scipy only (distances, differentiation,
-  spectral differentiation over time, unit sampling, substrates, the unit plan, ranking,
+  spectral differentiation over time, a movie's stimulus differentiation, unit sampling, substrates, the unit plan, ranking,
   bootstrap);
 - :mod:`daskdiff.io`: files (the one atomic writer, the output layout, shards, partial results,
   the results file, image decoding and PNG writing);
 - :mod:`daskdiff.model`: Keras models and weights, preprocessing, the extraction graph;
 - :mod:`daskdiff.stimuli`: image-set generators and their registry;
 - :mod:`daskdiff.pipeline`: job specs, clusters, tasks, planning and running a job on Dask;
-- on top: :mod:`daskdiff.stats`, :mod:`daskdiff.plot`, :mod:`daskdiff.info`, :mod:`daskdiff.cli`.
+- on top: :mod:`daskdiff.stats`, :mod:`daskdiff.comparison` (network versus recorded neurons),
+  :mod:`daskdiff.plot`, :mod:`daskdiff.info`, :mod:`daskdiff.cli`.
 
 The numeric core (pure numpy) is importable from the top level::
 
@@ -21,6 +22,7 @@ The numeric core (pure numpy) is importable from the top level::
     v = daskdiff.differentiation(x, normalize="zscore", per_unit=True)
     idx = daskdiff.sample_units((56, 56, 256), 200, seed=0, layer="block3_conv1", repeat=0)
     sd = daskdiff.spectral_differentiation(frames_by_units, fs=30, state_length=1)
+    stim = daskdiff.stimulus_differentiation(movie, fs=30)  # the movie's own, as Mayner et al. (2022)
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -37,6 +39,7 @@ from .core.spectral import (
     spectral_states_stack,
     spectral_windows,
 )
+from .core.stimulus import stimulus_differentiation
 from .core.substrates import reduce as reduce_substrate, SUBSTRATES
 from .logs import log_to_terminal
 
@@ -50,6 +53,7 @@ _LAZY = {
     "run_job": "daskdiff.pipeline.job",
     "open_activations": "daskdiff.io.shards",
     "open_results": "daskdiff.io.results",
+    "compare": "daskdiff.comparison",
     "to_rsatoolbox": "daskdiff.rsa",
 }
 
@@ -70,6 +74,7 @@ __all__ = [
     "SUBSTRATES",
     "UndefinedNormalizationError",
     "__version__",
+    "compare",
     "differentiation",
     "differentiation_stack",
     "distances_stack",
@@ -88,5 +93,6 @@ __all__ = [
     "spectral_states",
     "spectral_states_stack",
     "spectral_windows",
+    "stimulus_differentiation",
     "to_rsatoolbox",
 ]

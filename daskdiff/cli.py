@@ -4,7 +4,10 @@
                  [--output DIR] [--weights W] [--overwrite] [--no-progress] [--dry-run] [--force]
     daskdiff init [FOLDER ...] [-o JOB.yaml] [--model M] [--weights W]
     daskdiff info RESULTS.nc|OUTPUT_DIR
-    daskdiff plot RESULTS.nc|OUTPUT_DIR -o FIGURE.png|.pdf|.svg
+    daskdiff plot RESULTS.nc|OUTPUT_DIR|COMPARE.csv -o FIGURE.png|.pdf|.svg
+    daskdiff compare RESULTS.nc|OUTPUT_DIR NEURAL.csv|.parquet [--value COLUMN] [--by area,layer]
+                 [--stimulus COLUMN] [--session COLUMN] [--map MAP.yaml] [--measure auto|images|spectral]
+                 [--unmatched error|warn] [-o compare.csv]
     daskdiff images noise|photos|augment|frames OUT_DIR ...
     daskdiff images gratings|photo_movie|skimage_gif|scrambled|movie ... OUT_DIR [--PARAMETER VALUE ...]
     daskdiff images select SRC OUT_DIR --class CLASS [--min-prob P] [--model M --weights W]
@@ -105,9 +108,51 @@ def _plot(args: argparse.Namespace) -> int:
     from .plot import plot_results
 
     form = figure_format(args.output)
-    figure = plot_results(_results_file(args.results))
+    if Path(args.results).suffix.lower() == ".csv":  # a table that 'daskdiff compare' wrote
+        from .comparison import read_comparison
+        from .plot import plot_comparison
+
+        figure = plot_comparison(read_comparison(args.results))
+    else:
+        figure = plot_results(_results_file(args.results))
     print(atomic_write(args.output, lambda tmp: figure.savefig(tmp, dpi=120, format=form, bbox_inches="tight")))
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .comparison import compare, write_comparison
+
+    ds = compare(_results_file(args.results), args.neural, value=args.value, by=[c.strip() for c in args.by.split(",") if c.strip()],
+                 stimulus=args.stimulus, session=args.session, mapping=args.map, measure=args.measure, unmatched=args.unmatched,
+                 n_permutations=args.permutations, n_bootstrap=args.bootstrap, seed=args.seed, confidence=args.confidence)
+    print(f"compared {ds.sizes['stimulus']} stimuli ({', '.join(ds.attrs['matched'])}) using {ds.attrs['network_variable']}, "
+          f"{ds.sizes['group']} neural group(s); wrote {write_comparison(ds, args.output)}")
+    return 0
+
+
+def _compare_command(sub: argparse._SubParsersAction) -> None:
+    """``daskdiff compare``: network versus neural recordings (:func:`daskdiff.comparison.compare`)."""
+    from .comparison import DEFAULT_VALUE, MEASURES
+
+    parser = _command(sub, "compare", "Spearman correlation across stimuli between each network layer and each neural group "
+                                      "of a table of recordings (permutation p, bootstrap CI over sessions, Holm across layers)")
+    parser.add_argument("results", help="a results file (differentiation.nc) or the output folder holding it")
+    parser.add_argument("neural", help="the neural table, .csv or .parquet: one row per session x stimulus x trial")
+    parser.add_argument("--value", default=DEFAULT_VALUE, help="the table's column to compare with")
+    parser.add_argument("--by", default="area,layer", help="the table's columns that define a neural group, comma-separated")
+    parser.add_argument("--stimulus", default="stimulus", help="the table's column naming the stimulus")
+    parser.add_argument("--session", default="session", help="the table's column naming the recording session")
+    parser.add_argument("--map", help="YAML file of 'results set: table stimulus' lines, for names that differ")
+    parser.add_argument("--measure", choices=sorted(MEASURES), default="auto",
+                        help="the network's value: auto takes the spectral measure when every matched set is a movie")
+    parser.add_argument("--unmatched", choices=["error", "warn"], default="error",
+                        help="a stimulus in one source only: stop, or list it and compare the matched ones")
+    parser.add_argument("--permutations", type=_positive_int, default=9999, help="Monte Carlo permutations when n! is too many to enumerate")
+    parser.add_argument("--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples of each group's sessions")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the permutations and resamples")
+    parser.add_argument("--confidence", type=float, default=0.95, help="level of the bootstrap interval")
+    parser.add_argument("-o", "--output", default="compare.csv", help="the CSV table to write")
+    parser.set_defaults(func=_compare)
 
 
 def _images(args: argparse.Namespace) -> int:
@@ -291,10 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("results", help="a results file (differentiation.nc) or the output folder holding it")
     info.set_defaults(func=_info)
 
-    plot = _command(sub, "plot", "differentiation by layer, one line per image set")
-    plot.add_argument("results", help="a results file (differentiation.nc) or the output folder holding it")
+    plot = _command(sub, "plot", "differentiation by layer, one line per image set (or, from a compare.csv, rho per layer and neural group)")
+    plot.add_argument("results", help="a results file (differentiation.nc), the output folder holding it, or a table 'daskdiff compare' wrote")
     plot.add_argument("-o", "--output", required=True, help=f"figure file to write; its extension gives the format: {', '.join(FIGURE_FORMATS)}")
     plot.set_defaults(func=_plot)
+
+    _compare_command(sub)
 
     images = _command(sub, "images", "generate an image set (or a movie) into a folder")
     kinds = images.add_subparsers(dest="generator", required=True)

@@ -69,4 +69,10 @@ def _spectral_lines(ds) -> list[str]:
             row += (f"{int(ds['spectral_windows'].sel(image_set=name)):>9}{int(ds['spectral_dropped'].sel(image_set=name)):>9}"
                     f"{float(nsd.mean(skipna=True)):>70.4g}")
         lines.append(row)
+    if "stimulus_differentiation" in ds:
+        stim = ds["stimulus_differentiation"]
+        movies = [(name, float(v)) for name, v, fps in zip(ds["image_set"].values, stim.values, ds["fps"].values) if fps == fps]
+        lines.append(f"stimulus differentiation of each movie's own frames (rf_area {stim.attrs.get('rf_area'):g} deg^2, "
+                     f"field of view {' x '.join(f'{d:g}' for d in stim.attrs.get('field_of_view', []))} deg): "
+                     + ", ".join(f"{name} {value:.4g}" for name, value in movies))
     return lines

@@ -14,7 +14,7 @@ import xarray as xr
 from distributed import Client, LocalCluster
 from scipy.spatial.distance import pdist
 
-from daskdiff import spectral_differentiation
+from daskdiff import spectral_differentiation, stimulus_differentiation
 from daskdiff.core.units import Sampling, units_for
 from daskdiff.info import describe_results
 from daskdiff.plot import plot_results, units_used_text
@@ -116,6 +116,8 @@ def test_spectral_job_matches_independent_computation_and_resumes(tmp_path, tiny
     ds.close()
     summary = describe_results(result.path)  # daskdiff info
     assert "spectral differentiation: state_length 1 s" in summary and re.search(r"grating\s+10\s+4\s+3\s", summary), summary
+    stimulus = float(before["stimulus_differentiation"].sel(image_set="grating"))
+    assert f"stimulus differentiation of each movie's own frames (rf_area 250 deg^2, field of view 95 x 120 deg): grating {stimulus:.4g}, " in summary, summary
     fig = plot_results(before)  # daskdiff plot: image panels, then spectral ones
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     units = [units_used_text(before, s, n) for s in ("units", "filter_mean") for n in (5, -1)]
@@ -167,8 +169,8 @@ def test_bad_spectral_options_fail_before_the_cluster(tmp_path, tiny_model_path)
 
 def test_movie_given_as_frames_folder_or_file_equals_the_generated_one(tmp_path, tiny_model_path, client2):
     """The same frames as a generated movie, a plain folder with ``fps:``, an APNG file and a
-    ``.npy`` array with ``fps:`` give the same spectral differentiation; ``[spectral]`` alone
-    leaves the image measure NaN."""
+    ``.npy`` array with ``fps:`` give the same spectral and stimulus differentiation; ``[spectral]``
+    alone leaves the image measure NaN."""
     import shutil
 
     from PIL import Image
@@ -197,6 +199,11 @@ def test_movie_given_as_frames_folder_or_file_equals_the_generated_one(tmp_path,
             np.testing.assert_array_equal(sd.sel(image_set=name).values, sd.sel(image_set="generated").values)
         assert ds["differentiation"].attrs["measured"] == 0 and bool(ds["differentiation"].isnull().all())
         assert "rdm" not in ds
+        # each movie's own stimulus differentiation, from its frames at native size (32 x 32), equals
+        # the function on the frames read back independently (Pillow), however the movie was given
+        stimulus = ds["stimulus_differentiation"]
+        np.testing.assert_allclose(stimulus.values, stimulus_differentiation(grey, FPS), rtol=1e-12)
+        assert stimulus.attrs["rf_area"] == 250.0 and list(stimulus.attrs["field_of_view"]) == [95.0, 120.0]
     (plain / Path(paths[2]).name).rename(plain / "grating-2.png")  # unpadded: 'grating-2' sorts after 'grating-000010'
     with pytest.raises(Exception, match=r"image_sets\.folder: the frames' names do not sort in time order"):
         _run(tiny_spec(tiny_model_path, {"folder": sets["folder"]}, tmp_path / "out2", analysis__measures=["spectral"]), client2)

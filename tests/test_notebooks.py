@@ -28,6 +28,10 @@ from jobtools import tiny_spec
 pytestmark = pytest.mark.cluster
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ON_MOVIES = {"movies.ipynb", "compare.ipynb"}
+"""Notebooks whose default output is the movies demo's."""
+ON_ANY_JOB = [p for p in NOTEBOOKS if p.name != "compare.ipynb"]
+"""Notebooks that run on the tiny job of image sets (compare.ipynb needs stimuli its neural table names)."""
 
 
 def run_tiny_job(tiny_model_path, sets: dict, output: Path, **overrides) -> Path:
@@ -46,7 +50,26 @@ def job_output(tmp_path_factory, tiny_model_path):
     sets = {"noise": base / "noise", "smooth": base / "smooth"}
     write_images(sets["noise"], 7, seed=1)
     write_images(sets["smooth"], 6, seed=2, kind="smooth")
-    return run_tiny_job(tiny_model_path, {k: str(v) for k, v in sets.items()}, base / "out")
+    output = run_tiny_job(tiny_model_path, {k: str(v) for k, v in sets.items()}, base / "out")
+    write_sampling_sibling(output)
+    return output
+
+
+def write_sampling_sibling(output: Path) -> None:
+    """A stand-in for the same job run with ``analysis.sampling: active`` in ``<output>-active``
+    (differentiation.ipynb draws every sampling mode it finds there): the results relabelled,
+    with halved differentiation and the variables the unit-statistics pass adds."""
+    import numpy as np
+    import xarray as xr
+
+    with xr.open_dataset(output / "differentiation.nc") as ds:
+        sibling = ds.load()
+    sibling["differentiation"] = sibling["differentiation"] / 2
+    shape = (sibling.sizes["substrate"], sibling.sizes["layer"])
+    sibling["active_units"] = (("substrate", "layer"), np.ones(shape, dtype=np.int64))
+    sibling.attrs["sampling_mode"] = "active"
+    (output.parent / f"{output.name}-active").mkdir()
+    sibling.to_netcdf(output.parent / f"{output.name}-active" / "differentiation.nc")
 
 
 REFERENCE_JOBS = {
@@ -90,13 +113,15 @@ def kernel_name(tmp_path_factory):
         yield "python3"
 
 
-def with_output(nb: nbformat.NotebookNode, output: Path) -> nbformat.NotebookNode:
-    """Replace the ``output = ...`` line of the parameters cell (the only such cell)."""
+def with_output(nb: nbformat.NotebookNode, output: Path, **parameters: str) -> nbformat.NotebookNode:
+    """Replace the ``output = ...`` line of the parameters cell (the only such cell), and the
+    ``name = ...`` line of each of ``parameters`` (values given as strings)."""
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(cells) == 1, "a notebook needs exactly one cell tagged 'parameters'"
-    source, n = re.subn(r"^output = .*$", f"output = {str(output)!r}", cells[0].source, count=1, flags=re.M)
-    assert n == 1, "the parameters cell must set output = ..."
-    cells[0].source = source
+    for name, value in {"output": str(output), **parameters}.items():
+        source, n = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", cells[0].source, count=1, flags=re.M)
+        assert n == 1, f"the parameters cell must set {name} = ..."
+        cells[0].source = source
     return nb
 
 
@@ -107,17 +132,17 @@ def test_notebooks_exist_and_are_clean():
         nbformat.validate(nb)
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert "parameters" in code[0].metadata.get("tags", []), f"{path.name}: the first cell must be the parameters cell"
-        default = "../output/movies-demo" if path.name == "movies.ipynb" else "../output/demo"
+        default = "../output/movies-demo" if path.name in ON_MOVIES else "../output/demo"
         assert f'output = "{default}"' in code[0].source
         assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} is committed with outputs"
 
 
-def execute(path: Path, output: Path, kernel_name: str) -> list:
-    """Run the notebook at ``path`` on a job's ``output`` top to bottom; its cells' outputs.
+def execute(path: Path, output: Path, kernel_name: str, **parameters: str) -> list:
+    """Run the notebook at ``path`` on a job's ``output`` (and other ``parameters``) top to bottom; its cells' outputs.
 
     Fails on any cell error, on fewer than 2 figures, and on a warning printed to stderr.
     """
-    nb = with_output(nbformat.read(path, as_version=4), output)
+    nb = with_output(nbformat.read(path, as_version=4), output, **parameters)
     nb.cells.append(nbformat.v4.new_code_cell(f"import sys\nassert sys.executable == {sys.executable!r}, sys.executable"))
     client = NotebookClient(nb, kernel_name=kernel_name, timeout=120, resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError on the first failing cell
@@ -129,12 +154,14 @@ def execute(path: Path, output: Path, kernel_name: str) -> list:
     return outputs
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", ON_ANY_JOB, ids=[p.stem for p in ON_ANY_JOB])
 def test_notebook_runs(path, job_output, kernel_name):
     outputs = execute(path, job_output, kernel_name)
     if path.name == "differentiation.ipynb":  # a folder of noise images, found by its name
         printed = "".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stdout")
         assert "reference set: 'noise' (its name contains 'noise')" in printed, printed
+        assert "sampling modes found: ['random', 'active']" in printed, printed
+        assert "active active units per layer: {'conv1': 1," in printed, printed
 
 
 def test_differentiation_notebook_finds_or_skips_its_reference(reference_job, kernel_name):
@@ -168,6 +195,18 @@ def test_movies_notebook_on_a_movie_job(movie_job, kernel_name):
     assert "grating: control 'scrambled'" in printed, printed  # its own control, by the source movie.json records
     assert "grating: layer / input (units, 5 units" in printed and "): input 1" in printed, printed
     assert len([o for o in outputs if "image/png" in o.get("data", {})]) == 3
+
+
+def test_compare_notebook_on_a_movie_job(movie_job, kernel_name, tmp_path):
+    """compare.ipynb on the tiny movie job and the shipped synthetic table: 'grating' mapped to the
+    table's 'gratings', 'scrambled' matched by name, the table's other stimuli listed, two figures."""
+    path = next(p for p in NOTEBOOKS if p.name == "compare.ipynb")
+    mapping = tmp_path / "map.yaml"
+    mapping.write_text("grating: gratings\n")
+    outputs = execute(path, movie_job, kernel_name, stimulus_map=str(mapping))
+    printed = "".join(o.text for o in outputs if o.output_type == "stream" and o.name == "stdout")
+    assert "matched: ['grating -> gratings', 'scrambled -> scrambled']" in printed, printed
+    assert "warning: compared on 2 matched stimuli; unmatched: table stimuli ['natural', 'noise', 'dots'" in printed, printed
 
 
 @pytest.mark.cluster

@@ -11,7 +11,8 @@ docs/promises.md, not from the implementation:
   ``exif_orientation``, ``shard_size``);
 - keys about *where* and *how robustly* a job runs do not (``name``, ``output``, the whole
   ``cluster`` section, ``retries``, ``require_gpu``, ``decoders``, ``handoff``, ``task_memory``,
-  ``device``): a job moved to another cluster, or given more retries, resumes;
+  ``device``): a job moved to another cluster, or given more retries, resumes; nor does
+  ``analysis.stimulus``, whose value every run recomputes from the frames (no cached file holds it);
 - keys added after folders were written count only when set to a value that changes results
   (``exif_orientation: apply``, ``precision`` other than float32, the spectral measure and its
   options, a path set's ``fps``): a folder written by an older daskdiff keeps its digest. That is
@@ -105,6 +106,11 @@ KEEPS_RESULTS = [
     ("analysis.task_memory", "2GB"),
     ("analysis.device", "host"),  # where the Gram products run: the same results to ~1e-15 relative
     ("analysis.device", "backend"),
+    # a movie's stimulus differentiation: recomputed from the frames by every run, no cached file depends on it
+    ("analysis.stimulus", {"enabled": False}),
+    ("analysis.stimulus.rf_area", 100.0),
+    ("analysis.stimulus.field_of_view", [60.0, 90.0]),
+    ("analysis.stimulus.state_length", 2.0),
     ("cluster.n_workers", 3),
     ("cluster.threads_per_worker", 2),
     ("cluster.memory_limit", "4GB"),

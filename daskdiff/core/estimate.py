@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from .partial_layout import PartialLayout
-from .sampling import ALL, sample_size
+from .sampling import ALL, is_data_mode, sample_size
 from .substrates import feature_shape
 
 PREFETCH_BATCHES = 2
@@ -473,8 +473,8 @@ def extraction_batch_bytes(size: JobSize) -> int:
 def _plan_cost(size: JobSize) -> tuple[float, int]:
     """(CPU-seconds, peak bytes) of building the storage plan on the client: every repeat's draw of
     every sampled layer, concatenated and made unique (a sort: ~5 copies of the draws' int64s)."""
-    if size.plan_built or "units" not in size.substrates or ALL in size.n_units:
-        return 0.0, 0
+    if size.plan_built or "units" not in size.substrates or ALL in size.n_units or is_data_mode(size.sampling):
+        return 0.0, 0  # nothing to draw (a data-dependent mode's layers store every unit)
     seconds, peak, cal = 0.0, 0, size.calibration
     for layer in size.layers:
         draws = [(sample_size(layer.shape, n, size.sampling), size.repeats) for n in size.n_units]

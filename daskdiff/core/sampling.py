@@ -1,4 +1,5 @@
-"""Numeric core: random subsampling of a layer's units, deterministic from (seed, layer, repeat) alone.
+"""Numeric core: subsampling of a layer's units, deterministic from (seed, layer, repeat) (and, for
+the data-dependent modes, the job's unit statistics: a :class:`UnitPool`).
 
 Unit indices are *flat* indices into one image's activations of a layer, flattened in C order
 with channels last: for a conv layer of shape ``(y, x, channels)`` unit ``(i, j, c)`` has flat
@@ -7,11 +8,21 @@ index ``(i * n_x + j) * n_channels + c``. A dense layer of shape ``(n,)`` is tre
 
 The same ``(seed, layer, repeat)`` gives the same units on every worker, in every process and
 in any call order, so one repeat uses the same units for every image and every image set.
+
+Modes ``random``, ``equal`` and ``channel=K`` depend on the layer's shape alone. The
+*data-dependent* modes (:data:`DATA_MODES`) draw from a :class:`UnitPool`, which the job builds
+once per layer from statistics over all its images (:mod:`daskdiff.core.activity`):
+
+- ``active``: uniformly among the units that are not constant over the job's images;
+- ``weighted=mean`` / ``weighted=variance``: without replacement, with probability proportional
+  to the unit's mean activation (negative means count as 0) or to its variance.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +31,100 @@ from ..errors import InputError, shorten
 
 ALL = "all"
 """The ``n_units`` value meaning every unit of the layer, exact (no sampling)."""
+
+DATA_MODES = ("active", "weighted=mean", "weighted=variance")
+"""Sampling modes whose draws depend on the job's activations (a :class:`UnitPool`), not only on
+the seed: their layers store every unit, and the job computes the unit statistics first."""
+
+
+def is_data_mode(mode: str) -> bool:
+    """Whether ``mode`` draws from the job's unit statistics (one of :data:`DATA_MODES`)."""
+    return mode in DATA_MODES
+
+
+@dataclass(frozen=True, eq=False)
+class UnitPool:
+    """The units a data-dependent mode draws from, for one (layer, substrate) of a job.
+
+    ``units``: sorted flat indices of the eligible units (those with a positive weight);
+    ``weights``: their weights (float64, all > 0), or None for a uniform draw (``active``);
+    ``n_features``: the layer's number of features; ``n_active``: how many of them are not
+    constant over the job's images (recorded in the results); ``digest``: SHA-256 of the mode,
+    units and weights (a partial result computed from another pool is stale). Built by
+    :func:`daskdiff.core.activity.unit_pool`.
+    """
+
+    mode: str
+    units: np.ndarray
+    weights: np.ndarray | None
+    n_features: int
+    n_active: int
+    digest: str
+
+    @classmethod
+    def of(cls, mode: str, units: np.ndarray, weights: np.ndarray | None, n_features: int, n_active: int) -> "UnitPool":
+        units = np.ascontiguousarray(units, dtype=np.int64)
+        weights = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+        h = hashlib.sha256(repr((mode, int(n_features), len(units))).encode())
+        h.update(units.tobytes())
+        if weights is not None:
+            h.update(weights.tobytes())
+        return cls(mode, units, weights, int(n_features), int(n_active), h.hexdigest())
+
+    @cached_property
+    def cdf(self) -> np.ndarray:
+        """Cumulative weights (computed once per pool, where it draws; not pickled)."""
+        return np.cumsum(self.weights)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "cdf"}
+
+
+def _draw_from_pool(rng: np.random.Generator, pool: UnitPool, k: int) -> np.ndarray:
+    """k units of ``pool`` (all of them if it holds at most k), sorted.
+
+    Uniform: numpy's choice without replacement among the pool's positions. Weighted:
+    successive sampling, each next unit drawn among those left with probability proportional to
+    its weight. It is drawn as the first occurrences, in stream order, of i.i.d. draws with
+    replacement (inverse CDF over the pool's cumulative weights, :func:`_weighted_prefix`), in
+    rounds sized to the weight left; once a round would need more draws than the pool has units,
+    the rest is the exponential race among the units left (each key ``E / w``, ``E ~ Exp(1)``,
+    the smallest win; Efraimidis & Spirakis 2006), which continues successive sampling exactly.
+    """
+    m = len(pool.units)
+    if k >= m:
+        return pool.units.copy()
+    if pool.weights is None:
+        return np.sort(pool.units[_choose(rng, m, k)])
+    chosen = _weighted_prefix(rng, pool.weights, pool.cdf, k)
+    if (needed := k - len(chosen)) > 0:
+        keys = rng.standard_exponential(m) / pool.weights
+        keys[chosen] = np.inf
+        chosen = np.concatenate([chosen, np.argpartition(keys, needed - 1)[:needed]])
+    return np.sort(pool.units[chosen])
+
+
+def _weighted_prefix(rng: np.random.Generator, weights: np.ndarray, cdf: np.ndarray, k: int) -> np.ndarray:
+    """Up to k distinct positions of ``weights`` (``cdf`` their cumulative sum), successive
+    sampling (see :func:`_draw_from_pool`): rounds of ``1.25 * needed * total / left + 16`` draws
+    while that is below the number of weights."""
+    total = float(cdf[-1])
+    chosen = np.zeros(0, dtype=np.int64)
+    left = total
+    while (needed := k - len(chosen)) > 0:
+        draws = int(np.ceil(1.25 * needed * total / left)) + 16 if left > 0 else len(weights) + 1
+        if draws > len(weights):
+            break
+        u = rng.random(draws) * total
+        order = np.argsort(u)  # sorted queries search a large cdf faster; the stream order is kept
+        picks = np.empty(draws, dtype=np.int64)
+        picks[order] = np.minimum(np.searchsorted(cdf, u[order], side="right"), len(weights) - 1)
+        _, first = np.unique(picks, return_index=True)
+        picks = picks[np.sort(first)]  # first occurrences, in stream order
+        picks = picks[~np.isin(picks, chosen)][:needed]
+        chosen = np.concatenate([chosen, picks])
+        left = total - float(weights[chosen].sum())
+    return chosen
 
 
 def layer_key(layer: str | int) -> int:
@@ -70,6 +175,7 @@ def sample_units(
     layer: str | int,
     repeat: int,
     mode: str = "random",
+    pool: UnitPool | None = None,
 ) -> np.ndarray:
     """Sorted flat indices of the units sampled from one layer for one repeat.
 
@@ -85,13 +191,19 @@ def sample_units(
     seed, layer, repeat
         The sample depends on these alone (``numpy.random.SeedSequence(seed,
         spawn_key=(layer_key(layer), repeat))``). ``layer`` is a layer name or index.
-    mode : {'random', 'equal', 'channel=K'}
+    mode : {'random', 'equal', 'channel=K', 'active', 'weighted=mean', 'weighted=variance'}
         ``random``: ``n_units`` distinct units uniformly from the whole layer.
         ``equal``: ``n_units // n_channels`` units from every channel (the total is rounded
         *down* to a multiple of the channel count and capped at the layer size); a request
         smaller than the channel count raises ``ValueError``. For a dense layer every unit is
         its own channel, so ``equal`` is ``random``.
         ``channel=K``: ``n_units`` positions of channel ``K`` alone.
+        ``active``, ``weighted=mean``, ``weighted=variance`` (:data:`DATA_MODES`): ``n_units``
+        of ``pool``'s units (all of them when the pool holds no more), uniformly or with
+        probability proportional to their weights, without replacement.
+    pool : UnitPool, optional
+        The job's eligible units and weights for this layer (required by, and only used by,
+        the data-dependent modes; :func:`daskdiff.core.activity.unit_pool`).
 
     Returns
     -------
@@ -116,6 +228,11 @@ def sample_units(
         k = int(n_units)
     check_sampling(n_total, k, mode, layer=layer)
     rng = _rng(seed, layer, repeat)
+    if is_data_mode(mode):
+        if pool is None or pool.mode != mode or pool.n_features != size:
+            raise ValueError(f"sampling {mode!r} draws from the job's unit statistics: pass pool=, the UnitPool of this "
+                             f"layer for this mode (daskdiff.core.activity.unit_pool), got {pool!r:.80}")
+        return _draw_from_pool(rng, pool, k)
     if mode == "random" or (mode == "equal" and n_positions == 1):
         return np.sort(_choose(rng, size, k))
     if mode == "equal":
@@ -153,7 +270,7 @@ def check_sampling(n_total: int | Sequence[int], n_units: int | str, mode: str =
     """
     n_positions, n_channels, size = _unit_shape(n_total)
     k = size if n_units == ALL else int(n_units)
-    if mode == "random" or (mode == "equal" and n_positions == 1):
+    if mode == "random" or (mode == "equal" and n_positions == 1) or is_data_mode(mode):
         return
     if mode == "equal":
         if k < n_channels:
@@ -172,7 +289,7 @@ def check_sampling(n_total: int | Sequence[int], n_units: int | str, mode: str =
                 f"analysis.sampling 'channel=K' with K from 0 to {n_channels - 1}, or analysis.sampling: random"
             )
         return
-    raise InputError(f"unknown sampling mode {shorten(repr(mode))}; valid modes are 'random', 'equal', 'channel=K'")
+    raise InputError(f"unknown sampling mode {shorten(repr(mode))}; valid modes are {_VALID}")
 
 
 def sample_size(n_total: int | Sequence[int], n_units: int | str, mode: str = "random") -> int:
@@ -188,10 +305,12 @@ def sample_size(n_total: int | Sequence[int], n_units: int | str, mode: str = "r
     int
         For planning and estimates. A mode that :func:`sample_units` refuses for this layer
         (``equal`` with fewer units than channels) gives 0; an unknown mode raises ValueError.
+        The data-dependent modes give the most they can draw (fewer when the layer has fewer
+        eligible units, which only the job's activations tell).
     """
     n_positions, n_channels, size = _unit_shape(n_total)
     k = size if n_units == ALL else int(n_units)
-    if mode == "random" or (mode == "equal" and n_positions == 1):
+    if mode == "random" or (mode == "equal" and n_positions == 1) or is_data_mode(mode):
         return min(k, size)
     if mode == "equal":
         return min(k // n_channels, n_positions) * n_channels
@@ -221,10 +340,11 @@ def expected_union(n_total: int | Sequence[int], draws: dict[int | str, int], mo
         union is the population times one minus that. It is the exact expectation for
         independent draws; the spread around it is about the square root of the population, so
         a layer's real count (:func:`daskdiff.core.units.storage_plan`) is within a fraction of
-        a percent of it for any layer of more than a few thousand units.
+        a percent of it for any layer of more than a few thousand units. The data-dependent
+        modes store every unit (their draws are known only after extraction): the layer's size.
     """
     n_positions, n_channels, size = _unit_shape(n_total)
-    if any(n == ALL for n, r in draws.items() if r > 0):
+    if is_data_mode(mode) or any(n == ALL for n, r in draws.items() if r > 0):
         return float(size)
     dense = mode == "random" or (mode == "equal" and n_positions == 1)
     population = size if dense else n_positions
@@ -242,13 +362,14 @@ def expected_union(n_total: int | Sequence[int], draws: dict[int | str, int], mo
 
 def check_mode(mode: str) -> str:
     """Validate a sampling mode string without a layer (for job specs)."""
-    if mode in ("random", "equal"):
+    if mode in ("random", "equal") or is_data_mode(mode):
         return mode
     if mode.startswith("channel="):
         tail = mode.split("=", 1)[1]
         if tail.isdigit():
             return mode
-    raise ValueError(
-        f"unknown sampling mode {shorten(repr(mode))}; valid modes are 'random', 'equal', 'channel=K' "
-        "(K a channel index, e.g. 'channel=0')"
-    )
+    raise ValueError(f"unknown sampling mode {shorten(repr(mode))}; valid modes are {_VALID}")
+
+
+_VALID = ("'random', 'equal', 'channel=K' (K a channel index, e.g. 'channel=0'), "
+          + ", ".join(repr(m) for m in DATA_MODES))

@@ -2,7 +2,10 @@
 
 Pure numpy. The plan is known before extraction starts (unit samples depend on
 ``(seed, layer, repeat)`` alone), so a shard stores only the union of the units that the
-differentiation stage will read, not the 60.4 MB per image of a full VGG16 pass.
+differentiation stage will read, not the 60.4 MB per image of a full VGG16 pass. The
+data-dependent sampling modes (:data:`~daskdiff.core.sampling.DATA_MODES`: ``active``,
+``weighted=...``) draw from statistics of the job's activations, known only after extraction:
+their layers store every unit.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import JobError
-from .sampling import ALL, check_sampling, expected_union, sample_units
+from .sampling import ALL, check_sampling, expected_union, is_data_mode, sample_units, UnitPool
 from .substrates import check_substrate, feature_shape
 
 NUnits = int | str
@@ -41,15 +44,17 @@ class Sampling:
 
 
 def units_for(
-    shape: Sequence[int], substrate: str, n_units: NUnits, sampling: Sampling, layer: str, repeat: int
+    shape: Sequence[int], substrate: str, n_units: NUnits, sampling: Sampling, layer: str, repeat: int,
+    pool: UnitPool | None = None,
 ) -> np.ndarray:
     """Flat feature indices one repeat uses for one (layer, substrate, n_units): sorted int64.
 
     Features are the substrate's values (see :func:`daskdiff.core.substrates.feature_shape`); the
-    sample is :func:`daskdiff.sample_units` with the job's seed, the layer name and the repeat.
+    sample is :func:`daskdiff.sample_units` with the job's seed, the layer name and the repeat
+    (and, for a data-dependent mode, ``pool``: the job's pool of this layer and substrate).
     """
     fshape = feature_shape(shape, substrate)
-    return sample_units(fshape, n_units, seed=sampling.seed, layer=layer, repeat=repeat, mode=sampling.mode)
+    return sample_units(fshape, n_units, seed=sampling.seed, layer=layer, repeat=repeat, mode=sampling.mode, pool=pool)
 
 
 @dataclass(eq=False)
@@ -113,7 +118,7 @@ def storage_plan(
     sampling : Sampling
     store : {'needed', 'all', 'none'}
         ``needed``: the union over repeats and ``n_units`` of the sampled units (every unit if
-        ``'all'`` is among ``n_units``); ``all``: every unit of every layer (60.4 MB per image
+        ``'all'`` is among ``n_units``, or if the mode is data-dependent); ``all``: every unit of every layer (60.4 MB per image
         for VGG16), e.g. to try other analyses later; ``none``: what ``needed`` extracts, but the
         shard files store no units (``write_units`` False) except those of ``full_layers``.
     full_layers : iterable of str
@@ -178,7 +183,8 @@ def check_plan_sampling(shapes: dict[str, tuple[int, ...]], substrates: Iterable
 def _layer_kinds(shapes: dict[str, tuple[int, ...]], substrates: Iterable[str], sampling: Sampling, store: str,
                  full_layers: Iterable[str]) -> Iterable[tuple[str, tuple[int, ...], str | None, list[str]]]:
     """``(name, shape, units, substrates)`` per layer: which ``units`` a shard stores (``'all'``,
-    ``'sampled'``: the union of the plan's draws, or None) and the substrates analysed."""
+    ``'sampled'``: the union of the plan's draws, or None) and the substrates analysed. A
+    data-dependent mode's draws are not known before extraction: its layers store ``'all'``."""
     if store not in STORE_MODES:
         raise ValueError(f"store must be one of {list(STORE_MODES)}, got {store!r}")
     subs = [check_substrate(s) for s in substrates]
@@ -187,7 +193,7 @@ def _layer_kinds(shapes: dict[str, tuple[int, ...]], substrates: Iterable[str], 
         forced = store == "all" or name in full
         kind = None
         if "units" in subs or forced:
-            kind = "all" if forced or ALL in sampling.n_units else "sampled"
+            kind = "all" if forced or ALL in sampling.n_units or is_data_mode(sampling.mode) else "sampled"
         yield name, shape, kind, subs
 
 

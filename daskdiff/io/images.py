@@ -86,7 +86,7 @@ _WARNINGS_LOCK = threading.Lock()
 
 def load_image(
     path: str | os.PathLike,
-    size: tuple[int, int] = (224, 224),
+    size: tuple[int, int] | None = (224, 224),
     *,
     resize: ResizeName = "nearest",
     background: tuple[int, int, int] = (255, 255, 255),
@@ -98,8 +98,9 @@ def load_image(
     ----------
     path : str or path-like
         The image file.
-    size : (int, int), default (224, 224)
-        ``(height, width)`` of the result, in that order, as Keras' ``target_size``.
+    size : (int, int) or None, default (224, 224)
+        ``(height, width)`` of the result, in that order, as Keras' ``target_size``; None: the
+        file's own size, no resize (a movie's frames at their native resolution).
     resize : {'nearest', 'bilinear', 'bicubic', 'lanczos'}, default 'nearest'
         Pillow filter used to resize (see :data:`RESIZE_FILTERS`). The aspect ratio is not
         kept: the image is stretched to `size`, as Keras does.
@@ -161,7 +162,7 @@ def load_image(
          read as 0..1: the rule looks at the values because the file does not say.
        - Any other mode is not decoded.
     3. **Resize** to ``(height, width)`` with the `resize` filter (Pillow's ``Image.resize``,
-       which takes ``(width, height)``), skipped when the image already has that size.
+       which takes ``(width, height)``), skipped when the image already has that size or ``size`` is None.
 
     With the defaults, for a file Keras handles the same way (every mode above except those with
     transparency and the 16-bit, ``I`` and ``F`` modes) the result equals
@@ -180,12 +181,12 @@ def load_image(
     load_images : decode many files, skipping those that fail.
     keras.utils.load_img : the reference for the default behaviour.
     """
-    height, width = _check_size(size)
+    target = None if size is None else _check_size(size)[::-1]  # Pillow's (width, height)
     resample = _check_resize(resize)
     fill = _check_background(background)
     rgb = _decode_rgb(os.fspath(path), fill, exif_orientation)
-    if rgb.size != (width, height):
-        rgb = rgb.resize((width, height), resample)
+    if target is not None and rgb.size != target:
+        rgb = rgb.resize(target, resample)
     return np.asarray(rgb, dtype=np.uint8)
 
 

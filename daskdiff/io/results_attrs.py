@@ -68,6 +68,9 @@ VARIABLE_ATTRS: dict[str, dict[str, Any]] = {
     "spectral_windows": dict(long_name="whole windows of state_length in the movie", units=_DIMENSIONLESS),
     "spectral_dropped": dict(long_name="trailing frames in no window", units=_DIMENSIONLESS),
     "spectral_samples_per_window": dict(long_name="frames per window (state_length * fps)", units=_DIMENSIONLESS),
+    "stimulus_differentiation": dict(long_name="stimulus differentiation of the movie (spectral, of its pixels)", units=_DIMENSIONLESS),
+    "active_units": dict(long_name="features not constant over all the job's images", units=_DIMENSIONLESS),
+    "eligible_units": dict(long_name="features the sampling mode draws from", units=_DIMENSIONLESS),
 }
 """``long_name`` and ``units`` (and flags) of every results variable and coordinate, by name.
 String variables have no ``units`` (CF leaves them without); ``"1"`` is dimensionless."""

@@ -39,6 +39,7 @@ from .record import record, versions
 from .resolve import JobInputs, resolve
 from .run import run
 from .spec import JobSpec
+from .stimulus import gather_stimulus, submit_stimulus
 from .target import Target
 
 _echo = reporter(__name__)
@@ -179,9 +180,11 @@ def run_job(
 
         def on(c: Any) -> JobResult:
             keep_rdm = "images" in spec.analysis.measures and max(map(len, plan.sets.values())) <= spec.analysis.rdm_max_images
-            metadata, partials = run(plan, c, attrs=attrs, keep_rdm=keep_rdm, progress=progress, clock=clock, echo=echo)
+            stimulus = submit_stimulus(plan, c)  # beside extraction, on the workers
+            metadata, partials, pools = run(plan, c, attrs=attrs, keep_rdm=keep_rdm, progress=progress, clock=clock, echo=echo)
             n_images = {name: len(m["paths"]) for name, m in metadata.items()}
-            path, skipped, notes = record(plan, metadata, partials, keep_rdm=keep_rdm, command=command, echo=echo)
+            path, skipped, notes = record(plan, metadata, partials, keep_rdm=keep_rdm, command=command, echo=echo,
+                                          stimulus=gather_stimulus(stimulus, echo), pools=pools)
             clock("written")
             if (n := clean_temporaries(plan.manifest, c)):
                 echo(f"removed {n} temporary file(s) of writers that died during the run")

@@ -13,15 +13,19 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+import xarray as xr
+
 from ..core.units import bytes_per_image
 from ..io.atomic import write_netcdf
 from ..io.layout import PLOT_FILE, RESULTS_FILE
 from ..io.partials import Partial
 from ..io.results import assemble
-from ..io.results_attrs import n_units_text, n_units_value
+from ..io.results_attrs import describe, n_units_text, n_units_value
 from ..logs import reporter, warn
 from .plan import JobPlan
 from .spec import spec_yaml
+from .stimulus import stimulus_variable
 
 _echo = reporter(__name__)
 
@@ -75,8 +79,16 @@ def _results_attrs(plan: JobPlan, command: str | None, metadata: dict | None = N
     return attrs
 
 
-def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: bool, command: str | None = None, echo: Callable = _echo) -> tuple[Path, list[tuple[str, str, str]], list[str]]:
+def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: bool, command: str | None = None, echo: Callable = _echo,
+           stimulus: dict[str, float] | None = None, pools: dict | None = None,
+           ) -> tuple[Path, list[tuple[str, str, str]], list[str]]:
     """Assemble the partial results into ``differentiation.nc`` (written atomically).
+
+    ``stimulus``: each movie's stimulus differentiation (:mod:`~daskdiff.pipeline.stimulus`),
+    recorded as ``stimulus_differentiation`` (image_set) when given and not empty.
+    ``pools``: ``(substrate, layer)`` -> the summary of a data-dependent sampling mode's pool
+    (:func:`~daskdiff.pipeline.activity.pool_summary`), recorded as the variables
+    ``active_units`` and ``eligible_units`` (:func:`pool_variables`).
 
     Returns the file's path, the skipped files as ``(set, path, reason)`` and the job's notes
     (the plan's, plus a count of undefined repeats), each also echoed.
@@ -89,6 +101,9 @@ def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: 
         spectral={**a.spectral.model_dump(mode="json"), "normalize": a.normalize} if "spectral" in a.measures else None,
         images="images" in a.measures, conditions=_conditions(plan),
     )
+    if stimulus:
+        ds["stimulus_differentiation"] = stimulus_variable(list(plan.sets), stimulus, a.stimulus)
+    ds = describe(ds.assign(pool_variables(pools or {}, list(a.substrates), plan.layers, a.sampling)))
     plan.manifest.add_files([plan.output / RESULTS_FILE, plan.output / PLOT_FILE])
     path = write_netcdf(ds, plan.output / RESULTS_FILE)
     notes = list(plan.notes)
@@ -106,6 +121,21 @@ def _conditions(plan: JobPlan) -> dict[str, dict[str, dict[str, str]]]:
     """The stimulus tables' conditions of the job's sets: set -> column -> {path: value}."""
     sets = plan.inputs.sets.values() if plan.inputs is not None else ()
     return {s.name: {column: dict(zip(s.paths, values)) for column, values in s.conditions.items()} for s in sets if s.conditions}
+
+
+def pool_variables(pools: dict, substrates: list[str], layers: list[str], mode: str) -> dict[str, xr.DataArray]:
+    """``active_units`` and ``eligible_units`` on ``(substrate, layer)`` (int64) from the pools'
+    summaries; none without pools (a sampling mode that does not look at the activations)."""
+    if not pools:
+        return {}
+    meaning = {
+        "active_units": "features not constant over all the job's images (every set), from the unit-statistics pass",
+        "eligible_units": f"features that sampling {mode!r} draws from (positive weight); n_units above it take them all",
+    }
+    return {name: xr.DataArray(np.array([[pools[(s, layer)][name] for layer in layers] for s in substrates], dtype=np.int64),
+                               dims=("substrate", "layer"), coords={"substrate": substrates, "layer": layers},
+                               attrs={"long_name": text, "sampling_mode": mode})
+            for name, text in meaning.items()}
 
 
 def undefined_note(n_undefined: Any, repeats: int, most: int = 5) -> str | None:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..core.batches import shard_size
+from ..core.sampling import is_data_mode
 from ..core.units import bytes_per_image, cached_storage_plan, StorageRecipe
 from ..errors import DaskdiffError, JobError
 from ..io.atomic import DiskFullError
@@ -41,6 +42,7 @@ from ..logs import reporter, warn
 from ..model.build import ModelSpec
 from ..model.extract import extract_shard, ShardTask
 from . import config
+from .activity import pool_summary, submit_pools
 from .health import WorkerWatch
 from .machine import machine_memory
 from .plan import JobPlan, task_memory_budget
@@ -52,8 +54,10 @@ _echo = reporter(__name__)
 
 
 def run(plan: JobPlan, client: Any, *, attrs: dict, keep_rdm: bool, progress: bool = True,
-        clock: Callable[[str], None] = lambda stage: None, echo: Callable = _echo) -> tuple[dict[str, dict], list[Partial]]:
-    """Run ``plan`` on ``client``'s cluster; the sets' metadata and the partial results (results order).
+        clock: Callable[[str], None] = lambda stage: None, echo: Callable = _echo) -> tuple[dict[str, dict], list[Partial], dict]:
+    """Run ``plan`` on ``client``'s cluster; the sets' metadata, the partial results (results order)
+    and, for a data-dependent sampling mode, ``(substrate, layer)`` -> its pool's
+    :func:`~daskdiff.pipeline.activity.pool_summary` (else empty).
 
     ``attrs``: what every shard file records (the model's identity, daskdiff's version);
     ``keep_rdm``: the tasks return their RDMs; ``progress``: a progress bar per stage (stderr);
@@ -64,7 +68,9 @@ def run(plan: JobPlan, client: Any, *, attrs: dict, keep_rdm: bool, progress: bo
     with WorkerWatch(client, plan.memory, echo) as watch:
         try:
             client.register_plugin(WorkerSetup())
-            return _gather(client, plan, _submit(client, plan, attrs, keep_rdm, echo), progress, clock, echo, watch)
+            submitted = _submit(client, plan, attrs, keep_rdm, echo)
+            metadata, partials = _gather(client, plan, submitted, progress, clock, echo, watch)
+            return metadata, partials, {k: client.submit(pool_summary, f, key=f"{f.key}-summary").result() for k, f in submitted.pools.items()}
         except Exception as err:  # e.g. a closed connection to a worker its nanny killed for memory
             if isinstance(err, DaskdiffError) or (why := watch.explain(err)) is None:
                 raise
@@ -154,6 +160,8 @@ class _Submitted:
     """Worker resources of the extraction tasks (also those of a recomputed corrupt shard)."""
     values: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Per set, per shard: variable name -> the future of its values kept in memory (none: read from files)."""
+    pools: dict[tuple[str, str], Any] = field(default_factory=dict)
+    """(substrate, layer) -> the future of its pool of units (data-dependent sampling modes only)."""
 
 
 def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSpec, keep: bool = False) -> dict[str, Any]:
@@ -175,14 +183,14 @@ def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSp
         raise device from err
 
 
-def _diff_or_corrupt(task: DiffTask, *shards: Any, values: list | None = None) -> Partial | CorruptShardError:
+def _diff_or_corrupt(task: DiffTask, *shards: Any, values: list | None = None, pool: Any = None) -> Partial | CorruptShardError:
     """:func:`run_diff_task`, but a corrupt shard is returned, not raised.
 
     Dask's ``retries`` would run a failed task again on the same damaged file; returned, the
     error reaches the client at once, which deletes and recomputes the shard (:func:`_gather`).
     """
     try:
-        return run_diff_task(task, *shards, values=values)
+        return run_diff_task(task, *shards, values=values, pool=pool)
     except CorruptShardError as err:
         return err
 
@@ -235,9 +243,12 @@ def _submit_shard(client: Any, plan: JobPlan, t: ShardTask, keep: bool, resource
 def _needs_values(plan: JobPlan, diff_tasks: list[DiffTask]) -> set[str]:
     """Sets whose shards must be extracted again to keep their values in memory although their
     files are complete: under ``store: none`` (files without units), sets with a ``units`` task
-    whose partial result is not on disk."""
+    whose partial result is not on disk; every set under a data-dependent sampling mode, whose
+    unit statistics read every set's units (:mod:`~daskdiff.pipeline.activity`)."""
     if plan.spec.extraction.store != "none":
         return set()
+    if is_data_mode(plan.sampling.mode) and "units" in plan.spec.analysis.substrates:
+        return set(plan.sets)
     return {t.image_set for t in diff_tasks if t.substrate == "units" and not t.path.exists()}
 
 
@@ -270,16 +281,22 @@ def _submit(client: Any, plan: JobPlan, attrs: dict, keep_rdm: bool, echo: Calla
         shards[t.image_set].append((meta, t))
         if kept is not None:
             values[t.image_set].append(kept)
-    diffs = [(_submit_diff(client, plan, t, [f for f, _ in shards[t.image_set]], values[t.image_set]), t) for t in diff_tasks]
-    return _Submitted(shards, diffs, resources, values)
+    pools = (submit_pools(client, plan, diff_tasks, {n: [f for f, _ in pairs] for n, pairs in shards.items()}, values)
+             if is_data_mode(plan.sampling.mode) else {})
+    diffs = [(_submit_diff(client, plan, t, [f for f, _ in shards[t.image_set]], values[t.image_set], pool=pools.get((t.substrate, t.layer))), t)
+             for t in diff_tasks]
+    return _Submitted(shards, diffs, resources, values, pools)
 
 
-def _submit_diff(client: Any, plan: JobPlan, t: DiffTask, shards: list, values: list[dict[str, Any]], suffix: str = "") -> Any:
+def _submit_diff(client: Any, plan: JobPlan, t: DiffTask, shards: list, values: list[dict[str, Any]], suffix: str = "",
+                 pool: Any = None) -> Any:
     """Submit one differentiation task on its set's shard metadata futures and, where the values
-    are kept in memory, that of its variable in every shard."""
+    are kept in memory, that of its variable in every shard (and, for a data-dependent sampling
+    mode, the future of its layer's pool of units)."""
     name = variable_name(t.substrate, t.layer)
     kept = [v[name] for v in values] if values else None
-    return client.submit(_diff_or_corrupt, t, *shards, values=kept, key=plan.key(t, suffix), retries=plan.spec.extraction.retries)
+    extra = {} if pool is None else {"pool": pool}
+    return client.submit(_diff_or_corrupt, t, *shards, values=kept, key=plan.key(t, suffix), retries=plan.spec.extraction.retries, **extra)
 
 
 def _is_corrupt(future: Any) -> bool:
@@ -341,7 +358,7 @@ def _recompute_shard(client: Any, plan: JobPlan, submitted: _Submitted, state: _
             continue
         state.superseded.add(old)
         client.cancel([old])
-        new = _submit_diff(client, plan, t, shard_futures, submitted.values.get(name), suffix)
+        new = _submit_diff(client, plan, t, shard_futures, submitted.values.get(name), suffix, submitted.pools.get((t.substrate, t.layer)))
         submitted.diffs[j] = (new, t)
         state.what[new] = ("differentiation", t)
         state.pending.add(new)

@@ -27,7 +27,7 @@ from ..errors import InputError, shorten
 from ..io.images import RESIZE_FILTERS
 from ..model.build import PREDICTIONS, PREPROCESS_MODES, check_model_name
 from .spec_cluster import ClusterSection
-from .spec_types import PositiveWhole, Strict, Whole, whole_number
+from .spec_types import PositiveWhole, StimulusSection, Strict, Whole, whole_number
 
 
 def _one_of(names: Any) -> Any:
@@ -135,6 +135,8 @@ class AnalysisSection(Strict):
     measures: list[Literal[MEASURES]] = ["images"]
     """``[images]`` (default), ``[spectral]`` or both: see :data:`MEASURES`."""
     spectral: SpectralSection = SpectralSection()
+    stimulus: StimulusSection = StimulusSection()
+    """A movie's own stimulus differentiation (see :class:`~daskdiff.pipeline.spec_types.StimulusSection`)."""
     substrates: list[_one_of(SUBSTRATES)] = ["units", "filter_mean"]
     n_units: list[Union[int, str]] = [200, 10000]
     repeats: PositiveWhole = 100
@@ -305,10 +307,10 @@ class JobSpec(Strict):
     def result_digest(self) -> str:
         """SHA-256 of everything results depend on (not cluster, output, name, retries, decoders,
         handoff, or ``analysis.task_memory`` and ``analysis.device``, which move a repeat's median by
-        ~1e-15 relative at most)."""
+        ~1e-15 relative at most, nor ``analysis.stimulus``, which no cached file depends on)."""
         data = self.model_dump(mode="json", exclude={"cluster": True, "output": True, "name": True,
                                                     "extraction": {"retries", "require_gpu", "decoders", "handoff"},
-                                                    "analysis": {"task_memory", "device"}})
+                                                    "analysis": {"task_memory", "device", "stimulus"}})
         if data["extraction"]["exif_orientation"] == "ignore":  # keys added later count only when set:
             del data["extraction"]["exif_orientation"]  # folders written before them stay valid
         if data["model"]["precision"] == "float32":

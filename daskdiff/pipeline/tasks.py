@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from ..core.spectral import spectral_differentiation_stack
 from ..core.estimate import stack_bytes
 from ..core.partial_layout import SOURCE, PartialLayout
 from ..core.units import NUnits, Sampling, units_for
-from ..core.sampling import ALL
+from ..core.sampling import ALL, UnitPool
 from ..core.substrates import feature_shape
 from ..io.shards import read_features
 from ..model.device import arrays_for
@@ -110,6 +110,8 @@ class DiffTask:
     """Whether the shard files store this task's variable (``extraction.store: none`` writes no units)."""
     device: str = "auto"
     """``analysis.device``: where the gathers and Gram products run (:func:`daskdiff.model.device.arrays_for`)."""
+    pool: UnitPool | None = field(default=None, compare=False, repr=False)
+    """A data-dependent sampling mode's pool of this (substrate, layer), set by :func:`run_diff_task`."""
 
     @property
     def key(self) -> str:
@@ -126,7 +128,7 @@ def positions(index: np.ndarray, task: DiffTask, n_units: NUnits, repeat: int) -
     Every sampled unit must be stored, or the shards were written for another plan. When every
     feature is stored (``index`` is ``0 .. n-1``) a unit's position is the unit itself.
     """
-    units = units_for(task.shape, task.substrate, n_units, task.sampling, task.layer, repeat)
+    units = units_for(task.shape, task.substrate, n_units, task.sampling, task.layer, repeat, task.pool)
     if len(index) > 0 and index[0] == 0 and index[-1] == len(index) - 1 and (not len(units) or units[-1] < len(index)):
         return units
     pos = np.searchsorted(index, units)
@@ -224,7 +226,7 @@ def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_uni
     (:func:`daskdiff.core.arrays.distances_on_arrays`); the blocked and spectral paths stay on the host.
     """
     n_features = int(np.prod(feature_shape(task.shape, task.substrate)))
-    exact = n_units == ALL or (isinstance(n_units, int) and n_units >= n_features)
+    exact = n_units == ALL or (isinstance(n_units, int) and n_units >= (n_features if task.pool is None else len(task.pool.units)))
     total = task.sampling.repeats_for(n_units)
     name = f"layer {task.layer!r} ({task.substrate}, set {task.image_set!r})"
     medians, undefined, rdm_sum = [], [], None
@@ -287,7 +289,7 @@ def partial_layout(task: DiffTask, shards: tuple = ()) -> PartialLayout:
                          spectral=task.spectral is not None, source=bool(shards))
 
 
-def _task_values(task: DiffTask, kept: list | None, shards: tuple = ()) -> tuple[np.ndarray, np.ndarray]:
+def task_values(task: DiffTask, kept: list | None, shards: tuple = ()) -> tuple[np.ndarray, np.ndarray]:
     """The task's ``(values, index)``: from memory when every shard's are kept, else from the files
     (each opened once: ``shards``' metadata give their numbers of images)."""
     if not kept or any(v is None for v in kept):
@@ -304,7 +306,7 @@ def _task_values(task: DiffTask, kept: list | None, shards: tuple = ()) -> tuple
     return values, np.arange(values.shape[1], dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
 
 
-def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> Partial:
+def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None, pool: UnitPool | None = None) -> Partial:
     """Compute one task, write its partial result and return it.
 
     ``shards``: the set's extraction results, :func:`daskdiff.io.shards.shard_metadata` (Dask
@@ -314,7 +316,8 @@ def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> P
     are not kept) the variable is read from the shard files, once (:func:`read_features`). A partial
     result that already exists is read back instead (resume), unless it is corrupt (unreadable,
     or arrays of other shapes) or stale (computed from shards with other ``inputs_digest`` values:
-    their images or their model changed), when it is recomputed
+    their images or their model changed, or, with ``pool``, the data-dependent mode's pool of units,
+    :func:`daskdiff.core.activity.unit_pool`, changed), when it is recomputed
     (:func:`daskdiff.io.partials.reuse_partial`); a corrupt one's warning line travels back in the
     result's ``warning``, for the client's console.
 
@@ -327,7 +330,9 @@ def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> P
     ``sqrt(n_units)``). Without ``task.images`` the image measure's ``differentiation`` is NaN
     and ``undefined`` comes from the spectral path (one normaliser, so the same flags).
     """
-    source = sources_digest([m["attrs"]["inputs_digest"] for m in shards]) if shards else None
+    if pool is not None:
+        task = dataclasses.replace(task, pool=pool)
+    source = sources_digest([m["attrs"]["inputs_digest"] for m in shards] + ([pool.digest] if pool is not None else [])) if shards else None
     layout = partial_layout(task, shards)
     reused, warning = reuse_partial(task.path, layout.shapes(), source)
     if reused is not None:
@@ -337,7 +342,7 @@ def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None) -> P
     if task.spectral is not None and (lost := [s for m in shards for s in m["skipped"]]):
         raise InputError(f"movie {task.image_set!r}: {len(lost)} frame(s) could not be decoded ({lost[0][0]}: {lost[0][1]}); "
                          "spectral differentiation needs every frame, in time order: repair or re-export the movie")
-    values, index = _task_values(task, values, shards)
+    values, index = task_values(task, values, shards)
     peak = max(float(values.max()), -float(values.min())) if values.size else 0.0
     layout = dataclasses.replace(layout, n_images=len(values))
     arrays = layout.empty()

@@ -20,12 +20,15 @@ sits outside the data area, to the right.
 
 The figures live by what they show: :mod:`~daskdiff.plot.differentiation` (from the results
 file), :mod:`~daskdiff.plot.predictions` (the prediction layer and top-1 classes),
-:mod:`~daskdiff.plot.filters` (mean filter activations), :mod:`~daskdiff.plot.controls` (each
+:mod:`~daskdiff.plot.filters` (mean filter activations), :mod:`~daskdiff.plot.comparison`
+(network versus neural groups, from :func:`daskdiff.comparison.compare`), :mod:`~daskdiff.plot.sampling`
+(one job run with several sampling modes), :mod:`~daskdiff.plot.controls` (each
 movie's scrambled control), on the shared pieces of
 :mod:`~daskdiff.plot.common`. This package names them all: ``import daskdiff.plot as dp``.
 """
 
 from .common import Activations, save_figure, set_colors
+from .comparison import comparison_heatmap, comparison_scatter, plot_comparison, plot_comparison_scatter
 from .controls import movie_controls
 from .differentiation import (
     SPECTRAL_VARIABLE,
@@ -52,6 +55,7 @@ from .filters import (
     plot_filter_histograms,
     zscore_stats,
 )
+from .sampling import MODE_STYLES, mode_means, plot_sampling_modes
 from .predictions import (
     class_labels,
     plot_images,
@@ -64,16 +68,22 @@ from .predictions import (
 )
 
 __all__ = [
+    "MODE_STYLES",
     "SPECTRAL_VARIABLE",
     "Activations",
     "class_labels",
+    "comparison_heatmap",
+    "comparison_scatter",
     "default_histogram_layer",
     "differentiation_by_layer",
     "filter_heatmap",
     "filter_histogram",
+    "mode_means",
     "n_units_comparison",
     "noise_reference",
     "pair_distances",
+    "plot_comparison",
+    "plot_comparison_scatter",
     "plot_filter_heatmaps",
     "plot_filter_histograms",
     "plot_images",
@@ -82,6 +92,7 @@ __all__ = [
     "plot_predictions",
     "plot_ratio",
     "plot_results",
+    "plot_sampling_modes",
     "plot_sampling_noise",
     "plot_set_differences",
     "plot_top1",
