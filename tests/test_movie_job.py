@@ -18,6 +18,7 @@ from daskdiff import spectral_differentiation, stimulus_differentiation
 from daskdiff.core.units import Sampling, units_for
 from daskdiff.info import describe_results
 from daskdiff.plot import plot_results, units_used_text
+from test_results_cf import _check_cf
 from daskdiff.pipeline.job import run_job
 from daskdiff.pipeline.spec import SpecError
 
@@ -82,6 +83,7 @@ def test_spectral_job_matches_independent_computation_and_resumes(tmp_path, tiny
     attrs = ds["spectral_differentiation"].attrs
     assert attrs["state_length"] == STATE and not {"fs", "dropped_samples", "samples_per_window"} & set(attrs)
     assert list(ds["spectral_samples_per_window"].values) == [round(STATE * FPS)] * 2
+    assert {"stimulus_differentiation", "spectral_differentiation", "fps"} <= _check_cf(result.path)  # CF rules, by netCDF4
     # frames in time order, as movie.json lists them
     record = json.loads((tmp_path / "out" / "images" / "grating" / "movie.json").read_text())
     frames = [str(tmp_path / "out" / "images" / "grating" / f) for f in record["frames"]]

@@ -15,6 +15,7 @@ from daskdiff.io.stimulus_table import StimulusTableError, read_stimulus_table
 from daskdiff.io.results import assemble
 from conftest import write_images
 from test_partial import _metadata, _partials
+from test_results_cf import _check_cf
 
 
 def _table(folder: Path, text: str, name="stimuli.csv") -> Path:
@@ -89,6 +90,7 @@ def test_a_job_on_a_table_equals_the_job_on_the_folder(tmp_path, tiny_model_path
     with (LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster,
           Client(cluster) as client):
         result = run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
+    assert "condition_parity" in _check_cf(result.path)  # the CF rules, read by netCDF4
     with xr.open_dataset(result.path) as ds:
         for name in ("differentiation", "rdm", "n_undefined", "top1_prob"):
             np.testing.assert_array_equal(ds[name].sel(image_set="table").values, ds[name].sel(image_set="folder").values, err_msg=name)
