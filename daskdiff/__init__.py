@@ -54,6 +54,7 @@ _LAZY = {
     "open_activations": "daskdiff.io.shards",
     "open_results": "daskdiff.io.results",
     "compare": "daskdiff.comparison",
+    "to_rsatoolbox": "daskdiff.rsa",
 }
 
 
@@ -93,4 +94,5 @@ __all__ = [
     "spectral_states_stack",
     "spectral_windows",
     "stimulus_differentiation",
+    "to_rsatoolbox",
 ]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .io.results import open_results
+from .io.results_attrs import n_units_text
 
 
 def describe_results(path: str | Path) -> str:
@@ -20,7 +21,7 @@ def describe_results(path: str | Path) -> str:
             f"metric: {a.get('metric')}  normalize: {a.get('normalize')}  per_unit: {bool(a.get('per_unit'))}  "
             f"median over: {a.get('median_over')}  sampling: {a.get('sampling_mode')}  seed: {a.get('seed')}"
         )
-        lines.append(f"substrates: {', '.join(map(str, ds['substrate'].values))}  n_units: {', '.join(map(str, ds['n_units'].values))}  repeats: {ds.sizes['repeat']}")
+        lines.append(f"substrates: {', '.join(map(str, ds['substrate'].values))}  n_units: {', '.join(map(n_units_text, ds['n_units'].values))}  repeats: {ds.sizes['repeat']}")
         layers = [str(x) for x in ds["layer"].values]
         lines.append(f"layers ({len(layers)}): {layers[0]} ... {layers[-1]}" if len(layers) > 2 else f"layers: {layers}")
         lines.append("")

@@ -25,6 +25,7 @@ import xarray as xr
 from .core.bootstrap import bootstrap_difference, BootstrapDifference
 from .core.differentiation import MedianOver
 from .errors import InputError
+from .io.results_attrs import n_units_value, with_int_n_units
 
 
 RDM_DIMS = ("image_i", "image_j")
@@ -103,7 +104,7 @@ def set_difference(
     set_b: str,
     *,
     substrate: str | None = None,
-    n_units: str | None = None,
+    n_units: int | str | None = None,
     n_boot: int = 1000,
     seed: int | None = 0,
     ci: float = 0.95,
@@ -118,8 +119,10 @@ def set_difference(
         A results Dataset (``differentiation.nc``) with the ``rdm`` variable.
     set_a, set_b : str
         Image sets; the difference is ``set_a - set_b``.
-    substrate, n_units : str, optional
-        Select one; by default all, each with the same image resamples.
+    substrate : str, optional
+    n_units : int or str, optional
+        Select one (``n_units`` as the results' coordinate, -1 or ``'all'`` for all units);
+        by default all, each with the same image resamples.
     n_boot, seed, ci
         As in :func:`bootstrap_difference`.
     median_over : {'condensed', 'square'}, optional
@@ -143,15 +146,16 @@ def set_difference(
       (a median of means is not a mean of medians);
     - the interval covers image sampling only. Averaging over repeats has already removed
       most unit sampling noise; the spread over ``repeat`` in ``differentiation`` shows that
-      part, and for ``n_units='all'`` there is none.
+      part, and for all units (``n_units=-1``) there is none.
     """
+    ds = with_int_n_units(ds)
     rdm = require_rdm(ds)
     set_names(ds, [set_a, set_b])
     median_over = median_over or str(ds.attrs.get("median_over", "condensed"))
     if substrate is not None:
         rdm = rdm.sel(substrate=[substrate])
     if n_units is not None:
-        rdm = rdm.sel(n_units=[str(n_units)])
+        rdm = rdm.sel(n_units=[n_units_value(n_units)])
     a, b = (select_set(rdm, name, ds.get("n_images"), RDM_DIMS).values for name in (set_a, set_b))
     result = bootstrap_difference(a, b, n_boot=n_boot, seed=seed, ci=ci, median_over=median_over)
     lead = rdm.sel(image_set=set_a).isel(image_i=0, image_j=0, drop=True)

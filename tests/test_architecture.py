@@ -20,7 +20,7 @@ import pytest
 import daskdiff
 
 LAYERS = ["core", "io", "model", "stimuli", "pipeline"]
-TOP = ["daskdiff.stats", "daskdiff.comparison", "daskdiff.plot", "daskdiff.info", "daskdiff.cli"]
+TOP = ["daskdiff.stats", "daskdiff.comparison", "daskdiff.plot", "daskdiff.info", "daskdiff.cli", "daskdiff.rsa"]
 HEAVY = {
     "core": ["keras", "tensorflow", "torch", "jax", "xarray", "dask", "distributed", "netCDF4", "h5py", "PIL", "matplotlib", "pydantic"],
     "io": ["keras", "tensorflow", "torch", "jax", "dask", "distributed", "matplotlib", "pydantic"],
@@ -87,7 +87,7 @@ def test_the_checks_can_fail():
 
 def test_every_module_is_in_a_layer_or_on_top():
     top = {m.name for m in pkgutil.iter_modules(daskdiff.__path__)}
-    assert top == set(LAYERS) | {"errors", "logs", "stats", "comparison", "plot", "info", "cli"}, top
+    assert top == set(LAYERS) | {"errors", "logs", "stats", "comparison", "plot", "info", "cli", "rsa"}, top
 
 
 @pytest.mark.subprocess

@@ -61,7 +61,7 @@ def test_results_match_independent_computation(tmp_path, tiny_model_path, sets, 
     shapes = _layer_shapes(tiny_model_path)
     assert ds["differentiation"].dims == ("image_set", "substrate", "n_units", "layer", "repeat")
     assert list(ds["layer"].values) == list(shapes)  # every layer, in network order
-    assert list(ds["n_units"].values) == ["5", "all"]
+    assert list(ds["n_units"].values) == [5, -1] and ds["n_units"].dtype == np.int64
 
     # independent reference: shards reopened with xarray, units re-drawn, scipy pdist
     acts = open_activations(tmp_path / "out", "noisy")
@@ -71,20 +71,20 @@ def test_results_match_independent_computation(tmp_path, tiny_model_path, sets, 
         x = full_units.sel({f"unit__{layer}": idx}).values.astype(np.float64)
         x = (x - x.mean()) / x.std()
         ref = np.median(pdist(x)) / np.sqrt(5)
-        got = float(ds["differentiation"].sel(image_set="noisy", substrate="units", n_units="5", layer=layer, repeat=repeat))
+        got = float(ds["differentiation"].sel(image_set="noisy", substrate="units", n_units=5, layer=layer, repeat=repeat))
         assert got == pytest.approx(ref, rel=1e-12)
     # 'all' is exact: one value in repeat 0, NaN elsewhere
     fm = acts["filter_mean__conv1"].values.astype(np.float64)
     fm = (fm - fm.mean()) / fm.std()
     n_filters = shapes["conv1"][-1]
     assert n_filters < 5  # so that n_units=5 below asks for more filters than conv1 has
-    exact = ds["differentiation"].sel(image_set="noisy", substrate="filter_mean", n_units="all", layer="conv1")
+    exact = ds["differentiation"].sel(image_set="noisy", substrate="filter_mean", n_units=-1, layer="conv1")
     assert float(exact.sel(repeat=0)) == pytest.approx(np.median(pdist(fm)) / np.sqrt(n_filters), rel=1e-12)
     assert np.all(np.isnan(exact.values[1:]))
     # n_units=5 > conv1's filters: every repeat uses all of them and equals the exact value
-    capped = ds["differentiation"].sel(image_set="noisy", substrate="filter_mean", n_units="5", layer="conv1")
+    capped = ds["differentiation"].sel(image_set="noisy", substrate="filter_mean", n_units=5, layer="conv1")
     np.testing.assert_array_equal(capped.values, np.full(6, float(exact.sel(repeat=0))))
-    assert int(ds["units_used"].sel(substrate="filter_mean", n_units="5", layer="conv1")) == n_filters
+    assert int(ds["units_used"].sel(substrate="filter_mean", n_units=5, layer="conv1")) == n_filters
     # mean RDM over repeats, per-image predictions, provenance
     assert ds["rdm"].sel(image_set="smooth").shape[-1] == 7  # padded to the larger set
     assert np.all(np.isnan(ds["rdm"].sel(image_set="smooth").values[..., 6, :]))

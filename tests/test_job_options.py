@@ -28,6 +28,7 @@ import daskdiff
 from daskdiff.core.units import Sampling
 from daskdiff.io.layout import shard_files
 from daskdiff.io.partials import load_partial
+from daskdiff.io.results_attrs import n_units_value
 from daskdiff.io.shards import open_activations
 from daskdiff.pipeline.job import run_job
 from daskdiff.pipeline.tasks import DiffTask, run_diff_task
@@ -186,7 +187,7 @@ def test_wide_job_matches_reference(jobs, direct):
                         for r in range(repeats):
                             idx = daskdiff.sample_units(fshape, n, seed=a.seed, layer=layer, repeat=r, mode="equal")
                             want, rdm = _reference(stored[:, idx], peak, "cityblock", "square")
-                            got = _got(ds, image_set=name, substrate=substrate, n_units=str(n), layer=layer)
+                            got = _got(ds, image_set=name, substrate=substrate, n_units=n_units_value(n), layer=layer)
                             where = f"{name} {substrate} n={n} {layer} repeat {r}"
                             np.testing.assert_allclose(got[r], want, rtol=1e-12, equal_nan=True, err_msg=where)
                             if rdm is not None:
@@ -204,7 +205,7 @@ def test_equal_sampling_takes_the_same_count_from_every_channel(jobs, direct):
         for r in range(spec.analysis.repeats):
             idx = daskdiff.sample_units(direct["noisy"][layer].shape[1:], 8, seed=5, layer=layer, repeat=r, mode="equal")
             np.testing.assert_array_equal(np.bincount(idx % channels, minlength=channels), np.full(channels, 8 // channels))
-        assert int(ds["units_used"].sel(substrate="units", n_units="8", layer=layer)) == 8 // channels * channels
+        assert int(ds["units_used"].sel(substrate="units", n_units=8, layer=layer)) == 8 // channels * channels
 
 
 def test_rdm_max_images_zero_stores_no_rdm(jobs):
@@ -230,14 +231,14 @@ def test_channel_job_matches_reference(jobs, direct):
                     idx = daskdiff.sample_units(shape, 5, seed=a.seed, layer=layer, repeat=r, mode="channel=3")
                     assert np.all(idx % channels == 3)
                     want, rdm = _reference(full.sel({f"unit__{layer}": idx}).values, peak, "correlation", "condensed")
-                    got = _got(ds, image_set=name, substrate="units", n_units="5", layer=layer)[r]
+                    got = _got(ds, image_set=name, substrate="units", n_units=5, layer=layer)[r]
                     assert got == pytest.approx(want, rel=1e-9, abs=1e-12, nan_ok=True), f"{name} {layer} repeat {r}"
                     if rdm is not None:
                         rdms.append(rdm)
-                used = int(ds["units_used"].sel(substrate="units", n_units="5", layer=layer))
+                used = int(ds["units_used"].sel(substrate="units", n_units=5, layer=layer))
                 assert used == (5 if len(shape) > 1 else 1)  # a dense layer's channel 3 is one unit
                 n = SETS[name]
-                mean_rdm = ds["rdm"].sel(image_set=name, substrate="units", n_units="5", layer=layer).values[:n, :n]
+                mean_rdm = ds["rdm"].sel(image_set=name, substrate="units", n_units=5, layer=layer).values[:n, :n]
                 if rdms:  # the mean over the defined repeats
                     np.testing.assert_allclose(mean_rdm, np.mean(rdms, axis=0), rtol=1e-9, atol=1e-12)
                 else:  # e.g. the saturated softmax of the tiny model: no defined repeat, no mean
@@ -268,7 +269,7 @@ def test_task_on_shards_of_its_own_plan_reproduces_the_job(jobs, direct, tmp_pat
     returned = run_diff_task(task).arrays["differentiation"]
     np.testing.assert_array_equal(load_partial(task.path)["differentiation"], returned)
     for i, n in enumerate(spec.analysis.n_units):
-        np.testing.assert_array_equal(returned[i], _got(ds, image_set="noisy", substrate="units", n_units=str(n), layer="conv2"))
+        np.testing.assert_array_equal(returned[i], _got(ds, image_set="noisy", substrate="units", n_units=n_units_value(n), layer="conv2"))
 
 
 @pytest.mark.parametrize("change", ["seed", "mode"])

@@ -49,7 +49,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("model",),
     ("stimuli",),
     ("pipeline",),
-    ("stats", "comparison", "plot", "info", "cli"),
+    ("stats", "comparison", "plot", "info", "cli", "rsa"),
 ]
 """The floors, bottom first: the first part of a module's name below the package picks its floor."""
 

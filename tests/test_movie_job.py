@@ -17,7 +17,8 @@ from scipy.spatial.distance import pdist
 from daskdiff import spectral_differentiation, stimulus_differentiation
 from daskdiff.core.units import Sampling, units_for
 from daskdiff.info import describe_results
-from daskdiff.plot import plot_results
+from daskdiff.plot import plot_results, units_used_text
+from test_results_cf import _check_cf
 from daskdiff.pipeline.job import run_job
 from daskdiff.pipeline.spec import SpecError
 
@@ -80,7 +81,9 @@ def test_spectral_job_matches_independent_computation_and_resumes(tmp_path, tiny
     assert list(ds["fps"].values) == [FPS, FPS]
     assert list(ds["spectral_windows"].values) == [4, 4] and list(ds["spectral_dropped"].values) == [3, 3]
     attrs = ds["spectral_differentiation"].attrs
-    assert attrs["state_length"] == STATE and list(attrs["dropped_samples"]) == [3, 3] and list(attrs["fs"]) == [FPS, FPS]
+    assert attrs["state_length"] == STATE and not {"fs", "dropped_samples", "samples_per_window"} & set(attrs)
+    assert list(ds["spectral_samples_per_window"].values) == [round(STATE * FPS)] * 2
+    assert {"stimulus_differentiation", "spectral_differentiation", "fps"} <= _check_cf(result.path)  # CF rules, by netCDF4
     # frames in time order, as movie.json lists them
     record = json.loads((tmp_path / "out" / "images" / "grating" / "movie.json").read_text())
     frames = [str(tmp_path / "out" / "images" / "grating" / f) for f in record["frames"]]
@@ -96,20 +99,20 @@ def test_spectral_job_matches_independent_computation_and_resumes(tmp_path, tiny
         for repeat in (0, 5):
             units = units_for(acts[layer].shape[1:], "units", 5, sampling, layer, repeat)
             ref = _reference_sd(flat[:, units], FPS, STATE)
-            got = ds["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer=layer, repeat=repeat)
+            got = ds["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units=5, layer=layer, repeat=repeat)
             assert float(got) == pytest.approx(ref, rel=1e-6)
-            norm = ds["normalized_spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer=layer, repeat=repeat)
+            norm = ds["normalized_spectral_differentiation"].sel(image_set="grating", substrate="units", n_units=5, layer=layer, repeat=repeat)
             assert float(norm) == pytest.approx(ref / np.sqrt(5), rel=1e-6)
         # filter_mean, every filter: exact, in repeat 0 only. A drifting grating's spatial mean
         # hardly changes in time, so z-scoring it amplifies the float32 rounding of the mean
         # (taken in float32, as the network's pooling does): a looser tolerance
         fm = acts[layer].mean(axis=(1, 2), dtype=np.float32).astype(np.float64) if acts[layer].ndim == 4 else None
         if fm is not None:
-            got = ds["spectral_differentiation"].sel(image_set="grating", substrate="filter_mean", n_units="all", layer=layer)
+            got = ds["spectral_differentiation"].sel(image_set="grating", substrate="filter_mean", n_units=-1, layer=layer)
             assert float(got.sel(repeat=0)) == pytest.approx(_reference_sd(fm, FPS, STATE), rel=1e-4)
             assert np.all(np.isnan(got.values[1:]))
     # the image measure is computed too, and the control differs from the movie
-    assert np.isfinite(ds["differentiation"].sel(n_units="5").values).all()
+    assert np.isfinite(ds["differentiation"].sel(n_units=5).values).all()
     assert not np.allclose(ds["spectral_differentiation"].sel(image_set="grating"), ds["spectral_differentiation"].sel(image_set="scrambled"))
     before = ds.load()
     ds.close()
@@ -119,9 +122,11 @@ def test_spectral_job_matches_independent_computation_and_resumes(tmp_path, tiny
     assert f"stimulus differentiation of each movie's own frames (rf_area 250 deg^2, field of view 95 x 120 deg): grating {stimulus:.4g}, " in summary, summary
     fig = plot_results(before)  # daskdiff plot: image panels, then spectral ones
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["units, n_units=5", "units, n_units=all", "filter_mean, n_units=5", "filter_mean, n_units=all",
-                      "units, n_units=5 (spectral)", "units, n_units=all (spectral)", "filter_mean, n_units=5 (spectral)",
-                      "filter_mean, n_units=all (spectral)"], titles
+    units = [units_used_text(before, s, n) for s in ("units", "filter_mean") for n in (5, -1)]
+    substrates = ["units", "units", "filter_mean", "filter_mean"]
+    assert titles == [f"{s}, {u}" for s, u in zip(substrates, units)] + [f"{s}, {u} (spectral)" for s, u in zip(substrates, units)], titles
+    # the titles say how many units were used: the tiny model's conv1 has 4 channels, fewer than 5
+    assert units[0] == "5 units" and units[1].startswith("all units (") and units[2].startswith("5 units asked, 4-5 used per layer")
 
     lines = []
     again = _run(spec, client2, lines)  # resume: every shard and partial result is reused
@@ -144,7 +149,7 @@ def test_spectral_job_matches_independent_computation_and_resumes(tmp_path, tiny
             units = units_for(acts[layer].shape[1:], "units", 5, sampling, layer, 3)
             z = (flat[:, units] - flat[:, units].mean()) / flat[:, units].std()
             ref = spectral_differentiation(z, fs=FPS, state_length=2.0, window=("tukey", 0.25), overlap=0.125, log_frequency=True)
-            got = ds3["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer=layer, repeat=3)
+            got = ds3["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units=5, layer=layer, repeat=3)
             assert float(got) == pytest.approx(ref, rel=1e-6)
 
 
@@ -191,7 +196,7 @@ def test_movie_given_as_frames_folder_or_file_equals_the_generated_one(tmp_path,
     with xr.open_dataset(_run(spec, client2).path) as ds:
         assert list(ds["fps"].values) == [FPS] * 4 and list(ds["n_images"].values) == [FRAMES] * 4
         sd = ds["spectral_differentiation"]
-        assert np.isfinite(sd.sel(n_units="5")).all()
+        assert np.isfinite(sd.sel(n_units=5)).all()
         for name in ("folder", "file", "array"):
             np.testing.assert_array_equal(sd.sel(image_set=name).values, sd.sel(image_set="generated").values)
         assert ds["differentiation"].attrs["measured"] == 0 and bool(ds["differentiation"].isnull().all())
@@ -230,17 +235,17 @@ def test_input_and_pixels_layers_are_the_pixels_after_and_before_preprocessing(t
         sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
         # a grating of whole cycles has the same R, G, B means in every frame: undefined (NaN), counted;
         # after caffe's channel shifts the z-score's SD is their spread, defined
-        means = ds["spectral_differentiation"].sel(substrate="filter_mean", n_units="all", repeat=0)
+        means = ds["spectral_differentiation"].sel(substrate="filter_mean", n_units=-1, repeat=0)
         assert np.isnan(float(means.sel(image_set="grating", layer="pixels"))) and np.isfinite(float(means.sel(image_set="grating", layer="input")))
-        undefined = ds["n_undefined"].sel(image_set="grating", substrate="filter_mean", n_units="all")
+        undefined = ds["n_undefined"].sel(image_set="grating", substrate="filter_mean", n_units=-1)
         assert int(undefined.sel(layer="pixels")) == 1 and int(undefined.sel(layer="input")) == 0
         for layer, values in (("pixels", lambda rgb: rgb), ("input", caffe)):
-            means = ds["spectral_differentiation"].sel(substrate="filter_mean", n_units="all", layer=layer, repeat=0)
+            means = ds["spectral_differentiation"].sel(substrate="filter_mean", n_units=-1, layer=layer, repeat=0)
             pan_values = values(pixels_of("pan")).mean(axis=(1, 2))  # (frames, 3): mean R, G, B (B, G, R for input)
             assert float(means.sel(image_set="pan")) == pytest.approx(_reference_sd(pan_values, FPS, STATE), rel=1e-4)  # float32 means
             grating = values(pixels_of("grating"))
             units = units_for(grating.shape[1:], "units", 5, sampling, layer, 2)
-            got = ds["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units="5", layer=layer, repeat=2)
+            got = ds["spectral_differentiation"].sel(image_set="grating", substrate="units", n_units=5, layer=layer, repeat=2)
             assert float(got) == pytest.approx(_reference_sd(grating.reshape(FRAMES, -1)[:, units], FPS, STATE), rel=1e-6)
         # the two differ: the channel means' spread enters the z-score of the input, not of the pixels
         assert not np.allclose(ds["differentiation"].sel(layer="pixels", substrate="units"), ds["differentiation"].sel(layer="input", substrate="units"))

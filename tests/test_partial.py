@@ -120,7 +120,7 @@ def _metadata(sets):
 
 
 def test_results_are_the_partials_combined_by_label():
-    sets, substrates, layers, n_units, repeats = {"big": 5, "small": 3}, ["units", "filter_mean"], ["l1", "l2", "l3"], ["4", "all"], 3
+    sets, substrates, layers, n_units, repeats = {"big": 5, "small": 3}, ["units", "filter_mean"], ["l1", "l2", "l3"], [4, -1], 3
     partials = _partials(sets, substrates, layers, len(n_units), repeats)
     spectral = {"state_length": 1.0, "overlap": 0.0, "metric": "euclidean", "window": None, "log_frequency": False, "normalize": "zscore"}
     kw = dict(sets=list(sets), metadata=_metadata(sets), substrates=substrates, n_units=n_units, layers=layers, repeats=repeats,
@@ -131,7 +131,9 @@ def test_results_are_the_partials_combined_by_label():
     assert ds["differentiation"].dims == ("image_set", "substrate", "n_units", "layer", "repeat")
     assert ds["rdm"].dims == ("image_set", "substrate", "n_units", "layer", "image_i", "image_j")
     assert ds["units_used"].dims == ("substrate", "n_units", "layer") and ds["n_undefined"].dtype == np.int64
-    assert list(ds.coords) == ["image_set", "substrate", "n_units", "layer", "layer_index", "repeat"]
+    assert list(ds.coords) == ["image_set", "substrate", "n_units", "layer", "layer_index", "repeat", "rank", "image",
+                               "image_name", "image_i", "image_j", "image_name_i", "image_name_j"]
+    assert ds["n_units"].dtype == np.int64 and ds.sel(n_units=-1)["differentiation"].shape == (2, 2, 3, 3)
     assert ds.sizes["image_i"] == 5
     for p in partials:
         s, b, layer = list(sets).index(p.image_set), substrates.index(p.substrate), layers.index(p.layer)
@@ -153,4 +155,4 @@ def test_a_missing_partial_is_named():
     sets, layers = {"a": 3, "b": 3}, ["l1", "l2"]
     partials = _partials(sets, ["units"], layers, 1, 2)[:-1]
     with pytest.raises(ValueError, match=r"no partial result for 1 \(set, substrate, layer\), e.g. \('b', 'units', 'l2'\)"):
-        combine_partials(partials, sets=list(sets), substrates=["units"], layers=layers, n_units=["all"])
+        combine_partials(partials, sets=list(sets), substrates=["units"], layers=layers, n_units=[-1])

@@ -28,7 +28,7 @@ def synthetic_results(image_dir: Path) -> xr.Dataset:
     """A results Dataset with the job's layout (see daskdiff.io.results), made by hand."""
     rng = np.random.default_rng(0)
     names, n_img = list(SETS), list(SETS.values())
-    substrates, n_units, repeats = ["units", "filter_mean"], ["10", "100", "all"], 12
+    substrates, n_units, repeats = ["units", "filter_mean"], [10, 100, -1], 12
     width = max(n_img)
     diff = np.full((len(names), 2, 3, len(LAYERS), repeats), np.nan)
     level = np.array([1.0, 0.3, 0.6])[:, None, None, None, None] * np.linspace(1.2, 0.6, len(LAYERS))[None, None, None, :, None]
@@ -56,6 +56,8 @@ def synthetic_results(image_dir: Path) -> xr.Dataset:
             "differentiation": (("image_set", "substrate", "n_units", "layer", "repeat"), diff),
             "n_undefined": (("image_set", "substrate", "n_units", "layer"), np.zeros((3, 2, 3, len(LAYERS)), int)),
             "n_images": (("image_set",), n_img),
+            # conv1 has 8 units: 10 and 100 are capped there; 'all' (-1) uses every unit
+            "units_used": (("substrate", "n_units", "layer"), np.array([[[8, 10, 10, 10, 7], [8, 100, 100, 100, 7], [8, 400, 900, 120, 7]]] * 2)),
             "rdm": (("image_set", "substrate", "n_units", "layer", "image_i", "image_j"), rdm),
             "image_path": (("image_set", "image"), paths),
             "top1_label": (("image_set", "image"), labels[top5[..., 0]]),
@@ -188,14 +190,18 @@ def _sets(ds):
 def test_differentiation_by_layer(data, tmp_path):
     ds, _ = data
     fig, ax = _new_axes()
-    dp.differentiation_by_layer(ds, ax, substrate="units", n_units=str(ds["n_units"].values[0]), legend=True)
+    dp.differentiation_by_layer(ds, ax, substrate="units", n_units=int(ds["n_units"].values[0]), legend=True)
     _layer_axis_ok(ax, _layers(ds))
     assert len(ax.containers) == len(_sets(ds))  # one errorbar line per set
     assert [t.get_text() for t in ax.get_legend().get_texts()] == _sets(ds)
     _legend_outside(fig, ax)
     y = ax.containers[0].lines[0].get_ydata()
-    expected = ds["differentiation"].sel(image_set=_sets(ds)[0], substrate="units", n_units=str(ds["n_units"].values[0])).mean("repeat")
-    np.testing.assert_allclose(y, expected, rtol=1e-12)
+    values = ds["differentiation"].sel(image_set=_sets(ds)[0], substrate="units", n_units=int(ds["n_units"].values[0])).values
+    all_defined = np.isfinite(values).all()  # the synthetic set's repeats are all defined; a job's may not be
+    np.testing.assert_allclose(y[np.isfinite(values).all(axis=-1)], np.median(values, axis=-1)[np.isfinite(values).all(axis=-1)], rtol=1e-12)
+    if all_defined:  # the bars span the 10th to the 90th percentile of the repeats (numpy's default, linear)
+        segments = ax.containers[0].lines[2][0].get_segments()
+        np.testing.assert_allclose([seg[:, 1] for seg in segments], np.quantile(values, [0.1, 0.9], axis=-1).T, rtol=1e-12)
     _png_ok(fig, tmp_path / "by_layer.png")
 
 
@@ -214,6 +220,42 @@ def test_plot_results_path_and_figure(data, tmp_path):
     assert path == tmp_path / "results.png" and path.stat().st_size > 10_000
 
 
+def test_by_layer_panels_fill_their_grid_spread_never_below_zero_nan_counted_units_said(synthetic):
+    """Issue 22, item 10: 4 panels sat on a 2 x 3 grid; SD bars went below 0; 81 undefined repeats
+    of 100 were drawn as a plain 0.0; 'n_units=200' was written over a layer of 64 channels."""
+    ds, _ = synthetic
+    four = ds.sel(n_units=[10, -1])  # 2 substrates x 2 n_units
+    fig = dp.plot_results(four)
+    assert len(fig.axes) == 4 and fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == (2, 2)
+    assert len(dp.plot_results(ds).axes) == 6
+    # one set's repeats: eleven 0s and one 1: mean - SD is below 0, its 10th percentile is 0
+    skewed = ds.copy(deep=True)
+    skewed["differentiation"].loc[dict(image_set="photos", substrate="units", n_units=10, layer="conv1")] = [0.0] * 11 + [1.0]
+    values = skewed["differentiation"].sel(image_set="photos", substrate="units", n_units=10, layer="conv1").values
+    assert values.mean() - values.std() < 0
+    fig, ax = _new_axes()
+    dp.differentiation_by_layer(skewed, ax, substrate="units", n_units=10)
+    for bars in ax.containers:
+        low = [seg[:, 1].min() for seg in bars.lines[2][0].get_segments()]
+        assert min(low) >= 0
+    # noise at predictions: 10 of 12 repeats undefined (NaN), counted in the set's colour
+    counts = [t for t in ax.texts if t.get_gid() == "nan-count"]
+    assert [t.get_text() for t in counts] == ["10 NaN"]
+    assert counts[0].get_color() == dp.set_colors(_sets(ds))["noise"] and counts[0].xy[0] == LAYERS.index("predictions")
+    # conv1 has 8 units, predictions 7: the title says what was used
+    assert ax.get_title() == "units, 10 units asked, 7-10 used per layer (capped at the layer's size)"
+    dp.differentiation_by_layer(ds, ax, substrate="units", n_units=-1)
+    assert ax.get_title() == "units, all units (7-900 per layer)"
+    assert not [t for t in ax.texts if t.get_gid() == "nan-count" and t.get_text() != "10 NaN"]
+
+
+def test_an_old_results_file_with_string_n_units_still_plots(tmp_path, synthetic):
+    ds, _ = synthetic
+    old = ds.assign_coords(n_units=np.array(["10", "100", "all"], dtype=object))
+    fig = dp.plot_results(old)
+    assert [ax.get_title() for ax in fig.axes][2] == "units, all units (7-900 per layer)"
+
+
 def test_plot_results_from_file(tmp_path, synthetic):
     ds, _ = synthetic
     ds.to_netcdf(tmp_path / "differentiation.nc")
@@ -225,20 +267,20 @@ def test_plot_results_from_file(tmp_path, synthetic):
 
 def test_sampling_noise(data, tmp_path):
     ds, _ = data
-    n = str(ds["n_units"].values[0])
+    n = int(ds["n_units"].values[0])
     fig, ax = _new_axes(14)
     dp.sampling_noise(ds, ax, substrate="units", n_units=n)
     _layer_axis_ok(ax, _layers(ds))
     assert len(ax.patches) == len(_sets(ds)) * len(_layers(ds))  # one box per (set, layer)
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
-    has_all = "all" in [str(v) for v in ds["n_units"].values]
+    has_all = -1 in ds["n_units"].values
     assert texts == _sets(ds) + (["all units (exact)"] if has_all else [])
     _legend_outside(fig, ax)
     if has_all:
         with pytest.raises(ValueError, match="no sampling distribution; choose one of"):
-            dp.sampling_noise(ds, ax, substrate="units", n_units="all")
+            dp.sampling_noise(ds, ax, substrate="units", n_units=-1)
     fig = dp.plot_sampling_noise(ds)
-    sampled = [n for n in ds["n_units"].values if n != "all"]
+    sampled = [n for n in ds["n_units"].values if n != -1]
     assert len(fig.axes) == ds.sizes["substrate"] * len(sampled)
     _png_ok(fig, tmp_path / "noise.png")
 
@@ -251,11 +293,11 @@ def test_n_units_comparison(data, tmp_path):
     fig, ax = _new_axes()
     dp.n_units_comparison(ds, ax, substrate="units")
     _layer_axis_ok(ax, _layers(ds))
-    levels = [str(n) for n in ds["n_units"].values]
+    levels = [int(n) for n in ds["n_units"].values]
     assert len(ax.lines) == len(_sets(ds)) * len(levels)
     styles = {line.get_linestyle() for line in ax.lines[-len(levels):]}
     assert len(styles) == len(levels) and ax.lines[len(levels) - 1].get_linestyle() == "-"  # largest is solid
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == _sets(ds) + [f"n_units={n}" for n in levels]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == _sets(ds) + [dp.units_used_text(ds, "units", n) for n in levels]
     _legend_outside(fig, ax)
     _png_ok(dp.plot_n_units(ds), tmp_path / "n_units.png")
 
@@ -269,7 +311,7 @@ def test_ratio_to_reference(data, tmp_path):
     dp.ratio_to_reference(ds, ax, substrate="units")
     _layer_axis_ok(ax, _layers(ds))
     others = [s for s in _sets(ds) if s != "noise"]
-    levels = [str(n) for n in ds["n_units"].values]
+    levels = [int(n) for n in ds["n_units"].values]
     data_lines = [line for line in ax.lines if len(line.get_xdata()) == len(_layers(ds))]
     assert len(data_lines) == len(others) * len(levels)
     assert "'noise'" in ax.get_ylabel()
@@ -299,7 +341,7 @@ def test_ratio_explicit_reference_and_errors(synthetic):
     fig, ax = _new_axes()
     dp.ratio_to_reference(ds, ax, substrate="units", reference="cats")
     line = ax.lines[0]
-    expected = ds["differentiation"].sel(substrate="units", n_units="10").mean("repeat")
+    expected = ds["differentiation"].sel(substrate="units", n_units=10).mean("repeat")
     np.testing.assert_allclose(line.get_ydata(), expected.sel(image_set="photos") / expected.sel(image_set="cats"))
     # the noise set's prediction layer is 0 where defined: no ratio to it there, and the title says so
     fig, ax = _new_axes()
@@ -324,7 +366,7 @@ def test_default_reference_is_the_set_generated_as_noise(synthetic):
     assert dp.noise_reference(renamed) == ("white_noise", "its name contains 'noise'")
     fig, ax = _new_axes()
     dp.ratio_to_reference(renamed, ax, substrate="units")  # no error: the default reference is found
-    expected = renamed["differentiation"].sel(substrate="units", n_units="10").mean("repeat")
+    expected = renamed["differentiation"].sel(substrate="units", n_units=10).mean("repeat")
     np.testing.assert_allclose(ax.lines[0].get_ydata()[:-1], (expected.sel(image_set="photos") / expected.sel(image_set="white_noise")).values[:-1])
     assert dp.noise_reference(renamed.sel(image_set=["photos", "static"])) == (None, None)
 
@@ -337,17 +379,17 @@ def test_pair_distances(data, tmp_path):
     name = _sets(ds)[-1]
     n = int(ds["n_images"].sel(image_set=name))
     fig, ax = _new_axes()
-    dp.pair_distances(ds, ax, image_set=name, substrate="units", n_units=str(ds["n_units"].values[0]))
+    dp.pair_distances(ds, ax, image_set=name, substrate="units", n_units=int(ds["n_units"].values[0]))
     _layer_axis_ok(ax, _layers(ds))
     assert len(ax.lines) == n * (n - 1) // 2 + 1  # one per pair, padding excluded, plus the median
     median = ax.lines[-1]
     assert median.get_linewidth() >= 3 and median.get_color() == "black"
-    rdm = ds["rdm"].sel(image_set=name, substrate="units", n_units=str(ds["n_units"].values[0])).values[:, :n, :n]
+    rdm = ds["rdm"].sel(image_set=name, substrate="units", n_units=int(ds["n_units"].values[0])).values[:, :n, :n]
     np.testing.assert_allclose(median.get_ydata(), [np.median(squareform(r, checks=False)) for r in rdm])
     _legend_outside(fig, ax)
     fig = dp.plot_pair_distances(ds)
     assert len(fig.axes) == len(_sets(ds))
-    assert fig.axes[0].get_ylim()[1] >= np.nanmax(ds["rdm"].sel(substrate="units", n_units=str(ds["n_units"].values[0])))
+    assert fig.axes[0].get_ylim()[1] >= np.nanmax(ds["rdm"].sel(substrate="units", n_units=int(ds["n_units"].values[0])))
     _png_ok(fig, tmp_path / "pairs.png")
     with pytest.raises(ValueError, match="rdm_max_images"):
         dp.pair_distances(ds.drop_vars("rdm"), ax, image_set=name, substrate="units", n_units="all")
@@ -407,6 +449,9 @@ def test_missing_images_are_marked(synthetic):
     fig = dp.plot_images(ds)
     marked = [ax for ax in fig.axes if any(t.get_text() == "missing" for t in ax.texts)]
     assert len(marked) == len(SETS)  # the last image of each set was never written
+    fig = dp.plot_images(ds, max_images=3)  # fewer than each set holds: each row says how many of how many
+    rows = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert rows == [f"{name}\n3 of {n} images" for name, n in SETS.items()]
 
 
 # --------------------------------------------------------------------------- 7. filters
@@ -455,7 +500,7 @@ def test_filter_histograms(data, tmp_path):
 def test_set_differences(data, tmp_path):
     ds, _ = data
     fig, ax = _new_axes()
-    dp.set_differences(ds, ax, substrate="units", n_units=str(ds["n_units"].values[-1]), n_boot=200)
+    dp.set_differences(ds, ax, substrate="units", n_units=int(ds["n_units"].values[-1]), n_boot=200)
     _layer_axis_ok(ax, _layers(ds))
     pairs = [s for s in _sets(ds) if s != "noise"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"{s} − noise" for s in pairs]
@@ -467,3 +512,27 @@ def test_set_differences(data, tmp_path):
     fig = dp.plot_set_differences(ds, n_boot=100, pairs=[(_sets(ds)[0], _sets(ds)[-1])])
     assert len(fig.axes) == ds.sizes["substrate"] * ds.sizes["n_units"]
     _png_ok(fig, tmp_path / "differences.png")
+
+
+# --------------------------------------------------------------------------- 9. movies and their controls
+
+
+def test_each_movie_is_paired_with_the_control_made_from_it(tmp_path):
+    """Issue 22, item 10: movies.ipynb took the one scrambled control for every movie. The pairs
+    come from the source each control's movie.json records: a generator's spec (its defaults
+    filled in: 'b' differs from 'a' only by a default left out of the spec) or a folder."""
+    from daskdiff.stimuli.registry import generate
+
+    small = dict(fps=10, n_frames=4, size=12)
+    written = {
+        "a": generate("gratings", tmp_path / "a", **small),
+        "b": generate("gratings", tmp_path / "b", orientation=90, **small),
+        "c": generate("gratings", tmp_path / "c", temporal_frequency=3, **small),
+        "a_scrambled": generate("scrambled", tmp_path / "sa", source={"generate": "gratings", **small}, seed=0),
+        "b_scrambled": generate("scrambled", tmp_path / "sb", source=str(tmp_path / "b"), seed=0),
+    }
+    names = list(written) + ["photos"]
+    paths = np.array([written[n] for n in written] + [[str(tmp_path / "x.png")] * 4], dtype=object)
+    ds = xr.Dataset({"image_path": (("image_set", "image"), paths), "fps": (("image_set",), [10.0] * 5 + [np.nan])},
+                    coords={"image_set": names})
+    assert dp.movie_controls(ds) == {"a": "a_scrambled", "b": "b_scrambled", "c": None}

@@ -160,7 +160,7 @@ def test_set_difference_over_layers():
     out = set_difference(ds, "wide", "narrow", n_boot=400, seed=2)
     assert out["difference"].dims == ("substrate", "n_units", "layer")
     expected = np.median(pdist(wide * 2)) - np.median(pdist(narrow * 2))  # layer fc1 scales by 2
-    assert float(out["difference"].sel(substrate="units", n_units="10", layer="fc1")) == pytest.approx(expected)
+    assert float(out["difference"].sel(substrate="units", n_units=10, layer="fc1")) == pytest.approx(expected)
     assert bool((out["ci_low"] > 0).all())  # padding of the smaller set never enters
     one = set_difference(ds, "wide", "narrow", substrate="units", n_units="all", n_boot=400, seed=2, keep_samples=True)
     assert one["difference"].dims == ("layer",) and one["samples"].dims == ("bootstrap", "layer")

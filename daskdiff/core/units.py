@@ -43,11 +43,6 @@ class Sampling:
         return 1 if n_units == ALL else self.repeats
 
 
-def n_units_label(n_units: NUnits) -> str:
-    """Coordinate label of an n_units value in results: '200', '10000', 'all'."""
-    return str(n_units)
-
-
 def units_for(
     shape: Sequence[int], substrate: str, n_units: NUnits, sampling: Sampling, layer: str, repeat: int,
     pool: UnitPool | None = None,

@@ -16,11 +16,12 @@ from typing import Any, Callable
 import numpy as np
 import xarray as xr
 
-from ..core.units import bytes_per_image, n_units_label
+from ..core.units import bytes_per_image
 from ..io.atomic import write_netcdf
 from ..io.layout import PLOT_FILE, RESULTS_FILE
 from ..io.partials import Partial
 from ..io.results import assemble
+from ..io.results_attrs import describe, n_units_text, n_units_value
 from ..logs import reporter, warn
 from .plan import JobPlan
 from .spec import spec_yaml
@@ -94,15 +95,15 @@ def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: 
     """
     a = plan.spec.analysis
     ds = assemble(
-        sets=list(plan.sets), metadata=metadata, substrates=list(a.substrates), n_units=[n_units_label(n) for n in a.n_units],
+        sets=list(plan.sets), metadata=metadata, substrates=list(a.substrates), n_units=[n_units_value(n) for n in a.n_units],
         layers=plan.layers, repeats=a.repeats, partials=partials, keep_rdm=keep_rdm,
         attrs=_results_attrs(plan, command, metadata), fps=plan.fps,
         spectral={**a.spectral.model_dump(mode="json"), "normalize": a.normalize} if "spectral" in a.measures else None,
-        images="images" in a.measures,
+        images="images" in a.measures, conditions=_conditions(plan),
     )
     if stimulus:
         ds["stimulus_differentiation"] = stimulus_variable(list(plan.sets), stimulus, a.stimulus)
-    ds = ds.assign(pool_variables(pools or {}, list(a.substrates), plan.layers, a.sampling))
+    ds = describe(ds.assign(pool_variables(pools or {}, list(a.substrates), plan.layers, a.sampling)))
     plan.manifest.add_files([plan.output / RESULTS_FILE, plan.output / PLOT_FILE])
     path = write_netcdf(ds, plan.output / RESULTS_FILE)
     notes = list(plan.notes)
@@ -114,6 +115,12 @@ def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: 
         warn(echo, f"skipped ({s}): {p}: {r}")
     ds.close()
     return path, skipped, notes
+
+
+def _conditions(plan: JobPlan) -> dict[str, dict[str, dict[str, str]]]:
+    """The stimulus tables' conditions of the job's sets: set -> column -> {path: value}."""
+    sets = plan.inputs.sets.values() if plan.inputs is not None else ()
+    return {s.name: {column: dict(zip(s.paths, values)) for column, values in s.conditions.items()} for s in sets if s.conditions}
 
 
 def pool_variables(pools: dict, substrates: list[str], layers: list[str], mode: str) -> dict[str, xr.DataArray]:
@@ -149,7 +156,7 @@ def undefined_note(n_undefined: Any, repeats: int, most: int = 5) -> str | None:
     for i in order[:most]:
         cell = cells.isel(cell=i)
         named.append(f"{cell['image_set'].item()}/{cell['substrate'].item()}/{cell['layer'].item()} at n_units "
-                     f"{cell['n_units'].item()}: {int(cell)} of {repeats}")
+                     f"{n_units_text(cell['n_units'].item())}: {int(cell)} of {repeats}")
     more = f"; and {len(order) - most} more cell(s)" if len(order) > most else ""
     return (f"{total} repeat(s) had a normaliser of zero or below float32 resolution of the layer (e.g. only dead "
             f"units or ~0 softmax tails sampled): NaN, counted in n_undefined ({'; '.join(named)}{more})")

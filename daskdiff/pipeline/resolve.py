@@ -32,6 +32,7 @@ from ..io.image_sets import DuplicateImagesWarning, check_min_images, resolve_im
 from ..io.images import image_frames
 from ..io.layout import IMAGES_DIR
 from ..io.location import ObjectPath, StorageOptions, is_remote, local_path
+from ..io.stimulus_table import is_stimulus_table, read_stimulus_table
 from ..io.manifest import OutputFolderError
 from ..logs import reporter, warn
 from ..model.build import WEIGHTS_KEYWORDS, ModelSpec
@@ -49,7 +50,8 @@ class ImageSet:
     set that is still to be generated. ``generate`` is the generator's name (None: a set read
     from disk) and ``key`` what its ``.generated.json`` records (:func:`generated_key`);
     ``generation``: ``(pixels per image, peak bytes of generating it)`` where its parameters
-    decide its images' size and it is still to be generated.
+    decide its images' size and it is still to be generated. ``conditions``: a stimulus table's
+    condition columns, column -> one text value per path (:mod:`daskdiff.io.stimulus_table`).
     """
 
     name: str
@@ -60,6 +62,7 @@ class ImageSet:
     generate: str | None = None
     key: Mapping[str, Any] | None = None
     generation: tuple[int, int] | None = None
+    conditions: Mapping[str, tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,8 @@ def set_entries(spec: JobSpec, base: Path) -> dict[str, Any]:
     out = {}
     for name, entry in spec.image_sets.items():
         path = getattr(entry, "path", None)
-        if path is not None and not is_remote(path) and resolve_path(path, base).is_file() and Path(path).suffix.lower() not in LIST_FILE_SUFFIXES:
+        if (path is not None and not is_remote(path) and resolve_path(path, base).is_file()
+                and Path(path).suffix.lower() not in LIST_FILE_SUFFIXES and not is_stimulus_table(path)):
             if image_frames(resolve_path(path, base)) == 1:
                 raise InputError(
                     f"image_sets.{name}: {path} is one still image, and a set needs at least 2 images: give a folder "
@@ -187,6 +191,8 @@ def _path_set(name: str, entry: Any, base: Path, echo: Callable, spec: JobSpec) 
     same file through links are dropped, and the job says so. A set that is a movie
     (:func:`_movie_folder`) keeps its frames in time order, with its frame rate.
     """
+    if is_stimulus_table(entry.path):
+        return _table_set(name, entry, base)
     movie = _movie_folder(name, entry, base, spec)
     if movie is not None:
         check_min_images(movie[0], name)
@@ -207,6 +213,15 @@ def _remote(spec: JobSpec) -> dict[str, Any]:
     """How a set on an object store is listed: with the spec's ``storage_options``, an endpoint
     that does not answer named within ``cluster.start_timeout``."""
     return {"storage_options": spec.storage_options, "timeout": spec.cluster.start_timeout}
+
+
+def _table_set(name: str, entry: Any, base: Path) -> ImageSet:
+    """A set given as a stimulus table (CSV): its images in the table's order, with their conditions."""
+    if getattr(entry, "fps", None) is not None:
+        raise InputError(f"image_sets.{name}: a stimulus table ({entry.path}) is a set of still images, not a movie: "
+                         "leave out fps, or give the movie's folder or file")
+    table = read_stimulus_table(entry.path, name=name, base_dir=base)
+    return ImageSet(name, table.paths, len(table.paths), "exact", conditions=table.conditions)
 
 
 def _natural_key(path: str) -> list:

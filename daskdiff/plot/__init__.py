@@ -22,12 +22,14 @@ The figures live by what they show: :mod:`~daskdiff.plot.differentiation` (from 
 file), :mod:`~daskdiff.plot.predictions` (the prediction layer and top-1 classes),
 :mod:`~daskdiff.plot.filters` (mean filter activations), :mod:`~daskdiff.plot.comparison`
 (network versus neural groups, from :func:`daskdiff.comparison.compare`), :mod:`~daskdiff.plot.sampling`
-(one job run with several sampling modes), on the shared pieces of
+(one job run with several sampling modes), :mod:`~daskdiff.plot.controls` (each
+movie's scrambled control), on the shared pieces of
 :mod:`~daskdiff.plot.common`. This package names them all: ``import daskdiff.plot as dp``.
 """
 
 from .common import Activations, save_figure, set_colors
 from .comparison import comparison_heatmap, comparison_scatter, plot_comparison, plot_comparison_scatter
+from .controls import movie_controls
 from .differentiation import (
     SPECTRAL_VARIABLE,
     differentiation_by_layer,
@@ -43,6 +45,7 @@ from .differentiation import (
     ratio_to_reference,
     sampling_noise,
     set_differences,
+    units_used_text,
 )
 from .filters import (
     default_histogram_layer,
@@ -99,6 +102,8 @@ __all__ = [
     "save_figure",
     "set_colors",
     "set_differences",
+    "units_used_text",
+    "movie_controls",
     "top1_predictions",
     "top1_table",
     "top_classes",

@@ -36,14 +36,22 @@ def legend_outside(ax: Any, handles: Sequence[Any] | None = None, **kwargs: Any)
     return ax.legend(**options)
 
 
+def panel_grid(n_panels: int, ncols: int) -> tuple[int, int]:
+    """``(rows, columns)`` for ``n_panels`` with at most ``ncols`` columns: as few rows as that
+    allows, then as few columns as fill them, so that the grid has fewer than one row of empty
+    cells (4 panels at most 3 wide: 2 x 2, not 2 x 3)."""
+    nrows = max(1, int(np.ceil(n_panels / max(1, ncols))))
+    return nrows, max(1, int(np.ceil(n_panels / nrows)))
+
+
 def panel_figure(n_panels: int, ncols: int, panel: tuple[float, float], **subplots: Any) -> tuple[Figure, list[Any]]:
-    """A constrained-layout figure with ``n_panels`` axes (extra grid cells hidden)."""
-    ncols = max(1, min(ncols, n_panels))
-    nrows = int(np.ceil(n_panels / ncols))
+    """A constrained-layout figure with ``n_panels`` axes on :func:`panel_grid`'s grid; the grid's
+    cells past the last panel (fewer than a row) hold no axes."""
+    nrows, ncols = panel_grid(n_panels, ncols)
     fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **subplots).ravel()
     for ax in axes[n_panels:]:
-        ax.set_visible(False)
+        ax.remove()
     return fig, list(axes[:n_panels])
 
 

@@ -155,6 +155,8 @@ def plot_images(ds: xr.Dataset, *, sets: Sequence[str] | None = None, max_images
     """Thumbnails of each set's images (rows), titled with the top-1 label and probability.
 
     Images are read from the results' ``image_path``; a file that is gone shows as 'missing'.
+    Each row says how many of the set's images it shows ('8 of 30 images'), the first
+    ``max_images`` in the set's order.
     """
     from PIL import Image
 
@@ -179,7 +181,8 @@ def plot_images(ds: xr.Dataset, *, sets: Sequence[str] | None = None, max_images
             else:
                 ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, fontsize=8)
             ax.set_title(f"{one['top1_label'].values[c]} ({float(one['top1_prob'].values[c]):.2f})", fontsize=7)
-        row[0].set_ylabel(name, fontsize=9)
+        total = int(ds["n_images"].sel(image_set=name))
+        row[0].set_ylabel(f"{name}\n{min(total, n_cols)} of {total} images", fontsize=9)
     suptitle(fig, "images and their top-1 class (probability)", ds)
     return fig
 
