@@ -30,6 +30,7 @@ from .core.rank_correlation import bootstrap_interval, EXACT_LIMIT, holm, permut
 from .errors import InputError, shorten
 from .io.atomic import atomic_write
 from .io.results import open_results
+from .io.results_attrs import n_units_value
 from .logs import reporter, warn
 
 Measure = Literal["auto", "images", "spectral"]
@@ -73,11 +74,6 @@ results hold it and every matched set is a movie, else the image measure (one me
 stimuli: ranks across two measures would compare unlike quantities)."""
 
 
-def units_as_int(labels: Sequence[Any]) -> np.ndarray:
-    """``n_units`` labels as int64 with -1 for all units, from ints or from the strings '200'/'all'."""
-    return np.asarray([-1 if str(v) == "all" else int(v) for v in labels], dtype=np.int64)
-
-
 def network_values(results: xr.Dataset, sets: Sequence[str], measure: Measure = "auto") -> tuple[xr.DataArray, str]:
     """Each set's differentiation, mean over repeats: (substrate, n_units, layer, image_set), and the variable used.
 
@@ -88,7 +84,7 @@ def network_values(results: xr.Dataset, sets: Sequence[str], measure: Measure = 
         raise InputError(f"measure={measure!r} is not one of {sorted(MEASURES)}")
     variable = MEASURES[measure](results, sets)
     values = results[variable].sel(image_set=list(sets)).mean("repeat", skipna=True)
-    values = values.assign_coords(n_units=units_as_int(values["n_units"].values))
+    values = values.assign_coords(n_units=np.asarray([n_units_value(v) for v in values["n_units"].values], dtype=np.int64))
     keep = [d for d in ("substrate", "n_units", "layer", "image_set") if d in values.dims]
     return values.transpose(*keep).load(), variable
 

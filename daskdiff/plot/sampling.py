@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..errors import InputError
+from ..io.results_attrs import n_units_text
 from ..stats import set_names
 from .common import legend_outside, set_colors, suptitle
 
@@ -19,16 +20,10 @@ MODE_STYLES = {"random": "-", "active": "--", "weighted=mean": ":", "weighted=va
 """Line style of each sampling mode (colours are the image sets')."""
 
 
-def n_units_label(value: Any) -> str:
-    """An ``n_units`` coordinate value as text: ``'200'``, ``'all'`` (from ``'all'`` or the int ``-1``)."""
-    text = str(value)
-    return "all" if text in ("all", "-1") else text
-
-
 def mode_means(ds: xr.Dataset, *, substrate: str, n_units: str) -> xr.DataArray | None:
     """Mean differentiation over defined repeats, ``(image_set, layer)``, at ``n_units`` (None if
     the results have no such level)."""
-    labels = [n_units_label(v) for v in ds["n_units"].values]
+    labels = [n_units_text(v) for v in ds["n_units"].values]
     if str(n_units) not in labels:
         return None
     da = ds["differentiation"].sel(substrate=substrate).isel(n_units=labels.index(str(n_units)))
@@ -61,11 +56,11 @@ def plot_sampling_modes(results: Mapping[str, xr.Dataset], *, reference: str | N
     layers = [str(v) for v in first["layer"].values]
     sets = set_names(first)
     colors = set_colors(sets)
-    levels = [n_units_label(n) for n in n_units]
+    levels = [n_units_text(n) for n in n_units]
     means = {n: {m: mode_means(ds.sel(layer=layers), substrate=substrate, n_units=n) for m, ds in results.items()} for n in levels}
     levels = [n for n in levels if any(v is not None for v in means[n].values())]
     if not levels:  # e.g. a small job's n_units: draw every level it has
-        levels = [n_units_label(v) for v in first["n_units"].values]
+        levels = [n_units_text(v) for v in first["n_units"].values]
         means = {n: {m: mode_means(ds.sel(layer=layers), substrate=substrate, n_units=n) for m, ds in results.items()} for n in levels}
     ncols = 2 if reference is not None else 1
     fig = Figure(figsize=(6.0 * ncols + 1.8, 3.4 * len(levels)), layout="constrained")
