@@ -17,9 +17,10 @@ same repeats (the normalised distances and the undefined flags), to rounding (~1
 - the statistic of each repeat (:data:`~daskdiff.core.differentiation.NORMALIZATIONS`) comes
   from the per-unit moments, combined as Chan et al.'s pairwise update (no ``E[x^2] - E[x]^2``
   cancellation);
-- the sampled values are gathered in float32 and converted to float64 minus the repeat's shift
-  (its mean for ``zscore``) in one pass; the division by the scale is applied to the ``n x n``
-  squared distances instead of the ``n x k`` values (distances scale with it exactly);
+- the sampled values are gathered in float32, converted to float64 minus the repeat's shift
+  (its mean for ``zscore``) in one pass, and divided by its scale in place (rounded as the
+  image-major path rounds them; dividing the ``n x n`` squared distances instead would save that
+  pass but move results by up to ~1e-11 where distances are small against the norms);
 - the Gram product is one symmetric product per repeat (``y.T @ y``, BLAS ``syrk``), redone on
   centred rows where cancellation would matter, as :mod:`daskdiff.core.distances` does.
 """
@@ -203,10 +204,8 @@ def unit_major_distances(
             stack[i] = 0.0  # its distances are discarded below
         else:
             np.subtract(um.rows(np.asarray(pos)), shift[i], out=stack[i])
-    d = pairwise_distances_stack(stack, "sqeuclidean", units_first=True)
-    d /= (safe * safe)[:, None, None]
-    if metric == "euclidean":
-        np.sqrt(d, out=d)
+            stack[i] /= safe[i]  # as the image-major path rounds: results equal its to ~1e-15
+    d = pairwise_distances_stack(stack, metric, units_first=True)
     if per_unit:
         d /= per_unit_divisor(metric, k)
     d[bad] = np.nan
