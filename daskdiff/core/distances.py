@@ -39,7 +39,11 @@ def symmetrize(d: np.ndarray) -> np.ndarray:
     return upper + upper.swapaxes(-1, -2)
 
 
-def _gram(x: np.ndarray) -> np.ndarray:
+def _gram(x: np.ndarray, units_first: bool = False) -> np.ndarray:
+    """``x @ x.T`` per matrix (``x.T @ x`` when ``units_first``): one symmetric product each
+    (numpy hands a matrix times its own transpose to BLAS ``syrk``)."""
+    if units_first:
+        return np.matmul(x.swapaxes(-1, -2), x)
     return np.matmul(x, x.swapaxes(-1, -2))
 
 
@@ -58,18 +62,20 @@ def sq_from_gram(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return d, scale
 
 
-def _sqeuclidean(x: np.ndarray) -> np.ndarray:
+def _sqeuclidean(x: np.ndarray, units_first: bool = False) -> np.ndarray:
     """|a|² + |b|² - 2 a.b from one Gram matrix; recomputed on column-centred data (translation
     invariant) when a pair's distance is so small against the norms that rounding in the Gram
-    matrix would matter (relative error ~ 1e-16 / CANCELLATION)."""
-    d, scale = sq_from_gram(_gram(x))
+    matrix would matter (relative error ~ 1e-16 / CANCELLATION). ``units_first``: ``x`` is
+    ``(..., n_units, n_images)``."""
+    images = -1 if units_first else -2
+    d, scale = sq_from_gram(_gram(x, units_first))
     risky = d < CANCELLATION * scale  # never true for two all-zero rows (0 < 0)
-    i = np.arange(x.shape[-2])
+    i = np.arange(x.shape[images])
     risky[..., i, i] = False
     redo = risky.any(axis=(-2, -1))  # decided per matrix: a matrix's result never depends on its neighbours
     if redo.any():
         redo_x = x[redo]
-        d[redo], _ = sq_from_gram(_gram(redo_x - redo_x.mean(axis=-2, keepdims=True)))
+        d[redo], _ = sq_from_gram(_gram(redo_x - redo_x.mean(axis=images, keepdims=True), units_first))
     return symmetrize(d)
 
 
@@ -172,7 +178,7 @@ def check_metric(metric: str) -> str:
     return metric
 
 
-def pairwise_distances_stack(x: np.ndarray, metric: Metric = "euclidean") -> np.ndarray:
+def pairwise_distances_stack(x: np.ndarray, metric: Metric = "euclidean", *, units_first: bool = False) -> np.ndarray:
     """Distance matrices for a stack of activation matrices.
 
     Parameters
@@ -182,6 +188,10 @@ def pairwise_distances_stack(x: np.ndarray, metric: Metric = "euclidean") -> np.
     metric : {'euclidean', 'sqeuclidean', 'correlation', 'cosine', 'cityblock', 'chebyshev'}
         Distance between two images' activation vectors, as in
         :func:`scipy.spatial.distance.pdist`.
+    units_first : bool
+        ``x`` is ``(..., n_units, n_images)`` instead (one row per unit, e.g. gathered from a
+        unit-major layout): the same distances, from ``x.T @ x``. The Gram metrics
+        (``euclidean``, ``sqeuclidean``) use it as it is; the others see the transposed view.
 
     Returns
     -------
@@ -200,7 +210,12 @@ def pairwise_distances_stack(x: np.ndarray, metric: Metric = "euclidean") -> np.
             f"x must have shape (..., n_images, n_units), got shape {arr.shape}; "
             "reshape a single vector with x.reshape(1, -1)"
         )
-    d = fn(arr)
+    if units_first and fn in (_euclidean, _sqeuclidean):
+        d = _sqeuclidean(arr, units_first=True)
+        if fn is _euclidean:
+            np.sqrt(d, out=d)
+    else:
+        d = fn(arr.swapaxes(-1, -2) if units_first else arr)
     # checking the (n, n) result is far cheaper than a pass over the input; NaN/inf in x
     # always reach it, and only then is x scanned to say which problem it is
     if not np.all(np.isfinite(d)):

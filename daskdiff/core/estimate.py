@@ -49,6 +49,7 @@ from typing import Mapping, Sequence
 from .partial_layout import PartialLayout
 from .sampling import ALL, is_data_mode, sample_size
 from .substrates import feature_shape
+from .unit_major import worth_unit_major
 
 PREFETCH_BATCHES = 2
 """As :data:`daskdiff.model.extract.PREFETCH_BATCHES` (the core cannot import it): batches
@@ -349,6 +350,9 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
     - reading: the values (float32, n x stored, allocated once) and the chunks being copied in
       (two of ``batch_size`` images: what netCDF4 reads and its copy), plus the feature index
       (int32 read, int64 copy);
+    - the unit-major layout, where the task makes one (on the host, when its repeats gather
+      enough units: :func:`daskdiff.core.unit_major.worth_unit_major`): the values and their
+      transposed copy at once, with the per-unit statistics (16 bytes per stored value);
     - computing: the concatenated values and the index; the partial result's arrays
       (:func:`partial_layout`: ``differentiation`` float64 and ``undefined`` bool, n_units x
       repeats; ``rdm_sum`` n_units x n x n float64 when the mean RDM is kept; ...); and for
@@ -382,7 +386,8 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
     spectral = spectral_window is not None
     results = partial_layout(size, n, spectral=spectral).nbytes()
     work, floor = 0, 0
-    for k, repeats, _, exact in _per_n(layer, substrate, size):
+    per_n = _per_n(layer, substrate, size)
+    for k, repeats, _, exact in per_n:
         c = 1 if exact else min(size.repeats_per_task, repeats)
         one = stack_bytes(c, n, k, size.metric, images=size.images_measure, spectral=spectral) + 18 * repeats
         if size.keep_rdm:
@@ -394,7 +399,10 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
             floor = max(floor, stack_bytes(1, n, k, size.metric, images=False, spectral=True))
     if size.task_memory is not None:  # tasks fit their stacks (or blocks of images) into the budget
         work = max(min(work, size.task_memory), floor)
-    return max(read, values + 8 * stored + results + work)
+    layout, statistics = 0, 0
+    if worth_unit_major(stored, sum(k * repeats for k, repeats, _, exact in per_n if not exact)):
+        layout, statistics = 2 * values + 16 * stored, 16 * stored
+    return max(read, layout, values + 8 * stored + statistics + results + work)
 
 
 def _repeat_seconds(n: int, k: int, metric: str, cal: Calibration) -> float:

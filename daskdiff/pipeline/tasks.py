@@ -37,6 +37,7 @@ from ..core.differentiation import distances_stack, normalize_stack, rdm_median
 from ..core.spectral import spectral_differentiation_stack
 from ..core.estimate import stack_bytes
 from ..core.partial_layout import SOURCE, PartialLayout
+from ..core.unit_major import UNIT_MAJOR_METRICS, UnitMajor, unit_major, unit_major_distances, worth_unit_major
 from ..core.units import NUnits, Sampling, units_for
 from ..core.sampling import ALL, UnitPool
 from ..core.substrates import feature_shape
@@ -188,31 +189,43 @@ def scratch(shape: tuple[int, ...]) -> np.ndarray:
     return buf[:n].reshape(shape)
 
 
-def sampled_stack(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, repeats: range) -> tuple[np.ndarray, int]:
+Values = np.ndarray | UnitMajor
+"""A task's stored values: image-major ``(n_images, n_stored)`` float32, or unit-major
+(:class:`~daskdiff.core.unit_major.UnitMajor`, made once per task on the host)."""
+
+
+def _n_images(values: Values) -> int:
+    return values.n_images if isinstance(values, UnitMajor) else len(values)
+
+
+def sampled_stack(values: Values, index: np.ndarray, task: DiffTask, n_units: NUnits, repeats: range) -> tuple[np.ndarray, int]:
     """Gather each repeat's units from the stored values: ``(len(repeats), n_images, k)`` float64
     (positions among the stored features ``index``: :func:`positions`), on this thread's
     :func:`scratch` buffer (valid until the next stack)."""
     picks = [positions(index, task, n_units, repeat) for repeat in repeats]
     k = len(picks[0])
-    stack = scratch((len(picks), len(values), k))  # C order, as BLAS gets it: results do not depend on the path
+    stack = scratch((len(picks), _n_images(values), k))  # C order, as BLAS gets it: results do not depend on the path
     for out, pos in zip(stack, picks):
-        if k == values.shape[1] and (k == 0 or (pos[0] == 0 and pos[-1] == k - 1)):
+        if isinstance(values, UnitMajor):
+            out[...] = values.rows(pos).T
+        elif k == values.shape[1] and (k == 0 or (pos[0] == 0 and pos[-1] == k - 1)):
             out[...] = values  # every stored feature (an exact n_units): no gathered float32 copy
         else:
             out[...] = values[:, pos]
     return stack, k
 
 
-def _blocked_median(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, repeat: int, name: str,
+def _blocked_median(values: Values, index: np.ndarray, task: DiffTask, n_units: NUnits, repeat: int, name: str,
                     min_scale: float, budget: int) -> float:
     """One repeat's median over blocks of images, in ``budget`` bytes of working memory (NaN where
     its normaliser is undefined): the value of the stacked path to ~1e-15 relative."""
     pos = positions(index, task, n_units, repeat)
-    return differentiation_blocked(lambda a, b: values[a:b, pos], len(values), task.metric, task.normalize, task.per_unit,
+    rows = (lambda a, b: values.values[pos, a:b].T) if isinstance(values, UnitMajor) else (lambda a, b: values[a:b, pos])
+    return differentiation_blocked(rows, _n_images(values), task.metric, task.normalize, task.per_unit,
                                    task.median_over, name=name, on_undefined="nan", min_scale=min_scale, budget_bytes=budget)
 
 
-def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_units: NUnits, min_scale: float,
+def _n_units_result(values: Values, index: np.ndarray, task: DiffTask, n_units: NUnits, min_scale: float,
                     budget: int | None = None, on_device: Any = None) -> dict[str, np.ndarray]:
     """One ``n_units``' row of the partial result (:meth:`PartialLayout.set_row`): medians,
     undefined flags, units used, (if kept) the RDM sum and its count of defined repeats, and (if
@@ -231,7 +244,7 @@ def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_uni
     name = f"layer {task.layer!r} ({task.substrate}, set {task.image_set!r})"
     medians, undefined, rdm_sum = [], [], None
     k = len(positions(index, task, n_units, 0))
-    per_stack = stack_repeats(len(values), k, task.metric, task.repeats_per_stack, budget, images=task.images,
+    per_stack = stack_repeats(_n_images(values), k, task.metric, task.repeats_per_stack, budget, images=task.images,
                               spectral=task.spectral is not None)
     if per_stack == 0 and task.keep_rdm:
         per_stack = 1  # the mean RDM needs the distances: a set small enough to keep it fits anyway
@@ -245,6 +258,10 @@ def _n_units_result(values: np.ndarray, index: np.ndarray, task: DiffTask, n_uni
             if on_device is not None:
                 picks = [positions(index, task, n_units, r) for r in repeats]
                 d, bad = distances_on_arrays(on_device, picks, task.metric, task.normalize, task.per_unit, name=name, min_scale=min_scale)
+            elif isinstance(values, UnitMajor) and task.metric in UNIT_MAJOR_METRICS:
+                picks = [positions(index, task, n_units, r) for r in repeats]
+                d, bad = unit_major_distances(values, picks, task.metric, task.normalize, task.per_unit, name=name,
+                                              min_scale=min_scale, out=scratch((len(picks), k, values.n_images)))
             else:
                 stack, _ = sampled_stack(values, index, task, n_units, repeats)
                 d, bad = distances_stack(stack, task.metric, task.normalize, task.per_unit, name=name, on_undefined="nan",
@@ -343,14 +360,21 @@ def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None, pool
         raise InputError(f"movie {task.image_set!r}: {len(lost)} frame(s) could not be decoded ({lost[0][0]}: {lost[0][1]}); "
                          "spectral differentiation needs every frame, in time order: repair or re-export the movie")
     values, index = task_values(task, values, shards)
-    peak = max(float(values.max()), -float(values.min())) if values.size else 0.0
     layout = dataclasses.replace(layout, n_images=len(values))
     arrays = layout.empty()
     if source is not None:
         arrays[SOURCE][...] = source
+    arrays_on = arrays_for(task.device) if task.images and task.metric in GRAM_METRICS else None
+    n_features = int(np.prod(feature_shape(task.shape, task.substrate)))
+    gathered = sum(len(positions(index, task, n, 0)) * task.sampling.repeats_for(n) for n in task.sampling.n_units
+                   if n != ALL and not (isinstance(n, int) and n >= n_features))  # exact n_units are evaluated once
+    if arrays_on is None and worth_unit_major(values.shape[1], gathered):  # on the host: contiguous gathers (core.unit_major)
+        values = unit_major(values, task.normalize)
+        peak = values.peak
+    else:
+        peak = max(float(values.max()), -float(values.min())) if values.size else 0.0
     least = config.nbytes("daskdiff.task.min-stack-budget")  # whatever the budget (Dask config, read on the worker)
     budget = None if task.memory_budget is None else max(least, task.memory_budget - values.nbytes - index.nbytes)
-    arrays_on = arrays_for(task.device) if task.images and task.metric in GRAM_METRICS else None
     with arrays_on.context() if arrays_on is not None else contextlib.nullcontext():
         on_device = arrays_on.put(values) if arrays_on is not None else None  # once per task
         for i, n_units in enumerate(task.sampling.n_units):
