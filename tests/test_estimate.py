@@ -26,7 +26,7 @@ import yaml
 from conftest import write_images
 from counting import lines_run
 from jobtools import record_cluster_starts
-from daskdiff.core.estimate import JobSize, LayerSize, diff_task_memory, estimate_work
+from daskdiff.core.estimate import Calibration, JobSize, LayerSize, WorkEstimate, diff_task_memory, estimate_work, revised_wall_seconds
 from daskdiff.core.sampling import expected_union, sample_size, sample_units
 from daskdiff.core.units import Sampling, expected_stored, storage_plan
 from daskdiff.pipeline import budget
@@ -476,3 +476,21 @@ def test_store_none_counts_no_units_on_disk_but_the_same_task_memory():
     assert none.shard_bytes < 0.1 * full.shard_bytes
     assert (none.partial_bytes, none.results_bytes) == (full.partial_bytes, full.results_bytes)
     assert none.task_memory == full.task_memory
+
+
+def _timed(extraction: float, differentiation: float, longest: float, images: int = 10) -> WorkEstimate:
+    return WorkEstimate(images=images, extraction_tasks=1, differentiation_tasks=4, shard_bytes=0, partial_bytes=0, results_bytes=0,
+                        task_memory=0, largest_task="", client_memory=0, plan_seconds=0.0, extraction_seconds=extraction,
+                        differentiation_seconds=differentiation, longest_task_seconds=longest, calibration=Calibration(whole_job_factor=2.0))
+
+
+def test_revised_estimate_by_hand():
+    """10 images assumed at 0.1 CPU-s each, differentiation 8 CPU-s (longest task 1 s), factor 2, 2 workers.
+    Measured 0.3 s/image with 6 images left: 6 x 0.3 / 2 = 0.9 s of extraction, then the differentiation
+    as estimated, 2 x max(8 / 2, 1) = 8 s: 8.9 s left. Measured at 0.05 s/image (a GPU's): 0.15 + 8 s."""
+    est = _timed(1.0, 8.0, 1.0)
+    assert est.image_seconds == pytest.approx(0.1)
+    assert revised_wall_seconds(est, 2, images_left=6, image_s=0.3) == pytest.approx(8.9)
+    assert revised_wall_seconds(est, 2, images_left=6, image_s=0.05) == pytest.approx(8.15)
+    # one long task bounds the differentiation: 2 x max(8 / 4, 5) = 10 s, plus 0 images left
+    assert revised_wall_seconds(_timed(1.0, 8.0, 5.0), 4, images_left=0, image_s=0.1) == pytest.approx(10.0)

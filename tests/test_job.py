@@ -90,7 +90,8 @@ def test_results_match_independent_computation(tmp_path, tiny_model_path, sets, 
     assert np.all(np.isnan(ds["rdm"].sel(image_set="smooth").values[..., 6, :]))
     assert list(ds["n_images"].values) == [7, 6]
     assert ds["image_path"].sel(image_set="noisy").values[0].endswith("img-000.png")
-    for key in ("Conventions", "title", "source", "history", "job_spec", "package_versions", "seed", "weights"):
+    for key in ("Conventions", "title", "source", "history", "job_spec", "package_versions", "seed", "weights",
+                "estimate_s", "estimate_revised_s", "wall_s"):
         assert key in ds.attrs
     ds.close()
     acts.close()
@@ -325,6 +326,12 @@ def test_local_workers_start_while_the_job_is_planned(tmp_path, tiny_model_path,
     assert list(first["keras"].values()) == [True]
     assert first["cluster"].status.name == "closed"
     assert sum(line.startswith("started LocalCluster with 1 worker(s)") for line in lines) == 1
+    # the estimate is revised once, after the first shard, and the results record it with the wall time
+    revised = [line for line in lines if line.startswith("estimate revised after the first shard: ~")]
+    assert len(revised) == 1 and "s/image measured vs" in revised[0] and "on 1 worker(s)" in revised[0]
+    with xr.open_dataset(result.path) as a:
+        assert a.attrs["estimate_s"] > 0 and 0 < a.attrs["wall_s"] <= result.seconds
+        assert a.attrs["estimate_revised_s"] >= result.stages["planned"]  # revised after planning, plus what was left
     given = _run(tiny_spec(tiny_model_path, sets, tmp_path / "given"), client2)
     with xr.open_dataset(result.path) as a, xr.open_dataset(given.path) as b:
         np.testing.assert_array_equal(a["differentiation"].values, b["differentiation"].values)

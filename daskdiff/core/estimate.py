@@ -107,11 +107,13 @@ class Calibration:
     [200]), 2.8x and 2.3x for ``benchmarks/job.py`` (2 x 43 images, [200, 10000, all]: 6 GB of
     shards written with ``fsync``). Two workers on two cores share the memory bandwidth that the
     elementwise passes are bound by; Dask, model builds and disk waits add the rest."""
-    job_start_s: float = 30.0
-    """Wall seconds of a job's fixed start: the cluster's workers start, build their model and trace
-    its extraction graph (in parallel). With it and :attr:`whole_job_factor`, the wall times of
-    ``benchmarks/job.py`` and ``benchmarks/scale.py`` (148 s and 324 s measured) come out at 139 s
-    and 400 s; the demo job, on a machine with a load of 5 on 2 cores, took 104 s for 43 s."""
+    job_start_s: float = 60.0
+    """Wall seconds of a job's fixed start: the client builds the model for its layer shapes, the
+    cluster's workers start, build their model and trace its extraction graph. Measured on the
+    2-core VM at a load of 5-7 (docs/performance.md, "Estimates"): the demo's first shard ended 45 s
+    after planning for 6 CPU-s of extraction, and its planning took 9.5 s; with 30 s the demo was
+    printed at 43 s for 72 s, the movie demo at 51 s for 116 s (1.7x and 2.3x; 60 s: 1.0x and 1.4x).
+    A job revises its estimate on its first shard (:func:`revised_wall_seconds`)."""
     png_bytes_per_pixel: int = 3
     """A generated PNG's bytes per pixel: 8-bit RGB (noise does not compress; smooth images take less)."""
     png_file_bytes: int = 1_000
@@ -276,6 +278,23 @@ class WorkEstimate:
         work = (self.extraction_seconds + self.differentiation_seconds) / max(1, workers)
         cal = self.calibration
         return self.plan_seconds + self.generation_seconds + cal.job_start_s + cal.whole_job_factor * max(work, self.longest_task_seconds)
+
+    @property
+    def image_seconds(self) -> float:
+        """CPU-seconds assumed per image of extraction (its share of the shards' fixed costs included)."""
+        return self.extraction_seconds / max(1, self.images)
+
+
+def revised_wall_seconds(est: WorkEstimate, workers: int, *, images_left: int, image_s: float) -> float:
+    """Wall seconds left of a job whose extraction tasks measured ``image_s`` wall seconds per image
+    (a task's time over its images, on one worker): the ``images_left`` images at that cost shared
+    among ``workers``, then the differentiation as :meth:`WorkEstimate.wall_seconds` counts it.
+    The differentiation is not scaled by the extraction's measured over assumed cost: a first
+    shard's time holds one-off costs (the graph's tracing, a cold disk) and a GPU's forward pass
+    says nothing of the arithmetic; on the demo, scaled, it came out 2x too long."""
+    w = max(1, workers)
+    diff = est.calibration.whole_job_factor * max(est.differentiation_seconds / w, est.longest_task_seconds)
+    return images_left * image_s / w + diff
 
 
 def _n_features(shape: Sequence[int], substrate: str) -> int:

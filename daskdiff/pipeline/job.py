@@ -191,10 +191,13 @@ def run_job(
         def on(c: Any) -> JobResult:
             keep_rdm = "images" in spec.analysis.measures and max(map(len, plan.sets.values())) <= spec.analysis.rdm_max_images
             stimulus = submit_stimulus(plan, c)  # beside extraction, on the workers
-            metadata, partials, pools = run(plan, c, attrs=attrs, keep_rdm=keep_rdm, progress=progress, clock=clock, echo=echo)
+            revised: dict = {}
+            metadata, partials, pools = run(plan, c, attrs=attrs, keep_rdm=keep_rdm, progress=progress, clock=clock, echo=echo,
+                                            revised=revised)
             n_images = {name: len(m["paths"]) for name, m in metadata.items()}
             path, skipped, notes = record(plan, metadata, partials, keep_rdm=keep_rdm, command=command, echo=echo,
-                                          stimulus=gather_stimulus(stimulus, echo), pools=pools)
+                                          stimulus=gather_stimulus(stimulus, echo), pools=pools,
+                                          timing=_timing(plan, c, revised, t0))
             clock("written")
             if (n := clean_temporaries(plan.manifest, c)):
                 echo(f"removed {n} temporary file(s) of writers that died during the run")
@@ -206,6 +209,19 @@ def run_job(
         with connect(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers, echo=echo,
                      early=early[0] if early else None, needs=plan.memory, target=target) as c:
             return on(c)
+
+
+def _timing(plan: Any, client: Any, revised: dict, t0: float) -> dict[str, float]:
+    """The results' record of the job's time (wall seconds, ``time.perf_counter()`` ``t0`` at its
+    start): ``estimate_s``, the estimate printed before any task ran (on the workers the cluster
+    has, where the estimate could not count them); ``estimate_revised_s``, the time at the
+    revision after the first shard plus the time it said was left (absent when every shard was
+    resumed); ``wall_s``, the time until the results file was written."""
+    workers = plan.limits.workers or len(client.scheduler_info().get("workers", {})) or 1
+    out = {"estimate_s": round(plan.estimate.wall_seconds(workers), 1)}
+    if "left_s" in revised:
+        out["estimate_revised_s"] = round(revised["at"] - t0 + revised["left_s"], 1)
+    return {**out, "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def local_sets_elsewhere(inputs: JobInputs, target: Target) -> list[str]:

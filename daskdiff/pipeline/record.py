@@ -80,7 +80,7 @@ def _results_attrs(plan: JobPlan, command: str | None, metadata: dict | None = N
 
 
 def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: bool, command: str | None = None, echo: Callable = _echo,
-           stimulus: dict[str, float] | None = None, pools: dict | None = None,
+           stimulus: dict[str, float] | None = None, pools: dict | None = None, timing: dict[str, float] | None = None,
            ) -> tuple[Path, list[tuple[str, str, str]], list[str]]:
     """Assemble the partial results into ``differentiation.nc`` (written atomically).
 
@@ -88,7 +88,9 @@ def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: 
     recorded as ``stimulus_differentiation`` (image_set) when given and not empty.
     ``pools``: ``(substrate, layer)`` -> the summary of a data-dependent sampling mode's pool
     (:func:`~daskdiff.pipeline.activity.pool_summary`), recorded as the variables
-    ``active_units`` and ``eligible_units`` (:func:`pool_variables`).
+    ``active_units`` and ``eligible_units`` (:func:`pool_variables`). ``timing``: global
+    attributes of the job's time (``estimate_s``, ``estimate_revised_s``, ``wall_s``:
+    :func:`daskdiff.pipeline.job.run_job` says what each is).
 
     Returns the file's path, the skipped files as ``(set, path, reason)`` and the job's notes
     (the plan's, plus a count of undefined repeats), each also echoed.
@@ -97,7 +99,7 @@ def record(plan: JobPlan, metadata: dict, partials: list[Partial], *, keep_rdm: 
     ds = assemble(
         sets=list(plan.sets), metadata=metadata, substrates=list(a.substrates), n_units=[n_units_value(n) for n in a.n_units],
         layers=plan.layers, repeats=a.repeats, partials=partials, keep_rdm=keep_rdm,
-        attrs=_results_attrs(plan, command, metadata), fps=plan.fps,
+        attrs={**_results_attrs(plan, command, metadata), **(timing or {})}, fps=plan.fps,
         spectral={**a.spectral.model_dump(mode="json"), "normalize": a.normalize} if "spectral" in a.measures else None,
         images="images" in a.measures, conditions=_conditions(plan),
     )

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..core.batches import shard_size
+from ..core.estimate import revised_wall_seconds
 from ..core.sampling import is_data_mode
 from ..core.units import bytes_per_image, cached_storage_plan, StorageRecipe
 from ..errors import DaskdiffError, JobError
@@ -39,10 +40,11 @@ from ..io.partials import Partial
 from ..io.results import set_metadata
 from ..io.shards import CorruptShardError
 from ..logs import reporter, warn
-from ..model.build import ModelSpec
+from ..model.build import cached_model, ModelSpec, with_fingerprint
 from ..model.extract import extract_shard, ShardTask
 from . import config
 from .activity import pool_summary, submit_pools
+from .budget import duration
 from .health import WorkerWatch
 from .machine import machine_memory
 from .plan import JobPlan, task_memory_budget
@@ -55,7 +57,8 @@ _echo = reporter(__name__)
 
 
 def run(plan: JobPlan, client: Any, *, attrs: dict, keep_rdm: bool, progress: bool = True,
-        clock: Callable[[str], None] = lambda stage: None, echo: Callable = _echo) -> tuple[dict[str, dict], list[Partial], dict]:
+        clock: Callable[[str], None] = lambda stage: None, echo: Callable = _echo,
+        revised: dict | None = None) -> tuple[dict[str, dict], list[Partial], dict]:
     """Run ``plan`` on ``client``'s cluster; the sets' metadata, the partial results (results order)
     and, for a data-dependent sampling mode, ``(substrate, layer)`` -> its pool's
     :func:`~daskdiff.pipeline.activity.pool_summary` (else empty).
@@ -65,12 +68,14 @@ def run(plan: JobPlan, client: Any, *, attrs: dict, keep_rdm: bool, progress: bo
     ``clock(stage)`` is called as each stage ends (``extracted``, ``differentiated``). Workers
     that cannot run a task (paused, or restarted for memory) end the job with a
     :class:`JobError` saying what to set (:class:`~daskdiff.pipeline.health.WorkerWatch`).
+    ``revised``: filled in (``left_s``, ``image_s``, ``at``: its ``time.perf_counter()``) when the
+    first extraction task that ran reports its time, and the estimate is revised and said (:class:`_Reviser`).
     """
     with WorkerWatch(client, plan.memory, echo) as watch:
         try:
             client.register_plugin(WorkerSetup())
             submitted = _submit(client, plan, attrs, keep_rdm, echo)
-            metadata, partials = _gather(client, plan, submitted, progress, clock, echo, watch)
+            metadata, partials = _gather(client, plan, submitted, progress, clock, echo, watch, _Reviser(plan, client, revised, echo))
             return metadata, partials, {k: client.submit(pool_summary, f, key=f"{f.key}-summary").result() for k, f in submitted.pools.items()}
         except Exception as err:  # e.g. a closed connection to a worker its nanny killed for memory
             if isinstance(err, DaskdiffError) or (why := watch.explain(err)) is None:
@@ -178,7 +183,9 @@ def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSp
     # extraction.decoders, decided on the worker: auto (0), or the number given, capped by its cores
     task = dataclasses.replace(task, decoders=decoders(task.decoders or None))
     try:
-        return extract_shard(task, cached_storage_plan(recipe, digest), model, keep=keep)
+        cached_model(with_fingerprint(model))  # built once per worker before the clock starts: the job's start, not its images
+        start = time.perf_counter()
+        return {**extract_shard(task, cached_storage_plan(recipe, digest), model, keep=keep), "seconds": time.perf_counter() - start}
     except Exception as err:
         if (device := device_error(err, task.batch_size, f"shard {task.shard} of set {task.image_set!r}")) is None:
             raise
@@ -377,8 +384,29 @@ def _as_they_finish(pending: Any, check: Callable[[], None], every: float = 0.05
         yield from batch
 
 
+class _Reviser:
+    """Revises the job's estimate once, on the first extraction task that ran (not resumed): its
+    seconds per image, measured on its worker, replace the calibrated ones
+    (:func:`daskdiff.core.estimate.revised_wall_seconds`); one line says it, ``into`` records it."""
+
+    def __init__(self, plan: JobPlan, client: Any, into: dict | None, echo: Callable) -> None:
+        self.est, self.into, self.echo, self.done = plan.estimate, into if into is not None else {}, echo, 0
+        self.total = sum(map(len, plan.sets.values()))
+        self.workers = plan.limits.workers or len(client.scheduler_info().get("workers", {})) or 1
+
+    def extracted(self, meta: dict[str, Any]) -> None:
+        self.done += meta.get("n_images", 0)
+        if self.est is None or "left_s" in self.into or meta.get("resumed") or not meta.get("n_images"):
+            return
+        image_s = meta["seconds"] / meta["n_images"]
+        left = revised_wall_seconds(self.est, self.workers, images_left=self.total - self.done, image_s=image_s)
+        self.into.update(left_s=left, image_s=image_s, at=time.perf_counter())
+        self.echo(f"estimate revised after the first shard: ~{duration(left)} left (extraction {image_s:.2g} s/image measured "
+                  f"vs {self.est.image_seconds:.2g} s/image assumed, on {self.workers} worker(s))")
+
+
 def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, clock: Callable[[str], None], echo: Callable = _echo,
-            watch: WorkerWatch | None = None) -> tuple[dict[str, dict], list[Partial]]:
+            watch: WorkerWatch | None = None, reviser: _Reviser | None = None) -> tuple[dict[str, dict], list[Partial]]:
     """Wait for every task, with a progress bar per stage; the sets' metadata and the partials.
 
     A failed task cancels the job with a JobError naming it. A set whose shards hold fewer than 2
@@ -442,6 +470,8 @@ def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, c
                 described = (f"shard {task.shard} of set {task.image_set!r} ({len(task.paths)} images, {task.paths[0]} ...)"
                              if stage == "extract" else f"task {task.key}")
                 raise JobError(f"{stage} failed for {described} after {retries} retries: {type(exc).__name__}: {exc}") from exc
+            if stage == "extract" and future.status == "finished" and reviser is not None:
+                reviser.extracted(future.result())
             if stage == "extract" and future.status == "finished" and (why := future.result().get("replaced")):
                 echo(f"set {task.image_set!r}: shard {task.shard} was extracted again because {why}; "
                      "the set's differentiation is recomputed from it")
