@@ -183,7 +183,8 @@ def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSp
     # extraction.decoders, decided on the worker: auto (0), or the number given, capped by its cores
     task = dataclasses.replace(task, decoders=decoders(task.decoders or None))
     try:
-        cached_model(with_fingerprint(model))  # built once per worker before the clock starts: the job's start, not its images
+        if not shard_path(task.output, task.image_set, task.shard).exists():  # a shard to extract (a resumed one needs no model):
+            cached_model(with_fingerprint(model))  # built once per worker before the clock starts: the job's start, not its images
         start = time.perf_counter()
         return {**extract_shard(task, cached_storage_plan(recipe, digest), model, keep=keep), "seconds": time.perf_counter() - start}
     except Exception as err:
