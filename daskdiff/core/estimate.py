@@ -132,9 +132,10 @@ class Calibration:
     """Per array of an ``.npz`` partial result: the ``.npy`` header and the zip entries."""
     netcdf_file_bytes: int = 11_000
     """The results file's overheads: per file (with the job spec and versions in its attributes);
-    then per variable (17 with their dimensions) and per variable-length string (paths, labels)
-    plus its characters. Fitted on the results of the tests' tiny jobs (28 KB of overhead)."""
-    netcdf_variable_bytes: int = 1_000
+    then per variable (23 with their coordinates, 19 without the mean RDM's image_i/j labels; each
+    with its CF long_name and units) and per variable-length string (paths, labels, image names)
+    plus its characters. Fitted on the results of the tests' tiny jobs (~41 KB of overhead)."""
+    netcdf_variable_bytes: int = 1_300
     netcdf_string_bytes: int = 40
 
 
@@ -547,7 +548,8 @@ def estimate_work(size: JobSize) -> WorkEstimate:
         results_arrays += 8 * grid * width * width
     labels = n_sets * width * (8 + 8 + 40 + 40) + total_images * (7 * cal.netcdf_string_bytes + 40)
     chars = sum(size.images[s] * size.path_chars.get(s, 60.0) for s in size.images)
-    results_total = cal.netcdf_file_bytes + 17 * cal.netcdf_variable_bytes + results_arrays + labels + int(chars)
+    names = total_images * (3 if size.keep_rdm else 1) * cal.netcdf_string_bytes  # image_name (and _i, _j): 2-D labels
+    results_total = cal.netcdf_file_bytes + (23 if size.keep_rdm else 19) * cal.netcdf_variable_bytes + results_arrays + labels + names + int(chars)
 
     task_memory, largest, longest, diff_seconds = 0, "", 0.0, 0.0
     for name, n in size.images.items():
