@@ -34,7 +34,7 @@ from ..io.lock import OutputLock
 from ..io.manifest import check_output_folder, Manifest, OutputFolderError, Writes
 from ..io.object_output import ObjectLease, ObjectManifest
 from ..io.reading import TEXT_FILE_MAX_BYTES
-from ..io.store import listing, read_object
+from ..io.store import listing, read_object, upload
 from ..logs import reporter, warn
 from ..model.build import build_model, ModelSpec, WeightsUnavailableError, with_fingerprint
 from . import config
@@ -355,12 +355,46 @@ def _generated_set(s: ImageSet, manifest: Manifest, echo: Callable, storage_opti
     movie_record = [folder / MOVIE_RECORD] if GENERATORS[s.generate].movie else []  # a movie's frame rate: daskdiff's too
     manifest.add_files([*movie_record, record])  # before it is written, so --overwrite may remove it
     remote = {"storage_options": storage_options} if s.generate == "movie" and is_remote(key["params"].get("movie")) else {}
-    paths = generate(s.generate, folder, **key["params"], **remote)
+    if isinstance(folder, ObjectPath):
+        paths = _generate_objects(s, folder, manifest, [*movie_record, record], key["params"], remote)
+    else:
+        paths = generate(s.generate, folder, **key["params"], **remote)
     manifest.add_files([*paths, record])
     check_min_images(paths, s.name)  # a still image on an object store, told from a movie only once read
     atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps({"key": key, "paths": paths})))
     echo(f"image set {s.name!r}: generated {len(paths)} image(s) ({s.generate}) in {folder}")
     return sorted(paths)
+
+
+def _generate_objects(s: ImageSet, folder: ObjectPath, manifest: ObjectManifest, records: list[ObjectPath],
+                      params: dict, extra: dict) -> list[str]:
+    """Generate set ``s`` into a local temporary folder, then upload each image (and a movie's
+    ``movie.json``) whole, directly below ``folder`` (``<output>/images/<set>``); their URLs.
+
+    Every key is listed in the manifest before it is uploaded (``--overwrite`` deletes them, and
+    only them); an object already there that daskdiff did not write is refused, never replaced.
+    """
+    from ..stimuli.movie import MOVIE_RECORD
+    from ..stimuli.registry import generate
+
+    with tempfile.TemporaryDirectory(prefix="daskdiff-generate-") as tmp:
+        local = generate(s.generate, tmp, **params, **extra)
+        names = [Path(p).name for p in local]
+        if MOVIE_RECORD in {r.name for r in records}:
+            local, names = [*local, os.path.join(tmp, MOVIE_RECORD)], [*names, MOVIE_RECORD]
+        targets = [folder / n for n in names]
+        try:
+            theirs = manifest.theirs(targets, [f"{IMAGES_DIR}/{s.name}/{k}" for k in listing(folder)])
+        except OSError as err:
+            raise _unreachable(manifest.output, err) from None
+        if theirs:
+            raise JobError(f"{theirs[0]} is in the way: daskdiff would write generated image set {s.name!r} there, but did "
+                           f"not write this object (its manifest {MANIFEST_FILE} does not list it): move it, or choose "
+                           "another --output")
+        manifest.add_files(targets)  # before they are written, so --overwrite may remove them
+        for path, target in zip(local, targets):
+            upload(path, target)
+    return [str(t) for t in targets if t.name != MOVIE_RECORD]
 
 
 def _resolve_weights(model: ModelSpec, spec: JobSpec, echo: Callable, notes: list[str]) -> ModelSpec:

@@ -34,6 +34,8 @@ from ..io.layout import IMAGES_DIR
 from ..io.location import ObjectPath, StorageOptions, is_remote, local_path
 from ..io.stimulus_table import is_stimulus_table, read_stimulus_table
 from ..io.manifest import OutputFolderError
+from ..io.reading import TEXT_FILE_MAX_BYTES
+from ..io.store import listing, read_object
 from ..logs import reporter, warn
 from ..model.build import WEIGHTS_KEYWORDS, ModelSpec
 from .movies import check_spectral
@@ -121,10 +123,6 @@ def resolve(spec: JobSpec, base: Path, *, output: str | Path | None = None, weig
     for name, entry in set_entries(spec, base).items():
         if not hasattr(entry, "generate"):
             sets[name] = _path_set(name, entry, base, echo, spec)
-        elif isinstance(out, ObjectPath):
-            raise InputError(f"image set {name!r} is generated, which needs a local output folder for now (output {out} is "
-                             "on an object store): generate it with a job whose output is local, then name that folder as "
-                             "the set, or choose a local --output")
         else:
             sets[name] = _generated_set(name, entry, base, out, spec.storage_options)
     inputs = JobInputs(spec, base, out, model_spec(spec, base, weights), sets)
@@ -156,6 +154,9 @@ def storage_options(spec: JobSpec) -> StorageOptions | None:
     """The spec's ``storage_options`` as the tasks carry them (None: the environment's alone)."""
     return None if spec.storage_options is None else StorageOptions(spec.storage_options)
 
+
+GENERATED_RECORD = ".generated.json"
+"""A generated set's record beside its images: its generator's key and the paths it wrote."""
 
 LIST_FILE_SUFFIXES = (".txt", ".lst")
 """A set's ``path`` that is a file with one of these suffixes lists images; any other file is a movie."""
@@ -257,7 +258,7 @@ def _movie_folder(name: str, entry: Any, base: Path, spec: JobSpec) -> tuple[lis
     return paths, float(entry.fps)
 
 
-def _generated_set(name: str, entry: Any, base: Path, output: Path, options: Mapping[str, Any] | None = None) -> ImageSet:
+def _generated_set(name: str, entry: Any, base: Path, output: Path | ObjectPath, options: Mapping[str, Any] | None = None) -> ImageSet:
     """A generated set: its paths when an earlier run left it complete in the output folder
     (:func:`reusable_generated`), else the count its generator will write
     (:func:`daskdiff.stimuli.registry.planned_count`) and, where its parameters decide its images'
@@ -281,7 +282,7 @@ def _generated_set(name: str, entry: Any, base: Path, output: Path, options: Map
     return ImageSet(name, (), count, how, fps, entry.generate, key, generation)
 
 
-def generated_fps(kind: str, params: dict, folder: Path, written: bool) -> float | None:
+def generated_fps(kind: str, params: dict, folder: Path | ObjectPath, written: bool) -> float | None:
     """The frame rate of a generated set (None: not a movie, or not known before it is written):
     the one its ``movie.json`` in ``folder`` records once ``written``, else the one its generator
     will record (:func:`daskdiff.stimuli.movie.planned_fps`; ``params`` resolved)."""
@@ -290,7 +291,11 @@ def generated_fps(kind: str, params: dict, folder: Path, written: bool) -> float
 
     if not GENERATORS[kind].movie:
         return None
-    if written and (folder / MOVIE_RECORD).is_file():
+    if written and isinstance(folder, ObjectPath):
+        data = read_object(folder / MOVIE_RECORD, TEXT_FILE_MAX_BYTES)
+        if data is not None:
+            return float(json.loads(data)["fps"])
+    elif written and (folder / MOVIE_RECORD).is_file():
         return float(read_movie_record(folder)["fps"])
     return planned_fps(kind, params)
 
@@ -310,10 +315,13 @@ def generated_key(entry: Any, base: Path, storage_options: Mapping[str, Any] | N
     return json.loads(json.dumps(key))
 
 
-def reusable_generated(folder: Path, key: dict) -> list[str] | None:
+def reusable_generated(folder: Path | ObjectPath, key: dict) -> list[str] | None:
     """The sorted paths a previous run generated in ``folder`` for ``key``, if all still exist
-    (regular files in ``folder``: a record that names anything else is not reused)."""
-    record = folder / ".generated.json"
+    (regular files in ``folder``: a record that names anything else is not reused; objects
+    directly below the prefix ``folder``, seen in one listing)."""
+    if isinstance(folder, ObjectPath):
+        return _reusable_objects(folder, key)
+    record = folder / GENERATED_RECORD
     if not os.path.lexists(record):
         return None
     try:
@@ -330,3 +338,21 @@ def reusable_generated(folder: Path, key: dict) -> list[str] | None:
     return None
 
 
+
+
+def _reusable_objects(folder: ObjectPath, key: dict) -> list[str] | None:
+    """:func:`reusable_generated` for a set generated below an output prefix."""
+    try:
+        data = read_object(folder / GENERATED_RECORD, TEXT_FILE_MAX_BYTES)
+        saved = None if data is None else json.loads(data)
+        existing = set(listing(folder)) if data is not None else set()
+    except ValueError:  # damaged, or larger than any record: generate the set again
+        return None
+    except OSError as err:
+        raise JobError(f"cannot read {folder}: {err}") from None
+    paths = saved.get("paths") if isinstance(saved, dict) else None
+    if (isinstance(paths, list) and saved.get("key") == key
+            and all(isinstance(p, str) and p.startswith(f"{folder}/") and p[len(str(folder)) + 1:] in existing
+                    and "/" not in p[len(str(folder)) + 1:] for p in paths)):
+        return sorted(paths)
+    return None
