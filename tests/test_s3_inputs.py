@@ -311,3 +311,51 @@ def test_workers_that_cannot_see_the_clients_images_read_them_from_s3(
     written = [p for p in out.rglob("*") if p.is_file()] + [tmp_path / "cluster.log"]
     assert not [p for p in written if SECRET.encode() in p.read_bytes()]
     assert not any(SECRET in line for line in lines + requests)
+
+
+def test_a_movie_file_on_s3_equals_the_local_file_and_a_rewritten_one_is_noticed(
+        tmp_path, tiny_model_path, module_client, s3fs_fresh, s3_bucket, caplog):
+    """A ``.npy`` movie (with ``fps:``) and a GIF (its own rate) as S3 objects: the job equals the
+    one on the local files, array for array (spectral and stimulus differentiation included); the
+    client downloads each movie once; a rerun reuses the frames; a rewritten object is generated again."""
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    grey = rng.integers(0, 256, size=(12, 32, 32), dtype=np.uint8)  # 3 windows of 4 frames at 4 fps
+    np.save(tmp_path / "clip.npy", grey)
+    frames = [Image.fromarray(np.stack([f, f[::-1], f.T], axis=-1)) for f in grey]
+    frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:], duration=250, loop=0)
+    for name in ("clip.npy", "clip.gif"):
+        s3fs_fresh.put_file(str(tmp_path / name), f"{s3_bucket}/movies/{name}")
+
+    def spec(where, output):
+        sets = {"array": {"path": f"{where}/clip.npy", "fps": 4.0}, "gif": {"path": f"{where}/clip.gif"}}
+        return tiny_spec(tiny_model_path, sets, output, analysis__measures=["images", "spectral"],
+                         analysis__spectral={"state_length": 1.0})
+
+    local = xr.load_dataset(run_job(spec(str(tmp_path), tmp_path / "local"), tmp_path, client=module_client,
+                                    progress=False, echo=lambda *a: None).path)
+    remote_spec = spec(f"s3://{s3_bucket}/movies", tmp_path / "remote")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="werkzeug"):
+        remote = xr.load_dataset(run_job(remote_spec, tmp_path, client=module_client, progress=False,
+                                         echo=lambda *a: None).path)
+    assert_same_results(remote, local)
+    assert {"spectral_differentiation", "stimulus_differentiation"} <= set(local.variables)
+    assert list(local["fps"].values) == [4.0, 4.0] and list(local["n_images"].values) == [12, 12]
+    downloads = [r for r in _requests(caplog) if re.search(rf'"GET /{s3_bucket}/movies/clip\.(npy|gif)', r)]
+    assert len(downloads) == 2, downloads  # one GET per movie, on the client
+
+    lines: list[str] = []
+    run_job(remote_spec, tmp_path, client=module_client, progress=False, echo=lines.append)
+    assert sum("reusing 12 generated image(s)" in line for line in lines) == 2, lines
+
+    np.save(tmp_path / "clip.npy", grey[::-1])  # another movie under the same key
+    s3fs_fresh.put_file(str(tmp_path / "clip.npy"), f"{s3_bucket}/movies/clip.npy")
+    sets = resolve(remote_spec, tmp_path).sets
+    assert sets["array"].paths == () and len(sets["gif"].paths) == 12  # generated again / reused
+
+    s3fs_fresh.put_file(str(tmp_path / "remote" / "images" / "gif" / "frame-000000.png"), f"{s3_bucket}/still.png")
+    with pytest.raises(InputError, match=r"image set 'still': resolves to 1 file\(s\)"):  # a still image, as a local one
+        run_job(tiny_spec(tiny_model_path, {"still": {"path": f"s3://{s3_bucket}/still.png", "fps": 4.0}}, tmp_path / "still"), tmp_path,
+                client=module_client, progress=False, echo=lambda *a: None)

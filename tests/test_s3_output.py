@@ -250,3 +250,37 @@ def test_an_output_bucket_that_does_not_exist_is_one_line(tiny_model_path, sets,
     with pytest.raises(JobError, match=r"^output s3://no-such-bucket-daskdiff/out cannot be read or written \(FileNotFoundError: "
                                        r".*check that its bucket exists[^\n]*$"):
         dry_run(spec, Path("."), echo=lambda *a: None)
+
+
+@pytest.mark.cluster
+def test_generated_sets_under_an_s3_output_equal_local_ones_and_are_reused(
+        tmp_path, tiny_model_path, sets, s3client, s3_bucket, s3fs_fresh):
+    """A generated set (noise) and a generated movie (gratings) with an S3 output: generated on the
+    client, uploaded under ``images/<set>/`` (listed in the manifest), read by the workers from S3;
+    the results equal those of a local output; a rerun reuses them; --overwrite deletes them."""
+    generated = {"gen": {"generate": "noise", "count": 5, "size": 32, "seed": 2},
+                 "movie": {"generate": "gratings", "size": 32, "n_frames": 6, "fps": 4.0, "temporal_frequency": 0.7}}
+    spec = tiny_spec(tiny_model_path, {"noisy": sets["noisy"], **generated}, tmp_path / "local")
+    local = _run(spec, s3client)
+    url = f"s3://{s3_bucket}/out/"
+    remote = _run(tiny_spec(tiny_model_path, {"noisy": sets["noisy"], **generated}, url), s3client)
+    s3fs_fresh.get(f"{s3_bucket}/out/differentiation.nc", str(tmp_path / "copy.nc"))
+    with xr.open_dataset(local.path) as want, xr.open_dataset(tmp_path / "copy.nc") as got:
+        assert_same_results(got, want)
+        assert list(got["fps"].sel(image_set="movie").values.ravel())[0] == 4.0
+        assert str(got["image_path"].sel(image_set="gen").values.ravel()[0]).startswith(f"{url}images/gen/")
+    keys = _keys(s3fs_fresh, s3_bucket)
+    images = [k for k in keys if k.startswith("images/")]
+    assert len([k for k in images if k.endswith(".png")]) == 11
+    assert {"images/gen/.generated.json", "images/movie/.generated.json", "images/movie/movie.json"} <= set(images)
+    listed = json.loads(s3fs_fresh.cat(f"{s3_bucket}/out/.daskdiff-manifest.json"))["files"]
+    assert set(images) <= set(listed)
+
+    lines: list[str] = []
+    run_job(tiny_spec(tiny_model_path, {"noisy": sets["noisy"], **generated}, url), Path("."), client=s3client,
+            progress=False, echo=lines.append)
+    assert sum("reusing" in line and "generated image(s)" in line for line in lines) == 2, lines
+
+    s3fs_fresh.pipe(f"{s3_bucket}/out/images/gen/notes.txt", b"mine")
+    _run(tiny_spec(tiny_model_path, {"noisy": sets["noisy"]}, url, analysis__repeats=5), s3client, overwrite=True)
+    assert [k for k in _keys(s3fs_fresh, s3_bucket) if k.startswith("images/")] == ["images/gen/notes.txt"]

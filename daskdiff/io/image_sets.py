@@ -23,6 +23,7 @@ __all__ = [
     "DuplicateImagesWarning",
     "ImageSetError",
     "check_min_images",
+    "is_movie_url",
     "resolve_image_set",
 ]
 
@@ -33,6 +34,11 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 
 LIST_SUFFIXES: frozenset[str] = frozenset({".txt", ".lst"})
 """Suffixes of a list file: one image path per line."""
+
+MOVIE_URL_SUFFIXES: frozenset[str] = IMAGE_SUFFIXES | frozenset(
+    {".apng", ".npy", ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ogv", ".wmv", ".flv"}
+)
+"""Suffixes by which an fsspec URL that is no glob names a movie *file* (:func:`is_movie_url`)."""
 
 _GLOB_CHARACTERS = frozenset("*?[")
 
@@ -260,6 +266,15 @@ def _list_file_paths(list_file: str, name: str) -> list[str]:
     return files
 
 
+def is_movie_url(path: str | os.PathLike) -> bool:
+    """Whether an image set's ``path`` names a movie file on an object store: an fsspec URL with no
+    glob character, not ending in ``/``, whose suffix is in :data:`MOVIE_URL_SUFFIXES` (told by its
+    name alone, without a request; a local movie file is told by what the disk says)."""
+    path = os.fspath(path)
+    return (is_remote(path) and not path.endswith("/") and not _GLOB_CHARACTERS & set(path)
+            and os.path.splitext(path)[1].lower() in MOVIE_URL_SUFFIXES)
+
+
 def _remote_set(url: str, name: str, options: dict) -> list[str]:
     """:func:`resolve_image_set` for an fsspec URL: one listing (or one GET of a list file)."""
     what = f"image set {name!r}: "
@@ -279,7 +294,7 @@ def _remote_set(url: str, name: str, options: dict) -> list[str]:
             if len(entries) == 1 and entries[0].get("type") != "directory" and entries[0]["name"] == path.rstrip("/"):
                 raise ImageSetError(f"{what}'{url}' is one object, not a prefix, glob pattern or list file; give its "
                                     f"prefix ('{posixpath.dirname(url)}/'), a glob, or a list file (.txt/.lst); a movie "
-                                    "file on an object store is not read yet: copy it to a local disk")
+                                    f"file is told by its suffix ({', '.join(sorted(MOVIE_URL_SUFFIXES - IMAGE_SUFFIXES))} or an image's)")
             files = [e["name"] for e in entries if e.get("type") != "directory"
                      and not posixpath.basename(e["name"]).startswith(".")
                      and os.path.splitext(e["name"])[1].lower() in IMAGE_SUFFIXES]

@@ -20,20 +20,21 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..core.batches import shard_size
 from ..errors import JobError
 from ..io.atomic import atomic_write, remove_dead_temporaries
 from ..io.confined import check_own_file, read_own_file
+from ..io.image_sets import check_min_images
 from ..io.layout import ACTIVATIONS_DIR, IMAGES_DIR, JOB_FILE, LOCK_FILE, MANIFEST_FILE, PARTIAL_DIR, partial_key, partial_path, PLOT_FILE, \
     RESULTS_FILE, SHARD_GLOB, shard_path
-from ..io.location import ObjectPath
+from ..io.location import ObjectPath, is_remote
 from ..io.lock import OutputLock
 from ..io.manifest import check_output_folder, Manifest, OutputFolderError, Writes
 from ..io.object_output import ObjectLease, ObjectManifest
 from ..io.reading import TEXT_FILE_MAX_BYTES
-from ..io.store import listing, read_object
+from ..io.store import listing, read_object, upload
 from ..logs import reporter, warn
 from ..model.build import build_model, ModelSpec, WeightsUnavailableError, with_fingerprint
 from . import config
@@ -63,7 +64,8 @@ def prepare(plan: JobPlan, *, overwrite: bool = False, echo: Callable = _echo) -
             echo(f"removed {n} temporary file(s) left by an interrupted run")
         notes: list[str] = []  # the weights first: a run that cannot have them generates nothing (adversarial sets cost minutes)
         model = with_fingerprint(_resolve_weights(plan.model, spec, echo, notes))  # the files' content, once per run
-        sets = {name: list(s.paths) if s.generate is None else _generated_set(s, manifest, echo) for name, s in plan.inputs.sets.items()}
+        sets = {name: list(s.paths) if s.generate is None else _generated_set(s, manifest, echo, plan.inputs.spec.storage_options)
+                for name, s in plan.inputs.sets.items()}
         fps = dict(plan.fps)
         for name, s in plan.inputs.sets.items():
             if s.generate is not None and (rate := generated_fps(s.generate, s.key["params"], out / IMAGES_DIR / name, bool(sets[name]))):
@@ -328,7 +330,7 @@ def clean_temporaries(manifest: Manifest, client: Any = None) -> int:
     return len(removed)
 
 
-def _generated_set(s: ImageSet, manifest: Manifest, echo: Callable) -> list[str]:
+def _generated_set(s: ImageSet, manifest: Manifest, echo: Callable, storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """Generate set ``s`` into ``<output>/images/<name>``, or reuse it when ``.generated.json`` says
     the same generator, parameters and input files (``s.key``:
     :func:`~daskdiff.pipeline.resolve.generated_key`) already wrote every file (adversarial sets
@@ -336,6 +338,8 @@ def _generated_set(s: ImageSet, manifest: Manifest, echo: Callable) -> list[str]
 
     The folder must be daskdiff's own (listed in the output's manifest): a folder of the user's
     that happens to stand there is never written into (:func:`_check_output_readonly` refuses it).
+    A movie file on an object store is downloaded once, here on the client, with the job's
+    ``storage_options`` (:func:`daskdiff.stimuli.movie.movie_copy`); the workers read its frames.
     """
     from ..stimuli.movie import MOVIE_RECORD
     from ..stimuli.registry import generate, GENERATORS
@@ -350,11 +354,47 @@ def _generated_set(s: ImageSet, manifest: Manifest, echo: Callable) -> list[str]
         return reused
     movie_record = [folder / MOVIE_RECORD] if GENERATORS[s.generate].movie else []  # a movie's frame rate: daskdiff's too
     manifest.add_files([*movie_record, record])  # before it is written, so --overwrite may remove it
-    paths = generate(s.generate, folder, **key["params"])
+    remote = {"storage_options": storage_options} if s.generate == "movie" and is_remote(key["params"].get("movie")) else {}
+    if isinstance(folder, ObjectPath):
+        paths = _generate_objects(s, folder, manifest, [*movie_record, record], key["params"], remote)
+    else:
+        paths = generate(s.generate, folder, **key["params"], **remote)
     manifest.add_files([*paths, record])
+    check_min_images(paths, s.name)  # a still image on an object store, told from a movie only once read
     atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps({"key": key, "paths": paths})))
     echo(f"image set {s.name!r}: generated {len(paths)} image(s) ({s.generate}) in {folder}")
     return sorted(paths)
+
+
+def _generate_objects(s: ImageSet, folder: ObjectPath, manifest: ObjectManifest, records: list[ObjectPath],
+                      params: dict, extra: dict) -> list[str]:
+    """Generate set ``s`` into a local temporary folder, then upload each image (and a movie's
+    ``movie.json``) whole, directly below ``folder`` (``<output>/images/<set>``); their URLs.
+
+    Every key is listed in the manifest before it is uploaded (``--overwrite`` deletes them, and
+    only them); an object already there that daskdiff did not write is refused, never replaced.
+    """
+    from ..stimuli.movie import MOVIE_RECORD
+    from ..stimuli.registry import generate
+
+    with tempfile.TemporaryDirectory(prefix="daskdiff-generate-") as tmp:
+        local = generate(s.generate, tmp, **params, **extra)
+        names = [Path(p).name for p in local]
+        if MOVIE_RECORD in {r.name for r in records}:
+            local, names = [*local, os.path.join(tmp, MOVIE_RECORD)], [*names, MOVIE_RECORD]
+        targets = [folder / n for n in names]
+        try:
+            theirs = manifest.theirs(targets, [f"{IMAGES_DIR}/{s.name}/{k}" for k in listing(folder)])
+        except OSError as err:
+            raise _unreachable(manifest.output, err) from None
+        if theirs:
+            raise JobError(f"{theirs[0]} is in the way: daskdiff would write generated image set {s.name!r} there, but did "
+                           f"not write this object (its manifest {MANIFEST_FILE} does not list it): move it, or choose "
+                           "another --output")
+        manifest.add_files(targets)  # before they are written, so --overwrite may remove them
+        for path, target in zip(local, targets):
+            upload(path, target)
+    return [str(t) for t in targets if t.name != MOVIE_RECORD]
 
 
 def _resolve_weights(model: ModelSpec, spec: JobSpec, echo: Callable, notes: list[str]) -> ModelSpec:

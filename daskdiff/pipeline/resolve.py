@@ -28,12 +28,14 @@ from typing import Any, Callable, Mapping
 
 from ..errors import InputError, JobError
 from ..io.confined import read_own_file
-from ..io.image_sets import DuplicateImagesWarning, check_min_images, resolve_image_set
+from ..io.image_sets import DuplicateImagesWarning, check_min_images, is_movie_url, resolve_image_set
 from ..io.images import image_frames
 from ..io.layout import IMAGES_DIR
 from ..io.location import ObjectPath, StorageOptions, is_remote, local_path
 from ..io.stimulus_table import is_stimulus_table, read_stimulus_table
 from ..io.manifest import OutputFolderError
+from ..io.reading import TEXT_FILE_MAX_BYTES
+from ..io.store import listing, read_object
 from ..logs import reporter, warn
 from ..model.build import WEIGHTS_KEYWORDS, ModelSpec
 from .movies import check_spectral
@@ -121,12 +123,8 @@ def resolve(spec: JobSpec, base: Path, *, output: str | Path | None = None, weig
     for name, entry in set_entries(spec, base).items():
         if not hasattr(entry, "generate"):
             sets[name] = _path_set(name, entry, base, echo, spec)
-        elif isinstance(out, ObjectPath):
-            raise InputError(f"image set {name!r} is generated, which needs a local output folder for now (output {out} is "
-                             "on an object store): generate it with a job whose output is local, then name that folder as "
-                             "the set, or choose a local --output")
         else:
-            sets[name] = _generated_set(name, entry, base, out)
+            sets[name] = _generated_set(name, entry, base, out, spec.storage_options)
     inputs = JobInputs(spec, base, out, model_spec(spec, base, weights), sets)
     check_spectral(spec, inputs.counts, inputs.fps, exact=inputs.exact)
     return inputs
@@ -157,6 +155,9 @@ def storage_options(spec: JobSpec) -> StorageOptions | None:
     return None if spec.storage_options is None else StorageOptions(spec.storage_options)
 
 
+GENERATED_RECORD = ".generated.json"
+"""A generated set's record beside its images: its generator's key and the paths it wrote."""
+
 LIST_FILE_SUFFIXES = (".txt", ".lst")
 """A set's ``path`` that is a file with one of these suffixes lists images; any other file is a movie."""
 
@@ -165,14 +166,17 @@ def set_entries(spec: JobSpec, base: Path) -> dict[str, Any]:
     """The spec's image sets, with a set given as a movie *file* (``{path: clip.gif}``) turned
     into the generated set ``{generate: movie, movie: clip.gif}``: its frames are written, in
     order, into the output folder (:func:`daskdiff.stimuli.movie.movie_copy`), where the network reads them.
-    A file that is one still image is refused (:class:`~daskdiff.errors.InputError` naming the set):
+    A movie file on an object store (:func:`~daskdiff.io.image_sets.is_movie_url`: told by its suffix) is
+    such a set too: the client downloads it once when it generates the set (the workers then read its
+    frames as any generated set's). A file that is one still image is refused (:class:`~daskdiff.errors.InputError` naming the set):
     a set needs at least 2 images."""
     out = {}
     for name, entry in spec.image_sets.items():
         path = getattr(entry, "path", None)
-        if (path is not None and not is_remote(path) and resolve_path(path, base).is_file()
-                and Path(path).suffix.lower() not in LIST_FILE_SUFFIXES and not is_stimulus_table(path)):
-            if image_frames(resolve_path(path, base)) == 1:
+        local_movie = (path is not None and not is_remote(path) and resolve_path(path, base).is_file()
+                       and Path(path).suffix.lower() not in LIST_FILE_SUFFIXES and not is_stimulus_table(path))
+        if local_movie or (path is not None and is_movie_url(path)):
+            if local_movie and image_frames(resolve_path(path, base)) == 1:
                 raise InputError(
                     f"image_sets.{name}: {path} is one still image, and a set needs at least 2 images: give a folder "
                     f"({Path(path).parent.as_posix() or '.'}/), a glob ({Path(path).parent.as_posix() or '.'}/*{Path(path).suffix}) "
@@ -254,7 +258,7 @@ def _movie_folder(name: str, entry: Any, base: Path, spec: JobSpec) -> tuple[lis
     return paths, float(entry.fps)
 
 
-def _generated_set(name: str, entry: Any, base: Path, output: Path) -> ImageSet:
+def _generated_set(name: str, entry: Any, base: Path, output: Path | ObjectPath, options: Mapping[str, Any] | None = None) -> ImageSet:
     """A generated set: its paths when an earlier run left it complete in the output folder
     (:func:`reusable_generated`), else the count its generator will write
     (:func:`daskdiff.stimuli.registry.planned_count`) and, where its parameters decide its images'
@@ -264,7 +268,7 @@ def _generated_set(name: str, entry: Any, base: Path, output: Path) -> ImageSet:
     when known (:func:`daskdiff.stimuli.movie.planned_fps`)."""
     from ..stimuli.registry import generation_peak_bytes, planned_count, planned_pixels
 
-    key = generated_key(entry, base)
+    key = generated_key(entry, base, options)
     params = key["params"]
     folder = output / IMAGES_DIR / name
     reused = reusable_generated(folder, key)
@@ -278,7 +282,7 @@ def _generated_set(name: str, entry: Any, base: Path, output: Path) -> ImageSet:
     return ImageSet(name, (), count, how, fps, entry.generate, key, generation)
 
 
-def generated_fps(kind: str, params: dict, folder: Path, written: bool) -> float | None:
+def generated_fps(kind: str, params: dict, folder: Path | ObjectPath, written: bool) -> float | None:
     """The frame rate of a generated set (None: not a movie, or not known before it is written):
     the one its ``movie.json`` in ``folder`` records once ``written``, else the one its generator
     will record (:func:`daskdiff.stimuli.movie.planned_fps`; ``params`` resolved)."""
@@ -287,29 +291,37 @@ def generated_fps(kind: str, params: dict, folder: Path, written: bool) -> float
 
     if not GENERATORS[kind].movie:
         return None
-    if written and (folder / MOVIE_RECORD).is_file():
+    if written and isinstance(folder, ObjectPath):
+        data = read_object(folder / MOVIE_RECORD, TEXT_FILE_MAX_BYTES)
+        if data is not None:
+            return float(json.loads(data)["fps"])
+    elif written and (folder / MOVIE_RECORD).is_file():
         return float(read_movie_record(folder)["fps"])
     return planned_fps(kind, params)
 
 
-def generated_key(entry: Any, base: Path) -> dict:
+def generated_key(entry: Any, base: Path, storage_options: Mapping[str, Any] | None = None) -> dict:
     """What a generated set's ``.generated.json`` must record for the set to be reused: the
     generator, its resolved parameters and, when it reads files, what they are now
     (:func:`daskdiff.stimuli.registry.generator_inputs`), so that a movie or source replaced under the same name is
-    noticed. In its JSON form, as it is read back."""
+    noticed (an object's by its size and ``ETag``/``LastModified``, read with ``storage_options``).
+    In its JSON form, as it is read back."""
     from ..stimuli.registry import absolute_params, generator_inputs
 
     params = absolute_params(entry.generate, entry.params(), base)
     key = {"generate": entry.generate, "params": params}
-    if inputs := generator_inputs(entry.generate, params):
+    if inputs := generator_inputs(entry.generate, params, storage_options):
         key["inputs"] = inputs  # only when there are some: other sets' records stay valid
     return json.loads(json.dumps(key))
 
 
-def reusable_generated(folder: Path, key: dict) -> list[str] | None:
+def reusable_generated(folder: Path | ObjectPath, key: dict) -> list[str] | None:
     """The sorted paths a previous run generated in ``folder`` for ``key``, if all still exist
-    (regular files in ``folder``: a record that names anything else is not reused)."""
-    record = folder / ".generated.json"
+    (regular files in ``folder``: a record that names anything else is not reused; objects
+    directly below the prefix ``folder``, seen in one listing)."""
+    if isinstance(folder, ObjectPath):
+        return _reusable_objects(folder, key)
+    record = folder / GENERATED_RECORD
     if not os.path.lexists(record):
         return None
     try:
@@ -326,3 +338,21 @@ def reusable_generated(folder: Path, key: dict) -> list[str] | None:
     return None
 
 
+
+
+def _reusable_objects(folder: ObjectPath, key: dict) -> list[str] | None:
+    """:func:`reusable_generated` for a set generated below an output prefix."""
+    try:
+        data = read_object(folder / GENERATED_RECORD, TEXT_FILE_MAX_BYTES)
+        saved = None if data is None else json.loads(data)
+        existing = set(listing(folder)) if data is not None else set()
+    except ValueError:  # damaged, or larger than any record: generate the set again
+        return None
+    except OSError as err:
+        raise JobError(f"cannot read {folder}: {err}") from None
+    paths = saved.get("paths") if isinstance(saved, dict) else None
+    if (isinstance(paths, list) and saved.get("key") == key
+            and all(isinstance(p, str) and p.startswith(f"{folder}/") and p[len(str(folder)) + 1:] in existing
+                    and "/" not in p[len(str(folder)) + 1:] for p in paths)):
+        return sorted(paths)
+    return None

@@ -34,7 +34,8 @@ from ..io.atomic import atomic_write
 from ..io.image_sets import resolve_image_set
 from ..io.images import ImageDecodeError, as_rgb_uint8, image_size, load_image
 from ..io.png import write_images
-from ..io.reading import TEXT_FILE_MAX_BYTES, NotReadableError, open_regular, read_regular
+from ..io.location import is_remote
+from ..io.reading import TEXT_FILE_MAX_BYTES, NotReadableError, local_copy, open_regular, read_regular
 
 MOVIE_RECORD = "movie.json"
 """Name of the JSON record of a movie's frame rate, beside its frames."""
@@ -485,6 +486,7 @@ def movie_copy(
     fps: float | None = None,
     n_frames: int | None = None,
     prefix: str = "frame",
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Write a movie file (or any movie :func:`load_movie` reads) as a movie folder: every frame,
     in order, as lossless PNG, then :data:`MOVIE_RECORD` with its frame rate.
@@ -497,20 +499,35 @@ def movie_copy(
     out_dir : str or os.PathLike
         Folder to write to; one movie per folder.
     movie : str or os.PathLike
-        A movie file (GIF, APNG, WebP; MP4 and others with ``imageio-ffmpeg``) or a folder.
+        A movie file (GIF, APNG, WebP; MP4 and others with ``imageio-ffmpeg``) or a folder; or the
+        fsspec URL of a movie file (``s3://bucket/clip.mp4``), downloaded whole to a temporary file
+        (:func:`daskdiff.io.reading.local_copy`), read from there as a local file is (its checks and
+        bounds), and removed.
     fps : float, optional
         Frame rate of a source that records none; must agree with one that does.
     n_frames : int, optional
         Keep only the first ``n_frames`` frames.
     prefix : str, default 'frame'
         Frame names are ``<prefix>-NNNNNN.png``.
+    storage_options : mapping, optional
+        fsspec's keyword arguments for a ``movie`` URL (a job passes its spec's); the environment's
+        alone when None.
 
     Returns
     -------
     list of str
         The frames' absolute paths, in time order.
     """
+    parameters = {"movie": os.fspath(movie), "fps": fps, "n_frames": n_frames}
+    if is_remote(movie):
+        with local_copy(os.fspath(movie), storage_options, "movie") as path:
+            try:
+                loaded = read_movie(path, fps=fps, n_frames=n_frames)
+                source = {**loaded.source, "path": os.fspath(movie)} if "path" in loaded.source else loaded.source
+                return write_movie(out_dir, loaded.frames, fps=loaded.fps, prefix=prefix, generator="movie",
+                                   parameters=parameters, extra={"source": source})
+            except InputError as error:  # named by its URL, not by the temporary copy
+                raise type(error)(str(error).replace(path, os.fspath(movie))) from None
     loaded = read_movie(movie, fps=fps, n_frames=n_frames)  # one frame in memory at a time
     return write_movie(out_dir, loaded.frames, fps=loaded.fps, prefix=prefix, generator="movie",
-                       parameters={"movie": os.fspath(movie), "fps": fps, "n_frames": n_frames},
-                       extra={"source": loaded.source})
+                       parameters=parameters, extra={"source": loaded.source})

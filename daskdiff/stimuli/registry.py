@@ -58,8 +58,9 @@ from .photos import DEFAULT_PHOTO_COUNT, SAMPLE_PHOTOS, sample_photos
 from .scramble import phase_scrambled
 from .select import selected_images
 from ..errors import InputError, shorten
-from ..io.fingerprints import file_sha256, file_stat
+from ..io.fingerprints import file_sha256, file_stat, object_record
 from ..io.image_sets import DuplicateImagesWarning, resolve_image_set
+from ..io.location import is_remote
 from ..model.build import WEIGHTS_KEYWORDS
 
 GeneratorKind = Literal[
@@ -421,13 +422,13 @@ def absolute_params(kind: str, params: Mapping[str, Any], base: str | os.PathLik
     for key, value in params.items():
         if key in generator.sources and _is_spec(value):
             out[key] = absolute_params(str(value["generate"]), value, base)
-        elif key in generator.paths and generator.paths[key].holds_path(value):
+        elif key in generator.paths and generator.paths[key].holds_path(value) and not is_remote(value):
             path = Path(value).expanduser()
             out[key] = str(path if path.is_absolute() else Path(base) / path)
     return out
 
 
-def generator_inputs(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def generator_inputs(kind: str, params: Mapping[str, Any], storage_options: Any = None) -> dict[str, Any]:
     """What each input file of a generator is now, by its (dotted) parameter name; ``params``
     resolved (:func:`absolute_params`).
 
@@ -437,14 +438,16 @@ def generator_inputs(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
     the job's model is); the ``source`` of ``select``/``adversarial`` (a folder, glob or list
     file of images), the input record of its images (:func:`~daskdiff.io.shards.input_record`:
     path, size, mtime); any other path (a movie file, an image, a folder of frames),
-    ``(size, mtime_ns, inode)`` of the file, or the input record of a folder's files. A nested
+    ``(size, mtime_ns, inode)`` of the file, or the input record of a folder's files; an object
+    (an fsspec URL, e.g. a movie on S3), ``[size, marker]`` (:func:`~daskdiff.io.fingerprints.object_record`,
+    one ``HEAD`` with ``storage_options``). A nested
     ``{generate: ...}`` source's inputs come under ``source.<name>``. A path that cannot be read
     is None (the generator then names it). Empty for a generator that reads no file.
     """
-    return _inputs(kind, params, "")
+    return _inputs(kind, params, "", storage_options)
 
 
-def _inputs(kind: str, params: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+def _inputs(kind: str, params: Mapping[str, Any], prefix: str, storage_options: Any) -> dict[str, Any]:
     from ..io.shards import input_record  # here: xarray is loaded only when a job records inputs
 
     generator = GENERATORS.get(kind)
@@ -454,9 +457,11 @@ def _inputs(kind: str, params: Mapping[str, Any], prefix: str) -> dict[str, Any]
     for key, value in params.items():
         name = prefix + key
         if key in generator.sources and _is_spec(value):
-            out.update(_inputs(str(value["generate"]), value, name + "."))
+            out.update(_inputs(str(value["generate"]), value, name + ".", storage_options))
         elif key not in generator.paths or not generator.paths[key].holds_path(value):
             continue
+        elif is_remote(value):
+            out[name] = list(object_record(value, storage_options))
         elif generator.paths[key].identity == "sha256":
             out[name] = {"sha256": file_sha256(value, f"{key} file")} if Path(value).is_file() else None
         elif generator.paths[key].identity == "image_set":
