@@ -36,7 +36,7 @@ from ..io.layout import JOB_FILE
 from ..io.location import is_remote
 from ..logs import reporter, warn
 from .budget import Limits, limits_at
-from .output import clean_temporaries, prepare, preview
+from .output import check_output, clean_temporaries, prepare, preview
 from .plan import check, JobPlan, plan
 from .record import record, versions
 from .resolve import JobInputs, resolve
@@ -113,7 +113,8 @@ def _plan(inputs: JobInputs, limits: Limits, *, overwrite: bool, echo: Callable,
     if dry_run:
         planned = preview(planned, overwrite=overwrite, echo=echo)
     else:
-        if checked is not None:
+        if checked is not None:  # the output folder's refusals first, then the cluster's (``checked``), then writes
+            check_output(planned, overwrite=overwrite)
             checked()
         planned = prepare(planned, overwrite=overwrite, echo=echo)
     try:
@@ -163,10 +164,10 @@ def run_job(
         stages[stage] = round(time.perf_counter() - t0, 3)
 
     target = Target.of(spec.cluster, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers, client=client is not None)
-    refuse_unreachable(target)  # a wrong port fails at once, before the output folder is touched
     early: list[EarlyCluster] = []
 
-    def start_workers() -> None:  # a LocalCluster's workers start (and import Keras) while the plan is finished
+    def start_workers() -> None:  # once the spec and output are checked, before anything is written:
+        refuse_unreachable(target)  # a wrong port fails at once; a LocalCluster's workers start (and import Keras)
         if target.starts_locally:
             early.append(EarlyCluster(spec.cluster, n_workers))
 

@@ -81,14 +81,21 @@ def prepare(plan: JobPlan, *, overwrite: bool = False, echo: Callable = _echo) -
         raise
 
 
+def check_output(plan: JobPlan, *, overwrite: bool = False) -> tuple[Manifest, bool]:
+    """The refusals of ``plan``'s output location that write nothing (what :func:`prepare` checks
+    first): its manifest, and whether ``--overwrite`` would clear another spec's results. A run
+    checks them before it contacts its cluster, so a bad output folder is named first."""
+    check = _check_object_readonly if isinstance(plan.output, ObjectPath) else _check_output_readonly
+    return check(plan.output, plan.spec, overwrite, plan.inputs.user_files, planned_writes(plan))
+
+
 def preview(plan: JobPlan, *, overwrite: bool = False, echo: Callable = _echo) -> JobPlan:
     """The checks of :func:`prepare` that write nothing, for a dry run; ``plan`` with the folder's manifest.
 
     ``echo`` says what a run would do that a dry run does not: remove another spec's results
     (``--overwrite``), generate sets, download ImageNet weights.
     """
-    check = _check_object_readonly if isinstance(plan.output, ObjectPath) else _check_output_readonly
-    manifest, clear = check(plan.output, plan.spec, overwrite, plan.inputs.user_files, planned_writes(plan))
+    manifest, clear = check_output(plan, overwrite=overwrite)
     if clear:
         echo(f"--overwrite would remove the {len(manifest.files)} file(s) daskdiff wrote in {plan.output} for another spec")
     for name, s in plan.inputs.sets.items():
