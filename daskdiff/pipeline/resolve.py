@@ -126,7 +126,10 @@ def resolve(spec: JobSpec, base: Path, *, output: str | Path | None = None, weig
         else:
             sets[name] = _generated_set(name, entry, base, out, spec.storage_options)
     inputs = JobInputs(spec, base, out, model_spec(spec, base, weights), sets)
-    check_spectral(spec, inputs.counts, inputs.fps, exact=inputs.exact)
+    from ..stimuli.registry import MOVIE_KINDS
+
+    stills = frozenset(name for name, s in sets.items() if s.generate is not None and s.generate not in MOVIE_KINDS)
+    check_spectral(spec, inputs.counts, inputs.fps, exact=inputs.exact, stills=stills)
     return inputs
 
 
