@@ -8,6 +8,7 @@ test of ``tests/test_estimate.py`` runs it.
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any, Callable
 
@@ -34,8 +35,11 @@ def lines_run(fn: Callable[..., Any], *args: Any, limit: int = 10**7) -> tuple[A
         return trace
 
     before = sys.gettrace()
+    gc.collect()  # finalizers of earlier tests' garbage (Python ``__del__``) run now, not counted in ``fn``'s lines
+    gc.disable()
     sys.settrace(trace)
     try:
         return fn(*args), count
     finally:
         sys.settrace(before)
+        gc.enable()

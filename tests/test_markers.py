@@ -71,7 +71,8 @@ def test_module_fixture(colour_model):
 def inner(tmp_path):
     """A project folder with this suite's conftest.py and the tests above; ``run(*args)`` runs pytest there."""
     (tmp_path / "tests").mkdir()
-    shutil.copy(HERE / "conftest.py", tmp_path / "tests" / "conftest.py")
+    for name in ("conftest.py", "s3server.py"):  # conftest.py imports the S3 fixtures from s3server.py
+        shutil.copy(HERE / name, tmp_path / "tests" / name)
     (tmp_path / "tests" / "test_inner.py").write_text(INNER)
     (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider -p no:xdist -p no:randomly\n"
                                          "markers =\n    keras\n    cluster\n    subprocess\n    vgg16\n")
