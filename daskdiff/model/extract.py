@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -320,6 +321,7 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec, 
                 kept.append(batch.outputs)
         return {**done, "path": str(path), "resumed": True, "replaced": None, "values": kept.values()}
     base, _ = extractor(spec, plan)
+    started = time.perf_counter()  # after the model is built (once per worker): "seconds" is this shard's images
     ok: list[int] = []
     skipped: list[tuple[str, str]] = []
     logits: list[np.ndarray] = []
@@ -366,4 +368,4 @@ def extract_shard(task: ShardTask, plan: dict[str, LayerPlan], spec: ModelSpec, 
             writer.write_labels(labels, record)
         meta = shard_metadata(tmp)  # read back from the finished file before it is published (no download)
     return {**meta, "path": str(path), "resumed": False, "replaced": why,
-            "values": None if kept is None else kept.values()}
+            "values": None if kept is None else kept.values(), "seconds": time.perf_counter() - started}

@@ -40,7 +40,7 @@ from ..io.partials import Partial
 from ..io.results import set_metadata
 from ..io.shards import CorruptShardError
 from ..logs import reporter, warn
-from ..model.build import cached_model, ModelSpec, with_fingerprint
+from ..model.build import ModelSpec
 from ..model.extract import extract_shard, ShardTask
 from . import config
 from .activity import pool_summary, submit_pools
@@ -183,10 +183,7 @@ def _extract(task: ShardTask, recipe: StorageRecipe, digest: str, model: ModelSp
     # extraction.decoders, decided on the worker: auto (0), or the number given, capped by its cores
     task = dataclasses.replace(task, decoders=decoders(task.decoders or None))
     try:
-        if not shard_path(task.output, task.image_set, task.shard).exists():  # a shard to extract (a resumed one needs no model):
-            cached_model(with_fingerprint(model))  # built once per worker before the clock starts: the job's start, not its images
-        start = time.perf_counter()
-        return {**extract_shard(task, cached_storage_plan(recipe, digest), model, keep=keep), "seconds": time.perf_counter() - start}
+        return extract_shard(task, cached_storage_plan(recipe, digest), model, keep=keep)
     except Exception as err:
         if (device := device_error(err, task.batch_size, f"shard {task.shard} of set {task.image_set!r}")) is None:
             raise
