@@ -38,11 +38,9 @@ from .errors import DaskdiffError, InputError, shorten
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .model.quiet import import_tensorflow_quietly
     from .pipeline.spec_file import load_spec
 
-    spec, base = load_spec(args.job)
-    import_tensorflow_quietly()  # here, not at the model's first use, so that its start-up lines can be filtered
+    spec, base = load_spec(args.job)  # the model is built (importing its backend quietly) only where its facts are not cached
     where = {"output": args.output, "weights": args.weights, "overwrite": args.overwrite, "scheduler": args.scheduler,
              "scheduler_file": args.scheduler_file, "n_workers": args.workers, "force": args.force}
     if args.dry_run:

@@ -38,7 +38,8 @@ def _extract(name: str, spec, substrates: list[str], n_units: tuple, paths: list
     import keras
 
     from daskdiff.core.units import Sampling, storage_plan
-    from daskdiff.model.build import cached_model, model_layers, preprocess
+    from daskdiff.model.architecture import model_layers
+    from daskdiff.model.build import cached_model, preprocess
     from daskdiff.model.extract import extract_shard, ShardTask
 
     info = model_layers(spec)

@@ -3,16 +3,25 @@ markers that say what a test costs, with the guard of ``pytest --fast`` (``pytho
 
 from __future__ import annotations
 
+import atexit
 import importlib.abc
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+if "DASK_DASKDIFF__MODEL__ARCHITECTURE_CACHE" not in os.environ:
+    # the architectures' facts the tests' plans measure (daskdiff.model.architecture): kept for the
+    # session (its pytest-xdist workers and subprocesses inherit it), never in the user's own cache
+    _ARCHITECTURES = tempfile.mkdtemp(prefix="daskdiff-tests-architectures-")
+    os.environ["DASK_DASKDIFF__MODEL__ARCHITECTURE_CACHE"] = _ARCHITECTURES
+    atexit.register(shutil.rmtree, _ARCHITECTURES, ignore_errors=True)
 
 import logging
 

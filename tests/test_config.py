@@ -258,6 +258,12 @@ def _close_timeout(interrupted: bool = False) -> float:
     return given[0]
 
 
+def _architecture_cache():
+    from daskdiff.pipeline.config import cache_folder
+
+    return cache_folder("daskdiff.model.architecture-cache", "architectures")
+
+
 def _worker_ttl():
     from daskdiff.pipeline.cluster import worker_ttl
 
@@ -279,6 +285,7 @@ PROBES = {
     "daskdiff.handoff.memory-share": (0.5, lambda _: _handoff_in_memory()),
     "daskdiff.cluster.close-timeout": ("3s", lambda _: _close_timeout()),
     "daskdiff.cluster.interrupt-timeout": ("10s", lambda _: _close_timeout(interrupted=True)),
+    "daskdiff.model.architecture-cache": (False, lambda _: _architecture_cache()),  # tests/test_architecture_cache.py: what it holds
     "daskdiff.lease.ttl": ("5s", lambda _: output_lease(ObjectPath("s3://bucket/prefix")).ttl),  # tests/test_s3_output.py: what ttl does
     **{f"daskdiff.estimate.{f.name.replace('_', '-')}": (f.default * 2, lambda _: _estimate_figures()) for f in fields(Calibration)},
 }

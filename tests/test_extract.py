@@ -13,7 +13,8 @@ import pytest
 import xarray as xr
 
 from daskdiff.model.extract import extract_shard, ShardTask
-from daskdiff.model.build import build_model, model_layers, ModelSpec, WeightsUnavailableError
+from daskdiff.model.architecture import model_layers
+from daskdiff.model.build import build_model, ModelSpec, WeightsUnavailableError
 from daskdiff.core.units import Sampling, storage_plan
 from daskdiff.io.layout import shard_path
 from daskdiff.io.shards import open_activations, read_features

@@ -26,7 +26,8 @@ from daskdiff.io.atomic import owner_tag
 from daskdiff.io.layout import LOCK_FILE, shard_path
 from daskdiff.io.manifest import Manifest
 from daskdiff.io.shards import ShardWriter, activation_variables, inputs_digest, shard_labels, shard_status
-from daskdiff.model.build import ModelSpec, model_layers
+from daskdiff.model.architecture import model_layers
+from daskdiff.model.build import ModelSpec
 from daskdiff.model.extract import extract_shard, ShardTask
 from daskdiff.pipeline.job import plan_job
 

@@ -40,7 +40,9 @@ from ..errors import MAX_QUOTED, DaskdiffError, InputError, shorten
 from ..io.fingerprints import file_identity
 from ..io.location import is_remote
 from ..io.reading import local_copy
+from .keras_config import backend_name, keras_home, package_version
 from .preprocess import PREPROCESS_MODES, preprocess  # noqa: F401  (re-exported: spec and callers import them from here)
+from .quiet import import_tensorflow_quietly
 
 APPLICATIONS: dict[str, str] = {
     "VGG16": "vgg16",
@@ -133,9 +135,7 @@ class ModelSpec:
         :func:`model_fingerprint` (this spec's own when taken, :attr:`fingerprint`): it decides
         whether a shard is reused.
         """
-        import keras
-
-        backend = keras.backend.backend()
+        backend = backend_name()
         return {
             "model": self.name,
             "weights": weights_identity(self),
@@ -143,9 +143,9 @@ class ModelSpec:
             "predictions_layer_values": self.predictions,
             "precision": self.precision,
             "model_fingerprint": self.fingerprint or model_fingerprint(self),
-            "keras_version": keras.__version__,
+            "keras_version": package_version("keras"),
             "keras_backend": backend,
-            "keras_backend_version": _version(backend),
+            "keras_backend_version": package_version(backend),
         }
 
     def preprocess_mode(self) -> str:
@@ -154,15 +154,6 @@ class ModelSpec:
         if self.is_application:
             return f"keras.applications.{self.application}.preprocess_input"
         return "none"
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def check_model_name(name: str) -> str:
@@ -176,6 +167,12 @@ def check_model_name(name: str) -> str:
 
 RANDOM_INIT = "he_normal"
 """The scheme of ``weights='random'`` (see the module notes): part of the weights' identity."""
+
+
+def check_model_file(spec: ModelSpec) -> None:
+    """Refuse a ``.keras`` model path that is no file here (an object store's URL is checked when read)."""
+    if not spec.is_application and not is_remote(spec.name) and not Path(spec.name).is_file():
+        raise InputError(f"model file {spec.name!r} does not exist; give a keras.applications name or an existing '.keras' file")
 
 
 def _weights_file(spec: ModelSpec) -> Path | str | None:
@@ -276,9 +273,7 @@ def check_fingerprint(spec: ModelSpec) -> None:
 
 def keras_cache_dir() -> Path:
     """Where Keras caches downloaded weights (``$KERAS_HOME/models`` or ``~/.keras/models``)."""
-    from keras.src.backend import config
-
-    return Path(os.path.expanduser(config.keras_home())) / "models"
+    return keras_home() / "models"
 
 
 class WeightsUnavailableError(DaskdiffError, RuntimeError):
@@ -349,10 +344,11 @@ def build_model(spec: ModelSpec) -> Any:
         ``weights='imagenet'`` and the file is neither cached nor downloadable; the message
         names the file, the cache folder and the two alternatives.
     """
-    import keras
-
     check_model_name(spec.name)
     check_fingerprint(spec)
+    import_tensorflow_quietly()
+    import keras
+
     if spec.is_application:
         constructor = getattr(keras.applications, spec.name)
         keras_weights = "imagenet" if spec.weights == "imagenet" else None
@@ -363,8 +359,7 @@ def build_model(spec: ModelSpec) -> Any:
                 raise _imagenet_error(spec.name, exc) from exc
             raise
     else:
-        if not is_remote(spec.name) and not Path(spec.name).is_file():
-            raise InputError(f"model file {spec.name!r} does not exist; give a keras.applications name or an existing '.keras' file")
+        check_model_file(spec)
         with local_copy(spec.name, spec.storage_options, "model file") as path:  # an object: a temporary copy
             model = keras.saving.load_model(path, compile=False)
         last = model.layers[-1]
@@ -415,15 +410,19 @@ def layer_output(model: Any, name: str) -> Any:
 
 
 def select_layers(model: Any, wanted: tuple[str, ...] | list[str] | None) -> list[str]:
-    """The requested layers in network order (the :data:`PSEUDO_LAYERS` first); unknown names
-    raise a ValueError listing valid ones."""
-    names = layer_names(model)
+    """The requested layers of ``model`` in network order (:func:`select_names`)."""
+    return select_names(layer_names(model), wanted, model.name)
+
+
+def select_names(names: list[str], wanted: tuple[str, ...] | list[str] | None, model_name: str) -> list[str]:
+    """The requested layers in network order (the :data:`PSEUDO_LAYERS` first), from the network's
+    layer ``names`` (:func:`layer_names`); unknown names raise an InputError listing valid ones."""
     if wanted is None:
-        return names
+        return list(names)
     unknown = [w for w in wanted if w not in names and w not in PSEUDO_LAYERS]
     if unknown:
-        raise InputError(f"unknown layer(s) {shorten(str(unknown))} for model {model.name!r}; "
-                         f"valid layers are {shorten(str(list(PSEUDO_LAYERS) + names), 4 * MAX_QUOTED)}")
+        raise InputError(f"unknown layer(s) {shorten(str(unknown))} for model {model_name!r}; "
+                         f"valid layers are {shorten(str(list(PSEUDO_LAYERS) + list(names)), 4 * MAX_QUOTED)}")
     if len(set(wanted)) != len(wanted):
         twice = sorted(name for name, n in Counter(wanted).items() if n > 1)
         raise InputError(f"layers lists a layer twice: {shorten(str(twice))}")
@@ -482,33 +481,6 @@ def input_size(model: Any) -> tuple[int, int]:
     if len(shape) != 4 or shape[3] != 3 or shape[1] is None:
         raise InputError(f"the model must take fixed-size RGB images (None, h, w, 3); its input shape is {shape}")
     return int(shape[1]), int(shape[2])
-
-
-def architecture(spec: ModelSpec) -> Any:
-    """The model of ``spec`` without loading weights (for shapes and layer names only)."""
-    import keras
-
-    check_model_name(spec.name)
-    if spec.is_application:
-        return getattr(keras.applications, spec.name)(weights=None, include_top=True, classifier_activation=None)
-    return build_model(ModelSpec(name=spec.name, weights="file", storage_options=spec.storage_options))
-
-
-def model_layers(spec: ModelSpec) -> dict[str, Any]:
-    """Layer names, unit shapes and input size of ``spec``'s architecture (weights not loaded).
-
-    Used before a job starts, to validate layer names and plan storage; ~3 s for VGG16.
-    """
-    model = architecture(spec)
-    layers = select_layers(model, spec.layers)
-    return {
-        "layers": layers,
-        "shapes": layer_shapes(model, layers),
-        "input_size": input_size(model),
-        "last_layer": layer_names(model)[-1],
-        "forward_flops": forward_flops(model),
-        "weight_bytes": weight_bytes(model),
-    }
 
 
 def weight_bytes(model: Any) -> int:

@@ -17,9 +17,12 @@ import sys
 import tempfile
 from typing import Any, Iterator
 
+from .keras_config import backend_name
+
 _GLOG_LINE = re.compile(r"^([IWEF])\d{4} \d+:\d+:[\d.]+\s+\d+ \S+:\d+\] ")
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 _SEVERITY = "IWEF"
+_IMPORTED: list[Any] = []  # TensorFlow, once imported here
 
 
 def _tf_min_log_level() -> int:
@@ -85,11 +88,14 @@ def _filtered_native_stderr(level: int) -> Iterator[None]:
 def import_tensorflow_quietly() -> Any:
     """Import TensorFlow and list its GPUs, without the ~5 native lines it prints despite
     ``TF_CPP_MIN_LOG_LEVEL`` (see :func:`_drop_tf_noise`). Returns the module, or None where
-    ``KERAS_BACKEND`` is not ``tensorflow`` (then TensorFlow is not imported)."""
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+    the Keras backend (:func:`daskdiff.model.keras_config.backend_name`) is not ``tensorflow`` (then TensorFlow is not imported)."""
+    if backend_name() != "tensorflow":
         return None
+    if _IMPORTED:
+        return _IMPORTED[0]
     with _filtered_native_stderr(_tf_min_log_level()):
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")
+    _IMPORTED.append(tf)
     return tf

@@ -11,6 +11,7 @@ described in ``docs/configuration.md``.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import dask.config
@@ -77,3 +78,17 @@ def seconds(key: str) -> float:
     if duration is None or duration < 0:
         raise _bad(key, value, "a duration such as 15s or 2 minutes, or a number of seconds")
     return duration
+
+
+def cache_folder(key: str, name: str) -> Path | None:
+    """Dask config ``key`` as a cache folder: a path (``~`` expanded); None (null) for
+    ``$XDG_CACHE_HOME/daskdiff/NAME`` (``~/.cache/daskdiff/NAME``); False for no cache (returns None)."""
+    value = dask.config.get(key)
+    if value is False:
+        return None
+    if value is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(base) / "daskdiff" / name
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise _bad(key, value, "a folder, null (the default folder) or false (no cache)")
+    return Path(os.path.expanduser(os.fspath(value)))

@@ -30,6 +30,7 @@ import dask
 
 from ..errors import JobError
 from ..logs import reporter, warn
+from ..model.keras_config import backend_name
 from . import config
 from .budget import BudgetError, gb, Limits
 
@@ -131,9 +132,7 @@ def memory_needs(cluster: Any, limits: Limits, weight_bytes: int, task_memory: i
     """The :class:`MemoryNeeds` of a job on ``cluster`` (the spec's section) with ``limits``,
     a model of ``weight_bytes`` of weights and a largest task of ``task_memory`` bytes; the
     backend is the client's Keras backend, which the workers it starts inherit."""
-    import keras
-
-    backend = keras.backend.backend()
+    backend = backend_name()
     processes = 1
     if limits.worker_memory is None:
         key = "dask worker --memory-limit"

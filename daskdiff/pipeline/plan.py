@@ -25,7 +25,8 @@ from ..io.layout import IMAGES_DIR
 from ..io.lock import OutputLock
 from ..io.manifest import Manifest
 from ..logs import reporter
-from ..model.build import model_layers, ModelSpec
+from ..model.architecture import model_layers
+from ..model.build import ModelSpec
 from ..model.extract import ShardTask
 from . import config
 from .budget import check_budget, describe, job_size, Limits, lower_bound_size, mean_chars
@@ -74,7 +75,7 @@ class JobPlan:
     """How each set's count is known (``'exact'``, ``'at most'``, ``'unknown'``: see
     :mod:`daskdiff.pipeline.resolve`); every set's is exact once the output folder is prepared."""
     model_info: dict = field(default_factory=dict)
-    """The architecture's facts (:func:`daskdiff.model.build.model_layers`)."""
+    """The architecture's facts (:func:`daskdiff.model.architecture.model_layers`)."""
 
     @functools.cached_property
     def digest(self) -> str:
@@ -125,7 +126,7 @@ def plan(inputs: JobInputs, *, limits: Limits, force: bool = False, echo: Callab
     spec, counts = inputs.spec, inputs.counts
     quiet = lambda *_: None  # noqa: E731  (only the last check says that --force ran over a bound)
     check_budget(estimate_work(lower_bound_size(spec, counts, inputs.generated)), limits, force=force, what="lower bound", echo=quiet)
-    info = model_layers(inputs.model)
+    info = model_layers(inputs.model, config.cache_folder("daskdiff.model.architecture-cache", "architectures"))
     a = spec.analysis
     sampling = Sampling(n_units=tuple(a.n_units), repeats=a.repeats, mode=a.sampling, seed=a.seed)
     full = (info["last_layer"],)
