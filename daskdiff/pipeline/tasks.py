@@ -36,6 +36,7 @@ from ..core.blocked import differentiation_blocked
 from ..core.differentiation import distances_stack, normalize_stack, rdm_median
 from ..core.spectral import spectral_differentiation_stack
 from ..core.estimate import stack_bytes
+from ..core.exact import EXACT_METRICS, exact_distances
 from ..core.partial_layout import SOURCE, PartialLayout
 from ..core.unit_major import UNIT_MAJOR_METRICS, UnitMajor, unit_major, unit_major_distances, worth_unit_major
 from ..core.units import NUnits, Sampling, units_for
@@ -172,9 +173,8 @@ _SCRATCH = threading.local()
 def scratch(shape: tuple[int, ...]) -> np.ndarray:
     """An uninitialised float64 array of ``shape`` on this thread's reused buffer.
 
-    A task builds stack after stack of the same size, and each layer's exact ``n_units`` copies
-    the whole layer to float64: memory allocated afresh for each would be paged in again each
-    time (on virtual machines that hand freed memory back to their host, several times the cost
+    A task builds stack after stack of the same size: memory allocated afresh for each would be
+    paged in again each time (on virtual machines that hand freed memory back to their host, several times the cost
     of filling it). The buffer grows to the largest stack a thread has built, up to Dask config
     ``daskdiff.task.scratch-max`` (2 GiB, read on the worker), and is kept; a larger stack is
     allocated afresh. The array is valid until this thread's next call.
@@ -213,6 +213,13 @@ def sampled_stack(values: Values, index: np.ndarray, task: DiffTask, n_units: NU
         else:
             out[...] = values[:, pos]
     return stack, k
+
+
+def _every_row(index: np.ndarray, task: DiffTask, n_units: NUnits, values: Values) -> bool:
+    """Whether an exact ``n_units``' positions are every stored feature, in order."""
+    pos = positions(index, task, n_units, 0)
+    n = len(values.values) if isinstance(values, UnitMajor) else values.shape[1]
+    return len(pos) == n and (n == 0 or (pos[0] == 0 and pos[-1] == n - 1))
 
 
 def _blocked_median(values: Values, index: np.ndarray, task: DiffTask, n_units: NUnits, repeat: int, name: str,
@@ -258,6 +265,12 @@ def _n_units_result(values: Values, index: np.ndarray, task: DiffTask, n_units: 
             if on_device is not None:
                 picks = [positions(index, task, n_units, r) for r in repeats]
                 d, bad = distances_on_arrays(on_device, picks, task.metric, task.normalize, task.per_unit, name=name, min_scale=min_scale)
+            elif exact and task.spectral is None and task.metric in EXACT_METRICS and _every_row(index, task, n_units, values):
+                # one matrix of every stored value: its distances in blocks of units, with no float64 copy of it
+                one, flag = exact_distances(values.values if isinstance(values, UnitMajor) else values, task.metric,
+                                            task.normalize, task.per_unit, units_first=isinstance(values, UnitMajor),
+                                            name=name, on_undefined="nan", min_scale=min_scale)
+                d, bad = one[None], np.array([flag])
             elif isinstance(values, UnitMajor) and task.metric in UNIT_MAJOR_METRICS:
                 picks = [positions(index, task, n_units, r) for r in repeats]
                 d, bad = unit_major_distances(values, picks, task.metric, task.normalize, task.per_unit, name=name,

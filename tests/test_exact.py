@@ -1,0 +1,81 @@
+"""The distances of a whole layer in blocks of units (:mod:`daskdiff.core.exact`) against scipy's
+``pdist`` on the matrix normalised by hand, and against the stacked path it replaces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist, squareform
+
+from daskdiff.core.differentiation import distances_stack
+from daskdiff.core.exact import exact_distances
+
+
+def _by_hand(x: np.ndarray, normalize: str) -> np.ndarray:
+    """``x`` normalised over all its entries, as the seed notebooks do (float64)."""
+    x = x.astype(np.float64)
+    if normalize == "zscore":
+        return (x - x.mean()) / x.std()
+    if normalize == "mean":
+        return x / x.mean()
+    if normalize == "max":
+        return x / np.abs(x).max()
+    return x
+
+
+def _layer(rng, n_images=9, n_units=1000, offset=0.0):
+    """ReLU-like float32 activations (a third exactly zero), plus ``offset``."""
+    x = np.maximum(rng.standard_normal((n_images, n_units)), 0) * rng.gamma(2.0, 1.0, n_units)
+    return (x + offset).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+@pytest.mark.parametrize("normalize", ["none", "mean", "zscore", "max"])
+@pytest.mark.parametrize("per_unit", [False, True])
+@pytest.mark.parametrize("block", [1, 7, 256, 10**6])
+def test_blocks_of_units_give_scipys_distances(metric, normalize, per_unit, block):
+    rng = np.random.default_rng(block)
+    x = _layer(rng)
+    reference = squareform(pdist(_by_hand(x, normalize), metric))
+    if per_unit:
+        reference /= np.sqrt(x.shape[1]) if metric == "euclidean" else x.shape[1]
+    for units_first, given in ((False, x), (True, np.ascontiguousarray(x.T))):
+        d, undefined = exact_distances(given, metric, normalize, per_unit, units_first=units_first, block=block)
+        assert undefined is False
+        np.testing.assert_allclose(d, reference, rtol=1e-12, atol=0)
+        assert np.array_equal(d, d.T) and not np.diagonal(d).any()
+
+
+@pytest.mark.parametrize("normalize", ["none", "zscore"])
+def test_near_identical_images_with_a_large_offset_are_centred_as_the_stacked_path_centres_them(normalize):
+    """A common offset of 1e4 and differences of 1e-3: the uncentred Gram matrix would lose them."""
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal(3000)
+    x = (1e4 + base + 1e-3 * rng.standard_normal((6, 3000))).astype(np.float64)
+    reference = squareform(pdist(_by_hand(x, normalize), "euclidean"))
+    d, _ = exact_distances(x, "euclidean", normalize, block=128)
+    stacked, _ = distances_stack(x[None], "euclidean", normalize)
+    np.testing.assert_allclose(d, reference, rtol=1e-7)  # what float64 leaves of 1e-3 against 1e4
+    np.testing.assert_allclose(d, stacked[0], rtol=1e-9)
+    uncentred = np.sqrt(np.maximum(0, np.add.outer((x * x).sum(1), (x * x).sum(1)) - 2 * x @ x.T))
+    assert np.abs(uncentred - reference)[~np.eye(6, dtype=bool)].max() > 1e-3 * reference.max() or normalize == "zscore"
+
+
+def test_an_undefined_normaliser_gives_nan_or_the_stacked_paths_error():
+    x = np.zeros((5, 40), dtype=np.float32)
+    d, undefined = exact_distances(x, "euclidean", "zscore", on_undefined="nan", name="layer 'dead'")
+    assert undefined is True and np.isnan(d).all() and d.shape == (5, 5)
+    with pytest.raises(ValueError, match=r"standard deviation of all entries of layer 'dead' is 0\.0"):
+        exact_distances(x, "euclidean", "zscore", name="layer 'dead'")
+    tiny = np.full((4, 30), 1e-30, dtype=np.float32)
+    tiny[0, 0] = 2e-30
+    assert exact_distances(tiny, "euclidean", "zscore", on_undefined="nan", min_scale=1e-6)[1] is True  # below float32 resolution of the layer
+    assert exact_distances(tiny.astype(np.float64), "euclidean", "zscore", on_undefined="nan")[1] is False
+
+
+def test_the_stacked_path_agrees_to_rounding_on_a_wide_layer():
+    """100,000 units (seven blocks): the old path's distances, to ~1e-14."""
+    x = _layer(np.random.default_rng(3), n_images=12, n_units=100_000)
+    stacked, _ = distances_stack(x[None], "euclidean", "zscore", per_unit=True)
+    d, _ = exact_distances(x, "euclidean", "zscore", per_unit=True)
+    np.testing.assert_allclose(d, stacked[0], rtol=1e-13, atol=0)
