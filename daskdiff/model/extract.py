@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -217,6 +218,31 @@ def decoder_pool(n: int) -> Any:
         return pool
 
 
+_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def predict(model: Any, batch: np.ndarray) -> dict[str, np.ndarray]:
+    """``model.predict_on_batch(batch)`` of the extraction model: its outputs by name, as arrays.
+
+    On TensorFlow the model's call is one ``tf.function`` per model (traced once per batch
+    shape, as Keras's own predict function) and its outputs are taken without a copy
+    (``np.asarray`` of a CPU tensor shares its buffer; read-only): Keras's ``predict_on_batch``
+    copies every output, ~1 GB per batch of 16 VGG16 images with every layer, which cost
+    ~30 % of an extraction (``benchmarks/job.py``). The values are the same, bit for bit (the
+    same graph). Other backends keep ``predict_on_batch``.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return model.predict_on_batch(batch)
+    call = _CALLS.get(model)
+    if call is None:
+        import tensorflow as tf
+
+        call = _CALLS[model] = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return {name: np.asarray(value) for name, value in call(batch).items()}
+
+
 def run_extraction(
     images_paths: list[str], spec: ModelSpec, plan: dict[str, LayerPlan], *, batch_size: int = 16,
     resize: str = "nearest", strict: bool = False, exif_orientation: bool = False, decoders: int = 1,
@@ -247,7 +273,7 @@ def run_extraction(
             outputs = {}
             if len(batch_ok):
                 with forward_lock():
-                    outputs = model.predict_on_batch(model_input(model, batch, spec))
+                    outputs = predict(model, model_input(model, batch, spec))
             yield Batch(
                 {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()},
                 [sl.start + j for j in batch_ok],
