@@ -27,7 +27,7 @@ What is run (each a fresh process tree, one after the other)
   "tensorflow<2.16"``, ~3 GB with torch; Keras 2 there). If that fails the row is skipped and
   the commands to make it by hand are printed.
 - *daskdiff*: ``daskdiff run SPEC --no-progress`` (VGG16 seeded random weights, substrates
-  ``units`` + ``filter_mean``, z-score, ``per_unit``, a LocalCluster of 2 one-thread workers), once
+  ``units`` + ``filter_mean``, z-score, ``per_unit``, daskdiff's default LocalCluster, or ``--workers``/``--threads``), once
   per ``--runs`` entry (``store[/handoff]``).
 
 What is printed
@@ -297,14 +297,14 @@ def run_peer(python: Path, folder: Path, sets: dict[str, list[str]], n_units: li
 
 
 def run_job(folder: Path, sets: dict[str, list[str]], n_units: list, repeats: int, name: str, store: str = "needed",
-            handoff: str | None = None) -> dict:
+            handoff: str | None = None, cluster: dict | None = None) -> dict:
     spec = {
         "name": name,
         "model": {"name": "VGG16", "weights": "random", "seed": 0},
         "image_sets": {s: str(Path(paths[0]).parent) for s, paths in sets.items()},
         "analysis": {"substrates": list(SUBSTRATES), "n_units": n_units, "repeats": repeats,
                      "normalize": "zscore", "per_unit": True, "seed": 0},
-        "cluster": {"kind": "local", "n_workers": 2},
+        "cluster": cluster or {"kind": "local"},
         "extraction": {"store": store, **({"handoff": handoff} if handoff else {})},
         "output": str(folder / f"out-{name}"),
     }
@@ -353,11 +353,15 @@ def main() -> None:
     parser.add_argument("--runs", nargs="*", default=["needed", "none"],
                         help="the seed-shaped job's extraction.store[/handoff], one run each "
                              "(default: needed (the default store), none; none given: only --large)")
+    parser.add_argument("--workers", type=int, default=None, help="cluster.n_workers of daskdiff's LocalCluster (default: daskdiff's)")
+    parser.add_argument("--threads", type=int, default=None, help="cluster.threads_per_worker (default: daskdiff's)")
     parser.add_argument("--no-peer", action="store_true", help="skip THINGSvision + rsatoolbox")
     parser.add_argument("--peer-venv", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "daskdiff-bench" / "peer-venv",
                         help="the peer's virtual environment (made on first use)")
     args = parser.parse_args()
     seed_units = [200, 10000, "all"]
+    cluster = {"kind": "local", **({"n_workers": args.workers} if args.workers else {}),
+               **({"threads_per_worker": args.threads} if args.threads else {})}
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="daskdiff-bench-job-") as tmp:
         folder = Path(tmp)
@@ -375,7 +379,7 @@ def main() -> None:
                 if store not in ("needed", "all", "none") or handoff not in ("", "disk", "memory", "auto"):
                     parser.error(f"--runs {run!r}: give store[/handoff], store one of needed, all, none; handoff disk, memory or auto")
                 job = results[run] = run_job(folder, sets, seed_units, args.repeats, f"seed-{store}-{handoff or 'default'}", store,
-                                             handoff or None)
+                                             handoff or None, cluster)
                 report(f"daskdiff run, store: {store}" + (f", handoff: {handoff}" if handoff else ""), job, floor)
             print(f"\nsummary, seed-shaped job ({args.sets} x {args.images} images, {args.repeats} repeats); arithmetic floor "
                   f"{arith['busy']:.1f} s")
@@ -392,7 +396,7 @@ def main() -> None:
             big = write_sets(folder / "large", 1, args.large)
             big_floor = run_floor(big["set0"])
             big_arith = run_arithmetic(big, [200, 10000], args.repeats)
-            large = run_job(folder, big, [200, 10000], args.repeats, "large")
+            large = run_job(folder, big, [200, 10000], args.repeats, "large", cluster=cluster)
             report(f"large job: 1 x {args.large} images, n_units [200, 10000], {args.repeats} repeats", large, big_floor)
             both = big_floor["wall"] + big_arith["busy"]
             verdict("[large] daskdiff wall / (forward + arithmetic floor)", large["wall"] / both, "<= 1.3", large["wall"] <= 1.3 * both)
