@@ -107,12 +107,14 @@ class Calibration:
     [200]), 2.8x and 2.3x for ``benchmarks/job.py`` (2 x 43 images, [200, 10000, all]: 6 GB of
     shards written with ``fsync``). Two workers on two cores share the memory bandwidth that the
     elementwise passes are bound by; Dask, model builds and disk waits add the rest."""
-    job_start_s: float = 60.0
-    """Wall seconds of a job's fixed start: the client builds the model for its layer shapes, the
-    cluster's workers start, build their model and trace its extraction graph. Measured on the
-    2-core VM at a load of 5-7 (docs/performance.md, "Estimates"): the demo's first shard ended 45 s
-    after planning for 6 CPU-s of extraction, and its planning took 9.5 s; with 30 s the demo was
-    printed at 43 s for 72 s, the movie demo at 51 s for 116 s (1.7x and 2.3x; 60 s: 1.0x and 1.4x).
+    job_start_s: float = 30.0
+    """Wall seconds of a job's fixed start: the cluster's workers start (each imports the Keras
+    backend), build their model and trace its extraction graph; the client builds the model too
+    the first time it meets an architecture (:mod:`daskdiff.model.architecture`). Measured on
+    the 2-core VM, quiet, with the architecture cached (docs/performance.md, "Issue 23 at the seed shape"): the
+    seed job's extraction stage ended ~20 s later than its forward passes take; with 30 s the demo
+    printed 43 s for 33-40 s measured, the movie demo 50 s for 37-43 s, the seed job 139 s for
+    98-103 s (``store: none``: 120 s for 71-90 s). At a load of 5-7 the demo took 72 s.
     A job revises its estimate on its first shard (:func:`revised_wall_seconds`)."""
     png_bytes_per_pixel: int = 3
     """A generated PNG's bytes per pixel: 8-bit RGB (noise does not compress; smooth images take less)."""

@@ -298,7 +298,8 @@ def describe(est: WorkEstimate, limits: Limits, *, what: str = "estimate") -> li
         f"{gb(est.partial_bytes)}; results {gb(est.results_bytes)}); {free}",
         f"  memory: largest differentiation task {gb(est.task_memory)} ({est.largest_task}), extraction batches "
         f"{gb(est.extraction_memory)} at least, {worker}; "
-        f"client {gb(est.client_memory)} beyond its ~2 GB of Python and TensorFlow",
+        f"client {gb(est.client_memory)} beyond its ~0.4 GB of Python (and ~2 GB more the first time it meets an "
+        "architecture: it builds the model once to learn its layers)",
         f"  time: ~{duration(est.cpu_seconds)} of CPU ({planning}extraction {duration(est.extraction_seconds)}, "
         f"differentiation {duration(est.differentiation_seconds)}){wall} (an order of magnitude: costs measured on 2 CPU cores)",
     ]
