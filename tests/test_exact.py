@@ -79,3 +79,24 @@ def test_the_stacked_path_agrees_to_rounding_on_a_wide_layer():
     stacked, _ = distances_stack(x[None], "euclidean", "zscore", per_unit=True)
     d, _ = exact_distances(x, "euclidean", "zscore", per_unit=True)
     np.testing.assert_allclose(d, stacked[0], rtol=1e-13, atol=0)
+
+
+def test_a_whole_layer_is_never_copied_to_float64():
+    """The stacked path converts the layer to a float64 stack (twice the float32 values); the
+    blocked one holds a few blocks at most (tracemalloc sees numpy's allocations)."""
+    import tracemalloc
+
+    x = _layer(np.random.default_rng(4), n_images=9, n_units=400_000)  # 14.4 MB of float32
+
+    def peak(f) -> int:
+        tracemalloc.start()
+        try:
+            f()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    stacked = peak(lambda: distances_stack(x[None], "euclidean", "zscore", per_unit=True))
+    blocked = peak(lambda: exact_distances(x, "euclidean", "zscore", per_unit=True))
+    assert stacked > 2 * x.nbytes  # the copy the blocked path avoids
+    assert blocked < 0.25 * x.nbytes, blocked
