@@ -102,7 +102,7 @@ class ClusterStarts:
             self.workers: dict = {}
             self.closed = False
 
-        def close(self) -> None:
+        def close(self, timeout: float | None = None) -> None:  # as LocalCluster.close
             self.closed = True
 
     def __call__(self, section, n_workers, security) -> "ClusterStarts.Cluster":

@@ -251,7 +251,7 @@ def _close_timeout(interrupted: bool = False) -> float:
         def sync(self, f):
             asyncio.run(f())
 
-        def close(self):
+        def close(self, timeout=None):
             pass
 
     cluster._close_cluster(Cluster(), interrupted=interrupted)

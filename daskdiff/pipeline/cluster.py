@@ -472,8 +472,23 @@ def _close_cluster(cluster: Any, *, interrupted: bool = False) -> None:
     with _interrupt_quietly() if interrupted else contextlib.nullcontext():
         if nannies:
             async def close_all() -> None:
-                await asyncio.gather(*(w.close(timeout=timeout) for w in nannies), return_exceptions=True)
+                await asyncio.wait_for(asyncio.gather(*(w.close(timeout=timeout) for w in nannies), return_exceptions=True),
+                                       timeout + 5)
 
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # asyncio.TimeoutError too: a nanny caught restarting its worker never returns
                 cluster.sync(close_all)
-        cluster.close()
+            for pid in _worker_pids(nannies):  # what outlived its nanny's close is killed, never left behind
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            cluster.close(timeout=timeout + 5)
+
+
+def _worker_pids(nannies: list) -> list[int]:
+    """The process ids of the worker processes ``nannies`` still run."""
+    pids = []
+    for nanny in nannies:
+        process = getattr(getattr(nanny, "process", None), "process", None)  # distributed's WorkerProcess -> AsyncProcess
+        if process is not None and process.is_alive() and process.pid:
+            pids.append(process.pid)
+    return pids
