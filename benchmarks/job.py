@@ -319,11 +319,13 @@ def run_job(folder: Path, sets: dict[str, list[str]], n_units: list, repeats: in
             print(f"  pid {pid}: rchar {st['rchar'] / 1e6:.0f} MB, wchar {st['wchar'] / 1e6:.0f} MB, hwm {st['hwm'] / 1e9:.2f} GB: {st['cmd'][:120]}")
     stages = re.search(r"stages \(s from start\): (.*)", row["stdout"])
     estimate = re.search(r"~([\d.,]+) (s|min|h) of wall time", row["stdout"])
+    tree = re.search(r"process tree: ~([\d.]+) (GB|MB)", row["stdout"])
     row.update(n_images=sum(map(len, sets.values())),
                stored=sum(f.stat().st_size for f in (folder / f"out-{name}" / "activations").rglob("shard-*.nc")),
                read=sum(s["rchar"] for s in workers.values()) - len(workers) * import_reads(), workers=workers,
                stages=stages.group(1) if stages else "(not printed)", client_hwm=stats.get(row["pid"], {}).get("hwm", 0),
-               estimate=estimate.group(0) if estimate else "(not printed)")
+               estimate=estimate.group(0) if estimate else "(not printed)",
+               tree=float(tree.group(1)) * (1e9 if tree.group(2) == "GB" else 1e6) if tree else None)
     return row
 
 
@@ -332,6 +334,8 @@ def report(label: str, job: dict, floor: dict) -> None:
     print(f"\n{label}")
     print(f"  wall {job['wall']:.1f} s (printed estimate: {job['estimate']}), peak PSS of the tree {job['pss'] / 1e9:.2f} GB, "
           f"written {job['written'] / 1e9:.2f} GB; forward floor {floor['wall']:.1f} s: ratio {job['wall'] / floor['wall']:.2f}")
+    if job["tree"]:
+        print(f"  process tree printed ~{job['tree'] / 1e9:.2f} GB: measured peak PSS / printed {job['pss'] / job['tree']:.2f}")
     print(f"  stages (s from start): {job['stages']}")
     if job["stored"]:
         print(f"  shards written: {job['stored'] / n / 1e6:.1f} MB per image; read by the workers (rchar, less imports): "
@@ -388,6 +392,9 @@ def main() -> None:
                 if peer:
                     verdict(f"[{run}] peer wall / daskdiff wall", peer["wall"] / job["wall"], ">= 3", peer["wall"] >= 3 * job["wall"])
                     verdict(f"[{run}] daskdiff tree PSS / peer tree PSS", job["pss"] / peer["pss"], "< 1", job["pss"] < peer["pss"])
+                if job["tree"]:
+                    ratio = job["pss"] / job["tree"]
+                    verdict(f"[{run}] tree PSS / printed process tree", ratio, "1/1.5-1.5", 1 / 1.5 <= ratio <= 1.5)
                 bound = 1.5 if run.startswith("none") else 2.0
                 verdict(f"[{run}] daskdiff wall / forward floor", job["wall"] / floor["wall"], f"<= {bound}", job["wall"] <= bound * floor["wall"])
             if not peer:

@@ -46,6 +46,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from .exact import BLOCK_UNITS, EXACT_METRICS
 from .partial_layout import PartialLayout
 from .sampling import ALL, is_data_mode, sample_size
 from .substrates import feature_shape
@@ -380,7 +381,9 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
       repeats; ``rdm_sum`` n_units x n x n float64 when the mean RDM is kept; ...); and for
       the largest ``n_units`` the working set of one stack of ``repeats_per_task`` repeats
       (:func:`stack_bytes`), the per-repeat medians and flags (two copies at their
-      concatenation), the running RDM sum, and for an exact ``n_units`` the one evaluation kept plus its copy per repeat.
+      concatenation), the running RDM sum, and for an exact ``n_units`` the one evaluation kept plus its copy per repeat
+      (an exact ``euclidean``/``sqeuclidean`` evaluation without the spectral measure works in two
+      float64 blocks of :data:`daskdiff.core.exact.BLOCK_UNITS` units, :func:`daskdiff.core.exact.exact_distances`).
 
     Parameters
     ----------
@@ -411,7 +414,10 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
     per_n = _per_n(layer, substrate, size)
     for k, repeats, _, exact in per_n:
         c = 1 if exact else min(size.repeats_per_task, repeats)
-        one = stack_bytes(c, n, k, size.metric, images=size.images_measure, spectral=spectral) + 18 * repeats
+        if exact and not spectral and size.metric in EXACT_METRICS:  # in blocks of units, from the float32 values
+            one = 2 * 8 * n * min(k, BLOCK_UNITS) + 24 * n * n + 18 * repeats
+        else:
+            one = stack_bytes(c, n, k, size.metric, images=size.images_measure, spectral=spectral) + 18 * repeats
         if size.keep_rdm:
             one += 8 * n * n
         if exact:

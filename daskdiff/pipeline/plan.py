@@ -29,7 +29,7 @@ from ..model.architecture import model_layers
 from ..model.build import ModelSpec
 from ..model.extract import ShardTask
 from . import config
-from .budget import check_budget, describe, job_size, Limits, lower_bound_size, mean_chars
+from .budget import check_budget, describe, gb, job_size, Limits, lower_bound_size, mean_chars
 from .health import check_worker_memory, memory_needs, MemoryNeeds
 from .movies import spectral_lines
 from .resolve import JobInputs
@@ -180,9 +180,68 @@ def check(plan: JobPlan, *, force: bool = False, echo: Callable = _echo) -> None
         echo(line)
     for line in describe(plan.estimate, plan.limits):
         echo(line)
+    if (tree := tree_memory(plan)) is not None:
+        echo(tree.line())
     check_budget(plan.estimate, plan.limits, force=force, echo=echo, quote=False)
 
 
+
+
+CLIENT_BYTES = 400_000_000
+"""What a job's client holds (Python, Dask, xarray, the plan) once the architecture is cached:
+0.37 GB peak RSS measured for the seed job (``benchmarks/job.py``)."""
+
+SCHEDULER_BYTES = 300_000_000
+"""A local cluster's scheduler and its workers' nanny processes (~0.1 GB each, measured PSS)."""
+
+
+@dataclass(frozen=True)
+class TreeMemory:
+    """What the process tree of a job on a local cluster holds at its peak, part by part (bytes)."""
+
+    client: int
+    scheduler: int
+    workers: int
+    baseline: int
+    """Each worker before its first task: Python, Dask, the Keras backend and the model (:func:`daskdiff.pipeline.health.worker_baseline`)."""
+    work: int
+    """Each worker's largest working set: its extraction batches (one computed while the last is
+    written, :func:`daskdiff.core.estimate.extraction_batch_bytes`) or its largest
+    differentiation task, whichever is larger."""
+    kept: int
+    """Each worker's share of the values kept in memory between extraction and differentiation
+    (``extraction.store: none``, or ``handoff: memory``); 0 when they are read back from the shards."""
+
+    @property
+    def total(self) -> int:
+        return self.client + self.scheduler + self.workers * (self.baseline + self.work + self.kept)
+
+    def line(self) -> str:
+        kept = f" + kept values {gb(self.kept)}" if self.kept else ""
+        return (f"  process tree: ~{gb(self.total)} at its peak on this machine (client {gb(self.client)}, scheduler and nannies "
+                f"{gb(self.scheduler)}, {self.workers} worker(s) of {gb(self.baseline)} with the model + work "
+                f"{gb(self.work)}{kept} each)")
+
+
+def tree_memory(plan: JobPlan) -> TreeMemory | None:
+    """The :class:`TreeMemory` of ``plan`` on a local cluster that the job starts; None on
+    another cluster (its processes are elsewhere) or before the plan's memory is known.
+
+    Values are kept in memory under ``store: none`` and ``handoff: memory``; under ``auto``
+    when they take at most ``daskdiff.handoff.memory-share`` of the workers' limits, as
+    :func:`daskdiff.pipeline.run` decides once the cluster is up.
+    """
+    spec, limits, est = plan.spec, plan.limits, plan.estimate
+    if spec.cluster.kind != "local" or plan.memory is None or est is None or not limits or not limits.workers:
+        return None
+    extracted = bytes_per_image(plan.storage, extracted=True) * sum(plan.counts.values())
+    e = spec.extraction
+    kept = e.store == "none" or e.handoff == "memory" or (
+        e.handoff == "auto" and limits.worker_memory is not None
+        and extracted <= config.number("daskdiff.handoff.memory-share") * limits.worker_memory * limits.workers)
+    work = max(est.extraction_memory, est.task_memory)
+    return TreeMemory(CLIENT_BYTES + est.client_memory, SCHEDULER_BYTES, limits.workers, plan.memory.baseline, work,
+                      extracted // limits.workers if kept else 0)
 
 
 def task_memory_budget(spec: JobSpec, worker_limits: Sequence[tuple[int, int]]) -> int | None:
