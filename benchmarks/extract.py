@@ -105,7 +105,8 @@ from daskdiff.model.extract import extract_shard, extractor, LOGITS, ShardTask
 from daskdiff.stimuli.noise import white_noise
 from daskdiff.io.images import load_images
 from daskdiff.core.batches import shard_size
-from daskdiff.model.build import cached_model, class_labels, model_layers, input_size, ModelSpec, preprocess
+from daskdiff.model.architecture import model_layers
+from daskdiff.model.build import cached_model, class_labels, input_size, ModelSpec, preprocess
 from daskdiff.core.units import bytes_per_image, LayerPlan, plan_digest, Sampling, storage_plan
 from daskdiff.io.atomic import atomic_path, flush_and_drop
 from daskdiff.io.layout import shard_path

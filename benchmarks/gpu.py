@@ -50,7 +50,8 @@ def bare_rate(model, batch: int, n: int) -> float:
 
 def pipeline_rate(paths: list[str], n_units: list, precision: str, batch: int, decoders: int, out: Path) -> float:
     from daskdiff.core.units import Sampling, storage_plan
-    from daskdiff.model.build import ModelSpec, model_layers
+    from daskdiff.model.architecture import model_layers
+    from daskdiff.model.build import ModelSpec
     from daskdiff.model.extract import ShardTask, extract_shard
 
     spec = ModelSpec("VGG16", weights="random", seed=0, precision=precision)

@@ -148,7 +148,8 @@ def _in_thread(fn, timeout=120.0):
 def test_forward_pass_and_differentiation_run_while_another_thread_holds_the_lock(image_folders, tiny_model_path):
     from daskdiff.core.differentiation import distances_stack
     from daskdiff.core.units import Sampling, storage_plan
-    from daskdiff.model.build import ModelSpec, model_layers
+    from daskdiff.model.architecture import model_layers
+    from daskdiff.model.build import ModelSpec
     from daskdiff.model.extract import run_extraction
 
     spec = ModelSpec(name=tiny_model_path, weights="file")
