@@ -29,9 +29,8 @@ What is counted, and how well
   float32 input, for the batch being run and :data:`PREFETCH_BATCHES` decoded ahead, and the
   requested layers' outputs (float32, and their gathered copies); not the network's other
   intermediate activations nor the worker's baseline.
-- **Memory of the client**: the storage plan while it is built, the generating of image sets
-  (their generators' peak, :attr:`JobSize.generated`), then the gathered partial results and the
-  results arrays; not the client's own baseline (Python, TensorFlow: ~2 GB).
+- **Memory of the client**: the storage plan, the generating of image sets (:attr:`JobSize.generated`),
+  the gathered partial results and the results arrays; not its own ~0.4 GB of Python.
 - **Time**: CPU-seconds from the per-unit costs of :class:`Calibration`, measured once on this
   project's 2-core x86_64 VM (docs/performance.md), and a wall time on a number of workers that
   allows for what whole jobs measured beyond those sums (:attr:`Calibration.whole_job_factor`).
@@ -109,14 +108,11 @@ class Calibration:
     shards written with ``fsync``). Two workers on two cores share the memory bandwidth that the
     elementwise passes are bound by; Dask, model builds and disk waits add the rest."""
     job_start_s: float = 30.0
-    """Wall seconds of a job's fixed start: the cluster's workers start (each imports the Keras
-    backend), build their model and trace its extraction graph; the client builds the model too
-    the first time it meets an architecture (:mod:`daskdiff.model.architecture`). Measured on
-    the 2-core VM, quiet, with the architecture cached (docs/performance.md, "Issue 23 at the seed shape"): the
-    seed job's extraction stage ended ~20 s later than its forward passes take; with 30 s the demo
-    printed 43 s for 33-40 s measured, the movie demo 50 s for 37-43 s, the seed job 139 s for
-    98-103 s (``store: none``: 120 s for 71-90 s). At a load of 5-7 the demo took 72 s.
-    A job revises its estimate on its first shard (:func:`revised_wall_seconds`)."""
+    """Wall seconds of a job's fixed start: workers start (each imports the Keras backend), build
+    their model and trace its graph; the client builds it too the first time it meets an
+    architecture. Measured on the quiet 2-core VM (docs/performance.md, "Issue 23 at the seed
+    shape"): demo 43 s printed for 33-43 s, seed job 120-139 s for 71-110 s. A job revises its
+    estimate on its first shard (:func:`revised_wall_seconds`)."""
     png_bytes_per_pixel: int = 3
     """A generated PNG's bytes per pixel: 8-bit RGB (noise does not compress; smooth images take less)."""
     png_file_bytes: int = 1_000
@@ -381,9 +377,8 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
       repeats; ``rdm_sum`` n_units x n x n float64 when the mean RDM is kept; ...); and for
       the largest ``n_units`` the working set of one stack of ``repeats_per_task`` repeats
       (:func:`stack_bytes`), the per-repeat medians and flags (two copies at their
-      concatenation), the running RDM sum, and for an exact ``n_units`` the one evaluation kept plus its copy per repeat
-      (an exact ``euclidean``/``sqeuclidean`` evaluation without the spectral measure works in two
-      float64 blocks of :data:`daskdiff.core.exact.BLOCK_UNITS` units, :func:`daskdiff.core.exact.exact_distances`).
+      concatenation), the running RDM sum, and for an exact ``n_units`` the one evaluation kept plus its copy per
+      repeat (in two float64 blocks of units where :func:`daskdiff.core.exact.exact_distances` serves it).
 
     Parameters
     ----------
@@ -414,10 +409,9 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
     per_n = _per_n(layer, substrate, size)
     for k, repeats, _, exact in per_n:
         c = 1 if exact else min(size.repeats_per_task, repeats)
-        if exact and not spectral and size.metric in EXACT_METRICS:  # in blocks of units, from the float32 values
-            one = 2 * 8 * n * min(k, BLOCK_UNITS) + 24 * n * n + 18 * repeats
-        else:
-            one = stack_bytes(c, n, k, size.metric, images=size.images_measure, spectral=spectral) + 18 * repeats
+        blocked = exact and not spectral and size.metric in EXACT_METRICS  # in blocks of units, from the float32 values
+        one = (2 * 8 * n * min(k, BLOCK_UNITS) + 24 * n * n if blocked else
+               stack_bytes(c, n, k, size.metric, images=size.images_measure, spectral=spectral)) + 18 * repeats
         if size.keep_rdm:
             one += 8 * n * n
         if exact:
