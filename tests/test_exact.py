@@ -7,20 +7,9 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist, squareform
 
+from references import normalised_by_hand
 from daskdiff.core.differentiation import distances_stack
 from daskdiff.core.exact import exact_distances
-
-
-def _by_hand(x: np.ndarray, normalize: str) -> np.ndarray:
-    """``x`` normalised over all its entries, as the seed notebooks do (float64)."""
-    x = x.astype(np.float64)
-    if normalize == "zscore":
-        return (x - x.mean()) / x.std()
-    if normalize == "mean":
-        return x / x.mean()
-    if normalize == "max":
-        return x / np.abs(x).max()
-    return x
 
 
 def _layer(rng, n_images=9, n_units=1000, offset=0.0):
@@ -36,7 +25,7 @@ def _layer(rng, n_images=9, n_units=1000, offset=0.0):
 def test_blocks_of_units_give_scipys_distances(metric, normalize, per_unit, block):
     rng = np.random.default_rng(block)
     x = _layer(rng)
-    reference = squareform(pdist(_by_hand(x, normalize), metric))
+    reference = squareform(pdist(normalised_by_hand(x, normalize), metric))
     if per_unit:
         reference /= np.sqrt(x.shape[1]) if metric == "euclidean" else x.shape[1]
     for units_first, given in ((False, x), (True, np.ascontiguousarray(x.T))):
@@ -52,7 +41,7 @@ def test_near_identical_images_with_a_large_offset_are_centred_as_the_stacked_pa
     rng = np.random.default_rng(5)
     base = rng.standard_normal(3000)
     x = (1e4 + base + 1e-3 * rng.standard_normal((6, 3000))).astype(np.float64)
-    reference = squareform(pdist(_by_hand(x, normalize), "euclidean"))
+    reference = squareform(pdist(normalised_by_hand(x, normalize), "euclidean"))
     d, _ = exact_distances(x, "euclidean", normalize, block=128)
     stacked, _ = distances_stack(x[None], "euclidean", normalize)
     np.testing.assert_allclose(d, reference, rtol=1e-7)  # what float64 leaves of 1e-3 against 1e4

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist, squareform
 
+from references import normalised_by_hand
 from daskdiff.core.unit_major import repeat_statistics, unit_major, unit_major_distances, worth_unit_major
 from daskdiff.core.distances import pairwise_distances_stack
 
@@ -22,17 +23,6 @@ def _picks(m: int, k: int, r: int) -> list[np.ndarray]:
     return [np.sort(rng.choice(m, k, replace=False)) for _ in range(r)]
 
 
-def _by_hand(x: np.ndarray, normalize: str) -> np.ndarray:
-    x = x.astype(np.float64)
-    if normalize == "zscore":
-        return (x - x.mean()) / x.std()
-    if normalize == "mean":
-        return x / x.mean()
-    if normalize == "max":
-        return x / np.abs(x).max()
-    return x
-
-
 @pytest.mark.parametrize("kind", ["relu", "offset"])
 @pytest.mark.parametrize("normalize", ["zscore", "none", "mean", "max"])
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
@@ -48,12 +38,12 @@ def test_unit_major_distances_equal_scipy_on_the_normalised_samples(kind, normal
         d, bad = unit_major_distances(um, picks_k, metric, normalize, per_unit)
         assert not bad.any()
         for got, pos in zip(d, picks_k):
-            want = squareform(pdist(_by_hand(values[:, pos], normalize), metric))
+            want = squareform(pdist(normalised_by_hand(values[:, pos], normalize), metric))
             if per_unit:
                 want /= np.sqrt(len(pos)) if metric == "euclidean" else len(pos)
             np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-12 * want.max())
     d, _ = unit_major_distances(um, picks[4:], metric, normalize)
-    np.testing.assert_allclose(d[0], squareform(pdist(_by_hand(values, normalize), metric)), rtol=rtol)
+    np.testing.assert_allclose(d[0], squareform(pdist(normalised_by_hand(values, normalize), metric)), rtol=rtol)
 
 
 def test_zscore_statistics_hold_under_a_large_offset():
