@@ -42,6 +42,11 @@ CHUNK_UNITS = 4096
 """Units transposed at a time by :func:`unit_major` (their float64 copy is its temporary)."""
 
 
+def every_row(pos: np.ndarray, n: int) -> bool:
+    """Whether sorted, distinct positions ``pos`` are every one of ``n`` rows, in order."""
+    return len(pos) == n and (n == 0 or (pos[0] == 0 and pos[-1] == n - 1))
+
+
 @dataclass(frozen=True)
 class UnitMajor:
     """A layer's stored values unit by unit, with per-unit statistics over the images.
@@ -69,7 +74,7 @@ class UnitMajor:
 
     def rows(self, pos: np.ndarray) -> np.ndarray:
         """The float32 rows ``pos`` (``(k, n_images)``); the array itself when ``pos`` is every row."""
-        if len(pos) == len(self.values) and (len(pos) == 0 or (pos[0] == 0 and pos[-1] == len(pos) - 1)):
+        if every_row(pos, len(self.values)):
             return self.values
         return self.values.take(pos, axis=0)
 

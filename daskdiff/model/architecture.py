@@ -16,8 +16,8 @@ Conventions
 - Entries are written whole or not at all (:func:`daskdiff.io.atomic.atomic_write`); an entry
   that cannot be read or lacks a fact is ignored and measured again; a cache folder that
   cannot be written only costs the build next time.
-- Shapes are per image, channels last, with the batch axis dropped (as
-  :func:`daskdiff.model.build.layer_shapes`); the pseudo-layers' shape is the input's.
+- Shapes are per image, channels last, with the batch axis dropped (:func:`measure`); the
+  pseudo-layers' shape is the input's.
 """
 
 from __future__ import annotations

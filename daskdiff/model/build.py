@@ -430,17 +430,6 @@ def select_names(names: list[str], wanted: tuple[str, ...] | list[str] | None, m
     return first + [n for n in names if n in set(wanted)]
 
 
-def layer_shapes(model: Any, layers: list[str]) -> dict[str, tuple[int, ...]]:
-    """Unit shape of one image's activations per layer (channels last, batch axis dropped)."""
-    shapes = {}
-    for name in layers:
-        shape = layer_output(model, name).shape[1:]
-        if any(s is None for s in shape):
-            raise InputError(f"layer {name!r} has an undefined output shape {shape}; give the model a fixed input size")
-        shapes[name] = tuple(int(s) for s in shape)
-    return shapes
-
-
 def forward_flops(model: Any) -> int:
     """Floating-point operations of one image's forward pass, counted from the layers' shapes.
 

@@ -17,7 +17,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ..core.estimate import estimate_work, WorkEstimate
 from ..core.units import bytes_per_image, expected_stored, plan_digest, Sampling, StorageRecipe
@@ -223,22 +223,29 @@ class TreeMemory:
                 f"{gb(self.work)}{kept} each)")
 
 
+def keeps_values(extraction: Any, need: int, total: int | None) -> bool:
+    """Whether differentiation takes the shards' values from the workers' memory (see
+    ``extraction.handoff``; ``store: none`` always does: its files hold no units). Under ``auto``,
+    when the ``need`` bytes of all shards' values take at most ``daskdiff.handoff.memory-share``
+    (Dask config; 0.3) of the cluster's ``total`` memory limits (None: not known, not kept): Dask
+    spills at 60 % of a worker's limit, and differentiation's working memory needs the rest."""
+    if extraction.store == "none" or extraction.handoff != "auto":
+        return extraction.store == "none" or extraction.handoff == "memory"
+    return total is not None and need <= config.number("daskdiff.handoff.memory-share") * total
+
+
 def tree_memory(plan: JobPlan) -> TreeMemory | None:
     """The :class:`TreeMemory` of ``plan`` on a local cluster that the job starts; None on
     another cluster (its processes are elsewhere) or before the plan's memory is known.
 
-    Values are kept in memory under ``store: none`` and ``handoff: memory``; under ``auto``
-    when they take at most ``daskdiff.handoff.memory-share`` of the workers' limits, as
-    :func:`daskdiff.pipeline.run` decides once the cluster is up.
+    Values are kept in memory where :func:`keeps_values` says so for the planned workers' limits
+    (the job decides again with the cluster's own once it is up).
     """
     spec, limits, est = plan.spec, plan.limits, plan.estimate
     if spec.cluster.kind != "local" or plan.memory is None or est is None or not limits or not limits.workers:
         return None
     extracted = bytes_per_image(plan.storage, extracted=True) * sum(plan.counts.values())
-    e = spec.extraction
-    kept = e.store == "none" or e.handoff == "memory" or (
-        e.handoff == "auto" and limits.worker_memory is not None
-        and extracted <= config.number("daskdiff.handoff.memory-share") * limits.worker_memory * limits.workers)
+    kept = keeps_values(spec.extraction, extracted, limits.worker_memory * limits.workers if limits.worker_memory else None)
     work = max(est.extraction_memory, est.task_memory)
     return TreeMemory(CLIENT_BYTES + est.client_memory, SCHEDULER_BYTES, limits.workers, plan.memory.baseline, work,
                       extracted // limits.workers if kept else 0)

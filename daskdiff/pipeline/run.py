@@ -42,12 +42,11 @@ from ..io.shards import CorruptShardError
 from ..logs import reporter, warn
 from ..model.build import ModelSpec
 from ..model.extract import extract_shard, ShardTask
-from . import config
 from .activity import pool_summary, submit_pools
 from .budget import duration
 from .health import WorkerWatch
 from .machine import machine_memory
-from .plan import JobPlan, task_memory_budget
+from .plan import JobPlan, keeps_values, task_memory_budget
 from .resolve import storage_options
 from .spec import JobSpec
 from .tasks import DiffTask, run_diff_task, SpectralOptions
@@ -213,17 +212,11 @@ def _shard_variable(extracted: dict[str, Any], name: str) -> tuple[np.ndarray, n
 
 
 def _handoff(plan: JobPlan, client: Any) -> bool:
-    """Whether differentiation takes the shards' values from the workers' memory (see
-    ``extraction.handoff``; ``store: none`` always does: its files hold no units). Under ``auto``,
-    when all shards' values take at most ``daskdiff.handoff.memory-share`` (Dask config; 0.3) of
-    the cluster's memory limits: Dask spills at 60 % of a worker's limit, and differentiation's
-    working memory needs the rest."""
+    """Whether differentiation takes the shards' values from the workers' memory
+    (:func:`daskdiff.pipeline.plan.keeps_values`, with the cluster's memory limits)."""
     e = plan.spec.extraction
-    if e.store == "none" or e.handoff != "auto":
-        return e.store == "none" or e.handoff == "memory"
-    total = sum(limit or machine_memory() for limit, _ in _worker_limits(client))
-    need = bytes_per_image(plan.storage, extracted=True) * sum(map(len, plan.sets.values()))
-    return need <= config.number("daskdiff.handoff.memory-share") * total
+    total = sum(limit or machine_memory() for limit, _ in _worker_limits(client)) if e.store != "none" and e.handoff == "auto" else None
+    return keeps_values(e, bytes_per_image(plan.storage, extracted=True) * sum(map(len, plan.sets.values())), total)
 
 
 def _submit_shard(client: Any, plan: JobPlan, t: ShardTask, keep: bool, resources: dict | None,

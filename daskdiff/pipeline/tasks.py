@@ -38,7 +38,7 @@ from ..core.spectral import spectral_differentiation_stack
 from ..core.estimate import stack_bytes
 from ..core.exact import EXACT_METRICS, exact_distances
 from ..core.partial_layout import SOURCE, PartialLayout
-from ..core.unit_major import UNIT_MAJOR_METRICS, UnitMajor, unit_major, unit_major_distances, worth_unit_major
+from ..core.unit_major import UNIT_MAJOR_METRICS, UnitMajor, every_row, unit_major, unit_major_distances, worth_unit_major
 from ..core.units import NUnits, Sampling, units_for
 from ..core.sampling import ALL, UnitPool
 from ..core.substrates import feature_shape
@@ -208,7 +208,7 @@ def sampled_stack(values: Values, index: np.ndarray, task: DiffTask, n_units: NU
     for out, pos in zip(stack, picks):
         if isinstance(values, UnitMajor):
             out[...] = values.rows(pos).T
-        elif k == values.shape[1] and (k == 0 or (pos[0] == 0 and pos[-1] == k - 1)):
+        elif every_row(pos, values.shape[1]):
             out[...] = values  # every stored feature (an exact n_units): no gathered float32 copy
         else:
             out[...] = values[:, pos]
@@ -217,9 +217,7 @@ def sampled_stack(values: Values, index: np.ndarray, task: DiffTask, n_units: NU
 
 def _every_row(index: np.ndarray, task: DiffTask, n_units: NUnits, values: Values) -> bool:
     """Whether an exact ``n_units``' positions are every stored feature, in order."""
-    pos = positions(index, task, n_units, 0)
-    n = len(values.values) if isinstance(values, UnitMajor) else values.shape[1]
-    return len(pos) == n and (n == 0 or (pos[0] == 0 and pos[-1] == n - 1))
+    return every_row(positions(index, task, n_units, 0), len(values.values) if isinstance(values, UnitMajor) else values.shape[1])
 
 
 def _blocked_median(values: Values, index: np.ndarray, task: DiffTask, n_units: NUnits, repeat: int, name: str,
