@@ -24,6 +24,15 @@ _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is call
 _SEVERITY = "IWEF"
 _IMPORTED: list[Any] = []  # TensorFlow, once imported here
 
+TF_DEFAULT_ENV = {"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}
+"""Set before TensorFlow loads, unless the environment says otherwise. TensorFlow's oneDNN CPU
+build otherwise allocates every tensor of 256 KiB or more from its own pool, which never gives
+memory back: a worker keeps the peak of VGG16's initialisation and of its largest extraction batch
+(~1.5 GB) for the rest of the job, through every differentiation task. With the system
+allocator that memory returns as tensors are freed. Outputs are the same, bit for bit; the
+forward pass costs up to ~12 % more on this CPU, and the job's extraction stage the same
+(``benchmarks/job.py``, docs/performance.md)."""
+
 
 def _tf_min_log_level() -> int:
     try:
@@ -87,12 +96,14 @@ def _filtered_native_stderr(level: int) -> Iterator[None]:
 
 def import_tensorflow_quietly() -> Any:
     """Import TensorFlow and list its GPUs, without the ~5 native lines it prints despite
-    ``TF_CPP_MIN_LOG_LEVEL`` (see :func:`_drop_tf_noise`). Returns the module, or None where
+    ``TF_CPP_MIN_LOG_LEVEL`` (see :func:`_drop_tf_noise`), under :data:`TF_DEFAULT_ENV`. Returns the module, or None where
     the Keras backend (:func:`daskdiff.model.keras_config.backend_name`) is not ``tensorflow`` (then TensorFlow is not imported)."""
     if backend_name() != "tensorflow":
         return None
     if _IMPORTED:
         return _IMPORTED[0]
+    for key, value in TF_DEFAULT_ENV.items():
+        os.environ.setdefault(key, value)
     with _filtered_native_stderr(_tf_min_log_level()):
         import tensorflow as tf
 
