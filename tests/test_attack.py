@@ -367,7 +367,7 @@ def test_seed_reproduction_spec_validates_without_touching_its_folders(monkeypat
     a = spec.analysis
     assert (a.substrates, a.n_units, a.repeats, a.normalize, a.metric, a.per_unit, a.seed) == (
         ["units", "filter_mean"], [200, 10000, "all"], 100, "zscore", "euclidean", True, 0)
-    assert (spec.extraction.shard_size, spec.extraction.batch_size) == (32, 16)
+    assert (spec.extraction.shard_size, spec.extraction.batch_size) == (32, 4)
     assert spec.output == "../output/seed-reproduction" and spec.cluster.kind == "local"
     assert not (path.parent / sets["tabby_cats"].path).exists()  # validation did not need it
     assert load_spec(path)[1] == path.parent

@@ -206,7 +206,7 @@ class JobSize:
     metric: str = "euclidean"
     keep_rdm: bool = True
     shard_size: int = 128
-    batch_size: int = 16
+    batch_size: int = 4
     forward_flops: float = 30.9e9
     path_chars: Mapping[str, float] = field(default_factory=dict)
     plan_built: bool = False

@@ -201,7 +201,7 @@ pass of VGG16 fed (``benchmarks/decode.py``); more only take memory and cores.""
 
 
 class ExtractionSection(Strict):
-    batch_size: PositiveWhole = 16
+    batch_size: PositiveWhole = 4
     shard_size: PositiveWhole = 128
     resize: _one_of(RESIZE_FILTERS) = "nearest"
     store: _one_of(STORE_MODES) = "needed"
