@@ -348,3 +348,43 @@ def test_local_workers_start_while_the_job_is_planned(tmp_path, tiny_model_path,
     assert len(started) == 2 and started[1]["cluster"].status.name == "closed"
     for pid in started[0]["pids"] + started[1]["pids"]:  # no worker process left running
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+
+
+
+def _rss():
+    """For ``client.run``: this worker process's resident memory."""
+    import gc
+
+    import psutil
+
+    gc.collect()
+    return psutil.Process().memory_info().rss
+
+
+@pytest.mark.keras
+def test_workers_free_their_models_memory_once_every_shard_is_extracted(tmp_path, sets):
+    """A cluster the job started (``release``): its workers give their model's memory back for
+    the differentiation stage; someone else's cluster keeps the model warm for the next job."""
+    import keras
+
+    from daskdiff.pipeline.job import plan_job
+    from daskdiff.pipeline.run import run
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(2, 3, padding="same", name="conv")(inputs))
+    wide = keras.layers.Dense(2**16, name="wide")(x)  # 2048 x 65536 float32 weights: 537 MB
+    path = tmp_path / "wide.keras"
+    keras.Model(inputs, keras.layers.Dense(3, name="predictions")(wide)).save(path)
+    held = {}
+    for release in (False, True):
+        with _cluster(1) as cluster, Client(cluster) as client:
+            spec = tiny_spec(str(path), sets, tmp_path / f"out-{release}", analysis__n_units=[5], analysis__substrates=["units"])
+            plan = plan_job(spec, Path("."), echo=lambda *a: None)
+            try:
+                metadata, _, _ = run(plan, client, attrs={**plan.model.identity(), "daskdiff_version": "test"}, keep_rdm=False,
+                                     progress=False, release=release)
+            finally:
+                plan.release()
+            assert sum(len(m["paths"]) for m in metadata.values()) == 13  # every image went through the model
+            held[release] = list(client.run(_rss).values())[0]
+    assert held[True] < held[False] - 400e6, {k: f"{v / 1e9:.2f} GB" for k, v in held.items()}

@@ -559,3 +559,9 @@ def cached_model(spec: ModelSpec) -> Any:
             _CACHE[spec] = build_model(spec)
             _LOG.info("built model %s (weights %s) in process %d", spec.name, spec.weights, os.getpid())
         return _CACHE[spec]
+
+
+def forget_models() -> None:
+    """Drop the model :func:`cached_model` keeps: the next call builds it again."""
+    with _BUILD_LOCK:
+        _CACHE.clear()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..io.images import load_images
-from .build import cached_model, class_labels, forward_lock, input_size, layer_names, layer_output, ModelSpec, PIXELS_LAYER, with_fingerprint
+from .build import cached_model, class_labels, forget_models, forward_lock, input_size, layer_names, layer_output, ModelSpec, PIXELS_LAYER, with_fingerprint
 from .preprocess import preprocess
 from ..core.batches import batch_slices
 from ..core.units import bytes_per_image, LayerPlan, plan_digest
@@ -157,6 +157,23 @@ def extractor(spec: ModelSpec, plan: dict[str, LayerPlan]) -> tuple[Any, Any]:
         return _EXTRACTORS[key]
 
 
+def release_models() -> None:
+    """Drop this process's model and extraction model (a worker, once its job's extraction is
+    done: the differentiation stage needs neither), and Keras's global state
+    (``keras.backend.clear_session``). Their memory goes back
+    to the system under :data:`daskdiff.model.quiet.TF_DEFAULT_ENV`; a later extraction builds
+    them again. Not while this process builds or runs another model."""
+    import gc
+    import sys
+
+    with _LOCK:
+        _EXTRACTORS.clear()
+    forget_models()
+    if "keras" in sys.modules:  # without it ~0.5 GB of a VGG16 built by keras.applications stayed (measured)
+        sys.modules["keras"].backend.clear_session()
+    gc.collect()
+
+
 @dataclass
 class Batch:
     """One batch's extraction model outputs (variable name -> ``(n_ok, n)`` float32, plus the
@@ -239,7 +256,8 @@ def predict(model: Any, batch: np.ndarray) -> dict[str, np.ndarray]:
     if call is None:
         import tensorflow as tf
 
-        call = _CALLS[model] = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        held = weakref.ref(model)  # not the model itself: _CALLS would keep it alive
+        call = _CALLS[model] = tf.function(lambda x: held()(x, training=False), reduce_retracing=True)
     return {name: np.asarray(value) for name, value in call(batch).items()}
 
 

@@ -194,7 +194,7 @@ def run_job(
             stimulus = submit_stimulus(plan, c)  # beside extraction, on the workers
             revised: dict = {}
             metadata, partials, pools = run(plan, c, attrs=attrs, keep_rdm=keep_rdm, progress=progress, clock=clock, echo=echo,
-                                            revised=revised)
+                                            revised=revised, release=not target.external)
             n_images = {name: len(m["paths"]) for name, m in metadata.items()}
             path, skipped, notes = record(plan, metadata, partials, keep_rdm=keep_rdm, command=command, echo=echo,
                                           stimulus=gather_stimulus(stimulus, echo), pools=pools,

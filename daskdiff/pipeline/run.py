@@ -41,7 +41,7 @@ from ..io.results import set_metadata
 from ..io.shards import CorruptShardError
 from ..logs import reporter, warn
 from ..model.build import ModelSpec
-from ..model.extract import extract_shard, ShardTask
+from ..model.extract import extract_shard, release_models, ShardTask
 from .activity import pool_summary, submit_pools
 from .budget import duration
 from .health import WorkerWatch
@@ -55,9 +55,15 @@ from .workers import decoders, device_error, gpu_resource_offered, mislabeled_gp
 _echo = reporter(__name__)
 
 
+async def _release_models() -> None:
+    """:func:`~daskdiff.model.extract.release_models` on a worker (a coroutine, so that the client
+    need not wait: ``Client.run(wait=False)`` takes only these)."""
+    release_models()
+
+
 def run(plan: JobPlan, client: Any, *, attrs: dict, keep_rdm: bool, progress: bool = True,
         clock: Callable[[str], None] = lambda stage: None, echo: Callable = _echo,
-        revised: dict | None = None) -> tuple[dict[str, dict], list[Partial], dict]:
+        revised: dict | None = None, release: bool = False) -> tuple[dict[str, dict], list[Partial], dict]:
     """Run ``plan`` on ``client``'s cluster; the sets' metadata, the partial results (results order)
     and, for a data-dependent sampling mode, ``(substrate, layer)`` -> its pool's
     :func:`~daskdiff.pipeline.activity.pool_summary` (else empty).
@@ -69,12 +75,20 @@ def run(plan: JobPlan, client: Any, *, attrs: dict, keep_rdm: bool, progress: bo
     :class:`JobError` saying what to set (:class:`~daskdiff.pipeline.health.WorkerWatch`).
     ``revised``: filled in (``left_s``, ``image_s``, ``at``: its ``time.perf_counter()``) when the
     first extraction task that ran reports its time, and the estimate is revised and said (:class:`_Reviser`).
+    ``release``: once every shard is extracted, the workers drop their models
+    (:func:`~daskdiff.model.extract.release_models`), whose memory the differentiation stage then
+    has; for a cluster the job started (a worker of someone else's cluster keeps its model warm).
     """
+    def stage_done(stage: str) -> None:
+        clock(stage)
+        if release and stage == "extracted":
+            client.run(_release_models, wait=False)
+
     with WorkerWatch(client, plan.memory, echo) as watch:
         try:
             client.register_plugin(WorkerSetup())
             submitted = _submit(client, plan, attrs, keep_rdm, echo)
-            metadata, partials = _gather(client, plan, submitted, progress, clock, echo, watch, _Reviser(plan, client, revised, echo))
+            metadata, partials = _gather(client, plan, submitted, progress, stage_done, echo, watch, _Reviser(plan, client, revised, echo))
             return metadata, partials, {k: client.submit(pool_summary, f, key=f"{f.key}-summary").result() for k, f in submitted.pools.items()}
         except Exception as err:  # e.g. a closed connection to a worker its nanny killed for memory
             if isinstance(err, DaskdiffError) or (why := watch.explain(err)) is None:
