@@ -230,6 +230,22 @@ def test_each_bound_names_its_keys_and_force(limits, names):
     assert said and said[0].startswith("--force: running although")
 
 
+@pytest.mark.parametrize("workers, threads, cores, like", [
+    (1, 2, 2, 2),  # one two-thread worker on 2 cores: as fast as two one-thread workers (benchmarks/job.py --threads 2)
+    (1, 4, 2, 2),  # threads beyond the cores add nothing
+    (2, 1, 1, 2),  # workers count as they did: --workers beyond the cores is the user's say
+    (2, 2, 8, 4),
+])
+def test_the_wall_time_counts_a_workers_threads_up_to_the_cores(monkeypatch, workers, threads, cores, like):
+    monkeypatch.setattr(budget, "usable_cores", lambda: cores)
+    est = _estimate()
+    assert est.wall_seconds(like) < est.wall_seconds(1)  # the figure depends on the parallelism at all
+    lines = budget.describe(est, _limits(workers=workers, threads=threads))
+    wall = next(line for line in lines if "of wall time on" in line)
+    of = f" of {threads} threads" if threads > 1 else ""
+    assert f"~{budget.duration(est.wall_seconds(like))} of wall time on {workers} worker(s){of}" in wall, wall
+
+
 def test_too_many_tasks_and_cpu_hours():
     with dask.config.set({"daskdiff.budget.max-tasks": 2}):  # 1 shard + 2 differentiation tasks
         with pytest.raises(BudgetError, match=r"3 tasks .*more than 2 \(daskdiff.budget.max-tasks\): fewer image_sets, "

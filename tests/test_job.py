@@ -328,7 +328,7 @@ def test_local_workers_start_while_the_job_is_planned(tmp_path, tiny_model_path,
     assert sum(line.startswith("started LocalCluster with 1 worker(s)") for line in lines) == 1
     # the estimate is revised once, after the first shard, and the results record it with the wall time
     revised = [line for line in lines if line.startswith("estimate revised after the first shard: ~")]
-    assert len(revised) == 1 and "s/image measured vs" in revised[0] and "on 1 worker(s)" in revised[0]
+    assert len(revised) == 1 and "s/image measured vs" in revised[0] and "on 1 worker thread(s)" in revised[0]
     with xr.open_dataset(result.path) as a:
         assert a.attrs["estimate_s"] > 0 and 0 < a.attrs["wall_s"] <= result.seconds
         assert a.attrs["estimate_revised_s"] >= result.stages["planned"]  # revised after planning, plus what was left

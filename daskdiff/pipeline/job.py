@@ -218,7 +218,7 @@ def _timing(plan: Any, client: Any, revised: dict, t0: float) -> dict[str, float
     has, where the estimate could not count them); ``estimate_revised_s``, the time at the
     revision after the first shard plus the time it said was left (absent when every shard was
     resumed); ``wall_s``, the time until the results file was written."""
-    workers = plan.limits.workers or len(client.scheduler_info().get("workers", {})) or 1
+    workers = plan.limits.slots or len(client.scheduler_info().get("workers", {})) or 1
     out = {"estimate_s": round(plan.estimate.wall_seconds(workers), 1)}
     if "left_s" in revised:
         out["estimate_revised_s"] = round(revised["at"] - t0 + revised["left_s"], 1)

@@ -397,17 +397,17 @@ class _Reviser:
     def __init__(self, plan: JobPlan, client: Any, into: dict | None, echo: Callable) -> None:
         self.est, self.into, self.echo, self.done = plan.estimate, into if into is not None else {}, echo, 0
         self.total = sum(map(len, plan.sets.values()))
-        self.workers = plan.limits.workers or len(client.scheduler_info().get("workers", {})) or 1
+        self.slots = plan.limits.slots or len(client.scheduler_info().get("workers", {})) or 1
 
     def extracted(self, meta: dict[str, Any]) -> None:
         self.done += meta.get("n_images", 0)
         if self.est is None or "left_s" in self.into or meta.get("resumed") or not meta.get("n_images"):
             return
         image_s = meta["seconds"] / meta["n_images"]
-        left = revised_wall_seconds(self.est, self.workers, images_left=self.total - self.done, image_s=image_s)
+        left = revised_wall_seconds(self.est, self.slots, images_left=self.total - self.done, image_s=image_s)
         self.into.update(left_s=left, image_s=image_s, at=time.perf_counter())
         self.echo(f"estimate revised after the first shard: ~{duration(left)} left (extraction {image_s:.2g} s/image measured "
-                  f"vs {self.est.image_seconds:.2g} s/image assumed, on {self.workers} worker(s))")
+                  f"vs {self.est.image_seconds:.2g} s/image assumed, on {self.slots} worker thread(s))")
 
 
 def _gather(client: Any, plan: JobPlan, submitted: _Submitted, progress: bool, clock: Callable[[str], None], echo: Callable = _echo,
