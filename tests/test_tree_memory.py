@@ -1,7 +1,7 @@
 """The process tree a job's estimate prints (:func:`daskdiff.pipeline.plan.tree_memory`): what
 it counts per worker, against the model's layer shapes counted by hand. Its accuracy against a
 measured tree (peak PSS of every process) is printed by ``benchmarks/job.py`` (seed job:
-9.85 GB printed, 9.40 GB measured; ``store: none`` 15.1 GB, 12.8-16.5 GB), not timed here."""
+5.60 GB printed, 5.54 GB measured; ``store: none`` 10.8 GB, 12.3 GB; one two-thread worker 3.97 GB), not timed here."""
 
 from __future__ import annotations
 
@@ -53,3 +53,23 @@ def test_no_tree_is_printed_for_a_cluster_elsewhere(tmp_path, tiny_model_path, i
         assert tree_memory(plan) is None  # its workers run on other machines, with their own memory
     finally:
         plan.release()
+
+
+@pytest.mark.keras
+def test_a_two_thread_worker_holds_one_model_and_two_tasks(tmp_path, tiny_model_path, image_folders):
+    from daskdiff.pipeline.job import plan_job
+    from daskdiff.pipeline.plan import tree_memory
+
+    sets = {k: str(Path(v[0]).parent) for k, v in image_folders.items()}
+    trees = {}
+    for workers, threads in ((2, 1), (1, 2)):
+        spec = tiny_spec(tiny_model_path, sets, tmp_path / f"out-{workers}", cluster={"kind": "local", "n_workers": workers,
+                                                                                   "threads_per_worker": threads})
+        plan = plan_job(spec, Path("."), echo=lambda *a: None)
+        try:
+            trees[workers] = tree_memory(plan)
+        finally:
+            plan.release()
+    one, two = trees[1], trees[2]
+    assert (one.workers, one.baseline, one.work) == (1, two.baseline, 2 * two.work)  # the threads' tasks run side by side
+    assert one.total == two.total - two.baseline  # one model fewer

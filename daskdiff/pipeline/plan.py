@@ -207,7 +207,8 @@ class TreeMemory:
     work: int
     """Each worker's largest working set: its extraction batches (one computed while the last is
     written, :func:`daskdiff.core.estimate.extraction_batch_bytes`) or its largest
-    differentiation task, whichever is larger."""
+    differentiation task, whichever is larger, once per thread that runs a task at once (one
+    model serves them all)."""
     kept: int
     """Each worker's share of the values kept in memory between extraction and differentiation
     (``extraction.store: none``, or ``handoff: memory``); 0 when they are read back from the shards."""
@@ -246,7 +247,7 @@ def tree_memory(plan: JobPlan) -> TreeMemory | None:
         return None
     extracted = bytes_per_image(plan.storage, extracted=True) * sum(plan.counts.values())
     kept = keeps_values(spec.extraction, extracted, limits.worker_memory * limits.workers if limits.worker_memory else None)
-    work = max(est.extraction_memory, est.task_memory)
+    work = max(est.extraction_memory, est.task_memory) * min(limits.threads, max(1, limits.slots // limits.workers))  # tasks at once
     return TreeMemory(CLIENT_BYTES + est.client_memory, SCHEDULER_BYTES, limits.workers, plan.memory.baseline, work,
                       extracted // limits.workers if kept else 0)
 
