@@ -264,6 +264,15 @@ def _architecture_cache():
     return cache_folder("daskdiff.model.architecture-cache", "architectures")
 
 
+def _steals(monkeypatch):
+    """Whether the scheduler of a cluster daskdiff starts would steal work: Dask's setting as
+    ``_start_cluster`` starts it (tests/test_job.py starts a real one)."""
+    from daskdiff.pipeline import cluster
+
+    monkeypatch.setattr(cluster, "_started", lambda *a: dask.config.get("distributed.scheduler.work-stealing"))
+    return cluster._start_cluster(None, None, None)
+
+
 def _worker_ttl():
     from daskdiff.pipeline.cluster import worker_ttl
 
@@ -274,6 +283,7 @@ def _worker_ttl():
 #: ``shards`` fixture). Every key of daskdiff.yaml.
 PROBES = {
     "daskdiff.worker-ttl": ("5s", lambda _: _worker_ttl()),
+    "daskdiff.work-stealing": (True, None),  # the probe needs monkeypatch: see test_each_key_changes_what_it_controls
     "daskdiff.budget.max-tasks": (1, lambda _: _refused()),
     "daskdiff.budget.max-cpu-hours": (1e-9, lambda _: _refused()),
     "daskdiff.health.restarts-before-work": (1, lambda _: _watch_ends_the_job(_Scheduler(), restarts=1)),
@@ -292,8 +302,9 @@ PROBES = {
 
 
 @pytest.mark.parametrize("key", sorted(PROBES))
-def test_each_key_changes_what_it_controls(key, shards):
+def test_each_key_changes_what_it_controls(key, shards, monkeypatch):
     other, probe = PROBES[key]
+    probe = probe or (lambda _: _steals(monkeypatch))
     default = probe(shards)
     with dask.config.set({key: other}):
         changed = probe(shards)

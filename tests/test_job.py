@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import cloudpickle
+import dask.config
 import numpy as np
 import pytest
 import xarray as xr
@@ -388,3 +389,17 @@ def test_workers_free_their_models_memory_once_every_shard_is_extracted(tmp_path
             assert sum(len(m["paths"]) for m in metadata.values()) == 13  # every image went through the model
             held[release] = list(client.run(_rss).values())[0]
     assert held[True] < held[False] - 400e6, {k: f"{v / 1e9:.2f} GB" for k, v in held.items()}
+
+
+def test_a_cluster_daskdiff_starts_does_not_steal_work(tmp_path, tiny_model_path, sets):
+    """Dask config ``daskdiff.work-stealing`` (false): the scheduler of the LocalCluster the job
+    starts has no work-stealing extension, so kept values are not copied to idle workers."""
+    from daskdiff.pipeline.cluster import _close_cluster, _start_cluster
+
+    section = tiny_spec(tiny_model_path, sets, tmp_path / "out", cluster={"kind": "local", "n_workers": 1}).cluster
+    cluster = _start_cluster(section, None, None)
+    try:
+        assert "stealing" not in cluster.scheduler.extensions
+        assert dask.config.get("distributed.scheduler.work-stealing") is True  # Dask's own, outside
+    finally:
+        _close_cluster(cluster, interrupted=False)

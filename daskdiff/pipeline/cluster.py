@@ -417,7 +417,13 @@ def worker_ttl() -> str | float | None:
 
 def _start_cluster(section: Any, n_workers: int | None, security: Security | None) -> Any:
     """The cluster of ``cluster.kind`` (local, local_cuda, slurm), started; ``n_workers``
-    (``--workers``) overrides ``cluster.n_workers``."""
+    (``--workers``) overrides ``cluster.n_workers``. Its scheduler steals work only where Dask
+    config ``daskdiff.work-stealing`` says so (see ``daskdiff/daskdiff.yaml``)."""
+    with dask.config.set({"distributed.scheduler.work-stealing": config.flag("daskdiff.work-stealing")}):
+        return _started(section, n_workers, security)
+
+
+def _started(section: Any, n_workers: int | None, security: Security | None) -> Any:
     n = n_workers or section.n_workers
     tls = {"security": security, "protocol": "tls://"} if security is not None else {}
     ttl = {"worker_ttl": worker_ttl()} if worker_ttl() is not None else {}

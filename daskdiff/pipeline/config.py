@@ -3,7 +3,7 @@
 The packaged ``daskdiff/daskdiff.yaml`` is merged into ``dask.config`` under what the user configured, as
 dask-jobqueue does with ``jobqueue.yaml``: ``~/.config/dask/*.yaml``, ``DASK_DASKDIFF__*``
 environment variables and ``dask.config.set`` all override it. Read a value where it is used,
-with ``dask.config.get("daskdiff.worker-ttl")``, or with :func:`number`, :func:`nbytes` and
+with ``dask.config.get("daskdiff.worker-ttl")``, or with :func:`number`, :func:`nbytes`, :func:`flag` and
 :func:`seconds`, which check it and name the key when it is not what it must be. Every key is
 described in ``docs/configuration.md``.
 """
@@ -53,6 +53,17 @@ def number(key: str, kind: type = float, *, positive: bool = False) -> int | flo
         want = ("a whole number" if kind is int else "a number") + (" above 0" if positive else " of at least 0")
         raise _bad(key, value, want)
     return kind(x)
+
+
+def flag(key: str) -> bool:
+    """Dask config ``key`` as a boolean: ``true``/``false`` (YAML, ``dask.config.set``), or the
+    strings ``True``/``False`` in any case (an environment variable)."""
+    value = dask.config.get(key)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise _bad(key, value, "true or false")
 
 
 def nbytes(key: str) -> int:
