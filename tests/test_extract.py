@@ -343,3 +343,31 @@ def test_other_applications_through_the_pipeline(tmp_path, image_folders, name, 
         np.testing.assert_allclose(ds[f"units__{layer}"].values, ref.reshape(2, -1)[:, plan[layer].units], rtol=1e-5, atol=1e-5 * np.abs(ref).max())
         np.testing.assert_allclose(ds[f"filter_mean__{layer}"].values, ref.mean(axis=(1, 2)), rtol=1e-4, atol=1e-5 * np.abs(ref).max())
         assert "preprocess_input" in ds.attrs["preprocessing"]
+
+
+@pytest.mark.subprocess
+def test_extraction_leaves_nothing_in_the_temporary_folder(tmp_path, image_folders, tiny_model_path):
+    """Nothing outside the output is touched: TensorFlow's AutoGraph would write a
+    ``__autograph_generated_file*.py`` into the system's temporary folder for every model traced,
+    removed at exit only if the process exits normally (a worker its nanny kills leaves it)."""
+    import subprocess
+    import sys
+
+    temp, out = tmp_path / "temp", tmp_path / "out"
+    temp.mkdir()
+    code = f"""
+from daskdiff.core.units import Sampling, storage_plan
+from daskdiff.model.architecture import model_layers
+from daskdiff.model.build import ModelSpec
+from daskdiff.model.extract import extract_shard, ShardTask
+spec = ModelSpec(name={tiny_model_path!r}, weights="file")
+info = model_layers(spec)
+plan = storage_plan(info["shapes"], ["units"], Sampling(n_units=(5,), repeats=2, seed=1), full_layers=[info["last_layer"]])
+print(extract_shard(ShardTask("noisy", 0, tuple({image_folders["noisy"][:4]!r}), 0, {str(out)!r}, batch_size=2), plan, spec)["n_images"])
+import json, os; print(json.dumps(os.listdir({str(temp)!r})))  # before exit: a killed worker runs no atexit clean-up
+"""
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"} | {"TMPDIR": str(temp), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    n_images, left = done.stdout.strip().splitlines()[-2:]
+    assert n_images == "4" and json.loads(left) == []

@@ -246,7 +246,9 @@ def predict(model: Any, batch: np.ndarray) -> dict[str, np.ndarray]:
     (``np.asarray`` of a CPU tensor shares its buffer; read-only): Keras's ``predict_on_batch``
     copies every output, ~1 GB per batch of 16 VGG16 images with every layer, which cost
     ~30 % of an extraction (``benchmarks/job.py``). The values are the same, bit for bit (the
-    same graph). Other backends keep ``predict_on_batch``.
+    same graph). Without AutoGraph (the call has no Python control flow to convert), which would
+    leave a ``__autograph_generated_file*.py`` in the system's temporary folder for every model.
+    Other backends keep ``predict_on_batch``.
     """
     import keras
 
@@ -257,7 +259,7 @@ def predict(model: Any, batch: np.ndarray) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
         held = weakref.ref(model)  # not the model itself: _CALLS would keep it alive
-        call = _CALLS[model] = tf.function(lambda x: held()(x, training=False), reduce_retracing=True)
+        call = _CALLS[model] = tf.function(lambda x: held()(x, training=False), reduce_retracing=True, autograph=False)
     return {name: np.asarray(value) for name, value in call(batch).items()}
 
 
