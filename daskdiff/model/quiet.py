@@ -29,9 +29,9 @@ TF_DEFAULT_ENV = {"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}
 build otherwise allocates every tensor of 256 KiB or more from its own pool, which never gives
 memory back: a worker keeps the peak of VGG16's initialisation and of its largest extraction batch
 (~1.5 GB) for the rest of the job, through every differentiation task. With the system
-allocator that memory returns as tensors are freed. Outputs are the same, bit for bit; the
-forward pass costs up to ~12 % more on this CPU, and the job's extraction stage the same
-(``benchmarks/job.py``, docs/performance.md)."""
+allocator that memory returns as tensors are freed. Outputs are the same, bit for bit; a bare
+forward pass costs up to ~12 % more on this CPU, while the seed job's extraction stage took the
+same time (docs/performance.md)."""
 
 
 def _tf_min_log_level() -> int:

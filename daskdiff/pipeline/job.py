@@ -40,7 +40,7 @@ from .output import check_output, clean_temporaries, prepare, preview
 from .plan import check, JobPlan, plan
 from .record import record, versions
 from .resolve import JobInputs, resolve
-from .run import run
+from .run import run, task_slots
 from .spec import JobSpec
 from .stimulus import gather_stimulus, submit_stimulus
 from .target import Target
@@ -218,8 +218,7 @@ def _timing(plan: Any, client: Any, revised: dict, t0: float) -> dict[str, float
     has, where the estimate could not count them); ``estimate_revised_s``, the time at the
     revision after the first shard plus the time it said was left (absent when every shard was
     resumed); ``wall_s``, the time until the results file was written."""
-    workers = plan.limits.slots or len(client.scheduler_info().get("workers", {})) or 1
-    out = {"estimate_s": round(plan.estimate.wall_seconds(workers), 1)}
+    out = {"estimate_s": round(plan.estimate.wall_seconds(task_slots(plan, client)), 1)}
     if "left_s" in revised:
         out["estimate_revised_s"] = round(revised["at"] - t0 + revised["left_s"], 1)
     return {**out, "wall_s": round(time.perf_counter() - t0, 1)}

@@ -247,7 +247,7 @@ def tree_memory(plan: JobPlan) -> TreeMemory | None:
         return None
     extracted = bytes_per_image(plan.storage, extracted=True) * sum(plan.counts.values())
     kept = keeps_values(spec.extraction, extracted, limits.worker_memory * limits.workers if limits.worker_memory else None)
-    work = max(est.extraction_memory, est.task_memory) * min(limits.threads, max(1, limits.slots // limits.workers))  # tasks at once
+    work = max(est.extraction_memory, est.task_memory) * (limits.slots // limits.workers)  # a worker's tasks at once
     return TreeMemory(CLIENT_BYTES + est.client_memory, SCHEDULER_BYTES, limits.workers, plan.memory.baseline, work,
                       extracted // limits.workers if kept else 0)
 

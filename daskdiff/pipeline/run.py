@@ -389,6 +389,12 @@ def _as_they_finish(pending: Any, check: Callable[[], None], every: float = 0.05
         yield from batch
 
 
+def task_slots(plan: JobPlan, client: Any) -> int:
+    """Tasks the cluster runs at once, for the wall-time estimate: the plan's
+    (:attr:`~daskdiff.pipeline.budget.Limits.slots`), else the workers the cluster has."""
+    return plan.limits.slots or len(client.scheduler_info().get("workers", {})) or 1
+
+
 class _Reviser:
     """Revises the job's estimate once, on the first extraction task that ran (not resumed): its
     seconds per image, measured on its worker, replace the calibrated ones
@@ -397,7 +403,7 @@ class _Reviser:
     def __init__(self, plan: JobPlan, client: Any, into: dict | None, echo: Callable) -> None:
         self.est, self.into, self.echo, self.done = plan.estimate, into if into is not None else {}, echo, 0
         self.total = sum(map(len, plan.sets.values()))
-        self.slots = plan.limits.slots or len(client.scheduler_info().get("workers", {})) or 1
+        self.slots = task_slots(plan, client)
 
     def extracted(self, meta: dict[str, Any]) -> None:
         self.done += meta.get("n_images", 0)
