@@ -264,13 +264,19 @@ def _architecture_cache():
     return cache_folder("daskdiff.model.architecture-cache", "architectures")
 
 
-def _steals(monkeypatch):
-    """Whether the scheduler of a cluster daskdiff starts would steal work: Dask's setting as
-    ``_start_cluster`` starts it (tests/test_job.py starts a real one)."""
+def _as_started(monkeypatch, key):
+    """Dask config ``key`` as ``_start_cluster`` starts a cluster with it (tests/test_job.py
+    starts real ones)."""
     from daskdiff.pipeline import cluster
 
-    monkeypatch.setattr(cluster, "_started", lambda *a: dask.config.get("distributed.scheduler.work-stealing"))
+    monkeypatch.setattr(cluster, "_started", lambda *a: dask.config.get(key))
     return cluster._start_cluster(None, None, None)
+
+
+ON_START = {  # keys whose probe needs monkeypatch: the Dask setting each changes as a cluster starts
+    "daskdiff.work-stealing": lambda mp: _as_started(mp, "distributed.scheduler.work-stealing"),
+    "daskdiff.worker-malloc": lambda mp: _as_started(mp, "distributed.nanny.pre-spawn-environ").get("MALLOC_ARENA_MAX"),
+}
 
 
 def _worker_ttl():
@@ -283,7 +289,8 @@ def _worker_ttl():
 #: ``shards`` fixture). Every key of daskdiff.yaml.
 PROBES = {
     "daskdiff.worker-ttl": ("5s", lambda _: _worker_ttl()),
-    "daskdiff.work-stealing": (True, None),  # the probe needs monkeypatch: see test_each_key_changes_what_it_controls
+    "daskdiff.work-stealing": (True, None),  # the probe needs monkeypatch: ON_START
+    "daskdiff.worker-malloc": (False, None),
     "daskdiff.budget.max-tasks": (1, lambda _: _refused()),
     "daskdiff.budget.max-cpu-hours": (1e-9, lambda _: _refused()),
     "daskdiff.health.restarts-before-work": (1, lambda _: _watch_ends_the_job(_Scheduler(), restarts=1)),
@@ -304,7 +311,7 @@ PROBES = {
 @pytest.mark.parametrize("key", sorted(PROBES))
 def test_each_key_changes_what_it_controls(key, shards, monkeypatch):
     other, probe = PROBES[key]
-    probe = probe or (lambda _: _steals(monkeypatch))
+    probe = probe or (lambda _: ON_START[key](monkeypatch))
     default = probe(shards)
     with dask.config.set({key: other}):
         changed = probe(shards)

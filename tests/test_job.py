@@ -391,6 +391,52 @@ def test_workers_free_their_models_memory_once_every_shard_is_extracted(tmp_path
     assert held[True] < held[False] - 400e6, {k: f"{v / 1e9:.2f} GB" for k, v in held.items()}
 
 
+def _faults_on_reuse(size: int = 16 * 2**20) -> int:
+    """Minor page faults of writing a freshly ``malloc``'ed block of ``size`` bytes in this
+    process, right after a block of the same size was written and freed (glibc through ctypes:
+    nothing else's pool in between). Reused heap memory faults nowhere; a new ``mmap`` once per page."""
+    import ctypes
+    import resource
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+    first = libc.malloc(size)
+    ctypes.memset(first, 1, size)
+    libc.free(first)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    again = libc.malloc(size)
+    ctypes.memset(again, 1, size)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    libc.free(again)
+    return faults
+
+
+@pytest.mark.parametrize("tuned", [True, False])
+def test_the_workers_of_a_cluster_daskdiff_starts_reuse_the_memory_they_free(tmp_path, tiny_model_path, sets, tuned, monkeypatch):
+    """Dask config ``daskdiff.worker-malloc`` (true): the worker processes start with
+    ``WORKER_MALLOC_ENV``, and a 16 MiB block freed and asked for again is reused, not mapped
+    afresh page by page, as under Dask's own ``MALLOC_TRIM_THRESHOLD_=65536`` (false)."""
+    from daskdiff.pipeline.cluster import _close_cluster, _start_cluster
+    from daskdiff.pipeline.workers import WORKER_MALLOC_ENV
+
+    for name in WORKER_MALLOC_ENV:  # a nanny sets its pre-spawn-environ in this process too (Dask's way)
+        monkeypatch.delenv(name, raising=False)
+    pages = 16 * 2**20 // 4096
+    section = tiny_spec(tiny_model_path, sets, tmp_path / "out", cluster={"kind": "local", "n_workers": 1}).cluster
+    with dask.config.set({"daskdiff.worker-malloc": tuned}):
+        cluster = _start_cluster(section, None, None)
+    try:
+        with Client(cluster) as client:
+            arenas = list(client.run(os.environ.get, "MALLOC_ARENA_MAX").values())
+            faults = list(client.run(_faults_on_reuse).values())
+    finally:
+        _close_cluster(cluster, interrupted=False)
+    if tuned:
+        assert arenas == ["1"] and faults[0] < pages // 20, (arenas, faults, pages)
+    else:
+        assert arenas == [None] and faults[0] > pages // 2, (arenas, faults, pages)
+
+
 def test_a_cluster_daskdiff_starts_does_not_steal_work(tmp_path, tiny_model_path, sets):
     """Dask config ``daskdiff.work-stealing`` (false): the scheduler of the LocalCluster the job
     starts has no work-stealing extension, so kept values are not copied to idle workers."""

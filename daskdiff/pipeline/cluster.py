@@ -49,6 +49,7 @@ from .machine import default_workers
 from .slurm import start_local_cuda, start_slurm, wait_for_slurm
 from .target import Target
 from .tls import check_certificates, plain_tcp_warning, security_from
+from .workers import WORKER_MALLOC_ENV
 
 _echo = reporter(__name__)  # the default echo: this module's logger (see daskdiff.logs)
 
@@ -418,8 +419,14 @@ def worker_ttl() -> str | float | None:
 def _start_cluster(section: Any, n_workers: int | None, security: Security | None) -> Any:
     """The cluster of ``cluster.kind`` (local, local_cuda, slurm), started; ``n_workers``
     (``--workers``) overrides ``cluster.n_workers``. Its scheduler steals work only where Dask
-    config ``daskdiff.work-stealing`` says so (see ``daskdiff/daskdiff.yaml``)."""
-    with dask.config.set({"distributed.scheduler.work-stealing": config.flag("daskdiff.work-stealing")}):
+    config ``daskdiff.work-stealing`` says so, and its worker processes on this machine (local,
+    local_cuda) start with :data:`~daskdiff.pipeline.workers.WORKER_MALLOC_ENV` over Dask's
+    ``distributed.nanny.pre-spawn-environ`` where ``daskdiff.worker-malloc`` says so (see
+    ``daskdiff/daskdiff.yaml``)."""
+    settings = {"distributed.scheduler.work-stealing": config.flag("daskdiff.work-stealing")}
+    if config.flag("daskdiff.worker-malloc"):
+        settings["distributed.nanny.pre-spawn-environ"] = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
+    with dask.config.set(settings):
         return _started(section, n_workers, security)
 
 

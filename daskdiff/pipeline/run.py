@@ -50,7 +50,7 @@ from .plan import JobPlan, keeps_values, task_memory_budget
 from .resolve import storage_options
 from .spec import JobSpec
 from .tasks import DiffTask, run_diff_task, SpectralOptions
-from .workers import decoders, device_error, gpu_resource_offered, mislabeled_gpu_workers, WorkerSetup
+from .workers import decoders, device_error, give_back_freed_memory, gpu_resource_offered, mislabeled_gpu_workers, WorkerSetup
 
 _echo = reporter(__name__)
 
@@ -59,6 +59,7 @@ async def _release_models() -> None:
     """:func:`~daskdiff.model.extract.release_models` on a worker (a coroutine, so that the client
     need not wait: ``Client.run(wait=False)`` takes only these)."""
     release_models()
+    give_back_freed_memory()
 
 
 def run(plan: JobPlan, client: Any, *, attrs: dict, keep_rdm: bool, progress: bool = True,
