@@ -101,12 +101,11 @@ class Calibration:
     generate_cpu_s_per_pixel: float = 0.35e-6
     """CPU-seconds per pixel of a generated image, mostly its PNG compression: white noise 0.32 us,
     gratings 0.12 us, augmented crops 0.5 us (3000 x 3000 images)."""
-    whole_job_factor: float = 2.0
-    """Wall time of a whole job over its CPU-seconds per worker at the rates above: measured 1.2x
-    (extraction) and 2.4x (differentiation) for ``benchmarks/scale.py`` (1,000 images, n_units
-    [200]), 2.8x and 2.3x for ``benchmarks/job.py`` (2 x 43 images, [200, 10000, all]: 6 GB of
-    shards written with ``fsync``). Two workers on two cores share the memory bandwidth that the
-    elementwise passes are bound by; Dask, model builds and disk waits add the rest."""
+    whole_job_factor: float = 1.6
+    """Wall time of a whole job over its CPU-seconds per worker at the rates above (shared memory
+    bandwidth, Dask, model builds, disk waits). With the workers' allocator tuned
+    (``daskdiff.worker-malloc``), 2.0 printed 1.99x (seed job), 1.91x (``store: none``) and 1.58x
+    (1,000 images) the measured wall time; 1.6 prints ~1.6x, ~1.6x and ~1.3x (docs/performance.md)."""
     job_start_s: float = 30.0
     """Wall seconds of a job's fixed start: workers start (each imports the Keras backend), build
     their model and trace its graph; the client builds it too the first time it meets an
