@@ -20,6 +20,7 @@ shard found by a differentiation task is deleted and recomputed within the run.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sys
 import time
@@ -55,11 +56,18 @@ from .workers import decoders, device_error, give_back_freed_memory, gpu_resourc
 _echo = reporter(__name__)
 
 
-async def _release_models() -> None:
-    """:func:`~daskdiff.model.extract.release_models` on a worker (a coroutine, so that the client
-    need not wait: ``Client.run(wait=False)`` takes only these)."""
+def _release_and_trim() -> None:
     release_models()
     give_back_freed_memory()
+
+
+async def _release_models() -> None:
+    """:func:`~daskdiff.model.extract.release_models` and
+    :func:`~daskdiff.pipeline.workers.give_back_freed_memory` on a worker (a coroutine, so that the
+    client need not wait: ``Client.run(wait=False)`` takes only these), in a thread: on the
+    worker's event loop they held up its heartbeats and its closing (a worker that gave back ~1 GB
+    was still closing when a Ctrl-C'd client closed the scheduler, and logged a traceback)."""
+    await asyncio.get_running_loop().run_in_executor(None, _release_and_trim)
 
 
 def run(plan: JobPlan, client: Any, *, attrs: dict, keep_rdm: bool, progress: bool = True,

@@ -237,7 +237,7 @@ pages (on this 2-core VM ~4 s per GB). Here blocks up to 32 MiB are reused from 
 threads each kept their own, and a worker ~0.9 GB more). Measured on the seed job
 (docs/performance.md): 78.3 -> 63.6-68.1 s, the process tree 5.51 -> 5.66 GB. Values and results
 do not change; what a worker frees it gives back at the end of extraction
-(:func:`give_back_freed_memory`)."""
+(:func:`give_back_freed_memory`). Opt-in for now (its timing exposed tracebacks on Ctrl-C)."""
 
 
 def give_back_freed_memory() -> bool:
