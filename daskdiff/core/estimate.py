@@ -105,7 +105,8 @@ class Calibration:
     """Wall time of a whole job over its CPU-seconds per worker at the rates above (shared memory
     bandwidth, Dask, model builds, disk waits). With the workers' allocator tuned
     (``daskdiff.worker-malloc``), 2.0 printed 1.99x (seed job), 1.91x (``store: none``) and 1.58x
-    (1,000 images) the measured wall time; 1.6 prints ~1.6x, ~1.6x and ~1.3x (docs/performance.md)."""
+    (1,000 images) the measured wall time; 1.6 prints ~1.6x, ~1.6x and ~1.3x of those, ~1.5x and ~1.2x
+    with Dask's allocator settings (docs/performance.md)."""
     job_start_s: float = 30.0
     """Wall seconds of a job's fixed start: workers start (each imports the Keras backend), build
     their model and trace its graph; the client builds it too the first time it meets an

@@ -64,9 +64,8 @@ def _release_and_trim() -> None:
 async def _release_models() -> None:
     """:func:`~daskdiff.model.extract.release_models` and
     :func:`~daskdiff.pipeline.workers.give_back_freed_memory` on a worker (a coroutine, so that the
-    client need not wait: ``Client.run(wait=False)`` takes only these), in a thread: on the
-    worker's event loop they held up its heartbeats and its closing (a worker that gave back ~1 GB
-    was still closing when a Ctrl-C'd client closed the scheduler, and logged a traceback)."""
+    client need not wait: ``Client.run(wait=False)`` takes only these), in a thread, so that the
+    worker's event loop (its heartbeats, its answer to a close) does not wait for them."""
     await asyncio.get_running_loop().run_in_executor(None, _release_and_trim)
 
 
