@@ -240,15 +240,14 @@ do not change; what a worker frees it gives back at the end of extraction
 (:func:`give_back_freed_memory`). Opt-in for now (its timing exposed tracebacks on Ctrl-C)."""
 
 
-def give_back_freed_memory() -> bool:
+def give_back_freed_memory() -> None:
     """Give the memory this process has freed, but its C allocator keeps, back to the system
-    (glibc's ``malloc_trim(0)``). Returns whether it could (False where the C library is not glibc)."""
+    (glibc's ``malloc_trim(0)``); nothing where the C library is not glibc."""
     try:
         trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        return False
+        return
     trim(0)
-    return True
 
 
 class WorkerSetup(WorkerPlugin):
