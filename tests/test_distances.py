@@ -8,7 +8,7 @@ from hypothesis.extra.numpy import arrays
 from scipy.spatial.distance import pdist, squareform
 
 import daskdiff
-from daskdiff.core.distances import METRICS, pairwise_distances_stack
+from daskdiff.core.distances import METRICS, pairwise_distances_stack, rdm_stack_repeats
 
 ALL_METRICS = sorted(METRICS)
 
@@ -132,3 +132,11 @@ def test_a_matrix_gives_the_same_bits_alone_or_stacked_with_badly_conditioned_ne
         alone = pairwise_distances_stack(matrix[None], metric)[0]
         np.testing.assert_array_equal(together[i], alone)
         np.testing.assert_allclose(alone, squareform(pdist(matrix, metric)), rtol=1e-6, atol=1e-9)
+
+
+def test_stacks_of_repeats_keep_their_distance_matrices_within_the_bound():
+    # 8 * 1000**2 bytes per matrix: 4 fit 32 MiB (4.19); 43 images: 2,268 fit, so what is wanted
+    assert rdm_stack_repeats(1000, 25) == 4
+    assert rdm_stack_repeats(43, 25) == 25
+    assert rdm_stack_repeats(5000, 25) == 1  # one matrix over the bound is still computed
+    assert rdm_stack_repeats(1000, 2) == 2

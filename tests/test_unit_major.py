@@ -5,6 +5,7 @@ import pytest
 from scipy.spatial.distance import pdist, squareform
 
 from references import normalised_by_hand
+import daskdiff.core.unit_major as unit_major_module
 from daskdiff.core.unit_major import repeat_statistics, unit_major, unit_major_distances, worth_unit_major
 from daskdiff.core.distances import pairwise_distances_stack
 
@@ -85,3 +86,17 @@ def test_units_first_stack_equals_scipy_for_every_metric():
 def test_worth_unit_major():
     assert worth_unit_major(802_816, 100 * 10_000)  # the seed's 10,000-unit repeats
     assert not worth_unit_major(802_816, 100 * 200)  # 200 units: the layout would cost more than it saves
+
+
+@pytest.mark.parametrize("normalize", ["zscore", "max"])
+def test_gathering_a_few_rows_at_a_time_gives_the_same_distances(monkeypatch, normalize):
+    values = _layer("relu")
+    picks = _picks(values.shape[1], 300, 3) + [np.arange(values.shape[1])]
+    um = unit_major(values, normalize)
+    whole = [unit_major_distances(um, picks[:3], "euclidean", normalize)[0], unit_major_distances(um, picks[3:], "euclidean", normalize)[0]]
+    monkeypatch.setattr(unit_major_module, "GATHER_BYTES", 4 * values.shape[0] * 7)  # 7 rows at a time: 43 blocks, the last of 6
+    blocks = [unit_major_distances(um, picks[:3], "euclidean", normalize)[0], unit_major_distances(um, picks[3:], "euclidean", normalize)[0]]
+    for got, want in zip(blocks, whole):
+        np.testing.assert_array_equal(got, want)
+    for got, pos in zip(blocks[0], picks[:3]):
+        np.testing.assert_allclose(got, squareform(pdist(normalised_by_hand(values[:, pos], normalize))), rtol=1e-11)

@@ -12,8 +12,7 @@ What is counted, and how well
   and layer).
 - **Bytes on disk**: shards are counted as HDF5 lays them out (float32 stored values in chunks
   of whole images, unit coordinates, per-image labels, per-file and per-variable overheads
-  fitted on files written by :class:`daskdiff.io.shards.ShardWriter`: within 3 % of the real
-  files in that fit, and within 1 % once the stored values dominate, as for VGG16). Partial
+  fitted on :class:`daskdiff.io.shards.ShardWriter`'s files: within 3 % of them, 1 % once the stored values dominate). Partial
   results (their arrays as :class:`daskdiff.core.partial_layout.PartialLayout` states them) and
   the results file are their arrays plus a small fixed overhead per array. The values stored
   per image are exact once the storage plan is built, an expectation before
@@ -45,6 +44,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from .distances import rdm_stack_repeats
 from .exact import BLOCK_UNITS, EXACT_METRICS
 from .partial_layout import PartialLayout
 from .sampling import ALL, is_data_mode, sample_size
@@ -408,7 +408,7 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
     work, floor = 0, 0
     per_n = _per_n(layer, substrate, size)
     for k, repeats, _, exact in per_n:
-        c = 1 if exact else min(size.repeats_per_task, repeats)
+        c = 1 if exact else min(rdm_stack_repeats(n, size.repeats_per_task), repeats)
         blocked = exact and not spectral and size.metric in EXACT_METRICS  # in blocks of units, from the float32 values
         one = (2 * 8 * n * min(k, BLOCK_UNITS) + 24 * n * n if blocked else
                stack_bytes(c, n, k, size.metric, images=size.images_measure, spectral=spectral)) + 18 * repeats

@@ -42,6 +42,13 @@ CHUNK_UNITS = 4096
 """Units transposed at a time by :func:`unit_major` (their float64 copy is its temporary)."""
 
 
+GATHER_BYTES = 1 << 20
+"""Bytes of sampled float32 rows :func:`unit_major_distances` gathers at a time (its one
+temporary, reused over the repeats): a whole ``(k, n_images)`` copy per repeat (40 MB for 10,000
+units of 1,000 images) would be fresh memory each time, paged in at ~2 s per GB of system time on
+virtual machines that hand freed memory back to their host."""
+
+
 def every_row(pos: np.ndarray, n: int) -> bool:
     """Whether sorted, distinct positions ``pos`` are every one of ``n`` rows, in order."""
     return len(pos) == n and (n == 0 or (pos[0] == 0 and pos[-1] == n - 1))
@@ -204,12 +211,20 @@ def unit_major_distances(
     bad, safe = check_scale(scale, normalize, what, name=name, on_undefined="nan", min_scale=min_scale)
     size = r * k * n
     stack = (np.empty(size) if out is None else out.reshape(-1)[:size]).reshape(r, k, n)
+    rows = np.empty((min(k, max(1, GATHER_BYTES // (4 * n))), n), dtype=np.float32)
     for i, pos in enumerate(picks):
         if bad[i]:
             stack[i] = 0.0  # its distances are discarded below
-        else:
-            np.subtract(um.rows(np.asarray(pos)), shift[i], out=stack[i])
-            stack[i] /= safe[i]  # as the image-major path rounds: results equal its to ~1e-15
+            continue
+        pos = np.asarray(pos)
+        if every_row(pos, len(um.values)):
+            np.subtract(um.values, shift[i], out=stack[i])
+        else:  # a block of rows at a time through one small buffer: no (k, n) float32 copy per repeat
+            for a in range(0, k, len(rows)):
+                b = min(a + len(rows), k)
+                np.take(um.values, pos[a:b], axis=0, out=rows[: b - a])
+                np.subtract(rows[: b - a], shift[i], out=stack[i, a:b])
+        stack[i] /= safe[i]  # as the image-major path rounds: results equal its to ~1e-15
     d = pairwise_distances_stack(stack, metric, units_first=True)
     if per_unit:
         d /= per_unit_divisor(metric, k)

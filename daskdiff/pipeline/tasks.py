@@ -35,6 +35,7 @@ from ..core.arrays import GRAM_METRICS, distances_on_arrays
 from ..core.blocked import differentiation_blocked
 from ..core.differentiation import distances_stack, normalize_stack, rdm_median
 from ..core.spectral import spectral_differentiation_stack
+from ..core.distances import rdm_stack_repeats
 from ..core.estimate import stack_bytes
 from ..core.exact import EXACT_METRICS, exact_distances
 from ..core.partial_layout import SOURCE, PartialLayout
@@ -249,7 +250,8 @@ def _n_units_result(values: Values, index: np.ndarray, task: DiffTask, n_units: 
     name = f"layer {task.layer!r} ({task.substrate}, set {task.image_set!r})"
     medians, undefined, rdm_sum = [], [], None
     k = len(positions(index, task, n_units, 0))
-    per_stack = stack_repeats(_n_images(values), k, task.metric, task.repeats_per_stack, budget, images=task.images,
+    wanted = rdm_stack_repeats(_n_images(values), task.repeats_per_stack)  # stacks of large sets' RDMs: fresh memory
+    per_stack = stack_repeats(_n_images(values), k, task.metric, wanted, budget, images=task.images,
                               spectral=task.spectral is not None)
     if per_stack == 0 and task.keep_rdm:
         per_stack = 1  # the mean RDM needs the distances: a set small enough to keep it fits anyway
@@ -289,7 +291,7 @@ def _n_units_result(values: Values, index: np.ndarray, task: DiffTask, n_units: 
         return d, m, bad, sd
 
     once = evaluate(range(0, 1)) if exact else None
-    step = per_stack or task.repeats_per_stack
+    step = per_stack or wanted
     spectral = []
     for start in range(0, total, step):
         chunk = range(start, min(start + step, total))
