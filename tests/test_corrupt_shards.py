@@ -74,6 +74,18 @@ def test_shards_are_read_into_one_array_in_order_with_one_shard_extra_at_most(tm
     np.testing.assert_array_equal(read_features(paths, "units", "conv", [16, 16, 9])[0], values)
     with pytest.raises(CorruptShardError, match=r"shard-00001.nc.*not 15 images"):
         read_features(paths, "units", "conv", [16, 15, 9])
+    # unit-major: the transpose, C order, read with the same peak (no image-major copy first)
+    tracemalloc.start()
+    try:
+        rows, index = read_features(paths, "units", "conv", [16, 16, 9], units_first=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(rows, np.concatenate(written).T)
+    assert rows.flags.c_contiguous and index.tolist() == list(range(40_000))
+    assert rows.nbytes <= peak < rows.nbytes + 4 * chunk, (peak, rows.nbytes, chunk)
+    with pytest.raises(CorruptShardError, match=r"shard-00002.nc.*not 8 images"):
+        read_features(paths, "units", "conv", [16, 16, 8], units_first=True)
 
 
 def test_flipped_bytes_raise_corrupt_shard_error_naming_the_file(tmp_path):
@@ -83,9 +95,10 @@ def test_flipped_bytes_raise_corrupt_shard_error_naming_the_file(tmp_path):
         assert all(nc[name].filters()["fletcher32"] for name in features)
         assert nc["unit__conv"].filters()["fletcher32"] and nc["top1_prob"].filters()["fletcher32"]
     flip_chunk(path, "units__conv", rows=slice(2, 4))
-    with pytest.raises(CorruptShardError, match=f"shard {path} is corrupt") as info:
-        read_features([path], "units", "conv")
-    assert info.value.path == str(path)
+    for units_first in (False, True):
+        with pytest.raises(CorruptShardError, match=f"shard {path} is corrupt") as info:
+            read_features([path], "units", "conv", units_first=units_first)
+        assert info.value.path == str(path)
     # other variables' chunks are intact and still read exactly
     np.testing.assert_array_equal(read_features([path], "units", "fc")[0], features["units__fc"])
 

@@ -124,6 +124,7 @@ def _traced_peak(fn, *args) -> int:
     ((4096,), 300, (200, 10000), 30, 25, "euclidean", "units"),        # 10000 >= the layer: exact, repeated
     ((28, 28, 64), 120, (200, 1000), 40, 25, "correlation", "units"),
     ((28, 28, 64), 120, (200,), 20, 10, "cityblock", "units"),
+    ((64, 64, 32), 100, (2000,), 40, 4, "euclidean", "units"),         # the values dominate: read unit-major, no second copy
 ])
 def test_task_memory_estimate_within_a_factor_1_5_of_tracemalloc(tmp_path, shape, n, n_units, repeats, per_task, metric, substrate):
     """The arrays run_diff_task allocates (numpy reports them to tracemalloc) against
@@ -133,7 +134,8 @@ def test_task_memory_estimate_within_a_factor_1_5_of_tracemalloc(tmp_path, shape
     sampling = Sampling(n_units=n_units, repeats=repeats, seed=0)
     plan = storage_plan({"L": shape}, [substrate], sampling)
     files = _write_shards(tmp_path, plan, n, shards=2)
-    task = DiffTask("s", substrate, "L", shape, tuple(files), str(tmp_path), sampling, metric, "zscore", True, "condensed", True, per_task)
+    task = DiffTask("s", substrate, "L", shape, tuple(files), str(tmp_path), sampling, metric, "zscore", True, "condensed", True, per_task,
+                    stored=plan["L"].stored()[substrate])  # as the job makes it: values wanted unit-major are read as such
     peak = _traced_peak(run_diff_task, task)
     size = JobSize(images={"s": n}, layers=[LayerSize("L", shape, plan["L"].stored())], substrates=[substrate], n_units=list(n_units),
                    repeats=repeats, repeats_per_task=per_task, metric=metric, keep_rdm=True)
@@ -155,7 +157,7 @@ def test_spectral_task_memory_estimate_within_a_factor_1_5_of_tracemalloc(tmp_pa
     plan = storage_plan({"L": shape}, ["units"], sampling)
     files = _write_shards(tmp_path, plan, n, shards=2)
     task = DiffTask("s", "units", "L", shape, tuple(files), str(tmp_path), sampling, "euclidean", "zscore", True, "condensed", False,
-                    per_task, images=images, spectral=SpectralOptions(fs, state, metric))
+                    per_task, images=images, spectral=SpectralOptions(fs, state, metric), stored=plan["L"].stored()["units"])
     peak = _traced_peak(run_diff_task, task)
     size = JobSize(images={"s": n}, layers=[LayerSize("L", shape, plan["L"].stored())], substrates=["units"], n_units=list(n_units),
                    repeats=repeats, repeats_per_task=per_task, keep_rdm=False, images_measure=images, spectral={"s": round(fs * state)})

@@ -100,3 +100,21 @@ def test_gathering_a_few_rows_at_a_time_gives_the_same_distances(monkeypatch, no
         np.testing.assert_array_equal(got, want)
     for got, pos in zip(blocks[0], picks[:3]):
         np.testing.assert_allclose(got, squareform(pdist(normalised_by_hand(values[:, pos], normalize))), rtol=1e-11)
+
+
+@pytest.mark.parametrize("normalize", ["zscore", "mean", "max", "none"])
+def test_blocks_of_images_give_the_layout_and_statistics_of_the_whole(normalize):
+    values = _layer("relu", n=23, m=9000)  # 3 chunks of units, the last partial
+    whole = unit_major(values, normalize)
+    blocks = unit_major([values[:5], values[5:6], values[6:]], normalize)  # e.g. one block per shard
+    np.testing.assert_array_equal(blocks.values, values.T)
+    assert blocks.values.flags.c_contiguous and blocks.peak == whole.peak == np.abs(values).max()
+    for got, want in zip((blocks.means, blocks.squares, blocks.peaks), (whole.means, whole.squares, whole.peaks)):
+        np.testing.assert_array_equal(got, want)
+    y = values.astype(np.float64)
+    if normalize in ("zscore", "mean"):
+        np.testing.assert_allclose(whole.means, y.mean(axis=0), rtol=1e-13)
+    if normalize == "zscore":
+        np.testing.assert_allclose(whole.squares, ((y - y.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-12)
+    if normalize == "max":
+        np.testing.assert_array_equal(whole.peaks, np.abs(values).max(axis=0))

@@ -370,8 +370,8 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
       (two of ``batch_size`` images: what netCDF4 reads and its copy), plus the feature index
       (int32 read, int64 copy);
     - the unit-major layout, where the task makes one (on the host, when its repeats gather
-      enough units: :func:`daskdiff.core.unit_major.worth_unit_major`): the values and their
-      transposed copy at once, with the per-unit statistics (16 bytes per stored value);
+      enough units: :func:`daskdiff.core.unit_major.worth_unit_major`): written as the values
+      are read (no second copy), so only its per-unit statistics (16 bytes per stored value);
     - computing: the concatenated values and the index; the partial result's arrays
       (:func:`partial_layout`: ``differentiation`` float64 and ``undefined`` bool, n_units x
       repeats; ``rdm_sum`` n_units x n x n float64 when the mean RDM is kept; ...); and for
@@ -421,10 +421,8 @@ def diff_task_memory(n: int, layer: LayerSize, substrate: str, size: JobSize, *,
             floor = max(floor, stack_bytes(1, n, k, size.metric, images=False, spectral=True))
     if size.task_memory is not None:  # tasks fit their stacks (or blocks of images) into the budget
         work = max(min(work, size.task_memory), floor)
-    layout, statistics = 0, 0
-    if worth_unit_major(stored, sum(k * repeats for k, repeats, _, exact in per_n if not exact)):
-        layout, statistics = 2 * values + 16 * stored, 16 * stored
-    return max(read, layout, values + 8 * stored + statistics + results + work)
+    statistics = 16 * stored if worth_unit_major(stored, sum(k * repeats for k, repeats, _, exact in per_n if not exact)) else 0
+    return max(read, values + 8 * stored + statistics + results + work)
 
 
 def _repeat_seconds(n: int, k: int, metric: str, cal: Calibration) -> float:

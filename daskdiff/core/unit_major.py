@@ -5,10 +5,12 @@ different sample of units. Stored image by image (``(n_images, n_stored)``), a r
 is ``n_images x k`` scattered reads; stored unit by unit (:class:`UnitMajor`, ``(n_stored,
 n_images)``, C order) it is ``k`` contiguous rows of ``n_images`` values: ~20x faster for
 10,000 of 802,816 units of 43 images (``benchmarks/layout.py``). The layout
-is made once per task (:func:`unit_major`), in chunks that stay in cache, and the same pass
-computes what every repeat's normaliser needs per unit (mean and centred sum of squares over the
-images, or the largest |value|), so a repeat's z-score statistics cost ``O(k)``, not a pass over
-its ``n_images x k`` values.
+is made once per task: copied from an image-major array (:func:`unit_major`), or written so as
+the shards are read (:func:`transpose_into`, :func:`daskdiff.io.shards.read_features`), in
+chunks that stay in cache. One pass over its rows (:func:`from_unit_rows`) then computes what
+every repeat's normaliser needs per unit (mean and centred sum of squares over the images, or
+the largest |value|), so a repeat's z-score statistics cost ``O(k)``, not a pass over its
+``n_images x k`` values.
 
 :func:`unit_major_distances` then gives, for ``euclidean`` and ``sqeuclidean``, what
 :func:`~daskdiff.core.differentiation.distances_stack` gives for the image-major stack of the
@@ -40,7 +42,6 @@ UNIT_MAJOR_METRICS = ("euclidean", "sqeuclidean")
 
 CHUNK_UNITS = 4096
 """Units transposed at a time by :func:`unit_major` (their float64 copy is its temporary)."""
-
 
 GATHER_BYTES = 1 << 20
 """Bytes of sampled float32 rows :func:`unit_major_distances` gathers at a time (its one
@@ -86,37 +87,64 @@ class UnitMajor:
         return self.values.take(pos, axis=0)
 
 
-def unit_major(values: np.ndarray, normalize: str = "zscore") -> UnitMajor:
-    """The unit-major copy of ``values`` ``(n_images, n_stored)`` and its per-unit statistics.
+def unit_major(values: np.ndarray | Sequence[np.ndarray], normalize: str = "zscore") -> UnitMajor:
+    """The unit-major copy of ``values`` ``(n_images, n_stored)``, or of a sequence of such blocks
+    of images in order (e.g. one per shard: no concatenated copy first), and its per-unit
+    statistics (:func:`transpose_into`, then :func:`from_unit_rows`). The caller may drop
+    ``values`` afterwards."""
+    check_normalize(normalize)
+    blocks = [values] if isinstance(values, np.ndarray) else list(values)
+    out = np.empty((blocks[0].shape[1], sum(len(b) for b in blocks)), dtype=np.float32)
+    start = 0
+    for block in blocks:
+        transpose_into(out, block, start)
+        start += len(block)
+    return from_unit_rows(out, normalize)
 
-    One pass over ``values``, :data:`CHUNK_UNITS` units at a time: each chunk's statistics are
-    taken (over the images, vectorised across its units) while it is in cache, and it is copied
-    transposed. ``normalize`` decides which statistics are kept (see :class:`UnitMajor`). The
-    caller may drop ``values`` afterwards.
+
+def transpose_into(out: np.ndarray, block: np.ndarray, start: int) -> None:
+    """Write images ``block`` ``(c, n_stored)`` into columns ``start .. start + c`` of the
+    unit-major ``out`` ``(n_stored, n_images)``, :data:`CHUNK_UNITS` units at a time (what each
+    step reads and writes stays in cache)."""
+    c, m = block.shape
+    for a in range(0, m, CHUNK_UNITS):
+        b = min(a + CHUNK_UNITS, m)
+        out[a:b, start : start + c] = block[:, a:b].T
+
+
+def from_unit_rows(values: np.ndarray, normalize: str = "zscore") -> UnitMajor:
+    """The :class:`UnitMajor` of ``values``, already ``(n_stored, n_images)`` float32 in C order
+    (kept, not copied), with the statistics ``normalize`` needs.
+
+    One pass over its rows, a block of at most :data:`CHUNK_UNITS` units and ~8 MB of float64
+    at a time: each unit's mean over the images, the sum of squared deviations from it (on the
+    centred float64 values: no ``E[x^2] - E[x]^2`` cancellation) and its largest |value|.
     """
     check_normalize(normalize)
-    n, m = values.shape
-    out = np.empty((m, n), dtype=np.float32)
+    m, n = values.shape
     means = np.empty(m) if normalize in ("zscore", "mean") else None
     squares = np.empty(m) if normalize == "zscore" else None
     peaks = np.empty(m, dtype=np.float32) if normalize == "max" else None
     peak = 0.0
-    for a in range(0, m, CHUNK_UNITS):
-        b = min(a + CHUNK_UNITS, m)
-        chunk = values[:, a:b]
-        out[a:b] = chunk.T
-        if n:
-            top = np.maximum(chunk.max(axis=0), -chunk.min(axis=0))
-            peak = max(peak, float(top.max()))
-            if peaks is not None:
-                peaks[a:b] = top
+    step = max(1, min(CHUNK_UNITS, (8 << 20) // (8 * max(1, n))))
+    for a in range(0, m if n else 0, step):
+        b = min(a + step, m)
+        rows = values[a:b]
+        top = np.maximum(rows.max(axis=1), -rows.min(axis=1))
+        peak = max(peak, float(top.max()))
+        if peaks is not None:
+            peaks[a:b] = top
         if means is not None:
-            y = chunk.astype(np.float64)
-            means[a:b] = y.mean(axis=0)
+            y = rows.astype(np.float64)
+            means[a:b] = y.mean(axis=1)
             if squares is not None:
-                y -= means[a:b]
-                squares[a:b] = np.einsum("ij,ij->j", y, y)
-    return UnitMajor(out, means, squares, peaks, peak)
+                y -= means[a:b, None]
+                squares[a:b] = np.einsum("ij,ij->i", y, y)
+    if not n:  # no images: the statistics of nothing
+        for a, empty in ((means, np.nan), (squares, 0.0), (peaks, 0.0)):
+            if a is not None:
+                a[:] = empty
+    return UnitMajor(values, means, squares, peaks, peak)
 
 
 def worth_unit_major(n_stored: int, gathered: int) -> bool:

@@ -65,6 +65,7 @@ from .layout import ACTIVATIONS_DIR, SHARD_GLOB, feature_dim, variable_name
 from .location import location, ObjectPath
 from .store import local_copy
 
+from ..core.unit_major import transpose_into
 from ..core.units import LayerPlan
 
 
@@ -538,16 +539,18 @@ def _open_for_reading(path: str | os.PathLike, name: str) -> Iterator[Any]:
 
 
 def read_features(files: Sequence[str | os.PathLike], substrate: str, layer: str,
-                  n_images: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  n_images: Sequence[int] | None = None, *, units_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Read one stored variable from every shard of a set into memory.
 
-    Returns ``(values, index)``: ``values`` ``(n_images, n_stored)`` float32 in shard order and
-    ``index`` the stored flat feature indices (sorted). Only this variable is read. The result is
-    allocated once and each shard is copied into its rows one HDF5 chunk (a batch of images) at a
-    time, so the peak is the values plus about two chunks, not twice the values. ``n_images``:
-    each shard's number of images, where the caller knows them (the job does, from the shards'
-    metadata); else each file is opened once more first to read its shape (opening a shard
-    reads its labels, ~8 % of its bytes).
+    Returns ``(values, index)``: ``values`` ``(n_images, n_stored)`` float32 in shard order
+    (``units_first``: ``(n_stored, n_images)``, C order, the unit-major layout of
+    :mod:`daskdiff.core.unit_major`, written so as it is read) and ``index`` the stored flat
+    feature indices (sorted). Only this variable is read. The result is allocated once and each
+    shard is copied into it one HDF5 chunk (a batch of images) at a time, so the peak is the
+    values plus about two chunks, not twice the values. ``n_images``: each shard's number of
+    images, where the caller knows them (the job does, from the shards' metadata); else each
+    file is opened once more first to read its shape (opening a shard reads its labels, ~8 % of
+    its bytes).
 
     Raises
     ------
@@ -563,22 +566,26 @@ def read_features(files: Sequence[str | os.PathLike], substrate: str, layer: str
         for f in files:
             with _open_for_reading(f, name) as ds:
                 n_images.append(ds.variables[name].shape[0])
-    values, index, row = None, None, 0
+    values, index, row, features = None, None, 0, None
     for f, n in zip(files, n_images):
         with _open_for_reading(f, name) as ds:
             var = ds.variables[name]
             shape = tuple(var.shape)
-            if shape[0] != n or (values is not None and shape[1:] != values.shape[1:]):
-                raise CorruptShardError(f, f"variable {name!r} has shape {shape}, not {n} images of {values.shape[1:] if values is not None else shape[1:]} "
+            features = shape[1:] if features is None else features
+            if shape[0] != n or shape[1:] != features:
+                raise CorruptShardError(f, f"variable {name!r} has shape {shape}, not {n} images of {features} "
                                            "features as the set's other shards and its labels say")
             if values is None:
-                values = np.empty((sum(n_images),) + shape[1:], dtype=np.float32)
+                values = np.empty(shape[1:] + (sum(n_images),) if units_first else (sum(n_images),) + shape[1:], dtype=np.float32)
             chunking = var.chunking()
             step = chunking[0] if isinstance(chunking, list) else shape[0]  # whole HDF5 chunks: each read once
             try:
                 for start in range(0, shape[0], max(1, step)):  # netCDF4 copies what it reads: a chunk at a time
                     stop = min(start + step, shape[0])
-                    values[row + start : row + stop] = var[start:stop]
+                    if units_first:
+                        transpose_into(values, var[start:stop], row + start)
+                    else:
+                        values[row + start : row + stop] = var[start:stop]
                 if index is None:
                     index = np.asarray(ds.variables[dim][:], dtype=np.int64)
             except RuntimeError as err:  # netCDF4's "NetCDF: HDF error": a chunk failed its checksum

@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,8 @@ from ..core.distances import rdm_stack_repeats
 from ..core.estimate import stack_bytes
 from ..core.exact import EXACT_METRICS, exact_distances
 from ..core.partial_layout import SOURCE, PartialLayout
-from ..core.unit_major import UNIT_MAJOR_METRICS, UnitMajor, every_row, unit_major, unit_major_distances, worth_unit_major
+from ..core.unit_major import (UNIT_MAJOR_METRICS, UnitMajor, every_row, from_unit_rows, unit_major, unit_major_distances,
+                               worth_unit_major)
 from ..core.units import NUnits, Sampling, units_for
 from ..core.sampling import ALL, UnitPool
 from ..core.substrates import feature_shape
@@ -111,6 +112,9 @@ class DiffTask:
     """Also compute spectral differentiation (the set is a movie), with these options."""
     written: bool = True
     """Whether the shard files store this task's variable (``extraction.store: none`` writes no units)."""
+    stored: int | None = None
+    """Values per image the shard files store of this task's variable, where the plan knows them
+    (so that they can be read straight into the unit-major layout, :func:`task_values`)."""
     device: str = "auto"
     """``analysis.device``: where the gathers and Gram products run (:func:`daskdiff.model.device.arrays_for`)."""
     pool: UnitPool | None = field(default=None, compare=False, repr=False)
@@ -319,9 +323,14 @@ def partial_layout(task: DiffTask, shards: tuple = ()) -> PartialLayout:
                          spectral=task.spectral is not None, source=bool(shards))
 
 
-def task_values(task: DiffTask, kept: list | None, shards: tuple = ()) -> tuple[np.ndarray, np.ndarray]:
+def task_values(task: DiffTask, kept: list | None, shards: tuple = (),
+                units_first: Callable[[int], bool] = lambda n_stored: False) -> tuple[Values, np.ndarray]:
     """The task's ``(values, index)``: from memory when every shard's are kept, else from the files
-    (each opened once: ``shards``' metadata give their numbers of images)."""
+    (each opened once: ``shards``' metadata give their numbers of images). ``units_first(n_stored)``
+    says whether the values are wanted unit-major (:class:`~daskdiff.core.unit_major.UnitMajor`,
+    with ``task.normalize``'s statistics): they are then written in that layout as they are read
+    (from the files with ``task.stored`` known) or shard by shard from memory, with no
+    image-major copy of the whole first."""
     if not kept or any(v is None for v in kept):
         if not task.written:
             raise InputError(
@@ -329,11 +338,16 @@ def task_values(task: DiffTask, kept: list | None, shards: tuple = ()) -> tuple[
                 f"result {task.path} could not be reused; remove that file and re-run: the set is then extracted again in memory"
             )
         counts = [m["n_images"] for m in shards] if len(shards) == len(task.files) else None
-        return read_features(task.files, task.substrate, task.layer, counts)
+        if task.stored is not None and units_first(task.stored):
+            rows, index = read_features(task.files, task.substrate, task.layer, counts, units_first=True)
+            return from_unit_rows(rows, task.normalize), index
+        values, index = read_features(task.files, task.substrate, task.layer, counts)
+        return (unit_major(values, task.normalize) if units_first(values.shape[1]) else values), index
     arrays = [v[0] for v in kept]
-    index = kept[0][1]
-    values = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
-    return values, np.arange(values.shape[1], dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+    index = np.arange(arrays[0].shape[1], dtype=np.int64) if kept[0][1] is None else np.asarray(kept[0][1], dtype=np.int64)
+    if units_first(arrays[0].shape[1]):
+        return unit_major(arrays, task.normalize), index  # shard by shard: no concatenated copy
+    return (arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)), index
 
 
 def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None, pool: UnitPool | None = None) -> Partial:
@@ -372,17 +386,17 @@ def run_diff_task(task: DiffTask, *shards: Any, values: list | None = None, pool
     if task.spectral is not None and (lost := [s for m in shards for s in m["skipped"]]):
         raise InputError(f"movie {task.image_set!r}: {len(lost)} frame(s) could not be decoded ({lost[0][0]}: {lost[0][1]}); "
                          "spectral differentiation needs every frame, in time order: repair or re-export the movie")
-    values, index = task_values(task, values, shards)
-    layout = dataclasses.replace(layout, n_images=len(values))
+    arrays_on = arrays_for(task.device) if task.images and task.metric in GRAM_METRICS else None
+    n_features = int(np.prod(feature_shape(task.shape, task.substrate)))
+    gathered = sum(len(units_for(task.shape, task.substrate, n, task.sampling, task.layer, 0, task.pool)) * task.sampling.repeats_for(n)
+                   for n in task.sampling.n_units if n != ALL and not (isinstance(n, int) and n >= n_features))  # exact ones: once
+    values, index = task_values(task, values, shards,  # on the host, when it pays: contiguous gathers (core.unit_major)
+                                lambda n_stored: arrays_on is None and worth_unit_major(n_stored, gathered))
+    layout = dataclasses.replace(layout, n_images=_n_images(values))
     arrays = layout.empty()
     if source is not None:
         arrays[SOURCE][...] = source
-    arrays_on = arrays_for(task.device) if task.images and task.metric in GRAM_METRICS else None
-    n_features = int(np.prod(feature_shape(task.shape, task.substrate)))
-    gathered = sum(len(positions(index, task, n, 0)) * task.sampling.repeats_for(n) for n in task.sampling.n_units
-                   if n != ALL and not (isinstance(n, int) and n >= n_features))  # exact n_units are evaluated once
-    if arrays_on is None and worth_unit_major(values.shape[1], gathered):  # on the host: contiguous gathers (core.unit_major)
-        values = unit_major(values, task.normalize)
+    if isinstance(values, UnitMajor):
         peak = values.peak
     else:
         peak = max(float(values.max()), -float(values.min())) if values.size else 0.0
