@@ -117,3 +117,71 @@ def test_ctrl_c_in_a_terminal_ends_the_job_in_seconds_with_one_line_and_a_re_run
 
 def test_sigint_to_the_client_alone_ends_the_job_in_seconds_with_one_line(tmp_path, tiny_model_path, sets):
     _interrupt(tmp_path, tiny_model_path, sets, "client")
+
+
+@pytest.mark.parametrize("quiet, closing, printed", [(False, True, True), (True, False, True), (True, True, False)])
+def test_a_heartbeat_cut_by_its_workers_close_prints_nothing(caplog, monkeypatch, quiet, closing, printed):
+    """distributed's real heartbeat, cut as a worker's close cuts it (its connection pool closing:
+    ``CommClosedError``), logs a traceback; a worker set up by daskdiff drops it while closing
+    only. The first case is the reference: the same heartbeat without daskdiff's filters."""
+    import asyncio
+    import logging
+
+    from distributed import Scheduler, Worker
+    from distributed.comm.core import CommClosedError
+    from distributed.core import Status
+
+    from daskdiff.pipeline.workers import leave_interrupts_to_the_client
+
+    async def cut() -> None:
+        raise CommClosedError("ConnectionPool closing.")
+
+    async def scenario() -> None:
+        async with Scheduler(host="127.0.0.1", dashboard_address=":0") as s, Worker(s.address, nthreads=1) as w:
+            if quiet:
+                await asyncio.to_thread(leave_interrupts_to_the_client, w)  # not the main thread: pytest keeps its Ctrl-C
+            monkeypatch.setattr(w.scheduler, "heartbeat_worker", lambda **kw: cut(), raising=False)
+            w.status = Status.closing if closing else Status.running
+            with caplog.at_level(logging.ERROR, logger="distributed.worker"):
+                await w.heartbeat()
+            w.status = Status.running
+            monkeypatch.undo()
+
+    loggers = [logging.getLogger(name) for name in ("distributed.worker", "distributed.worker.state_machine")]
+    before = [list(log.filters) for log in loggers]
+    try:
+        asyncio.run(scenario())
+    finally:
+        for log, filters in zip(loggers, before):
+            log.filters[:] = filters
+    heartbeat = [r for r in caplog.records if "Failed to communicate with scheduler during heartbeat" in r.getMessage()]
+    assert bool(heartbeat) == printed, caplog.text
+
+
+SYNC_INTERRUPTED = r"""
+import os, signal, sys, threading, time, asyncio
+from distributed.utils import LoopRunner, sync
+if sys.argv[1] == "quiet":
+    from daskdiff.pipeline.cluster import quiet_cancel_before_start
+    quiet_cancel_before_start()
+runner = LoopRunner(asynchronous=False)
+runner.start()
+runner.loop.add_callback(time.sleep, 0.5)  # the loop busy: sync's coroutine has not started when Ctrl-C lands
+threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    sync(runner.loop, asyncio.sleep, 5)
+except KeyboardInterrupt:
+    print("interrupted")
+time.sleep(1)  # the loop runs sync's cancel callback
+runner.stop()
+"""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_ctrl_c_before_a_sync_call_starts_prints_no_traceback(quiet):
+    """A real SIGINT while ``distributed.utils.sync`` waits for a coroutine that has not started:
+    its cancel callback raises ``NameError`` and tornado prints the traceback (the reference,
+    without daskdiff's filter), which :func:`quiet_cancel_before_start` drops."""
+    run = subprocess.run([sys.executable, "-c", SYNC_INTERRUPTED, "quiet" if quiet else "plain"], capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (0, "interrupted\n"), run.stderr
+    assert ("sync.<locals>.cancel" in run.stderr and "NameError" in run.stderr) != quiet, run.stderr

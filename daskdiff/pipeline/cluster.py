@@ -281,6 +281,7 @@ class EarlyCluster:
     """
 
     def __init__(self, section: Any, n_workers: int | None) -> None:
+        quiet_cancel_before_start()
         self.section, self.n_workers = section, n_workers
         self._cluster: Any = None
         self._error: BaseException | None = None
@@ -349,6 +350,7 @@ def connect(
         No scheduler at the address, a refused TLS handshake, no worker within ``start_timeout``,
         or a scheduler lost mid-job (a re-run resumes).
     """
+    quiet_cancel_before_start()
     security = security_from(section.security)
     target = target or Target.of(section, scheduler=scheduler, scheduler_file=scheduler_file, n_workers=n_workers)
     address, sfile, source = target.address, target.scheduler_file, target.source
@@ -449,6 +451,26 @@ def _started(section: Any, n_workers: int | None, security: Security | None) -> 
         scheduler_kwargs=ttl,
         **tls,
     )
+
+
+class _CancelBeforeStart(logging.Filter):
+    """Drops tornado's traceback of the ``NameError`` that ``distributed.utils.sync``'s ``cancel``
+    callback raises when Ctrl-C lands before the coroutine it waits for has started: ``cancel``
+    reads that coroutine's future before it is assigned (distributed 2026.8). Nothing was
+    running, so there was nothing to cancel; the interrupt itself goes on as usual."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, NameError) and "sync.<locals>.cancel" in record.getMessage())
+
+
+def quiet_cancel_before_start() -> None:
+    """Install :class:`_CancelBeforeStart` on tornado's ``tornado.application`` logger, once per
+    process (:func:`connect` and :class:`EarlyCluster` do, so that Ctrl-C prints one line
+    whenever it lands)."""
+    log = logging.getLogger("tornado.application")
+    if not any(isinstance(f, _CancelBeforeStart) for f in log.filters):
+        log.addFilter(_CancelBeforeStart())
 
 
 @contextlib.contextmanager

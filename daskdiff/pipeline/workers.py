@@ -237,7 +237,7 @@ pages (on this 2-core VM ~4 s per GB). Here blocks up to 32 MiB are reused from 
 threads each kept their own, and a worker ~0.9 GB more). Measured on the seed job
 (docs/performance.md): 78.3 -> 63.6-68.1 s, the process tree 5.51 -> 5.66 GB. Values and results
 do not change; what a worker frees it gives back at the end of extraction
-(:func:`give_back_freed_memory`). Opt-in for now (its timing exposed tracebacks on Ctrl-C)."""
+(:func:`give_back_freed_memory`). On by default (Dask config ``daskdiff.worker-malloc``)."""
 
 
 def give_back_freed_memory() -> None:
@@ -270,22 +270,33 @@ class WorkerSetup(WorkerPlugin):
         log.info("daskdiff worker %s: %s; %s", getattr(worker, "address", "?"), device, note)
 
 
-class _CancelledAsClosing(logging.Filter):
-    """Drops distributed's ``Async instruction for <Task 'execute' ...> ended with CancelledError``
-    warning while ``worker`` is closing: a task cancelled because its worker closes, which the
-    client asked for, is no news."""
+class _NoNewsWhileClosing(logging.Filter):
+    """Drops records whose message holds ``phrase`` while ``worker`` is closing, which the client
+    asked for: what a close interrupts is no news then."""
 
-    def __init__(self, worker: Any) -> None:
+    def __init__(self, worker: Any, phrase: str) -> None:
         super().__init__()
         self.worker = worker
+        self.phrase = phrase
 
     def filter(self, record: logging.LogRecord) -> bool:
         closing = getattr(self.worker, "status", None) in (Status.closing, Status.closing_gracefully, Status.closed)
-        return not (closing and "ended with CancelledError" in record.getMessage())
+        return not (closing and self.phrase in record.getMessage())
+
+
+QUIET_WHILE_CLOSING = {
+    "distributed.worker.state_machine": "ended with CancelledError",
+    "distributed.worker": "Failed to communicate with scheduler during heartbeat",
+}
+"""Logger -> the phrase of its record that a closing worker does not print
+(:func:`leave_interrupts_to_the_client`): distributed's warning that a task its close cancelled
+``ended with CancelledError``, and the traceback of a heartbeat caught by the close of the
+worker's own connection pool (``CommClosedError: ConnectionPool closing``)."""
 
 
 def leave_interrupts_to_the_client(worker: Any) -> bool:
-    """Make this worker process ignore SIGINT, and not warn of the tasks its closing cancels.
+    """Make this worker process ignore SIGINT, and not warn of what its closing interrupts
+    (:data:`QUIET_WHILE_CLOSING`).
 
     The worker processes of a ``LocalCluster`` share the terminal's process group with the
     ``daskdiff`` client, so Ctrl-C (SIGINT to the whole group) reaches each of them too: their
@@ -299,7 +310,8 @@ def leave_interrupts_to_the_client(worker: Any) -> bool:
     Only for processes that daskdiff starts and closes itself: a worker started with ``dask
     worker`` in a terminal keeps its own Ctrl-C.
     """
-    logging.getLogger("distributed.worker.state_machine").addFilter(_CancelledAsClosing(worker))
+    for name, phrase in QUIET_WHILE_CLOSING.items():
+        logging.getLogger(name).addFilter(_NoNewsWhileClosing(worker, phrase))
     if threading.current_thread() is not threading.main_thread():
         return False
     signal.signal(signal.SIGINT, signal.SIG_IGN)
