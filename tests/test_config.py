@@ -290,7 +290,7 @@ def _worker_ttl():
 PROBES = {
     "daskdiff.worker-ttl": ("5s", lambda _: _worker_ttl()),
     "daskdiff.work-stealing": (True, None),  # the probe needs monkeypatch: ON_START
-    "daskdiff.worker-malloc": (True, None),
+    "daskdiff.worker-malloc": (False, None),
     "daskdiff.budget.max-tasks": (1, lambda _: _refused()),
     "daskdiff.budget.max-cpu-hours": (1e-9, lambda _: _refused()),
     "daskdiff.health.restarts-before-work": (1, lambda _: _watch_ends_the_job(_Scheduler(), restarts=1)),

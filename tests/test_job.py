@@ -413,9 +413,9 @@ def _faults_on_reuse(size: int = 16 * 2**20) -> int:
 
 @pytest.mark.parametrize("tuned", [True, False])
 def test_the_workers_of_a_cluster_daskdiff_starts_reuse_the_memory_they_free(tmp_path, tiny_model_path, sets, tuned, monkeypatch):
-    """Dask config ``daskdiff.worker-malloc`` true: the worker processes start with
+    """Dask config ``daskdiff.worker-malloc`` true (the default): the worker processes start with
     ``WORKER_MALLOC_ENV``, and a 16 MiB block freed and asked for again is reused, not mapped
-    afresh page by page, as under Dask's own ``MALLOC_TRIM_THRESHOLD_=65536`` (false, the default for now)."""
+    afresh page by page, as under Dask's own ``MALLOC_TRIM_THRESHOLD_=65536`` (false)."""
     from daskdiff.pipeline.cluster import _close_cluster, _start_cluster
     from daskdiff.pipeline.workers import WORKER_MALLOC_ENV
 
