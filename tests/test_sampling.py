@@ -50,6 +50,10 @@ def test_seed_layer_and_repeat_all_matter():
 def test_cap_and_all():
     np.testing.assert_array_equal(sample_units(1000, 10_000, seed=0, layer="p", repeat=0), np.arange(1000))
     np.testing.assert_array_equal(sample_units((2, 3, 4), "all", seed=0, layer="p", repeat=0), np.arange(24))
+    for mode in ("random", "equal"):  # every unit in order, as int64 whatever the mode that spreads them
+        every = sample_units((2, 3, 4), "all", seed=0, layer="p", repeat=0, mode=mode)
+        assert every.dtype == np.int64 and every.tolist() == list(range(24))
+    assert sample_units((2, 3, 4), "all", seed=0, layer="p", repeat=0, mode="channel=1").tolist() == list(range(1, 24, 4))
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "some", True])

@@ -233,6 +233,8 @@ def sample_units(
             raise ValueError(f"sampling {mode!r} draws from the job's unit statistics: pass pool=, the UnitPool of this "
                              f"layer for this mode (daskdiff.core.activity.unit_pool), got {pool!r:.80}")
         return _draw_from_pool(rng, pool, k)
+    if k >= size and mode in ("random", "equal"):
+        return np.arange(size, dtype=np.int64)  # every unit, already in order (no sort of millions)
     if mode == "random" or (mode == "equal" and n_positions == 1):
         return np.sort(_choose(rng, size, k))
     if mode == "equal":
