@@ -456,7 +456,7 @@ def _started(section: Any, n_workers: int | None, security: Security | None) -> 
 class _CancelBeforeStart(logging.Filter):
     """Drops tornado's traceback of the ``NameError`` that ``distributed.utils.sync``'s ``cancel``
     callback raises when Ctrl-C lands before the coroutine it waits for has started: ``cancel``
-    reads that coroutine's future before it is assigned (distributed 2026.8). Nothing was
+    reads that coroutine's future before it is assigned (distributed 2026.7 and 2026.8). Nothing was
     running, so there was nothing to cancel; the interrupt itself goes on as usual."""
 
     def filter(self, record: logging.LogRecord) -> bool:
