@@ -139,8 +139,7 @@ def _diff_tasks(plan: JobPlan, keep_rdm: bool, memory_budget: int | None = None)
                     DiffTask(name, substrate, layer, plan.shapes[layer], files, for_task(plan.output), plan.sampling,
                              a.metric, a.normalize, a.per_unit, a.median_over, keep_rdm, a.repeats_per_task, memory_budget,
                              images="images" in a.measures, spectral=spectral,
-                             written=substrate in plan.storage[layer].stored(), stored=plan.storage[layer].stored().get(substrate),
-                             device=a.device)
+                             stored=plan.storage[layer].stored().get(substrate, 0), device=a.device)
                 )
     return tasks
 

@@ -110,15 +110,19 @@ class DiffTask:
     """Compute the image measure (``analysis.measures`` holds ``images``); else its arrays stay NaN."""
     spectral: SpectralOptions | None = None
     """Also compute spectral differentiation (the set is a movie), with these options."""
-    written: bool = True
-    """Whether the shard files store this task's variable (``extraction.store: none`` writes no units)."""
     stored: int | None = None
     """Values per image the shard files store of this task's variable, where the plan knows them
-    (so that they can be read straight into the unit-major layout, :func:`task_values`)."""
+    (so that they can be read straight into the unit-major layout, :func:`task_values`); 0 when
+    they store none of it (``extraction.store: none`` writes no units)."""
     device: str = "auto"
     """``analysis.device``: where the gathers and Gram products run (:func:`daskdiff.model.device.arrays_for`)."""
     pool: UnitPool | None = field(default=None, compare=False, repr=False)
     """A data-dependent sampling mode's pool of this (substrate, layer), set by :func:`run_diff_task`."""
+
+    @property
+    def written(self) -> bool:
+        """Whether the shard files store this task's variable."""
+        return self.stored != 0
 
     @property
     def key(self) -> str:
@@ -338,7 +342,7 @@ def task_values(task: DiffTask, kept: list | None, shards: tuple = (),
                 f"result {task.path} could not be reused; remove that file and re-run: the set is then extracted again in memory"
             )
         counts = [m["n_images"] for m in shards] if len(shards) == len(task.files) else None
-        if task.stored is not None and units_first(task.stored):
+        if task.stored and units_first(task.stored):
             rows, index = read_features(task.files, task.substrate, task.layer, counts, units_first=True)
             return from_unit_rows(rows, task.normalize), index
         values, index = read_features(task.files, task.substrate, task.layer, counts)
