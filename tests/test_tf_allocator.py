@@ -3,6 +3,10 @@
 TensorFlow's oneDNN CPU build pools every tensor of 256 KiB or more and never returns the pool:
 a worker would carry its largest extraction batch through the whole differentiation stage. The
 process that imports TensorFlow through daskdiff must not; a user's own setting must hold.
+
+TensorFlow 2.21 turned oneDNN's optimisations off by default on this project's CPUs (2.20 and
+earlier had them on), and without them there is no pool: each probe turns them on
+(``TF_ENABLE_ONEDNN_OPTS=1``), as users of oneDNN builds have them.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ print(held, rss() - base)
 
 def _held_and_kept(env: dict) -> tuple[int, int]:
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300,
-                         env={k: v for k, v in env.items() if k != "KERAS_BACKEND"} | {"TF_CPP_MIN_LOG_LEVEL": "3"})
+                         env={k: v for k, v in env.items() if k != "KERAS_BACKEND"} | {"TF_CPP_MIN_LOG_LEVEL": "3",
+                                                                                   "TF_ENABLE_ONEDNN_OPTS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     held, kept = map(int, out.stdout.split()[-2:])
     return held, kept
