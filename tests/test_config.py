@@ -254,7 +254,7 @@ def _close_timeout(interrupted: bool = False) -> float:
         def close(self, timeout=None):
             pass
 
-    cluster._close_cluster(Cluster(), interrupted=interrupted)
+    cluster._close_cluster(Cluster(), abandoned=interrupted)
     return given[0]
 
 

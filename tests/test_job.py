@@ -430,7 +430,7 @@ def test_the_workers_of_a_cluster_daskdiff_starts_reuse_the_memory_they_free(tmp
             arenas = list(client.run(os.environ.get, "MALLOC_ARENA_MAX").values())
             faults = list(client.run(_faults_on_reuse).values())
     finally:
-        _close_cluster(cluster, interrupted=False)
+        _close_cluster(cluster, abandoned=False)
     if tuned:
         assert arenas == ["1"] and faults[0] < pages // 20, (arenas, faults, pages)
     else:
@@ -448,4 +448,4 @@ def test_a_cluster_daskdiff_starts_does_not_steal_work(tmp_path, tiny_model_path
         assert "stealing" not in cluster.scheduler.extensions
         assert dask.config.get("distributed.scheduler.work-stealing") is True  # Dask's own, outside
     finally:
-        _close_cluster(cluster, interrupted=False)
+        _close_cluster(cluster, abandoned=False)

@@ -303,15 +303,15 @@ class EarlyCluster:
             raise self._error
         return self._cluster
 
-    def close(self, *, interrupted: bool = False) -> None:
-        """Close the cluster unless :func:`connect` took it (``interrupted``: as
-        :func:`_close_cluster` after Ctrl-C)."""
+    def close(self, *, abandoned: bool = False) -> None:
+        """Close the cluster unless :func:`connect` took it (``abandoned``: as
+        :func:`_close_cluster` after Ctrl-C or an error)."""
         if self._taken:
             return
         self._thread.join()
         self._taken = True
         if self._cluster is not None:
-            _close_cluster(self._cluster, interrupted=interrupted)
+            _close_cluster(self._cluster, abandoned=abandoned)
 
 
 @contextlib.contextmanager
@@ -376,7 +376,7 @@ def connect(
         return
 
     cluster = early.take() if early is not None else _start_checked(section, n_workers, security)
-    interrupted = False
+    abandoned = False
     try:
         with Client(cluster, security=security) as client:
             address = cluster.scheduler_address
@@ -390,11 +390,11 @@ def connect(
             echo(f"started {type(cluster).__name__} with {len(client.scheduler_info()['workers'])} worker(s) at {address}; {_dashboard(client)}")
             with _lost_scheduler_is_one_line(client, address):
                 yield client
-    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the workers are stopped within seconds
-        interrupted = True
+    except BaseException:  # Ctrl-C, SIGTERM, an error: the job is over, its workers are stopped within seconds
+        abandoned = True
         raise
     finally:
-        _close_cluster(cluster, interrupted=interrupted)
+        _close_cluster(cluster, abandoned=abandoned)
 
 
 def _watching(client: Client, needs: MemoryNeeds | None, echo: Callable) -> contextlib.AbstractContextManager:
@@ -491,20 +491,22 @@ def _interrupt_quietly() -> Iterator[None]:
         nanny.setLevel(level)
 
 
-def _close_cluster(cluster: Any, *, interrupted: bool = False) -> None:
+def _close_cluster(cluster: Any, *, abandoned: bool = False) -> None:
     """Close a cluster daskdiff started, giving each nanny's worker process
     ``daskdiff.cluster.close-timeout`` (Dask config; 30 s) to exit (rather than distributed's 4)
     before it is killed.
 
-    ``interrupted`` (Ctrl-C, SIGTERM: the job is abandoned, and its user waits):
-    ``daskdiff.cluster.interrupt-timeout`` (3 s) instead, quietly (:func:`_interrupt_quietly`).
-    A worker still in a task then is killed; every file a task writes is written under a
-    temporary name and renamed whole, so nothing half-written is left, and the next run removes
-    the temporary files (:func:`daskdiff.pipeline.output.prepare`).
+    ``abandoned`` (Ctrl-C, SIGTERM, or an error ended the job, and its user waits for the line
+    that says so): ``daskdiff.cluster.interrupt-timeout`` (3 s) instead, quietly
+    (:func:`_interrupt_quietly`). A worker still in a task then is killed; every file a task
+    writes is written under a temporary name and renamed whole, so nothing half-written is left,
+    and the next run removes the temporary files (:func:`daskdiff.pipeline.output.prepare`). A
+    nanny caught restarting its worker (killed for memory, in a loop) would hold the full close
+    for over a minute.
     """
-    timeout = config.seconds("daskdiff.cluster.interrupt-timeout" if interrupted else "daskdiff.cluster.close-timeout")
+    timeout = config.seconds("daskdiff.cluster.interrupt-timeout" if abandoned else "daskdiff.cluster.close-timeout")
     nannies = [w for w in getattr(cluster, "workers", {}).values() if isinstance(w, Nanny)]
-    with _interrupt_quietly() if interrupted else contextlib.nullcontext():
+    with _interrupt_quietly() if abandoned else contextlib.nullcontext():
         if nannies:
             async def close_all() -> None:
                 await asyncio.wait_for(asyncio.gather(*(w.close(timeout=timeout) for w in nannies), return_exceptions=True),

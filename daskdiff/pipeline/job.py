@@ -175,7 +175,7 @@ def run_job(
         @cleanup.push
         def close_early(kind: type[BaseException] | None, *_: Any) -> None:  # an early cluster connect did not take
             for cluster in early:
-                cluster.close(interrupted=kind is not None and issubclass(kind, KeyboardInterrupt))
+                cluster.close(abandoned=kind is not None)
 
         inputs = resolve(spec, base, output=output, weights=weights, echo=echo)
         for line in local_sets_elsewhere(inputs, target):
