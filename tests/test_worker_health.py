@@ -155,7 +155,12 @@ def test_a_run_with_too_little_worker_memory_ends_in_one_line_not_a_hang(tmp_pat
     limit = int(baseline / PAUSE / short) if short < 2 else int(baseline / short)
     job = _job(tmp_path, tiny_model_path, sets, {"memory_limit": str(limit), "n_workers": 2, "start_timeout": 400})
     started = time.monotonic()
-    proc = _run("run", job, "--force", "--no-progress")
+    # Two restarts end the job (daskdiff.health.restarts-before-work, 3 by default): still a loop, one
+    # worker start shorter. An abandoned job's cluster gets daskdiff.cluster.interrupt-timeout (3 s),
+    # not close-timeout, made long here: a nanny caught restarting its worker would hold the close
+    # for all of it, twice, before the line (with the default 30 s: 70 s after the last restart).
+    proc = _run("run", job, "--force", "--no-progress", env=ENV | {"DASK_DASKDIFF__HEALTH__RESTARTS_BEFORE_WORK": "2",
+                                                                   "DASK_DASKDIFF__CLUSTER__CLOSE_TIMEOUT": "150s"})
     out, err = _finish(proc, 300)  # a job that waited out start_timeout (400 s) fails here, as a hang
     line = _error_line(err)
     assert proc.returncode == 2
@@ -170,7 +175,7 @@ def test_a_run_with_too_little_worker_memory_ends_in_one_line_not_a_hang(tmp_pat
         assert said, line
         assert int(said[1]) == out.count("its nanny killed and restarted it") >= 1  # the count said is the restarts reported
     assert _gb(line, "set cluster.memory_limit to at least ") * 1e9 * PAUSE >= baseline
-    assert time.monotonic() - started < 300, "the job waited out cluster.start_timeout instead of noticing"
+    assert time.monotonic() - started < 150, "the job waited out cluster.start_timeout or close-timeout instead of noticing"
     assert "--force: running although cluster.memory_limit" in out
 
 
@@ -193,8 +198,8 @@ def test_a_frozen_worker_is_reported_and_the_job_finishes_on_the_others(tmp_path
     (and the one its nanny starts) with the results of a clean run. ``daskdiff.worker-ttl`` is set
     as a user sets Dask config, in the environment, to keep the test short."""
     clean = tiny_spec(tiny_model_path, sets, tmp_path / "clean", **OVERRIDES)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
-            Client(cluster) as client:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:  # the reference in this process: no worker process to start
         reference = xr.load_dataset(run_job(clean, Path("."), client=client, progress=False, echo=lambda *a: None).path)
 
     job = _job(tmp_path, tiny_model_path, sets, {"n_workers": 2}, **OVERRIDES)
