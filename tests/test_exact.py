@@ -10,6 +10,7 @@ from scipy.spatial.distance import pdist, squareform
 from references import normalised_by_hand
 from daskdiff.core.differentiation import distances_stack
 from daskdiff.core.exact import exact_distances
+from daskdiff.core.unit_major import repeat_statistics, unit_major
 
 
 def _layer(rng, n_images=9, n_units=1000, offset=0.0):
@@ -33,6 +34,20 @@ def test_blocks_of_units_give_scipys_distances(metric, normalize, per_unit, bloc
         assert undefined is False
         np.testing.assert_allclose(d, reference, rtol=1e-12, atol=0)
         assert np.array_equal(d, d.T) and not np.diagonal(d).any()
+
+
+@pytest.mark.parametrize("normalize", ["none", "mean", "zscore", "max"])
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_the_normaliser_from_per_unit_moments_gives_scipys_distances(normalize, offset):
+    """The job's exact path on the unit-major layout passes the normaliser combined from each
+    unit's moments (``statistic``) instead of two passes over the values: the same distances."""
+    x = _layer(np.random.default_rng(11), n_images=13, n_units=5000, offset=offset)
+    um = unit_major(x, normalize)
+    statistic = tuple(float(a[0]) for a in repeat_statistics(um, [np.arange(x.shape[1])], normalize))
+    reference = squareform(pdist(normalised_by_hand(x, normalize), "euclidean"))
+    d, undefined = exact_distances(um.values, "euclidean", normalize, units_first=True, block=512, statistic=statistic)
+    assert undefined is False
+    np.testing.assert_allclose(d, reference, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("normalize", ["none", "zscore"])

@@ -9,7 +9,8 @@ blocks of :data:`BLOCK_UNITS` units, holding one float64 block at a time:
 
 - the normaliser (:data:`~daskdiff.core.differentiation.NORMALIZATIONS`: a shift and a scale
   over all entries) from per-block sums in float64, the z-score's sum of squares centred on the
-  mean (two passes, no ``E[x^2] - E[x]^2`` cancellation);
+  mean (two passes, no ``E[x^2] - E[x]^2`` cancellation), or given by the caller (the
+  unit-major layout has each unit's moments already);
 - the Gram matrix as the sum of each normalised block's symmetric product, then
   :func:`~daskdiff.core.distances.sq_from_gram`; where a pair's squared distance is below
   :data:`~daskdiff.core.distances.CANCELLATION` of its norms, the products are redone on
@@ -43,22 +44,26 @@ def _blocks(x: np.ndarray, units_first: bool, block: int) -> Iterator[np.ndarray
         yield x[start : start + block] if units_first else x[:, start : start + block]
 
 
-def _statistic(x: np.ndarray, normalize: str, units_first: bool, block: int) -> tuple[float, float, str]:
-    """``(shift, scale, description)`` of :data:`~daskdiff.core.differentiation.NORMALIZATIONS`
-    over all entries of ``x``, block by block in float64."""
+STATISTICS = {"none": "none", "max": "maximum absolute entry", "mean": "mean of all entries",
+              "zscore": "standard deviation of all entries"}
+"""What each normaliser's scale is, for the message of an undefined one."""
+
+
+def _statistic(x: np.ndarray, normalize: str, units_first: bool, block: int) -> tuple[float, float]:
+    """``(shift, scale)`` of :data:`~daskdiff.core.differentiation.NORMALIZATIONS` over all
+    entries of ``x``, block by block in float64."""
     if normalize == "none":
-        return 0.0, 1.0, "none"
+        return 0.0, 1.0
     if normalize == "max":
-        peak = max((max(float(b.max()), -float(b.min())) for b in _blocks(x, units_first, block) if b.size), default=np.nan)
-        return 0.0, peak, "maximum absolute entry"
+        return 0.0, max((max(float(b.max()), -float(b.min())) for b in _blocks(x, units_first, block) if b.size), default=np.nan)
     mean = sum(float(b.sum(dtype=np.float64)) for b in _blocks(x, units_first, block)) / x.size
     if normalize == "mean":
-        return 0.0, mean, "mean of all entries"
+        return 0.0, mean
     squares = 0.0
     for b in _blocks(x, units_first, block):
         centred = b.astype(np.float64) - mean
         squares += float(np.einsum("ij,ij->", centred, centred))
-    return mean, float(np.sqrt(squares / x.size)), "standard deviation of all entries"
+    return mean, float(np.sqrt(squares / x.size))
 
 
 def _gram(x: np.ndarray, shift: float, scale: float, units_first: bool, block: int, centred: bool) -> np.ndarray:
@@ -78,7 +83,8 @@ def _gram(x: np.ndarray, shift: float, scale: float, units_first: bool, block: i
 
 def exact_distances(x: np.ndarray, metric: str = "euclidean", normalize: str = "none", per_unit: bool = False, *,
                     units_first: bool = False, name: str | None = None, on_undefined: str = "raise",
-                    min_scale: float = 0.0, block: int = BLOCK_UNITS) -> tuple[np.ndarray, bool]:
+                    min_scale: float = 0.0, block: int = BLOCK_UNITS,
+                    statistic: tuple[float, float] | None = None) -> tuple[np.ndarray, bool]:
     """The distance matrix of ``x`` (``(n_images, n_units)``, or ``(n_units, n_images)`` with
     ``units_first``; any float dtype, not copied), normalised by ``normalize`` over all its
     entries: what :func:`~daskdiff.core.differentiation.distances_stack` gives for ``x[None]``,
@@ -87,6 +93,9 @@ def exact_distances(x: np.ndarray, metric: str = "euclidean", normalize: str = "
     Returns ``(d, undefined)``: the symmetric ``(n, n)`` float64 matrix (NaN when the
     normaliser is undefined and ``on_undefined='nan'``) and whether it was. ``per_unit``,
     ``name``, ``on_undefined`` and ``min_scale`` are those of ``distances_stack``.
+    ``statistic``: the normaliser's ``(shift, scale)`` over all of ``x`` where the caller has it
+    (from per-unit moments: :func:`daskdiff.core.unit_major.repeat_statistics`), sparing the
+    two passes over ``x`` that compute it here.
     """
     if metric not in EXACT_METRICS:
         raise ValueError(f"exact_distances computes {EXACT_METRICS}, not {metric!r}")
@@ -94,8 +103,9 @@ def exact_distances(x: np.ndarray, metric: str = "euclidean", normalize: str = "
     n_images, n_units = (x.shape[1], x.shape[0]) if units_first else x.shape
     if n_images < 2:
         raise ValueError(f"need at least 2 images to compute distances, got {n_images}")
-    shift, scale, what = _statistic(x, normalize, units_first, block)
-    bad, safe = check_scale(np.array(scale), normalize, what, name=name, on_undefined=on_undefined, min_scale=min_scale)
+    shift, scale = _statistic(x, normalize, units_first, block) if statistic is None else statistic
+    bad, safe = check_scale(np.array(scale), normalize, STATISTICS[normalize], name=name, on_undefined=on_undefined,
+                            min_scale=min_scale)
     if bad:
         return np.full((n_images, n_images), np.nan), True
     shift, scale = float(shift), float(safe)
