@@ -229,9 +229,9 @@ def _handoff_in_memory() -> bool:
     return _handoff(plan, client)
 
 
-def _close_timeout(interrupted: bool = False) -> float:
+def _close_timeout(abandoned: bool = False) -> float:
     """The timeout daskdiff gives its nannies' worker processes when it closes a cluster it started
-    (``interrupted``: after Ctrl-C)."""
+    (``abandoned``: after Ctrl-C, SIGTERM or an error)."""
     from distributed import Nanny
 
     from daskdiff.pipeline import cluster
@@ -254,7 +254,7 @@ def _close_timeout(interrupted: bool = False) -> float:
         def close(self, timeout=None):
             pass
 
-    cluster._close_cluster(Cluster(), abandoned=interrupted)
+    cluster._close_cluster(Cluster(), abandoned=abandoned)
     return given[0]
 
 
@@ -301,7 +301,7 @@ PROBES = {
     "daskdiff.task.scratch-max": (0, lambda _: _scratch_reused()),
     "daskdiff.handoff.memory-share": (0.5, lambda _: _handoff_in_memory()),
     "daskdiff.cluster.close-timeout": ("3s", lambda _: _close_timeout()),
-    "daskdiff.cluster.interrupt-timeout": ("10s", lambda _: _close_timeout(interrupted=True)),
+    "daskdiff.cluster.interrupt-timeout": ("10s", lambda _: _close_timeout(abandoned=True)),
     "daskdiff.model.architecture-cache": (False, lambda _: _architecture_cache()),  # tests/test_architecture_cache.py: what it holds
     "daskdiff.lease.ttl": ("5s", lambda _: output_lease(ObjectPath("s3://bucket/prefix")).ttl),  # tests/test_s3_output.py: what ttl does
     **{f"daskdiff.estimate.{f.name.replace('_', '-')}": (f.default * 2, lambda _: _estimate_figures()) for f in fields(Calibration)},

@@ -48,6 +48,22 @@ def test_the_normaliser_from_per_unit_moments_gives_scipys_distances(normalize, 
     d, undefined = exact_distances(um.values, "euclidean", normalize, units_first=True, block=512, statistic=statistic)
     assert undefined is False
     np.testing.assert_allclose(d, reference, rtol=1e-12, atol=0)
+    # the statistic given is the one used: twice the scale, half the distances
+    half, _ = exact_distances(um.values, "euclidean", normalize, units_first=True, block=512,
+                              statistic=(statistic[0], 2 * statistic[1]))
+    np.testing.assert_allclose(half, reference / 2, rtol=1e-12, atol=0)
+
+
+def test_a_given_zero_scale_is_undefined_and_named():
+    """A constant layer's moments give a z-score scale of 0: undefined, as when computed here."""
+    x = np.full((5, 300), 2.5, dtype=np.float32)
+    um = unit_major(x, "zscore")
+    statistic = tuple(float(a[0]) for a in repeat_statistics(um, [np.arange(300)], "zscore"))
+    assert statistic == (2.5, 0.0)
+    d, undefined = exact_distances(um.values, "euclidean", "zscore", units_first=True, on_undefined="nan", statistic=statistic)
+    assert undefined is True and np.isnan(d).all()
+    with pytest.raises(ValueError, match="standard deviation of all entries"):
+        exact_distances(um.values, "euclidean", "zscore", units_first=True, name="layer 'flat'", statistic=statistic)
 
 
 @pytest.mark.parametrize("normalize", ["none", "zscore"])

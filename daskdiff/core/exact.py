@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .differentiation import check_normalize, check_scale, per_unit_divisor
+from .differentiation import NORMALIZATIONS, check_normalize, check_scale, per_unit_divisor
 from .distances import CANCELLATION, sq_from_gram, symmetrize
 
 EXACT_METRICS = ("euclidean", "sqeuclidean")
@@ -42,11 +42,6 @@ def _blocks(x: np.ndarray, units_first: bool, block: int) -> Iterator[np.ndarray
     n = x.shape[0] if units_first else x.shape[1]
     for start in range(0, n, block):
         yield x[start : start + block] if units_first else x[:, start : start + block]
-
-
-STATISTICS = {"none": "none", "max": "maximum absolute entry", "mean": "mean of all entries",
-              "zscore": "standard deviation of all entries"}
-"""What each normaliser's scale is, for the message of an undefined one."""
 
 
 def _statistic(x: np.ndarray, normalize: str, units_first: bool, block: int) -> tuple[float, float]:
@@ -104,8 +99,8 @@ def exact_distances(x: np.ndarray, metric: str = "euclidean", normalize: str = "
     if n_images < 2:
         raise ValueError(f"need at least 2 images to compute distances, got {n_images}")
     shift, scale = _statistic(x, normalize, units_first, block) if statistic is None else statistic
-    bad, safe = check_scale(np.array(scale), normalize, STATISTICS[normalize], name=name, on_undefined=on_undefined,
-                            min_scale=min_scale)
+    what = NORMALIZATIONS[normalize](np.ones((1, 1)))[2]  # the statistic's description only
+    bad, safe = check_scale(np.array(scale), normalize, what, name=name, on_undefined=on_undefined, min_scale=min_scale)
     if bad:
         return np.full((n_images, n_images), np.nan), True
     shift, scale = float(shift), float(safe)

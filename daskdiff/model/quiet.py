@@ -32,8 +32,8 @@ and earlier had them on); VGG16's forward pass, two one-thread processes side by
 local cluster's workers run, took 0.385 s per image with them and 0.487 s without. Outputs
 differ from the plain kernels' at float32 rounding.
 
-The system allocator: TensorFlow's oneDNN CPU build otherwise allocates every tensor of 256 KiB or more from its own pool, which never gives
-memory back: a worker keeps the peak of VGG16's initialisation and of its largest extraction batch
+The system allocator: TensorFlow's oneDNN CPU build otherwise allocates every tensor of 256
+KiB or more from its own pool, which never gives memory back: a worker keeps the peak of VGG16's initialisation and of its largest extraction batch
 (~1.5 GB) for the rest of the job, through every differentiation task. With the system
 allocator that memory returns as tensors are freed. Outputs are the same, bit for bit; a bare
 forward pass costs up to ~12 % more on this CPU, while the seed job's extraction stage took the
