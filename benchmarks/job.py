@@ -14,8 +14,8 @@ What is run (each a fresh process tree, one after the other)
   noise with a seed per set: the same files for every row).
 - *Forward floor*: one Python process that imports Keras, builds VGG16 (random weights), loads
   the PNGs with ``keras.utils.load_img`` and runs ``predict_on_batch`` in batches of 16, with
-  oneDNN's kernels on (``TF_ENABLE_ONEDNN_OPTS=1``, as daskdiff's workers have them; TensorFlow
-  2.21 has them off by default here, and the floor took 27.4 s instead of 25.4 s without them).
+  TensorFlow's default kernels, as daskdiff's workers run them (TensorFlow 2.21 has oneDNN's off
+  here: 27.4 s for the seed images, 25.4 s with ``TF_ENABLE_ONEDNN_OPTS=1``).
 - *Arithmetic floor*: one plain numpy process doing exactly the Gram products and medians the
   job's plan needs (every set, substrate, layer, ``n_units`` and repeat; an exact ``n_units``
   once), each on a float64 ``(n_images, k)`` matrix already in memory: ``x @ x.T`` (BLAS syrk),
@@ -255,7 +255,7 @@ def arithmetic_plan(sets: dict[str, list[str]], n_units: list, repeats: int) -> 
 
 
 def run_floor(paths: list[str]) -> dict:
-    row = measured([sys.executable, "-c", FLOOR, *paths], env={"TF_ENABLE_ONEDNN_OPTS": "1"})
+    row = measured([sys.executable, "-c", FLOOR, *paths])
     print(f"{row['stdout'].strip()} (wall {row['wall']:.1f} s, peak PSS {row['pss'] / 1e9:.2f} GB)")
     return row
 

@@ -19,10 +19,9 @@ os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 from daskdiff.model.quiet import TF_DEFAULT_ENV  # noqa: E402 (light: imports no Keras)
 
 for _key, _value in TF_DEFAULT_ENV.items():
-    # The tests' own Keras calls (references, in-process clusters) use the kernels daskdiff's
-    # workers use: oneDNN's round float32 differently from TensorFlow's plain ones, and a test that
-    # compares a job with a reference bit for bit needs the same on both sides, whichever imports
-    # TensorFlow first in this process.
+    # The tests' own Keras calls (references, in-process clusters) run TensorFlow as daskdiff's
+    # workers do, whichever imports it first in this process: a test that compares a job with a
+    # reference bit for bit needs the same settings on both sides.
     os.environ.setdefault(_key, _value)
 if "DASK_DASKDIFF__MODEL__ARCHITECTURE_CACHE" not in os.environ:
     # the architectures' facts the tests' plans measure (daskdiff.model.architecture): kept for the

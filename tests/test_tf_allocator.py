@@ -57,23 +57,3 @@ def test_the_users_own_setting_holds():
     assert held > 350e6
     assert kept > 350e6  # TensorFlow's own pool, as the user asked: it keeps the freed tensor
 
-
-ONEDNN = r"""
-from daskdiff.model.quiet import import_tensorflow_quietly
-import_tensorflow_quietly()
-from tensorflow.python.util import _pywrap_util_port  # what TensorFlow's own tests ask
-print(_pywrap_util_port.IsMklEnabled())
-"""
-
-
-@pytest.mark.parametrize("given, want", [(None, "True"), ("0", "False")])
-def test_onednn_kernels_are_on_unless_the_user_turns_them_off(given, want):
-    """TensorFlow 2.21 turned oneDNN's kernels off by default here; the workers' forward pass is
-    ~20 % faster with them (two one-thread processes side by side). daskdiff's import turns them
-    on; a user's ``TF_ENABLE_ONEDNN_OPTS=0`` holds."""
-    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS")} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-    if given is not None:
-        env["TF_ENABLE_ONEDNN_OPTS"] = given
-    out = subprocess.run([sys.executable, "-c", ONEDNN], capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-1] == want

@@ -24,17 +24,18 @@ _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is call
 _SEVERITY = "IWEF"
 _IMPORTED: list[Any] = []  # TensorFlow, once imported here
 
-TF_DEFAULT_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}
+TF_DEFAULT_ENV = {"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}
 """Set before TensorFlow loads, unless the environment says otherwise.
 
-oneDNN's CPU kernels: TensorFlow 2.21 turned them off by default on this project's CPUs (2.20
-and earlier had them on); VGG16's forward pass, two one-thread processes side by side as a
-local cluster's workers run, took 0.385 s per image with them and 0.487 s without. Outputs
-differ from the plain kernels' at float32 rounding.
+oneDNN's kernels themselves (``TF_ENABLE_ONEDNN_OPTS``) are left as TensorFlow has them: 2.21
+turned them off by default on this project's CPUs. With them, VGG16's forward pass in two
+one-thread processes side by side took 0.385 s per image instead of 0.487 s, but outputs then
+depend on the batch at float32 rounding (1.5e-5 relative against a direct call on another batch;
+3e-5 in VGG16's softmax), past the tolerances of the exactness tests.
 
 The system allocator: TensorFlow's oneDNN CPU build otherwise allocates every tensor of 256
-KiB or more from its own pool, which never gives memory back: a worker keeps the peak of VGG16's initialisation and of its largest extraction batch
-(~1.5 GB) for the rest of the job, through every differentiation task. With the system
+KiB or more from its own pool, which never gives memory back: a worker keeps the peak of VGG16's
+initialisation and of its largest extraction batch (~1.5 GB) for the rest of the job, through every differentiation task. With the system
 allocator that memory returns as tensors are freed. Outputs are the same, bit for bit; a bare
 forward pass costs up to ~12 % more on this CPU, while the seed job's extraction stage took the
 same time (docs/performance.md)."""
