@@ -10,7 +10,7 @@ from scipy.spatial.distance import pdist, squareform
 from references import normalised_by_hand
 from daskdiff.core.differentiation import distances_stack
 from daskdiff.core.exact import exact_distances
-from daskdiff.core.unit_major import repeat_statistics, unit_major
+from daskdiff.core.unit_major import layer_statistic, unit_major
 
 
 def _layer(rng, n_images=9, n_units=1000, offset=0.0):
@@ -43,7 +43,7 @@ def test_the_normaliser_from_per_unit_moments_gives_scipys_distances(normalize, 
     unit's moments (``statistic``) instead of two passes over the values: the same distances."""
     x = _layer(np.random.default_rng(11), n_images=13, n_units=5000, offset=offset)
     um = unit_major(x, normalize)
-    statistic = tuple(float(a[0]) for a in repeat_statistics(um, [np.arange(x.shape[1])], normalize))
+    statistic = layer_statistic(um, normalize)
     reference = squareform(pdist(normalised_by_hand(x, normalize), "euclidean"))
     d, undefined = exact_distances(um.values, "euclidean", normalize, units_first=True, block=512, statistic=statistic)
     assert undefined is False
@@ -58,7 +58,7 @@ def test_a_given_zero_scale_is_undefined_and_named():
     """A constant layer's moments give a z-score scale of 0: undefined, as when computed here."""
     x = np.full((5, 300), 2.5, dtype=np.float32)
     um = unit_major(x, "zscore")
-    statistic = tuple(float(a[0]) for a in repeat_statistics(um, [np.arange(300)], "zscore"))
+    statistic = layer_statistic(um, "zscore")
     assert statistic == (2.5, 0.0)
     d, undefined = exact_distances(um.values, "euclidean", "zscore", units_first=True, on_undefined="nan", statistic=statistic)
     assert undefined is True and np.isnan(d).all()

@@ -18,12 +18,12 @@ import numpy as np
 
 from ..errors import InputError
 from .differentiation import (
-    NORMALIZATIONS,
     MedianOver,
     Normalize,
     check_median_over,
     check_normalize,
     check_scale,
+    describe_statistic,
     per_unit_divisor,
 )
 from .distances import (
@@ -286,7 +286,7 @@ _BLOCK_STATS: dict[str, Callable[[_Moments], tuple[float, float]]] = {
     "zscore": lambda m: (m.mean, float(np.sqrt(m.m2 / m.count))),
     "max": lambda m: (0.0, m.peak),
 }
-"""Normalize -> ``(shift, scale)`` from block moments, as :data:`NORMALIZATIONS` from the whole matrix."""
+"""Normalize -> ``(shift, scale)`` from block moments, as :data:`~daskdiff.core.differentiation.NORMALIZATIONS` from the whole matrix."""
 
 
 def _as_source(x: np.ndarray | BlockSource, n_images: int | None) -> tuple[BlockSource, int]:
@@ -400,8 +400,7 @@ def differentiation_blocked(
     for span in spans:
         moments.add(_fetch(source, *span, k))
     shift, scale = _BLOCK_STATS[normalize](moments)
-    what = NORMALIZATIONS[normalize](np.ones((1, 1)))[2]  # the statistic's description only
-    bad, safe_scale = check_scale(np.float64(scale), normalize, what, name=name,
+    bad, safe_scale = check_scale(np.float64(scale), normalize, describe_statistic(normalize), name=name,
                                   on_undefined=on_undefined, min_scale=min_scale)
     if bad:
         return float("nan")

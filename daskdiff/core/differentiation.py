@@ -75,6 +75,12 @@ NORMALIZATIONS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, s
 """Name -> function giving ``(shift, scale, description)``; normalised x = (x - shift) / scale."""
 
 
+def describe_statistic(normalize: str) -> str:
+    """What ``normalize``'s scale is (e.g. "standard deviation of all entries"), for the message of
+    an undefined one where the statistic was computed some other way (in blocks, from moments)."""
+    return NORMALIZATIONS[normalize](np.ones((1, 1)))[2]
+
+
 def check_normalize(normalize: str) -> str:
     if normalize not in NORMALIZATIONS:
         raise ValueError(

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .differentiation import NORMALIZATIONS, check_normalize, check_scale, per_unit_divisor
+from .differentiation import check_normalize, check_scale, describe_statistic, per_unit_divisor
 from .distances import CANCELLATION, sq_from_gram, symmetrize
 
 EXACT_METRICS = ("euclidean", "sqeuclidean")
@@ -89,7 +89,7 @@ def exact_distances(x: np.ndarray, metric: str = "euclidean", normalize: str = "
     normaliser is undefined and ``on_undefined='nan'``) and whether it was. ``per_unit``,
     ``name``, ``on_undefined`` and ``min_scale`` are those of ``distances_stack``.
     ``statistic``: the normaliser's ``(shift, scale)`` over all of ``x`` where the caller has it
-    (from per-unit moments: :func:`daskdiff.core.unit_major.repeat_statistics`), sparing the
+    (from per-unit moments: :func:`daskdiff.core.unit_major.layer_statistic`), sparing the
     two passes over ``x`` that compute it here.
     """
     if metric not in EXACT_METRICS:
@@ -99,8 +99,8 @@ def exact_distances(x: np.ndarray, metric: str = "euclidean", normalize: str = "
     if n_images < 2:
         raise ValueError(f"need at least 2 images to compute distances, got {n_images}")
     shift, scale = _statistic(x, normalize, units_first, block) if statistic is None else statistic
-    what = NORMALIZATIONS[normalize](np.ones((1, 1)))[2]  # the statistic's description only
-    bad, safe = check_scale(np.array(scale), normalize, what, name=name, on_undefined=on_undefined, min_scale=min_scale)
+    bad, safe = check_scale(np.array(scale), normalize, describe_statistic(normalize), name=name, on_undefined=on_undefined,
+                            min_scale=min_scale)
     if bad:
         return np.full((n_images, n_images), np.nan), True
     shift, scale = float(shift), float(safe)

@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .differentiation import NORMALIZATIONS, check_normalize, check_scale, per_unit_divisor
+from .differentiation import check_normalize, check_scale, describe_statistic, per_unit_divisor
 from .distances import check_metric, pairwise_distances_stack
 
 UNIT_MAJOR_METRICS = ("euclidean", "sqeuclidean")
@@ -172,6 +172,13 @@ def repeat_statistics(um: UnitMajor, picks: Sequence[np.ndarray], normalize: str
     return stats[:, 0], stats[:, 1]
 
 
+def layer_statistic(um: UnitMajor, normalize: str) -> tuple[float, float]:
+    """``(shift, scale)`` over every entry of the layer (an exact ``n_units``): :func:`repeat_statistics`
+    of one repeat that holds every unit, with no pass over the values."""
+    shift, scale = repeat_statistics(um, [np.arange(len(um.values))], normalize)
+    return float(shift[0]), float(scale[0])
+
+
 def _none(um: UnitMajor, pos: np.ndarray) -> tuple[float, float]:
     return 0.0, 1.0
 
@@ -235,8 +242,7 @@ def unit_major_distances(
         raise ValueError(f"need at least 2 images to compute distances, got {n}")
     k = len(picks[0])
     shift, scale = repeat_statistics(um, picks, normalize)
-    what = NORMALIZATIONS[normalize](np.ones((1, 1)))[2]  # the statistic's description only
-    bad, safe = check_scale(scale, normalize, what, name=name, on_undefined="nan", min_scale=min_scale)
+    bad, safe = check_scale(scale, normalize, describe_statistic(normalize), name=name, on_undefined="nan", min_scale=min_scale)
     size = r * k * n
     stack = (np.empty(size) if out is None else out.reshape(-1)[:size]).reshape(r, k, n)
     rows = np.empty((min(k, max(1, GATHER_BYTES // (4 * n))), n), dtype=np.float32)

@@ -35,8 +35,8 @@ depend on the batch at float32 rounding (1.5e-5 relative against a direct call o
 
 The system allocator: TensorFlow's oneDNN CPU build otherwise allocates every tensor of 256
 KiB or more from its own pool, which never gives memory back: a worker keeps the peak of VGG16's
-initialisation and of its largest extraction batch (~1.5 GB) for the rest of the job, through every differentiation task. With the system
-allocator that memory returns as tensors are freed. Outputs are the same, bit for bit; a bare
+initialisation and of its largest extraction batch (~1.5 GB) for the rest of the job, through
+every differentiation task. With the system allocator that memory returns as tensors are freed. Outputs are the same, bit for bit; a bare
 forward pass costs up to ~12 % more on this CPU, while the seed job's extraction stage took the
 same time (docs/performance.md)."""
 

@@ -39,7 +39,7 @@ from ..core.distances import rdm_stack_repeats
 from ..core.estimate import stack_bytes
 from ..core.exact import EXACT_METRICS, exact_distances
 from ..core.partial_layout import SOURCE, PartialLayout
-from ..core.unit_major import (UNIT_MAJOR_METRICS, UnitMajor, every_row, from_unit_rows, repeat_statistics, unit_major,
+from ..core.unit_major import (UNIT_MAJOR_METRICS, UnitMajor, every_row, from_unit_rows, layer_statistic, unit_major,
                                unit_major_distances, worth_unit_major)
 from ..core.units import NUnits, Sampling, units_for
 from ..core.sampling import ALL, UnitPool
@@ -276,8 +276,7 @@ def _n_units_result(values: Values, index: np.ndarray, task: DiffTask, n_units: 
             elif exact and task.spectral is None and task.metric in EXACT_METRICS and _every_row(index, task, n_units, values):
                 # one matrix of every stored value: its distances in blocks of units, with no float64 copy of it
                 um = isinstance(values, UnitMajor)  # its per-unit moments give the normaliser: two passes fewer
-                statistic = (tuple(float(a[0]) for a in repeat_statistics(values, [np.arange(len(values.values))], task.normalize))
-                             if um else None)
+                statistic = layer_statistic(values, task.normalize) if um else None
                 one, flag = exact_distances(values.values if um else values, task.metric, task.normalize, task.per_unit,
                                             units_first=um, name=name, on_undefined="nan", min_scale=min_scale, statistic=statistic)
                 d, bad = one[None], np.array([flag])
