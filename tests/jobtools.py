@@ -204,3 +204,14 @@ def make_certificates(folder, names, ca="ca"):
                         "-extfile", ext], check=True, capture_output=True)
         made[name] = (str(pem), str(key))
     return made, str(ca_pem)
+
+
+def worker_processes(pid):
+    """The worker processes of the LocalCluster that the ``daskdiff`` client ``pid`` started:
+    spawned by its nannies (``spawn_main``), or forked from its forkserver
+    (daskdiff.pipeline.forkserver), which is the client's child, the workers its children."""
+    import psutil
+
+    client = psutil.Process(pid)
+    servers = [p.pid for p in client.children() if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+    return [p for p in client.children(recursive=True) if "spawn_main" in " ".join(p.cmdline()) or p.ppid() in servers]

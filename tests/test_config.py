@@ -37,6 +37,7 @@ from daskdiff.errors import JobError
 from daskdiff.io.location import ObjectPath
 from daskdiff.pipeline.output import output_lease
 from daskdiff.pipeline import budget, config, health
+from daskdiff.pipeline.spec_cluster import ClusterSection
 from daskdiff.pipeline.spec_file import parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,7 +271,21 @@ def _as_started(monkeypatch, key):
     from daskdiff.pipeline import cluster
 
     monkeypatch.setattr(cluster, "_started", lambda *a: dask.config.get(key))
-    return cluster._start_cluster(None, None, None)
+    return cluster._start_cluster(ClusterSection(kind="local_cuda"), None, None)
+
+
+def _start_method() -> str:
+    """The ``distributed.worker.multiprocessing-method`` a local cluster starts with, under this
+    process's ``daskdiff.worker-forkserver``, in a fresh process: the forkserver of this one was
+    started by the first test here that started a cluster, in an environment pytest has changed
+    since (``PYTEST_CURRENT_TEST``)."""
+    code = ("import dask\nfrom daskdiff.pipeline import cluster\nfrom daskdiff.pipeline.spec_cluster import ClusterSection\n"
+            "cluster._started = lambda *a: dask.config.get('distributed.worker.multiprocessing-method')\n"
+            "print(cluster._start_cluster(ClusterSection(), None, None))\n")
+    env = dict(os.environ, DASK_DASKDIFF__WORKER_FORKSERVER=str(dask.config.get("daskdiff.worker-forkserver")))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()[-1]
 
 
 ON_START = {  # keys whose probe needs monkeypatch: the Dask setting each changes as a cluster starts
@@ -291,6 +306,7 @@ PROBES = {
     "daskdiff.worker-ttl": ("5s", lambda _: _worker_ttl()),
     "daskdiff.work-stealing": (True, None),  # the probe needs monkeypatch: ON_START
     "daskdiff.worker-malloc": (False, None),
+    "daskdiff.worker-forkserver": (False, lambda _: _start_method()),  # tests/test_forkserver.py: the workers it starts
     "daskdiff.budget.max-tasks": (1, lambda _: _refused()),
     "daskdiff.budget.max-cpu-hours": (1e-9, lambda _: _refused()),
     "daskdiff.health.restarts-before-work": (1, lambda _: _watch_ends_the_job(_Scheduler(), restarts=1)),
@@ -308,7 +324,8 @@ PROBES = {
 }
 
 
-@pytest.mark.parametrize("key", sorted(PROBES))
+@pytest.mark.parametrize("key", [pytest.param(key, marks=pytest.mark.subprocess) if key == "daskdiff.worker-forkserver" else key
+                                 for key in sorted(PROBES)])
 def test_each_key_changes_what_it_controls(key, shards, monkeypatch):
     other, probe = PROBES[key]
     probe = probe or (lambda _: ON_START[key](monkeypatch))

@@ -26,7 +26,7 @@ from daskdiff.io.object_output import ObjectLease, ObjectManifest
 from daskdiff.io.shards import open_activations
 from daskdiff.pipeline.job import run_job
 
-from jobtools import assert_same_results, flip_chunk, run_quietly, set_folders, tiny_spec
+from jobtools import assert_same_results, flip_chunk, run_quietly, set_folders, tiny_spec, worker_processes
 
 
 # ---------------------------------------------------------------- the lease, the manifest, whole writes
@@ -179,10 +179,6 @@ def _wait_for(fs, bucket, proc, found, what):
         time.sleep(0.05)
 
 
-def _worker_processes(pid):
-    import psutil
-
-    return [p for p in psutil.Process(pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
 
 
 @pytest.mark.subprocess
@@ -201,7 +197,7 @@ def test_s3_resume_after_killed_worker_and_killed_client(tmp_path, tiny_model_pa
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         _wait_for(s3fs_fresh, s3_bucket, proc, lambda k: k.startswith("activations/"), "shard")
-        workers = _worker_processes(proc.pid)
+        workers = worker_processes(proc.pid)
         assert len(workers) == 2, workers
         workers[0].kill()
         _wait_for(s3fs_fresh, s3_bucket, proc, lambda k: k.startswith("partial/") and "--units--" in k, "partial result")

@@ -159,8 +159,12 @@ def test_a_run_with_too_little_worker_memory_ends_in_one_line_not_a_hang(tmp_pat
     # worker start shorter. An abandoned job's cluster gets daskdiff.cluster.interrupt-timeout (3 s),
     # not close-timeout, made long here: a nanny caught restarting its worker would hold the close
     # for all of it, twice, before the line (with the default 30 s: 70 s after the last restart).
+    # The limits are set from the baseline of a spawned worker (the fixture's); a worker forked from
+    # daskdiff's forkserver starts below it, sharing the server's pages (daskdiff.pipeline.forkserver),
+    # and is paused where a spawned one is killed: the workers are spawned here, as a restarted one is.
     proc = _run("run", job, "--force", "--no-progress", env=ENV | {"DASK_DASKDIFF__HEALTH__RESTARTS_BEFORE_WORK": "2",
-                                                                   "DASK_DASKDIFF__CLUSTER__CLOSE_TIMEOUT": "150s"})
+                                                                   "DASK_DASKDIFF__CLUSTER__CLOSE_TIMEOUT": "150s",
+                                                                   "DASK_DASKDIFF__WORKER_FORKSERVER": "False"})
     out, err = _finish(proc, 300)  # a job that waited out start_timeout (400 s) fails here, as a hang
     line = _error_line(err)
     assert proc.returncode == 2

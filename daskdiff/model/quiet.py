@@ -23,6 +23,7 @@ _GLOG_LINE = re.compile(r"^([IWEF])\d{4} \d+:\d+:[\d.]+\s+\d+ \S+:\d+\] ")
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 _SEVERITY = "IWEF"
 _IMPORTED: list[Any] = []  # TensorFlow, once imported here
+_NO_DRIVER: list[bool] = []  # whether TensorFlow said, as it loaded here (or in the process this one was forked from), that this machine has no CUDA driver
 
 TF_DEFAULT_ENV = {"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}
 """Set before TensorFlow loads, unless the environment says otherwise.
@@ -54,11 +55,16 @@ def _drop_tf_noise(lines: list[str], level: int) -> list[str]:
     TensorFlow >= 2.17 logs through absl before ``absl::InitializeLog()``, which ignores
     ``TF_CPP_MIN_LOG_LEVEL``; this applies it: severities I(0), W(1), E(2) below ``level`` and absl's
     preamble are dropped. The ``failed call to cuInit`` error that follows cudart's "Could not find
-    cuda drivers" (a machine without a GPU driver) says nothing more, and goes too at level 2.
+    cuda drivers" (a machine without a GPU driver) says nothing more, and goes too at level 2, also
+    where that line came earlier: TensorFlow prints it as it loads, the cuInit error when a device
+    is first listed, which in a worker forked after the import (:mod:`daskdiff.pipeline.preimport`)
+    is another capture.
     """
     if level <= 0:
         return lines
-    no_driver = any("Could not find cuda drivers" in line for line in lines)
+    if any("Could not find cuda drivers" in line for line in lines):
+        _NO_DRIVER.append(True)
+    no_driver = bool(_NO_DRIVER)
     kept = []
     for line in lines:
         if line.rstrip("\n") == _ABSL_PREAMBLE:
@@ -99,6 +105,19 @@ def _filtered_native_stderr(level: int) -> Iterator[None]:
             kept = _drop_tf_noise(tmp.read().decode(errors="replace").splitlines(keepends=True), level)
             if kept:
                 os.write(2, "".join(kept).encode())
+
+
+def import_keras_quietly() -> None:
+    """Import Keras, and with it its backend (TensorFlow under :data:`TF_DEFAULT_ENV`, quietly as
+    :func:`import_tensorflow_quietly`), but list no device: no CUDA runtime is initialised and no
+    thread is started, so that the process may then be forked safely
+    (:mod:`daskdiff.pipeline.preimport`). :func:`import_tensorflow_quietly` still lists the devices
+    where it is called later. A failed import is left to whoever imports Keras next."""
+    if backend_name() == "tensorflow":
+        for key, value in TF_DEFAULT_ENV.items():
+            os.environ.setdefault(key, value)
+    with _filtered_native_stderr(_tf_min_log_level()), contextlib.suppress(Exception):
+        import keras  # noqa: F401
 
 
 def import_tensorflow_quietly() -> Any:

@@ -44,6 +44,7 @@ from ..errors import InputError, JobError
 from ..io.reading import TEXT_FILE_MAX_BYTES, NotReadableError, read_regular
 from ..logs import reporter, warn
 from . import config
+from .forkserver import start_method
 from .health import MemoryNeeds, WorkerWatch
 from .machine import default_workers
 from .slurm import start_local_cuda, start_slurm, wait_for_slurm
@@ -424,11 +425,15 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
     config ``daskdiff.work-stealing`` says so, and its worker processes on this machine (local,
     local_cuda) start with :data:`~daskdiff.pipeline.workers.WORKER_MALLOC_ENV` over Dask's
     ``distributed.nanny.pre-spawn-environ`` where ``daskdiff.worker-malloc`` says so (see
-    ``daskdiff/daskdiff.yaml``)."""
+    ``daskdiff/daskdiff.yaml``). A local cluster's workers are forked from a process that
+    imported Keras once where :func:`~daskdiff.pipeline.forkserver.start_method` says they can be."""
     settings = {"distributed.scheduler.work-stealing": config.flag("daskdiff.work-stealing")}
     if config.flag("daskdiff.worker-malloc"):
         settings["distributed.nanny.pre-spawn-environ"] = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
     with dask.config.set(settings):
+        if section.kind == "local":  # forked from a process that imported Keras once, where they can be
+            with dask.config.set({"distributed.worker.multiprocessing-method": start_method()}):
+                return _started(section, n_workers, security)
         return _started(section, n_workers, security)
 
 
