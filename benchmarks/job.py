@@ -176,13 +176,13 @@ class ProcessTree:
     def _run(self) -> None:
         while not self._stop.is_set():
             kids = self._children()
-            todo, tree = [self.root], []
+            todo, tree = [(self.root, None)], []
             while todo:
-                pid = todo.pop()
-                tree.append(pid)
-                todo += kids.get(pid, [])
+                pid, parent = todo.pop()
+                tree.append((pid, parent))
+                todo += [(kid, pid) for kid in kids.get(pid, [])]
             pss = 0
-            for pid in tree:
+            for pid, parent in tree:
                 try:
                     io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
                     status = Path(f"/proc/{pid}/status").read_text()
@@ -197,6 +197,7 @@ class ProcessTree:
                 old = self.stats.get(pid, {})
                 self.stats[pid] = {k: max(v, old.get(k, 0)) for k, v in new.items()}  # an exited process reads as 0
                 self.stats[pid]["cmd"] = cmd or old.get("cmd", "")
+                self.stats[pid]["parent"] = parent
             self.peak_pss = max(self.peak_pss, pss)
             self._stop.wait(self.interval)
 
@@ -315,7 +316,9 @@ def run_job(folder: Path, sets: dict[str, list[str]], n_units: list, repeats: in
     daskdiff = Path(sys.executable).parent / "daskdiff"
     row = measured([str(daskdiff), "run", str(job), "--no-progress"], folder / f"out-{name}")
     stats = row["stats"]
-    workers = {pid: s for pid, s in stats.items() if "spawn_main" in s["cmd"] and "resource_tracker" not in s["cmd"]}
+    servers = {pid for pid, s in stats.items() if "multiprocessing.forkserver" in s["cmd"] and s["parent"] == row["pid"]}
+    spawned = {pid for pid, s in stats.items() if "spawn_main" in s["cmd"] and "resource_tracker" not in s["cmd"]}
+    workers = {pid: s for pid, s in stats.items() if pid in spawned or s["parent"] in servers}  # forked: the server imported for them
     if os.environ.get("DASKDIFF_BENCH_DEBUG"):
         for pid, st in stats.items():
             print(f"  pid {pid}: rchar {st['rchar'] / 1e6:.0f} MB, wchar {st['wchar'] / 1e6:.0f} MB, hwm {st['hwm'] / 1e9:.2f} GB: {st['cmd'][:120]}")
@@ -324,7 +327,7 @@ def run_job(folder: Path, sets: dict[str, list[str]], n_units: list, repeats: in
     tree = re.search(r"process tree: ~([\d.]+) (GB|MB)", row["stdout"])
     row.update(n_images=sum(map(len, sets.values())),
                stored=sum(f.stat().st_size for f in (folder / f"out-{name}" / "activations").rglob("shard-*.nc")),
-               read=sum(s["rchar"] for s in workers.values()) - len(workers) * import_reads(), workers=workers,
+               read=sum(s["rchar"] for s in workers.values()) - len(spawned & set(workers)) * import_reads(), workers=workers,
                stages=stages.group(1) if stages else "(not printed)", client_hwm=stats.get(row["pid"], {}).get("hwm", 0),
                estimate=estimate.group(0) if estimate else "(not printed)",
                tree=float(tree.group(1)) * (1e9 if tree.group(2) == "GB" else 1e6) if tree else None)
