@@ -431,10 +431,9 @@ def _start_cluster(section: Any, n_workers: int | None, security: Security | Non
     if config.flag("daskdiff.worker-malloc"):
         settings["distributed.nanny.pre-spawn-environ"] = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
     with dask.config.set(settings):
-        if section.kind == "local":  # forked from a process that imported Keras once, where they can be
-            with dask.config.set({"distributed.worker.multiprocessing-method": start_method()}):
-                return _started(section, n_workers, security)
-        return _started(section, n_workers, security)
+        forked = {"distributed.worker.multiprocessing-method": start_method()} if section.kind == "local" else {}
+        with dask.config.set(forked):
+            return _started(section, n_workers, security)
 
 
 def _started(section: Any, n_workers: int | None, security: Security | None) -> Any:

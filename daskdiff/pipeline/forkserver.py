@@ -34,6 +34,7 @@ lives as long as this process.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -50,7 +51,8 @@ PRELOAD = "daskdiff.pipeline.preimport"
 """The module the server imports once, before it forks any worker."""
 
 _SERVER: dict = {}
-"""The server this module started: ``pid`` and ``environ`` (the environment it started with)."""
+"""The server this module started: ``pid``, and ``environ``, the environment it was started in
+(:func:`spawned_environment` as this module computed it)."""
 
 
 def spawned_environment() -> dict[str, str]:
@@ -70,12 +72,10 @@ def spawned_environment() -> dict[str, str]:
 
 def _running_server() -> psutil.Process | None:
     """This process's running forkserver (whoever started it), or None."""
-    try:
+    with contextlib.suppress(psutil.Error):
         for child in psutil.Process().children():
             if "multiprocessing.forkserver" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
                 return child
-    except psutil.Error:
-        pass
     return None
 
 
