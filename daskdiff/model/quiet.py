@@ -107,6 +107,12 @@ def _filtered_native_stderr(level: int) -> Iterator[None]:
                 os.write(2, "".join(kept).encode())
 
 
+def _set_tf_defaults() -> None:
+    """Set :data:`TF_DEFAULT_ENV` where the environment does not say otherwise (before TensorFlow loads)."""
+    for key, value in TF_DEFAULT_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def import_keras_quietly() -> None:
     """Import Keras, and with it its backend (TensorFlow under :data:`TF_DEFAULT_ENV`, quietly as
     :func:`import_tensorflow_quietly`), but list no device: no CUDA runtime is initialised and no
@@ -114,8 +120,7 @@ def import_keras_quietly() -> None:
     (:mod:`daskdiff.pipeline.preimport`). :func:`import_tensorflow_quietly` still lists the devices
     where it is called later. A failed import is left to whoever imports Keras next."""
     if backend_name() == "tensorflow":
-        for key, value in TF_DEFAULT_ENV.items():
-            os.environ.setdefault(key, value)
+        _set_tf_defaults()
     with _filtered_native_stderr(_tf_min_log_level()), contextlib.suppress(Exception):
         import keras  # noqa: F401
 
@@ -128,8 +133,7 @@ def import_tensorflow_quietly() -> Any:
         return None
     if _IMPORTED:
         return _IMPORTED[0]
-    for key, value in TF_DEFAULT_ENV.items():
-        os.environ.setdefault(key, value)
+    _set_tf_defaults()
     with _filtered_native_stderr(_tf_min_log_level()):
         import tensorflow as tf
 
