@@ -117,12 +117,12 @@ def check_attack(config: dict, out: Path) -> None:
 def check_job(config: dict, out: Path) -> None:
     """A whole job of the tiny model on a LocalCluster of one worker process, which inherits
     ``KERAS_BACKEND`` from this process's environment; the worker's backend is asked, too."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from daskdiff.pipeline.job import run_job
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from jobtools import tiny_spec
+    from jobtools import local_cluster, tiny_spec
 
     spec = tiny_spec(config["tiny_model"], config["image_sets"], out / "job")
 
@@ -131,7 +131,7 @@ def check_job(config: dict, out: Path) -> None:
 
         return {"env": os.environ.get("KERAS_BACKEND"), "keras": keras.backend.backend(), "pid": os.getpid()}
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
+    with local_cluster(1) as cluster:
         with Client(cluster) as client:
             workers = client.run(worker_backend)
             run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)

@@ -9,9 +9,20 @@ from pathlib import Path
 
 import netCDF4
 import numpy as np
-from distributed import WorkerPlugin
+from distributed import LocalCluster, WorkerPlugin
 
+from daskdiff.pipeline.cluster import local_workers
 from daskdiff.pipeline.spec_file import parse_spec
+
+
+def local_cluster(n_workers: int = 1, **kwargs) -> LocalCluster:
+    """A ``LocalCluster`` of ``n_workers`` processes of one thread on loopback, started as daskdiff
+    starts its own (``daskdiff.pipeline.cluster.local_workers``): forked from the process that
+    imported Keras once where they can be. With ``env`` (variables set in each worker after it
+    starts, too late for a backend imported before the fork) they are spawned."""
+    kwargs = {"threads_per_worker": 1, "processes": True, "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", **kwargs}
+    with local_workers(fork="env" not in kwargs):
+        return LocalCluster(n_workers=n_workers, **kwargs)
 
 
 def tiny_spec(model_path, sets, output, **overrides):

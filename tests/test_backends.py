@@ -392,15 +392,15 @@ def test_results_record_the_workers_backend_not_the_clients(tmp_path, tiny_model
     """This process (the client) runs TensorFlow, its LocalCluster's workers torch: the results file
     says torch, as every shard does, and names the client's backend apart."""
     need("torch")
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from daskdiff.pipeline.job import run_job
-    from jobtools import tiny_spec
+    from jobtools import local_cluster, tiny_spec
 
     sets = {name: str(Path(paths[0]).parent) for name, paths in image_folders.items()}
     spec = tiny_spec(tiny_model_path, sets, tmp_path / "out")
     env = {"KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", env=env) as cluster, \
+    with local_cluster(1, env=env) as cluster, \
             Client(cluster) as client:
         result = run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
     import keras

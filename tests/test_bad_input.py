@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from daskdiff.io.image_sets import DuplicateImagesWarning, ImageSetError, check_min_images, resolve_image_set
 from daskdiff.io.layout import PARTIAL_DIR, RESULTS_FILE
@@ -25,7 +25,7 @@ from daskdiff.pipeline.spec import SpecError
 from daskdiff.pipeline.spec_file import load_spec, parse_spec
 
 from conftest import write_images
-from jobtools import tiny_spec
+from jobtools import local_cluster, tiny_spec
 
 
 def _spec_data(tmp_path, **extra):
@@ -49,7 +49,7 @@ def test_corrupt_partials_are_recomputed(tmp_path, tiny_model_path):
     sets = {"noisy": str(Path(write_images(tmp_path / "noisy", 7, seed=1)[0]).parent),
             "smooth": str(Path(write_images(tmp_path / "smooth", 6, seed=2, kind="smooth")[0]).parent)}
     spec = tiny_spec(tiny_model_path, sets, tmp_path / "out")
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+    with local_cluster(1) as cluster, Client(cluster) as client:
         run = lambda: run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)  # noqa: E731
         clean = _results(run().path)
         partials = sorted((tmp_path / "out" / PARTIAL_DIR).glob("*.npz"))

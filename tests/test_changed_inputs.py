@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from daskdiff.pipeline.job import run_job
 
 from conftest import write_images
-from jobtools import tiny_spec
+from jobtools import local_cluster, tiny_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -27,7 +27,7 @@ NUMERIC = ("differentiation", "n_undefined", "units_used", "top1_class", "top1_p
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
+    with local_cluster(1) as cluster, Client(cluster) as c:
         yield c
 
 

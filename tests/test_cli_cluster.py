@@ -28,12 +28,12 @@ import psutil
 import pytest
 import xarray as xr
 import yaml
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from daskdiff.pipeline.job import run_job
 
 from conftest import write_images
-from jobtools import tiny_spec
+from jobtools import local_cluster, tiny_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -51,7 +51,7 @@ def jobs(tmp_path_factory, tiny_model_path):
     root = tmp_path_factory.mktemp("cli-cluster")
     images = {"a": (1, 2, 3), "b": (7, 8, 11)}  # image seeds of 'noisy' and 'smooth', analysis seed
     specs, reference = {}, {}
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+    with local_cluster(1) as cluster, Client(cluster) as client:
         for name, (noisy, smooth, seed) in images.items():
             write_images(root / name / "noisy", 7, seed=noisy)
             write_images(root / name / "smooth", 6, seed=smooth, kind="smooth")

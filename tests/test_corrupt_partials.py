@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from conftest import write_images
-from jobtools import tiny_spec
+from jobtools import local_cluster, tiny_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -31,7 +31,7 @@ def test_corrupt_partial_is_named_on_the_console_and_recomputed(tmp_path, tiny_m
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+    with local_cluster(1) as cluster, \
             Client(cluster):
         def run() -> str:
             done = subprocess.run([sys.executable, "-m", "daskdiff.cli", "run", str(spec_file), "--scheduler", cluster.scheduler_address,

@@ -20,7 +20,7 @@ from daskdiff.errors import JobError
 from daskdiff.pipeline.job import run_job
 
 from conftest import write_images
-from jobtools import flip_chunk, tiny_spec
+from jobtools import flip_chunk, local_cluster, tiny_spec
 
 SHAPES = {"conv": (6, 5, 4), "fc": (7,)}
 RECORD = [(f"/im/{i}.png", 100 + i, 10**18 + i) for i in range(8)]
@@ -129,7 +129,7 @@ def test_truncated_shard_is_not_complete_and_is_corrupt(tmp_path):
 def _cluster(processes):
     if not processes:  # threads of this process (in-process transport): they see monkeypatches
         return LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0")  # HDF5 is not thread-safe
-    return LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    return local_cluster(2)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from distributed import Client, LocalCluster
 
 from daskdiff.errors import DeviceError, JobError
 from daskdiff.pipeline.workers import DEVICE_ATTRIBUTE, WorkerSetup, device_failure, one_device
-from jobtools import tiny_spec
+from jobtools import local_cluster, tiny_spec
 
 
 @pytest.mark.parametrize("visible, n_gpus, name, expected", [
@@ -49,7 +49,7 @@ def test_worker_processes_keep_one_of_the_gpus_dask_cuda_gives_them(backend):
     plugin, each sees only GPU 1, set before the backend initialised CUDA, and JAX allocates as it goes."""
     pytest.importorskip(backend)
     env = {"CUDA_VISIBLE_DEVICES": "1,2,0", "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", env=env) as cluster, \
+    with local_cluster(2, env=env) as cluster, \
             Client(cluster) as client:
         client.register_plugin(WorkerSetup())
 

@@ -25,7 +25,7 @@ import yaml
 
 from conftest import write_images
 from counting import lines_run
-from jobtools import record_cluster_starts
+from jobtools import local_cluster, record_cluster_starts
 from daskdiff.core.estimate import Calibration, JobSize, LayerSize, WorkEstimate, diff_task_memory, estimate_work, revised_wall_seconds
 from daskdiff.core.sampling import expected_union, sample_size, sample_units
 from daskdiff.core.units import Sampling, expected_stored, storage_plan
@@ -450,7 +450,7 @@ def test_a_job_over_a_bound_starts_no_cluster(tmp_path, tiny_model_path, monkeyp
 def test_estimated_bytes_are_the_files_of_a_real_job(tmp_path, tiny_model_path):
     """Shards, partial results and the results file of a tiny job against their estimate: within
     2 % when written (shard overheads were fitted on other files; the results file's on these)."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from daskdiff.pipeline.job import run_job
     from jobtools import tiny_spec
@@ -460,7 +460,7 @@ def test_estimated_bytes_are_the_files_of_a_real_job(tmp_path, tiny_model_path):
     out = tmp_path / "out"
     spec = tiny_spec(tiny_model_path, sets, out, analysis__repeats=40, analysis__n_units=[50, "all"])
     said = []
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+    with local_cluster(1) as cluster, \
             Client(cluster) as client:
         run_job(spec, Path("."), client=client, progress=False, echo=said.append)
     from daskdiff.pipeline.job import plan_job

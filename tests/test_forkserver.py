@@ -23,7 +23,7 @@ import json, os, sys
 import dask
 from distributed import Client
 from daskdiff.pipeline import forkserver
-from daskdiff.pipeline.cluster import _start_cluster
+from daskdiff.pipeline.cluster import _start_cluster, local_workers
 from daskdiff.pipeline.spec_cluster import ClusterSection
 
 def forward():
@@ -42,7 +42,16 @@ def workers(**config):
     cluster.close()
     return list(seen.values())
 
+def own_cluster_workers():  # a LocalCluster of one's own, started as daskdiff starts its own
+    from distributed import LocalCluster
+    with local_workers():
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    with cluster, Client(cluster) as client:
+        return list(client.run(lambda: {"parent": os.getppid(), "keras": "keras" in sys.modules}).values())
+
 cases = {"forked": workers(), "spawned": workers(**{"daskdiff.worker-forkserver": False})}
+os.environ["PYTEST_CURRENT_TEST"] = "tests/test_other.py::test_next (call)"  # as pytest sets it at every test's phase
+cases["own cluster, pytest's variable changed"] = own_cluster_workers()
 from daskdiff.model.quiet import import_tensorflow_quietly
 import_tensorflow_quietly()  # here as in the workers, without TensorFlow's native lines on a machine without CUDA
 cases["here"] = forward()
@@ -90,6 +99,15 @@ def test_a_variable_changed_after_the_server_started_gets_spawned_workers_that_s
     after = seen["cases"]["after a change"]
     assert [w["environ"].get("DASKDIFF_PROBE_VARIABLE") for w in after] == ["set after the server started"] * 2
     assert [w["parent"] for w in after] == [seen["client"]] * 2
+
+
+def test_a_cluster_started_under_local_workers_is_forked_whatever_test_pytest_is_running(probed):
+    """pytest's PYTEST_CURRENT_TEST changes at every test: it is left out of the comparison (the
+    tests' own clusters are started so, tests/jobtools.py)."""
+    seen, _ = probed
+    own = seen["cases"]["own cluster, pytest's variable changed"]
+    assert [w["parent"] for w in own] == [seen["server"]]
+    assert own[0]["keras"]
 
 
 def test_forked_workers_say_nothing_more_than_spawned_ones(probed):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from distributed import Client, LocalCluster, WorkerPlugin
+from distributed import Client, WorkerPlugin
 from PIL import Image
 
 from daskdiff import cli
@@ -25,7 +25,7 @@ from daskdiff.pipeline.spec import SpecError
 from daskdiff.pipeline.spec_file import load_spec
 
 import jobtools
-from jobtools import record_cluster_starts, tiny_spec
+from jobtools import local_cluster, record_cluster_starts, tiny_spec
 
 cloudpickle.register_pickle_by_value(jobtools)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -34,7 +34,7 @@ BIN = Path(sys.executable).parent
 
 
 def _cluster(n=1):
-    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    return local_cluster(n)
 
 
 def _quiet(*args):

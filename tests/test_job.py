@@ -12,7 +12,7 @@ import dask.config
 import numpy as np
 import pytest
 import xarray as xr
-from distributed import Client, LocalCluster
+from distributed import Client
 from scipy.spatial.distance import pdist
 
 import daskdiff
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.cluster
 
 
 def _cluster(n_workers, **kwargs):
-    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", **kwargs)
+    return jobtools.local_cluster(n_workers, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import cloudpickle
 import numpy as np
 import pytest
 import xarray as xr
-from distributed import Client, LocalCluster
+from distributed import Client
 from PIL import Image
 from scipy.spatial.distance import pdist, squareform
 
@@ -35,7 +35,7 @@ from daskdiff.pipeline.tasks import DiffTask, run_diff_task
 
 import jobtools
 from conftest import write_images
-from jobtools import tiny_spec
+from jobtools import local_cluster, tiny_spec
 
 cloudpickle.register_pickle_by_value(jobtools)
 
@@ -82,7 +82,7 @@ def jobs(tmp_path_factory, tiny_model_path, images):
     root = tmp_path_factory.mktemp("jobs")
     folders = {name: str(Path(paths[0]).parent) for name, paths in images.items()}
     out = {}
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+    with local_cluster(1) as cluster, Client(cluster) as client:
         for name, options in (("wide", WIDE), ("channel", CHANNEL)):
             spec = tiny_spec(tiny_model_path, folders, root / name, **options)
             result = run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)

@@ -15,21 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from daskdiff.errors import JobError
 from daskdiff.model.build import ModelChangedError, ModelSpec, build_model, cached_model, model_fingerprint, with_fingerprint
 from daskdiff.pipeline.job import run_job
 
 from conftest import build_tiny_model, write_images
-from jobtools import assert_same_results, tiny_spec
+from jobtools import assert_same_results, local_cluster, tiny_spec
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
+    with local_cluster(1) as cluster, Client(cluster) as c:
         yield c
 
 

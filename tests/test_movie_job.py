@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from distributed import Client, LocalCluster
+from distributed import Client
 from scipy.spatial.distance import pdist
 
 from daskdiff import spectral_differentiation, stimulus_differentiation
@@ -24,7 +24,7 @@ from daskdiff.pipeline.spec import SpecError
 
 import cloudpickle
 import jobtools
-from jobtools import KillOnce, tiny_spec
+from jobtools import KillOnce, local_cluster, tiny_spec
 
 cloudpickle.register_pickle_by_value(jobtools)  # workers do not have the tests folder on sys.path
 
@@ -36,7 +36,7 @@ GRATING = {"generate": "gratings", "size": 32, "n_frames": FRAMES, "fps": FPS, "
 
 @pytest.fixture(scope="module")
 def client2():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+    with local_cluster(2) as cluster, \
             Client(cluster) as client:
         yield client
 
@@ -253,7 +253,7 @@ def test_input_and_pixels_layers_are_the_pixels_after_and_before_preprocessing(t
 
 def test_spectral_results_do_not_depend_on_workers_or_shards(tmp_path, tiny_model_path, client2):
     a = _run(_spec(tiny_model_path, tmp_path / "a", extraction__shard_size=2), client2)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+    with local_cluster(1) as cluster, \
             Client(cluster) as client1:
         b = _run(_spec(tiny_model_path, tmp_path / "b", extraction__shard_size=50), client1)
     with xr.open_dataset(a.path) as da, xr.open_dataset(b.path) as db:
@@ -265,7 +265,7 @@ def test_worker_killed_during_spectral_differentiation(tmp_path, tiny_model_path
     """A worker dies in a differentiation task of a movie job: Dask reruns it, the results are those of a clean run."""
     reference = _run(_spec(tiny_model_path, tmp_path / "ref"), client2)
     marker = tmp_path / "killed"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+    with local_cluster(2) as cluster, \
             Client(cluster) as client:
         client.register_plugin(KillOnce("grating--units--", str(marker), delay=0.01))
         result = _run(_spec(tiny_model_path, tmp_path / "out"), client)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 from nbclient import NotebookClient
 
 from conftest import write_images
 from daskdiff.pipeline.job import run_job
-from jobtools import tiny_spec
+from jobtools import local_cluster, tiny_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -37,7 +37,7 @@ ON_ANY_JOB = [p for p in NOTEBOOKS if p.name != "compare.ipynb"]
 def run_tiny_job(tiny_model_path, sets: dict, output: Path, **overrides) -> Path:
     """Run the tiny job on ``sets`` (folders or ``{generate: ...}`` entries); its output folder."""
     spec = tiny_spec(tiny_model_path, sets, output, **overrides)
-    cluster = LocalCluster(n_workers=1, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    cluster = local_cluster(1)
     with cluster, Client(cluster) as client:
         result = run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
     return result.path.parent

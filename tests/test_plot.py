@@ -117,11 +117,11 @@ def job(tmp_path_factory, tiny_model_path):
     The last set is smaller (its RDM is padded) and one set is named 'noise' (the default
     reference of the ratio and difference plots), as in the demo.
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from conftest import write_images
     from daskdiff.pipeline.job import run_job
-    from jobtools import tiny_spec
+    from jobtools import local_cluster, tiny_spec
 
     root = tmp_path_factory.mktemp("job")
     write_images(root / "smooth", 6, seed=2, kind="smooth")
@@ -129,7 +129,7 @@ def job(tmp_path_factory, tiny_model_path):
     write_images(root / "few", 4, seed=3, kind="smooth")
     sets = {name: str(root / name) for name in ("smooth", "noise", "few")}
     spec = tiny_spec(tiny_model_path, sets, root / "out")
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
+    with local_cluster(1) as cluster:
         with Client(cluster) as client:
             result = run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
     ds = xr.load_dataset(result.path)

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from conftest import build_tiny_model, write_images
-from jobtools import assert_same_results, tiny_spec
+from jobtools import assert_same_results, local_cluster, tiny_spec
 
 from daskdiff.errors import InputError
 from daskdiff.io.fingerprints import object_record
@@ -198,8 +198,7 @@ def test_a_local_set_with_a_scheduler_elsewhere_is_said_in_one_line(tmp_path, im
 @pytest.fixture(scope="module")
 def module_client(s3_server):
     """One worker process started after the S3 environment is set (the workers inherit it)."""
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
+    with local_cluster(1) as cluster, Client(cluster) as c:
         yield c
 
 

@@ -26,7 +26,7 @@ from daskdiff.io.object_output import ObjectLease, ObjectManifest
 from daskdiff.io.shards import open_activations
 from daskdiff.pipeline.job import run_job
 
-from jobtools import assert_same_results, flip_chunk, run_quietly, set_folders, tiny_spec, worker_processes
+from jobtools import assert_same_results, flip_chunk, local_cluster, run_quietly, set_folders, tiny_spec, worker_processes
 
 
 # ---------------------------------------------------------------- the lease, the manifest, whole writes
@@ -120,9 +120,9 @@ def test_a_failed_write_leaves_no_object(s3_bucket, s3fs_fresh):
 
 @pytest.fixture(scope="module")
 def s3client():
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+    with local_cluster(2) as cluster, \
             Client(cluster) as client:
         yield client
 

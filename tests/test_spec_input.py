@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from daskdiff import cli
 from daskdiff.pipeline.budget import BudgetError, Limits
@@ -22,7 +22,7 @@ from daskdiff.pipeline.spec_file import MAX_SPEC_BYTES, load_spec, parse_spec
 from daskdiff.stimuli.registry import generate
 
 from conftest import write_images
-from jobtools import tiny_spec
+from jobtools import local_cluster, tiny_spec
 
 
 def _spec(tmp_path, model_path: str = "tiny.keras", **sections) -> dict:
@@ -276,7 +276,7 @@ def test_local_workers_whose_memory_limits_exceed_the_machine_are_refused(tmp_pa
 def test_a_worker_starts_no_more_decoders_than_its_cores(tmp_path, tiny_model_path):
     sets = {"a": str(Path(write_images(tmp_path / "a", 4, seed=1)[0]).parent)}
     spec = tiny_spec(tiny_model_path, sets, tmp_path / "out", extraction={"batch_size": 2, "shard_size": 4, "decoders": 16})
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+    with local_cluster(1) as cluster, \
             Client(cluster) as client:
         run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
         children = client.run(lambda: [p.cmdline() for p in psutil.Process().children()])

@@ -77,17 +77,17 @@ def test_conditions_become_coordinates_matched_by_path():
 def test_a_job_on_a_table_equals_the_job_on_the_folder(tmp_path, tiny_model_path, image_folders):
     """One job, the same images twice: as their folder, and as a table (in the folder's sorted
     order) with a condition column: every number of the two sets is the same."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from daskdiff.pipeline.job import run_job
-    from jobtools import tiny_spec
+    from jobtools import local_cluster, tiny_spec
 
     folder = Path(image_folders["noisy"][0]).parent
     rows = "".join(f"{Path(p).name},{'odd' if i % 2 else 'even'}\n" for i, p in enumerate(image_folders["noisy"]))
     _table(folder, "path,parity\n" + rows, name="table.csv")
     spec = tiny_spec(tiny_model_path, {"folder": str(folder), "table": str(folder / "table.csv")}, tmp_path / "out",
                      analysis__substrates=["units"], analysis__repeats=3)
-    with (LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster,
+    with (local_cluster(1) as cluster,
           Client(cluster) as client):
         result = run_job(spec, Path("."), client=client, progress=False, echo=lambda *a: None)
     assert "condition_parity" in _check_cf(result.path)  # the CF rules, read by netCDF4

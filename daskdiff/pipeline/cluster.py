@@ -422,18 +422,27 @@ def worker_ttl() -> str | float | None:
 def _start_cluster(section: Any, n_workers: int | None, security: Security | None) -> Any:
     """The cluster of ``cluster.kind`` (local, local_cuda, slurm), started; ``n_workers``
     (``--workers``) overrides ``cluster.n_workers``. Its scheduler steals work only where Dask
-    config ``daskdiff.work-stealing`` says so, and its worker processes on this machine (local,
-    local_cuda) start with :data:`~daskdiff.pipeline.workers.WORKER_MALLOC_ENV` over Dask's
+    config ``daskdiff.work-stealing`` says so, and its worker processes on this machine start
+    under :func:`local_workers` (local, local_cuda)."""
+    with dask.config.set({"distributed.scheduler.work-stealing": config.flag("daskdiff.work-stealing")}):
+        with local_workers(fork=section.kind == "local"):
+            return _started(section, n_workers, security)
+
+
+@contextlib.contextmanager
+def local_workers(fork: bool = True) -> Iterator[None]:
+    """Dask config under which a ``LocalCluster`` started inside starts its worker processes as
+    daskdiff starts its own: with :data:`~daskdiff.pipeline.workers.WORKER_MALLOC_ENV` over Dask's
     ``distributed.nanny.pre-spawn-environ`` where ``daskdiff.worker-malloc`` says so (see
-    ``daskdiff/daskdiff.yaml``). A local cluster's workers are forked from a process that
-    imported Keras once where :func:`~daskdiff.pipeline.forkserver.start_method` says they can be."""
-    settings = {"distributed.scheduler.work-stealing": config.flag("daskdiff.work-stealing")}
+    ``daskdiff/daskdiff.yaml``), and, with ``fork``, forked from a process that imported Keras once
+    where :func:`~daskdiff.pipeline.forkserver.start_method` says they can be. A worker its nanny
+    restarts later is spawned (Dask reads the start method as each worker starts)."""
+    settings = {}
     if config.flag("daskdiff.worker-malloc"):
         settings["distributed.nanny.pre-spawn-environ"] = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
     with dask.config.set(settings):
-        forked = {"distributed.worker.multiprocessing-method": start_method()} if section.kind == "local" else {}
-        with dask.config.set(forked):
-            return _started(section, n_workers, security)
+        with dask.config.set({"distributed.worker.multiprocessing-method": start_method()} if fork else {}):
+            yield
 
 
 def _started(section: Any, n_workers: int | None, security: Security | None) -> Any:

@@ -22,7 +22,8 @@ in the environment the worker would be spawned with, so the server is used only 
   starts, too late for a backend the server imported already);
 - this process's environment, with Dask's ``distributed.nanny.pre-spawn-environ`` over it as the
   nanny applies it (:func:`spawned_environment`), is the one the server was started with.
-  Otherwise (a variable changed since) that cluster's workers are spawned as before. Importing
+  Otherwise (a variable changed since) that cluster's workers are spawned as before. Left out of
+  the comparison: :data:`UNCOMPARED` (pytest's name of the running test). Importing
   TensorFlow in this process changes it (TensorFlow 2.21 sets ~10 variables as it loads): a
   client that builds a model to plan a job after its first cluster started gets spawned workers
   for the next one; one that plans from the architecture cache does not import it.
@@ -50,6 +51,12 @@ from .machine import node_gpus
 PRELOAD = "daskdiff.pipeline.preimport"
 """The module the server imports once, before it forks any worker."""
 
+UNCOMPARED = frozenset({"PYTEST_CURRENT_TEST"})
+"""Variables left out of the comparison of environments: pytest's names the test and phase that
+this process runs and changes at every one. A worker forked from the server sees the value it
+had when the server started.
+"""
+
 _SERVER: dict = {}
 """The server this module started: ``pid``, and ``environ``, the environment it was started in
 (:func:`spawned_environment` as this module computed it)."""
@@ -68,6 +75,10 @@ def spawned_environment() -> dict[str, str]:
     if pre_spawn.get("PYTHONHASHSEED") in (None, "0"):
         pre_spawn["PYTHONHASHSEED"] = "6640"
     return {**os.environ, **pre_spawn}
+
+
+def _compared(environ: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in environ.items() if key not in UNCOMPARED}
 
 
 def _running_server() -> psutil.Process | None:
@@ -110,7 +121,7 @@ def start_method() -> str:
         # Recorded as computed: a variable another thread sets meanwhile (this client importing
         # TensorFlow, which sets its own) reaches the server too, as it reaches every worker that imports it.
         _SERVER.update(pid=server.pid if server is not None else None, environ=environ)
-    if server is not None and server.pid == _SERVER.get("pid") and environ == _SERVER["environ"]:
+    if server is not None and server.pid == _SERVER.get("pid") and _compared(environ) == _compared(_SERVER["environ"]):
         return "forkserver"
     return configured
 
