@@ -186,6 +186,7 @@ def test_spec_accepts_the_data_modes():
 @pytest.fixture(scope="module")
 def cluster2():
     from distributed import Client
+    from jobtools import local_cluster
 
     with local_cluster(2) as c, \
             Client(c) as client:
@@ -197,7 +198,7 @@ def test_job_pools_every_set_and_ignores_shards(tmp_path, tiny_model_path, image
     all the job's images (reopened shards, numpy, pdist), whatever the shard size, and with the
     units handed over in memory (``store: none``) as read from the files."""
     import xarray as xr
-    from jobtools import assert_same_results, local_cluster, tiny_spec
+    from jobtools import assert_same_results, tiny_spec
 
     from daskdiff.pipeline.job import run_job
 
