@@ -59,7 +59,7 @@ had when the server started.
 
 _SERVER: dict = {}
 """The server this module started: ``pid``, and ``environ``, the environment it was started in
-(:func:`spawned_environment` as this module computed it)."""
+(:func:`spawned_environment` as this module computed it, less :data:`UNCOMPARED`)."""
 
 
 def spawned_environment() -> dict[str, str]:
@@ -120,8 +120,8 @@ def start_method() -> str:
         server = _running_server()
         # Recorded as computed: a variable another thread sets meanwhile (this client importing
         # TensorFlow, which sets its own) reaches the server too, as it reaches every worker that imports it.
-        _SERVER.update(pid=server.pid if server is not None else None, environ=environ)
-    if server is not None and server.pid == _SERVER.get("pid") and _compared(environ) == _compared(_SERVER["environ"]):
+        _SERVER.update(pid=server.pid if server is not None else None, environ=_compared(environ))
+    if server is not None and server.pid == _SERVER.get("pid") and _compared(environ) == _SERVER["environ"]:
         return "forkserver"
     return configured
 
